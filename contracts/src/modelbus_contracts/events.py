@@ -1,0 +1,288 @@
+"""Every event modelbus publishes or consumes, version 1.
+
+One Kafka topic per event type (the topic is the versioned type, e.g. ``model.trained.v1``),
+keyed by model name. A breaking change is a new class with a new version plus an upcaster.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, Field
+
+from .envelope import Event, Frozen, reject_non_finite
+
+FiniteJSON = Annotated[dict[str, Any], AfterValidator(reject_non_finite)]
+Features = Annotated[dict[str, float], AfterValidator(reject_non_finite)]
+Metrics = Annotated[dict[str, float], AfterValidator(reject_non_finite)]
+
+
+class ArtifactRef(Frozen):
+    """Where a model artifact lives in object storage and the hash it must have."""
+
+    uri: str = Field(description="object-store key, e.g. artifacts/churn/<sha256>.json")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size_bytes: int = Field(ge=0)
+    format: str = Field(default="modelbus.logreg.v1", description="artifact format / model flavor")
+
+
+class DatasetRef(Frozen):
+    """A content-addressed dataset snapshot in object storage."""
+
+    uri: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    rows: int = Field(ge=0)
+
+
+class FeatureStats(Frozen):
+    """Summary of one feature in the training data: the monitor's reference."""
+
+    count: int = Field(ge=0)
+    mean: float
+    std: float = Field(ge=0)
+    min: float
+    max: float
+    quantiles: dict[str, float] = Field(
+        default_factory=dict, description="e.g. {'p05': .., 'p50': ..}"
+    )
+    missing_rate: float = Field(default=0.0, ge=0, le=1)
+
+
+class Lineage(Frozen):
+    """Everything needed to redo a training run."""
+
+    dataset: DatasetRef
+    holdout: DatasetRef
+    params: FiniteJSON = Field(default_factory=dict)
+    seed: int
+    code_version: str
+    parent_version: int | None = None
+    trigger: str = Field(description="manual | api | schedule | drift")
+    trigger_event_id: uuid.UUID | None = None
+
+
+class ModelSummary(Frozen):
+    """A registered version as other services need to see it."""
+
+    version: int = Field(ge=1)
+    artifact: ArtifactRef
+    feature_names: list[str]
+    metrics: Metrics = Field(default_factory=dict)
+    holdout: DatasetRef | None = None
+
+
+# --- training -------------------------------------------------------------------------------
+
+
+class TrainingRequested(Event):
+    """Ask the trainer for a new version (manual, API, schedule or drift)."""
+
+    event_type = "training.requested.v1"
+
+    reason: Literal["manual", "api", "schedule", "drift"] = "manual"
+    dataset_uri: str | None = Field(
+        default=None, description="labelled CSV in object storage; default: collected feedback"
+    )
+    params: FiniteJSON = Field(default_factory=dict)
+    seed: int | None = None
+    since: datetime | None = Field(default=None, description="only feedback observed after this")
+
+
+class ModelTrained(Event):
+    event_type = "model.trained.v1"
+
+    run_id: str
+    artifact: ArtifactRef
+    feature_names: list[str] = Field(min_length=1)
+    metrics: Metrics
+    lineage: Lineage
+    reference: dict[str, FeatureStats] = Field(default_factory=dict)
+    training_seconds: float = Field(ge=0)
+
+
+# --- registry -------------------------------------------------------------------------------
+
+
+class ModelRegistered(Event):
+    event_type = "model.registered.v1"
+
+    version: int = Field(ge=1)
+    run_id: str
+    artifact: ArtifactRef
+    feature_names: list[str]
+    metrics: Metrics
+    lineage: Lineage
+    champion: ModelSummary | None = Field(
+        default=None, description="the champion at registration time, to compare against"
+    )
+
+
+class GateResult(Frozen):
+    name: str
+    passed: bool
+    observed: float | None = None
+    threshold: float | None = None
+    detail: str = ""
+
+
+class ModelEvaluated(Event):
+    """The deployer's verdict on a challenger, with every number behind it."""
+
+    event_type = "model.evaluated.v1"
+
+    version: int = Field(ge=1)
+    champion_version: int | None
+    decision: Literal["promote", "reject"]
+    reasons: list[str]
+    gates: list[GateResult]
+    holdout: DatasetRef
+    challenger_metrics: Metrics
+    champion_metrics: Metrics = Field(default_factory=dict)
+
+
+class ModelPromoted(Event):
+    event_type = "model.promoted.v1"
+
+    version: int = Field(ge=1)
+    previous_version: int | None
+    artifact: ArtifactRef
+    feature_names: list[str]
+    reason: str
+
+
+class ModelRolledBack(Event):
+    event_type = "model.rolled_back.v1"
+
+    from_version: int = Field(ge=1)
+    to_version: int = Field(ge=1)
+    artifact: ArtifactRef
+    feature_names: list[str]
+    reason: str
+
+
+class ModelLoadFailed(Event):
+    event_type = "model.load_failed.v1"
+
+    version: int = Field(ge=1)
+    instance: str
+    error: str
+
+
+# --- scoring --------------------------------------------------------------------------------
+
+
+class ScoringRequested(Event):
+    """An upstream system asks for a prediction on one record."""
+
+    event_type = "scoring.requested.v1"
+
+    request_id: str = Field(min_length=1, max_length=200)
+    features: Features
+
+
+class PredictionMade(Event):
+    event_type = "prediction.made.v1"
+
+    prediction_id: str
+    request_id: str | None = None
+    version: int = Field(ge=1)
+    features: Features
+    score: float = Field(ge=0, le=1)
+    label: int
+    served_by: Literal["champion", "fallback", "shadow", "canary"] = "champion"
+    source: Literal["http", "stream", "batch"] = "http"
+    latency_ms: float = Field(ge=0)
+
+
+class ScoringFailed(Event):
+    """A scoring request that could not be served, with the reason."""
+
+    event_type = "scoring.failed.v1"
+
+    request_id: str
+    error: str
+
+
+class LabelObserved(Event):
+    """Ground truth for an earlier prediction, from upstream."""
+
+    event_type = "label.observed.v1"
+
+    prediction_id: str = Field(min_length=1)
+    label: int = Field(ge=0, le=1)
+
+
+class BatchScoringRequested(Event):
+    event_type = "batch_scoring.requested.v1"
+
+    job_id: str
+    input_uri: str
+    output_uri: str | None = None
+    version: int | None = None
+
+
+class BatchScoringCompleted(Event):
+    event_type = "batch_scoring.completed.v1"
+
+    job_id: str
+    version: int
+    input_uri: str
+    output_uri: str
+    rows: int = Field(ge=0)
+    failed_rows: int = Field(ge=0)
+    seconds: float = Field(ge=0)
+
+
+# --- monitoring -----------------------------------------------------------------------------
+
+
+class DriftDetected(Event):
+    """A streaming detector fired; ``correlation_id`` names the incident for the whole loop."""
+
+    event_type = "drift.detected.v1"
+
+    version: int = Field(ge=1)
+    incident_id: str
+    detector: str = Field(description="e.g. adwin")
+    feature: str = Field(description="an input feature, or __error__ for the model's error stream")
+    statistic: float
+    threshold: float | None = None
+    reference_value: float | None = None
+    current_value: float | None = None
+    window_size: int = Field(ge=0)
+    observations: int = Field(ge=0, description="points seen by the detector since reset")
+    detected_at: datetime
+
+
+class DataQualityAlert(Event):
+    event_type = "data_quality.alert.v1"
+
+    version: int | None = None
+    check: str
+    feature: str | None = None
+    count: int = Field(ge=0)
+    examples: list[FiniteJSON] = Field(default_factory=list)
+    detail: str = ""
+
+
+ALL_EVENTS: tuple[type[Event], ...] = (
+    TrainingRequested,
+    ModelTrained,
+    ModelRegistered,
+    ModelEvaluated,
+    ModelPromoted,
+    ModelRolledBack,
+    ModelLoadFailed,
+    ScoringRequested,
+    PredictionMade,
+    ScoringFailed,
+    LabelObserved,
+    BatchScoringRequested,
+    BatchScoringCompleted,
+    DriftDetected,
+    DataQualityAlert,
+)
+
+EVENTS_BY_TYPE: dict[str, type[Event]] = {cls.event_type: cls for cls in ALL_EVENTS}

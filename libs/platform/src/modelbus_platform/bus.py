@@ -1,0 +1,263 @@
+"""The event bus: publish events as CloudEvents, consume them at-least-once with a safety net.
+
+Every subscription names its consumer group. A message is committed only after its handler
+succeeded (faststream ``AckPolicy.NACK_ON_ERROR`` with manual commits); handlers are idempotent on
+``event_id`` through a ``ProcessedEvents`` store; a message that fails the contract, or whose
+handler keeps failing after bounded retries with exponential backoff, goes to ``<topic>.dlq``
+with the reason in its headers, and the partition keeps flowing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import UTC, datetime
+from typing import Any, Protocol, TypeVar
+
+import structlog
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+from faststream import AckPolicy
+from faststream.kafka import KafkaBroker, KafkaMessage
+from modelbus_contracts import ALL_EVENTS, ContractError, Event, decode, encode
+
+from .metrics import Metrics
+
+log = structlog.get_logger(__name__)
+
+E = TypeVar("E", bound=Event)
+Handler = Callable[[E], Awaitable[None]]
+
+DLQ_SUFFIX = ".dlq"
+
+
+def dlq_topic(topic: str) -> str:
+    return topic + DLQ_SUFFIX
+
+
+def all_topics() -> list[str]:
+    topics = [cls.topic for cls in ALL_EVENTS]
+    return topics + [dlq_topic(t) for t in topics]
+
+
+class Publisher(Protocol):
+    async def publish(self, event: Event) -> None: ...
+
+
+class ProcessedEvents(Protocol):
+    """Remembers which events a consumer group has fully handled (the idempotency ledger)."""
+
+    async def seen(self, group: str, event_id: uuid.UUID) -> bool: ...
+
+    async def mark(self, group: str, event_id: uuid.UUID) -> None: ...
+
+
+class MemoryProcessedEvents:
+    def __init__(self) -> None:
+        self._seen: set[tuple[str, uuid.UUID]] = set()
+
+    async def seen(self, group: str, event_id: uuid.UUID) -> bool:
+        return (group, event_id) in self._seen
+
+    async def mark(self, group: str, event_id: uuid.UUID) -> None:
+        self._seen.add((group, event_id))
+
+
+class RecordingPublisher:
+    """A fake publisher for unit tests: keeps what was published, in order."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    async def publish(self, event: Event) -> None:
+        encode(event)  # the real publisher would fail on an unencodable event; so do we
+        self.events.append(event)
+
+    def of(self, event_cls: type[E]) -> list[E]:
+        return [e for e in self.events if isinstance(e, event_cls)]
+
+
+class EventBus:
+    """One Kafka connection per service: a publisher plus the service's subscriptions."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        *,
+        service: str,
+        metrics: Metrics,
+        processed: ProcessedEvents,
+        retries: int = 3,
+        backoff_s: float = 0.2,
+        partitions: int = 3,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.service = service
+        self.metrics = metrics
+        self.processed = processed
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.partitions = partitions
+        self.broker = KafkaBroker(bootstrap, client_id=f"modelbus-{service}", logger=None)
+        self._started = False
+
+    # -- publishing ---------------------------------------------------------------------------
+
+    async def publish(self, event: Event) -> None:
+        record = encode(event)
+        await self.broker.publish(
+            record.value, record.topic, key=record.key, headers=record.headers
+        )
+        self.metrics.events_published.labels(record.topic).inc()
+        log.debug("event.published", event_type=event.event_type, event_id=str(event.event_id))
+
+    # -- consuming ----------------------------------------------------------------------------
+
+    def subscribe(
+        self,
+        event_cls: type[E],
+        *,
+        group: str,
+        handler: Handler[E],
+        offset_reset: str = "earliest",
+        dedupe: bool = True,
+        max_poll_interval_ms: int = 300_000,
+    ) -> None:
+        """Register ``handler`` for ``event_cls`` in consumer ``group`` (before ``start``)."""
+        if self._started:
+            raise RuntimeError("subscribe before start()")
+        topic = event_cls.topic
+
+        @self.broker.subscriber(
+            topic,
+            group_id=group,
+            ack_policy=AckPolicy.NACK_ON_ERROR,
+            auto_offset_reset=offset_reset,  # type: ignore[arg-type]
+            max_poll_interval_ms=max_poll_interval_ms,
+            title=f"{self.service}:{group}:{topic}",
+        )
+        async def _consume(msg: KafkaMessage) -> None:
+            await self.process(event_cls, group, handler, msg.raw_message, dedupe=dedupe)
+
+    async def process(
+        self, event_cls: type[E], group: str, handler: Handler[E], raw: Any, *, dedupe: bool = True
+    ) -> None:
+        """Decode, dedupe, handle with retries, dead-letter on failure. Raises only if the
+        dead-letter publish itself fails, so the message is re-delivered instead of lost."""
+        topic = raw.topic
+        started = time.perf_counter()
+        structlog.contextvars.bind_contextvars(
+            topic=topic, partition=raw.partition, offset=raw.offset, group=group
+        )
+        try:
+            try:
+                event = decode(raw.headers, raw.value, expected=event_cls)
+            except ContractError as exc:
+                await self._dead_letter(raw, group, f"contract: {exc}", attempts=0)
+                return
+            structlog.contextvars.bind_contextvars(
+                event_id=str(event.event_id), correlation_id=str(event.correlation_id)
+            )
+            if dedupe and await self.processed.seen(group, event.event_id):
+                self.metrics.events_consumed.labels(topic, group, "duplicate").inc()
+                log.info("event.duplicate_skipped")
+                return
+            error = await self._handle_with_retries(handler, event, topic, group)
+            if error is not None:
+                await self._dead_letter(raw, group, error, attempts=self.retries + 1)
+                return
+            if dedupe:
+                await self.processed.mark(group, event.event_id)
+            self.metrics.events_consumed.labels(topic, group, "ok").inc()
+        finally:
+            self.metrics.event_seconds.labels(topic, group).observe(time.perf_counter() - started)
+            structlog.contextvars.unbind_contextvars(
+                "topic", "partition", "offset", "group", "event_id", "correlation_id"
+            )
+
+    async def _handle_with_retries(
+        self, handler: Handler[E], event: E, topic: str, group: str
+    ) -> str | None:
+        for attempt in range(self.retries + 1):
+            try:
+                await handler(event)
+                return None
+            except Exception as exc:
+                reason = f"{type(exc).__name__}: {exc}"
+                if attempt == self.retries:
+                    log.exception("event.handler_failed", attempts=attempt + 1)
+                    return f"handler: {reason}"
+                self.metrics.events_consumed.labels(topic, group, "retried").inc()
+                delay = self.backoff_s * (2**attempt)
+                log.warning("event.handler_retry", attempt=attempt + 1, delay_s=delay, error=reason)
+                await asyncio.sleep(delay)
+        return None  # pragma: no cover - loop always returns
+
+    async def _dead_letter(self, raw: Any, group: str, reason: str, attempts: int) -> None:
+        headers = {
+            k: (v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v))
+            for k, v in (raw.headers or [])
+        }
+        headers.update(
+            {
+                "x-dlq-reason": reason[:4000],
+                "x-dlq-source-topic": raw.topic,
+                "x-dlq-partition": str(raw.partition),
+                "x-dlq-offset": str(raw.offset),
+                "x-dlq-group": group,
+                "x-dlq-service": self.service,
+                "x-dlq-attempts": str(attempts),
+                "x-dlq-at": datetime.now(UTC).isoformat(),
+            }
+        )
+        try:
+            await self.broker.publish(
+                raw.value or b"", dlq_topic(raw.topic), key=raw.key, headers=headers
+            )
+        except Exception:
+            log.exception("event.dead_letter_failed", reason=reason)
+            await asyncio.sleep(self.backoff_s)
+            raise
+        self.metrics.dead_lettered.labels(raw.topic).inc()
+        self.metrics.events_consumed.labels(raw.topic, group, "dead_lettered").inc()
+        log.warning("event.dead_lettered", reason=reason, attempts=attempts)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def ensure_topics(self, topics: Iterable[str] | None = None) -> None:
+        await ensure_topics(self.bootstrap, topics or all_topics(), self.partitions)
+
+    async def start(self) -> None:
+        await self.ensure_topics()
+        await self.broker.start()
+        self._started = True
+
+    async def stop(self) -> None:
+        await self.broker.stop()
+        self._started = False
+
+    async def ping(self, timeout: float = 2.0) -> bool:
+        try:
+            return bool(await self.broker.ping(timeout=timeout))
+        except Exception:
+            return False
+
+
+async def ensure_topics(bootstrap: str, topics: Iterable[str], partitions: int = 3) -> None:
+    """Create the topics that do not exist yet (idempotent, safe from several services)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [t for t in dict.fromkeys(topics) if t not in existing]
+        if missing:
+            try:
+                await admin.create_topics(
+                    [NewTopic(t, num_partitions=partitions, replication_factor=1) for t in missing]
+                )
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        await admin.close()

@@ -1,0 +1,49 @@
+"""Settings shared by every service. Each service subclasses ``ServiceSettings``.
+
+Environment variables carry the ``MODELBUS_`` prefix (e.g. ``MODELBUS_KAFKA_BOOTSTRAP``). Settings
+are built once at start-up and passed down; nothing reads the environment after that.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MODELBUS_", extra="ignore")
+
+    service_name: str = Field(default="modelbus", description="name in logs, metrics, events")
+    instance_id: str = Field(default_factory=socket.gethostname, description="this replica's id")
+
+    kafka_bootstrap: str = Field(default="127.0.0.1:9092", description="Kafka bootstrap servers")
+    topic_partitions: int = Field(default=3, ge=1, description="partitions for auto-created topics")
+
+    mongo_uri: SecretStr = Field(
+        default=SecretStr("mongodb://127.0.0.1:27017"), description="MongoDB connection URI"
+    )
+    mongo_db: str = Field(default="modelbus", description="database name")
+
+    object_store: Literal["s3", "local"] = Field(default="s3", description="artifact store kind")
+    s3_endpoint: str = Field(default="127.0.0.1:9000", description="host:port of the S3 server")
+    s3_access_key: SecretStr = Field(default=SecretStr("modelbus"))
+    s3_secret_key: SecretStr = Field(default=SecretStr("modelbus-secret"))
+    s3_secure: bool = False
+    s3_region: str = "us-east-1"
+    bucket: str = Field(default="modelbus", description="bucket for datasets and artifacts")
+    local_store_dir: str = Field(default=".data/objects", description="root of the local store")
+
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8000, ge=0, le=65535)
+    max_body_bytes: int = Field(default=1_000_000, ge=1, description="HTTP request size limit")
+
+    registry_url: str = Field(default="http://127.0.0.1:8001", description="registry HTTP API")
+
+    log_level: str = "INFO"
+    log_json: bool | None = Field(default=None, description="JSON logs; default: when not a tty")
+
+    handler_retries: int = Field(default=3, ge=0, description="retries before dead-lettering")
+    handler_backoff_s: float = Field(default=0.2, ge=0, description="first retry delay, doubles")

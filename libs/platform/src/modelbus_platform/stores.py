@@ -1,0 +1,246 @@
+"""Storage ports and adapters: MongoDB (PyMongo async) and object storage (S3 via minio, or a
+local folder). Nothing connects at import time; ``build_object_store`` and ``connect_mongo``
+are called from each service's bootstrap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import os
+import uuid
+from pathlib import Path
+from typing import Protocol
+
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
+
+from .settings import ServiceSettings
+
+
+class ObjectNotFound(KeyError):
+    pass
+
+
+class IntegrityError(ValueError):
+    """Stored bytes do not have the sha256 the caller expected."""
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class ObjectStore(Protocol):
+    async def put(self, key: str, data: bytes, content_type: str = ...) -> None: ...
+
+    async def get(self, key: str) -> bytes: ...
+
+    async def exists(self, key: str) -> bool: ...
+
+    async def list(self, prefix: str = "") -> list[str]: ...
+
+    async def ping(self) -> bool: ...
+
+
+async def get_verified(store: ObjectStore, key: str, sha256: str) -> bytes:
+    """Read an object and refuse it unless its sha256 is the one on record."""
+    data = await store.get(key)
+    actual = sha256_hex(data)
+    if actual != sha256:
+        raise IntegrityError(f"{key}: sha256 {actual} does not match the record {sha256}")
+    return data
+
+
+class S3ObjectStore:
+    """S3 through the ``minio`` client (sync; run in a worker thread)."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        access_key: str,
+        secret_key: str,
+        bucket: str,
+        *,
+        secure: bool = False,
+        region: str = "us-east-1",
+    ) -> None:
+        from minio import Minio
+
+        self.bucket = bucket
+        self.client = Minio(
+            endpoint, access_key=access_key, secret_key=secret_key, secure=secure, region=region
+        )
+        self._bucket_ready = False
+
+    async def _ensure_bucket(self) -> None:
+        if self._bucket_ready:
+            return
+
+        def make() -> None:
+            if not self.client.bucket_exists(self.bucket):
+                try:
+                    self.client.make_bucket(self.bucket)
+                except Exception:
+                    if not self.client.bucket_exists(self.bucket):
+                        raise
+
+        await asyncio.to_thread(make)
+        self._bucket_ready = True
+
+    async def put(
+        self, key: str, data: bytes, content_type: str = "application/octet-stream"
+    ) -> None:
+        await self._ensure_bucket()
+        await asyncio.to_thread(
+            self.client.put_object,
+            self.bucket,
+            key,
+            io.BytesIO(data),
+            len(data),
+            content_type=content_type,
+        )
+
+    async def get(self, key: str) -> bytes:
+        from minio.error import S3Error
+
+        def read() -> bytes:
+            try:
+                response = self.client.get_object(self.bucket, key)
+            except S3Error as exc:
+                if exc.code in ("NoSuchKey", "NoSuchBucket"):
+                    raise ObjectNotFound(key) from exc
+                raise
+            try:
+                return response.read()
+            finally:
+                response.close()
+                response.release_conn()
+
+        return await asyncio.to_thread(read)
+
+    async def exists(self, key: str) -> bool:
+        from minio.error import S3Error
+
+        def stat() -> bool:
+            try:
+                self.client.stat_object(self.bucket, key)
+                return True
+            except S3Error as exc:
+                if exc.code in ("NoSuchKey", "NoSuchBucket", "NoSuchObject", "NotFound"):
+                    return False
+                raise
+
+        return await asyncio.to_thread(stat)
+
+    async def list(self, prefix: str = "") -> list[str]:
+        await self._ensure_bucket()
+        return await asyncio.to_thread(
+            lambda: sorted(
+                o.object_name
+                for o in self.client.list_objects(self.bucket, prefix=prefix, recursive=True)
+            )
+        )
+
+    async def ping(self) -> bool:
+        try:
+            await asyncio.wait_for(self._ensure_bucket(), 3)
+            return True
+        except Exception:
+            self._bucket_ready = False
+            return False
+
+
+class LocalObjectStore:
+    """A folder on disk with the same interface; writes are atomic (temp file + rename)."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if self.root.resolve() not in path.parents:
+            raise ValueError(f"key escapes the store: {key!r}")
+        return path
+
+    async def put(
+        self, key: str, data: bytes, content_type: str = "application/octet-stream"
+    ) -> None:
+        path = self._path(key)
+
+        def write() -> None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+
+        await asyncio.to_thread(write)
+
+    async def get(self, key: str) -> bytes:
+        path = self._path(key)
+        try:
+            return await asyncio.to_thread(path.read_bytes)
+        except FileNotFoundError as exc:
+            raise ObjectNotFound(key) from exc
+
+    async def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    async def list(self, prefix: str = "") -> list[str]:
+        if not self.root.exists():
+            return []
+        keys = (p.relative_to(self.root).as_posix() for p in self.root.rglob("*") if p.is_file())
+        return sorted(
+            k for k in keys if k.startswith(prefix) and not k.rsplit("/", 1)[-1].startswith(".")
+        )
+
+    async def ping(self) -> bool:
+        return True
+
+
+def build_object_store(settings: ServiceSettings) -> ObjectStore:
+    if settings.object_store == "local":
+        return LocalObjectStore(settings.local_store_dir)
+    return S3ObjectStore(
+        settings.s3_endpoint,
+        settings.s3_access_key.get_secret_value(),
+        settings.s3_secret_key.get_secret_value(),
+        settings.bucket,
+        secure=settings.s3_secure,
+        region=settings.s3_region,
+    )
+
+
+def connect_mongo(settings: ServiceSettings) -> tuple[AsyncMongoClient, AsyncDatabase]:
+    client: AsyncMongoClient = AsyncMongoClient(
+        settings.mongo_uri.get_secret_value(), serverSelectionTimeoutMS=5000, tz_aware=True
+    )
+    return client, client[settings.mongo_db]
+
+
+async def mongo_ping(db: AsyncDatabase) -> bool:
+    try:
+        await asyncio.wait_for(db.command("ping"), 3)
+        return True
+    except Exception:
+        return False
+
+
+class MongoProcessedEvents:
+    """The idempotency ledger in MongoDB: one document per (group, event_id)."""
+
+    def __init__(self, db: AsyncDatabase, collection: str = "processed_events") -> None:
+        self.col = db[collection]
+
+    async def init(self) -> None:
+        await self.col.create_index([("group", 1), ("event_id", 1)], unique=True)
+
+    async def seen(self, group: str, event_id: uuid.UUID) -> bool:
+        return await self.col.find_one({"group": group, "event_id": str(event_id)}) is not None
+
+    async def mark(self, group: str, event_id: uuid.UUID) -> None:
+        try:
+            await self.col.insert_one({"group": group, "event_id": str(event_id)})
+        except DuplicateKeyError:
+            pass

@@ -1,0 +1,93 @@
+"""The event bus against a real Kafka-protocol broker and a real MongoDB-wire server."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+from aiokafka import AIOKafkaConsumer
+
+from modelbus_contracts import LabelObserved, encode
+from modelbus_platform.bus import EventBus, dlq_topic
+from modelbus_platform.metrics import Metrics
+from modelbus_platform.settings import ServiceSettings
+from modelbus_platform.stores import MongoProcessedEvents, connect_mongo
+
+pytestmark = pytest.mark.integration
+
+
+async def _bus(infra, db_name: str, service: str = "test") -> EventBus:
+    settings = ServiceSettings(mongo_uri=infra.mongo_uri, mongo_db=db_name)
+    _, db = connect_mongo(settings)
+    processed = MongoProcessedEvents(db)
+    await processed.init()
+    return EventBus(
+        infra.kafka_bootstrap,
+        service=service,
+        metrics=Metrics(service),
+        processed=processed,
+        retries=2,
+        backoff_s=0.01,
+    )
+
+
+async def _read_dlq(bootstrap: str, topic: str, key: str, n: int, timeout: float = 20.0) -> list:
+    consumer = AIOKafkaConsumer(
+        dlq_topic(topic),
+        bootstrap_servers=bootstrap,
+        group_id=f"dlq-reader-{uuid.uuid4().hex}",
+        auto_offset_reset="earliest",
+    )
+    await consumer.start()
+    out = []
+    try:
+        async with asyncio.timeout(timeout):
+            while len(out) < n:
+                message = await consumer.getone()
+                if message.key == key.encode():
+                    out.append(message)
+    finally:
+        await consumer.stop()
+    return out
+
+
+async def test_duplicates_are_skipped_and_poison_goes_to_dlq(infra, unique):
+    model = f"m-{unique}"
+    handled: list[LabelObserved] = []
+    failing_ids: set[str] = set()
+    done = asyncio.Event()
+
+    async def handler(event: LabelObserved) -> None:
+        if event.prediction_id in failing_ids:
+            raise RuntimeError("boom")
+        handled.append(event)
+        if event.prediction_id == "last":
+            done.set()
+
+    bus = await _bus(infra, f"db_{unique}")
+    bus.subscribe(LabelObserved, group=f"g-{unique}", handler=handler)
+    await bus.start()
+    try:
+        first = LabelObserved(model_name=model, prediction_id="p1", label=1)
+        await bus.publish(first)
+        await bus.publish(first)  # a duplicate delivery: same event_id
+        # malformed: valid headers, bad body -> DLQ with a contract reason
+        bad = encode(LabelObserved(model_name=model, prediction_id="p2", label=0))
+        await bus.broker.publish(b'{"label": 7}', bad.topic, key=bad.key, headers=bad.headers)
+        failing_ids.add("p3")
+        await bus.publish(LabelObserved(model_name=model, prediction_id="p3", label=0))
+        await bus.publish(LabelObserved(model_name=model, prediction_id="last", label=0))
+        await asyncio.wait_for(done.wait(), 30)
+        dlq = await _read_dlq(infra.kafka_bootstrap, LabelObserved.topic, model, 2)
+    finally:
+        await bus.stop()
+
+    ours = [e for e in handled if e.model_name == model]
+    assert [e.prediction_id for e in ours] == ["p1", "last"]
+    reasons = sorted(dict(m.headers)["x-dlq-reason"].decode() for m in dlq)
+    assert reasons[0].startswith("contract: invalid event")
+    assert "label" in reasons[0]
+    assert reasons[1].startswith("handler: RuntimeError: boom")
+    attempts = {dict(m.headers)["x-dlq-attempts"].decode() for m in dlq}
+    assert attempts == {"0", "3"}

@@ -1,0 +1,1 @@
+"""modelbus_scorer."""
