@@ -21,6 +21,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker, KafkaMessage
+
 from modelbus_contracts import ALL_EVENTS, ContractError, Event, decode, encode
 
 from .metrics import Metrics

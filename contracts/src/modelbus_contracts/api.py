@@ -1,0 +1,81 @@
+"""HTTP API models shared between services (the registry's views, read by scorer and monitor).
+
+Views ignore unknown fields so a newer server never breaks an older client.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .events import ArtifactRef, DatasetRef, FeatureStats, Lineage
+
+Alias = Literal["champion", "challenger", "previous"]
+
+
+class View(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore", allow_inf_nan=False)
+
+
+class VersionView(View):
+    model_name: str
+    version: int
+    run_id: str
+    artifact: ArtifactRef
+    feature_names: list[str]
+    metrics: dict[str, float] = Field(default_factory=dict)
+    lineage: Lineage
+    reference: dict[str, FeatureStats] = Field(default_factory=dict)
+    status: str = Field(description="registered | champion | previous | rejected | retired")
+    created_at: datetime
+    evaluation: dict[str, Any] | None = None
+
+    @property
+    def holdout(self) -> DatasetRef:
+        return self.lineage.holdout
+
+
+class AliasesView(View):
+    model_name: str
+    champion: int | None = None
+    challenger: int | None = None
+    previous: int | None = None
+
+
+class ModelView(View):
+    name: str
+    aliases: AliasesView
+    latest_version: int | None = None
+    version_count: int = 0
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+class AliasUpdate(View):
+    """Compare-and-set: move ``alias`` to ``version`` only if it still points at ``expected``."""
+
+    version: int = Field(ge=1)
+    expected_version: int | None = Field(
+        description="what the alias must point at now (null: unset)"
+    )
+    reason: str = Field(min_length=1, max_length=2000)
+
+
+class RollbackRequest(View):
+    reason: str = Field(min_length=1, max_length=2000)
+
+
+class AuditRecord(View):
+    at: datetime
+    model_name: str
+    action: str = Field(
+        description="registered | promoted | rejected | rolled_back | alias_set | ..."
+    )
+    version: int | None = None
+    actor: str
+    reason: str = ""
+    event_id: str | None = None
+    correlation_id: str | None = None
+    details: dict[str, Any] = Field(default_factory=dict)
