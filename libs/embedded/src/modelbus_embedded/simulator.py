@@ -1,0 +1,368 @@
+"""A simulated upstream system that drives the whole loop through the public interfaces.
+
+It uploads a labelled dataset through the trainer's API and publishes TrainingRequested (a plain
+CloudEvent on Kafka), waits until the scorer serves the first champion, streams ScoringRequested
+events, answers every PredictionMade with the true label (LabelObserved), and part-way switches
+the data's concept (concept drift). It watches the decision events and reports the timeline,
+ending when a new champion is serving predictions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import httpx
+import numpy as np
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from modelbus_contracts import (
+    ContractError,
+    DataQualityAlert,
+    DriftDetected,
+    Event,
+    LabelObserved,
+    ModelEvaluated,
+    ModelLoadFailed,
+    ModelPromoted,
+    ModelRegistered,
+    ModelRolledBack,
+    ModelTrained,
+    PredictionMade,
+    ScoringFailed,
+    ScoringRequested,
+    TrainingRequested,
+    decode,
+    encode,
+)
+
+FEATURES = ("tenure", "monthly_charges", "support_calls", "usage_drop")
+WATCHED = (
+    TrainingRequested,
+    ModelTrained,
+    ModelRegistered,
+    ModelEvaluated,
+    ModelPromoted,
+    ModelRolledBack,
+    ModelLoadFailed,
+    DriftDetected,
+    DataQualityAlert,
+    ScoringFailed,
+    PredictionMade,
+)
+
+
+@dataclass(frozen=True)
+class Concept:
+    """label = 1 if w.x + b + noise > 0: the relation the model has to learn."""
+
+    weights: tuple[float, ...]
+    bias: float = 0.0
+    noise: float = 0.35
+
+    def labels(self, X: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        z = X @ np.asarray(self.weights) + self.bias + rng.normal(0, self.noise, len(X))
+        return (z > 0).astype(np.int8)
+
+
+BEFORE = Concept((1.6, -1.1, 0.9, 0.0))
+AFTER = Concept((-1.4, 1.2, 0.9, 1.3))  # customers now churn for other reasons
+
+
+@dataclass
+class ScenarioConfig:
+    model_name: str = "churn"
+    initial_rows: int = 3000
+    rate_per_s: float = 400.0
+    drift_after_requests: int = 2000
+    timeout_s: float = 240.0
+    seed: int = 7
+
+
+@dataclass
+class ScenarioResult:
+    model_name: str
+    events: list[Event] = field(default_factory=list)
+    marks: dict[str, float] = field(default_factory=dict)
+    requests_sent: int = 0
+    labels_sent: int = 0
+    completed: bool = False
+
+    def of(self, cls: type) -> list:
+        return [e for e in self.events if isinstance(e, cls)]
+
+    def seconds(self, start: str, end: str) -> float | None:
+        if start in self.marks and end in self.marks:
+            return self.marks[end] - self.marks[start]
+        return None
+
+
+def describe(event: Event) -> str | None:
+    """One readable timeline line per decision event (None: not worth a line)."""
+    match event:
+        case TrainingRequested():
+            return f"training requested ({event.reason})"
+        case ModelTrained():
+            m = event.metrics
+            return (
+                f"trained    run {event.run_id[:8]} on {event.lineage.dataset.rows} rows "
+                f"(trigger {event.lineage.trigger}): hold-out auc {m.get('auc', math.nan):.3f}, "
+                f"accuracy {m.get('accuracy', math.nan):.3f} in {event.training_seconds:.2f}s"
+            )
+        case ModelRegistered():
+            champ = f", champion is v{event.champion.version}" if event.champion else ""
+            return (
+                f"registered v{event.version} (artifact sha256 {event.artifact.sha256[:12]}{champ})"
+            )
+        case ModelEvaluated():
+            versus = f" vs v{event.champion_version}" if event.champion_version else ""
+            return (
+                f"evaluated  v{event.version}{versus} on the same {event.holdout.rows}-row "
+                f"hold-out: {event.decision.upper()} - " + "; ".join(event.reasons)
+            )
+        case ModelPromoted():
+            prev = f" (previous v{event.previous_version})" if event.previous_version else ""
+            return f"promoted   v{event.version}{prev}"
+        case ModelRolledBack():
+            return f"rolled back v{event.from_version} -> v{event.to_version}: {event.reason}"
+        case ModelLoadFailed():
+            return f"LOAD FAILED v{event.version} on {event.instance}: {event.error}"
+        case DriftDetected():
+            return (
+                f"drift      on {event.feature} ({event.detector}): {event.reference_value} -> "
+                f"{event.current_value} after {event.observations} points, "
+                f"window {event.window_size}"
+            )
+        case DataQualityAlert():
+            return f"data quality: {event.check} on {event.feature}: {event.count} ({event.detail})"
+        case ScoringFailed():
+            return f"scoring failed for {event.request_id}: {event.error}"
+    return None
+
+
+class Upstream:
+    """Talks to modelbus only through Kafka (CloudEvents) and the services' HTTP APIs."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        trainer_url: str,
+        scorer_url: str,
+        config: ScenarioConfig,
+        say: Callable[[str], None] = print,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.trainer_url = trainer_url
+        self.scorer_url = scorer_url
+        self.cfg = config
+        self.say = say
+        self.rng = np.random.default_rng(config.seed)
+        self.result = ScenarioResult(config.model_name)
+        self.truth: dict[str, int] = {}
+        self.concept = BEFORE
+        self.t0 = time.monotonic()
+        self.champion_version = 0
+        self.first_champion: int | None = None
+        self.promoted = asyncio.Event()
+
+    def mark(self, name: str) -> None:
+        self.result.marks.setdefault(name, time.monotonic() - self.t0)
+
+    def line(self, text: str) -> None:
+        self.say(f"[{time.monotonic() - self.t0:6.1f}s] {text}")
+
+    async def run(self) -> ScenarioResult:
+        self.producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=5)
+        await self.producer.start()
+        consumer = await self._watch()
+        watcher = asyncio.create_task(self._consume(consumer))
+        try:
+            async with asyncio.timeout(self.cfg.timeout_s):
+                await self._train_first_model()
+                await self._stream_until_new_champion_serves()
+            self.result.completed = True
+        except TimeoutError:
+            self.line(f"TIMEOUT after {self.cfg.timeout_s}s: the loop did not complete")
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            await consumer.stop()
+            await self.producer.stop()
+        return self.result
+
+    async def _watch(self) -> AIOKafkaConsumer:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False
+        )
+        await consumer.start()
+        partitions = []
+        for cls in WATCHED:
+            for p in await _partitions(consumer, cls.topic):
+                partitions.append(TopicPartition(cls.topic, p))
+        consumer.assign(partitions)
+        await consumer.seek_to_end(*partitions)
+        for tp in partitions:  # resolve the end offsets now, before we publish anything
+            await consumer.position(tp)
+        return consumer
+
+    async def _consume(self, consumer: AIOKafkaConsumer) -> None:
+        key = self.cfg.model_name.encode()
+        while True:
+            batch = await consumer.getmany(timeout_ms=200, max_records=2000)
+            labels = []
+            for records in batch.values():
+                for record in records:
+                    if record.key != key:
+                        continue
+                    try:
+                        event = decode(record.headers, record.value)
+                    except ContractError:
+                        continue
+                    if isinstance(event, PredictionMade):
+                        labels.append(self._on_prediction(event))
+                    else:
+                        self._on_decision(event)
+            for label in labels:
+                if label is not None:
+                    await self._send(label)
+                    self.result.labels_sent += 1
+
+    def _on_prediction(self, event: PredictionMade) -> LabelObserved | None:
+        new = self.first_champion is not None and event.version != self.first_champion
+        if new and "new_champion_serving" not in self.result.marks:
+            self.mark("new_champion_serving")
+            self.line(f"serving    v{event.version}: first prediction by the new champion")
+        truth = self.truth.pop(event.request_id or "", None)
+        if truth is None:
+            return None
+        return LabelObserved(
+            model_name=event.model_name,
+            prediction_id=event.prediction_id,
+            label=truth,
+            producer="upstream-simulator",
+            correlation_id=event.correlation_id,
+            causation_id=event.event_id,
+        )
+
+    def _on_decision(self, event: Event) -> None:
+        self.result.events.append(event)
+        text = describe(event)
+        if text:
+            self.line(text)
+        if isinstance(event, ModelPromoted):
+            self.champion_version = event.version
+            self.promoted.set()
+            self.mark(f"promoted_v{event.version}")
+        if isinstance(event, DriftDetected):
+            self.mark("drift_detected")
+
+    async def _send(self, event: Event) -> None:
+        record = encode(event)
+        await self.producer.send(
+            record.topic,
+            record.value,
+            key=record.key,
+            headers=[(k, v.encode()) for k, v in record.headers.items()],
+        )
+
+    def _sample(self, n: int) -> np.ndarray:
+        return self.rng.normal(0.0, 1.0, size=(n, len(FEATURES)))
+
+    async def _train_first_model(self) -> None:
+        X = self._sample(self.cfg.initial_rows)
+        y = BEFORE.labels(X, self.rng)
+        header = ",".join((*FEATURES, "label"))
+        body = (
+            "\n".join(
+                [
+                    header,
+                    *(
+                        ",".join([*map(repr, row.tolist()), str(int(lbl))])
+                        for row, lbl in zip(X, y, strict=True)
+                    ),
+                ]
+            )
+            + "\n"
+        )
+        async with httpx.AsyncClient(timeout=30) as http:
+            response = await http.put(
+                f"{self.trainer_url}/datasets/{self.cfg.model_name}",
+                content=body,
+                headers={"content-type": "text/csv"},
+            )
+            response.raise_for_status()
+            dataset = response.json()
+            self.line(f"uploaded   {dataset['rows']} labelled rows -> {dataset['uri']}")
+            await self._send(
+                TrainingRequested(
+                    model_name=self.cfg.model_name,
+                    reason="manual",
+                    dataset_uri=dataset["uri"],
+                    producer="upstream-simulator",
+                )
+            )
+            await self.promoted.wait()
+            while True:
+                ready = await http.get(f"{self.scorer_url}/v2/models/{self.cfg.model_name}/ready")
+                if ready.status_code == 200:
+                    break
+                await asyncio.sleep(0.1)
+        self.first_champion = self.champion_version
+        self.mark("first_champion_serving")
+        self.line(f"serving    v{self.first_champion} (scorer reports the model ready)")
+
+    async def _stream_until_new_champion_serves(self) -> None:
+        interval = 20 / self.cfg.rate_per_s
+        while "new_champion_serving" not in self.result.marks:
+            if (
+                self.result.requests_sent >= self.cfg.drift_after_requests
+                and self.concept is BEFORE
+            ):
+                self.concept = AFTER
+                self.mark("drift_onset")
+                self.line("DRIFT      upstream behaviour changed (concept drift injected)")
+            X = self._sample(20)
+            y = self.concept.labels(X, self.rng)
+            for row, label in zip(X, y, strict=True):
+                request_id = uuid.uuid4().hex
+                self.truth[request_id] = int(label)
+                await self._send(
+                    ScoringRequested(
+                        model_name=self.cfg.model_name,
+                        request_id=request_id,
+                        features=dict(zip(FEATURES, map(float, row), strict=True)),
+                        producer="upstream-simulator",
+                    )
+                )
+                self.result.requests_sent += 1
+            await asyncio.sleep(interval)
+        async with httpx.AsyncClient(timeout=10) as http:
+            probe = await http.post(
+                f"{self.scorer_url}/v2/models/{self.cfg.model_name}/infer",
+                json={
+                    "inputs": [
+                        {"name": f, "shape": [1], "datatype": "FP64", "data": [0.5]}
+                        for f in FEATURES
+                    ]
+                },
+            )
+            if probe.status_code == 200:
+                self.line(
+                    f"online     /v2 infer answered by version {probe.json().get('model_version')}"
+                )
+
+
+async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[int]:
+    for _ in range(50):
+        parts = consumer.partitions_for_topic(topic)
+        if parts:
+            return sorted(parts)
+        await consumer._client.force_metadata_update()
+        await asyncio.sleep(0.1)
+    raise RuntimeError(f"topic {topic} has no partitions")

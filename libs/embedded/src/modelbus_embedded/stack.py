@@ -1,0 +1,213 @@
+"""The embedded stack: the three protocol servers plus the five services as local processes.
+
+``make up`` runs ``python -m modelbus_embedded up``: it starts everything under one data folder
+(MongoDB-wire data and the artifact store persist there; the Kafka-protocol broker is memory-only
+by design, the registry is the source of truth), waits for every service to be ready, records the
+processes in ``<data>/run/stack.json`` so ``make down`` can stop them, and runs the demo.
+The end-to-end tests start the same stack with S3 (moto) instead of the local artifact folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from .servers import Server, free_port, kafka_server, mongo_server, s3_server, wait_for_port
+
+SERVICES = ("registry", "trainer", "deployer", "scorer", "monitor")
+DEFAULT_PORTS = {
+    "registry": 8001,
+    "trainer": 8002,
+    "deployer": 8003,
+    "scorer": 8004,
+    "monitor": 8005,
+}
+
+
+@dataclass
+class Stack:
+    data_dir: Path
+    env: dict[str, str]
+    ports: dict[str, int]
+    servers: list[Server] = field(default_factory=list)
+    services: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    def url(self, service: str) -> str:
+        return f"http://127.0.0.1:{self.ports[service]}"
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        return self.env["MODELBUS_KAFKA_BOOTSTRAP"]
+
+    def service_env(self, service: str) -> dict[str, str]:
+        return {
+            **os.environ,
+            **self.env,
+            "MODELBUS_SERVICE_NAME": service,
+            "MODELBUS_INSTANCE_ID": f"{service}-1",
+            "MODELBUS_HTTP_PORT": str(self.ports[service]),
+            "MODELBUS_HTTP_HOST": "127.0.0.1",
+            "MODELBUS_REGISTRY_URL": self.url("registry"),
+            "PYTHONUNBUFFERED": "1",
+        }
+
+    def start_service(self, service: str) -> subprocess.Popen:
+        logs = self.data_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        with (logs / f"{service}.log").open("ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", f"modelbus_{service}"],
+                env=self.service_env(service),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        self.services[service] = proc
+        return proc
+
+    def wait_ready(self, service: str, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        last = "no answer"
+        while time.monotonic() < deadline:
+            proc = self.services.get(service)
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(
+                    f"{service} exited with code {proc.returncode}; "
+                    f"see {self.data_dir / 'logs' / (service + '.log')}"
+                )
+            try:
+                response = httpx.get(f"{self.url(service)}/health/ready", timeout=2)
+                if response.status_code == 200:
+                    return
+                last = response.text
+            except httpx.HTTPError as exc:
+                last = str(exc)
+            time.sleep(0.25)
+        raise TimeoutError(f"{service} not ready after {timeout}s: {last}")
+
+    def start(self, services: tuple[str, ...] = SERVICES) -> Stack:
+        for service in services:
+            self.start_service(service)
+        for service in services:
+            self.wait_ready(service)
+        return self
+
+    def stop_service(self, service: str, sig: int = signal.SIGTERM) -> None:
+        proc = self.services.pop(service, None)
+        if proc is None or proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+    def stop(self) -> None:
+        for service in reversed(list(self.services)):
+            self.stop_service(service)
+        for server in reversed(self.servers):
+            server.stop()
+
+    def save_state(self) -> Path:
+        run = self.data_dir / "run"
+        run.mkdir(parents=True, exist_ok=True)
+        state = {
+            "pids": {name: proc.pid for name, proc in self.services.items()}
+            | {f"server:{s.name}": s.proc.pid for s in self.servers if s.proc},
+            "urls": {name: self.url(name) for name in self.services},
+            "env": self.env,
+        }
+        path = run / "stack.json"
+        path.write_text(json.dumps(state, indent=2))
+        return path
+
+
+def build_stack(
+    data_dir: Path,
+    *,
+    object_store: str = "local",
+    persistent_mongo: bool = True,
+    ports: dict[str, int] | None = None,
+    extra_env: dict[str, str] | None = None,
+) -> Stack:
+    """Start the protocol servers (not yet the services) and return the stack description."""
+    data_dir = data_dir.resolve()
+    logs = data_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    servers = [
+        kafka_server(logs),
+        mongo_server(logs, data_dir / "mongo" if persistent_mongo else None),
+    ]
+    if object_store == "s3":
+        servers.append(s3_server(logs))
+    started: list[Server] = []
+    try:
+        for server in servers:
+            started.append(server.start())
+    except BaseException:
+        for server in started:
+            server.stop()
+        raise
+    env = {
+        "MODELBUS_KAFKA_BOOTSTRAP": f"127.0.0.1:{servers[0].port}",
+        "MODELBUS_MONGO_URI": f"mongodb://127.0.0.1:{servers[1].port}",
+        "MODELBUS_MONGO_DB": "modelbus",
+        "MODELBUS_OBJECT_STORE": object_store,
+        "MODELBUS_LOCAL_STORE_DIR": str(data_dir / "objects"),
+        "MODELBUS_BUCKET": "modelbus",
+        "MODELBUS_LOG_JSON": "true",
+    }
+    if object_store == "s3":
+        env["MODELBUS_S3_ENDPOINT"] = f"127.0.0.1:{servers[2].port}"
+    env.update(extra_env or {})
+    return Stack(data_dir, env, dict(ports or DEFAULT_PORTS), servers)
+
+
+def free_ports() -> dict[str, int]:
+    return {service: free_port() for service in SERVICES}
+
+
+def stop_recorded(data_dir: Path) -> list[str]:
+    """Stop every process a previous ``up`` recorded (``make down``)."""
+    path = data_dir / "run" / "stack.json"
+    if not path.exists():
+        return []
+    state = json.loads(path.read_text())
+    stopped = []
+    for name, pid in state.get("pids", {}).items():
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGTERM)
+            stopped.append(name)
+    deadline = time.monotonic() + 10
+    for pid in state.get("pids", {}).values():
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+    path.unlink(missing_ok=True)
+    return stopped
+
+
+def port_in_use(port: int) -> bool:
+    try:
+        wait_for_port(port, timeout=0.1)
+        return True
+    except TimeoutError:
+        return False
