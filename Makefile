@@ -1,0 +1,50 @@
+# modelbus — `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+export UV_PYTHON_DOWNLOADS := never
+TOOLS := .tools
+UV := $(shell command -v uv 2>/dev/null || echo $(TOOLS)/bin/uv)
+PYTEST_ARGS ?=
+
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(TOOLS)/bin/uv:
+	@echo "uv not found: installing it into $(TOOLS)/ from PyPI"
+	python3 -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet uv
+
+install: $(if $(shell command -v uv 2>/dev/null),,$(TOOLS)/bin/uv) ## Install everything (uv workspace, all services)
+	$(UV) sync --all-packages --frozen
+
+up: install ## Start the embedded stack (broker, MongoDB-wire, store, 5 services) and run the demo loop
+	$(UV) run --frozen python -m modelbus_embedded up
+
+up-only: install ## Start the embedded stack without the demo
+	$(UV) run --frozen python -m modelbus_embedded up --no-demo
+
+down: ## Stop everything `make up` started
+	@if [ -x "$(UV)" ] || command -v uv >/dev/null; then $(UV) run --frozen python -m modelbus_embedded down; fi
+
+status: ## Show the embedded services' readiness
+	$(UV) run --frozen python -m modelbus_embedded status
+
+test: install ## Run the whole test suite (starts and stops the servers it needs)
+	$(UV) run --frozen pytest $(PYTEST_ARGS)
+
+test-unit: install ## Only the fast tests (no servers)
+	$(UV) run --frozen pytest -m "not integration and not e2e" $(PYTEST_ARGS)
+
+lint: install ## ruff check + format check
+	$(UV) run --frozen ruff check .
+	$(UV) run --frozen ruff format --check .
+
+schemas: install ## Regenerate JSON Schemas and AsyncAPI documents
+	$(UV) run --frozen python -m modelbus_contracts.schema contracts/schemas
+	$(UV) run --frozen python -m modelbus_platform.asyncapi infra/asyncapi
+
+clean: down ## Remove the embedded stack's data folder
+	rm -rf .data
+
+.PHONY: help install up up-only down status test test-unit lint schemas clean
