@@ -1,0 +1,191 @@
+"""The whole closed loop on real protocols: five service processes, a Kafka-protocol broker, a
+MongoDB-wire server and an S3 server, driven only through Kafka events and HTTP APIs.
+
+train -> register -> evaluate -> promote -> serve -> concept drift -> DriftDetected -> retrain ->
+evaluate against the champion on the same hold-out -> promote -> the new champion serves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from modelbus_contracts import (
+    DriftDetected,
+    ModelEvaluated,
+    ModelPromoted,
+    ModelRegistered,
+    ModelTrained,
+    encode,
+)
+from modelbus_embedded.simulator import ScenarioConfig, ScenarioResult, Upstream
+from modelbus_embedded.stack import Stack, build_stack, free_ports
+
+pytestmark = [pytest.mark.e2e, pytest.mark.integration]
+
+FAST_LOOP = {
+    "MODELBUS_DRIFT_COOLDOWN_S": "5",
+    "MODELBUS_DRIFT_MIN_ROWS": "300",
+    "MODELBUS_LOG_LEVEL": "INFO",
+}
+RESULTS = Path(os.environ.get("MODELBUS_RESULTS_DIR", "build")) / "e2e-loop.json"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory):
+    data = tmp_path_factory.mktemp("stack")
+    running = build_stack(
+        data, object_store="s3", persistent_mongo=True, ports=free_ports(), extra_env=FAST_LOOP
+    )
+    try:
+        running.start()
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture(scope="module")
+async def loop_result(stack: Stack) -> ScenarioResult:
+    config = ScenarioConfig(
+        model_name=f"e2e-{uuid.uuid4().hex[:8]}",
+        initial_rows=2000,
+        rate_per_s=400,
+        drift_after_requests=1500,
+        timeout_s=200,
+    )
+    upstream = Upstream(stack.kafka_bootstrap, stack.url("trainer"), stack.url("scorer"), config)
+    result = await upstream.run()
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(
+        json.dumps(
+            {"marks": result.marks, "requests": result.requests_sent, "labels": result.labels_sent},
+            indent=2,
+        )
+    )
+    return result
+
+
+async def test_drift_retrains_and_promotes_a_better_model(loop_result: ScenarioResult):
+    assert loop_result.completed, "the loop did not complete in time"
+    promoted = loop_result.of(ModelPromoted)
+    assert [p.version for p in promoted][:2] == [1, 2]
+    drift = loop_result.of(DriftDetected)[0]
+    retrained = [t for t in loop_result.of(ModelTrained) if t.lineage.trigger == "drift"]
+    assert retrained, "no drift-triggered training run"
+    assert retrained[0].correlation_id == drift.correlation_id
+    assert retrained[0].lineage.parent_version == 1
+    evaluated = [e for e in loop_result.of(ModelEvaluated) if e.version == 2][0]
+    assert evaluated.decision == "promote"
+    assert evaluated.champion_version == 1
+    assert evaluated.challenger_metrics["auc"] > evaluated.champion_metrics["auc"]
+    assert promoted[1].correlation_id == drift.correlation_id, "correlation id lost in the loop"
+    loop_s = loop_result.seconds("drift_onset", "new_champion_serving")
+    assert loop_s is not None
+    print(f"drift onset -> new champion serving: {loop_s:.1f}s")
+
+
+async def test_every_decision_is_in_the_registry_audit(stack: Stack, loop_result: ScenarioResult):
+    model = loop_result.model_name
+    async with httpx.AsyncClient(base_url=stack.url("registry"), timeout=10) as http:
+        audit = (await http.get(f"/models/{model}/audit")).json()
+        aliases = (await http.get(f"/models/{model}/aliases")).json()
+    actions = [(a["action"], a.get("version")) for a in audit]
+    assert ("promoted", 1) in actions and ("promoted", 2) in actions
+    assert ("registered", 2) in actions
+    assert aliases["champion"] == 2 and aliases["previous"] == 1
+    async with httpx.AsyncClient(base_url=stack.url("deployer"), timeout=10) as http:
+        decision = (await http.get(f"/decisions/{model}/2")).json()
+    assert decision["decision"] == "promote"
+
+
+async def _collect(bootstrap: str, topic: str, key: str, seconds: float) -> list:
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        group_id=f"e2e-{uuid.uuid4().hex}",
+    )
+    await consumer.start()
+    found = []
+    try:
+        deadline = asyncio.get_running_loop().time() + seconds
+        while asyncio.get_running_loop().time() < deadline:
+            batch = await consumer.getmany(timeout_ms=500)
+            found += [r for rs in batch.values() for r in rs if r.key == key.encode()]
+    finally:
+        await consumer.stop()
+    return found
+
+
+async def test_duplicates_change_nothing_and_poison_is_dead_lettered(
+    stack: Stack, loop_result: ScenarioResult
+):
+    model = loop_result.model_name
+    trained_v1 = [t for t in loop_result.of(ModelTrained) if t.lineage.trigger != "drift"][0]
+    producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap)
+    await producer.start()
+    try:
+        for event in (trained_v1, trained_v1.model_copy(update={"event_id": uuid.uuid4()})):
+            record = encode(event)
+            await producer.send_and_wait(
+                record.topic,
+                record.value,
+                key=record.key,
+                headers=[(k, v.encode()) for k, v in record.headers.items()],
+            )
+        poison = encode(trained_v1)
+        await producer.send_and_wait(
+            poison.topic,
+            b'{"model_name": "x", "metrics": "oops"}',
+            key=poison.key,
+            headers=[(k, v.encode()) for k, v in poison.headers.items()],
+        )
+    finally:
+        await producer.stop()
+    dead = await _collect(stack.kafka_bootstrap, ModelTrained.topic + ".dlq", model, 15)
+    assert dead, "malformed ModelTrained was not dead-lettered"
+    assert b"contract" in dict(dead[0].headers)["x-dlq-reason"]
+    registered = await _collect(stack.kafka_bootstrap, ModelRegistered.topic, model, 3)
+    assert sorted(json.loads(r.value)["version"] for r in registered) == [1, 2]
+    async with httpx.AsyncClient(base_url=stack.url("registry"), timeout=10) as http:
+        versions = (await http.get(f"/models/{model}/versions")).json()
+    assert len(versions) == 2
+    promoted = await _collect(stack.kafka_bootstrap, ModelPromoted.topic, model, 2)
+    assert len(promoted) == 2
+
+
+async def test_killed_scorer_comes_back_serving_the_champion(
+    stack: Stack, loop_result: ScenarioResult
+):
+    model = loop_result.model_name
+    proc = stack.services["scorer"]
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+    stack.services.pop("scorer")
+    stack.start_service("scorer")
+    await asyncio.to_thread(stack.wait_ready, "scorer", 60)
+    async with httpx.AsyncClient(base_url=stack.url("scorer"), timeout=10) as http:
+        for _ in range(100):
+            ready = await http.get(f"/v2/models/{model}/ready")
+            if ready.status_code == 200:
+                break
+            await asyncio.sleep(0.1)
+        response = await http.post(
+            f"/v2/models/{model}/infer",
+            json={
+                "inputs": [
+                    {"name": f, "shape": [1], "datatype": "FP64", "data": [0.1]}
+                    for f in ("tenure", "monthly_charges", "support_calls", "usage_drop")
+                ]
+            },
+        )
+    assert response.status_code == 200, response.text
+    assert str(response.json()["model_version"]) == "2"
