@@ -82,7 +82,7 @@ async def test_drift_retrains_and_promotes_a_better_model(loop_result: ScenarioR
     assert retrained, "no drift-triggered training run"
     assert retrained[0].correlation_id == drift.correlation_id
     assert retrained[0].lineage.parent_version == 1
-    evaluated = [e for e in loop_result.of(ModelEvaluated) if e.version == 2][0]
+    evaluated = next(e for e in loop_result.of(ModelEvaluated) if e.version == 2)
     assert evaluated.decision == "promote"
     assert evaluated.champion_version == 1
     assert evaluated.challenger_metrics["auc"] > evaluated.champion_metrics["auc"]
@@ -129,7 +129,7 @@ async def test_duplicates_change_nothing_and_poison_is_dead_lettered(
     stack: Stack, loop_result: ScenarioResult
 ):
     model = loop_result.model_name
-    trained_v1 = [t for t in loop_result.of(ModelTrained) if t.lineage.trigger != "drift"][0]
+    trained_v1 = next(t for t in loop_result.of(ModelTrained) if t.lineage.trigger != "drift")
     producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap)
     await producer.start()
     try:
