@@ -1,1 +1,1 @@
-"""modelbus_deployer."""
+"""modelbus_deployer: judges each registered model against the champion and emits the verdict."""

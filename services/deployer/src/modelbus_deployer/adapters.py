@@ -1,0 +1,145 @@
+"""Adapters for the deployer's ports: MongoDB decisions, verified loads from object storage,
+and in-memory fakes of both for unit tests."""
+
+from __future__ import annotations
+
+import copy
+from datetime import datetime
+from typing import Any
+
+from pymongo import DESCENDING
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
+
+from modelbus_contracts import ArtifactRef, DatasetRef
+from modelbus_ml import ArtifactError, Dataset, DatasetError, LogisticModel, from_csv_bytes
+from modelbus_platform.stores import IntegrityError, ObjectNotFound, ObjectStore, get_verified
+
+from .ports import LoadError
+
+NEWEST_FIRST = [("decided_at", DESCENDING), ("version", DESCENDING)]
+
+
+class ObjectStoreModels:
+    """Loads artifacts and hold-outs from object storage, refusing any sha256 mismatch."""
+
+    def __init__(self, store: ObjectStore) -> None:
+        self.store = store
+
+    async def _read(self, what: str, key: str, sha256: str) -> bytes:
+        try:
+            return await get_verified(self.store, key, sha256)
+        except ObjectNotFound as exc:
+            raise LoadError(what, f"{key} not found in object storage") from exc
+        except IntegrityError as exc:
+            raise LoadError(what, f"integrity check failed: {exc}") from exc
+
+    async def load_model(self, ref: ArtifactRef) -> LogisticModel:
+        data = await self._read("artifact", ref.uri, ref.sha256)
+        try:
+            return LogisticModel.from_bytes(data)
+        except ArtifactError as exc:
+            raise LoadError("artifact", f"{ref.uri}: {exc}") from exc
+
+    async def load_dataset(self, ref: DatasetRef) -> Dataset:
+        data = await self._read("hold-out", ref.uri, ref.sha256)
+        try:
+            return from_csv_bytes(data)
+        except DatasetError as exc:
+            raise LoadError("hold-out", f"{ref.uri}: {exc}") from exc
+
+    async def ping(self) -> bool:
+        return await self.store.ping()
+
+
+class MongoDecisionStore:
+    """``decisions`` collection with a unique index on (model_name, version)."""
+
+    def __init__(self, db: AsyncDatabase, collection: str = "decisions") -> None:
+        self.col = db[collection]
+
+    async def init(self) -> None:
+        await self.col.create_index([("model_name", 1), ("version", 1)], unique=True)
+        await self.col.create_index(NEWEST_FIRST)
+
+    async def get(self, model_name: str, version: int) -> dict[str, Any] | None:
+        return await self.col.find_one(
+            {"model_name": model_name, "version": version}, projection={"_id": False}
+        )
+
+    async def insert(self, doc: dict[str, Any]) -> bool:
+        try:
+            await self.col.insert_one(dict(doc))
+        except DuplicateKeyError:
+            return False
+        return True
+
+    async def mark_published(self, model_name: str, version: int, at: datetime) -> None:
+        await self.col.update_one(
+            {"model_name": model_name, "version": version},
+            {"$set": {"published": True, "published_at": at}},
+        )
+
+    async def list(self, model_name: str | None, limit: int) -> list[dict[str, Any]]:
+        query = {"model_name": model_name} if model_name else {}
+        cursor = self.col.find(query, projection={"_id": False}).sort(NEWEST_FIRST).limit(limit)
+        return await cursor.to_list(length=limit)
+
+
+# --- fakes -----------------------------------------------------------------------------------
+
+
+class MemoryDecisionStore:
+    def __init__(self) -> None:
+        self.docs: dict[tuple[str, int], dict[str, Any]] = {}
+
+    async def init(self) -> None:
+        return None
+
+    async def get(self, model_name: str, version: int) -> dict[str, Any] | None:
+        doc = self.docs.get((model_name, version))
+        return copy.deepcopy(doc) if doc is not None else None
+
+    async def insert(self, doc: dict[str, Any]) -> bool:
+        key = (doc["model_name"], doc["version"])
+        if key in self.docs:
+            return False
+        self.docs[key] = copy.deepcopy(doc)
+        return True
+
+    async def mark_published(self, model_name: str, version: int, at: datetime) -> None:
+        doc = self.docs.get((model_name, version))
+        if doc is not None:
+            doc.update(published=True, published_at=at)
+
+    async def list(self, model_name: str | None, limit: int) -> list[dict[str, Any]]:
+        docs = [d for d in self.docs.values() if model_name in (None, d["model_name"])]
+        docs.sort(key=lambda d: (d["decided_at"], d["version"]), reverse=True)
+        return copy.deepcopy(docs[:limit])
+
+
+class MemoryObjectStore:
+    """An in-memory ``ObjectStore`` for unit tests."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, bytes] = {}
+
+    async def put(
+        self, key: str, data: bytes, content_type: str = "application/octet-stream"
+    ) -> None:
+        self.objects[key] = bytes(data)
+
+    async def get(self, key: str) -> bytes:
+        try:
+            return self.objects[key]
+        except KeyError as exc:
+            raise ObjectNotFound(key) from exc
+
+    async def exists(self, key: str) -> bool:
+        return key in self.objects
+
+    async def list(self, prefix: str = "") -> list[str]:
+        return sorted(k for k in self.objects if k.startswith(prefix))
+
+    async def ping(self) -> bool:
+        return True

@@ -1,0 +1,92 @@
+"""The deployer's HTTP API: its decisions (the audit trail) and the effective promotion policy."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from fastapi import APIRouter, HTTPException, Path, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from modelbus_contracts import DatasetRef, GateResult
+
+from .service import DeployerService
+
+MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
+
+
+class DecisionView(BaseModel):
+    """One deployer decision with every number behind it."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore", allow_inf_nan=False)
+
+    model_name: str
+    version: int
+    decision: Literal["promote", "reject"]
+    champion_version: int | None
+    reasons: list[str]
+    gates: list[GateResult]
+    holdout: DatasetRef
+    challenger_metrics: dict[str, float] = Field(default_factory=dict)
+    champion_metrics: dict[str, float] = Field(default_factory=dict)
+    policy: dict[str, Any] = Field(default_factory=dict)
+    latency: dict[str, float] | None = None
+    timings: dict[str, float] = Field(default_factory=dict)
+    event_id: str
+    correlation_id: str
+    registered_event_id: str
+    decided_at: datetime
+    published: bool
+    published_at: datetime | None = None
+
+
+class PolicyEntry(BaseModel):
+    primary_metric: str
+    higher_is_better: bool
+    promotion_margin: float
+    min_primary_metric: float
+    min_holdout_rows: int
+    latency_budget_ms: float
+    latency_samples: int
+
+
+class PolicyView(BaseModel):
+    default: PolicyEntry
+    models: dict[str, PolicyEntry] = Field(description="effective policy of overridden models")
+
+
+router = APIRouter(tags=["deployer"])
+
+
+def _service(request: Request) -> DeployerService:
+    return request.app.state.service
+
+
+@router.get("/decisions", summary="Decisions, newest first")
+async def list_decisions(
+    request: Request,
+    model_name: str | None = Query(default=None, max_length=200, pattern=MODEL_NAME),
+    limit: int = Query(default=50, ge=1, le=500),
+) -> list[DecisionView]:
+    docs = await _service(request).list_decisions(model_name, limit)
+    return [DecisionView.model_validate(d) for d in docs]
+
+
+@router.get("/decisions/{model_name}/{version}", summary="The decision on one model version")
+async def get_decision(
+    request: Request,
+    model_name: str = Path(max_length=200, pattern=MODEL_NAME),
+    version: int = Path(ge=1),
+) -> DecisionView:
+    doc = await _service(request).get_decision(model_name, version)
+    if doc is None:
+        raise HTTPException(404, f"no decision for {model_name} v{version}")
+    return DecisionView.model_validate(doc)
+
+
+@router.get("/policy", summary="Effective promotion policy: defaults and per-model overrides")
+async def policy(
+    request: Request,
+    model_name: str | None = Query(default=None, max_length=200, pattern=MODEL_NAME),
+) -> PolicyView:
+    return PolicyView.model_validate(_service(request).policies(model_name))

@@ -1,0 +1,16 @@
+"""Thin event handlers: the bus hands over a parsed event, the service decides and publishes."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from modelbus_contracts import ModelRegistered
+
+from .service import DeployerService
+
+
+def on_model_registered(service: DeployerService) -> Callable[[ModelRegistered], Awaitable[None]]:
+    async def handle(event: ModelRegistered) -> None:
+        await service.handle_registered(event)
+
+    return handle

@@ -1,0 +1,47 @@
+"""The deployer's ports: where decisions are kept and where models and hold-outs come from."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Protocol
+
+from modelbus_contracts import ArtifactRef, DatasetRef
+from modelbus_ml import Dataset, LogisticModel
+
+
+class LoadError(Exception):
+    """An artifact or dataset is missing, fails its sha256, or cannot be parsed.
+
+    A permanent problem with the input: the deployer rejects the model with this reason.
+    """
+
+    def __init__(self, what: str, reason: str) -> None:
+        super().__init__(f"{what}: {reason}")
+        self.what = what
+        self.reason = reason
+
+
+class ModelSource(Protocol):
+    async def load_model(self, ref: ArtifactRef) -> LogisticModel: ...
+
+    async def load_dataset(self, ref: DatasetRef) -> Dataset: ...
+
+    async def ping(self) -> bool: ...
+
+
+class DecisionStore(Protocol):
+    """One decision document per (model_name, version); the deployer's audit trail."""
+
+    async def init(self) -> None: ...
+
+    async def get(self, model_name: str, version: int) -> dict[str, Any] | None: ...
+
+    async def insert(self, doc: dict[str, Any]) -> bool:
+        """Store a new decision; False if one exists already for (model_name, version)."""
+        ...
+
+    async def mark_published(self, model_name: str, version: int, at: datetime) -> None: ...
+
+    async def list(self, model_name: str | None, limit: int) -> list[dict[str, Any]]:
+        """Newest first."""
+        ...

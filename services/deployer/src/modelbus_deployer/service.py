@@ -1,0 +1,208 @@
+"""The deployer's service layer: exactly one decision per (model, version), stored then published.
+
+``handle_registered`` loads the challenger, its hold-out and the champion (all sha256-verified),
+runs the pure gates in ``domain``, stores the decision document (the audit record, holding the
+ModelEvaluated event to publish) and then publishes it. A redelivered ModelRegistered finds the
+stored decision: it re-publishes the same event (same event_id) only if the earlier run crashed
+between storing and publishing, else it does nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any, Literal, TypeVar
+
+import structlog
+
+from modelbus_contracts import ModelEvaluated, ModelRegistered
+from modelbus_contracts.envelope import utcnow
+from modelbus_platform.bus import Publisher
+
+from .config import DeployerSettings
+from .domain import Clock, Policy, Verdict, judge, load_failure
+from .ports import DecisionStore, LoadError, ModelSource
+
+log = structlog.get_logger(__name__)
+
+Outcome = Literal["decided", "republished", "duplicate"]
+T = TypeVar("T")
+
+
+class DeployerService:
+    def __init__(
+        self,
+        *,
+        settings: DeployerSettings,
+        decisions: DecisionStore,
+        models: ModelSource,
+        publisher: Publisher,
+        clock: Clock = time.perf_counter,
+        now: Callable[[], datetime] = utcnow,
+        on_decision: Callable[[str], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.decisions = decisions
+        self.models = models
+        self.publisher = publisher
+        self.clock = clock
+        self.now = now
+        self.on_decision = on_decision
+
+    # -- commands ---------------------------------------------------------------------------
+
+    async def handle_registered(self, event: ModelRegistered) -> Outcome:
+        """Decide on ``event``'s version once; publish the verdict at least once."""
+        existing = await self.decisions.get(event.model_name, event.version)
+        if existing is not None:
+            return await self._resume(existing)
+        doc = await self._decide(event)
+        if not await self.decisions.insert(doc):  # a concurrent replica decided first
+            stored = await self.decisions.get(event.model_name, event.version)
+            return await self._resume(stored or doc)
+        log.info(
+            "decision.made",
+            model_name=event.model_name,
+            version=event.version,
+            champion_version=doc["champion_version"],
+            decision=doc["decision"],
+            reasons=doc["reasons"],
+            gates={g["name"]: g["passed"] for g in doc["gates"]},
+            timings=doc["timings"],
+        )
+        if self.on_decision is not None:
+            self.on_decision(doc["decision"])
+        await self._publish(doc)
+        return "decided"
+
+    async def _resume(self, doc: dict[str, Any]) -> Outcome:
+        if doc.get("published"):
+            log.info(
+                "decision.already_published", model_name=doc["model_name"], version=doc["version"]
+            )
+            return "duplicate"
+        log.warning("decision.republishing", model_name=doc["model_name"], version=doc["version"])
+        await self._publish(doc)
+        return "republished"
+
+    async def _publish(self, doc: dict[str, Any]) -> None:
+        await self.publisher.publish(ModelEvaluated.model_validate(doc["event"]))
+        await self.decisions.mark_published(doc["model_name"], doc["version"], self.now())
+
+    # -- evaluation -------------------------------------------------------------------------
+
+    async def _decide(self, event: ModelRegistered) -> dict[str, Any]:
+        policy = self.settings.policy_for(event.model_name)
+        started = time.perf_counter()
+        timings: dict[str, float] = {}
+        try:
+            verdict = await self._evaluate(event, policy, timings)
+        except LoadError as exc:
+            verdict = load_failure(exc.what, exc.reason)
+        timings["total_ms"] = _ms_since(started)
+        return self._document(event, policy, verdict, timings)
+
+    async def _evaluate(
+        self, event: ModelRegistered, policy: Policy, timings: dict[str, float]
+    ) -> Verdict:
+        started = time.perf_counter()
+        challenger = await _named("challenger artifact", self.models.load_model(event.artifact))
+        holdout = await _named("hold-out", self.models.load_dataset(event.lineage.holdout))
+        champion = None
+        if event.champion is not None:
+            champion = await _named(
+                f"champion v{event.champion.version} artifact",
+                self.models.load_model(event.champion.artifact),
+            )
+        timings["load_ms"] = _ms_since(started)
+        started = time.perf_counter()
+        verdict = await asyncio.to_thread(
+            judge,
+            challenger,
+            holdout,
+            policy,
+            champion,
+            event.champion.version if event.champion else None,
+            self.clock,
+        )
+        timings["judge_ms"] = _ms_since(started)
+        return verdict
+
+    def _document(
+        self,
+        event: ModelRegistered,
+        policy: Policy,
+        verdict: Verdict,
+        timings: dict[str, float],
+    ) -> dict[str, Any]:
+        champion = event.champion
+        evaluated = event.caused(
+            ModelEvaluated,
+            producer=self.settings.service_name,
+            model_name=event.model_name,
+            version=event.version,
+            champion_version=champion.version if champion else None,
+            decision=verdict.decision,
+            reasons=verdict.reasons,
+            gates=verdict.gates,
+            holdout=event.lineage.holdout,
+            challenger_metrics=verdict.challenger_metrics,
+            champion_metrics=verdict.champion_metrics,
+        )
+        data = evaluated.model_dump(mode="json")
+        return {
+            "model_name": event.model_name,
+            "version": event.version,
+            "decision": verdict.decision,
+            "champion_version": data["champion_version"],
+            "reasons": data["reasons"],
+            "gates": data["gates"],
+            "holdout": data["holdout"],
+            "challenger_metrics": data["challenger_metrics"],
+            "champion_metrics": data["champion_metrics"],
+            "challenger_artifact": event.artifact.model_dump(mode="json"),
+            "champion_artifact": champion.artifact.model_dump(mode="json") if champion else None,
+            "policy": policy.as_dict(),
+            "latency": verdict.latency.as_dict() if verdict.latency else None,
+            "timings": timings,
+            "event_id": data["event_id"],
+            "correlation_id": data["correlation_id"],
+            "registered_event_id": str(event.event_id),
+            "event": data,
+            "decided_at": self.now(),
+            "decided_by": self.settings.instance_id,
+            "published": False,
+            "published_at": None,
+        }
+
+    # -- queries ----------------------------------------------------------------------------
+
+    async def list_decisions(self, model_name: str | None, limit: int) -> list[dict[str, Any]]:
+        return await self.decisions.list(model_name, limit)
+
+    async def get_decision(self, model_name: str, version: int) -> dict[str, Any] | None:
+        return await self.decisions.get(model_name, version)
+
+    def policies(self, model_name: str | None = None) -> dict[str, Any]:
+        """The default policy and the effective policy of every overridden (or named) model."""
+        names = set(self.settings.policies)
+        if model_name:
+            names.add(model_name)
+        return {
+            "default": self.settings.default_policy().as_dict(),
+            "models": {n: self.settings.policy_for(n).as_dict() for n in sorted(names)},
+        }
+
+
+async def _named(what: str, load: Awaitable[T]) -> T:
+    """Await a load; re-label its LoadError with which input it was."""
+    try:
+        return await load
+    except LoadError as exc:
+        raise LoadError(what, exc.reason) from exc
+
+
+def _ms_since(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000.0, 3)

@@ -1,0 +1,207 @@
+"""Unit tests of the promotion gates: pure functions, fake clocks, no servers."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from modelbus_contracts import GateResult
+from modelbus_deployer.domain import (
+    Policy,
+    champion_delta_gate,
+    judge,
+    load_failure,
+)
+from modelbus_ml import evaluate
+
+POLICY = Policy()
+
+
+def gate(verdict, name: str) -> GateResult:
+    return next(g for g in verdict.gates if g.name == name)
+
+
+class ConstantModel:
+    """A broken model: returns ``value`` for every row."""
+
+    feature_names = ("x1", "x2", "x3")
+    threshold = 0.5
+
+    def __init__(self, value: float) -> None:
+        self.value = value
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        return np.full(X.shape[0], self.value)
+
+
+def test_promotes_a_challenger_better_by_the_margin(models, fast_clock):
+    verdict = judge(models.good, models.holdout, POLICY, models.bad, 1, fast_clock)
+
+    assert verdict.decision == "promote"
+    assert [g.name for g in verdict.gates] == [
+        "holdout_size",
+        "output_sanity",
+        "latency_budget",
+        "champion_delta",
+    ]
+    assert all(g.passed for g in verdict.gates)
+    delta = gate(verdict, "champion_delta")
+    expected = (
+        evaluate(models.good, models.holdout)["auc"] - evaluate(models.bad, models.holdout)["auc"]
+    )
+    assert delta.observed == pytest.approx(expected)
+    assert delta.threshold == 0.01
+    assert "on the same 300-row hold-out" in delta.detail
+    assert verdict.champion_metrics["auc"] < 0.5 < verdict.challenger_metrics["auc"]
+    assert len(verdict.reasons) == 4
+
+
+def test_rejects_a_challenger_worse_than_the_champion(models, fast_clock):
+    verdict = judge(models.bad, models.holdout, POLICY, models.good, 3, fast_clock)
+
+    assert verdict.decision == "reject"
+    delta = gate(verdict, "champion_delta")
+    assert not delta.passed
+    assert delta.observed is not None and delta.observed < 0
+    assert verdict.reasons == [f"champion_delta failed: {delta.detail}"]
+    assert "vs champion v3" in delta.detail
+    assert verdict.champion_metrics["auc"] > 0.9
+
+
+def test_rejects_a_challenger_within_the_margin(models, fast_clock):
+    verdict = judge(models.good, models.holdout, POLICY, models.good, 1, fast_clock)
+
+    assert verdict.decision == "reject"
+    delta = gate(verdict, "champion_delta")
+    assert delta.observed == pytest.approx(0.0)
+    assert "+0.000 < margin 0.01" in delta.detail
+
+
+def test_reason_sentence_carries_the_numbers():
+    result = champion_delta_gate({"auc": 0.912}, {"auc": 0.701}, 4, 750, POLICY)
+
+    assert result.passed
+    assert result.detail == (
+        "auc 0.912 vs champion v4 0.701 on the same 750-row hold-out: +0.211 >= margin 0.01"
+    )
+
+
+def test_exactly_the_margin_is_enough_despite_float_error():
+    assert champion_delta_gate({"auc": 0.71}, {"auc": 0.70}, 1, 500, POLICY).passed
+    assert not champion_delta_gate({"auc": 0.7099}, {"auc": 0.70}, 1, 500, POLICY).passed
+
+
+def test_first_model_is_held_to_the_absolute_threshold(models, fast_clock):
+    good = judge(models.good, models.holdout, POLICY, clock=fast_clock)
+    bad = judge(models.bad, models.holdout, POLICY, clock=fast_clock)
+
+    assert good.decision == "promote"
+    assert gate(good, "absolute_quality").passed
+    assert bad.decision == "reject"
+    quality = gate(bad, "absolute_quality")
+    assert quality.threshold == 0.6
+    assert quality.observed == pytest.approx(bad.challenger_metrics["auc"])
+    assert "< minimum 0.6 for a first model" in quality.detail
+    assert bad.champion_metrics == {}
+
+
+def test_latency_budget_breach_rejects(models, step_clock):
+    verdict = judge(models.good, models.holdout, POLICY, clock=step_clock(12.0))
+
+    assert verdict.decision == "reject"
+    latency = gate(verdict, "latency_budget")
+    assert latency.observed == pytest.approx(12.0)
+    assert latency.threshold == 5.0
+    assert "p99 12.000 ms > budget 5 ms over 200 calls" in latency.detail
+    assert verdict.latency is not None and verdict.latency.samples == 200
+
+
+def test_latency_is_timed_on_the_real_clock_too(models):
+    verdict = judge(models.good, models.holdout, Policy(latency_samples=50))
+
+    assert verdict.latency is not None
+    assert 0 < verdict.latency.p99_ms < 1000
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, 1.5, -0.1])
+def test_broken_model_output_is_rejected_without_a_crash(models, fast_clock, value):
+    verdict = judge(ConstantModel(value), models.holdout, POLICY, models.good, 1, fast_clock)
+
+    assert verdict.decision == "reject"
+    sanity = gate(verdict, "output_sanity")
+    assert not sanity.passed
+    assert sanity.observed == 300
+    assert "300 of 300 scores are NaN, infinite or outside [0, 1]" in sanity.detail
+    assert not gate(verdict, "champion_delta").passed
+    assert verdict.challenger_metrics == {}
+    assert all(math.isfinite(v) for v in verdict.champion_metrics.values())
+
+
+def test_model_that_raises_is_rejected(models, fast_clock):
+    class Raising(ConstantModel):
+        def predict_proba(self, X):
+            raise FloatingPointError("overflow")
+
+    verdict = judge(Raising(0.5), models.holdout, POLICY, clock=fast_clock)
+
+    assert verdict.decision == "reject"
+    assert "overflow" in gate(verdict, "output_sanity").detail
+    assert not gate(verdict, "latency_budget").passed
+
+
+def test_lower_is_better_metric_flips_the_sign(models, fast_clock):
+    policy = Policy(primary_metric="log_loss", promotion_margin=0.05, min_primary_metric=0.5)
+
+    better = judge(models.good, models.holdout, policy, models.bad, 1, fast_clock)
+    worse = judge(models.bad, models.holdout, policy, models.good, 1, fast_clock)
+    first = judge(models.good, models.holdout, policy, clock=fast_clock)
+
+    assert better.decision == "promote"
+    delta = gate(better, "champion_delta")
+    assert delta.observed == pytest.approx(
+        better.champion_metrics["log_loss"] - better.challenger_metrics["log_loss"]
+    )
+    assert delta.observed > 0.05
+    assert "(lower is better)" in delta.detail
+    assert worse.decision == "reject"
+    assert gate(worse, "champion_delta").observed < 0
+    assert first.decision == "promote"
+    assert "<= maximum 0.5" in gate(first, "absolute_quality").detail
+
+
+def test_brier_within_margin_is_rejected():
+    policy = Policy(primary_metric="brier", promotion_margin=0.01)
+
+    assert not champion_delta_gate({"brier": 0.195}, {"brier": 0.2}, 1, 200, policy).passed
+    assert champion_delta_gate({"brier": 0.15}, {"brier": 0.2}, 1, 200, policy).passed
+
+
+def test_small_holdout_is_rejected(models, fast_clock):
+    verdict = judge(models.good, models.holdout.tail(40), POLICY, clock=fast_clock)
+
+    assert verdict.decision == "reject"
+    size = gate(verdict, "holdout_size")
+    assert (size.observed, size.threshold) == (40, 100)
+    assert verdict.reasons == ["holdout_size failed: hold-out has 40 rows < minimum 100"]
+
+
+def test_holdout_missing_a_feature_is_a_reject(models, fast_clock):
+    holdout = models.holdout
+    narrow = type(holdout)(holdout.feature_names[:2], holdout.X[:, :2], holdout.y)
+
+    verdict = judge(models.good, narrow, POLICY, clock=fast_clock)
+
+    assert verdict.decision == "reject"
+    assert "lacks model features ['x3']" in gate(verdict, "output_sanity").detail
+
+
+def test_load_failure_is_a_reject_with_the_reason():
+    verdict = load_failure("challenger artifact", "integrity check failed")
+
+    assert verdict.decision == "reject"
+    assert verdict.gates[0].name == "load"
+    assert verdict.reasons == [
+        "load failed: could not load the challenger artifact: integrity check failed"
+    ]
