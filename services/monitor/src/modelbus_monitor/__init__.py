@@ -1,1 +1,1 @@
-"""modelbus_monitor."""
+"""modelbus monitor: joins predictions with labels, runs drift detectors, opens incidents."""

@@ -1,0 +1,176 @@
+"""Adapters for the monitor's ports: incidents in MongoDB, the registry over HTTP, and the
+in-memory fakes unit tests use."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime
+from typing import Any
+
+import httpx
+import structlog
+from pymongo import DESCENDING
+from pymongo.asynchronous.database import AsyncDatabase
+
+from modelbus_contracts.api import ModelView, VersionView
+from modelbus_platform.stores import mongo_ping
+
+from .domain import Incident
+
+log = structlog.get_logger(__name__)
+
+INCIDENT_FIELDS = {f.name for f in dataclasses.fields(Incident)}
+
+
+def incident_to_doc(incident: Incident) -> dict[str, Any]:
+    return {"_id": incident.incident_id, **dataclasses.asdict(incident)}
+
+
+def incident_from_doc(doc: dict[str, Any]) -> Incident:
+    return Incident(**{k: v for k, v in doc.items() if k in INCIDENT_FIELDS})
+
+
+def incident_view(incident: Incident) -> dict[str, Any]:
+    """JSON-ready view for the HTTP API."""
+    out = dataclasses.asdict(incident)
+    return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in out.items()}
+
+
+class MongoIncidentStore:
+    """Collection ``incidents``: one document per incident, ``_id`` = incident id."""
+
+    def __init__(self, db: AsyncDatabase, collection: str = "incidents") -> None:
+        self.db = db
+        self.col = db[collection]
+
+    async def init(self) -> None:
+        await self.col.create_index([("model_name", 1), ("status", 1)])
+        await self.col.create_index([("opened_at", DESCENDING)])
+
+    async def save(self, incident: Incident) -> None:
+        await self.col.replace_one(
+            {"_id": incident.incident_id}, incident_to_doc(incident), upsert=True
+        )
+
+    async def get(self, incident_id: str) -> Incident | None:
+        doc = await self.col.find_one({"_id": incident_id})
+        return incident_from_doc(doc) if doc else None
+
+    async def list(self, model_name: str | None = None, limit: int = 50) -> list[Incident]:
+        query = {"model_name": model_name} if model_name else {}
+        cursor = self.col.find(query).sort("opened_at", DESCENDING).limit(limit)
+        return [incident_from_doc(doc) async for doc in cursor]
+
+    async def open_incidents(self) -> list[Incident]:
+        cursor = self.col.find({"status": "open"}).sort("opened_at", DESCENDING)
+        return [incident_from_doc(doc) async for doc in cursor]
+
+    async def ping(self) -> bool:
+        return await mongo_ping(self.db)
+
+
+class MemoryIncidentStore:
+    def __init__(self) -> None:
+        self.docs: dict[str, Incident] = {}
+        self.saves = 0
+
+    async def init(self) -> None:
+        return None
+
+    async def save(self, incident: Incident) -> None:
+        self.saves += 1
+        self.docs[incident.incident_id] = dataclasses.replace(incident)
+
+    async def get(self, incident_id: str) -> Incident | None:
+        return self.docs.get(incident_id)
+
+    async def list(self, model_name: str | None = None, limit: int = 50) -> list[Incident]:
+        found = [i for i in self.docs.values() if model_name in (None, i.model_name)]
+        return sorted(found, key=lambda i: i.opened_at, reverse=True)[:limit]
+
+    async def open_incidents(self) -> list[Incident]:
+        return [i for i in self.docs.values() if i.status == "open"]
+
+    async def ping(self) -> bool:
+        return True
+
+
+def _models_payload(payload: Any) -> list[Any]:
+    if isinstance(payload, dict):
+        for key in ("items", "models"):
+            if isinstance(payload.get(key), list):
+                return payload[key]
+        return []
+    return payload if isinstance(payload, list) else []
+
+
+class HttpRegistryClient:
+    """Reads the registry's HTTP API. Errors surface as exceptions; 404 is ``None``."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout_s: float = 5.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.client = httpx.AsyncClient(base_url=base_url, timeout=timeout_s, transport=transport)
+
+    async def list_models(self) -> list[ModelView]:
+        response = await self.client.get("/models")
+        response.raise_for_status()
+        return [ModelView.model_validate(m) for m in _models_payload(response.json())]
+
+    async def get_model(self, name: str) -> ModelView | None:
+        response = await self.client.get(f"/models/{name}")
+        if response.status_code == 404:
+            return None
+        response.raise_for_status()
+        return ModelView.model_validate(response.json())
+
+    async def get_version(self, name: str, version: int) -> VersionView | None:
+        response = await self.client.get(f"/models/{name}/versions/{version}")
+        if response.status_code == 404:
+            return None
+        response.raise_for_status()
+        return VersionView.model_validate(response.json())
+
+    async def ping(self) -> bool:
+        try:
+            response = await self.client.get("/health/live")
+            return response.status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+class FakeRegistry:
+    """In-memory registry for unit tests; ``down=True`` makes every call fail."""
+
+    def __init__(self) -> None:
+        self.models: dict[str, ModelView] = {}
+        self.versions: dict[tuple[str, int], VersionView] = {}
+        self.down = False
+        self.calls = 0
+
+    def _check(self) -> None:
+        self.calls += 1
+        if self.down:
+            raise httpx.ConnectError("registry down")
+
+    async def list_models(self) -> list[ModelView]:
+        self._check()
+        return list(self.models.values())
+
+    async def get_model(self, name: str) -> ModelView | None:
+        self._check()
+        return self.models.get(name)
+
+    async def get_version(self, name: str, version: int) -> VersionView | None:
+        self._check()
+        return self.versions.get((name, version))
+
+    async def ping(self) -> bool:
+        return not self.down

@@ -1,0 +1,91 @@
+"""The composition root: ``build_app(settings)`` wires Mongo, the registry client, the bus and the
+service; its lifespan connects, rebuilds state, subscribes and starts consuming."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+import structlog
+from fastapi import FastAPI
+
+from modelbus_platform.bus import EventBus
+from modelbus_platform.http import create_app
+from modelbus_platform.stores import MongoProcessedEvents, connect_mongo
+
+from .adapters import HttpRegistryClient, MongoIncidentStore
+from .api import router
+from .config import MonitorSettings
+from .handlers import subscribe
+from .metrics import MonitorMetrics
+from .service import MonitorService, detector_config
+
+log = structlog.get_logger(__name__)
+
+
+def build_app(
+    settings: MonitorSettings, *, registry_transport: httpx.AsyncBaseTransport | None = None
+) -> FastAPI:
+    metrics = MonitorMetrics(settings.service_name)
+    parts: dict = {}
+
+    async def readiness() -> dict[str, bool]:
+        if not parts:
+            return {"bus": False, "mongo": False, "registry": False}
+        return {
+            "bus": await parts["bus"].ping(),
+            "mongo": await parts["incidents"].ping(),
+            "registry": await parts["registry"].ping(),
+        }
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        client, db = connect_mongo(settings)
+        processed = MongoProcessedEvents(db)
+        incidents = MongoIncidentStore(db)
+        registry = HttpRegistryClient(settings.registry_url, transport=registry_transport)
+        bus = EventBus(
+            settings.kafka_bootstrap,
+            service=settings.service_name,
+            metrics=metrics,
+            processed=processed,
+            retries=settings.handler_retries,
+            backoff_s=settings.handler_backoff_s,
+            partitions=settings.topic_partitions,
+        )
+        service = MonitorService(
+            detector_config(settings),
+            publisher=bus,
+            incidents=incidents,
+            registry=registry,
+            metrics=metrics,
+            registry_retry_s=settings.registry_retry_s,
+        )
+        await processed.init()
+        await incidents.init()
+        await service.rebuild()
+        subscribe(bus, service)
+        await bus.start()
+        app.state.service = service
+        parts.update(bus=bus, incidents=incidents, registry=registry)
+        log.info("monitor.started", port=settings.http_port)
+        try:
+            yield
+        finally:
+            parts.clear()
+            await bus.stop()
+            await registry.close()
+            await client.close()
+
+    app = create_app(
+        title="modelbus monitor",
+        description="Joins predictions with labels, runs River ADWIN drift detectors on model "
+        "error and inputs, opens incidents and emits DriftDetected / DataQualityAlert.",
+        metrics=metrics,
+        readiness=readiness,
+        lifespan=lifespan,
+        max_body_bytes=settings.max_body_bytes,
+    )
+    app.include_router(router)
+    return app

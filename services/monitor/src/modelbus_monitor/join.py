@@ -1,0 +1,122 @@
+"""Pure prediction/label join: match on prediction_id in either arrival order.
+
+Both pending buffers are bounded (oldest evicted first) and expire after ``max_wait_s``; every
+eviction is counted. Recently joined ids are remembered (bounded) so a re-delivered prediction or
+label with a new event id does not join twice.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter, OrderedDict
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class PredictionPoint:
+    prediction_id: str
+    version: int
+    served_by: str
+    label: int
+    features: dict[str, float]
+    event_id: uuid.UUID
+    at: datetime
+
+
+@dataclass(frozen=True)
+class LabelPoint:
+    prediction_id: str
+    label: int
+    event_id: uuid.UUID
+    at: datetime
+
+
+@dataclass(frozen=True)
+class JoinedPair:
+    prediction: PredictionPoint
+    label: int
+    tipping_event_id: uuid.UUID  # the event id of whichever side arrived last
+
+    @property
+    def error(self) -> int:
+        return int(self.prediction.label != self.label)
+
+
+class Joiner:
+    """Two bounded, TTL'd buffers of unmatched predictions and labels."""
+
+    def __init__(self, max_pending: int, max_wait_s: float) -> None:
+        self.max_pending = max_pending
+        self.max_wait = timedelta(seconds=max_wait_s)
+        self.predictions: OrderedDict[str, PredictionPoint] = OrderedDict()
+        self.labels: OrderedDict[str, LabelPoint] = OrderedDict()
+        self._joined: OrderedDict[str, None] = OrderedDict()
+        self.evicted: Counter[str] = Counter()
+        self.duplicates = 0
+        self.joined = 0
+        self._unreported: Counter[str] = Counter()
+
+    def add_prediction(self, point: PredictionPoint, now: datetime) -> JoinedPair | None:
+        self.expire(now)
+        if self._seen(point.prediction_id, self.predictions):
+            return None
+        label = self.labels.pop(point.prediction_id, None)
+        if label is None:
+            self._push(self.predictions, point.prediction_id, point, "prediction")
+            return None
+        return self._join(point, label.label, point.event_id)
+
+    def add_label(self, point: LabelPoint, now: datetime) -> JoinedPair | None:
+        self.expire(now)
+        if self._seen(point.prediction_id, self.labels):
+            return None
+        prediction = self.predictions.pop(point.prediction_id, None)
+        if prediction is None:
+            self._push(self.labels, point.prediction_id, point, "label")
+            return None
+        return self._join(prediction, point.label, point.event_id)
+
+    def expire(self, now: datetime) -> None:
+        """Drop entries older than ``max_wait`` (buffers are in arrival order)."""
+        cutoff = now - self.max_wait
+        for kind, buffer in (("prediction", self.predictions), ("label", self.labels)):
+            while buffer and next(iter(buffer.values())).at < cutoff:
+                buffer.popitem(last=False)
+                self._evict(f"{kind}_expired")
+
+    def drain_evictions(self) -> dict[str, int]:
+        """Evictions since the last call, by reason (for metrics)."""
+        out = dict(self._unreported)
+        self._unreported.clear()
+        return out
+
+    def _seen(self, prediction_id: str, buffer: OrderedDict[str, T]) -> bool:
+        if prediction_id in self._joined or prediction_id in buffer:
+            self.duplicates += 1
+            return True
+        return False
+
+    def _push(self, buffer: OrderedDict[str, T], key: str, value: T, kind: str) -> None:
+        buffer[key] = value
+        while len(buffer) > self.max_pending:
+            buffer.popitem(last=False)
+            self._evict(f"{kind}_overflow")
+
+    def _join(self, prediction: PredictionPoint, label: int, tipping: uuid.UUID) -> JoinedPair:
+        self._joined[prediction.prediction_id] = None
+        while len(self._joined) > self.max_pending:
+            self._joined.popitem(last=False)
+        self.joined += 1
+        return JoinedPair(prediction=prediction, label=label, tipping_event_id=tipping)
+
+    def _evict(self, reason: str) -> None:
+        self.evicted[reason] += 1
+        self._unreported[reason] += 1
+
+    @property
+    def pending(self) -> dict[str, int]:
+        return {"predictions": len(self.predictions), "labels": len(self.labels)}
