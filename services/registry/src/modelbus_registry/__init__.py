@@ -1,1 +1,1 @@
-"""modelbus_registry."""
+"""modelbus_registry: the source of truth for models, versions, aliases and the audit log."""

@@ -1,0 +1,255 @@
+"""The registry's rules, as pure functions: artifact checks, alias moves (champion, challenger,
+previous), version statuses, and the shapes of stored documents and views. No I/O here."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from modelbus_contracts import ArtifactRef, Event, ModelEvaluated, ModelSummary, ModelTrained
+from modelbus_contracts.api import AliasesView, AuditRecord, ModelView, VersionView
+from modelbus_ml import ArtifactError, LogisticModel
+
+ALIASES = ("champion", "challenger", "previous")
+
+STATUS_REGISTERED = "registered"
+STATUS_CHAMPION = "champion"
+STATUS_PREVIOUS = "previous"
+STATUS_REJECTED = "rejected"
+STATUS_RETIRED = "retired"
+
+
+class RegistryError(Exception):
+    """A refused request; ``reason`` says why in words a caller can act on."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class NotFound(RegistryError):
+    pass
+
+
+class Conflict(RegistryError):
+    """The state moved under the caller (compare-and-set failed) or forbids the change."""
+
+    def __init__(self, reason: str, action: str = "alias_conflict") -> None:
+        super().__init__(reason)
+        self.action = action
+
+
+class ArtifactRejected(RegistryError):
+    pass
+
+
+# --- artifacts ---------------------------------------------------------------------------------
+
+
+def check_artifact(data: bytes, ref: ArtifactRef, feature_names: list[str]) -> LogisticModel:
+    """Refuse an artifact that does not load or does not match what the event claims.
+
+    The sha256 is checked by the caller (``get_verified``) before the bytes get here.
+    """
+    if len(data) != ref.size_bytes:
+        raise ArtifactRejected(f"artifact has {len(data)} bytes, the event says {ref.size_bytes}")
+    try:
+        model = LogisticModel.from_bytes(data)
+    except ArtifactError as exc:
+        raise ArtifactRejected(f"artifact does not load: {exc}") from exc
+    if list(model.feature_names) != list(feature_names):
+        raise ArtifactRejected(
+            f"artifact features {list(model.feature_names)} differ from the event's "
+            f"{list(feature_names)}"
+        )
+    return model
+
+
+# --- aliases -----------------------------------------------------------------------------------
+
+
+def empty_aliases() -> dict[str, int | None]:
+    return dict.fromkeys(ALIASES)
+
+
+@dataclass(frozen=True)
+class AliasMove:
+    """One compare-and-set on a model's aliases and the version statuses that follow from it.
+
+    ``expected`` holds the current value of every alias the move writes (the CAS filter).
+    """
+
+    new: dict[str, int | None]
+    expected: dict[str, int | None]
+    statuses: dict[int, str] = field(default_factory=dict)
+
+
+def promotion_refusal(version: int, champion: int | None) -> str | None:
+    """Why ``version`` may not become champion, or None. A champion never moves backwards."""
+    if champion is None:
+        return None
+    if version == champion:
+        return f"version {version} is already the champion"
+    if version < champion:
+        return f"version {version} is older than the champion version {champion}"
+    return None
+
+
+def plan_promotion(
+    aliases: dict[str, int | None], version: int, expected_champion: int | None
+) -> AliasMove:
+    """champion := version, previous := the old champion (if any), challenger cleared if it
+    was this version. The CAS expects the champion to still be ``expected_champion``."""
+    new: dict[str, int | None] = {"champion": version}
+    statuses = {version: STATUS_CHAMPION}
+    if expected_champion is not None:
+        new["previous"] = expected_champion
+        statuses[expected_champion] = STATUS_PREVIOUS
+    if aliases.get("challenger") == version:
+        new["challenger"] = None
+    expected = {k: aliases.get(k) for k in new}
+    expected["champion"] = expected_champion
+    return AliasMove(new=new, expected=expected, statuses=statuses)
+
+
+def plan_rollback(aliases: dict[str, int | None]) -> AliasMove:
+    """champion := previous, previous := None; the rolled-back champion is retired."""
+    champion, previous = aliases.get("champion"), aliases.get("previous")
+    if champion is None:
+        raise Conflict("no champion to roll back from", action="rollback_refused")
+    if previous is None:
+        raise Conflict(
+            f"no previous version to roll back to (champion is {champion})",
+            action="rollback_refused",
+        )
+    return AliasMove(
+        new={"champion": previous, "previous": None},
+        expected={"champion": champion, "previous": previous},
+        statuses={previous: STATUS_CHAMPION, champion: STATUS_RETIRED},
+    )
+
+
+def plan_alias_set(
+    aliases: dict[str, int | None], alias: str, version: int, expected: int | None
+) -> AliasMove:
+    """A caller's compare-and-set of one alias; champion moves follow the promotion rules."""
+    if alias not in ALIASES:
+        raise NotFound(f"unknown alias {alias!r}; expected one of {', '.join(ALIASES)}")
+    current = aliases.get(alias)
+    if current != expected:
+        action = "promotion_conflict" if alias == "champion" else "alias_conflict"
+        raise Conflict(
+            f"{alias} is at version {current}, not the expected {expected}", action=action
+        )
+    if alias == "champion":
+        refusal = promotion_refusal(version, current)
+        if refusal:
+            raise Conflict(refusal, action="promotion_refused")
+        return plan_promotion(aliases, version, current)
+    return AliasMove(new={alias: version}, expected={alias: current})
+
+
+# --- documents and views -----------------------------------------------------------------------
+
+
+def follow_up_id(cause: Event, event_type: str) -> uuid.UUID:
+    """A deterministic id for the event ``cause`` leads to, so a retried handler re-emits the
+    same event (consumers dedupe it) instead of a second one."""
+    return uuid.uuid5(cause.event_id, event_type)
+
+
+def version_doc(event: ModelTrained, version: int, now: datetime) -> dict[str, Any]:
+    return {
+        "model_name": event.model_name,
+        "version": version,
+        "run_id": event.run_id,
+        "artifact": event.artifact.model_dump(mode="json"),
+        "feature_names": list(event.feature_names),
+        "metrics": dict(event.metrics),
+        "lineage": event.lineage.model_dump(mode="json"),
+        "reference": {k: v.model_dump(mode="json") for k, v in event.reference.items()},
+        "status": STATUS_REGISTERED,
+        "created_at": now,
+        "evaluation": None,
+        "registered_by": str(event.event_id),
+        "correlation_id": str(event.correlation_id),
+    }
+
+
+def evaluation_doc(event: ModelEvaluated, now: datetime) -> dict[str, Any]:
+    return {
+        "event_id": str(event.event_id),
+        "at": now.isoformat(),
+        "decision": event.decision,
+        "reasons": list(event.reasons),
+        "gates": [g.model_dump(mode="json") for g in event.gates],
+        "champion_version": event.champion_version,
+        "holdout": event.holdout.model_dump(mode="json"),
+        "challenger_metrics": dict(event.challenger_metrics),
+        "champion_metrics": dict(event.champion_metrics),
+    }
+
+
+def summary(doc: dict[str, Any]) -> ModelSummary:
+    view = version_view(doc)
+    return ModelSummary(
+        version=view.version,
+        artifact=view.artifact,
+        feature_names=view.feature_names,
+        metrics=view.metrics,
+        holdout=view.lineage.holdout,
+    )
+
+
+def version_view(doc: dict[str, Any]) -> VersionView:
+    return VersionView.model_validate(doc)
+
+
+def aliases_of(model: dict[str, Any]) -> dict[str, int | None]:
+    stored = model.get("aliases") or {}
+    return {k: stored.get(k) for k in ALIASES}
+
+
+def aliases_view(model: dict[str, Any]) -> AliasesView:
+    return AliasesView(model_name=model["name"], **aliases_of(model))
+
+
+def model_view(model: dict[str, Any], version_count: int) -> ModelView:
+    return ModelView(
+        name=model["name"],
+        aliases=aliases_view(model),
+        latest_version=model.get("latest_version"),
+        version_count=version_count,
+        created_at=model.get("created_at"),
+        updated_at=model.get("updated_at"),
+    )
+
+
+def audit_doc(
+    *,
+    at: datetime,
+    model_name: str,
+    action: str,
+    actor: str,
+    version: int | None = None,
+    reason: str = "",
+    cause: Event | None = None,
+    details: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """An audit record (validated against the contract) as a storable document."""
+    record = AuditRecord(
+        at=at,
+        model_name=model_name,
+        action=action,
+        version=version,
+        actor=actor,
+        reason=reason,
+        event_id=str(cause.event_id) if cause else None,
+        correlation_id=str(cause.correlation_id) if cause else None,
+        details=details or {},
+    )
+    doc = record.model_dump(mode="json")
+    doc["at"] = at
+    return doc

@@ -1,0 +1,26 @@
+"""Thin event handlers: the bus hands over a parsed event, the service does the work and
+publishes what follows. Subscriptions are made here, in one consumer group."""
+
+from __future__ import annotations
+
+from modelbus_contracts import ModelEvaluated, ModelTrained
+from modelbus_platform.bus import EventBus
+
+from .service import RegistryService
+
+
+def make_handlers(service: RegistryService):
+    async def on_model_trained(event: ModelTrained) -> None:
+        await service.register(event)
+
+    async def on_model_evaluated(event: ModelEvaluated) -> None:
+        await service.record_evaluation(event)
+
+    return on_model_trained, on_model_evaluated
+
+
+def subscribe(bus: EventBus, service: RegistryService, group: str = "registry") -> None:
+    """ModelTrained and ModelEvaluated, at-least-once, deduped on event_id by the bus."""
+    on_model_trained, on_model_evaluated = make_handlers(service)
+    bus.subscribe(ModelTrained, group=group, handler=on_model_trained)
+    bus.subscribe(ModelEvaluated, group=group, handler=on_model_evaluated)

@@ -1,0 +1,59 @@
+"""The registry's storage port. One Protocol, two adapters (MongoDB and in-memory), one shared
+test suite (tests/registry_port_suite.py) run against both."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Protocol
+
+
+class RegistryRepository(Protocol):
+    """Models, versions and the append-only audit log. Documents come back without ``_id``."""
+
+    async def init(self) -> None:
+        """Create indexes (idempotent)."""
+
+    async def ping(self) -> bool: ...
+
+    # -- models -------------------------------------------------------------------------------
+
+    async def get_model(self, name: str) -> dict[str, Any] | None: ...
+
+    async def list_models(self) -> list[dict[str, Any]]: ...
+
+    async def allocate_version(self, name: str, now: datetime) -> int:
+        """Atomically take the model's next version number (creating the model if new)."""
+
+    async def cas_aliases(
+        self,
+        name: str,
+        expected: dict[str, int | None],
+        new: dict[str, int | None],
+        now: datetime,
+    ) -> dict[str, Any] | None:
+        """Set ``new`` aliases only if every alias in ``expected`` still has that value.
+        Returns the updated model, or None when the compare failed (nothing changed)."""
+
+    # -- versions -----------------------------------------------------------------------------
+
+    async def insert_version(self, doc: dict[str, Any]) -> bool:
+        """False if (model_name, version) or (model_name, run_id) already exists."""
+
+    async def get_version(self, name: str, version: int) -> dict[str, Any] | None: ...
+
+    async def find_version_by_run(self, name: str, run_id: str) -> dict[str, Any] | None: ...
+
+    async def list_versions(self, name: str) -> list[dict[str, Any]]:
+        """Oldest first."""
+
+    async def count_versions(self, name: str) -> int: ...
+
+    async def update_version(self, name: str, version: int, fields: dict[str, Any]) -> None: ...
+
+    # -- audit --------------------------------------------------------------------------------
+
+    async def append_audit(self, record: dict[str, Any]) -> int:
+        """Insert a record (never update); returns its ``seq``, increasing with every insert."""
+
+    async def list_audit(self, model_name: str | None, limit: int) -> list[dict[str, Any]]:
+        """Newest first."""

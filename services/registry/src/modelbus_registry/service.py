@@ -1,0 +1,507 @@
+"""The registry's service layer: registration of trained models, evaluations and promotions,
+alias compare-and-set, rollback, and the read side. Every decision is written to the audit log
+with its reasons and numbers, and every state change that others care about is an event.
+
+Dependencies are injected (repository port, object store, publisher, clock); nothing here knows
+about Kafka, MongoDB or HTTP.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import structlog
+
+from modelbus_contracts import (
+    Event,
+    ModelEvaluated,
+    ModelPromoted,
+    ModelRegistered,
+    ModelRolledBack,
+    ModelSummary,
+    ModelTrained,
+)
+from modelbus_contracts.api import (
+    AliasesView,
+    AliasUpdate,
+    AuditRecord,
+    ModelView,
+    RollbackRequest,
+    VersionView,
+)
+from modelbus_contracts.envelope import utcnow
+from modelbus_platform.bus import Publisher
+from modelbus_platform.stores import IntegrityError, ObjectNotFound, ObjectStore, get_verified
+
+from . import domain
+from .domain import AliasMove, ArtifactRejected, Conflict, NotFound, RegistryError
+from .ports import RegistryRepository
+
+log = structlog.get_logger(__name__)
+
+EVENT_ACTOR = "registry"
+API_ACTOR = "registry-api"
+
+
+class PublishFailed(RegistryError):
+    """The state changed but its event could not be published (the caller should know)."""
+
+
+class RegistryService:
+    def __init__(
+        self,
+        repo: RegistryRepository,
+        store: ObjectStore,
+        publisher: Publisher,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.repo = repo
+        self.store = store
+        self.publisher = publisher
+        self.clock = clock
+
+    # -- ModelTrained ---------------------------------------------------------------------------
+
+    async def register(self, event: ModelTrained) -> ModelRegistered | None:
+        """Verify the artifact and register the next version; idempotent on (model, run_id)."""
+        name = event.model_name
+        existing = await self.repo.find_version_by_run(name, event.run_id)
+        if existing is not None:
+            return await self._registration_replay(event, existing)
+        try:
+            data = await get_verified(self.store, event.artifact.uri, event.artifact.sha256)
+            domain.check_artifact(data, event.artifact, event.feature_names)
+        except (ObjectNotFound, IntegrityError, ArtifactRejected) as exc:
+            reason = _reason(exc)
+            await self._audit(
+                name,
+                "registration_rejected",
+                reason=reason,
+                cause=event,
+                details=_trained_details(event),
+            )
+            log.warning("registration.rejected", model=name, run_id=event.run_id, reason=reason)
+            return None
+        version = await self.repo.allocate_version(name, self.clock())
+        doc = domain.version_doc(event, version, self.clock())
+        if not await self.repo.insert_version(doc):  # a concurrent delivery of the same run won
+            log.info("registration.lost_race", model=name, run_id=event.run_id, version=version)
+            return None
+        await self._audit(
+            name,
+            "registered",
+            version=version,
+            cause=event,
+            reason=f"run {event.run_id} registered as version {version}",
+            details=_trained_details(event),
+        )
+        log.info("registration.registered", model=name, version=version, run_id=event.run_id)
+        registered = await self._registered_event(event, doc)
+        await self.publisher.publish(registered)
+        return registered
+
+    async def _registration_replay(
+        self, event: ModelTrained, existing: dict[str, Any]
+    ) -> ModelRegistered | None:
+        if existing.get("registered_by") == str(event.event_id):
+            # this very event registered the version but did not finish: emit the same event
+            registered = await self._registered_event(event, existing)
+            await self.publisher.publish(registered)
+            return registered
+        await self._audit(
+            event.model_name,
+            "registration_duplicate",
+            version=existing["version"],
+            cause=event,
+            reason=f"run {event.run_id} is already version {existing['version']}",
+        )
+        log.info("registration.duplicate_run", model=event.model_name, run_id=event.run_id)
+        return None
+
+    async def _registered_event(self, event: ModelTrained, doc: dict[str, Any]) -> ModelRegistered:
+        return event.caused(
+            ModelRegistered,
+            producer=EVENT_ACTOR,
+            event_id=domain.follow_up_id(event, ModelRegistered.event_type),
+            model_name=event.model_name,
+            version=doc["version"],
+            run_id=event.run_id,
+            artifact=event.artifact,
+            feature_names=event.feature_names,
+            metrics=event.metrics,
+            lineage=event.lineage,
+            champion=await self._champion_summary(event.model_name, doc["version"]),
+        )
+
+    async def _champion_summary(self, name: str, exclude: int) -> ModelSummary | None:
+        model = await self.repo.get_model(name)
+        champion = domain.aliases_of(model)["champion"] if model else None
+        if champion is None or champion == exclude:
+            return None
+        doc = await self.repo.get_version(name, champion)
+        return domain.summary(doc) if doc else None
+
+    # -- ModelEvaluated -------------------------------------------------------------------------
+
+    async def record_evaluation(self, event: ModelEvaluated) -> ModelPromoted | None:
+        """Store the verdict; on ``promote`` move the champion by compare-and-set."""
+        name, version = event.model_name, event.version
+        doc = await self.repo.get_version(name, version)
+        model = await self.repo.get_model(name)
+        if doc is None or model is None:
+            await self._audit(
+                name,
+                "evaluation_ignored",
+                version=version,
+                cause=event,
+                reason=f"version {version} of {name} is not registered",
+            )
+            return None
+        aliases = domain.aliases_of(model)
+        if _already_handled(doc, event) and aliases["champion"] == version:
+            promoted = self._promoted_event(event, doc, aliases["previous"])
+            await self.publisher.publish(promoted)  # a retry: same event id, consumers dedupe
+            return promoted
+        await self.repo.update_version(
+            name, version, {"evaluation": domain.evaluation_doc(event, self.clock())}
+        )
+        await self._audit(
+            name,
+            "evaluated",
+            version=version,
+            cause=event,
+            reason="; ".join(event.reasons),
+            details=_evaluation_details(event),
+        )
+        if event.decision == "reject":
+            await self._reject(event, doc)
+            return None
+        return await self._promote(event, doc, aliases)
+
+    async def _reject(self, event: ModelEvaluated, doc: dict[str, Any]) -> None:
+        if doc["status"] == domain.STATUS_REGISTERED:
+            await self.repo.update_version(
+                event.model_name, event.version, {"status": domain.STATUS_REJECTED}
+            )
+        await self._audit(
+            event.model_name,
+            "rejected",
+            version=event.version,
+            cause=event,
+            reason="; ".join(event.reasons),
+            details=_evaluation_details(event),
+        )
+        log.info("evaluation.rejected", model=event.model_name, version=event.version)
+
+    async def _promote(
+        self, event: ModelEvaluated, doc: dict[str, Any], aliases: dict[str, int | None]
+    ) -> ModelPromoted | None:
+        name, version = event.model_name, event.version
+        refusal = domain.promotion_refusal(version, aliases["champion"])
+        if refusal:
+            await self._audit(
+                name,
+                "promotion_refused",
+                version=version,
+                cause=event,
+                reason=refusal,
+                details={"champion": aliases["champion"]},
+            )
+            log.warning("promotion.refused", model=name, version=version, reason=refusal)
+            return None
+        move = domain.plan_promotion(aliases, version, event.champion_version)
+        updated = await self.repo.cas_aliases(name, move.expected, move.new, self.clock())
+        if updated is None:
+            current = await self._current_aliases(name)
+            reason = (
+                f"champion is version {current['champion']}, the evaluation expected "
+                f"{event.champion_version}"
+            )
+            await self._audit(
+                name,
+                "promotion_conflict",
+                version=version,
+                cause=event,
+                reason=reason,
+                details={"current": current, "expected": move.expected},
+            )
+            log.warning("promotion.conflict", model=name, version=version, reason=reason)
+            return None
+        await self._apply_statuses(name, move)
+        promoted = self._promoted_event(event, doc, event.champion_version)
+        await self._audit(
+            name,
+            "promoted",
+            version=version,
+            cause=event,
+            reason=promoted.reason,
+            details={
+                "from": event.champion_version,
+                "to": version,
+                "aliases": domain.aliases_of(updated),
+                "emitted_event_id": str(promoted.event_id),
+            },
+        )
+        log.info("promotion.promoted", model=name, version=version, previous=event.champion_version)
+        await self.publisher.publish(promoted)
+        return promoted
+
+    def _promoted_event(
+        self, event: ModelEvaluated, doc: dict[str, Any], previous: int | None
+    ) -> ModelPromoted:
+        view = domain.version_view(doc)
+        return event.caused(
+            ModelPromoted,
+            producer=EVENT_ACTOR,
+            event_id=domain.follow_up_id(event, ModelPromoted.event_type),
+            model_name=event.model_name,
+            version=event.version,
+            previous_version=previous,
+            artifact=view.artifact,
+            feature_names=view.feature_names,
+            reason="; ".join(event.reasons) or "promoted by evaluation",
+        )
+
+    # -- commands from the API ------------------------------------------------------------------
+
+    async def set_alias(
+        self, name: str, alias: str, update: AliasUpdate, actor: str = API_ACTOR
+    ) -> AliasesView:
+        """Compare-and-set one alias. Moving ``champion`` is a promotion (event + rules)."""
+        model = await self._model(name)
+        doc = await self._version_doc(name, update.version)
+        try:
+            move = domain.plan_alias_set(
+                domain.aliases_of(model), alias, update.version, update.expected_version
+            )
+        except Conflict as exc:
+            await self._audit(
+                name,
+                exc.action,
+                version=update.version,
+                actor=actor,
+                reason=exc.reason,
+                details={"alias": alias, "request": update.model_dump()},
+            )
+            raise
+        updated = await self.repo.cas_aliases(name, move.expected, move.new, self.clock())
+        if updated is None:
+            current = (await self._current_aliases(name)).get(alias)
+            action = "promotion_conflict" if alias == "champion" else "alias_conflict"
+            reason = f"{alias} is at version {current}, not the expected {update.expected_version}"
+            await self._audit(
+                name,
+                action,
+                version=update.version,
+                actor=actor,
+                reason=reason,
+                details={"alias": alias, "request": update.model_dump()},
+            )
+            raise Conflict(reason, action=action)
+        await self._apply_statuses(name, move)
+        promoted = None
+        if alias == "champion":
+            promoted = ModelPromoted(
+                producer=API_ACTOR,
+                model_name=name,
+                version=update.version,
+                previous_version=update.expected_version,
+                artifact=doc["artifact"],
+                feature_names=doc["feature_names"],
+                reason=update.reason,
+            )
+        await self._audit(
+            name,
+            "alias_set",
+            version=update.version,
+            actor=actor,
+            reason=update.reason,
+            cause=promoted,
+            details={
+                "alias": alias,
+                "from": update.expected_version,
+                "to": update.version,
+                "aliases": domain.aliases_of(updated),
+            },
+        )
+        log.info("alias.set", model=name, alias=alias, version=update.version)
+        if promoted is not None:
+            await self._publish_after_change(promoted)
+        return domain.aliases_view(updated)
+
+    async def rollback(
+        self, name: str, request: RollbackRequest, actor: str = API_ACTOR
+    ) -> AliasesView:
+        """champion := previous by compare-and-set; the rolled-back version is retired."""
+        model = await self._model(name)
+        try:
+            move = domain.plan_rollback(domain.aliases_of(model))
+        except Conflict as exc:
+            await self._audit(name, exc.action, actor=actor, reason=exc.reason)
+            raise
+        updated = await self.repo.cas_aliases(name, move.expected, move.new, self.clock())
+        if updated is None:
+            reason = f"aliases moved during the rollback: {await self._current_aliases(name)}"
+            await self._audit(name, "rollback_conflict", actor=actor, reason=reason)
+            raise Conflict(reason, action="rollback_conflict")
+        await self._apply_statuses(name, move)
+        from_version, to_version = move.expected["champion"], move.new["champion"]
+        target = await self._version_doc(name, to_version)
+        rolled_back = ModelRolledBack(
+            producer=API_ACTOR,
+            model_name=name,
+            from_version=from_version,
+            to_version=to_version,
+            artifact=target["artifact"],
+            feature_names=target["feature_names"],
+            reason=request.reason,
+        )
+        await self._audit(
+            name,
+            "rolled_back",
+            version=to_version,
+            actor=actor,
+            reason=request.reason,
+            cause=rolled_back,
+            details={"from": from_version, "to": to_version},
+        )
+        log.info("rollback.done", model=name, from_version=from_version, to_version=to_version)
+        await self._publish_after_change(rolled_back)
+        return domain.aliases_view(updated)
+
+    # -- queries --------------------------------------------------------------------------------
+
+    async def list_models(self) -> list[ModelView]:
+        models = await self.repo.list_models()
+        return [domain.model_view(m, await self.repo.count_versions(m["name"])) for m in models]
+
+    async def get_model(self, name: str) -> ModelView:
+        model = await self._model(name)
+        return domain.model_view(model, await self.repo.count_versions(name))
+
+    async def list_versions(self, name: str) -> list[VersionView]:
+        await self._model(name)
+        return [domain.version_view(d) for d in await self.repo.list_versions(name)]
+
+    async def get_version(self, name: str, version: int) -> VersionView:
+        return domain.version_view(await self._version_doc(name, version))
+
+    async def aliases(self, name: str) -> AliasesView:
+        return domain.aliases_view(await self._model(name))
+
+    async def alias_target(self, name: str, alias: str) -> VersionView:
+        if alias not in domain.ALIASES:
+            raise NotFound(f"unknown alias {alias!r}")
+        version = domain.aliases_of(await self._model(name))[alias]
+        if version is None:
+            raise NotFound(f"alias {alias} of {name} is not set")
+        return await self.get_version(name, version)
+
+    async def artifact(self, name: str, version: int) -> bytes:
+        """The version's artifact bytes, only if their sha256 matches the record."""
+        doc = await self._version_doc(name, version)
+        ref = doc["artifact"]
+        try:
+            return await get_verified(self.store, ref["uri"], ref["sha256"])
+        except ObjectNotFound as exc:
+            raise NotFound(f"artifact {ref['uri']} is missing from object storage") from exc
+        except IntegrityError as exc:
+            await self._audit(
+                name, "artifact_integrity_failed", version=version, actor=API_ACTOR, reason=str(exc)
+            )
+            raise Conflict(str(exc), action="artifact_integrity_failed") from exc
+
+    async def audit(self, model_name: str | None, limit: int) -> list[AuditRecord]:
+        rows = await self.repo.list_audit(model_name, limit)
+        return [AuditRecord.model_validate(r) for r in rows]
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    async def _model(self, name: str) -> dict[str, Any]:
+        model = await self.repo.get_model(name)
+        if model is None:
+            raise NotFound(f"model {name!r} is not registered")
+        return model
+
+    async def _version_doc(self, name: str, version: int) -> dict[str, Any]:
+        doc = await self.repo.get_version(name, version)
+        if doc is None:
+            raise NotFound(f"version {version} of model {name!r} is not registered")
+        return doc
+
+    async def _current_aliases(self, name: str) -> dict[str, int | None]:
+        model = await self.repo.get_model(name)
+        return domain.aliases_of(model) if model else domain.empty_aliases()
+
+    async def _apply_statuses(self, name: str, move: AliasMove) -> None:
+        for version, status in move.statuses.items():
+            await self.repo.update_version(name, version, {"status": status})
+
+    async def _publish_after_change(self, event: Event) -> None:
+        try:
+            await self.publisher.publish(event)
+        except Exception as exc:
+            log.exception("event.publish_failed", event_type=event.event_type)
+            raise PublishFailed(
+                f"the change is recorded but {event.event_type} could not be published: "
+                f"{_reason(exc)}"
+            ) from exc
+
+    async def _audit(
+        self,
+        name: str,
+        action: str,
+        *,
+        version: int | None = None,
+        actor: str = EVENT_ACTOR,
+        reason: str = "",
+        cause: Event | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        record = domain.audit_doc(
+            at=self.clock(),
+            model_name=name,
+            action=action,
+            actor=actor,
+            version=version,
+            reason=reason,
+            cause=cause,
+            details=details,
+        )
+        await self.repo.append_audit(record)
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, RegistryError):
+        return exc.reason
+    if isinstance(exc, ObjectNotFound):
+        return f"artifact {exc.args[0]} not found in object storage"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _already_handled(doc: dict[str, Any], event: Event) -> bool:
+    return (doc.get("evaluation") or {}).get("event_id") == str(event.event_id)
+
+
+def _trained_details(event: ModelTrained) -> dict[str, Any]:
+    return {
+        "run_id": event.run_id,
+        "artifact": event.artifact.model_dump(mode="json"),
+        "metrics": dict(event.metrics),
+        "dataset_sha256": event.lineage.dataset.sha256,
+        "trigger": event.lineage.trigger,
+    }
+
+
+def _evaluation_details(event: ModelEvaluated) -> dict[str, Any]:
+    return {
+        "decision": event.decision,
+        "champion_version": event.champion_version,
+        "challenger_metrics": dict(event.challenger_metrics),
+        "champion_metrics": dict(event.champion_metrics),
+        "gates": [g.model_dump(mode="json") for g in event.gates],
+        "holdout_sha256": event.holdout.sha256,
+    }

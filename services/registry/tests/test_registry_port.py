@@ -1,0 +1,132 @@
+"""One port, one suite: the registry repository contract, run against the in-memory fake and
+the MongoDB adapter (on the session's real nx-27017 server)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+import pytest
+
+from modelbus_platform.settings import ServiceSettings
+from modelbus_platform.stores import connect_mongo
+from modelbus_registry.adapters import MemoryRegistryRepository, MongoRegistryRepository
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+@pytest.fixture(
+    params=["memory", pytest.param("mongo", marks=pytest.mark.integration)],
+)
+async def repo(request, unique):
+    if request.param == "memory":
+        yield MemoryRegistryRepository()
+        return
+    infra = request.getfixturevalue("infra")
+    client, db = connect_mongo(ServiceSettings(mongo_uri=infra.mongo_uri, mongo_db=f"reg_{unique}"))
+    repository = MongoRegistryRepository(db)
+    await repository.init()
+    yield repository
+    await client.close()
+
+
+def version(model: str, number: int, run_id: str) -> dict:
+    return {
+        "model_name": model,
+        "version": number,
+        "run_id": run_id,
+        "status": "registered",
+        "created_at": NOW,
+        "metrics": {"auc": 0.5 + number / 100},
+        "evaluation": None,
+    }
+
+
+async def test_versions_are_allocated_in_order_and_create_the_model(repo, unique):
+    model = f"m-{unique}"
+    assert await repo.get_model(model) is None
+    assert [await repo.allocate_version(model, NOW) for _ in range(3)] == [1, 2, 3]
+    doc = await repo.get_model(model)
+    assert doc["latest_version"] == 3
+    assert doc["aliases"] == {"champion": None, "challenger": None, "previous": None}
+    assert doc["alias_revision"] == 0
+    assert doc["created_at"] == NOW
+
+
+async def test_concurrent_allocations_never_share_a_number(repo, unique):
+    model = f"m-{unique}"
+    numbers = await asyncio.gather(*(repo.allocate_version(model, NOW) for _ in range(10)))
+    assert sorted(numbers) == list(range(1, 11))
+
+
+async def test_versions_are_unique_per_number_and_per_run(repo, unique):
+    model = f"m-{unique}"
+    assert await repo.insert_version(version(model, 1, "run-a"))
+    assert not await repo.insert_version(version(model, 1, "run-b"))
+    assert not await repo.insert_version(version(model, 2, "run-a"))
+    assert await repo.insert_version(version(f"other-{unique}", 1, "run-a"))
+    assert (await repo.find_version_by_run(model, "run-a"))["version"] == 1
+    assert await repo.find_version_by_run(model, "run-b") is None
+    assert await repo.count_versions(model) == 1
+
+
+async def test_versions_list_oldest_first_and_update(repo, unique):
+    model = f"m-{unique}"
+    for n in (3, 1, 2):
+        await repo.insert_version(version(model, n, f"run-{n}"))
+    assert [v["version"] for v in await repo.list_versions(model)] == [1, 2, 3]
+    await repo.update_version(model, 2, {"status": "rejected", "evaluation": {"decision": "x"}})
+    doc = await repo.get_version(model, 2)
+    assert doc["status"] == "rejected"
+    assert doc["evaluation"] == {"decision": "x"}
+    assert "_id" not in doc
+    assert await repo.get_version(model, 9) is None
+
+
+async def test_alias_compare_and_set(repo, unique):
+    model = f"m-{unique}"
+    await repo.allocate_version(model, NOW)
+    moved = await repo.cas_aliases(model, {"champion": None}, {"champion": 1}, NOW)
+    assert moved["aliases"]["champion"] == 1
+    assert moved["alias_revision"] == 1
+    # stale expectation: nothing changes
+    assert await repo.cas_aliases(model, {"champion": None}, {"champion": 2}, NOW) is None
+    both = {"champion": 1, "previous": None}
+    moved = await repo.cas_aliases(model, both, {"champion": 2, "previous": 1}, NOW)
+    assert moved["aliases"] == {"champion": 2, "challenger": None, "previous": 1}
+    assert (await repo.get_model(model))["alias_revision"] == 2
+    assert (
+        await repo.cas_aliases(f"nope-{unique}", {"champion": None}, {"champion": 1}, NOW) is None
+    )
+
+
+async def test_concurrent_compare_and_set_has_one_winner(repo, unique):
+    model = f"m-{unique}"
+    await repo.allocate_version(model, NOW)
+    results = await asyncio.gather(
+        *(repo.cas_aliases(model, {"champion": None}, {"champion": n}, NOW) for n in range(1, 6))
+    )
+    winners = [r for r in results if r is not None]
+    assert len(winners) == 1
+    assert (await repo.get_model(model))["aliases"]["champion"] == winners[0]["aliases"]["champion"]
+
+
+async def test_audit_is_append_only_newest_first(repo, unique):
+    model, other = f"m-{unique}", f"o-{unique}"
+    seqs = []
+    for i, name in enumerate([model, other, model, model]):
+        seqs.append(await repo.append_audit({"at": NOW, "model_name": name, "action": f"a{i}"}))
+    assert seqs == sorted(seqs) and len(set(seqs)) == 4
+    rows = await repo.list_audit(model, 10)
+    assert [r["action"] for r in rows] == ["a3", "a2", "a0"]
+    assert [r["action"] for r in await repo.list_audit(model, 2)] == ["a3", "a2"]
+    everything = [r["action"] for r in await repo.list_audit(None, 100)]
+    assert everything.index("a3") < everything.index("a1") < everything.index("a0")
+
+
+async def test_models_are_listed_by_name(repo, unique):
+    for name in (f"b-{unique}", f"a-{unique}"):
+        await repo.allocate_version(name, NOW)
+    names = [m["name"] for m in await repo.list_models()]
+    assert names.index(f"a-{unique}") < names.index(f"b-{unique}")
+    assert await repo.ping()
