@@ -7,7 +7,13 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
+from modelbus_contracts import ArtifactRef, DatasetRef, Lineage, ModelRegistered, ModelSummary
+from modelbus_deployer.adapters import MemoryDecisionStore, MemoryObjectStore, ObjectStoreModels
+from modelbus_deployer.config import DeployerSettings
+from modelbus_deployer.service import DeployerService
 from modelbus_ml import Dataset, LogisticModel, train_logreg
+from modelbus_platform.bus import RecordingPublisher
+from modelbus_platform.stores import sha256_hex
 
 FEATURES = ("x1", "x2", "x3")
 
@@ -60,3 +66,94 @@ def fast_clock() -> StepClock:
 @pytest.fixture
 def step_clock() -> type[StepClock]:
     return StepClock
+
+
+MODEL = "churn"
+
+
+class FlakyPublisher(RecordingPublisher):
+    """Fails the first ``failures`` publishes: a crash between storing and publishing."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    async def publish(self, event) -> None:
+        if self.failures > 0:
+            self.failures -= 1
+            raise ConnectionError("broker down")
+        await super().publish(event)
+
+
+class World:
+    def __init__(self, models, settings: DeployerSettings | None = None) -> None:
+        self.store = MemoryObjectStore()
+        self.decisions = MemoryDecisionStore()
+        self.publisher = RecordingPublisher()
+        self.models = models
+        self.settings = settings or DeployerSettings()
+        self.clock = StepClock(0.05)
+
+    def service(self, publisher=None) -> DeployerService:
+        return DeployerService(
+            settings=self.settings,
+            decisions=self.decisions,
+            models=ObjectStoreModels(self.store),
+            publisher=publisher or self.publisher,
+            clock=self.clock,
+        )
+
+    async def artifact(self, model) -> ArtifactRef:
+        data = model.to_bytes()
+        digest = sha256_hex(data)
+        await self.store.put(f"artifacts/{MODEL}/{digest}.json", data)
+        return ArtifactRef(
+            uri=f"artifacts/{MODEL}/{digest}.json", sha256=digest, size_bytes=len(data)
+        )
+
+    async def holdout(self) -> DatasetRef:
+        data = self.models.holdout.to_csv_bytes()
+        digest = sha256_hex(data)
+        await self.store.put(f"datasets/{MODEL}/{digest}.csv", data)
+        return DatasetRef(
+            uri=f"datasets/{MODEL}/{digest}.csv", sha256=digest, rows=self.models.holdout.rows
+        )
+
+    async def registered(self, model, version: int = 1, champion=None) -> ModelRegistered:
+        holdout = await self.holdout()
+        champion_summary = None
+        if champion is not None:
+            champion_model, champion_version = champion
+            champion_summary = ModelSummary(
+                version=champion_version,
+                artifact=await self.artifact(champion_model),
+                feature_names=list(champion_model.feature_names),
+            )
+        return ModelRegistered(
+            producer="registry",
+            model_name=MODEL,
+            version=version,
+            run_id=f"run-{version}",
+            artifact=await self.artifact(model),
+            feature_names=list(model.feature_names),
+            metrics={"auc": 0.9},
+            lineage=Lineage(
+                dataset=holdout, holdout=holdout, seed=0, code_version="t", trigger="api"
+            ),
+            champion=champion_summary,
+        )
+
+
+@pytest.fixture
+def make_world(models):
+    return lambda settings=None: World(models, settings)
+
+
+@pytest.fixture
+def world(make_world) -> World:
+    return make_world()
+
+
+@pytest.fixture
+def flaky_publisher() -> type[FlakyPublisher]:
+    return FlakyPublisher

@@ -6,98 +6,14 @@ from __future__ import annotations
 import pytest
 
 from modelbus_contracts import (
-    ArtifactRef,
     DatasetRef,
-    Lineage,
     ModelEvaluated,
-    ModelRegistered,
-    ModelSummary,
 )
 from modelbus_deployer.adapters import MemoryDecisionStore, MemoryObjectStore, ObjectStoreModels
 from modelbus_deployer.config import DeployerSettings, ModelPolicy
 from modelbus_deployer.service import DeployerService
 from modelbus_platform.bus import RecordingPublisher
 from modelbus_platform.stores import sha256_hex
-
-MODEL = "churn"
-
-
-class FlakyPublisher(RecordingPublisher):
-    """Fails the first ``failures`` publishes: a crash between storing and publishing."""
-
-    def __init__(self, failures: int) -> None:
-        super().__init__()
-        self.failures = failures
-
-    async def publish(self, event) -> None:
-        if self.failures > 0:
-            self.failures -= 1
-            raise ConnectionError("broker down")
-        await super().publish(event)
-
-
-class World:
-    def __init__(self, models, step_clock, settings: DeployerSettings | None = None) -> None:
-        self.store = MemoryObjectStore()
-        self.decisions = MemoryDecisionStore()
-        self.publisher = RecordingPublisher()
-        self.models = models
-        self.settings = settings or DeployerSettings()
-        self.clock = step_clock(0.05)
-
-    def service(self, publisher=None) -> DeployerService:
-        return DeployerService(
-            settings=self.settings,
-            decisions=self.decisions,
-            models=ObjectStoreModels(self.store),
-            publisher=publisher or self.publisher,
-            clock=self.clock,
-        )
-
-    async def artifact(self, model) -> ArtifactRef:
-        data = model.to_bytes()
-        digest = sha256_hex(data)
-        await self.store.put(f"artifacts/{MODEL}/{digest}.json", data)
-        return ArtifactRef(
-            uri=f"artifacts/{MODEL}/{digest}.json", sha256=digest, size_bytes=len(data)
-        )
-
-    async def holdout(self) -> DatasetRef:
-        data = self.models.holdout.to_csv_bytes()
-        digest = sha256_hex(data)
-        await self.store.put(f"datasets/{MODEL}/{digest}.csv", data)
-        return DatasetRef(
-            uri=f"datasets/{MODEL}/{digest}.csv", sha256=digest, rows=self.models.holdout.rows
-        )
-
-    async def registered(self, model, version: int = 1, champion=None) -> ModelRegistered:
-        holdout = await self.holdout()
-        champion_summary = None
-        if champion is not None:
-            champion_model, champion_version = champion
-            champion_summary = ModelSummary(
-                version=champion_version,
-                artifact=await self.artifact(champion_model),
-                feature_names=list(champion_model.feature_names),
-            )
-        return ModelRegistered(
-            producer="registry",
-            model_name=MODEL,
-            version=version,
-            run_id=f"run-{version}",
-            artifact=await self.artifact(model),
-            feature_names=list(model.feature_names),
-            metrics={"auc": 0.9},
-            lineage=Lineage(
-                dataset=holdout, holdout=holdout, seed=0, code_version="t", trigger="api"
-            ),
-            champion=champion_summary,
-        )
-
-
-@pytest.fixture
-def world(models, step_clock) -> World:
-    return World(models, step_clock)
 
 
 async def test_same_event_twice_gives_one_decision_and_one_event(world):
@@ -111,12 +27,12 @@ async def test_same_event_twice_gives_one_decision_and_one_event(world):
     [evaluated] = world.publisher.of(ModelEvaluated)
     assert evaluated.decision == "promote"
     assert evaluated.producer == "deployer"
-    assert evaluated.model_name == MODEL
+    assert evaluated.model_name == "churn"
     assert evaluated.correlation_id == event.correlation_id
     assert evaluated.causation_id == event.event_id
     assert evaluated.champion_version is None
     assert evaluated.holdout == event.lineage.holdout
-    doc = world.decisions.docs[(MODEL, 1)]
+    doc = world.decisions.docs[("churn", 1)]
     assert doc["published"] is True
     assert doc["event_id"] == str(evaluated.event_id)
     assert set(doc["timings"]) == {"load_ms", "judge_ms", "total_ms"}
@@ -134,13 +50,13 @@ async def test_a_redelivery_with_a_new_event_id_is_still_one_decision(world):
     assert len(world.publisher.events) == 1
 
 
-async def test_crash_between_store_and_publish_republishes_the_stored_event(world):
+async def test_crash_between_store_and_publish_republishes_the_stored_event(world, flaky_publisher):
     event = await world.registered(world.models.good)
-    flaky = FlakyPublisher(failures=1)
+    flaky = flaky_publisher(failures=1)
 
     with pytest.raises(ConnectionError):
         await world.service(flaky).handle_registered(event)
-    stored = world.decisions.docs[(MODEL, 1)]
+    stored = world.decisions.docs[("churn", 1)]
     assert stored["published"] is False
 
     assert await world.service(flaky).handle_registered(event) == "republished"
@@ -148,7 +64,7 @@ async def test_crash_between_store_and_publish_republishes_the_stored_event(worl
 
     [evaluated] = flaky.events
     assert str(evaluated.event_id) == stored["event_id"]  # same event: consumers dedupe on it
-    assert world.decisions.docs[(MODEL, 1)]["published"] is True
+    assert world.decisions.docs[("churn", 1)]["published"] is True
 
 
 async def test_worse_challenger_is_rejected_with_the_champion_metrics(world):
@@ -208,9 +124,9 @@ async def test_unreadable_champion_and_missing_holdout_are_rejects(world):
     assert "could not load the hold-out: datasets/nope.csv not found" in second.reasons[0]
 
 
-async def test_per_model_policy_override_is_applied(models, step_clock):
-    settings = DeployerSettings(policies={MODEL: ModelPolicy(promotion_margin=1.5)})
-    world = World(models, step_clock, settings)
+async def test_per_model_policy_override_is_applied(models, make_world):
+    settings = DeployerSettings(policies={"churn": ModelPolicy(promotion_margin=1.5)})
+    world = make_world(settings)
     event = await world.registered(models.good, version=2, champion=(models.bad, 1))
 
     await world.service().handle_registered(event)
@@ -218,7 +134,7 @@ async def test_per_model_policy_override_is_applied(models, step_clock):
     [evaluated] = world.publisher.of(ModelEvaluated)
     assert evaluated.decision == "reject"
     assert "margin 1.5" in evaluated.reasons[0]
-    assert world.decisions.docs[(MODEL, 2)]["policy"]["promotion_margin"] == 1.5
+    assert world.decisions.docs[("churn", 2)]["policy"]["promotion_margin"] == 1.5
 
 
 async def test_policies_view_merges_defaults_and_overrides():

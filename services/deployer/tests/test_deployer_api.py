@@ -1,0 +1,64 @@
+"""Unit tests of the deployer's HTTP API on fakes (no servers): decisions and policy views."""
+
+from __future__ import annotations
+
+import httpx
+from fastapi import FastAPI
+
+from modelbus_deployer.api import router
+from modelbus_deployer.config import DeployerSettings, ModelPolicy
+
+
+def app_for(service) -> FastAPI:
+    app = FastAPI()
+    app.include_router(router)
+    app.state.service = service
+    return app
+
+
+async def test_decisions_newest_first_single_and_404(world):
+    service = world.service()
+    await service.handle_registered(await world.registered(world.models.good, version=1))
+    await service.handle_registered(
+        await world.registered(world.models.bad, version=2, champion=(world.models.good, 1))
+    )
+    transport = httpx.ASGITransport(app_for(service))
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        listed = await client.get("/decisions", params={"model_name": "churn"})
+        limited = await client.get("/decisions", params={"limit": 1})
+        other = await client.get("/decisions", params={"model_name": "other"})
+        one = await client.get("/decisions/churn/2")
+        missing = await client.get("/decisions/churn/9")
+        bad_limit = await client.get("/decisions", params={"limit": 0})
+        bad_name = await client.get("/decisions", params={"model_name": "../x"})
+
+    assert listed.status_code == 200
+    assert [(d["version"], d["decision"]) for d in listed.json()] == [(2, "reject"), (1, "promote")]
+    assert [d["version"] for d in limited.json()] == [2]
+    assert other.json() == []
+    body = one.json()
+    assert body["champion_version"] == 1
+    assert body["champion_metrics"]["auc"] > 0.9
+    assert {g["name"] for g in body["gates"]} >= {"champion_delta", "latency_budget"}
+    assert body["published"] is True
+    assert body["timings"]["total_ms"] >= 0
+    assert missing.status_code == 404
+    assert "no decision for churn v9" in missing.json()["detail"]
+    assert bad_limit.status_code == 422
+    assert bad_name.status_code == 422
+
+
+async def test_policy_view(make_world):
+    settings = DeployerSettings(policies={"fraud": ModelPolicy(primary_metric="brier")})
+    service = make_world(settings).service()
+    transport = httpx.ASGITransport(app_for(service))
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        response = await client.get("/policy")
+        named = await client.get("/policy", params={"model_name": "churn"})
+
+    body = response.json()
+    assert body["default"]["primary_metric"] == "auc"
+    assert body["default"]["latency_budget_ms"] == 5.0
+    assert body["models"]["fraud"]["primary_metric"] == "brier"
+    assert body["models"]["fraud"]["higher_is_better"] is False
+    assert named.json()["models"]["churn"]["promotion_margin"] == 0.01
