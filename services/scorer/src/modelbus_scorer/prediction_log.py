@@ -1,0 +1,143 @@
+"""Every prediction becomes a PredictionMade event, published off the hot path.
+
+HTTP handlers hand a whole scored batch to ``PredictionLog.submit`` (no await, no pydantic); a
+background task turns it into events and publishes them. The queue is bounded in predictions:
+when full, the batch is dropped and counted rather than making a request wait on Kafka.
+``stop`` flushes what is queued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+
+import numpy as np
+import structlog
+
+from modelbus_contracts import Event, PredictionMade
+from modelbus_platform.bus import Publisher
+
+from .telemetry import ScorerMetrics
+
+log = structlog.get_logger(__name__)
+
+PUBLISH_CONCURRENCY = 64
+
+
+@dataclass(frozen=True, slots=True)
+class PredictionBatch:
+    """One scored request: the rows, their scores and everything the events need."""
+
+    model_name: str
+    version: int
+    feature_names: tuple[str, ...]
+    X: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+    prediction_ids: list[str]
+    request_id: str | None
+    served_by: str
+    source: str
+    latency_ms: float
+    cause: Event | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.prediction_ids)
+
+    def events(self, producer: str) -> list[PredictionMade]:
+        rows = self.X.tolist()
+        out = []
+        for pid, row, score, label in zip(
+            self.prediction_ids, rows, self.scores.tolist(), self.labels.tolist(), strict=True
+        ):
+            data = dict(
+                model_name=self.model_name,
+                prediction_id=pid,
+                request_id=self.request_id,
+                version=self.version,
+                features=dict(zip(self.feature_names, row, strict=True)),
+                score=score,
+                label=label,
+                served_by=self.served_by,
+                source=self.source,
+                latency_ms=self.latency_ms,
+            )
+            if self.cause is not None:
+                out.append(self.cause.caused(PredictionMade, producer=producer, **data))
+            else:
+                out.append(PredictionMade(producer=producer, **data))
+        return out
+
+
+class PredictionLog:
+    def __init__(
+        self, publisher: Publisher, metrics: ScorerMetrics, *, producer: str, capacity: int
+    ) -> None:
+        self.publisher = publisher
+        self.metrics = metrics
+        self.producer = producer
+        self.capacity = capacity
+        self.pending = 0
+        self._queue: asyncio.Queue[PredictionBatch | None] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    def submit(self, batch: PredictionBatch) -> bool:
+        """Queue a batch for publishing; False (and counted) if the log is full."""
+        if self.pending + batch.size > self.capacity:
+            self.metrics.log_dropped.inc(batch.size)
+            log.warning("prediction_log.dropped", rows=batch.size, pending=self.pending)
+            return False
+        self.pending += batch.size
+        self.metrics.log_pending.set(self.pending)
+        self._queue.put_nowait(batch)
+        return True
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="prediction-log")
+
+    async def stop(self, timeout_s: float = 10.0) -> None:
+        """Publish what is queued (up to ``timeout_s``), then stop."""
+        if self._task is None:
+            return
+        self._queue.put_nowait(None)
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
+        except TimeoutError:
+            log.warning("prediction_log.flush_timeout", pending=self.pending)
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            batch = await self._queue.get()
+            if batch is None:
+                return
+            try:
+                await self.publish_batch(batch)
+            finally:
+                self.pending -= batch.size
+                self.metrics.log_pending.set(self.pending)
+
+    async def publish_batch(self, batch: PredictionBatch) -> None:
+        try:
+            events = batch.events(self.producer)
+        except Exception:
+            log.exception("prediction_log.build_failed", model=batch.model_name)
+            self.metrics.log_errors.inc(batch.size)
+            return
+        for start in range(0, len(events), PUBLISH_CONCURRENCY):
+            chunk = events[start : start + PUBLISH_CONCURRENCY]
+            results = await asyncio.gather(
+                *(self.publisher.publish(e) for e in chunk), return_exceptions=True
+            )
+            failed = [r for r in results if isinstance(r, BaseException)]
+            if failed:
+                self.metrics.log_errors.inc(len(failed))
+                log.warning(
+                    "prediction_log.publish_failed", count=len(failed), error=str(failed[0])
+                )

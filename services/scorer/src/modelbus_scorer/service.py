@@ -1,0 +1,288 @@
+"""The scorer's service layer: keep each champion loaded from the registry's truth, and score.
+
+Loading is build + verify (sha256 against the registry record) + warm-up, then one swap. A load
+that fails keeps the current model serving and is announced as ModelLoadFailed. Scoring reads
+the serving pair once, predicts vectorised, falls back to the warm previous model if the current
+one raises, and hands the batch to the prediction log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import structlog
+
+from modelbus_contracts import (
+    Event,
+    ModelLoadFailed,
+    ScoringFailed,
+    ScoringRequested,
+)
+from modelbus_contracts.api import VersionView
+from modelbus_ml import FORMAT, LogisticModel
+from modelbus_platform.bus import Publisher
+from modelbus_platform.stores import IntegrityError, ObjectNotFound, ObjectStore, get_verified
+
+from .domain import (
+    InvalidInput,
+    ModelHolder,
+    ModelUnavailable,
+    Scored,
+    Served,
+    features_to_matrix,
+    predict,
+    serving_slots,
+)
+from .ports import Registry
+from .prediction_log import PredictionBatch, PredictionLog
+from .telemetry import ScorerMetrics
+
+log = structlog.get_logger(__name__)
+
+SyncOutcome = Literal["loaded", "reused_previous", "unchanged", "failed", "no_champion"]
+Parser = Callable[[tuple[str, ...], int], tuple[np.ndarray, str | None]]
+
+# stream prediction ids derive from the request event: a redelivered request gets the same id
+STREAM_NAMESPACE = uuid.UUID("6f1c2b1e-9a57-4c64-8d0e-5b3a3c2f7d10")
+
+
+class LoadFailed(Exception):
+    """The version on record cannot be served (integrity, unreadable, missing, warm-up failed)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreResult:
+    model_name: str
+    scored: Scored
+    prediction_ids: list[str]
+    request_id: str | None
+
+
+class ScorerService:
+    def __init__(
+        self,
+        *,
+        holder: ModelHolder,
+        registry: Registry,
+        store: ObjectStore,
+        publisher: Publisher,
+        metrics: ScorerMetrics,
+        prediction_log: PredictionLog,
+        producer: str,
+        instance: str,
+        max_instances: int,
+    ) -> None:
+        self.holder = holder
+        self.registry = registry
+        self.store = store
+        self.publisher = publisher
+        self.metrics = metrics
+        self.prediction_log = prediction_log
+        self.producer = producer
+        self.instance = instance
+        self.max_instances = max_instances
+        self.sync_attempted = False
+        self.last_sync_ok = False
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._announced_failures: dict[str, tuple[int, str]] = {}
+
+    # -- keeping models loaded ---------------------------------------------------------------
+
+    async def sync_all(self) -> dict[str, SyncOutcome]:
+        """Rebuild from the truth: every model the registry knows, at its champion."""
+        try:
+            names = await self.registry.model_names()
+            outcomes = {}
+            for name in names:
+                self.holder.know(name)
+                outcomes[name] = await self.sync_model(name)
+            self.last_sync_ok = True
+            return outcomes
+        except Exception:
+            self.last_sync_ok = False
+            raise
+        finally:
+            self.sync_attempted = True
+
+    async def sync_model(self, name: str, cause: Event | None = None) -> SyncOutcome:
+        """Serve the registry's champion of ``name``. Idempotent: replays are no-ops. Raises
+        only on transient trouble (registry or store unreachable) so the caller can retry."""
+        lock = self._locks.setdefault(name, asyncio.Lock())
+        async with lock:
+            outcome = await self._sync_locked(name, cause)
+        self.metrics.syncs.labels(outcome).inc()
+        return outcome
+
+    async def _sync_locked(self, name: str, cause: Event | None) -> SyncOutcome:
+        view = await self.registry.champion(name)
+        if view is None:
+            return "no_champion"
+        self.holder.know(name)
+        slots = self.holder.get(name)
+        sha = view.artifact.sha256
+        if slots and slots.current and slots.current.same_as(view.version, sha):
+            return "unchanged"
+        if slots and slots.previous and slots.previous.same_as(view.version, sha):
+            self._swap(name, slots.previous)
+            return "reused_previous"
+        try:
+            served = await self.load(view)
+        except LoadFailed as exc:
+            await self._load_failed(view, str(exc), cause)
+            return "failed"
+        self._swap(name, served)
+        return "loaded"
+
+    async def load(self, view: VersionView) -> Served:
+        """Fetch, verify, parse and warm up one version; ``LoadFailed`` if it cannot serve."""
+        if view.artifact.format != FORMAT:
+            raise LoadFailed(f"unsupported artifact format {view.artifact.format!r}")
+        try:
+            data = await get_verified(self.store, view.artifact.uri, view.artifact.sha256)
+        except IntegrityError as exc:
+            raise LoadFailed(f"integrity: {exc}") from exc
+        except ObjectNotFound as exc:
+            raise LoadFailed(f"artifact missing: {view.artifact.uri}") from exc
+        try:
+            model = LogisticModel.from_bytes(data)
+            if model.feature_names != tuple(view.feature_names):
+                raise LoadFailed(
+                    f"artifact features {list(model.feature_names)} differ from the registry "
+                    f"record {view.feature_names}"
+                )
+            served = Served(view.version, model, model.feature_names, view.artifact.sha256)
+            served.score(np.zeros((1, len(model.feature_names))))  # warm-up
+        except LoadFailed:
+            raise
+        except Exception as exc:
+            raise LoadFailed(f"{type(exc).__name__}: {exc}") from exc
+        return served
+
+    def _swap(self, name: str, served: Served) -> None:
+        slots = self.holder.swap(name, served)
+        self._announced_failures.pop(name, None)
+        self.metrics.swaps.labels(name).inc()
+        self.metrics.loaded_version.labels(name, "current").set(served.version)
+        if slots.previous is not None:
+            self.metrics.loaded_version.labels(name, "previous").set(slots.previous.version)
+        log.info(
+            "model.swapped",
+            model=name,
+            version=served.version,
+            previous=slots.previous.version if slots.previous else None,
+        )
+
+    async def _load_failed(self, view: VersionView, error: str, cause: Event | None) -> None:
+        name = view.model_name
+        self.metrics.load_failures.labels(name).inc()
+        slots = self.holder.get(name)
+        serving = slots.current.version if slots and slots.current else None
+        log.error(
+            "model.load_failed",
+            model=name,
+            version=view.version,
+            error=error,
+            still_serving=serving,
+        )
+        key = (view.version, view.artifact.sha256)
+        if cause is None and self._announced_failures.get(name) == key:
+            return  # the periodic resync does not repeat an announcement
+        self._announced_failures[name] = key
+        data: dict[str, Any] = {
+            "model_name": name,
+            "version": view.version,
+            "instance": self.instance,
+            "error": error[:2000],
+        }
+        if cause is not None:
+            event = cause.caused(ModelLoadFailed, producer=self.producer, **data)
+        else:
+            event = ModelLoadFailed(producer=self.producer, **data)
+        await self.publisher.publish(event)
+
+    # -- scoring -----------------------------------------------------------------------------
+
+    def score(self, name: str, parse: Parser, *, source: str = "http") -> ScoreResult:
+        """The hot path: read the serving pair once, parse against its features, predict,
+        record. Raises ``InvalidInput`` or ``ModelUnavailable`` with a reason."""
+        started = time.perf_counter()
+        try:
+            current, slots = serving_slots(self.holder, name)
+            X, request_id = parse(current.feature_names, self.max_instances)
+            scored = predict(slots, current, X)
+        except (InvalidInput, ModelUnavailable) as exc:
+            self.metrics.rejected.labels(exc.reason, source).inc()
+            raise
+        ids = [uuid.uuid4().hex for _ in range(len(scored.scores))]
+        latency_ms = (time.perf_counter() - started) * 1000.0
+        batch = self._batch(name, scored, X, ids, request_id, source, latency_ms)
+        self._count(batch, scored)
+        self.prediction_log.submit(batch)
+        return ScoreResult(name, scored, ids, request_id)
+
+    async def score_event(self, event: ScoringRequested) -> None:
+        """Stream scoring: PredictionMade caused by the request, or ScoringFailed with the
+        reason. Never raises for bad input, so a bad record does not loop into the DLQ."""
+        started = time.perf_counter()
+        name = event.model_name
+        try:
+            current, slots = serving_slots(self.holder, name)
+            X = features_to_matrix(dict(event.features), current.feature_names)
+            scored = predict(slots, current, X)
+        except (InvalidInput, ModelUnavailable) as exc:
+            self.metrics.rejected.labels(exc.reason, "stream").inc()
+            log.info("scoring.failed", model=name, request_id=event.request_id, error=exc.message)
+            failed = event.caused(
+                ScoringFailed,
+                producer=self.producer,
+                model_name=name,
+                request_id=event.request_id,
+                error=f"{exc.reason}: {exc.message}",
+            )
+            await self.publisher.publish(failed)
+            return
+        pid = uuid.uuid5(STREAM_NAMESPACE, str(event.event_id)).hex
+        latency_ms = (time.perf_counter() - started) * 1000.0
+        batch = self._batch(name, scored, X, [pid], event.request_id, "stream", latency_ms, event)
+        for prediction in batch.events(self.producer):
+            await self.publisher.publish(prediction)
+        self._count(batch, scored)
+
+    def _batch(
+        self,
+        name: str,
+        scored: Scored,
+        X: np.ndarray,
+        ids: list[str],
+        request_id: str | None,
+        source: str,
+        latency_ms: float,
+        cause: Event | None = None,
+    ) -> PredictionBatch:
+        return PredictionBatch(
+            model_name=name,
+            version=scored.served.version,
+            feature_names=scored.features,
+            X=X,
+            scores=scored.scores,
+            labels=scored.labels,
+            prediction_ids=ids,
+            request_id=request_id,
+            served_by=scored.served_by,
+            source=source,
+            latency_ms=latency_ms,
+            cause=cause,
+        )
+
+    def _count(self, batch: PredictionBatch, scored: Scored) -> None:
+        self.metrics.predictions.labels(
+            batch.model_name, str(batch.version), batch.served_by, batch.source
+        ).inc(batch.size)
+        if scored.served_by == "fallback":
+            self.metrics.fallbacks.labels(batch.model_name).inc()

@@ -1,0 +1,67 @@
+"""The scorer's own Prometheus metrics, registered on the service's ``Metrics`` registry."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge
+
+from modelbus_platform.metrics import Metrics
+
+
+class ScorerMetrics:
+    def __init__(self, base: Metrics) -> None:
+        r = base.registry
+        self.base = base
+        self.predictions = Counter(
+            "modelbus_scorer_predictions_total",
+            "Predictions served, by model, version, served_by and source",
+            ["model", "version", "served_by", "source"],
+            registry=r,
+        )
+        self.load_failures = Counter(
+            "modelbus_scorer_model_load_failures_total",
+            "Model versions that failed to load (integrity, unreadable, missing artifact)",
+            ["model"],
+            registry=r,
+        )
+        self.fallbacks = Counter(
+            "modelbus_scorer_fallbacks_total",
+            "Requests answered by the warm previous model because the current one failed",
+            ["model"],
+            registry=r,
+        )
+        self.rejected = Counter(
+            "modelbus_scorer_rejected_requests_total",
+            "Scoring requests refused, by reason",
+            ["reason", "source"],
+            registry=r,
+        )
+        self.loaded_version = Gauge(
+            "modelbus_scorer_loaded_version",
+            "Model version loaded in each slot (current, previous)",
+            ["model", "slot"],
+            registry=r,
+        )
+        self.swaps = Counter(
+            "modelbus_scorer_model_swaps_total", "Hot swaps to a new version", ["model"], registry=r
+        )
+        self.syncs = Counter(
+            "modelbus_scorer_syncs_total",
+            "Registry syncs of one model, by outcome (loaded, unchanged, failed, no_champion)",
+            ["outcome"],
+            registry=r,
+        )
+        self.log_dropped = Counter(
+            "modelbus_scorer_prediction_log_dropped_total",
+            "PredictionMade events dropped because the log queue was full",
+            registry=r,
+        )
+        self.log_errors = Counter(
+            "modelbus_scorer_prediction_log_errors_total",
+            "PredictionMade events that could not be published",
+            registry=r,
+        )
+        self.log_pending = Gauge(
+            "modelbus_scorer_prediction_log_pending",
+            "Predictions waiting to be published",
+            registry=r,
+        )
