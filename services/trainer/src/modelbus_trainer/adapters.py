@@ -1,0 +1,295 @@
+"""Adapters for the trainer's ports: MongoDB (PyMongo async) and in-memory fakes with the same
+behaviour for unit tests, plus an in-memory object store."""
+
+from __future__ import annotations
+
+import copy
+from datetime import datetime, timedelta
+from typing import Any
+
+from pymongo import ASCENDING, DESCENDING
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
+
+from modelbus_contracts import LabelObserved, PredictionMade
+from modelbus_platform.stores import ObjectNotFound
+
+from .domain import ACTIVE_STATES, RunState
+
+COUNTED_SERVERS = ("champion", "fallback")
+
+
+def prediction_fields(event: PredictionMade) -> dict[str, Any]:
+    return {
+        "model_name": event.model_name,
+        "features": dict(event.features),
+        "version": event.version,
+        "predicted_at": event.occurred_at,
+        "served_by": event.served_by,
+    }
+
+
+def label_fields(event: LabelObserved) -> dict[str, Any]:
+    return {"model_name": event.model_name, "label": event.label, "labelled_at": event.occurred_at}
+
+
+def _complete_query(model_name: str, since: datetime | None) -> dict[str, Any]:
+    query: dict[str, Any] = {
+        "model_name": model_name,
+        "features": {"$exists": True},
+        "label": {"$exists": True},
+    }
+    if since is not None:
+        query["predicted_at"] = {"$gte": since}
+    return query
+
+
+# --- MongoDB --------------------------------------------------------------------------------
+
+
+class MongoFeedbackStore:
+    def __init__(self, db: AsyncDatabase, collection: str = "feedback") -> None:
+        self.col = db[collection]
+
+    async def init(self) -> None:
+        await self.col.create_index("prediction_id", unique=True)
+        await self.col.create_index([("model_name", ASCENDING), ("predicted_at", DESCENDING)])
+
+    async def _upsert(self, prediction_id: str, fields: dict[str, Any]) -> None:
+        update = {"$set": fields}
+        try:
+            await self.col.update_one({"prediction_id": prediction_id}, update, upsert=True)
+        except DuplicateKeyError:  # a concurrent upsert of the other half won the insert
+            await self.col.update_one({"prediction_id": prediction_id}, update)
+
+    async def record_prediction(self, event: PredictionMade) -> None:
+        await self._upsert(event.prediction_id, prediction_fields(event))
+
+    async def record_label(self, event: LabelObserved) -> None:
+        await self._upsert(event.prediction_id, label_fields(event))
+
+    async def count_complete(self, model_name: str, since: datetime | None = None) -> int:
+        return await self.col.count_documents(_complete_query(model_name, since))
+
+    async def count_all(self, model_name: str) -> int:
+        return await self.col.count_documents({"model_name": model_name})
+
+    async def complete_rows(
+        self, model_name: str, since: datetime | None, limit: int
+    ) -> list[dict[str, Any]]:
+        cursor = (
+            self.col.find(_complete_query(model_name, since), {"_id": 0})
+            .sort([("predicted_at", DESCENDING), ("prediction_id", DESCENDING)])
+            .limit(limit)
+        )
+        rows = await cursor.to_list(length=limit)
+        return list(reversed(rows))
+
+
+class MongoRunStore:
+    def __init__(self, db: AsyncDatabase, collection: str = "runs") -> None:
+        self.col = db[collection]
+
+    async def init(self) -> None:
+        await self.col.create_index("run_id", unique=True)
+        await self.col.create_index([("model_name", ASCENDING), ("created_at", DESCENDING)])
+
+    async def create(self, run: dict[str, Any]) -> bool:
+        try:
+            await self.col.insert_one(dict(run))
+        except DuplicateKeyError:
+            return False
+        return True
+
+    async def get(self, run_id: str) -> dict[str, Any] | None:
+        return await self.col.find_one({"run_id": run_id}, {"_id": 0})
+
+    async def update(self, run_id: str, fields: dict[str, Any]) -> None:
+        await self.col.update_one({"run_id": run_id}, {"$set": fields})
+
+    async def list(self, model_name: str | None, limit: int) -> list[dict[str, Any]]:
+        query = {"model_name": model_name} if model_name else {}
+        cursor = self.col.find(query, {"_id": 0}).sort("created_at", DESCENDING).limit(limit)
+        return await cursor.to_list(length=limit)
+
+    async def active(self, model_name: str | None = None) -> list[dict[str, Any]]:
+        query: dict[str, Any] = {"state": {"$in": list(ACTIVE_STATES)}}
+        if model_name:
+            query["model_name"] = model_name
+        cursor = self.col.find(query, {"_id": 0}).sort("created_at", ASCENDING)
+        return await cursor.to_list(length=None)
+
+    async def last_drift_run_created(self, model_name: str) -> datetime | None:
+        query = {
+            "model_name": model_name,
+            "trigger": "drift",
+            "state": {"$in": [s.value for s in RunState if s != RunState.SKIPPED]},
+        }
+        cursor = self.col.find(query, {"_id": 0}).sort("created_at", DESCENDING).limit(1)
+        docs = await cursor.to_list(length=1)
+        return docs[0]["created_at"] if docs else None
+
+
+class MongoLockStore:
+    def __init__(self, db: AsyncDatabase, collection: str = "locks") -> None:
+        self.col = db[collection]
+
+    async def acquire(self, model_name: str, run_id: str, now: datetime, ttl_s: float) -> bool:
+        try:
+            await self.col.insert_one({"_id": model_name, "run_id": run_id, "acquired_at": now})
+            return True
+        except DuplicateKeyError:
+            pass
+        update = {"$set": {"run_id": run_id, "acquired_at": now}}
+        mine = await self.col.find_one_and_update({"_id": model_name, "run_id": run_id}, update)
+        if mine is not None:
+            return True
+        stale = {"_id": model_name, "acquired_at": {"$lt": now - timedelta(seconds=ttl_s)}}
+        return await self.col.find_one_and_update(stale, update) is not None
+
+    async def release(self, model_name: str, run_id: str) -> None:
+        await self.col.delete_one({"_id": model_name, "run_id": run_id})
+
+    async def holder(self, model_name: str) -> dict[str, Any] | None:
+        return await self.col.find_one({"_id": model_name})
+
+
+# --- in-memory fakes ------------------------------------------------------------------------
+
+
+class MemoryFeedbackStore:
+    def __init__(self) -> None:
+        self.docs: dict[str, dict[str, Any]] = {}
+
+    async def init(self) -> None:
+        return None
+
+    def _upsert(self, prediction_id: str, fields: dict[str, Any]) -> None:
+        self.docs.setdefault(prediction_id, {"prediction_id": prediction_id}).update(fields)
+
+    async def record_prediction(self, event: PredictionMade) -> None:
+        self._upsert(event.prediction_id, prediction_fields(event))
+
+    async def record_label(self, event: LabelObserved) -> None:
+        self._upsert(event.prediction_id, label_fields(event))
+
+    def _complete(self, model_name: str, since: datetime | None) -> list[dict[str, Any]]:
+        return [
+            d
+            for d in self.docs.values()
+            if d.get("model_name") == model_name
+            and "features" in d
+            and "label" in d
+            and (since is None or d["predicted_at"] >= since)
+        ]
+
+    async def count_complete(self, model_name: str, since: datetime | None = None) -> int:
+        return len(self._complete(model_name, since))
+
+    async def count_all(self, model_name: str) -> int:
+        return sum(1 for d in self.docs.values() if d.get("model_name") == model_name)
+
+    async def complete_rows(
+        self, model_name: str, since: datetime | None, limit: int
+    ) -> list[dict[str, Any]]:
+        rows = sorted(
+            self._complete(model_name, since),
+            key=lambda d: (d["predicted_at"], d["prediction_id"]),
+        )
+        return copy.deepcopy(rows[-limit:])
+
+
+class MemoryRunStore:
+    def __init__(self) -> None:
+        self.runs: dict[str, dict[str, Any]] = {}
+
+    async def init(self) -> None:
+        return None
+
+    async def create(self, run: dict[str, Any]) -> bool:
+        if run["run_id"] in self.runs:
+            return False
+        self.runs[run["run_id"]] = copy.deepcopy(run)
+        return True
+
+    async def get(self, run_id: str) -> dict[str, Any] | None:
+        run = self.runs.get(run_id)
+        return copy.deepcopy(run) if run else None
+
+    async def update(self, run_id: str, fields: dict[str, Any]) -> None:
+        self.runs[run_id].update(copy.deepcopy(fields))
+
+    async def list(self, model_name: str | None, limit: int) -> list[dict[str, Any]]:
+        runs = [r for r in self.runs.values() if not model_name or r["model_name"] == model_name]
+        runs.sort(key=lambda r: r["created_at"], reverse=True)
+        return copy.deepcopy(runs[:limit])
+
+    async def active(self, model_name: str | None = None) -> list[dict[str, Any]]:
+        runs = [
+            r
+            for r in self.runs.values()
+            if r["state"] in ACTIVE_STATES and (not model_name or r["model_name"] == model_name)
+        ]
+        return copy.deepcopy(sorted(runs, key=lambda r: r["created_at"]))
+
+    async def last_drift_run_created(self, model_name: str) -> datetime | None:
+        times = [
+            r["created_at"]
+            for r in self.runs.values()
+            if r["model_name"] == model_name
+            and r["trigger"] == "drift"
+            and r["state"] != RunState.SKIPPED
+        ]
+        return max(times, default=None)
+
+
+class MemoryLockStore:
+    def __init__(self) -> None:
+        self.locks: dict[str, dict[str, Any]] = {}
+
+    async def acquire(self, model_name: str, run_id: str, now: datetime, ttl_s: float) -> bool:
+        held = self.locks.get(model_name)
+        free = (
+            held is None
+            or held["run_id"] == run_id
+            or held["acquired_at"] < now - timedelta(seconds=ttl_s)
+        )
+        if free:
+            self.locks[model_name] = {"_id": model_name, "run_id": run_id, "acquired_at": now}
+        return free
+
+    async def release(self, model_name: str, run_id: str) -> None:
+        if self.locks.get(model_name, {}).get("run_id") == run_id:
+            del self.locks[model_name]
+
+    async def holder(self, model_name: str) -> dict[str, Any] | None:
+        return copy.deepcopy(self.locks.get(model_name))
+
+
+class MemoryObjectStore:
+    """The platform ``ObjectStore`` protocol in a dict; counts puts so tests can see dedupe."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, bytes] = {}
+        self.puts = 0
+
+    async def put(
+        self, key: str, data: bytes, content_type: str = "application/octet-stream"
+    ) -> None:
+        self.puts += 1
+        self.objects[key] = bytes(data)
+
+    async def get(self, key: str) -> bytes:
+        try:
+            return self.objects[key]
+        except KeyError as exc:
+            raise ObjectNotFound(key) from exc
+
+    async def exists(self, key: str) -> bool:
+        return key in self.objects
+
+    async def list(self, prefix: str = "") -> list[str]:
+        return sorted(k for k in self.objects if k.startswith(prefix))
+
+    async def ping(self) -> bool:
+        return True

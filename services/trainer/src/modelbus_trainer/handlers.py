@@ -1,0 +1,38 @@
+"""Thin event handlers: each takes the parsed event and calls the service. Subscriptions (with
+their consumer groups) are declared here and wired in ``bootstrap``."""
+
+from __future__ import annotations
+
+from modelbus_contracts import DriftDetected, LabelObserved, PredictionMade, TrainingRequested
+from modelbus_platform.bus import EventBus
+
+from .service import TrainerService
+
+FEEDBACK_GROUP = "trainer-feedback"
+TRIGGER_GROUP = "trainer"
+
+
+class Handlers:
+    def __init__(self, service: TrainerService) -> None:
+        self.service = service
+
+    async def prediction_made(self, event: PredictionMade) -> None:
+        await self.service.record_prediction(event)
+
+    async def label_observed(self, event: LabelObserved) -> None:
+        await self.service.record_label(event)
+
+    async def training_requested(self, event: TrainingRequested) -> None:
+        await self.service.on_training_requested(event)
+
+    async def drift_detected(self, event: DriftDetected) -> None:
+        await self.service.on_drift(event)
+
+
+def subscribe(bus: EventBus, service: TrainerService) -> Handlers:
+    handlers = Handlers(service)
+    bus.subscribe(PredictionMade, group=FEEDBACK_GROUP, handler=handlers.prediction_made)
+    bus.subscribe(LabelObserved, group=FEEDBACK_GROUP, handler=handlers.label_observed)
+    bus.subscribe(TrainingRequested, group=TRIGGER_GROUP, handler=handlers.training_requested)
+    bus.subscribe(DriftDetected, group=TRIGGER_GROUP, handler=handlers.drift_detected)
+    return handlers

@@ -1,0 +1,62 @@
+"""The trainer's ports: where feedback, runs and per-model locks live. Adapters (Mongo, and
+in-memory fakes for unit tests) are in ``adapters.py``; object storage and publishing use the
+platform's ``ObjectStore`` and ``Publisher`` protocols."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Protocol
+
+from modelbus_contracts import LabelObserved, PredictionMade
+
+
+class FeedbackStore(Protocol):
+    """Predictions joined with their labels, one document per prediction_id."""
+
+    async def init(self) -> None: ...
+
+    async def record_prediction(self, event: PredictionMade) -> None: ...
+
+    async def record_label(self, event: LabelObserved) -> None: ...
+
+    async def count_complete(self, model_name: str, since: datetime | None = None) -> int: ...
+
+    async def count_all(self, model_name: str) -> int: ...
+
+    async def complete_rows(
+        self, model_name: str, since: datetime | None, limit: int
+    ) -> list[dict[str, Any]]:
+        """The newest ``limit`` rows with features and label, returned oldest first."""
+        ...
+
+
+class RunStore(Protocol):
+    async def init(self) -> None: ...
+
+    async def create(self, run: dict[str, Any]) -> bool:
+        """Insert a run; False if a run with this run_id already exists."""
+        ...
+
+    async def get(self, run_id: str) -> dict[str, Any] | None: ...
+
+    async def update(self, run_id: str, fields: dict[str, Any]) -> None: ...
+
+    async def list(self, model_name: str | None, limit: int) -> list[dict[str, Any]]: ...
+
+    async def active(self, model_name: str | None = None) -> list[dict[str, Any]]: ...
+
+    async def last_drift_run_created(self, model_name: str) -> datetime | None:
+        """When the newest non-skipped drift-triggered run of the model was created."""
+        ...
+
+
+class LockStore(Protocol):
+    """One training run in flight per model."""
+
+    async def acquire(self, model_name: str, run_id: str, now: datetime, ttl_s: float) -> bool:
+        """Take the lock, refresh it if ``run_id`` holds it, or take over a stale one."""
+        ...
+
+    async def release(self, model_name: str, run_id: str) -> None: ...
+
+    async def holder(self, model_name: str) -> dict[str, Any] | None: ...

@@ -1,0 +1,417 @@
+"""The trainer's service layer: record feedback, turn triggers into runs, execute runs as
+background tasks (one per model at a time), store snapshots and artifacts, emit ModelTrained."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import structlog
+from prometheus_client import Counter, Histogram
+
+from modelbus_contracts import (
+    ArtifactRef,
+    DatasetRef,
+    DriftDetected,
+    Event,
+    FeatureStats,
+    LabelObserved,
+    Lineage,
+    ModelTrained,
+    PredictionMade,
+    TrainingRequested,
+)
+from modelbus_contracts.envelope import utcnow
+from modelbus_ml import Dataset, DatasetError, from_csv_bytes
+from modelbus_platform.bus import Publisher
+from modelbus_platform.metrics import Metrics
+from modelbus_platform.stores import ObjectNotFound, ObjectStore, sha256_hex
+
+from .adapters import COUNTED_SERVERS
+from .config import TrainerSettings
+from .domain import (
+    ACTIVE_STATES,
+    RunFailed,
+    RunSkipped,
+    RunState,
+    TrainingResult,
+    artifact_key,
+    cooldown_remaining,
+    dataset_key,
+    drift_skip_reason,
+    feedback_dataset,
+    new_run,
+    object_key,
+    rebuild_trigger,
+    run_id_for,
+    train_snapshot,
+    trained_event_id,
+)
+from .ports import FeedbackStore, LockStore, RunStore
+
+log = structlog.get_logger(__name__)
+
+PRODUCER = "trainer"
+
+
+class TrainerMetrics:
+    """Trainer-specific Prometheus series, registered on the service's registry."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.runs = Counter(
+            "modelbus_trainer_runs_total",
+            "Training runs by final state",
+            ["state", "trigger"],
+            registry=metrics.registry,
+        )
+        self.training_seconds = Histogram(
+            "modelbus_trainer_training_seconds",
+            "Time to fit one model",
+            buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300),
+            registry=metrics.registry,
+        )
+
+
+class TrainerService:
+    def __init__(
+        self,
+        settings: TrainerSettings,
+        *,
+        runs: RunStore,
+        feedback: FeedbackStore,
+        locks: LockStore,
+        store: ObjectStore,
+        publisher: Publisher,
+        metrics: TrainerMetrics | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.settings = settings
+        self.runs = runs
+        self.feedback = feedback
+        self.locks = locks
+        self.store = store
+        self.publisher = publisher
+        self.metrics = metrics
+        self.clock = clock
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    # -- feedback -----------------------------------------------------------------------------
+
+    async def record_prediction(self, event: PredictionMade) -> bool:
+        if event.served_by not in COUNTED_SERVERS:
+            return False
+        await self.feedback.record_prediction(event)
+        return True
+
+    async def record_label(self, event: LabelObserved) -> None:
+        await self.feedback.record_label(event)
+
+    async def feedback_count(self, model_name: str) -> dict[str, Any]:
+        return {
+            "model_name": model_name,
+            "complete": await self.feedback.count_complete(model_name),
+            "total": await self.feedback.count_all(model_name),
+        }
+
+    # -- triggers -----------------------------------------------------------------------------
+
+    async def on_training_requested(self, event: TrainingRequested) -> dict[str, Any] | None:
+        run = new_run(event, default_seed=self.settings.default_seed, now=self.clock())
+        if not await self.runs.create(run):
+            log.info("run.duplicate_trigger", run_id=run["run_id"])
+            return None
+        log.info("run.recorded", run_id=run["run_id"], trigger=run["trigger"])
+        self.schedule(run["run_id"])
+        return run
+
+    async def on_drift(self, event: DriftDetected) -> dict[str, Any] | None:
+        run = new_run(event, default_seed=self.settings.default_seed, now=self.clock())
+        if await self.runs.get(run["run_id"]) is not None:
+            log.info("run.duplicate_trigger", run_id=run["run_id"])
+            return None
+        reason = await self._drift_skip_reason(event.model_name, run["created_at"])
+        if reason is not None:
+            run.update(state=RunState.SKIPPED.value, reason=reason, finished_at=run["created_at"])
+        if not await self.runs.create(run):
+            return None
+        if reason is not None:
+            self._count(run, RunState.SKIPPED)
+            log.info("run.skipped", run_id=run["run_id"], reason=reason, feature=event.feature)
+            return run
+        log.info("run.recorded", run_id=run["run_id"], trigger="drift", feature=event.feature)
+        self.schedule(run["run_id"])
+        return run
+
+    async def _drift_skip_reason(self, model_name: str, now: datetime) -> str | None:
+        in_flight = await self._in_flight_run(model_name, now)
+        last = await self.runs.last_drift_run_created(model_name)
+        left = cooldown_remaining(last, now, self.settings.drift_cooldown_s)
+        return drift_skip_reason(in_flight, left)
+
+    async def _in_flight_run(self, model_name: str, now: datetime) -> str | None:
+        active = await self.runs.active(model_name)
+        if active:
+            return active[0]["run_id"]
+        lock = await self.locks.holder(model_name)
+        if lock is None:
+            return None
+        age = (now - lock["acquired_at"]).total_seconds()
+        return lock["run_id"] if age < self.settings.lock_ttl_s else None
+
+    async def request_training(
+        self,
+        model_name: str,
+        *,
+        dataset_uri: str | None,
+        params: dict[str, Any],
+        seed: int | None,
+    ) -> TrainingRequested:
+        event = TrainingRequested(
+            producer=PRODUCER,
+            model_name=model_name,
+            reason="api",
+            dataset_uri=dataset_uri,
+            params=params,
+            seed=seed,
+        )
+        await self.publisher.publish(event)
+        log.info("training.requested", model_name=model_name, event_id=str(event.event_id))
+        return event
+
+    async def put_dataset(self, model_name: str, data: bytes) -> dict[str, Any]:
+        """Validate a CSV and store its canonical form content-addressed (DatasetError if bad)."""
+        ds = await asyncio.to_thread(from_csv_bytes, data)
+        if ds.rows == 0:
+            raise DatasetError("dataset has no rows")
+        ref = await self._put_snapshot(model_name, ds.to_csv_bytes(), ds.rows)
+        log.info("dataset.stored", model_name=model_name, uri=ref.uri, rows=ds.rows)
+        return {**ref.model_dump(), "feature_names": list(ds.feature_names)}
+
+    # -- background runs ----------------------------------------------------------------------
+
+    def schedule(self, run_id: str) -> None:
+        if run_id in self._tasks:
+            return
+        task = asyncio.create_task(self.execute(run_id), name=f"run-{run_id}")
+        self._tasks[run_id] = task
+        task.add_done_callback(lambda _: self._tasks.pop(run_id, None))
+
+    async def resume(self) -> int:
+        """Reschedule runs a previous process left unfinished (state is rebuilt from the store)."""
+        active = await self.runs.active()
+        for run in active:
+            log.info("run.resumed", run_id=run["run_id"], state=run["state"])
+            self.schedule(run["run_id"])
+        return len(active)
+
+    async def drain(self, timeout: float | None = None) -> None:
+        """Wait for the runs scheduled so far (tests, graceful shutdown)."""
+        tasks = list(self._tasks.values())
+        if tasks:
+            await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), timeout)
+
+    async def stop(self) -> None:
+        """Cancel in-flight runs; they stay in their active state and resume on next start."""
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def execute(self, run_id: str) -> None:
+        run = await self.runs.get(run_id)
+        if run is None or run["state"] not in ACTIVE_STATES:
+            return
+        bound = log.bind(
+            run_id=run_id, model_name=run["model_name"], correlation_id=run["correlation_id"]
+        )
+        started = time.perf_counter()
+        locked = False
+        try:
+            locked = await self._acquire_lock(run)
+            await self._run(run, bound, started)
+        except asyncio.CancelledError:
+            bound.info("run.interrupted", state=run["state"])
+            raise
+        except RunSkipped as exc:
+            await self._finish(run, RunState.SKIPPED, str(exc), started)
+            bound.info("run.skipped", reason=str(exc))
+        except RunFailed as exc:
+            await self._finish(run, RunState.FAILED, str(exc), started)
+            bound.warning("run.failed", reason=str(exc))
+        except Exception as exc:
+            await self._finish(run, RunState.FAILED, f"{type(exc).__name__}: {exc}", started)
+            bound.exception("run.crashed")
+        finally:
+            if locked:
+                await self.locks.release(run["model_name"], run_id)
+
+    async def _acquire_lock(self, run: dict[str, Any]) -> bool:
+        """Wait for the model's lock (a drift run does not wait: it was told to skip if busy)."""
+        model, run_id = run["model_name"], run["run_id"]
+        deadline = time.monotonic() + self.settings.lock_ttl_s
+        while True:
+            now = self.clock()
+            if await self.locks.acquire(model, run_id, now, self.settings.lock_ttl_s):
+                return True
+            if run["trigger"] == "drift" or time.monotonic() > deadline:
+                holder = await self.locks.holder(model)
+                reason = f"another run holds the training lock: {holder and holder['run_id']}"
+                raise RunSkipped(reason) if run["trigger"] == "drift" else RunFailed(reason)
+            await asyncio.sleep(self.settings.drift_poll_interval_s)
+
+    async def _run(self, run: dict[str, Any], bound: Any, started: float) -> None:
+        trigger = rebuild_trigger(run)
+        await self._set(run, state=RunState.WAITING_FOR_DATA.value, started_at=self.clock())
+        bound.info("run.started", trigger=run["trigger"])
+        ds = await self._load_dataset(run, trigger)
+        waited = time.perf_counter() - started
+        await self._set(run, state=RunState.RUNNING.value, data_ready_at=self.clock())
+        bound.info("run.data_ready", rows=ds.rows, features=len(ds.feature_names), wait_s=waited)
+        await self.locks.acquire(
+            run["model_name"], run["run_id"], self.clock(), self.settings.lock_ttl_s
+        )  # refresh: the lock's age counts from the last state change
+        result = await asyncio.to_thread(
+            train_snapshot, ds, run["params"], run["seed"], self.settings.holdout_fraction
+        )
+        bound.info("run.trained", seconds=result.training_seconds, metrics=result.metrics)
+        event = await self._store_and_announce(run, trigger, result)
+        await self._set(
+            run,
+            state=RunState.SUCCEEDED.value,
+            finished_at=self.clock(),
+            timings={
+                "wait_seconds": waited,
+                "training_seconds": result.training_seconds,
+                "total_seconds": time.perf_counter() - started,
+            },
+            artifact=event.artifact.model_dump(),
+            metrics=result.metrics,
+            dataset=event.lineage.dataset.model_dump(),
+            holdout=event.lineage.holdout.model_dump(),
+            model_trained_event_id=str(event.event_id),
+        )
+        self._count(run, RunState.SUCCEEDED)
+        if self.metrics:
+            self.metrics.training_seconds.observe(result.training_seconds)
+        bound.info(
+            "run.succeeded",
+            artifact_sha256=event.artifact.sha256,
+            dataset_sha256=event.lineage.dataset.sha256,
+            total_s=time.perf_counter() - started,
+        )
+
+    async def _load_dataset(self, run: dict[str, Any], trigger: Event) -> Dataset:
+        if isinstance(trigger, DriftDetected):
+            return await self._drift_feedback(run, trigger)
+        assert isinstance(trigger, TrainingRequested)
+        if trigger.dataset_uri:
+            return await self._dataset_from_store(trigger.dataset_uri)
+        rows = await self.feedback.complete_rows(
+            trigger.model_name, trigger.since, self.settings.feedback_max_rows
+        )
+        return feedback_dataset(rows)
+
+    async def _dataset_from_store(self, uri: str) -> Dataset:
+        key = object_key(uri, self.settings.bucket)
+        try:
+            data = await self.store.get(key)
+        except ObjectNotFound as exc:
+            raise RunFailed(f"dataset not found: {key}") from exc
+        try:
+            return await asyncio.to_thread(from_csv_bytes, data)
+        except DatasetError as exc:
+            raise RunFailed(f"bad dataset {key}: {exc}") from exc
+
+    async def _drift_feedback(self, run: dict[str, Any], event: DriftDetected) -> Dataset:
+        s = self.settings
+        deadline = time.monotonic() + s.drift_wait_timeout_s
+        count = await self.feedback.count_complete(event.model_name, event.detected_at)
+        while count < s.drift_min_rows:
+            if time.monotonic() > deadline:
+                raise RunFailed(
+                    f"not enough feedback after the drift: {count} < {s.drift_min_rows} rows "
+                    f"within {s.drift_wait_timeout_s:.0f}s"
+                )
+            await asyncio.sleep(s.drift_poll_interval_s)
+            count = await self.feedback.count_complete(event.model_name, event.detected_at)
+        rows = await self.feedback.complete_rows(
+            event.model_name, event.detected_at, s.drift_max_rows
+        )
+        return feedback_dataset(rows)
+
+    async def _store_and_announce(
+        self, run: dict[str, Any], trigger: Event, result: TrainingResult
+    ) -> ModelTrained:
+        model = run["model_name"]
+        dataset = await self._put_snapshot(model, result.dataset_csv, result.dataset_rows)
+        holdout = await self._put_snapshot(model, result.holdout_csv, result.holdout_rows)
+        artifact_uri = artifact_key(model, result.artifact_sha256)
+        if not await self.store.exists(artifact_uri):
+            await self.store.put(artifact_uri, result.artifact, "application/json")
+        event = trigger.caused(
+            ModelTrained,
+            producer=PRODUCER,
+            event_id=trained_event_id(run["run_id"]),
+            model_name=model,
+            run_id=run["run_id"],
+            artifact=ArtifactRef(
+                uri=artifact_uri, sha256=result.artifact_sha256, size_bytes=len(result.artifact)
+            ),
+            feature_names=result.feature_names,
+            metrics=result.metrics,
+            lineage=Lineage(
+                dataset=dataset,
+                holdout=holdout,
+                params=run["params"],
+                seed=run["seed"],
+                code_version=self.settings.code_version,
+                parent_version=run["parent_version"],
+                trigger=run["trigger"],
+                trigger_event_id=trigger.event_id,
+            ),
+            reference={k: FeatureStats(**v) for k, v in result.reference.items()},
+            training_seconds=result.training_seconds,
+        )
+        await self.publisher.publish(event)
+        return event
+
+    async def _put_snapshot(self, model_name: str, csv: bytes, rows: int) -> DatasetRef:
+        sha = sha256_hex(csv)
+        key = dataset_key(model_name, sha)
+        if not await self.store.exists(key):
+            await self.store.put(key, csv, "text/csv")
+        return DatasetRef(uri=key, sha256=sha, rows=rows)
+
+    async def _set(self, run: dict[str, Any], **fields: Any) -> None:
+        run.update(fields)
+        await self.runs.update(run["run_id"], fields)
+
+    async def _finish(
+        self, run: dict[str, Any], state: RunState, reason: str, started: float
+    ) -> None:
+        await self._set(
+            run,
+            state=state.value,
+            reason=reason,
+            finished_at=self.clock(),
+            timings={**run.get("timings", {}), "total_seconds": time.perf_counter() - started},
+        )
+        self._count(run, state)
+
+    def _count(self, run: dict[str, Any], state: RunState) -> None:
+        if self.metrics:
+            self.metrics.runs.labels(state.value, run["trigger"]).inc()
+
+    # -- queries ------------------------------------------------------------------------------
+
+    async def get_run(self, run_id: str) -> dict[str, Any] | None:
+        return await self.runs.get(run_id)
+
+    async def list_runs(self, model_name: str | None, limit: int) -> list[dict[str, Any]]:
+        return await self.runs.list(model_name, limit)
+
+
+__all__ = ["TrainerMetrics", "TrainerService", "run_id_for"]
