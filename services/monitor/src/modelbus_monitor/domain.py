@@ -7,6 +7,7 @@ counted but emit nothing; after it closes (a promotion or rollback) a cooldown a
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
@@ -159,11 +160,10 @@ class ModelMonitor:
             self.counts["monitored_predictions"] += 1
             self._feed_features(point, now, outcome)
             outcome.quality = self._check_quality(point, now, correlation_id)
-        pair = self.joiner.add_prediction(point, now)
-        self._feed_pair(pair, now, outcome)
-        if reason is not None and pair is None:
+        else:
             outcome.ignored = reason
             self.counts[f"ignored_{reason}"] += 1
+        self._feed_pair(self.joiner.add_prediction(point, now), now, outcome)
         outcome.evicted = self.joiner.drain_evictions()
         return outcome
 
@@ -188,10 +188,8 @@ class ModelMonitor:
             return
         outcome.joined = pair
         self.counts["joined"] += 1
-        reason = self._ineligible(pair.prediction)
-        if reason is not None:
-            outcome.ignored = reason
-            self.counts[f"ignored_{reason}"] += 1
+        if self._ineligible(pair.prediction) is not None:
+            self.counts["pairs_ignored"] += 1  # the prediction itself was counted on arrival
             return
         self.counts["errors_fed"] += 1
         alarm = self.error.update(float(pair.error))
@@ -201,7 +199,7 @@ class ModelMonitor:
     def _feed_features(self, point: PredictionPoint, now: datetime, outcome: Outcome) -> None:
         for name, detector in self.features.items():
             value = point.features.get(name)
-            if value is None or value != value or value in (float("inf"), float("-inf")):
+            if value is None or not math.isfinite(value):
                 continue
             alarm = detector.update(standardise(float(value), self.reference[name]))
             if alarm is not None:
