@@ -157,3 +157,8 @@ def world(make_world) -> World:
 @pytest.fixture
 def flaky_publisher() -> type[FlakyPublisher]:
     return FlakyPublisher
+
+
+@pytest.fixture
+def make_dataset():
+    return synthetic
