@@ -91,3 +91,32 @@ async def test_duplicates_are_skipped_and_poison_goes_to_dlq(infra, unique):
     assert reasons[1].startswith("handler: RuntimeError: boom")
     attempts = {dict(m.headers)["x-dlq-attempts"].decode() for m in dlq}
     assert attempts == {"0", "3"}
+
+
+async def test_one_group_dispatches_several_event_types(infra, unique):
+    from modelbus_contracts import ScoringRequested
+
+    model = f"m-{unique}"
+    got: dict[str, asyncio.Event] = {"label": asyncio.Event(), "score": asyncio.Event()}
+
+    async def on_label(event: LabelObserved) -> None:
+        if event.model_name == model:
+            got["label"].set()
+
+    async def on_score(event: ScoringRequested) -> None:
+        if event.model_name == model:
+            got["score"].set()
+
+    bus = await _bus(infra, f"db2_{unique}")
+    bus.subscribe(LabelObserved, group=f"multi-{unique}", handler=on_label)
+    bus.subscribe(ScoringRequested, group=f"multi-{unique}", handler=on_score)
+    with pytest.raises(ValueError, match="already handles"):
+        bus.subscribe(LabelObserved, group=f"multi-{unique}", handler=on_label)
+    await bus.start()
+    try:
+        await bus.publish(LabelObserved(model_name=model, prediction_id="p", label=1))
+        await bus.publish(ScoringRequested(model_name=model, request_id="r", features={"a": 1.0}))
+        await asyncio.wait_for(asyncio.gather(*(e.wait() for e in got.values())), 30)
+    finally:
+        await bus.stop()
+    assert all(e.is_set() for e in got.values())

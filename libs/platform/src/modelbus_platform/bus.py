@@ -13,6 +13,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
@@ -80,6 +81,13 @@ class RecordingPublisher:
         return [e for e in self.events if isinstance(e, event_cls)]
 
 
+@dataclass(frozen=True)
+class _Route:
+    event_cls: type[Event]
+    handler: Handler[Any]
+    dedupe: bool
+
+
 class EventBus:
     """One Kafka connection per service: a publisher plus the service's subscriptions."""
 
@@ -103,6 +111,8 @@ class EventBus:
         self.partitions = partitions
         self.broker = KafkaBroker(bootstrap, client_id=f"modelbus-{service}", logger=None)
         self._started = False
+        self._groups: dict[str, dict[str, _Route]] = {}
+        self._offset_reset: dict[str, str] = {}
 
     # -- publishing ---------------------------------------------------------------------------
 
@@ -124,23 +134,36 @@ class EventBus:
         handler: Handler[E],
         offset_reset: str = "earliest",
         dedupe: bool = True,
-        max_poll_interval_ms: int = 300_000,
     ) -> None:
-        """Register ``handler`` for ``event_cls`` in consumer ``group`` (before ``start``)."""
+        """Register ``handler`` for ``event_cls`` in consumer ``group`` (before ``start``).
+
+        All subscriptions of one group share one Kafka consumer (one group membership, one
+        rebalance), and messages are dispatched to the handler of their topic.
+        """
         if self._started:
             raise RuntimeError("subscribe before start()")
-        topic = event_cls.topic
+        routes = self._groups.setdefault(group, {})
+        if event_cls.topic in routes:
+            raise ValueError(f"group {group} already handles {event_cls.topic}")
+        routes[event_cls.topic] = _Route(event_cls, handler, dedupe)
+        self._offset_reset[group] = offset_reset
 
+    def _register_consumers(self) -> None:
+        for group, routes in self._groups.items():
+            self._register_group(group, routes)
+
+    def _register_group(self, group: str, routes: dict[str, _Route]) -> None:
         @self.broker.subscriber(
-            topic,
+            *routes,
             group_id=group,
             ack_policy=AckPolicy.NACK_ON_ERROR,
-            auto_offset_reset=offset_reset,  # type: ignore[arg-type]
-            max_poll_interval_ms=max_poll_interval_ms,
-            title=f"{self.service}:{group}:{topic}",
+            auto_offset_reset=self._offset_reset[group],  # type: ignore[arg-type]
+            title=f"{self.service}:{group}",
         )
         async def _consume(msg: KafkaMessage) -> None:
-            await self.process(event_cls, group, handler, msg.raw_message, dedupe=dedupe)
+            raw = msg.raw_message
+            route = routes[raw.topic]
+            await self.process(route.event_cls, group, route.handler, raw, dedupe=route.dedupe)
 
     async def process(
         self, event_cls: type[E], group: str, handler: Handler[E], raw: Any, *, dedupe: bool = True
@@ -232,6 +255,7 @@ class EventBus:
 
     async def start(self) -> None:
         await self.ensure_topics()
+        self._register_consumers()
         await self.broker.start()
         self._started = True
 
