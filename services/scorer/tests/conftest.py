@@ -44,9 +44,7 @@ def version_view(
             uri=f"artifacts/{name}/{digest}.json", sha256=digest, size_bytes=len(data)
         ),
         feature_names=list(names),
-        lineage=Lineage(
-            dataset=ref, holdout=ref, seed=0, code_version="test", trigger="manual"
-        ),
+        lineage=Lineage(dataset=ref, holdout=ref, seed=0, code_version="test", trigger="manual"),
         status="champion",
         created_at=datetime.now(UTC),
     )

@@ -1,0 +1,224 @@
+"""The HTTP API (native and Open Inference Protocol v2) on fakes, through ASGI."""
+
+from __future__ import annotations
+
+import math
+
+import httpx
+import numpy as np
+import orjson
+import pytest
+
+from modelbus_contracts import PredictionMade
+from modelbus_ml import LogisticModel
+from modelbus_platform.bus import RecordingPublisher
+from modelbus_platform.http import create_app
+from modelbus_platform.metrics import Metrics
+from modelbus_platform.stores import LocalObjectStore
+from modelbus_scorer.adapters import FakeRegistry
+from modelbus_scorer.api import build_router
+from modelbus_scorer.domain import ModelHolder, Served
+from modelbus_scorer.prediction_log import PredictionLog
+from modelbus_scorer.service import ScorerService
+from modelbus_scorer.telemetry import ScorerMetrics
+
+
+class Api:
+    def __init__(self, tmp_path) -> None:
+        self.store = LocalObjectStore(tmp_path)
+        self.registry = FakeRegistry()
+        self.publisher = RecordingPublisher()
+        self.metrics = Metrics("scorer-api-test")
+        scorer_metrics = ScorerMetrics(self.metrics)
+        self.log = PredictionLog(self.publisher, scorer_metrics, producer="scorer", capacity=1000)
+        self.service = ScorerService(
+            holder=ModelHolder(),
+            registry=self.registry,
+            store=self.store,
+            publisher=self.publisher,
+            metrics=scorer_metrics,
+            prediction_log=self.log,
+            producer="scorer",
+            instance="i-1",
+            max_instances=50,
+        )
+        self.ready = {"bus": True}
+
+        async def readiness() -> dict[str, bool]:
+            return dict(self.ready)
+
+        app = create_app(
+            title="t",
+            description="t",
+            metrics=self.metrics,
+            readiness=readiness,
+            max_body_bytes=2000,
+        )
+        app.include_router(build_router(self.service, readiness))
+        self.client = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app), base_url="http://scorer"
+        )
+
+    def rejected(self, reason: str) -> float:
+        labels = {"reason": reason, "source": "http"}
+        value = self.metrics.registry.get_sample_value(
+            "modelbus_scorer_rejected_requests_total", labels
+        )
+        return value or 0.0
+
+
+@pytest.fixture
+async def api(tmp_path, publish_artifact):
+    a = Api(tmp_path)
+    a.registry.champions["m"] = await publish_artifact(a.store, "m", 1)
+    a.registry.champions["empty"] = None
+    await a.service.sync_all()
+    yield a
+    await a.client.aclose()
+
+
+def sigmoid(z: float) -> float:
+    return 1 / (1 + math.exp(-z))
+
+
+async def test_native_predict(api):
+    body = {"instances": [{"age": 1, "income": 1}, {"age": -3, "income": 0}], "request_id": "r"}
+    response = await api.client.post("/models/m/predict", json=body)
+    assert response.status_code == 200
+    doc = response.json()
+    assert (doc["model_name"], doc["model_version"], doc["served_by"]) == ("m", 1, "champion")
+    assert doc["request_id"] == "r"
+    scores = [p["score"] for p in doc["predictions"]]
+    assert scores == pytest.approx([sigmoid(2), sigmoid(-3)])
+    assert [p["label"] for p in doc["predictions"]] == [1, 0]
+    assert all(len(p["prediction_id"]) == 32 for p in doc["predictions"])
+
+
+async def test_native_single_features_and_the_prediction_is_logged(api):
+    await api.log.start()
+    response = await api.client.post(
+        "/models/m/predict", json={"features": {"age": 0, "income": 0}}
+    )
+    await api.log.stop()
+    [prediction] = response.json()["predictions"]
+    [made] = api.publisher.of(PredictionMade)
+    assert made.prediction_id == prediction["prediction_id"]
+    assert made.source == "http" and made.version == 1
+
+
+async def test_v2_infer_per_feature_inputs(api):
+    body = {
+        "id": "req-1",
+        "inputs": [
+            {"name": "age", "shape": [2], "datatype": "FP64", "data": [1.0, -1.0]},
+            {"name": "income", "shape": [2, 1], "datatype": "INT64", "data": [1, 0]},
+        ],
+    }
+    response = await api.client.post("/v2/models/m/infer", json=body)
+    assert response.status_code == 200
+    doc = response.json()
+    assert (doc["model_name"], doc["model_version"], doc["id"]) == ("m", "1", "req-1")
+    score, label = doc["outputs"]
+    assert score["name"] == "score" and score["datatype"] == "FP64" and score["shape"] == [2]
+    assert score["data"] == pytest.approx([sigmoid(2), sigmoid(-1)])
+    assert label == {"name": "label", "datatype": "INT64", "shape": [2], "data": [1, 0]}
+    assert doc["parameters"]["served_by"] == "champion"
+    assert len(doc["parameters"]["prediction_ids"]) == 2
+
+
+async def test_v2_infer_single_matrix_input(api):
+    body = {"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [0.5, 0.5]}]}
+    response = await api.client.post("/v2/models/m/infer", json=body)
+    assert response.status_code == 200
+    assert response.json()["outputs"][0]["data"] == pytest.approx([sigmoid(1)])
+
+
+async def test_v2_metadata_and_readiness(api):
+    server = (await api.client.get("/v2")).json()
+    assert server["name"] == "modelbus-scorer"
+    meta = (await api.client.get("/v2/models/m")).json()
+    assert meta["platform"] == "modelbus-logreg"
+    assert meta["versions"] == ["1"]
+    assert meta["inputs"] == [
+        {"name": "age", "datatype": "FP64", "shape": [-1]},
+        {"name": "income", "datatype": "FP64", "shape": [-1]},
+    ]
+    assert [o["name"] for o in meta["outputs"]] == ["score", "label"]
+    assert (await api.client.get("/v2/models/m/ready")).status_code == 200
+    not_loaded = await api.client.get("/v2/models/empty/ready")
+    assert not_loaded.status_code == 503 and not_loaded.json()["reason"]
+    assert (await api.client.get("/v2/models/nope/ready")).status_code == 404
+    assert (await api.client.get("/v2/models/empty")).status_code == 503
+    assert (await api.client.get("/v2/health/live")).status_code == 200
+    assert (await api.client.get("/v2/health/ready")).status_code == 200
+    api.ready["bus"] = False
+    assert (await api.client.get("/v2/health/ready")).status_code == 503
+
+
+@pytest.mark.parametrize("path", ["/models/{}/predict", "/v2/models/{}/infer"])
+async def test_unknown_model_is_404_and_unloaded_is_503(api, path):
+    body = {"features": {"age": 1, "income": 1}}
+    unknown = await api.client.post(path.format("nope"), json=body)
+    assert unknown.status_code == 404 and unknown.json()["reason"] == "unknown_model"
+    unloaded = await api.client.post(path.format("empty"), json=body)
+    assert unloaded.status_code == 503 and unloaded.json()["reason"] == "model_not_loaded"
+
+
+@pytest.mark.parametrize(
+    ("path", "raw", "status", "reason"),
+    [
+        ("/models/m/predict", b"{not json", 400, "invalid_json"),
+        ("/models/m/predict", b'{"features": {"age": NaN, "income": 1}}', 400, "invalid_json"),
+        ("/models/m/predict", b'{"instances": []}', 422, "empty_batch"),
+        ("/models/m/predict", b'{"features": {"age": 1}}', 422, "feature_mismatch"),
+        ("/models/m/predict", b'{"features": {"age": "a", "income": 1}}', 422, "not_a_number"),
+        ("/models/m/predict", b'{"features": {"age": 1e999, "income": 1}}', 400, "invalid_json"),
+        (
+            "/models/m/predict",
+            orjson.dumps({"instances": [{"age": 1, "income": 1}] * 51}),
+            422,
+            "too_many_instances",
+        ),
+        (
+            "/v2/models/m/infer",
+            b'{"inputs": [{"name": "x", "shape": [2, 2], "datatype": "FP64", "data": [1, 2, 3]}]}',
+            422,
+            "length_mismatch",
+        ),
+        (
+            "/v2/models/m/infer",
+            b'{"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP64", "data": [1, 2, 3]}]}',
+            422,
+            "feature_mismatch",
+        ),
+    ],
+)
+async def test_bad_requests_are_refused_with_a_reason_and_counted(api, path, raw, status, reason):
+    response = await api.client.post(path, content=raw)
+    assert response.status_code == status
+    assert response.json()["reason"] == reason
+    assert response.json()["error"]
+    assert api.rejected(reason) == 1
+
+
+async def test_oversized_body_is_413(api):
+    big = orjson.dumps({"instances": [{"age": 1, "income": 1}] * 100})
+    response = await api.client.post("/models/m/predict", content=big)
+    assert response.status_code == 413
+
+
+async def test_a_crashing_model_is_answered_by_the_warm_previous(api):
+    slots = api.service.holder.get("m")
+    crashing = LogisticModel(("age", "income"), np.ones(3), 0.0, np.zeros(2), np.ones(2), 0.5)
+    api.service.holder.swap("m", Served(2, crashing, ("age", "income"), "f" * 64))
+    assert api.service.holder.get("m").previous is slots.current
+    response = await api.client.post(
+        "/models/m/predict", json={"features": {"age": 1, "income": 1}}
+    )
+    doc = response.json()
+    assert response.status_code == 200
+    assert (doc["served_by"], doc["model_version"]) == ("fallback", 1)
+    assert (
+        api.metrics.registry.get_sample_value("modelbus_scorer_fallbacks_total", {"model": "m"})
+        == 1
+    )

@@ -1,0 +1,270 @@
+"""The service layer on fakes: sync from the registry, hot swap, load failures, stream scoring,
+and the prediction log."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import numpy as np
+import pytest
+
+from modelbus_contracts import (
+    ModelLoadFailed,
+    ModelPromoted,
+    ModelRolledBack,
+    PredictionMade,
+    ScoringFailed,
+    ScoringRequested,
+)
+from modelbus_platform.bus import RecordingPublisher
+from modelbus_platform.metrics import Metrics
+from modelbus_platform.stores import LocalObjectStore
+from modelbus_scorer.adapters import FakeRegistry, names_from_listing
+from modelbus_scorer.bootstrap import sync_forever
+from modelbus_scorer.domain import ModelHolder
+from modelbus_scorer.handlers import resync_on_control, score_requested
+from modelbus_scorer.ports import RegistryUnavailable
+from modelbus_scorer.prediction_log import PredictionLog
+from modelbus_scorer.service import ScorerService
+from modelbus_scorer.telemetry import ScorerMetrics
+
+
+class Harness:
+    def __init__(self, tmp_path) -> None:
+        self.store = LocalObjectStore(tmp_path / "objects")
+        self.registry = FakeRegistry()
+        self.publisher = RecordingPublisher()
+        self.metrics = ScorerMetrics(Metrics("scorer-test"))
+        self.log = PredictionLog(self.publisher, self.metrics, producer="scorer", capacity=5)
+        self.service = ScorerService(
+            holder=ModelHolder(),
+            registry=self.registry,
+            store=self.store,
+            publisher=self.publisher,
+            metrics=self.metrics,
+            prediction_log=self.log,
+            producer="scorer",
+            instance="scorer-1",
+            max_instances=100,
+        )
+
+    def value(self, name: str, labels: dict | None = None) -> float:
+        return self.metrics.base.registry.get_sample_value(name, labels or {}) or 0.0
+
+
+@pytest.fixture
+def h(tmp_path) -> Harness:
+    return Harness(tmp_path)
+
+
+def promoted(name: str, view) -> ModelPromoted:
+    return ModelPromoted(
+        model_name=name,
+        version=view.version,
+        previous_version=None,
+        artifact=view.artifact,
+        feature_names=view.feature_names,
+        reason="test",
+    )
+
+
+async def test_start_up_loads_every_champion_and_replays_are_no_ops(h, publish_artifact):
+    h.registry.champions["m"] = await publish_artifact(h.store, "m", 1)
+    h.registry.champions["no-champ"] = None
+    assert await h.service.sync_all() == {"m": "loaded", "no-champ": "no_champion"}
+    assert h.service.holder.get("m").current.version == 1
+    assert h.service.holder.get("no-champ").current is None  # known: 503, not 404
+    assert await h.service.sync_model("m") == "unchanged"
+    assert h.value("modelbus_scorer_loaded_version", {"model": "m", "slot": "current"}) == 1
+
+
+async def test_promotion_swaps_and_keeps_the_last_good_warm(h, publish_artifact, make_model):
+    v1 = await publish_artifact(h.store, "m", 1)
+    h.registry.champions["m"] = v1
+    await h.service.sync_all()
+    v2 = await publish_artifact(h.store, "m", 2, make_model(coef=[2.0, 2.0]))
+    h.registry.champions["m"] = v2
+    await resync_on_control(promoted("m", v1), service=h.service)  # event's version is ignored
+    slots = h.service.holder.get("m")
+    assert (slots.current.version, slots.previous.version) == (2, 1)
+
+
+async def test_rollback_reuses_the_warm_previous_without_reading_the_store(
+    h, publish_artifact, make_model
+):
+    v1 = await publish_artifact(h.store, "m", 1)
+    v2 = await publish_artifact(h.store, "m", 2, make_model(coef=[2.0, 2.0]))
+    h.registry.champions["m"] = v1
+    await h.service.sync_all()
+    h.registry.champions["m"] = v2
+    await h.service.sync_model("m")
+    await h.store.put(v1.artifact.uri, b"gone bad")  # a reload would now fail
+    h.registry.champions["m"] = v1
+    event = ModelRolledBack(
+        model_name="m",
+        from_version=2,
+        to_version=1,
+        artifact=v1.artifact,
+        feature_names=v1.feature_names,
+        reason="regression",
+    )
+    await resync_on_control(event, service=h.service)
+    slots = h.service.holder.get("m")
+    assert (slots.current.version, slots.previous.version) == (1, 2)
+    assert h.publisher.of(ModelLoadFailed) == []
+
+
+@pytest.mark.parametrize("fault", ["corrupted", "missing", "unreadable", "wrong_features"])
+async def test_load_failure_keeps_serving_and_announces_it(h, publish_artifact, make_model, fault):
+    h.registry.champions["m"] = await publish_artifact(h.store, "m", 1)
+    await h.service.sync_all()
+    if fault == "corrupted":
+        bad = await publish_artifact(h.store, "m", 2, make_model(coef=[3.0, 3.0]))
+        await h.store.put(bad.artifact.uri, b'{"format": "tampered"}')
+    elif fault == "missing":
+        bad = await publish_artifact(h.store, "m", 2, make_model(coef=[3.0, 3.0]))
+        bad = bad.model_copy(
+            update={"artifact": bad.artifact.model_copy(update={"uri": "artifacts/m/nope.json"})}
+        )
+    elif fault == "unreadable":
+        bad = await publish_artifact(h.store, "m", 2, data=b"not json at all")
+    else:
+        bad = await publish_artifact(h.store, "m", 2, make_model(("a", "b")))
+        bad = bad.model_copy(update={"feature_names": ["age", "income"]})
+    h.registry.champions["m"] = bad
+    event = promoted("m", bad)
+    await resync_on_control(event, service=h.service)  # does not raise
+
+    assert h.service.holder.get("m").current.version == 1
+    [failed] = h.publisher.of(ModelLoadFailed)
+    assert (failed.version, failed.instance) == (2, "scorer-1")
+    assert failed.correlation_id == event.correlation_id
+    assert failed.causation_id == event.event_id
+    assert failed.error
+    assert h.value("modelbus_scorer_model_load_failures_total", {"model": "m"}) == 1
+    result = h.service.score("m", lambda names, limit: (_zeros(names), None))
+    assert result.scored.served.version == 1
+
+
+async def test_periodic_resync_announces_a_failure_once(h, publish_artifact):
+    h.registry.champions["m"] = await publish_artifact(h.store, "m", 1, data=b"broken")
+    await h.service.sync_all()
+    await h.service.sync_all()
+    assert len(h.publisher.of(ModelLoadFailed)) == 1
+    assert h.value("modelbus_scorer_model_load_failures_total", {"model": "m"}) == 2
+
+
+async def test_registry_down_raises_so_the_bus_retries(h):
+    h.registry.down = True
+    with pytest.raises(RegistryUnavailable):
+        await h.service.sync_model("m")
+    with pytest.raises(RegistryUnavailable):
+        await h.service.sync_all()
+    assert h.service.sync_attempted and not h.service.last_sync_ok
+
+
+async def test_sync_loop_keeps_retrying_until_the_registry_answers(h, publish_artifact):
+    h.registry.down = True
+    h.registry.champions["m"] = await publish_artifact(h.store, "m", 1)
+    task = asyncio.create_task(sync_forever(h.service, interval_s=0.05))
+    try:
+        await asyncio.sleep(0.12)
+        assert h.service.holder.get("m") is None
+        h.registry.down = False
+        for _ in range(100):
+            if h.service.holder.get("m") and h.service.holder.get("m").current:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        task.cancel()
+    assert h.service.holder.get("m").current.version == 1
+    assert h.registry.calls.count("models") >= 2
+
+
+# --- stream scoring --------------------------------------------------------------------------
+
+
+def _zeros(names):
+    return np.zeros((1, len(names)))
+
+
+async def test_stream_scoring_publishes_a_prediction_caused_by_the_request(h, publish_artifact):
+    h.registry.champions["m"] = await publish_artifact(h.store, "m", 1)
+    await h.service.sync_all()
+    request = ScoringRequested(model_name="m", request_id="r-1", features={"age": 1, "income": 0})
+    await score_requested(request, service=h.service)
+    [made] = h.publisher.of(PredictionMade)
+    assert (made.request_id, made.version, made.source) == ("r-1", 1, "stream")
+    assert made.correlation_id == request.correlation_id
+    assert made.causation_id == request.event_id
+    assert made.features == {"age": 1.0, "income": 0.0}
+    assert (
+        made.prediction_id
+        == uuid.uuid5(uuid.UUID("6f1c2b1e-9a57-4c64-8d0e-5b3a3c2f7d10"), str(request.event_id)).hex
+    )
+    labels = {"model": "m", "version": "1", "served_by": "champion", "source": "stream"}
+    assert h.value("modelbus_scorer_predictions_total", labels) == 1
+
+
+@pytest.mark.parametrize(
+    ("model", "features", "reason"),
+    [
+        ("m", {"age": 1}, "feature_mismatch"),
+        ("m", {"age": 1, "income": 2, "zip": 3}, "feature_mismatch"),
+        ("other", {"age": 1, "income": 2}, "unknown_model"),
+    ],
+)
+async def test_bad_stream_requests_become_scoring_failed(
+    h, publish_artifact, model, features, reason
+):
+    h.registry.champions["m"] = await publish_artifact(h.store, "m", 1)
+    await h.service.sync_all()
+    request = ScoringRequested(model_name=model, request_id="r-2", features=features)
+    await score_requested(request, service=h.service)  # returns normally
+    [failed] = h.publisher.of(ScoringFailed)
+    assert failed.request_id == "r-2"
+    assert failed.error.startswith(reason)
+    assert failed.correlation_id == request.correlation_id
+    assert h.publisher.of(PredictionMade) == []
+    assert (
+        h.value("modelbus_scorer_rejected_requests_total", {"reason": reason, "source": "stream"})
+        == 1
+    )
+
+
+# --- HTTP scoring path + prediction log ------------------------------------------------------
+
+
+async def test_http_predictions_are_logged_in_the_background_and_flushed(h, publish_artifact):
+    h.registry.champions["m"] = await publish_artifact(h.store, "m", 1)
+    await h.service.sync_all()
+    await h.log.start()
+    X = [[0.0, 0.0], [1.0, 1.0]]
+    result = h.service.score("m", lambda names, limit: (np.asarray(X), "req-9"))
+    assert h.publisher.of(PredictionMade) == []  # not published on the request path
+    await h.log.stop()
+    made = h.publisher.of(PredictionMade)
+    assert [m.prediction_id for m in made] == result.prediction_ids
+    assert {m.request_id for m in made} == {"req-9"}
+    assert made[1].features == {"age": 1.0, "income": 1.0}
+    assert all(m.source == "http" and m.served_by == "champion" for m in made)
+    assert h.log.pending == 0
+
+
+async def test_a_full_prediction_log_drops_and_counts(h, publish_artifact):
+    h.registry.champions["m"] = await publish_artifact(h.store, "m", 1)
+    await h.service.sync_all()
+    h.service.score("m", lambda names, limit: (np.zeros((4, 2)), None))  # capacity is 5
+    h.service.score("m", lambda names, limit: (np.zeros((2, 2)), None))  # dropped
+    assert h.value("modelbus_scorer_prediction_log_dropped_total") == 2
+    await h.log.start()
+    await h.log.stop()
+    assert len(h.publisher.of(PredictionMade)) == 4
+
+
+def test_registry_listing_shapes_are_tolerated():
+    assert names_from_listing([{"name": "a"}, "b", {"x": 1}]) == ["a", "b"]
+    assert names_from_listing({"models": [{"name": "c"}]}) == ["c"]
+    assert names_from_listing({"items": ["d"]}) == ["d"]
+    assert names_from_listing(None) == []
