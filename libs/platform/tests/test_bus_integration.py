@@ -79,10 +79,13 @@ async def test_duplicates_are_skipped_and_poison_goes_to_dlq(infra, unique):
         await bus.publish(LabelObserved(model_name=model, prediction_id="p3", label=0))
         await bus.publish(LabelObserved(model_name=model, prediction_id="last", label=0))
         await asyncio.wait_for(done.wait(), 30)
+        lag = await bus.sample_lag()
         dlq = await _read_dlq(infra.kafka_bootstrap, LabelObserved.topic, model, 2)
     finally:
         await bus.stop()
 
+    assert (LabelObserved.topic, f"g-{unique}") in lag
+    assert 'modelbus_consumer_lag{group="g-' in _metrics_text(bus)
     ours = [e for e in handled if e.model_name == model]
     assert [e.prediction_id for e in ours] == ["p1", "last"]
     reasons = sorted(dict(m.headers)["x-dlq-reason"].decode() for m in dlq)
@@ -120,3 +123,9 @@ async def test_one_group_dispatches_several_event_types(infra, unique):
     finally:
         await bus.stop()
     assert all(e.is_set() for e in got.values())
+
+
+def _metrics_text(bus: EventBus) -> str:
+    from prometheus_client import generate_latest
+
+    return generate_latest(bus.metrics.registry).decode()

@@ -112,6 +112,8 @@ class EventBus:
         self.broker = KafkaBroker(bootstrap, client_id=f"modelbus-{service}", logger=None)
         self._started = False
         self._groups: dict[str, dict[str, _Route]] = {}
+        self._subscribers: dict[str, Any] = {}
+        self._lag_task: asyncio.Task | None = None
         self._offset_reset: dict[str, str] = {}
 
     # -- publishing ---------------------------------------------------------------------------
@@ -153,17 +155,47 @@ class EventBus:
             self._register_group(group, routes)
 
     def _register_group(self, group: str, routes: dict[str, _Route]) -> None:
-        @self.broker.subscriber(
+        subscriber = self.broker.subscriber(
             *routes,
             group_id=group,
             ack_policy=AckPolicy.NACK_ON_ERROR,
             auto_offset_reset=self._offset_reset[group],  # type: ignore[arg-type]
             title=f"{self.service}:{group}",
         )
+
         async def _consume(msg: KafkaMessage) -> None:
             raw = msg.raw_message
             route = routes[raw.topic]
             await self.process(route.event_cls, group, route.handler, raw, dedupe=route.dedupe)
+
+        subscriber(_consume)
+        self._subscribers[group] = subscriber
+
+    async def sample_lag(self) -> dict[tuple[str, str], int]:
+        """Consumer lag per (topic, group): log end offset minus the committed offset."""
+        lag: dict[tuple[str, str], int] = {}
+        for group, subscriber in self._subscribers.items():
+            consumer = getattr(subscriber, "consumer", None)
+            if consumer is None:
+                continue
+            for tp in consumer.assignment():
+                end = consumer.highwater(tp)
+                if end is None:
+                    continue
+                committed = await consumer.committed(tp) or 0
+                key = (tp.topic, group)
+                lag[key] = lag.get(key, 0) + max(0, end - committed)
+        for (topic, group), value in lag.items():
+            self.metrics.consumer_lag.labels(topic, group).set(value)
+        return lag
+
+    async def _lag_loop(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.sample_lag()
+            except Exception as exc:  # a metrics sampler must never take the service down
+                log.debug("bus.lag_sample_failed", error=str(exc))
 
     async def process(
         self, event_cls: type[E], group: str, handler: Handler[E], raw: Any, *, dedupe: bool = True
@@ -258,8 +290,13 @@ class EventBus:
         self._register_consumers()
         await self.broker.start()
         self._started = True
+        if self._subscribers:
+            self._lag_task = asyncio.create_task(self._lag_loop(5.0))
 
     async def stop(self) -> None:
+        if self._lag_task is not None:
+            self._lag_task.cancel()
+            self._lag_task = None
         await self.broker.stop()
         self._started = False
 
