@@ -1,0 +1,369 @@
+"""The service layer and HTTP API on fakes: registry, incident store and publisher in memory."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from modelbus_contracts import (
+    ArtifactRef,
+    DataQualityAlert,
+    DatasetRef,
+    DriftDetected,
+    FeatureStats,
+    LabelObserved,
+    Lineage,
+    ModelPromoted,
+    ModelRolledBack,
+    PredictionMade,
+)
+from modelbus_contracts.api import AliasesView, ModelView, VersionView
+from modelbus_monitor.adapters import FakeRegistry, MemoryIncidentStore
+from modelbus_monitor.api import router
+from modelbus_monitor.config import MonitorSettings
+from modelbus_monitor.domain import DetectorConfig, Incident
+from modelbus_monitor.metrics import MonitorMetrics
+from modelbus_monitor.service import MonitorService, detector_config
+from modelbus_platform.bus import RecordingPublisher
+
+SHA = "0" * 64
+REFERENCE = {"x": FeatureStats(count=1000, mean=0.0, std=1.0, min=-4.0, max=4.0)}
+ARTIFACT = ArtifactRef(uri="artifacts/m/x.json", sha256=SHA, size_bytes=1)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def version_view(name: str, version: int, reference=REFERENCE) -> VersionView:
+    dataset = DatasetRef(uri="datasets/m/x.csv", sha256=SHA, rows=10)
+    lineage = Lineage(dataset=dataset, holdout=dataset, seed=1, code_version="t", trigger="api")
+    return VersionView(
+        model_name=name,
+        version=version,
+        run_id="r",
+        artifact=ARTIFACT,
+        feature_names=list(reference),
+        lineage=lineage,
+        reference=reference,
+        status="champion",
+        created_at=datetime(2026, 1, 1, tzinfo=UTC),
+    )
+
+
+def register(registry: FakeRegistry, name: str, champion: int) -> None:
+    registry.models[name] = ModelView(
+        name=name, aliases=AliasesView(model_name=name, champion=champion)
+    )
+    registry.versions[(name, champion)] = version_view(name, champion)
+
+
+class Harness:
+    def __init__(self, **config) -> None:
+        self.clock = Clock()
+        self.registry = FakeRegistry()
+        self.store = MemoryIncidentStore()
+        self.publisher = RecordingPublisher()
+        self.metrics = MonitorMetrics()
+        self.rng = random.Random(1)
+        self.service = self.build(DetectorConfig(**config))
+
+    def build(self, config: DetectorConfig) -> MonitorService:
+        return MonitorService(
+            config,
+            publisher=self.publisher,
+            incidents=self.store,
+            registry=self.registry,
+            metrics=self.metrics,
+            registry_retry_s=30,
+            clock=self.clock,
+        )
+
+    async def stream(self, name: str, n: int, error_rate: float, version: int = 1) -> None:
+        for _ in range(n):
+            self.clock.now += timedelta(milliseconds=20)
+            predicted = int(self.rng.random() < 0.5)
+            truth = 1 - predicted if self.rng.random() < error_rate else predicted
+            pid = uuid.uuid4().hex
+            await self.service.on_prediction(prediction(name, pid, predicted, version))
+            await self.service.on_label(
+                LabelObserved(model_name=name, prediction_id=pid, label=truth)
+            )
+
+    def metric(self, name: str, **labels) -> float:
+        return self.metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+def prediction(name: str, pid: str, label: int, version: int = 1, x: float = 0.0):
+    return PredictionMade(
+        model_name=name,
+        prediction_id=pid,
+        version=version,
+        features={"x": x},
+        score=0.5,
+        label=label,
+        latency_ms=1.0,
+    )
+
+
+def promoted(name: str, version: int, **kw) -> ModelPromoted:
+    return ModelPromoted(
+        model_name=name,
+        version=version,
+        previous_version=version - 1 or None,
+        artifact=ARTIFACT,
+        feature_names=["x"],
+        reason="test",
+        **kw,
+    )
+
+
+def test_settings_defaults_and_descriptions():
+    settings = MonitorSettings()
+    assert (settings.service_name, settings.http_port, settings.adwin_delta) == (
+        "monitor",
+        8005,
+        0.002,
+    )
+    config = detector_config(settings)
+    assert (config.error_min_observations, config.feature_min_observations) == (100, 300)
+    own = set(MonitorSettings.model_fields) - {"service_name", "http_port"}
+    for field in own - set(MonitorSettings.__mro__[1].model_fields):
+        assert MonitorSettings.model_fields[field].description, field
+
+
+async def test_drift_opens_one_incident_publishes_once_and_promotion_closes_it():
+    h = Harness(feature_drift_enabled=False)
+    register(h.registry, "churn", 1)
+    await h.service.rebuild()
+    await h.stream("churn", 1500, 0.1)
+    assert h.publisher.of(DriftDetected) == []
+    await h.stream("churn", 1500, 0.45)
+
+    [event] = h.publisher.of(DriftDetected)
+    assert (event.model_name, event.version, event.feature, event.producer) == (
+        "churn",
+        1,
+        "__error__",
+        "monitor",
+    )
+    assert str(event.correlation_id) == event.incident_id
+    [stored] = await h.store.list("churn")
+    assert stored.status == "open" and stored.published
+    assert stored.causation_id == str(event.causation_id)
+    assert h.metric("modelbus_monitor_incidents_total", model="churn", action="opened") == 1
+    assert h.metric("modelbus_monitor_joined_pairs_total", model="churn") == 3000
+
+    await h.stream("churn", 1500, 0.9)
+    assert len(h.publisher.of(DriftDetected)) == 1
+    suppressed = h.metric("modelbus_monitor_suppressed_alarms_total", model="churn", reason="open")
+    assert suppressed >= 1
+    assert (await h.store.get(event.incident_id)).suppressed_alarms == suppressed
+
+    h.clock.now += timedelta(seconds=1)
+    register(h.registry, "churn", 2)
+    cause = promoted("churn", 2, correlation_id=event.correlation_id)
+    await h.service.on_promoted(cause)
+    closed = await h.store.get(event.incident_id)
+    assert (closed.status, closed.closed_by_version) == ("closed", 2)
+    assert closed.closed_by_event_id == str(cause.event_id)
+    status = h.service.status("churn")
+    assert (status["serving_version"], status["observations"], status["open_incident"]) == (
+        2,
+        0,
+        None,
+    )
+
+
+async def test_restart_restores_the_open_incident_and_keeps_suppressing():
+    h = Harness(feature_drift_enabled=False)
+    register(h.registry, "churn", 1)
+    await h.service.rebuild()
+    await h.stream("churn", 1500, 0.1)
+    await h.stream("churn", 1500, 0.5)
+    [event] = h.publisher.of(DriftDetected)
+
+    h.service = h.build(DetectorConfig(feature_drift_enabled=False))  # a restart
+    await h.service.rebuild()
+    assert h.service.status("churn")["open_incident"] == event.incident_id
+    await h.stream("churn", 1500, 0.1)
+    await h.stream("churn", 1500, 0.7)
+    assert len(h.publisher.of(DriftDetected)) == 1
+
+
+async def test_failed_publish_is_retried_with_the_same_event():
+    h = Harness(feature_drift_enabled=False)
+    register(h.registry, "churn", 1)
+    await h.service.rebuild()
+    real_publish = h.publisher.publish
+    failures = []
+
+    async def flaky(event):
+        if isinstance(event, DriftDetected) and not failures:
+            failures.append(event)
+            raise ConnectionError("broker down")
+        await real_publish(event)
+
+    h.publisher.publish = flaky
+    await h.stream("churn", 1500, 0.1)
+    with pytest.raises(ConnectionError):
+        await h.stream("churn", 1500, 0.5)
+    [stored] = await h.store.open_incidents()
+    assert not stored.published
+    await h.stream("churn", 1, 0.1)  # the next event (or the bus's retry) publishes it
+    [event] = h.publisher.of(DriftDetected)
+    assert event.event_id == failures[0].event_id
+    assert (await h.store.get(stored.incident_id)).published
+
+
+async def test_feature_detectors_wait_for_the_reference_and_retry_the_registry():
+    h = Harness(feature_min_observations=100)
+    h.registry.down = True
+    await h.service.rebuild()
+    await h.service.on_prediction(prediction("churn", "p0", 1))
+    assert h.service.status("churn")["serving_version"] is None
+    calls = h.registry.calls
+    await h.service.on_prediction(prediction("churn", "p1", 1))
+    assert h.registry.calls == calls  # rate limited
+    h.registry.down = False
+    register(h.registry, "churn", 1)
+    h.clock.now += timedelta(seconds=31)
+    await h.service.on_prediction(prediction("churn", "p2", 1))
+    status = h.service.status("churn")
+    assert status["serving_version"] == 1
+    assert status["reference_features"] == ["x"]
+    for i in range(600):
+        h.clock.now += timedelta(milliseconds=10)
+        x = h.rng.gauss(0.0 if i < 300 else 1.0, 1.0)
+        await h.service.on_prediction(prediction("churn", f"q{i}", 1, x=x))
+    [event] = h.publisher.of(DriftDetected)
+    assert event.feature == "x"
+    assert (
+        h.metric(
+            "modelbus_monitor_drift_alarms_total",
+            model="churn",
+            detector="adwin",
+            feature="x",
+            disposition="opened",
+        )
+        == 1
+    )
+
+
+async def test_rollback_closes_the_incident_too():
+    h = Harness(feature_drift_enabled=False)
+    register(h.registry, "churn", 2)
+    await h.service.rebuild()
+    await h.stream("churn", 1500, 0.1, version=2)
+    await h.stream("churn", 1500, 0.5, version=2)
+    [event] = h.publisher.of(DriftDetected)
+    h.clock.now += timedelta(seconds=1)
+    register(h.registry, "churn", 1)
+    await h.service.on_rolled_back(
+        ModelRolledBack(
+            model_name="churn",
+            from_version=2,
+            to_version=1,
+            artifact=ARTIFACT,
+            feature_names=["x"],
+            reason="regression",
+        )
+    )
+    closed = await h.store.get(event.incident_id)
+    assert (closed.status, closed.closed_by_version) == ("closed", 1)
+    assert closed.close_reason == "rolled back: regression"
+
+
+async def test_quality_alert_is_published_and_counted():
+    h = Harness()
+    register(h.registry, "churn", 1)
+    await h.service.rebuild()
+    await h.service.on_prediction(prediction("churn", "p1", 1, x=100.0))
+    await h.service.on_prediction(prediction("churn", "p2", 1, x=100.0))
+    [alert] = h.publisher.of(DataQualityAlert)
+    assert (alert.check, alert.feature, alert.count) == ("out_of_range", "x", 1)
+    assert alert.examples[0]["value"] == 100.0
+    assert (
+        h.metric("modelbus_monitor_quality_alerts_total", model="churn", check="out_of_range") == 1
+    )
+
+
+async def test_eviction_and_ignored_are_counted_in_metrics():
+    h = Harness(join_max_pending=5)
+    register(h.registry, "churn", 1)
+    await h.service.rebuild()
+    for i in range(8):
+        await h.service.on_label(LabelObserved(model_name="churn", prediction_id=f"l{i}", label=1))
+    await h.service.on_prediction(
+        prediction("churn", "s1", 1).model_copy(update={"served_by": "shadow"})
+    )
+    assert (
+        h.metric("modelbus_monitor_evicted_pending_total", model="churn", reason="label_overflow")
+        == 3
+    )
+    assert h.metric("modelbus_monitor_ignored_total", model="churn", reason="served_by_shadow") == 1
+
+
+@pytest.fixture
+async def api_client():
+    h = Harness(feature_drift_enabled=False)
+    app = FastAPI()
+    app.include_router(router)
+    app.state.service = h.service
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as c:
+        yield h, c
+
+
+async def test_api_status_and_incidents(api_client):
+    h, client = api_client
+    assert (await client.get("/models/churn/status")).status_code == 404
+    register(h.registry, "churn", 1)
+    await h.service.rebuild()
+    await h.stream("churn", 1500, 0.1)
+    await h.stream("churn", 1500, 0.5)
+    status = (await client.get("/models/churn/status")).json()
+    assert status["serving_version"] == 1
+    assert status["joined"] == 3000
+    assert 0.1 < status["error_rate"] < 0.6
+    assert status["detectors"]["__error__"]["observations"] == 3000
+    incident_id = status["open_incident"]
+    listed = (await client.get("/incidents", params={"model_name": "churn", "limit": 5})).json()
+    assert [i["incident_id"] for i in listed] == [incident_id]
+    one = (await client.get(f"/incidents/{incident_id}")).json()
+    assert one["status"] == "open" and one["evidence"]["feature"] == "__error__"
+    assert (await client.get("/incidents/nope")).status_code == 404
+    assert (await client.get("/incidents", params={"limit": 0})).status_code == 422
+    assert (await client.get("/incidents", params={"model_name": "other"})).json() == []
+
+
+def test_incident_roundtrips_through_its_drift_event():
+    event = DriftDetected(
+        model_name="m",
+        version=1,
+        incident_id=str(uuid.uuid4()),
+        detector="adwin",
+        feature="__error__",
+        statistic=0.4,
+        window_size=10,
+        observations=100,
+        detected_at=datetime(2026, 1, 1, tzinfo=UTC),
+    )
+    incident = Incident(
+        incident_id=event.incident_id,
+        model_name="m",
+        version=1,
+        opened_at=event.detected_at,
+        causation_id="c",
+        evidence={},
+        event=event.model_dump(mode="json"),
+    )
+    assert incident.drift_event() == event
