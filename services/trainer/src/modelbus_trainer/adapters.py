@@ -1,10 +1,15 @@
 """Adapters for the trainer's ports: MongoDB (PyMongo async) and in-memory fakes with the same
-behaviour for unit tests, plus an in-memory object store."""
+behaviour for unit tests, plus an in-memory object store.
+
+Timestamps go to MongoDB as fixed-width UTC ISO strings (they sort and compare like the times
+they name): nx-27017 stores a datetime written by ``$set`` on an existing document as a naive
+string, so native dates would compare inconsistently. Adapters convert at the boundary.
+"""
 
 from __future__ import annotations
 
 import copy
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pymongo import ASCENDING, DESCENDING
@@ -17,6 +22,30 @@ from modelbus_platform.stores import ObjectNotFound
 from .domain import ACTIVE_STATES, RunState
 
 COUNTED_SERVERS = ("champion", "fallback")
+RUN_TIMES = ("created_at", "started_at", "data_ready_at", "finished_at")
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+
+def to_stored_time(value: datetime) -> str:
+    return value.astimezone(UTC).strftime(TIME_FORMAT)
+
+
+def from_stored_time(value: str | datetime | None) -> datetime | None:
+    if value is None or isinstance(value, datetime):
+        return value
+    return datetime.strptime(value, TIME_FORMAT).replace(tzinfo=UTC)
+
+
+def _store_times(doc: dict[str, Any]) -> dict[str, Any]:
+    return {k: to_stored_time(v) if isinstance(v, datetime) else v for k, v in doc.items()}
+
+
+def _load_times(doc: dict[str, Any] | None, keys: tuple[str, ...]) -> dict[str, Any] | None:
+    if doc is not None:
+        for key in keys:
+            if key in doc:
+                doc[key] = from_stored_time(doc[key])
+    return doc
 
 
 def prediction_fields(event: PredictionMade) -> dict[str, Any]:
@@ -44,6 +73,16 @@ def _complete_query(model_name: str, since: datetime | None) -> dict[str, Any]:
     return query
 
 
+FEEDBACK_TIMES = ("predicted_at", "labelled_at")
+
+
+def _mongo_complete_query(model_name: str, since: datetime | None) -> dict[str, Any]:
+    query = _complete_query(model_name, None)
+    if since is not None:
+        query["predicted_at"] = {"$gte": to_stored_time(since)}
+    return query
+
+
 # --- MongoDB --------------------------------------------------------------------------------
 
 
@@ -56,7 +95,7 @@ class MongoFeedbackStore:
         await self.col.create_index([("model_name", ASCENDING), ("predicted_at", DESCENDING)])
 
     async def _upsert(self, prediction_id: str, fields: dict[str, Any]) -> None:
-        update = {"$set": fields}
+        update = {"$set": _store_times(fields)}
         try:
             await self.col.update_one({"prediction_id": prediction_id}, update, upsert=True)
         except DuplicateKeyError:  # a concurrent upsert of the other half won the insert
@@ -69,7 +108,7 @@ class MongoFeedbackStore:
         await self._upsert(event.prediction_id, label_fields(event))
 
     async def count_complete(self, model_name: str, since: datetime | None = None) -> int:
-        return await self.col.count_documents(_complete_query(model_name, since))
+        return await self.col.count_documents(_mongo_complete_query(model_name, since))
 
     async def count_all(self, model_name: str) -> int:
         return await self.col.count_documents({"model_name": model_name})
@@ -78,12 +117,12 @@ class MongoFeedbackStore:
         self, model_name: str, since: datetime | None, limit: int
     ) -> list[dict[str, Any]]:
         cursor = (
-            self.col.find(_complete_query(model_name, since), {"_id": 0})
+            self.col.find(_mongo_complete_query(model_name, since), {"_id": 0})
             .sort([("predicted_at", DESCENDING), ("prediction_id", DESCENDING)])
             .limit(limit)
         )
         rows = await cursor.to_list(length=limit)
-        return list(reversed(rows))
+        return [_load_times(r, FEEDBACK_TIMES) for r in reversed(rows)]
 
 
 class MongoRunStore:
@@ -96,28 +135,28 @@ class MongoRunStore:
 
     async def create(self, run: dict[str, Any]) -> bool:
         try:
-            await self.col.insert_one(dict(run))
+            await self.col.insert_one(_store_times(run))
         except DuplicateKeyError:
             return False
         return True
 
     async def get(self, run_id: str) -> dict[str, Any] | None:
-        return await self.col.find_one({"run_id": run_id}, {"_id": 0})
+        return _load_times(await self.col.find_one({"run_id": run_id}, {"_id": 0}), RUN_TIMES)
 
     async def update(self, run_id: str, fields: dict[str, Any]) -> None:
-        await self.col.update_one({"run_id": run_id}, {"$set": fields})
+        await self.col.update_one({"run_id": run_id}, {"$set": _store_times(fields)})
 
     async def list(self, model_name: str | None, limit: int) -> list[dict[str, Any]]:
         query = {"model_name": model_name} if model_name else {}
         cursor = self.col.find(query, {"_id": 0}).sort("created_at", DESCENDING).limit(limit)
-        return await cursor.to_list(length=limit)
+        return [_load_times(r, RUN_TIMES) for r in await cursor.to_list(length=limit)]
 
     async def active(self, model_name: str | None = None) -> list[dict[str, Any]]:
         query: dict[str, Any] = {"state": {"$in": list(ACTIVE_STATES)}}
         if model_name:
             query["model_name"] = model_name
         cursor = self.col.find(query, {"_id": 0}).sort("created_at", ASCENDING)
-        return await cursor.to_list(length=None)
+        return [_load_times(r, RUN_TIMES) for r in await cursor.to_list(length=None)]
 
     async def last_drift_run_created(self, model_name: str) -> datetime | None:
         query = {
@@ -127,7 +166,7 @@ class MongoRunStore:
         }
         cursor = self.col.find(query, {"_id": 0}).sort("created_at", DESCENDING).limit(1)
         docs = await cursor.to_list(length=1)
-        return docs[0]["created_at"] if docs else None
+        return from_stored_time(docs[0]["created_at"]) if docs else None
 
 
 class MongoLockStore:
@@ -136,22 +175,24 @@ class MongoLockStore:
 
     async def acquire(self, model_name: str, run_id: str, now: datetime, ttl_s: float) -> bool:
         try:
-            await self.col.insert_one({"_id": model_name, "run_id": run_id, "acquired_at": now})
+            doc = {"_id": model_name, "run_id": run_id, "acquired_at": to_stored_time(now)}
+            await self.col.insert_one(doc)
             return True
         except DuplicateKeyError:
             pass
-        update = {"$set": {"run_id": run_id, "acquired_at": now}}
+        update = {"$set": {"run_id": run_id, "acquired_at": to_stored_time(now)}}
         mine = await self.col.find_one_and_update({"_id": model_name, "run_id": run_id}, update)
         if mine is not None:
             return True
-        stale = {"_id": model_name, "acquired_at": {"$lt": now - timedelta(seconds=ttl_s)}}
+        cutoff = to_stored_time(now - timedelta(seconds=ttl_s))
+        stale = {"_id": model_name, "acquired_at": {"$lt": cutoff}}
         return await self.col.find_one_and_update(stale, update) is not None
 
     async def release(self, model_name: str, run_id: str) -> None:
         await self.col.delete_one({"_id": model_name, "run_id": run_id})
 
     async def holder(self, model_name: str) -> dict[str, Any] | None:
-        return await self.col.find_one({"_id": model_name})
+        return _load_times(await self.col.find_one({"_id": model_name}), ("acquired_at",))
 
 
 # --- in-memory fakes ------------------------------------------------------------------------
