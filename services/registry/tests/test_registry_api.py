@@ -1,0 +1,120 @@
+"""The HTTP API over the service on fakes: status codes, reasons, response shapes."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from modelbus_contracts import ModelPromoted
+from modelbus_contracts.api import AliasesView, AuditRecord, ModelView, VersionView
+from modelbus_platform.http import create_app
+from modelbus_platform.metrics import Metrics
+from modelbus_registry.api import build_router
+
+MODEL = "fraud"
+
+
+@pytest.fixture
+async def client(wired):
+    async def ready() -> dict[str, bool]:
+        return {"fake": True}
+
+    app = create_app(title="t", description="t", metrics=Metrics("t"), readiness=ready)
+    app.include_router(build_router(audit_limit=50))
+    app.state.registry = wired.service
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://registry") as http:
+        yield http
+
+
+async def register(wired, mk, seed=0):
+    ref = await mk.put_artifact(wired.store, MODEL, seed=seed)
+    return await wired.service.register(mk.trained(MODEL, ref))
+
+
+async def test_models_versions_and_artifact(client, wired, mk):
+    await register(wired, mk)
+    models = [ModelView.model_validate(m) for m in (await client.get("/models")).json()]
+    assert [(m.name, m.latest_version) for m in models] == [(MODEL, 1)]
+    model = ModelView.model_validate((await client.get(f"/models/{MODEL}")).json())
+    assert model.aliases.champion is None
+    versions = (await client.get(f"/models/{MODEL}/versions")).json()
+    assert [VersionView.model_validate(v).version for v in versions] == [1]
+    one = VersionView.model_validate((await client.get(f"/models/{MODEL}/versions/1")).json())
+    assert one.feature_names == mk.features
+    artifact = await client.get(f"/models/{MODEL}/versions/1/artifact")
+    assert artifact.status_code == 200
+    assert artifact.content == mk.artifact_bytes()
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/models/nope", "/models/nope/versions", "/models/nope/versions/1", "/models/nope/aliases"],
+)
+async def test_unknown_models_are_404_with_a_reason(client, path):
+    response = await client.get(path)
+    assert response.status_code == 404
+    assert "nope" in response.json()["detail"]
+
+
+async def test_unset_alias_and_unknown_version_are_404(client, wired, mk):
+    await register(wired, mk)
+    unset = await client.get(f"/models/{MODEL}/aliases/champion")
+    assert unset.status_code == 404
+    assert "not set" in unset.json()["detail"]
+    assert (await client.get(f"/models/{MODEL}/versions/9/artifact")).status_code == 404
+    assert (await client.get(f"/models/{MODEL}/aliases/king")).status_code == 422
+
+
+async def test_tampered_artifact_is_409(client, wired, mk):
+    registered = await register(wired, mk)
+    await wired.store.put(registered.artifact.uri, b"{}")
+    response = await client.get(f"/models/{MODEL}/versions/1/artifact")
+    assert response.status_code == 409
+    assert "does not match" in response.json()["detail"]
+
+
+async def test_put_alias_cas_and_conflict(client, wired, mk):
+    await register(wired, mk)
+    await register(wired, mk, seed=1)
+    body = {"version": 1, "expected_version": None, "reason": "first"}
+    ok = await client.put(f"/models/{MODEL}/aliases/champion", json=body, headers={"X-Actor": "bo"})
+    assert ok.status_code == 200
+    assert AliasesView.model_validate(ok.json()).champion == 1
+    stale = {"version": 2, "expected_version": None, "reason": "late"}
+    conflict = await client.put(f"/models/{MODEL}/aliases/champion", json=stale)
+    assert conflict.status_code == 409
+    assert "champion is at version 1" in conflict.json()["detail"]
+    target = await client.get(f"/models/{MODEL}/aliases/champion")
+    assert VersionView.model_validate(target.json()).version == 1
+    assert [e.reason for e in wired.published.of(ModelPromoted)] == ["first"]
+    bad = await client.put(f"/models/{MODEL}/aliases/champion", json={"version": 0})
+    assert bad.status_code == 422
+
+
+async def test_rollback_and_audit(client, wired, mk):
+    await register(wired, mk)
+    await register(wired, mk, seed=1)
+    await wired.service.record_evaluation(mk.evaluated(MODEL, 1, None))
+    no_previous = await client.post(f"/models/{MODEL}/rollback", json={"reason": "x"})
+    assert no_previous.status_code == 409
+    await wired.service.record_evaluation(mk.evaluated(MODEL, 2, 1))
+    done = await client.post(f"/models/{MODEL}/rollback", json={"reason": "bad canary"})
+    assert done.status_code == 200
+    assert AliasesView.model_validate(done.json()).champion == 1
+    rows = [
+        AuditRecord.model_validate(r) for r in (await client.get(f"/models/{MODEL}/audit")).json()
+    ]
+    assert rows[0].action == "rolled_back"
+    assert rows[0].reason == "bad canary"
+    assert rows[0].at >= rows[-1].at
+    limited = (await client.get("/audit", params={"model_name": MODEL, "limit": 2})).json()
+    assert [r["action"] for r in limited] == ["rolled_back", rows[1].action]
+    assert (await client.get("/audit", params={"limit": 0})).status_code == 422
+    assert len((await client.get("/audit", params={"limit": 5000})).json()) <= 50
+
+
+async def test_service_unavailable_before_startup(client, wired):
+    client._transport.app.state.registry = None
+    response = await client.get("/models")
+    assert response.status_code == 503
