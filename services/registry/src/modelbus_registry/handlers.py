@@ -3,13 +3,17 @@ publishes what follows. Subscriptions are made here, in one consumer group."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from modelbus_contracts import ModelEvaluated, ModelTrained
 from modelbus_platform.bus import EventBus
 
 from .service import RegistryService
 
 
-def make_handlers(service: RegistryService):
+def make_handlers(
+    service: RegistryService,
+) -> tuple[Callable[[ModelTrained], Awaitable[None]], Callable[[ModelEvaluated], Awaitable[None]]]:
     async def on_model_trained(event: ModelTrained) -> None:
         await service.register(event)
 
