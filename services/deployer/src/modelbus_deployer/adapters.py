@@ -4,7 +4,7 @@ and in-memory fakes of both for unit tests."""
 from __future__ import annotations
 
 import copy
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from pymongo import DESCENDING
@@ -63,9 +63,10 @@ class MongoDecisionStore:
         await self.col.create_index(NEWEST_FIRST)
 
     async def get(self, model_name: str, version: int) -> dict[str, Any] | None:
-        return await self.col.find_one(
+        doc = await self.col.find_one(
             {"model_name": model_name, "version": version}, projection={"_id": False}
         )
+        return _normalised(doc) if doc is not None else None
 
     async def insert(self, doc: dict[str, Any]) -> bool:
         try:
@@ -77,13 +78,24 @@ class MongoDecisionStore:
     async def mark_published(self, model_name: str, version: int, at: datetime) -> None:
         await self.col.update_one(
             {"model_name": model_name, "version": version},
-            {"$set": {"published": True, "published_at": at}},
+            {"$set": {"published": True, "published_at": at.astimezone(UTC).isoformat()}},
         )
 
     async def list(self, model_name: str | None, limit: int) -> list[dict[str, Any]]:
         query = {"model_name": model_name} if model_name else {}
         cursor = self.col.find(query, projection={"_id": False}).sort(NEWEST_FIRST).limit(limit)
-        return await cursor.to_list(length=limit)
+        return [_normalised(d) for d in await cursor.to_list(length=limit)]
+
+
+def _normalised(doc: dict[str, Any]) -> dict[str, Any]:
+    # nx-27017 (SQLite underneath) hands values written by $set back loosely typed: booleans as
+    # 0/1 and datetimes as naive strings. Restore the types the rest of the code expects.
+    doc["published"] = bool(doc.get("published"))
+    at = doc.get("published_at")
+    if isinstance(at, str):
+        parsed = datetime.fromisoformat(at)
+        doc["published_at"] = parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return doc
 
 
 # --- fakes -----------------------------------------------------------------------------------

@@ -1,0 +1,91 @@
+"""One contract suite for the DecisionStore port: the in-memory fake and MongoDB-wire alike."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from modelbus_deployer.adapters import MemoryDecisionStore, MongoDecisionStore
+from modelbus_platform.settings import ServiceSettings
+from modelbus_platform.stores import connect_mongo
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+@pytest.fixture(
+    params=["memory", pytest.param("mongo", marks=pytest.mark.integration)],
+)
+async def store(request, unique):
+    if request.param == "memory":
+        store = MemoryDecisionStore()
+    else:
+        infra = request.getfixturevalue("infra")
+        _, db = connect_mongo(ServiceSettings(mongo_uri=infra.mongo_uri, mongo_db=f"dd_{unique}"))
+        store = MongoDecisionStore(db)
+    await store.init()
+    return store
+
+
+def doc(model: str, version: int, minutes: int = 0) -> dict:
+    return {
+        "model_name": model,
+        "version": version,
+        "decision": "promote",
+        "reasons": [f"v{version}"],
+        "decided_at": T0 + timedelta(minutes=minutes),
+        "published": False,
+        "published_at": None,
+    }
+
+
+async def test_one_decision_per_model_version(store):
+    assert await store.insert(doc("a", 1))
+    assert not await store.insert({**doc("a", 1), "reasons": ["second"]})
+    assert await store.insert(doc("b", 1))
+
+    got = await store.get("a", 1)
+    assert got is not None and got["reasons"] == ["v1"]
+    assert "_id" not in got
+    assert await store.get("a", 2) is None
+
+
+async def test_mark_published(store):
+    await store.insert(doc("a", 1))
+
+    await store.mark_published("a", 1, T0)
+
+    got = await store.get("a", 1)
+    assert got["published"] is True
+    assert got["published_at"] == T0
+
+
+async def test_list_is_newest_first_filtered_and_limited(store):
+    for version, minutes in [(1, 0), (2, 5), (3, 10)]:
+        await store.insert(doc("a", version, minutes))
+    await store.insert(doc("b", 1, 20))
+
+    assert [d["version"] for d in await store.list("a", 10)] == [3, 2, 1]
+    assert [(d["model_name"], d["version"]) for d in await store.list(None, 2)] == [
+        ("b", 1),
+        ("a", 3),
+    ]
+
+
+async def test_service_republishes_a_stored_unpublished_decision(store, world, flaky_publisher):
+    world.decisions = store
+    event = await world.registered(world.models.good)
+    flaky = flaky_publisher(failures=1)
+
+    with pytest.raises(ConnectionError):
+        await world.service(flaky).handle_registered(event)
+    assert (await store.get("churn", 1))["published"] is False
+    assert await world.service(flaky).handle_registered(event) == "republished"
+    assert await world.service(flaky).handle_registered(event) == "duplicate"
+
+    [evaluated] = flaky.events
+    stored = await store.get("churn", 1)
+    assert stored["published"] is True
+    assert stored["event_id"] == str(evaluated.event_id)
+    assert evaluated.decision == stored["decision"] == "promote"
+    assert evaluated.challenger_metrics == stored["challenger_metrics"]
