@@ -6,6 +6,7 @@ import httpx
 from fastapi import FastAPI
 
 from modelbus_deployer.api import router
+from modelbus_deployer.bootstrap import build_app
 from modelbus_deployer.config import DeployerSettings, ModelPolicy
 
 
@@ -62,3 +63,19 @@ async def test_policy_view(make_world):
     assert body["models"]["fraud"]["primary_metric"] == "brier"
     assert body["models"]["fraud"]["higher_is_better"] is False
     assert named.json()["models"]["churn"]["promotion_margin"] == 0.01
+
+
+async def test_built_app_connects_nothing_until_its_lifespan_runs():
+    app = build_app(
+        DeployerSettings(kafka_bootstrap="127.0.0.1:1", mongo_uri="mongodb://127.0.0.1:1")
+    )
+    transport = httpx.ASGITransport(app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        live = await client.get("/health/live")
+        ready = await client.get("/health/ready")
+        metrics = await client.get("/metrics")
+
+    assert live.status_code == 200
+    assert ready.status_code == 503
+    assert ready.json()["checks"] == {"bus": False, "mongo": False, "object_store": False}
+    assert "modelbus_deployer_decisions_total" in metrics.text

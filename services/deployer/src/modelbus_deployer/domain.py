@@ -102,7 +102,9 @@ def feature_matrix(model: Scorable, holdout: Dataset) -> np.ndarray:
     return holdout.X[:, [holdout.feature_names.index(n) for n in model.feature_names]]
 
 
-def _gate(name: str, passed: bool, observed: float | None, threshold: float | None, detail: str):
+def _gate(
+    name: str, passed: bool, observed: float | None, threshold: float | None, detail: str
+) -> GateResult:
     return GateResult(
         name=name,
         passed=bool(passed),

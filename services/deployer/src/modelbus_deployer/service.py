@@ -100,6 +100,13 @@ class DeployerService:
         try:
             verdict = await self._evaluate(event, policy, timings)
         except LoadError as exc:
+            log.warning(
+                "decision.load_failed",
+                model_name=event.model_name,
+                version=event.version,
+                what=exc.what,
+                reason=exc.reason,
+            )
             verdict = load_failure(exc.what, exc.reason)
         timings["total_ms"] = _ms_since(started)
         return self._document(event, policy, verdict, timings)
