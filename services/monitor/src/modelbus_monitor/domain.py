@@ -133,6 +133,7 @@ class ModelMonitor:
         if incident is not None and occurred_at is not None and occurred_at < incident.opened_at:
             self.counts["stale_promotions"] += 1
             return None
+        self.counts["promotions"] += 1
         closed = None
         if incident is not None:
             incident.close(now, version, event_id, reason)
