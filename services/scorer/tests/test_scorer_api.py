@@ -17,6 +17,8 @@ from modelbus_platform.metrics import Metrics
 from modelbus_platform.stores import LocalObjectStore
 from modelbus_scorer.adapters import FakeRegistry
 from modelbus_scorer.api import build_router
+from modelbus_scorer.bootstrap import build_app, control_group
+from modelbus_scorer.config import ScorerSettings
 from modelbus_scorer.domain import ModelHolder, Served
 from modelbus_scorer.prediction_log import PredictionLog
 from modelbus_scorer.service import ScorerService
@@ -222,3 +224,22 @@ async def test_a_crashing_model_is_answered_by_the_warm_previous(api):
         api.metrics.registry.get_sample_value("modelbus_scorer_fallbacks_total", {"model": "m"})
         == 1
     )
+
+
+async def test_build_app_wires_routes_groups_and_readiness_without_connecting(tmp_path):
+    settings = ScorerSettings(instance_id="pod-7", kafka_bootstrap="127.0.0.1:1")
+    assert (settings.service_name, settings.http_port) == ("scorer", 8004)
+    assert control_group(settings) == "scorer-control-pod-7"
+    registry = FakeRegistry()
+    registry.down = True
+    app = build_app(settings, registry=registry, store=LocalObjectStore(tmp_path))
+    paths = set(app.openapi()["paths"])
+    assert {"/models/{name}/predict", "/v2/models/{name}/infer", "/v2/health/ready"} <= paths
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app), base_url="http://scorer"
+    ) as client:
+        response = await client.get("/health/ready")
+    assert response.status_code == 503
+    checks = response.json()["checks"]
+    assert checks["registry"] is False and checks["synced"] is False
+    assert checks["object_store"] is True
