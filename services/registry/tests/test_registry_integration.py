@@ -172,3 +172,5 @@ async def _scenario(http, store, publish, collector, model, mk) -> None:
     actions = [r["action"] for r in (await http.get("/audit", params={"model_name": model})).json()]
     assert actions[0] == "rolled_back"
     assert {"registered", "evaluated", "promoted", "promotion_conflict"} <= set(actions)
+    metrics = (await http.get("/metrics")).text
+    assert 'modelbus_registry_decisions_total{action="promoted"} 2.0' in metrics

@@ -3,6 +3,7 @@ and the audit trail behind each decision."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import pytest
@@ -246,3 +247,23 @@ async def test_reads_of_unknown_things_are_not_found(wired, mk):
         await wired.service.alias_target(MODEL, "champion")
     models = await wired.service.list_models()
     assert [(m.name, m.version_count, m.latest_version) for m in models] == [(MODEL, 1, 1)]
+
+
+async def test_racing_evaluations_promote_exactly_one(wired, mk):
+    for seed in range(3):
+        await register(wired, mk, seed=seed)
+    await promoted_to(wired, mk, 1, None)
+    read_model = wired.repo.get_model
+
+    async def yielding_get_model(name):  # let the other evaluation run between read and CAS
+        model = await read_model(name)
+        await asyncio.sleep(0)
+        return model
+
+    wired.repo.get_model = yielding_get_model
+    results = await asyncio.gather(promoted_to(wired, mk, 2, 1), promoted_to(wired, mk, 3, 1))
+    winners = [r for r in results if r is not None]
+    assert len(winners) == 1
+    aliases = await wired.service.aliases(MODEL)
+    assert (aliases.champion, aliases.previous) == (winners[0].version, 1)
+    assert (await actions(wired)).count("promotion_conflict") == 1

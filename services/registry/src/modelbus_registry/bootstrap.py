@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 
 import structlog
 from fastapi import FastAPI
+from prometheus_client import Counter
 
 from modelbus_platform.bus import EventBus
 from modelbus_platform.http import create_app
@@ -36,6 +37,12 @@ DESCRIPTION = (
 def build_app(settings: RegistrySettings | None = None) -> FastAPI:
     settings = settings or RegistrySettings()
     metrics = Metrics(settings.service_name)
+    decisions = Counter(
+        "modelbus_registry_decisions_total",
+        "Audit records written, by action (registered, promoted, promotion_conflict, ...)",
+        ["action"],
+        registry=metrics.registry,
+    )
     parts: dict = {}
 
     async def readiness() -> dict[str, bool]:
@@ -64,7 +71,9 @@ def build_app(settings: RegistrySettings | None = None) -> FastAPI:
             backoff_s=settings.handler_backoff_s,
             partitions=settings.topic_partitions,
         )
-        service = RegistryService(repo, store, bus)
+        service = RegistryService(
+            repo, store, bus, on_decision=lambda action: decisions.labels(action).inc()
+        )
         handlers.subscribe(bus, service, group=settings.consumer_group)
         await bus.start()
         parts.update(bus=bus, repo=repo, store=store)

@@ -57,11 +57,13 @@ class RegistryService:
         publisher: Publisher,
         *,
         clock: Callable[[], datetime] = utcnow,
+        on_decision: Callable[[str], None] | None = None,
     ) -> None:
         self.repo = repo
         self.store = store
         self.publisher = publisher
         self.clock = clock
+        self.on_decision = on_decision or (lambda action: None)
 
     # -- ModelTrained ---------------------------------------------------------------------------
 
@@ -472,6 +474,7 @@ class RegistryService:
             details=details,
         )
         await self.repo.append_audit(record)
+        self.on_decision(action)
 
 
 def _reason(exc: Exception) -> str:
