@@ -20,12 +20,11 @@ from modelbus_trainer.adapters import (
 from modelbus_trainer.domain import new_run
 
 
-@pytest.fixture(params=["memory", "mongo"])
+@pytest.fixture(params=["memory", pytest.param("mongo", marks=pytest.mark.integration)])
 async def stores(request, unique):
     if request.param == "memory":
         yield MemoryFeedbackStore(), MemoryRunStore(), MemoryLockStore()
         return
-    request.applymarker(pytest.mark.integration)
     infra = request.getfixturevalue("infra")
     client, db = connect_mongo(ServiceSettings(mongo_uri=infra.mongo_uri, mongo_db=f"t_{unique}"))
     feedback, runs = MongoFeedbackStore(db), MongoRunStore(db)

@@ -5,11 +5,15 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
+import httpx
 from trainer_fixtures import Clock, Harness, drift_event, feedback_events, make_dataset
 
 from modelbus_contracts import ModelTrained, TrainingRequested
 from modelbus_platform.stores import sha256_hex
+from modelbus_trainer.bootstrap import build_app
+from modelbus_trainer.config import TrainerSettings
 from modelbus_trainer.domain import new_run, run_id_for
+from modelbus_trainer.handlers import Handlers, subscribe
 
 
 async def _put(h: Harness, model: str, rows: int = 200, seed: int = 0) -> str:
@@ -256,3 +260,55 @@ async def test_put_dataset_stores_the_canonical_csv():
     assert stored["rows"] == 2 and stored["feature_names"] == ["x1"]
     assert h.store.objects[stored["uri"]] == b"x1,label\n1.0,1\n2.5,0\n"
     assert stored["uri"] == f"datasets/m/{stored['sha256']}.csv"
+
+
+async def test_a_long_drift_wait_keeps_its_lock_fresh():
+    h = Harness(drift_min_rows=1000, drift_wait_timeout_s=5, lock_ttl_s=0.1)
+    run = await h.service.on_drift(drift_event("m", h.clock.now))
+    await asyncio.sleep(0.05)
+    h.clock.advance(3600)
+    await asyncio.sleep(0.1)
+    lock = await h.locks.holder("m")
+    assert lock["run_id"] == run["run_id"] and lock["acquired_at"] == h.clock.now
+    await h.service.stop()
+
+
+def test_handlers_subscribe_every_event_with_its_group():
+    class FakeBus:
+        def __init__(self) -> None:
+            self.subscriptions: dict[str, str] = {}
+
+        def subscribe(self, event_cls, *, group, handler) -> None:
+            self.subscriptions[event_cls.__name__] = group
+
+    bus = FakeBus()
+    subscribe(bus, Harness().service)
+    assert bus.subscriptions == {
+        "PredictionMade": "trainer-feedback",
+        "LabelObserved": "trainer-feedback",
+        "TrainingRequested": "trainer",
+        "DriftDetected": "trainer",
+    }
+
+
+async def test_handlers_feed_the_service():
+    h = Harness()
+    handlers = Handlers(h.service)
+    [(prediction, label)] = feedback_events("m", 1, h.clock.now)
+    await handlers.prediction_made(prediction)
+    await handlers.label_observed(label)
+    await handlers.training_requested(TrainingRequested(model_name="m"))
+    await h.service.drain(10)
+    assert await h.feedback.count_complete("m") == 1
+    [run] = h.runs.runs.values()
+    assert run["state"] == "failed"  # one feedback row is not enough to train on
+    assert "at least 4" in run["reason"]
+
+
+async def test_build_app_connects_nothing_until_its_lifespan_runs():
+    app = build_app(TrainerSettings(kafka_bootstrap="127.0.0.1:1"))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as c:
+        response = await c.get("/health/ready")
+        assert (await c.get("/health/live")).status_code == 200
+    assert response.status_code == 503
+    assert response.json()["checks"] == {"bus": False, "mongo": False, "object_store": False}

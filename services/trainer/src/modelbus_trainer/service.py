@@ -270,9 +270,7 @@ class TrainerService:
         waited = time.perf_counter() - started
         await self._set(run, state=RunState.RUNNING.value, data_ready_at=self.clock())
         bound.info("run.data_ready", rows=ds.rows, features=len(ds.feature_names), wait_s=waited)
-        await self.locks.acquire(
-            run["model_name"], run["run_id"], self.clock(), self.settings.lock_ttl_s
-        )  # refresh: the lock's age counts from the last state change
+        await self._refresh_lock(run)
         result = await asyncio.to_thread(
             train_snapshot, ds, run["params"], run["seed"], self.settings.holdout_fraction
         )
@@ -327,9 +325,13 @@ class TrainerService:
 
     async def _drift_feedback(self, run: dict[str, Any], event: DriftDetected) -> Dataset:
         s = self.settings
-        deadline = time.monotonic() + s.drift_wait_timeout_s
+        deadline = refreshed = time.monotonic()
+        deadline += s.drift_wait_timeout_s
         count = await self.feedback.count_complete(event.model_name, event.detected_at)
         while count < s.drift_min_rows:
+            if time.monotonic() - refreshed > s.lock_ttl_s / 4:
+                await self._refresh_lock(run)
+                refreshed = time.monotonic()
             if time.monotonic() > deadline:
                 raise RunFailed(
                     f"not enough feedback after the drift: {count} < {s.drift_min_rows} rows "
@@ -384,6 +386,12 @@ class TrainerService:
         if not await self.store.exists(key):
             await self.store.put(key, csv, "text/csv")
         return DatasetRef(uri=key, sha256=sha, rows=rows)
+
+    async def _refresh_lock(self, run: dict[str, Any]) -> None:
+        """Keep a long wait from looking stale: the lock's age counts from the last refresh."""
+        await self.locks.acquire(
+            run["model_name"], run["run_id"], self.clock(), self.settings.lock_ttl_s
+        )
 
     async def _set(self, run: dict[str, Any], **fields: Any) -> None:
         run.update(fields)
