@@ -243,3 +243,14 @@ async def test_build_app_wires_routes_groups_and_readiness_without_connecting(tm
     checks = response.json()["checks"]
     assert checks["registry"] is False and checks["synced"] is False
     assert checks["object_store"] is True
+
+
+async def test_before_the_first_sync_models_are_503_not_404(tmp_path):
+    api = Api(tmp_path)
+    try:
+        response = await api.client.post("/models/m/predict", json={"features": {"age": 1}})
+        assert response.status_code == 503
+        assert response.json()["reason"] == "not_synced"
+        assert (await api.client.get("/v2/models/m/ready")).status_code == 503
+    finally:
+        await api.client.aclose()

@@ -268,3 +268,23 @@ def test_registry_listing_shapes_are_tolerated():
     assert names_from_listing({"models": [{"name": "c"}]}) == ["c"]
     assert names_from_listing({"items": ["d"]}) == ["d"]
     assert names_from_listing(None) == []
+
+
+async def test_a_stream_request_racing_the_start_up_sync_waits_for_it(h, publish_artifact):
+    h.registry.champions["m"] = await publish_artifact(h.store, "m", 1)
+    request = ScoringRequested(model_name="m", request_id="early", features={"age": 1, "income": 1})
+    scoring = asyncio.create_task(score_requested(request, service=h.service))
+    await asyncio.sleep(0.05)
+    assert not scoring.done()
+    await h.service.sync_all()
+    await asyncio.wait_for(scoring, 1)
+    [made] = h.publisher.of(PredictionMade)
+    assert made.request_id == "early"
+
+
+async def test_before_any_sync_an_unknown_model_is_not_synced(h):
+    h.service.first_sync_wait_s = 0.01
+    request = ScoringRequested(model_name="m", request_id="r", features={"age": 1, "income": 1})
+    await score_requested(request, service=h.service)
+    [failed] = h.publisher.of(ScoringFailed)
+    assert failed.error.startswith("not_synced")

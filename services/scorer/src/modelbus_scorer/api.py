@@ -19,7 +19,12 @@ from .service import ScoreResult, ScorerService
 PLATFORM = "modelbus-logreg"
 SERVER_NAME = "modelbus-scorer"
 SERVER_VERSION = "0.1.0"
-UNAVAILABLE_STATUS = {"unknown_model": 404, "model_not_loaded": 503, "predict_failed": 503}
+UNAVAILABLE_STATUS = {
+    "unknown_model": 404,
+    "not_synced": 503,
+    "model_not_loaded": 503,
+    "predict_failed": 503,
+}
 
 ReadinessCheck = Callable[[], Awaitable[dict[str, bool]]]
 
@@ -53,6 +58,11 @@ def build_router(service: ScorerService, readiness: ReadinessCheck) -> APIRouter
             return error_response(exc.reason, exc.message, 422)
         except ModelUnavailable as exc:
             return error_response(exc.reason, exc.message, UNAVAILABLE_STATUS[exc.reason])
+
+    def unknown(name: str) -> Response:
+        if not service.synced.is_set():
+            return error_response("not_synced", "the scorer has not synced with the registry", 503)
+        return error_response("unknown_model", f"unknown model {name!r}", 404)
 
     @router.post("/models/{name}/predict", tags=["scoring"], summary="Score instances")
     async def predict_native(name: str, request: Request) -> Response:
@@ -103,7 +113,7 @@ def build_router(service: ScorerService, readiness: ReadinessCheck) -> APIRouter
     async def v2_model(name: str) -> Response:
         slots = service.holder.get(name)
         if slots is None:
-            return error_response("unknown_model", f"unknown model {name!r}", 404)
+            return unknown(name)
         if slots.current is None:
             return error_response("model_not_loaded", f"model {name!r} is not loaded yet", 503)
         current = slots.current
@@ -128,7 +138,7 @@ def build_router(service: ScorerService, readiness: ReadinessCheck) -> APIRouter
     async def v2_model_ready(name: str) -> Response:
         slots = service.holder.get(name)
         if slots is None:
-            return error_response("unknown_model", f"unknown model {name!r}", 404)
+            return unknown(name)
         if slots.current is None:
             return json_response(
                 {"name": name, "ready": False, "reason": "no version loaded yet"}, 503

@@ -9,6 +9,7 @@ one raises, and hands the batch to the prediction log.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import Callable
@@ -35,6 +36,7 @@ from .domain import (
     ModelUnavailable,
     Scored,
     Served,
+    Slots,
     features_to_matrix,
     predict,
     serving_slots,
@@ -77,6 +79,7 @@ class ScorerService:
         producer: str,
         instance: str,
         max_instances: int,
+        first_sync_wait_s: float = 10.0,
     ) -> None:
         self.holder = holder
         self.registry = registry
@@ -87,8 +90,10 @@ class ScorerService:
         self.producer = producer
         self.instance = instance
         self.max_instances = max_instances
+        self.first_sync_wait_s = first_sync_wait_s
         self.sync_attempted = False
         self.last_sync_ok = False
+        self.synced = asyncio.Event()  # set once the registry has answered a full sync
         self._locks: dict[str, asyncio.Lock] = {}
         self._announced_failures: dict[str, tuple[int, str]] = {}
 
@@ -103,6 +108,7 @@ class ScorerService:
                 self.holder.know(name)
                 outcomes[name] = await self.sync_model(name)
             self.last_sync_ok = True
+            self.synced.set()
             return outcomes
         except Exception:
             self.last_sync_ok = False
@@ -213,7 +219,7 @@ class ScorerService:
         record. Raises ``InvalidInput`` or ``ModelUnavailable`` with a reason."""
         started = time.perf_counter()
         try:
-            current, slots = serving_slots(self.holder, name)
+            current, slots = self._serving(name)
             X, request_id = parse(current.feature_names, self.max_instances)
             scored = predict(slots, current, X)
         except (InvalidInput, ModelUnavailable) as exc:
@@ -229,10 +235,13 @@ class ScorerService:
     async def score_event(self, event: ScoringRequested) -> None:
         """Stream scoring: PredictionMade caused by the request, or ScoringFailed with the
         reason. Never raises for bad input, so a bad record does not loop into the DLQ."""
+        if not self.synced.is_set():  # a request that races the start-up sync waits for it
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.synced.wait(), self.first_sync_wait_s)
         started = time.perf_counter()
         name = event.model_name
         try:
-            current, slots = serving_slots(self.holder, name)
+            current, slots = self._serving(name)
             X = features_to_matrix(dict(event.features), current.feature_names)
             scored = predict(slots, current, X)
         except (InvalidInput, ModelUnavailable) as exc:
@@ -253,6 +262,17 @@ class ScorerService:
         for prediction in batch.events(self.producer):
             await self.publisher.publish(prediction)
         self._count(batch, scored)
+
+    def _serving(self, name: str) -> tuple[Served, Slots]:
+        """The serving pair; before the first sync an unknown model is "not yet", not 404."""
+        try:
+            return serving_slots(self.holder, name)
+        except ModelUnavailable as exc:
+            if exc.reason == "unknown_model" and not self.synced.is_set():
+                raise ModelUnavailable(
+                    "not_synced", "the scorer has not synced with the registry yet"
+                ) from exc
+            raise
 
     def _batch(
         self,
