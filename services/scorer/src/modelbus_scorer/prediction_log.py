@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,7 +66,10 @@ class PredictionBatch:
                 latency_ms=self.latency_ms,
             )
             if self.cause is not None:
-                out.append(self.cause.caused(PredictionMade, producer=producer, **data))
+                event_id = uuid.uuid5(self.cause.event_id, f"{PredictionMade.event_type}/{pid}")
+                out.append(
+                    self.cause.caused(PredictionMade, producer=producer, event_id=event_id, **data)
+                )
             else:
                 out.append(PredictionMade(producer=producer, **data))
         return out

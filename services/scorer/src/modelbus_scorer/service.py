@@ -50,8 +50,11 @@ log = structlog.get_logger(__name__)
 SyncOutcome = Literal["loaded", "reused_previous", "unchanged", "failed", "no_champion"]
 Parser = Callable[[tuple[str, ...], int], tuple[np.ndarray, str | None]]
 
-# stream prediction ids derive from the request event: a redelivered request gets the same id
-STREAM_NAMESPACE = uuid.UUID("6f1c2b1e-9a57-4c64-8d0e-5b3a3c2f7d10")
+
+def derived_id(cause: Event, event_type: str, scope: str = "") -> uuid.UUID:
+    """A deterministic id for an event that follows from ``cause``: a redelivered cause makes
+    the same event again, and consumers dedupe it on ``event_id``."""
+    return uuid.uuid5(cause.event_id, f"{event_type}/{scope}")
 
 
 class LoadFailed(Exception):
@@ -207,7 +210,8 @@ class ScorerService:
             "error": error[:2000],
         }
         if cause is not None:
-            event = cause.caused(ModelLoadFailed, producer=self.producer, **data)
+            event_id = derived_id(cause, ModelLoadFailed.event_type, self.instance)
+            event = cause.caused(ModelLoadFailed, producer=self.producer, event_id=event_id, **data)
         else:
             event = ModelLoadFailed(producer=self.producer, **data)
         await self.publisher.publish(event)
@@ -250,13 +254,14 @@ class ScorerService:
             failed = event.caused(
                 ScoringFailed,
                 producer=self.producer,
+                event_id=derived_id(event, ScoringFailed.event_type),
                 model_name=name,
                 request_id=event.request_id,
                 error=f"{exc.reason}: {exc.message}",
             )
             await self.publisher.publish(failed)
             return
-        pid = uuid.uuid5(STREAM_NAMESPACE, str(event.event_id)).hex
+        pid = derived_id(event, "prediction_id").hex
         latency_ms = (time.perf_counter() - started) * 1000.0
         batch = self._batch(name, scored, X, [pid], event.request_id, "stream", latency_ms, event)
         for prediction in batch.events(self.producer):
