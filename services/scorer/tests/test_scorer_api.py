@@ -254,3 +254,16 @@ async def test_before_the_first_sync_models_are_503_not_404(tmp_path):
         assert (await api.client.get("/v2/models/m/ready")).status_code == 503
     finally:
         await api.client.aclose()
+
+
+async def test_v2_version_paths_only_answer_for_the_version_being_served(api):
+    body = {"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP64", "data": [0, 0]}]}
+    ok = await api.client.post("/v2/models/m/versions/1/infer", json=body)
+    assert ok.status_code == 200 and ok.json()["model_version"] == "1"
+    other = await api.client.post("/v2/models/m/versions/7/infer", json=body)
+    assert other.status_code == 404 and other.json()["reason"] == "version_not_served"
+    assert (await api.client.get("/v2/models/m/versions/1")).json()["versions"] == ["1"]
+    assert (await api.client.get("/v2/models/m/versions/7")).status_code == 404
+    assert (await api.client.get("/v2/models/m/versions/1/ready")).status_code == 200
+    not_ready = await api.client.get("/v2/models/m/versions/7/ready")
+    assert not_ready.status_code == 404 and not_ready.json()["ready"] is False

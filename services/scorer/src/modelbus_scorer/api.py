@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Request, Response
 
-from .domain import InvalidInput, ModelUnavailable, parse_native, parse_v2
+from .domain import InvalidInput, ModelUnavailable, Served, parse_native, parse_v2
 from .service import ScoreResult, ScorerService
 
 PLATFORM = "modelbus-logreg"
@@ -24,6 +24,7 @@ UNAVAILABLE_STATUS = {
     "not_synced": 503,
     "model_not_loaded": 503,
     "predict_failed": 503,
+    "version_not_served": 404,
 }
 
 ReadinessCheck = Callable[[], Awaitable[dict[str, bool]]]
@@ -47,10 +48,14 @@ async def read_json(request: Request) -> Any:
 def build_router(service: ScorerService, readiness: ReadinessCheck) -> APIRouter:
     router = APIRouter()
 
-    async def run(name: str, request: Request, parser: Any) -> ScoreResult | Response:
+    async def run(
+        name: str, request: Request, parser: Any, version: int | None = None
+    ) -> ScoreResult | Response:
         try:
             body = await read_json(request)
-            return service.score(name, lambda names, limit: parser(body, names, limit))
+            return service.score(
+                name, lambda names, limit: parser(body, names, limit), version=version
+            )
         except InvalidInput as exc:
             if exc.reason == "invalid_json":
                 service.metrics.rejected.labels(exc.reason, "http").inc()
@@ -58,11 +63,6 @@ def build_router(service: ScorerService, readiness: ReadinessCheck) -> APIRouter
             return error_response(exc.reason, exc.message, 422)
         except ModelUnavailable as exc:
             return error_response(exc.reason, exc.message, UNAVAILABLE_STATUS[exc.reason])
-
-    def unknown(name: str) -> Response:
-        if not service.synced.is_set():
-            return error_response("not_synced", "the scorer has not synced with the registry", 503)
-        return error_response("unknown_model", f"unknown model {name!r}", 404)
 
     @router.post("/models/{name}/predict", tags=["scoring"], summary="Score instances")
     async def predict_native(name: str, request: Request) -> Response:
@@ -95,6 +95,17 @@ def build_router(service: ScorerService, readiness: ReadinessCheck) -> APIRouter
             return result
         return json_response(v2_response(result))
 
+    @router.post(
+        "/v2/models/{name}/versions/{version}/infer",
+        tags=["v2"],
+        summary="Infer on a given version (404 unless it is the one being served)",
+    )
+    async def infer_v2_version(name: str, version: int, request: Request) -> Response:
+        result = await run(name, request, _v2, version)
+        if isinstance(result, Response):
+            return result
+        return json_response(v2_response(result))
+
     @router.get("/v2/health/live", tags=["v2"])
     async def v2_live() -> Response:
         return json_response({"live": True})
@@ -109,42 +120,58 @@ def build_router(service: ScorerService, readiness: ReadinessCheck) -> APIRouter
     async def v2_server() -> Response:
         return json_response({"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": []})
 
-    @router.get("/v2/models/{name}", tags=["v2"], summary="Model metadata")
-    async def v2_model(name: str) -> Response:
+    def loaded(name: str, version: int | None) -> Served:
+        """The version being served for the metadata/ready paths, or ``ModelUnavailable``."""
         slots = service.holder.get(name)
         if slots is None:
-            return unknown(name)
-        if slots.current is None:
-            return error_response("model_not_loaded", f"model {name!r} is not loaded yet", 503)
+            if not service.synced.is_set():
+                raise ModelUnavailable("not_synced", "the scorer has not synced with the registry")
+            raise ModelUnavailable("unknown_model", f"unknown model {name!r}")
         current = slots.current
-        versions = [str(s.version) for s in (current, slots.previous) if s is not None]
-        return json_response(
-            {
-                "name": name,
-                "versions": versions,
-                "platform": PLATFORM,
-                "inputs": [
-                    {"name": f, "datatype": "FP64", "shape": [-1]} for f in current.feature_names
-                ],
-                "outputs": [
-                    {"name": "score", "datatype": "FP64", "shape": [-1]},
-                    {"name": "label", "datatype": "INT64", "shape": [-1]},
-                ],
-                "parameters": {"version": current.version, "sha256": current.sha256},
-            }
-        )
+        if current is None:
+            raise ModelUnavailable("model_not_loaded", f"model {name!r} is not loaded yet")
+        if version is not None and version != current.version:
+            message = f"model {name!r} serves version {current.version}"
+            raise ModelUnavailable("version_not_served", message)
+        return current
 
-    @router.get("/v2/models/{name}/ready", tags=["v2"], summary="Model readiness")
-    async def v2_model_ready(name: str) -> Response:
+    async def metadata(name: str, version: int | None = None) -> Response:
+        try:
+            current = loaded(name, version)
+        except ModelUnavailable as exc:
+            return error_response(exc.reason, exc.message, UNAVAILABLE_STATUS[exc.reason])
         slots = service.holder.get(name)
-        if slots is None:
-            return unknown(name)
-        if slots.current is None:
-            return json_response(
-                {"name": name, "ready": False, "reason": "no version loaded yet"}, 503
-            )
-        return json_response({"name": name, "ready": True, "version": slots.current.version})
+        previous = slots.previous if slots else None
+        return json_response(v2_metadata(name, current, previous))
 
+    async def model_ready(name: str, version: int | None = None) -> Response:
+        try:
+            current = loaded(name, version)
+        except ModelUnavailable as exc:
+            body = {"name": name, "ready": False, "reason": exc.reason, "error": exc.message}
+            return json_response(body, UNAVAILABLE_STATUS[exc.reason])
+        return json_response({"name": name, "ready": True, "version": current.version})
+
+    router.add_api_route(
+        "/v2/models/{name}", metadata, methods=["GET"], tags=["v2"], summary="Model metadata"
+    )
+    router.add_api_route(
+        "/v2/models/{name}/versions/{version}",
+        metadata,
+        methods=["GET"],
+        tags=["v2"],
+        summary="Metadata of a version (404 unless it is the one being served)",
+    )
+    router.add_api_route(
+        "/v2/models/{name}/ready", model_ready, methods=["GET"], tags=["v2"], summary="Model ready"
+    )
+    router.add_api_route(
+        "/v2/models/{name}/versions/{version}/ready",
+        model_ready,
+        methods=["GET"],
+        tags=["v2"],
+        summary="Version ready",
+    )
     return router
 
 
@@ -156,6 +183,20 @@ def _native(body: Any, names: tuple[str, ...], limit: int) -> tuple[Any, str | N
 def _v2(body: Any, names: tuple[str, ...], limit: int) -> tuple[Any, str | None]:
     parsed = parse_v2(body, names, limit)
     return parsed.X, parsed.id
+
+
+def v2_metadata(name: str, current: Served, previous: Served | None) -> dict[str, Any]:
+    return {
+        "name": name,
+        "versions": [str(s.version) for s in (current, previous) if s is not None],
+        "platform": PLATFORM,
+        "inputs": [{"name": f, "datatype": "FP64", "shape": [-1]} for f in current.feature_names],
+        "outputs": [
+            {"name": "score", "datatype": "FP64", "shape": [-1]},
+            {"name": "label", "datatype": "INT64", "shape": [-1]},
+        ],
+        "parameters": {"version": current.version, "sha256": current.sha256},
+    }
 
 
 def v2_response(result: ScoreResult) -> dict[str, Any]:

@@ -218,12 +218,19 @@ class ScorerService:
 
     # -- scoring -----------------------------------------------------------------------------
 
-    def score(self, name: str, parse: Parser, *, source: str = "http") -> ScoreResult:
+    def score(
+        self, name: str, parse: Parser, *, version: int | None = None, source: str = "http"
+    ) -> ScoreResult:
         """The hot path: read the serving pair once, parse against its features, predict,
-        record. Raises ``InvalidInput`` or ``ModelUnavailable`` with a reason."""
+        record. ``version`` pins the request to the version being served. Raises
+        ``InvalidInput`` or ``ModelUnavailable`` with a reason."""
         started = time.perf_counter()
         try:
             current, slots = self._serving(name)
+            if version is not None and version != current.version:
+                raise ModelUnavailable(
+                    "version_not_served", f"model {name!r} serves version {current.version}"
+                )
             X, request_id = parse(current.feature_names, self.max_instances)
             scored = predict(slots, current, X)
         except (InvalidInput, ModelUnavailable) as exc:
