@@ -177,7 +177,7 @@ async def test_concept_change_opens_one_incident_end_to_end(infra, service_env, 
             assert drift.statistic > drift.reference_value
 
             done = await wait_for(lambda: _has(status, lambda s: s["joined"] == 1000))
-            assert done["open_incident"] == drift.incident_id
+            assert done["open_incident"]["incident_id"] == drift.incident_id
 
             # duplicates (same event ids), including the old promotion, change nothing
             for event in [promotion, *before[:50], *after[:50]]:
@@ -186,7 +186,7 @@ async def test_concept_change_opens_one_incident_end_to_end(infra, service_env, 
             for event in sentinel:
                 await producer.publish(event)
             final = await wait_for(lambda: _has(status, lambda s: s["joined"] == 1001))
-            assert final["open_incident"] == drift.incident_id
+            assert final["open_incident"]["incident_id"] == drift.incident_id
             assert final["counts"]["promotions"] == 1
             assert final["serving_version"] == 1
 
@@ -231,7 +231,7 @@ async def restart_knows_the_incident_and_promotion_closes_it(
     await service.rebuild()
     status = service.status(model)
     assert status is not None
-    assert (status["open_incident"], status["serving_version"]) == (incident_id, 1)
+    assert (status["open_incident"]["incident_id"], status["serving_version"]) == (incident_id, 1)
     assert publisher.events == []  # already published before the restart: not sent again
     v2 = ModelPromoted(
         model_name=model,

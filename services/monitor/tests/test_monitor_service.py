@@ -194,7 +194,7 @@ async def test_restart_restores_the_open_incident_and_keeps_suppressing():
 
     h.service = h.build(DetectorConfig(feature_drift_enabled=False))  # a restart
     await h.service.rebuild()
-    assert h.service.status("churn")["open_incident"] == event.incident_id
+    assert h.service.status("churn")["open_incident"]["incident_id"] == event.incident_id
     await h.stream("churn", 1500, 0.1)
     await h.stream("churn", 1500, 0.7)
     assert len(h.publisher.of(DriftDetected)) == 1
@@ -335,7 +335,8 @@ async def test_api_status_and_incidents(api_client):
     assert status["joined"] == 3000
     assert 0.1 < status["error_rate"] < 0.6
     assert status["detectors"]["__error__"]["observations"] == 3000
-    incident_id = status["open_incident"]
+    incident_id = status["open_incident"]["incident_id"]
+    assert status["open_incident"]["evidence"]["feature"] == "__error__"
     listed = (await client.get("/incidents", params={"model_name": "churn", "limit": 5})).json()
     assert [i["incident_id"] for i in listed] == [incident_id]
     one = (await client.get(f"/incidents/{incident_id}")).json()

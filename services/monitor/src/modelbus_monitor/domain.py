@@ -68,6 +68,16 @@ class Incident:
         self.closed_by_event_id = event_id
         self.close_reason = reason
 
+    def summary(self) -> dict[str, Any]:
+        return {
+            "incident_id": self.incident_id,
+            "version": self.version,
+            "opened_at": self.opened_at,
+            "evidence": self.evidence,
+            "suppressed_alarms": self.suppressed_alarms,
+            "published": self.published,
+        }
+
     def drift_event(self) -> DriftDetected:
         return DriftDetected.model_validate(self.event)
 
@@ -315,6 +325,6 @@ class ModelMonitor:
                 ERROR_STREAM: self.error.state(),
                 **{name: d.state() for name, d in self.features.items()},
             },
-            "open_incident": incident.incident_id if incident else None,
+            "open_incident": incident.summary() if incident else None,
             "cooldown_until": self.cooldown_until,
         }

@@ -86,6 +86,7 @@ class MonitorService:
             monitor = self._monitor(incident.model_name)
             if monitor.incident is None:
                 monitor.restore_incident(incident)
+                self.metrics.open_incidents.labels(incident.model_name).set(1)
                 await self._flush(monitor)
         log.info("monitor.rebuilt", models=len(self.models), open_incidents=self.open_count())
 
