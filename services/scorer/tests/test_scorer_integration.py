@@ -19,6 +19,7 @@ from modelbus_contracts import (
     Event,
     ModelLoadFailed,
     ModelPromoted,
+    ModelRolledBack,
     PredictionMade,
     ScoringFailed,
     ScoringRequested,
@@ -122,7 +123,8 @@ async def test_scorer_end_to_end_on_real_servers(
         registry.champions[model] = view.model_dump(mode="json")
         return view
 
-    await register(1, make_model(coef=[1.0, 1.0]).to_bytes())
+    v1_bytes = make_model(coef=[1.0, 1.0]).to_bytes()
+    await register(1, v1_bytes)
     app = build_app(settings, registry_transport=httpx.MockTransport(registry.handle))
     observer = Observer(infra.kafka_bootstrap, model)
     producer = AIOKafkaProducer(bootstrap_servers=infra.kafka_bootstrap)
@@ -214,8 +216,23 @@ async def test_scorer_end_to_end_on_real_servers(
             assert load_failed.causation_id == promote_bad.event_id
             assert "sha256" in load_failed.error
             assert await serves("2")
+
+            # rollback: the registry points back at v1, still warm as the previous version
+            v1 = make_view(model, 1, v1_bytes)
+            registry.champions[model] = v1.model_dump(mode="json")
+            rollback = ModelRolledBack(
+                model_name=model,
+                from_version=2,
+                to_version=1,
+                artifact=v1.artifact,
+                feature_names=v1.feature_names,
+                reason="regression",
+            )
+            await produce(producer, rollback)
+            await eventually(lambda: serves("1"))
             metrics = (await client.get("/metrics")).text
-            assert "modelbus_scorer_model_load_failures_total" in metrics
+            assert 'modelbus_scorer_syncs_total{outcome="reused_previous"} 1.0' in metrics
+            assert f'modelbus_scorer_model_load_failures_total{{model="{model}"}} 1.0' in metrics
             await client.aclose()
     finally:
         await producer.stop()

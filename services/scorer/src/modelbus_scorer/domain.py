@@ -148,7 +148,7 @@ def project(have: Sequence[str], want: Sequence[str]) -> list[int]:
 
 
 def check_numbers(values: list[Any], where: str) -> None:
-    """Every value must be a JSON number (not bool, string, null) and finite."""
+    """Every value must be a JSON number: not a bool, string or null."""
     if not _NUMBER_TYPES.issuperset(map(type, values)):
         bad = next(v for v in values if type(v) not in _NUMBER_TYPES)
         raise InvalidInput("not_a_number", f"{where}: {bad!r} is not a number")

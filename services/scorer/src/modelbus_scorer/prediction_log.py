@@ -84,6 +84,7 @@ class PredictionLog:
         self.producer = producer
         self.capacity = capacity
         self.pending = 0
+        self._dropping = False
         self._queue: asyncio.Queue[PredictionBatch | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
 
@@ -91,8 +92,11 @@ class PredictionLog:
         """Queue a batch for publishing; False (and counted) if the log is full."""
         if self.pending + batch.size > self.capacity:
             self.metrics.log_dropped.inc(batch.size)
-            log.warning("prediction_log.dropped", rows=batch.size, pending=self.pending)
+            if not self._dropping:  # log the start of an overload, not every dropped batch
+                log.warning("prediction_log.dropping", rows=batch.size, pending=self.pending)
+            self._dropping = True
             return False
+        self._dropping = False
         self.pending += batch.size
         self.metrics.log_pending.set(self.pending)
         self._queue.put_nowait(batch)
