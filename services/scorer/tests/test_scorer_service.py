@@ -289,3 +289,22 @@ async def test_before_any_sync_an_unknown_model_is_not_synced(h):
     await score_requested(request, service=h.service)
     [failed] = h.publisher.of(ScoringFailed)
     assert failed.error.startswith("not_synced")
+
+
+async def test_one_models_store_trouble_does_not_starve_the_others(h, publish_artifact):
+    h.registry.champions["a"] = await publish_artifact(h.store, "a", 1)
+    h.registry.champions["b"] = await publish_artifact(h.store, "b", 1)
+    real_get = h.store.get
+
+    async def flaky_get(key: str) -> bytes:
+        if key.startswith("artifacts/a/"):
+            raise ConnectionError("store timeout")
+        return await real_get(key)
+
+    h.store.get = flaky_get
+    with pytest.raises(ConnectionError):
+        await h.service.sync_all()  # raised so the sync loop retries soon
+    assert h.service.holder.get("b").current.version == 1
+    assert h.service.holder.get("a").current is None
+    assert h.service.synced.is_set() and not h.service.last_sync_ok
+    assert h.publisher.of(ModelLoadFailed) == []  # transient: not a bad model

@@ -41,7 +41,7 @@ from .domain import (
     predict,
     serving_slots,
 )
-from .ports import Registry
+from .ports import Registry, RegistryUnavailable
 from .prediction_log import PredictionBatch, PredictionLog
 from .telemetry import ScorerMetrics
 
@@ -106,12 +106,21 @@ class ScorerService:
         """Rebuild from the truth: every model the registry knows, at its champion."""
         try:
             names = await self.registry.model_names()
-            outcomes = {}
+            outcomes: dict[str, SyncOutcome] = {}
+            errors: list[Exception] = []
             for name in names:
                 self.holder.know(name)
-                outcomes[name] = await self.sync_model(name)
-            self.last_sync_ok = True
+                try:
+                    outcomes[name] = await self.sync_model(name)
+                except RegistryUnavailable:
+                    raise
+                except Exception as exc:  # one model's trouble must not starve the others
+                    log.warning("model.sync_failed", model=name, error=str(exc))
+                    errors.append(exc)
             self.synced.set()
+            if errors:
+                raise errors[0]
+            self.last_sync_ok = True
             return outcomes
         except Exception:
             self.last_sync_ok = False
@@ -143,7 +152,7 @@ class ScorerService:
         try:
             served = await self.load(view)
         except LoadFailed as exc:
-            await self._load_failed(view, str(exc), cause)
+            await self._load_failed(name, view, str(exc), cause)
             return "failed"
         self._swap(name, served)
         return "loaded"
@@ -187,8 +196,9 @@ class ScorerService:
             previous=slots.previous.version if slots.previous else None,
         )
 
-    async def _load_failed(self, view: VersionView, error: str, cause: Event | None) -> None:
-        name = view.model_name
+    async def _load_failed(
+        self, name: str, view: VersionView, error: str, cause: Event | None
+    ) -> None:
         self.metrics.load_failures.labels(name).inc()
         slots = self.holder.get(name)
         serving = slots.current.version if slots and slots.current else None
