@@ -253,3 +253,16 @@ def test_adwin_up_detector_ignores_a_drop():
     alarms = [detector.update(1.0) for _ in range(500)] + [detector.update(0.0) for _ in range(500)]
     assert [a for a in alarms if a is not None] == []
     assert detector.changes >= 1
+
+
+def test_redelivered_prediction_feeds_nothing_twice():
+    m = monitor(feature_min_observations=0)
+    point = PredictionPoint("p1", 1, "champion", 1, {"x": 50.0, "y": 10.0}, uuid.uuid4(), T0)
+    first = m.observe_prediction(point, T0, uuid.uuid4())
+    again = m.observe_prediction(point, T0 + timedelta(seconds=120), uuid.uuid4())
+    assert first.quality is not None and again.quality is None
+    assert m.features["x"].observations == 1
+    assert (m.counts["predictions"], m.counts["duplicate_predictions"]) == (1, 1)
+    m.observe_label(LabelPoint("p1", 1, uuid.uuid4(), T0), T0)
+    m.observe_prediction(point, T0, uuid.uuid4())
+    assert (m.error.observations, m.features["x"].observations) == (1, 1)

@@ -368,3 +368,44 @@ def test_incident_roundtrips_through_its_drift_event():
         event=event.model_dump(mode="json"),
     )
     assert incident.drift_event() == event
+
+
+class SubscriptionRecorder:
+    def __init__(self) -> None:
+        self.subscriptions: list[tuple[str, str]] = []
+        self.handlers: dict[str, object] = {}
+
+    def subscribe(self, event_cls, *, group: str, handler) -> None:
+        self.subscriptions.append((event_cls.topic, group))
+        self.handlers[event_cls.topic] = handler
+
+
+async def test_handlers_subscribe_every_input_in_group_monitor_and_delegate():
+    from modelbus_monitor import handlers
+
+    h = Harness(feature_drift_enabled=False)
+    bus = SubscriptionRecorder()
+    handlers.subscribe(bus, h.service)  # type: ignore[arg-type]
+    assert sorted(bus.subscriptions) == sorted(
+        (cls.topic, "monitor")
+        for cls in (PredictionMade, LabelObserved, ModelPromoted, ModelRolledBack)
+    )
+    register(h.registry, "churn", 3)
+    await bus.handlers[ModelPromoted.topic](promoted("churn", 3))
+    await bus.handlers[PredictionMade.topic](prediction("churn", "p1", 1, version=3))
+    await bus.handlers[LabelObserved.topic](
+        LabelObserved(model_name="churn", prediction_id="p1", label=0)
+    )
+    status = h.service.status("churn")
+    assert (status["serving_version"], status["joined"], status["observations"]) == (3, 1, 1)
+
+
+def test_entrypoint_builds_an_app_without_connecting():
+    from modelbus_monitor import __main__ as entry
+    from modelbus_monitor.bootstrap import build_app
+
+    app = build_app(MonitorSettings(mongo_uri="mongodb://127.0.0.1:1"))
+    paths = set(app.openapi()["paths"])
+    assert {"/models/{name}/status", "/incidents", "/incidents/{incident_id}"} <= paths
+    assert {"/health/live", "/health/ready", "/metrics"} <= paths
+    assert callable(entry.main)

@@ -164,8 +164,12 @@ class ModelMonitor:
     def observe_prediction(
         self, point: PredictionPoint, now: datetime, correlation_id: uuid.UUID
     ) -> Outcome:
-        self.counts["predictions"] += 1
         outcome = Outcome()
+        if self.joiner.knows_prediction(point.prediction_id):
+            self.joiner.duplicates += 1
+            self.counts["duplicate_predictions"] += 1
+            return outcome
+        self.counts["predictions"] += 1
         reason = self._ineligible(point)
         if reason is None:
             self.counts["monitored_predictions"] += 1

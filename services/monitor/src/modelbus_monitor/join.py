@@ -80,6 +80,10 @@ class Joiner:
             return None
         return self._join(prediction, point.label, point.event_id)
 
+    def knows_prediction(self, prediction_id: str) -> bool:
+        """Already pending or joined: a re-delivery that must not be counted again."""
+        return prediction_id in self.predictions or prediction_id in self._joined
+
     def expire(self, now: datetime) -> None:
         """Drop entries older than ``max_wait`` (buffers are in arrival order)."""
         cutoff = now - self.max_wait
