@@ -129,3 +129,42 @@ def _metrics_text(bus: EventBus) -> str:
     from prometheus_client import generate_latest
 
     return generate_latest(bus.metrics.registry).decode()
+
+
+async def test_batch_subscription_gets_events_in_batches_and_dead_letters_bad_ones(infra, unique):
+    from modelbus_contracts import PredictionMade
+
+    model = f"b-{unique}"
+    seen: list[str] = []
+    batches: list[int] = []
+    done = asyncio.Event()
+
+    async def on_labels(events: list[LabelObserved]) -> None:
+        ours = [e.prediction_id for e in events if e.model_name == model]
+        if ours:
+            batches.append(len(ours))
+        seen.extend(ours)
+        if "p199" in ours:
+            done.set()
+
+    async def on_predictions(events: list[PredictionMade]) -> None:
+        return None
+
+    bus = await _bus(infra, f"db3_{unique}")
+    bus.subscribe_batch(LabelObserved, group=f"batch-{unique}", handler=on_labels)
+    bus.subscribe_batch(PredictionMade, group=f"batch-{unique}", handler=on_predictions)
+    with pytest.raises(ValueError, match="batch subscriptions"):
+        bus.subscribe(LabelObserved, group=f"batch-{unique}", handler=on_labels)
+    await bus.start()
+    try:
+        good = encode(LabelObserved(model_name=model, prediction_id="x", label=1))
+        await bus.broker.publish(b"{broken", good.topic, key=good.key, headers=good.headers)
+        for i in range(200):
+            await bus.publish(LabelObserved(model_name=model, prediction_id=f"p{i}", label=i % 2))
+        await asyncio.wait_for(done.wait(), 30)
+        dlq = await _read_dlq(infra.kafka_bootstrap, LabelObserved.topic, model, 1)
+    finally:
+        await bus.stop()
+    assert seen == [f"p{i}" for i in range(200)]
+    assert max(batches) > 1, "events were not batched"
+    assert "not valid JSON" in dict(dlq[0].headers)["x-dlq-reason"].decode()

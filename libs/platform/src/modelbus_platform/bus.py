@@ -81,11 +81,15 @@ class RecordingPublisher:
         return [e for e in self.events if isinstance(e, event_cls)]
 
 
+BatchHandler = Callable[[list[E]], Awaitable[None]]
+
+
 @dataclass(frozen=True)
 class _Route:
     event_cls: type[Event]
-    handler: Handler[Any]
+    handler: Callable[[Any], Awaitable[None]]
     dedupe: bool
+    batch: bool = False
 
 
 class EventBus:
@@ -145,9 +149,34 @@ class EventBus:
         if self._started:
             raise RuntimeError("subscribe before start()")
         routes = self._groups.setdefault(group, {})
+        if any(r.batch for r in routes.values()):
+            raise ValueError(f"group {group} already has batch subscriptions")
         if event_cls.topic in routes:
             raise ValueError(f"group {group} already handles {event_cls.topic}")
         routes[event_cls.topic] = _Route(event_cls, handler, dedupe)
+        self._offset_reset[group] = offset_reset
+
+    def subscribe_batch(
+        self,
+        event_cls: type[E],
+        *,
+        group: str,
+        handler: BatchHandler[E],
+        offset_reset: str = "earliest",
+    ) -> None:
+        """Register a handler that takes the events of ``event_cls`` in batches (high-volume
+        telemetry: predictions, labels). The handler must be idempotent itself (no ledger:
+        one lookup per event would cost more than the work). A group is either all-batch or
+        all-single. Invalid messages are dead-lettered one by one; a batch whose handler keeps
+        failing is dead-lettered whole, with the reason."""
+        if self._started:
+            raise RuntimeError("subscribe before start()")
+        routes = self._groups.setdefault(group, {})
+        if any(not r.batch for r in routes.values()):
+            raise ValueError(f"group {group} already has single-event subscriptions")
+        if event_cls.topic in routes:
+            raise ValueError(f"group {group} already handles {event_cls.topic}")
+        routes[event_cls.topic] = _Route(event_cls, handler, dedupe=False, batch=True)
         self._offset_reset[group] = offset_reset
 
     def _register_consumers(self) -> None:
@@ -155,15 +184,22 @@ class EventBus:
             self._register_group(group, routes)
 
     def _register_group(self, group: str, routes: dict[str, _Route]) -> None:
+        batch = any(r.batch for r in routes.values())
+        options: dict[str, Any] = {"batch": True, "max_records": 1000} if batch else {}
         subscriber = self.broker.subscriber(
             *routes,
             group_id=group,
             ack_policy=AckPolicy.NACK_ON_ERROR,
             auto_offset_reset=self._offset_reset[group],  # type: ignore[arg-type]
             title=f"{self.service}:{group}",
+            decoder=_raw_body,  # we decode (and dead-letter) ourselves; never let it parse
+            **options,
         )
 
         async def _consume(msg: KafkaMessage) -> None:
+            if batch:
+                await self.process_batch(group, routes, list(msg.raw_message))
+                return
             raw = msg.raw_message
             route = routes[raw.topic]
             await self.process(route.event_cls, group, route.handler, raw, dedupe=route.dedupe)
@@ -233,8 +269,31 @@ class EventBus:
                 "topic", "partition", "offset", "group", "event_id", "correlation_id"
             )
 
+    async def process_batch(self, group: str, routes: dict[str, _Route], raws: list[Any]) -> None:
+        """Decode a batch, dead-letter what is invalid, hand each topic's events to its handler
+        in offset order (with retries), dead-letter the rest of a batch that keeps failing."""
+        by_topic: dict[str, list[tuple[Any, Event]]] = {}
+        for raw in raws:
+            route = routes[raw.topic]
+            try:
+                event = decode(raw.headers, raw.value, expected=route.event_cls)
+            except ContractError as exc:
+                await self._dead_letter(raw, group, f"contract: {exc}", attempts=0)
+                continue
+            by_topic.setdefault(raw.topic, []).append((raw, event))
+        for topic, items in by_topic.items():
+            started = time.perf_counter()
+            events = [event for _, event in items]
+            error = await self._handle_with_retries(routes[topic].handler, events, topic, group)
+            if error is not None:
+                for raw, _ in items:
+                    await self._dead_letter(raw, group, error, attempts=self.retries + 1)
+            else:
+                self.metrics.events_consumed.labels(topic, group, "ok").inc(len(items))
+            self.metrics.event_seconds.labels(topic, group).observe(time.perf_counter() - started)
+
     async def _handle_with_retries(
-        self, handler: Handler[E], event: E, topic: str, group: str
+        self, handler: Callable[[Any], Awaitable[None]], event: Any, topic: str, group: str
     ) -> str | None:
         for attempt in range(self.retries + 1):
             try:
@@ -305,6 +364,10 @@ class EventBus:
             return bool(await self.broker.ping(timeout=timeout))
         except Exception:
             return False
+
+
+async def _raw_body(msg: Any) -> Any:
+    return msg.body
 
 
 async def ensure_topics(bootstrap: str, topics: Iterable[str], partitions: int = 3) -> None:
