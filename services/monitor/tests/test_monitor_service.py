@@ -379,22 +379,26 @@ class SubscriptionRecorder:
         self.subscriptions.append((event_cls.topic, group))
         self.handlers[event_cls.topic] = handler
 
+    def subscribe_batch(self, event_cls, *, group: str, handler) -> None:
+        self.subscriptions.append((event_cls.topic, f"{group} (batch)"))
+        self.handlers[event_cls.topic] = handler
 
-async def test_handlers_subscribe_every_input_in_group_monitor_and_delegate():
+
+async def test_handlers_subscribe_telemetry_in_batches_and_control_events_singly():
     from modelbus_monitor import handlers
 
     h = Harness(feature_drift_enabled=False)
     bus = SubscriptionRecorder()
     handlers.subscribe(bus, h.service)  # type: ignore[arg-type]
     assert sorted(bus.subscriptions) == sorted(
-        (cls.topic, "monitor")
-        for cls in (PredictionMade, LabelObserved, ModelPromoted, ModelRolledBack)
+        [(cls.topic, "monitor (batch)") for cls in (PredictionMade, LabelObserved)]
+        + [(cls.topic, "monitor-control") for cls in (ModelPromoted, ModelRolledBack)]
     )
     register(h.registry, "churn", 3)
     await bus.handlers[ModelPromoted.topic](promoted("churn", 3))
-    await bus.handlers[PredictionMade.topic](prediction("churn", "p1", 1, version=3))
+    await bus.handlers[PredictionMade.topic]([prediction("churn", "p1", 1, version=3)])
     await bus.handlers[LabelObserved.topic](
-        LabelObserved(model_name="churn", prediction_id="p1", label=0)
+        [LabelObserved(model_name="churn", prediction_id="p1", label=0)]
     )
     status = h.service.status("churn")
     assert (status["serving_version"], status["joined"], status["observations"]) == (3, 1, 1)

@@ -132,7 +132,11 @@ async def test_feedback_join_ignores_arrival_order_and_shadow_predictions():
     assert await h.service.record_prediction(p2) is False
     await h.service.record_label(l2)
     counts = await h.service.feedback_count("m")
-    assert counts == {"model_name": "m", "complete": 1, "total": 2}
+    assert counts == {
+        "model_name": "m",
+        "complete": 1,
+        "total": 1,
+    }  # the shadow prediction is not feedback
     doc = h.feedback.docs[p1.prediction_id]
     assert doc["label"] == l1.label and doc["features"] == p1.features
     assert doc["predicted_at"] == p1.occurred_at and doc["version"] == 1
@@ -281,11 +285,14 @@ def test_handlers_subscribe_every_event_with_its_group():
         def subscribe(self, event_cls, *, group, handler) -> None:
             self.subscriptions[event_cls.__name__] = group
 
+        def subscribe_batch(self, event_cls, *, group, handler) -> None:
+            self.subscriptions[event_cls.__name__] = f"{group} (batch)"
+
     bus = FakeBus()
     subscribe(bus, Harness().service)
     assert bus.subscriptions == {
-        "PredictionMade": "trainer-feedback",
-        "LabelObserved": "trainer-feedback",
+        "PredictionMade": "trainer-feedback (batch)",
+        "LabelObserved": "trainer-feedback (batch)",
         "TrainingRequested": "trainer",
         "DriftDetected": "trainer",
     }
@@ -295,8 +302,8 @@ async def test_handlers_feed_the_service():
     h = Harness()
     handlers = Handlers(h.service)
     [(prediction, label)] = feedback_events("m", 1, h.clock.now)
-    await handlers.prediction_made(prediction)
-    await handlers.label_observed(label)
+    await handlers.predictions_made([prediction])
+    await handlers.labels_observed([label])
     await handlers.training_requested(TrainingRequested(model_name="m"))
     await h.service.drain(10)
     assert await h.feedback.count_complete("m") == 1

@@ -106,7 +106,8 @@ SERVICES: dict[str, ServiceSpec] = {
             "Monitor: joins labels with predictions, runs streaming drift detectors on the "
             "error stream and every feature, and opens incidents.",
             (DriftDetected, DataQualityAlert),
-            _subs("monitor", PredictionMade, LabelObserved, ModelPromoted, ModelRolledBack),
+            _subs("monitor", PredictionMade, LabelObserved)
+            + _subs("monitor-control", ModelPromoted, ModelRolledBack),
         ),
     )
 }

@@ -1,4 +1,4 @@
-"""Thin event handlers: every subscription of the monitor, in consumer group ``monitor``."""
+"""Thin event handlers: every subscription of the monitor and its consumer groups."""
 
 from __future__ import annotations
 
@@ -8,14 +8,23 @@ from modelbus_platform.bus import EventBus
 from .service import MonitorService
 
 GROUP = "monitor"
+CONTROL_GROUP = "monitor-control"
 
 
-def subscribe(bus: EventBus, service: MonitorService, group: str = GROUP) -> None:
-    async def prediction_made(event: PredictionMade) -> None:
-        await service.on_prediction(event)
+def subscribe(
+    bus: EventBus, service: MonitorService, group: str = GROUP, control_group: str = CONTROL_GROUP
+) -> None:
+    """Telemetry (predictions, labels) in batches in ``group``; promotions and rollbacks one by
+    one in ``control_group``. The join ignores re-delivered predictions and labels, so the
+    telemetry needs no per-event ledger lookup."""
 
-    async def label_observed(event: LabelObserved) -> None:
-        await service.on_label(event)
+    async def predictions_made(events: list[PredictionMade]) -> None:
+        for event in events:
+            await service.on_prediction(event)
+
+    async def labels_observed(events: list[LabelObserved]) -> None:
+        for event in events:
+            await service.on_label(event)
 
     async def model_promoted(event: ModelPromoted) -> None:
         await service.on_promoted(event)
@@ -23,7 +32,7 @@ def subscribe(bus: EventBus, service: MonitorService, group: str = GROUP) -> Non
     async def model_rolled_back(event: ModelRolledBack) -> None:
         await service.on_rolled_back(event)
 
-    bus.subscribe(PredictionMade, group=group, handler=prediction_made)
-    bus.subscribe(LabelObserved, group=group, handler=label_observed)
-    bus.subscribe(ModelPromoted, group=group, handler=model_promoted)
-    bus.subscribe(ModelRolledBack, group=group, handler=model_rolled_back)
+    bus.subscribe_batch(PredictionMade, group=group, handler=predictions_made)
+    bus.subscribe_batch(LabelObserved, group=group, handler=labels_observed)
+    bus.subscribe(ModelPromoted, group=control_group, handler=model_promoted)
+    bus.subscribe(ModelRolledBack, group=control_group, handler=model_rolled_back)

@@ -14,7 +14,7 @@ from typing import Any
 
 from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from modelbus_contracts import LabelObserved, PredictionMade
 from modelbus_platform.stores import ObjectNotFound
@@ -87,42 +87,96 @@ def _mongo_complete_query(model_name: str, since: datetime | None) -> dict[str, 
 
 
 class MongoFeedbackStore:
+    """Feedback as two insert-only collections (predictions, labels) joined at read time.
+
+    Inserting in bulk is an order of magnitude faster than one upsert per event on the
+    MongoDB-wire server, and insert-only keeps re-deliveries harmless (unique prediction ids;
+    the first label for a prediction wins).
+    """
+
     def __init__(self, db: AsyncDatabase, collection: str = "feedback") -> None:
-        self.col = db[collection]
+        self.predictions = db[f"{collection}_predictions"]
+        self.labels = db[f"{collection}_labels"]
 
     async def init(self) -> None:
-        await self.col.create_index("prediction_id", unique=True)
-        await self.col.create_index([("model_name", ASCENDING), ("predicted_at", DESCENDING)])
+        await self.predictions.create_index("prediction_id", unique=True)
+        await self.predictions.create_index(
+            [("model_name", ASCENDING), ("predicted_at", DESCENDING)]
+        )
+        await self.labels.create_index("prediction_id", unique=True)
 
-    async def _upsert(self, prediction_id: str, fields: dict[str, Any]) -> None:
-        update = {"$set": _store_times(fields)}
+    @staticmethod
+    async def _insert(col: Any, docs: list[dict[str, Any]]) -> None:
+        if not docs:
+            return
         try:
-            await self.col.update_one({"prediction_id": prediction_id}, update, upsert=True)
-        except DuplicateKeyError:  # a concurrent upsert of the other half won the insert
-            await self.col.update_one({"prediction_id": prediction_id}, update)
+            await col.insert_many(docs, ordered=False)
+        except BulkWriteError as exc:
+            if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
+                raise
+
+    async def record_predictions(self, events: list[PredictionMade]) -> None:
+        docs = [
+            {
+                **prediction_fields(e),
+                "prediction_id": e.prediction_id,
+                "predicted_at": e.occurred_at.timestamp(),
+            }
+            for e in events
+        ]
+        await self._insert(self.predictions, docs)
+
+    async def record_labels(self, events: list[LabelObserved]) -> None:
+        docs = [
+            {
+                **label_fields(e),
+                "prediction_id": e.prediction_id,
+                "labelled_at": e.occurred_at.timestamp(),
+            }
+            for e in events
+        ]
+        await self._insert(self.labels, docs)
 
     async def record_prediction(self, event: PredictionMade) -> None:
-        await self._upsert(event.prediction_id, prediction_fields(event))
+        await self.record_predictions([event])
 
     async def record_label(self, event: LabelObserved) -> None:
-        await self._upsert(event.prediction_id, label_fields(event))
+        await self.record_labels([event])
+
+    async def _joined(self, model_name: str, since: datetime | None) -> list[dict[str, Any]]:
+        query: dict[str, Any] = {"model_name": model_name}
+        if since is not None:
+            # epoch seconds: the MongoDB-wire server compares ISO strings and dates coarsely
+            query["predicted_at"] = {"$gte": since.timestamp()}
+        predictions = await self.predictions.find(query, {"_id": 0}).to_list(length=None)
+        labels: dict[str, dict[str, Any]] = {}
+        ids = [p["prediction_id"] for p in predictions]
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            async for label in self.labels.find({"prediction_id": {"$in": chunk}}, {"_id": 0}):
+                labels[label["prediction_id"]] = label
+        rows = []
+        for p in predictions:
+            label = labels.get(p["prediction_id"])
+            if label is not None:
+                rows.append({**p, "label": label["label"], "labelled_at": label["labelled_at"]})
+        rows.sort(key=lambda r: (r["predicted_at"], r["prediction_id"]))
+        return rows
 
     async def count_complete(self, model_name: str, since: datetime | None = None) -> int:
-        return await self.col.count_documents(_mongo_complete_query(model_name, since))
+        return len(await self._joined(model_name, since))
 
     async def count_all(self, model_name: str) -> int:
-        return await self.col.count_documents({"model_name": model_name})
+        return await self.predictions.count_documents({"model_name": model_name})
 
     async def complete_rows(
         self, model_name: str, since: datetime | None, limit: int
     ) -> list[dict[str, Any]]:
-        cursor = (
-            self.col.find(_mongo_complete_query(model_name, since), {"_id": 0})
-            .sort([("predicted_at", DESCENDING), ("prediction_id", DESCENDING)])
-            .limit(limit)
-        )
-        rows = await cursor.to_list(length=limit)
-        return [_load_times(r, FEEDBACK_TIMES) for r in reversed(rows)]
+        rows = (await self._joined(model_name, since))[-limit:] if limit > 0 else []
+        for row in rows:
+            for key in FEEDBACK_TIMES:
+                row[key] = datetime.fromtimestamp(row[key], UTC)
+        return rows
 
 
 class MongoRunStore:
@@ -214,6 +268,14 @@ class MemoryFeedbackStore:
     async def record_label(self, event: LabelObserved) -> None:
         self._upsert(event.prediction_id, label_fields(event))
 
+    async def record_predictions(self, events: list[PredictionMade]) -> None:
+        for event in events:
+            await self.record_prediction(event)
+
+    async def record_labels(self, events: list[LabelObserved]) -> None:
+        for event in events:
+            await self.record_label(event)
+
     def _complete(self, model_name: str, since: datetime | None) -> list[dict[str, Any]]:
         return [
             d
@@ -228,7 +290,9 @@ class MemoryFeedbackStore:
         return len(self._complete(model_name, since))
 
     async def count_all(self, model_name: str) -> int:
-        return sum(1 for d in self.docs.values() if d.get("model_name") == model_name)
+        return sum(
+            1 for d in self.docs.values() if d.get("model_name") == model_name and "features" in d
+        )
 
     async def complete_rows(
         self, model_name: str, since: datetime | None, limit: int

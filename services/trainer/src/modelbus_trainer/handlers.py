@@ -22,6 +22,12 @@ class Handlers:
     async def label_observed(self, event: LabelObserved) -> None:
         await self.service.record_label(event)
 
+    async def predictions_made(self, events: list[PredictionMade]) -> None:
+        await self.service.record_predictions(events)
+
+    async def labels_observed(self, events: list[LabelObserved]) -> None:
+        await self.service.record_labels(events)
+
     async def training_requested(self, event: TrainingRequested) -> None:
         await self.service.on_training_requested(event)
 
@@ -31,8 +37,8 @@ class Handlers:
 
 def subscribe(bus: EventBus, service: TrainerService) -> Handlers:
     handlers = Handlers(service)
-    bus.subscribe(PredictionMade, group=FEEDBACK_GROUP, handler=handlers.prediction_made)
-    bus.subscribe(LabelObserved, group=FEEDBACK_GROUP, handler=handlers.label_observed)
+    bus.subscribe_batch(PredictionMade, group=FEEDBACK_GROUP, handler=handlers.predictions_made)
+    bus.subscribe_batch(LabelObserved, group=FEEDBACK_GROUP, handler=handlers.labels_observed)
     bus.subscribe(TrainingRequested, group=TRIGGER_GROUP, handler=handlers.training_requested)
     bus.subscribe(DriftDetected, group=TRIGGER_GROUP, handler=handlers.drift_detected)
     return handlers

@@ -109,6 +109,14 @@ class TrainerService:
     async def record_label(self, event: LabelObserved) -> None:
         await self.feedback.record_label(event)
 
+    async def record_predictions(self, events: list[PredictionMade]) -> int:
+        counted = [e for e in events if e.served_by in COUNTED_SERVERS]
+        await self.feedback.record_predictions(counted)
+        return len(counted)
+
+    async def record_labels(self, events: list[LabelObserved]) -> None:
+        await self.feedback.record_labels(events)
+
     async def feedback_count(self, model_name: str) -> dict[str, Any]:
         return {
             "model_name": model_name,
