@@ -33,7 +33,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
 FAST_LOOP = {
     "MODELBUS_DRIFT_COOLDOWN_S": "5",
-    "MODELBUS_DRIFT_MIN_ROWS": "300",
+    "MODELBUS_DRIFT_MIN_ROWS": "500",
     "MODELBUS_LOG_LEVEL": "INFO",
 }
 RESULTS = Path(os.environ.get("MODELBUS_RESULTS_DIR", "build")) / "e2e-loop.json"

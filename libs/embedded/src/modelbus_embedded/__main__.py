@@ -22,7 +22,7 @@ from .stack import SERVICES, Stack, build_stack, port_in_use, stop_recorded
 DEMO_ENV = {
     # react in seconds, as a streaming loop should (production defaults are more conservative)
     "MODELBUS_DRIFT_COOLDOWN_S": "30",
-    "MODELBUS_DRIFT_MIN_ROWS": "300",
+    "MODELBUS_DRIFT_MIN_ROWS": "500",
 }
 
 

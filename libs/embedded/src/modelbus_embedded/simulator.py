@@ -134,15 +134,20 @@ def describe(event: Event) -> str | None:
             return f"LOAD FAILED v{event.version} on {event.instance}: {event.error}"
         case DriftDetected():
             return (
-                f"drift      on {event.feature} ({event.detector}): {event.reference_value} -> "
-                f"{event.current_value} after {event.observations} points, "
-                f"window {event.window_size}"
+                f"drift      on {event.feature} ({event.detector}): "
+                f"{_num(event.reference_value)} -> {_num(event.current_value)} after "
+                f"{event.observations} points, window {event.window_size}, "
+                f"incident {event.incident_id[:8]}"
             )
         case DataQualityAlert():
             return f"data quality: {event.check} on {event.feature}: {event.count} ({event.detail})"
         case ScoringFailed():
             return f"scoring failed for {event.request_id}: {event.error}"
     return None
+
+
+def _num(value: float | None) -> str:
+    return "?" if value is None else f"{value:.3f}"
 
 
 class Upstream:
