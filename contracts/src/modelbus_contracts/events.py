@@ -254,6 +254,12 @@ class DriftDetected(Event):
     window_size: int = Field(ge=0)
     observations: int = Field(ge=0, description="points seen by the detector since reset")
     detected_at: datetime
+    attempt: int = Field(
+        default=1,
+        ge=1,
+        description="1 when the incident opens; n for its (n-1)-th re-emission while it stays "
+        "open and the drift persists (same correlation id, new event id)",
+    )
 
 
 class DataQualityAlert(Event):
