@@ -44,9 +44,20 @@ class AliasesView(View):
     previous: int | None = None
 
 
+class RolloutView(View):
+    """The live exposure of a challenger (scorers serve it in shadow or as a canary)."""
+
+    mode: Literal["none", "shadow", "canary"] = "none"
+    version: int | None = None
+    champion_version: int | None = None
+    fraction: float = 0.0
+    step: int = 0
+
+
 class ModelView(View):
     name: str
     aliases: AliasesView
+    rollout: RolloutView | None = None
     latest_version: int | None = None
     version_count: int = 0
     created_at: datetime | None = None

@@ -127,19 +127,45 @@ class GateResult(Frozen):
     detail: str = ""
 
 
+RolloutMode = Literal["none", "shadow", "canary"]
+
+
+class Rollout(Frozen):
+    """How a challenger is exposed to live traffic next to the champion."""
+
+    mode: RolloutMode
+    fraction: float = Field(
+        default=0.0, ge=0, le=1, description="share of live traffic the challenger answers (canary)"
+    )
+    step: int = Field(default=0, ge=0, description="index of the canary step (0 for shadow)")
+
+
 class ModelEvaluated(Event):
-    """The deployer's verdict on a challenger, with every number behind it."""
+    """The deployer's verdict on a challenger, with every number behind it.
+
+    ``promote`` and ``reject`` are final. ``pending_approval`` waits for a human (the deployer's
+    approve/reject API then emits the final verdict); ``shadow`` and ``canary`` expose the
+    challenger to live traffic as ``rollout`` says (one event per step, each with its numbers),
+    ending in ``promote`` or ``reject``.
+    """
 
     event_type = "model.evaluated.v1"
 
     version: int = Field(ge=1)
     champion_version: int | None
-    decision: Literal["promote", "reject"]
+    decision: Literal["promote", "reject", "pending_approval", "shadow", "canary"]
     reasons: list[str]
     gates: list[GateResult]
     holdout: DatasetRef
     challenger_metrics: Metrics
     champion_metrics: Metrics = Field(default_factory=dict)
+    rollout: Rollout | None = Field(
+        default=None, description="the live exposure this decision starts (shadow/canary)"
+    )
+    actor: str | None = Field(default=None, description="who decided, when not the deployer")
+    live_metrics: Metrics = Field(
+        default_factory=dict, description="live numbers behind a rollout step (agreement, ...)"
+    )
 
 
 class ModelPromoted(Event):
@@ -160,6 +186,29 @@ class ModelRolledBack(Event):
     artifact: ArtifactRef
     feature_names: list[str]
     reason: str
+
+
+class ModelRolloutChanged(Event):
+    """The registry changed how a challenger meets live traffic; scorers re-sync on it."""
+
+    event_type = "model.rollout_changed.v1"
+
+    version: int | None = Field(default=None, ge=1, description="the challenger (none: cleared)")
+    champion_version: int | None = None
+    mode: RolloutMode
+    fraction: float = Field(default=0.0, ge=0, le=1)
+    reason: str = ""
+
+
+class ModelRollbackRequested(Event):
+    """The deployer saw the new champion regress on live traffic and asks for a rollback."""
+
+    event_type = "model.rollback_requested.v1"
+
+    from_version: int = Field(ge=1, description="roll back only if this is still the champion")
+    to_version: int | None = Field(default=None, description="the expected previous version")
+    reason: str
+    evidence: Metrics = Field(default_factory=dict)
 
 
 class ModelLoadFailed(Event):
@@ -192,6 +241,9 @@ class PredictionMade(Event):
     score: float = Field(ge=0, le=1)
     label: int
     served_by: Literal["champion", "fallback", "shadow", "canary"] = "champion"
+    shadow_of: str | None = Field(
+        default=None, description="for served_by=shadow: the prediction_id it mirrors"
+    )
     source: Literal["http", "stream", "batch"] = "http"
     latency_ms: float = Field(ge=0)
 
@@ -280,6 +332,8 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     ModelEvaluated,
     ModelPromoted,
     ModelRolledBack,
+    ModelRolloutChanged,
+    ModelRollbackRequested,
     ModelLoadFailed,
     ScoringRequested,
     PredictionMade,

@@ -29,7 +29,9 @@ from modelbus_contracts.events import (
     ModelLoadFailed,
     ModelPromoted,
     ModelRegistered,
+    ModelRollbackRequested,
     ModelRolledBack,
+    ModelRolloutChanged,
     ModelTrained,
     PredictionMade,
     ScoringFailed,
@@ -75,8 +77,8 @@ SERVICES: dict[str, ServiceSpec] = {
             "registry",
             "Model registry: registers trained versions after verifying their artifact, moves "
             "the champion alias by compare-and-set on the deployer's verdict, rolls back.",
-            (ModelRegistered, ModelPromoted, ModelRolledBack),
-            _subs("registry", ModelTrained, ModelEvaluated),
+            (ModelRegistered, ModelPromoted, ModelRolledBack, ModelRolloutChanged),
+            _subs("registry", ModelTrained, ModelEvaluated, ModelRollbackRequested),
         ),
         ServiceSpec(
             "trainer",
@@ -90,8 +92,9 @@ SERVICES: dict[str, ServiceSpec] = {
             "deployer",
             "Deployer: judges each registered challenger against the champion on the "
             "challenger's hold-out and publishes the verdict with every gate's numbers.",
-            (ModelEvaluated,),
-            _subs("deployer", ModelRegistered),
+            (ModelEvaluated, ModelRollbackRequested),
+            _subs("deployer", ModelRegistered)
+            + _subs("deployer-watch", PredictionMade, LabelObserved, ModelLoadFailed),
         ),
         ServiceSpec(
             "scorer",
@@ -99,7 +102,9 @@ SERVICES: dict[str, ServiceSpec] = {
             "promotion or rollback, and publishes every prediction.",
             (PredictionMade, ScoringFailed, ModelLoadFailed),
             _subs("scorer", ScoringRequested)
-            + _subs(f"scorer-control-{INSTANCE}", ModelPromoted, ModelRolledBack),
+            + _subs(
+                f"scorer-control-{INSTANCE}", ModelPromoted, ModelRolledBack, ModelRolloutChanged
+            ),
         ),
         ServiceSpec(
             "monitor",
