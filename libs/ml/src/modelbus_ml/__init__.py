@@ -1,20 +1,39 @@
-"""modelbus_ml: the built-in model family, datasets and metrics (pure numpy, no I/O)."""
+"""modelbus_ml: model families (built-in logreg, River, user entry points), artifact loading,
+datasets and metrics (no I/O)."""
 
 from .dataset import Dataset, DatasetError, feature_stats, from_csv_bytes, from_rows, split_holdout
 from .evaluation import evaluate, roc_auc
+from .families import FAMILIES, FamilyError, Trained, get_family, train_family
+from .flavors import (
+    FORMATS,
+    ArtifactIntegrityError,
+    ServableModel,
+    describe_artifact,
+    load_model,
+)
 from .logreg import FORMAT, ArtifactError, LogisticModel, train_logreg
 
 __all__ = [
+    "FAMILIES",
     "FORMAT",
+    "FORMATS",
     "ArtifactError",
+    "ArtifactIntegrityError",
     "Dataset",
     "DatasetError",
+    "FamilyError",
     "LogisticModel",
+    "ServableModel",
+    "Trained",
+    "describe_artifact",
     "evaluate",
     "feature_stats",
     "from_csv_bytes",
     "from_rows",
+    "get_family",
+    "load_model",
     "roc_auc",
     "split_holdout",
+    "train_family",
     "train_logreg",
 ]

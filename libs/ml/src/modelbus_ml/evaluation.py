@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .dataset import Dataset
-from .logreg import LogisticModel
+from .flavors import ServableModel
 
 
 def roc_auc(y: np.ndarray, score: np.ndarray) -> float:
@@ -28,8 +28,8 @@ def roc_auc(y: np.ndarray, score: np.ndarray) -> float:
     return float((ranks[y == 1].sum() - pos * (pos + 1) / 2.0) / (pos * neg))
 
 
-def evaluate(model: LogisticModel, ds: Dataset) -> dict[str, float]:
-    """auc, accuracy, log_loss, brier and row count of ``model`` on ``ds``."""
+def evaluate(model: ServableModel, ds: Dataset) -> dict[str, float]:
+    """auc, accuracy, log_loss, brier and row count of ``model`` (any family) on ``ds``."""
     X = ds.X[:, [ds.feature_names.index(n) for n in model.feature_names]]
     score = model.predict_proba(X)
     y = ds.y.astype(np.float64)
@@ -37,7 +37,7 @@ def evaluate(model: LogisticModel, ds: Dataset) -> dict[str, float]:
     clipped = np.clip(score, eps, 1 - eps)
     return {
         "auc": roc_auc(ds.y, score),
-        "accuracy": float(((score >= model.threshold) == (y == 1)).mean()),
+        "accuracy": float(((score >= getattr(model, "threshold", 0.5)) == (y == 1)).mean()),
         "log_loss": float(-(y * np.log(clipped) + (1 - y) * np.log(1 - clipped)).mean()),
         "brier": float(((score - y) ** 2).mean()),
         "rows": float(ds.rows),
