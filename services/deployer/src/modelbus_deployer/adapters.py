@@ -12,7 +12,14 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from modelbus_contracts import ArtifactRef, DatasetRef
-from modelbus_ml import ArtifactError, Dataset, DatasetError, LogisticModel, from_csv_bytes
+from modelbus_ml import (
+    ArtifactError,
+    Dataset,
+    DatasetError,
+    ServableModel,
+    from_csv_bytes,
+    load_model,
+)
 from modelbus_platform.stores import IntegrityError, ObjectNotFound, ObjectStore, get_verified
 
 from .ports import LoadError
@@ -34,10 +41,11 @@ class ObjectStoreModels:
         except IntegrityError as exc:
             raise LoadError(what, f"integrity check failed: {exc}") from exc
 
-    async def load_model(self, ref: ArtifactRef) -> LogisticModel:
+    async def load_model(self, ref: ArtifactRef) -> ServableModel:
         data = await self._read("artifact", ref.uri, ref.sha256)
         try:
-            return LogisticModel.from_bytes(data)
+            # any family; the sha256 is checked again before parsing/unpickling
+            return load_model(data, ref.format, ref.sha256)
         except ArtifactError as exc:
             raise LoadError("artifact", f"{ref.uri}: {exc}") from exc
 

@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from modelbus_contracts import ArtifactRef, DatasetRef
-from modelbus_ml import Dataset, LogisticModel
+from modelbus_ml import Dataset, ServableModel
 
 
 class LoadError(Exception):
@@ -22,7 +22,7 @@ class LoadError(Exception):
 
 
 class ModelSource(Protocol):
-    async def load_model(self, ref: ArtifactRef) -> LogisticModel: ...
+    async def load_model(self, ref: ArtifactRef) -> ServableModel: ...
 
     async def load_dataset(self, ref: DatasetRef) -> Dataset: ...
 

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from modelbus_ml import LogisticModel
+from modelbus_ml import ServableModel
 
 ServedBy = Literal["champion", "fallback"]
 
@@ -46,7 +46,7 @@ class Served:
     """One loaded, verified and warmed model version."""
 
     version: int
-    model: LogisticModel
+    model: ServableModel
     feature_names: tuple[str, ...]
     sha256: str
 

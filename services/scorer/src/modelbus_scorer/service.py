@@ -26,7 +26,7 @@ from modelbus_contracts import (
     ScoringRequested,
 )
 from modelbus_contracts.api import VersionView
-from modelbus_ml import FORMAT, LogisticModel
+from modelbus_ml import FORMATS, load_model
 from modelbus_platform.bus import Publisher
 from modelbus_platform.stores import IntegrityError, ObjectNotFound, ObjectStore, get_verified
 
@@ -159,7 +159,7 @@ class ScorerService:
 
     async def load(self, view: VersionView) -> Served:
         """Fetch, verify, parse and warm up one version; ``LoadFailed`` if it cannot serve."""
-        if view.artifact.format != FORMAT:
+        if view.artifact.format not in FORMATS:
             raise LoadFailed(f"unsupported artifact format {view.artifact.format!r}")
         try:
             data = await get_verified(self.store, view.artifact.uri, view.artifact.sha256)
@@ -168,7 +168,8 @@ class ScorerService:
         except ObjectNotFound as exc:
             raise LoadFailed(f"artifact missing: {view.artifact.uri}") from exc
         try:
-            model = LogisticModel.from_bytes(data)
+            # verifies the sha256 against the registry record again before parsing/unpickling
+            model = load_model(data, view.artifact.format, view.artifact.sha256)
             if model.feature_names != tuple(view.feature_names):
                 raise LoadFailed(
                     f"artifact features {list(model.feature_names)} differ from the registry "
