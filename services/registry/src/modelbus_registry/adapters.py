@@ -101,6 +101,11 @@ class MongoRegistryRepository:
             projection=NO_ID,
         )
 
+    async def set_rollout(self, name: str, rollout: dict[str, Any], now: datetime) -> None:
+        await self.models.update_one(
+            {"name": name}, {"$set": {"rollout": rollout, "updated_at": now}}
+        )
+
     async def insert_version(self, doc: dict[str, Any]) -> bool:
         try:
             await self.versions.insert_one(dict(doc))
@@ -181,6 +186,11 @@ class MemoryRegistryRepository:
         model["alias_revision"] += 1
         model["updated_at"] = now
         return copy.deepcopy(model)
+
+    async def set_rollout(self, name: str, rollout: dict[str, Any], now: datetime) -> None:
+        model = self.models.get(name)
+        if model is not None:
+            model.update(rollout=copy.deepcopy(rollout), updated_at=now)
 
     async def insert_version(self, doc: dict[str, Any]) -> bool:
         name, version, run_id = doc["model_name"], doc["version"], doc["run_id"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from modelbus_contracts import ModelEvaluated, ModelTrained
+from modelbus_contracts import ModelEvaluated, ModelRollbackRequested, ModelTrained
 from modelbus_platform.bus import EventBus
 
 from .service import RegistryService
@@ -24,7 +24,13 @@ def make_handlers(
 
 
 def subscribe(bus: EventBus, service: RegistryService, group: str = "registry") -> None:
-    """ModelTrained and ModelEvaluated, at-least-once, deduped on event_id by the bus."""
+    """ModelTrained, ModelEvaluated and ModelRollbackRequested, at-least-once, deduped on
+    event_id by the bus."""
     on_model_trained, on_model_evaluated = make_handlers(service)
     bus.subscribe(ModelTrained, group=group, handler=on_model_trained)
     bus.subscribe(ModelEvaluated, group=group, handler=on_model_evaluated)
+
+    async def on_rollback_requested(event: ModelRollbackRequested) -> None:
+        await service.request_rollback(event)
+
+    bus.subscribe(ModelRollbackRequested, group=group, handler=on_rollback_requested)

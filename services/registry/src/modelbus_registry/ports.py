@@ -34,6 +34,9 @@ class RegistryRepository(Protocol):
         """Set ``new`` aliases only if every alias in ``expected`` still has that value.
         Returns the updated model, or None when the compare failed (nothing changed)."""
 
+    async def set_rollout(self, name: str, rollout: dict[str, Any], now: datetime) -> None:
+        """Store the model's live rollout state (mode, version, fraction, step)."""
+
     # -- versions -----------------------------------------------------------------------------
 
     async def insert_version(self, doc: dict[str, Any]) -> bool:

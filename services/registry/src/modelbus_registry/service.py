@@ -19,7 +19,9 @@ from modelbus_contracts import (
     ModelEvaluated,
     ModelPromoted,
     ModelRegistered,
+    ModelRollbackRequested,
     ModelRolledBack,
+    ModelRolloutChanged,
     ModelSummary,
     ModelTrained,
 )
@@ -180,8 +182,113 @@ class RegistryService:
         )
         if event.decision == "reject":
             await self._reject(event, doc)
+            await self._end_rollout(event, model)
+            return None
+        if event.decision == "pending_approval":
+            await self._audit(
+                name,
+                "approval_pending",
+                version=version,
+                cause=event,
+                reason="; ".join(event.reasons),
+            )
+            return None
+        if event.decision in ("shadow", "canary"):
+            await self._start_rollout(event, aliases)
             return None
         return await self._promote(event, doc, aliases)
+
+    # -- rollouts (shadow / canary) -------------------------------------------------------------
+
+    async def _start_rollout(
+        self, event: ModelEvaluated, aliases: dict[str, int | None]
+    ) -> ModelRolloutChanged | None:
+        """challenger := version by compare-and-set (the champion must still be the one the
+        deployer compared against), store the rollout state, tell the scorers."""
+        name, version = event.model_name, event.version
+        refusal = domain.rollout_refusal(version, aliases)
+        if refusal:
+            await self._audit(name, "rollout_refused", version=version, cause=event, reason=refusal)
+            log.warning("rollout.refused", model=name, version=version, reason=refusal)
+            return None
+        move = domain.plan_challenger(aliases, version, event.champion_version)
+        if await self.repo.cas_aliases(name, move.expected, move.new, self.clock()) is None:
+            current = await self._current_aliases(name)
+            reason = f"aliases moved: {current}, the evaluation expected {move.expected}"
+            await self._audit(name, "rollout_conflict", version=version, cause=event, reason=reason)
+            log.warning("rollout.conflict", model=name, version=version, reason=reason)
+            return None
+        rollout = domain.rollout_doc(event)
+        await self.repo.set_rollout(name, rollout, self.clock())
+        return await self._rollout_changed(event, rollout, "; ".join(event.reasons))
+
+    async def _end_rollout(self, event: ModelEvaluated, model: dict[str, Any]) -> None:
+        """A rejected challenger that was rolling out leaves live traffic."""
+        name, version = event.model_name, event.version
+        aliases = domain.aliases_of(model)
+        if aliases["challenger"] == version:
+            await self.repo.cas_aliases(
+                name, {"challenger": version}, {"challenger": None}, self.clock()
+            )
+        if domain.rollout_of(model)["version"] != version:
+            return
+        rollout = dict(domain.NO_ROLLOUT)
+        await self.repo.set_rollout(name, rollout, self.clock())
+        await self._rollout_changed(event, rollout, f"rollout of version {version} ended: rejected")
+
+    async def _rollout_changed(
+        self, event: ModelEvaluated, rollout: dict[str, Any], reason: str
+    ) -> ModelRolloutChanged:
+        changed = event.caused(
+            ModelRolloutChanged,
+            producer=EVENT_ACTOR,
+            event_id=domain.follow_up_id(event, ModelRolloutChanged.event_type),
+            model_name=event.model_name,
+            version=rollout["version"],
+            champion_version=event.champion_version,
+            mode=rollout["mode"],
+            fraction=rollout["fraction"],
+            reason=reason[:2000],
+        )
+        await self._audit(
+            event.model_name,
+            "rollout_changed",
+            version=event.version,
+            cause=event,
+            reason=changed.reason,
+            details={
+                "rollout": rollout,
+                "live_metrics": dict(event.live_metrics),
+                "emitted_event_id": str(changed.event_id),
+            },
+        )
+        log.info("rollout.changed", model=event.model_name, **rollout)
+        await self.publisher.publish(changed)
+        return changed
+
+    # -- ModelRollbackRequested -----------------------------------------------------------------
+
+    async def request_rollback(self, event: ModelRollbackRequested) -> ModelRolledBack | None:
+        """The deployer's automatic rollback: champion := previous by compare-and-set, only if
+        the champion is still ``from_version`` (a second request for the same promotion, or a
+        request after a newer promotion, changes nothing)."""
+        try:
+            return await self._rollback(
+                event.model_name,
+                event.reason,
+                actor="deployer",
+                cause=event,
+                expected_from=event.from_version,
+                details={"evidence": dict(event.evidence), "requested_to": event.to_version},
+            )
+        except (Conflict, NotFound) as exc:
+            log.warning(
+                "rollback.request_refused",
+                model=event.model_name,
+                from_version=event.from_version,
+                reason=exc.reason,
+            )
+            return None
 
     async def _reject(self, event: ModelEvaluated, doc: dict[str, Any]) -> None:
         if doc["status"] == domain.STATUS_REGISTERED:
@@ -233,6 +340,9 @@ class RegistryService:
             log.warning("promotion.conflict", model=name, version=version, reason=reason)
             return None
         await self._apply_statuses(name, move)
+        rollout = domain.rollout_of(updated)
+        if rollout["mode"] != "none" and (rollout["version"] or 0) <= version:
+            await self.repo.set_rollout(name, dict(domain.NO_ROLLOUT), self.clock())
         promoted = self._promoted_event(event, doc, event.champion_version)
         await self._audit(
             name,
@@ -338,11 +448,31 @@ class RegistryService:
         self, name: str, request: RollbackRequest, actor: str = API_ACTOR
     ) -> AliasesView:
         """champion := previous by compare-and-set; the rolled-back version is retired."""
+        await self._rollback(name, request.reason, actor=actor)
+        return domain.aliases_view(await self._model(name))
+
+    async def _rollback(
+        self,
+        name: str,
+        reason: str,
+        *,
+        actor: str,
+        cause: Event | None = None,
+        expected_from: int | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> ModelRolledBack:
         model = await self._model(name)
+        aliases = domain.aliases_of(model)
         try:
-            move = domain.plan_rollback(domain.aliases_of(model))
+            if expected_from is not None and aliases["champion"] != expected_from:
+                raise Conflict(
+                    f"champion is version {aliases['champion']}, not {expected_from}: "
+                    "nothing to roll back",
+                    action="rollback_skipped",
+                )
+            move = domain.plan_rollback(aliases)
         except Conflict as exc:
-            await self._audit(name, exc.action, actor=actor, reason=exc.reason)
+            await self._audit(name, exc.action, actor=actor, reason=exc.reason, cause=cause)
             raise
         updated = await self.repo.cas_aliases(name, move.expected, move.new, self.clock())
         if updated is None:
@@ -352,27 +482,35 @@ class RegistryService:
         await self._apply_statuses(name, move)
         from_version, to_version = move.expected["champion"], move.new["champion"]
         target = await self._version_doc(name, to_version)
-        rolled_back = ModelRolledBack(
-            producer=API_ACTOR,
+        data = dict(
             model_name=name,
             from_version=from_version,
             to_version=to_version,
             artifact=target["artifact"],
             feature_names=target["feature_names"],
-            reason=request.reason,
+            reason=reason,
         )
+        if cause is None:
+            rolled_back = ModelRolledBack(producer=API_ACTOR, **data)
+        else:
+            rolled_back = cause.caused(
+                ModelRolledBack,
+                producer=EVENT_ACTOR,
+                event_id=domain.follow_up_id(cause, ModelRolledBack.event_type),
+                **data,
+            )
         await self._audit(
             name,
             "rolled_back",
             version=to_version,
             actor=actor,
-            reason=request.reason,
+            reason=reason,
             cause=rolled_back,
-            details={"from": from_version, "to": to_version},
+            details={"from": from_version, "to": to_version, **(details or {})},
         )
         log.info("rollback.done", model=name, from_version=from_version, to_version=to_version)
         await self._publish_after_change(rolled_back)
-        return domain.aliases_view(updated)
+        return rolled_back
 
     # -- queries --------------------------------------------------------------------------------
 
