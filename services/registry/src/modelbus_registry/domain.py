@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from modelbus_contracts import ArtifactRef, Event, ModelEvaluated, ModelSummary, ModelTrained
-from modelbus_contracts.api import AliasesView, AuditRecord, ModelView, VersionView
+from modelbus_contracts.api import AliasesView, AuditRecord, ModelView, RolloutView, VersionView
 from modelbus_ml import ArtifactError, describe_artifact
 from modelbus_ml.flavors import ArtifactInfo
 
@@ -134,6 +134,52 @@ def plan_rollback(aliases: dict[str, int | None]) -> AliasMove:
     )
 
 
+NO_ROLLOUT: dict[str, Any] = {
+    "mode": "none",
+    "version": None,
+    "champion_version": None,
+    "fraction": 0.0,
+    "step": 0,
+}
+
+
+def rollout_refusal(version: int, aliases: dict[str, int | None]) -> str | None:
+    """Why ``version`` may not be exposed as the challenger, or None."""
+    champion = aliases.get("champion")
+    if champion is not None and version <= champion:
+        return f"version {version} is not newer than the champion version {champion}"
+    challenger = aliases.get("challenger")
+    if challenger is not None and challenger > version:
+        return f"a newer challenger (version {challenger}) is already rolling out"
+    return None
+
+
+def plan_challenger(
+    aliases: dict[str, int | None], version: int, expected_champion: int | None
+) -> AliasMove:
+    """challenger := version, only while the champion is still ``expected_champion``."""
+    return AliasMove(
+        new={"challenger": version},
+        expected={"champion": expected_champion, "challenger": aliases.get("challenger")},
+    )
+
+
+def rollout_doc(event: ModelEvaluated) -> dict[str, Any]:
+    rollout = event.rollout
+    return {
+        "mode": rollout.mode if rollout else "none",
+        "version": event.version,
+        "champion_version": event.champion_version,
+        "fraction": float(rollout.fraction) if rollout else 0.0,
+        "step": int(rollout.step) if rollout else 0,
+    }
+
+
+def rollout_of(model: dict[str, Any]) -> dict[str, Any]:
+    stored = model.get("rollout") or {}
+    return {**NO_ROLLOUT, **stored}
+
+
 def plan_alias_set(
     aliases: dict[str, int | None], alias: str, version: int, expected: int | None
 ) -> AliasMove:
@@ -223,6 +269,7 @@ def model_view(model: dict[str, Any], version_count: int) -> ModelView:
     return ModelView(
         name=model["name"],
         aliases=aliases_view(model),
+        rollout=RolloutView.model_validate(rollout_of(model)),
         latest_version=model.get("latest_version"),
         version_count=version_count,
         created_at=model.get("created_at"),
