@@ -24,6 +24,7 @@ from modelbus_platform.stores import ObjectStore, build_object_store
 
 from .adapters import HttpRegistry
 from .api import build_router
+from .batch_wiring import BatchWiring
 from .config import ScorerSettings
 from .domain import ModelHolder
 from .handlers import resync_on_control, score_requested
@@ -95,6 +96,14 @@ def build_app(
     bus.subscribe(
         ScoringRequested, group=STREAM_GROUP, handler=partial(score_requested, service=service)
     )
+    batch = BatchWiring(  # batch scoring: its own group, job store and routes
+        settings,
+        bus=bus,
+        scorer=service,
+        store=object_store,
+        metrics=metrics,
+        registry_transport=registry_transport,
+    )
 
     async def readiness() -> dict[str, bool]:
         bus_ok, store_ok, registry_ok = await asyncio.gather(
@@ -112,6 +121,7 @@ def build_app(
         await bus.start()
         await prediction_log.start()
         syncing = asyncio.create_task(sync_forever(service, settings.sync_interval_s))
+        await batch.start()
         log.info("scorer.started", instance=settings.instance_id, registry=settings.registry_url)
         try:
             yield
@@ -119,6 +129,7 @@ def build_app(
             syncing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await syncing
+            await batch.stop()
             await prediction_log.stop()
             await bus.stop()
             if http_registry is not None:
@@ -135,6 +146,8 @@ def build_app(
         max_body_bytes=settings.max_body_bytes,
     )
     app.include_router(build_router(service, readiness))
+    app.include_router(batch.router)
+    app.state.batch = batch.service
     app.state.service = service
     app.state.bus = bus
     return app

@@ -1,0 +1,41 @@
+"""Ports of batch scoring: where job records live, and how a named version is looked up."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from modelbus_contracts.api import VersionView
+
+from .batch import BatchJob
+
+
+class JobStoreUnavailable(Exception):
+    """The job store did not answer: batch jobs cannot be accepted or read right now."""
+
+
+class JobStore(Protocol):
+    """Batch job records; ``job_id`` is unique (the idempotency key)."""
+
+    async def init(self) -> None: ...
+
+    async def create(self, job: BatchJob) -> bool:
+        """Insert; False (and no change) if a job with this id already exists."""
+        ...
+
+    async def get(self, job_id: str) -> BatchJob | None: ...
+
+    async def update(self, job_id: str, fields: dict[str, Any]) -> None: ...
+
+    async def list(self, model_name: str | None = None, limit: int = 50) -> list[BatchJob]:
+        """Newest first."""
+        ...
+
+    async def unfinished(self, instance: str) -> list[BatchJob]:
+        """Jobs this instance accepted but did not finish (queued or running)."""
+        ...
+
+
+class VersionSource(Protocol):
+    """One named version's registry record (the champion comes from the scorer's Registry)."""
+
+    async def version(self, name: str, version: int) -> VersionView | None: ...

@@ -1,0 +1,447 @@
+"""Batch scoring, the service layer: accept jobs, run them in the background, record progress.
+
+A job is accepted once (``job_id`` is unique in the job store: a re-delivered request or a
+repeated POST with the same id is a no-op), then runs as a background task, one job at a time
+per model: resolve the version (champion, or the named one) from the registry, load it the
+verified way (sha256 must match the record; a version the online path already holds is reused),
+read the input, score it chunk by chunk in a worker thread (the event loop keeps serving), write
+the output next to the input, record the outcome and emit BatchScoringCompleted.
+
+States: queued -> running -> succeeded | failed. A job interrupted by a shutdown stays
+``running`` in its record and is re-run when this instance starts again (the output is written
+in one put at the end and the completion event has a deterministic id, so a re-run is safe).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+from prometheus_client import Counter, Histogram
+from pymongo.errors import PyMongoError
+
+from modelbus_contracts import BatchScoringCompleted, BatchScoringRequested
+from modelbus_contracts.api import VersionView
+from modelbus_platform.bus import Publisher
+from modelbus_platform.metrics import Metrics
+from modelbus_platform.stores import ObjectNotFound, ObjectStore
+
+from .batch import (
+    MAX_CHUNK_TIMINGS,
+    BadJob,
+    BatchJob,
+    BatchOutput,
+    ChunkedScorer,
+    ChunkTiming,
+    Trigger,
+    check_model_name,
+    default_output_uri,
+    errors_uri_for,
+    event_job_id,
+    file_format,
+    new_job_id,
+    object_key,
+)
+from .batch_ports import JobStore, JobStoreUnavailable, VersionSource
+from .domain import Served, Slots
+from .ports import Registry
+
+log = structlog.get_logger(__name__)
+
+Loader = Callable[[VersionView], Awaitable[Served]]
+CONTENT_TYPES = {"csv": "text/csv", "parquet": "application/vnd.apache.parquet"}
+INIT_RETRY_MAX_S = 30.0
+READY_WAIT_S = 30.0
+
+
+class BatchMetrics:
+    def __init__(self, base: Metrics) -> None:
+        r = base.registry
+        self.jobs = Counter(
+            "modelbus_scorer_batch_jobs_total",
+            "Batch jobs finished, by outcome",
+            ["outcome"],
+            registry=r,
+        )
+        self.rows = Counter(
+            "modelbus_scorer_batch_rows_total",
+            "Batch rows scored, by outcome (ok, failed)",
+            ["outcome"],
+            registry=r,
+        )
+        self.seconds = Histogram(
+            "modelbus_scorer_batch_job_seconds",
+            "Wall time of one batch job",
+            buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600),
+            registry=r,
+        )
+
+
+class BatchService:
+    def __init__(
+        self,
+        *,
+        jobs: JobStore,
+        store: ObjectStore,
+        registry: Registry,
+        versions: VersionSource,
+        load: Loader,
+        serving: Callable[[str], Slots | None],
+        publisher: Publisher,
+        metrics: BatchMetrics,
+        producer: str,
+        instance: str,
+        bucket: str | None = None,
+        chunk_rows: int = 50_000,
+        id_column: str | None = "id",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.jobs = jobs
+        self.store = store
+        self.registry = registry
+        self.versions = versions
+        self.load = load
+        self.serving = serving
+        self.publisher = publisher
+        self.metrics = metrics
+        self.producer = producer
+        self.instance = instance
+        self.bucket = bucket
+        self.chunk_rows = chunk_rows
+        self.id_column = id_column
+        self.clock = clock
+        self.ready = asyncio.Event()  # the job store answered and interrupted jobs are resumed
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Create the job store's indexes (retried: the online path must not wait on this),
+        then re-run the jobs this instance accepted but did not finish."""
+        delay = 0.5
+        while True:
+            try:
+                await self.jobs.init()
+                interrupted = await self.jobs.unfinished(self.instance)
+                break
+            except PyMongoError as exc:
+                log.warning("batch.store_unavailable", error=str(exc), retry_in_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, INIT_RETRY_MAX_S)
+        for job in interrupted:
+            log.info("batch.resumed", job_id=job.job_id, model=job.model_name, state=job.state)
+            self._spawn(job)
+        self.ready.set()
+
+    async def stop(self) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def idle(self) -> None:
+        """Wait until every running job has finished (tests, benchmark)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    # -- accepting jobs ----------------------------------------------------------------------
+
+    async def submit(
+        self,
+        *,
+        model_name: str,
+        input_uri: str,
+        output_uri: str | None = None,
+        version: int | None = None,
+        trigger: Trigger = "api",
+        job_id: str | None = None,
+        cause: BatchScoringRequested | None = None,
+    ) -> tuple[BatchJob, bool]:
+        """Record and start a job; ``(job, False)`` if this ``job_id`` already exists.
+        Raises ``BadJob`` for a request that cannot run, ``JobStoreUnavailable``."""
+        job = self._new_job(model_name, input_uri, output_uri, version, trigger, job_id, cause)
+        created = await self._store(self.jobs.create(job))
+        if not created:
+            existing = await self._store(self.jobs.get(job.job_id))
+            log.info("batch.duplicate", job_id=job.job_id, model=model_name, trigger=trigger)
+            return existing or job, False
+        log.info(
+            "batch.queued",
+            job_id=job.job_id,
+            model=model_name,
+            input_uri=input_uri,
+            output_uri=job.output_uri,
+            version=version,
+            trigger=trigger,
+        )
+        self._spawn(job)
+        return job, True
+
+    async def submit_event(self, event: BatchScoringRequested) -> None:
+        """The BatchScoringRequested handler's work: never blocks on the job itself. A request
+        that cannot run is recorded as a failed job (visible in ``GET /batch-jobs``)."""
+        try:
+            await self.submit(
+                model_name=event.model_name,
+                input_uri=event.input_uri,
+                output_uri=event.output_uri,
+                version=event.version,
+                trigger="event",
+                job_id=event.job_id,
+                cause=event,
+            )
+        except BadJob as exc:
+            log.warning("batch.rejected", job_id=event.job_id, reason=exc.reason, error=exc.message)
+            job = self._record(
+                event.model_name,
+                event.input_uri,
+                event.output_uri or event.input_uri,
+                event.version,
+                "event",
+                event.job_id,
+                event,
+            )
+            job.state, job.error, job.finished_at = (
+                "failed",
+                f"{exc.reason}: {exc.message}",
+                job.created_at,
+            )
+            await self._store(self.jobs.create(job))
+
+    async def get(self, job_id: str) -> BatchJob | None:
+        return await self._store(self.jobs.get(job_id))
+
+    async def list(self, model_name: str | None = None, limit: int = 50) -> list[BatchJob]:
+        return await self._store(self.jobs.list(model_name, limit))
+
+    def _new_job(
+        self,
+        model_name: str,
+        input_uri: str,
+        output_uri: str | None,
+        version: int | None,
+        trigger: Trigger,
+        job_id: str | None,
+        cause: BatchScoringRequested | None,
+    ) -> BatchJob:
+        check_model_name(model_name)
+        if version is not None and version < 1:
+            raise BadJob("bad_version", f"version must be >= 1, got {version}")
+        object_key(input_uri, self.bucket)
+        file_format(input_uri)
+        output = output_uri or default_output_uri(input_uri)
+        object_key(output, self.bucket)
+        file_format(output)
+        if object_key(output, self.bucket) == object_key(input_uri, self.bucket):
+            raise BadJob("bad_uri", "output_uri must differ from input_uri")
+        return self._record(model_name, input_uri, output, version, trigger, job_id, cause)
+
+    def _record(
+        self,
+        model_name: str,
+        input_uri: str,
+        output_uri: str,
+        version: int | None,
+        trigger: Trigger,
+        job_id: str | None,
+        cause: BatchScoringRequested | None,
+    ) -> BatchJob:
+        return BatchJob(
+            job_id=job_id or new_job_id(),
+            model_name=model_name,
+            input_uri=input_uri,
+            output_uri=output_uri,
+            requested_version=version,
+            trigger=trigger,
+            instance=self.instance,
+            correlation_id=str(cause.correlation_id if cause else uuid.uuid4()),
+            causation_id=str(cause.event_id) if cause else None,
+            created_at=self.clock(),
+        )
+
+    async def _store(self, call: Awaitable[Any]) -> Any:
+        try:
+            return await call
+        except PyMongoError as exc:
+            raise JobStoreUnavailable(f"batch job store: {exc}") from exc
+
+    # -- running jobs ------------------------------------------------------------------------
+
+    def _spawn(self, job: BatchJob) -> None:
+        task = asyncio.create_task(self._run(job), name=f"batch-{job.job_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, job: BatchJob) -> None:
+        async with self._locks.setdefault(job.model_name, asyncio.Lock()):
+            started = self.clock()
+            job.state, job.started_at = "running", started
+            await self._save(job, "state", "started_at")
+            log.info("batch.started", job_id=job.job_id, model=job.model_name)
+            t0 = time.perf_counter()
+            try:
+                output = await self._execute(job)
+            except asyncio.CancelledError:
+                log.warning("batch.interrupted", job_id=job.job_id, rows_done=job.rows_done)
+                raise
+            except Exception as exc:
+                await self._failed(job, exc, time.perf_counter() - t0)
+                return
+            await self._succeeded(job, output, time.perf_counter() - t0)
+
+    async def _execute(self, job: BatchJob) -> BatchOutput:
+        view = await self._resolve(job)
+        served = self._reuse(job.model_name, view) or await self.load(view)
+        job.version = served.version
+        try:
+            data = await self.store.get(object_key(job.input_uri, self.bucket))
+        except ObjectNotFound as exc:
+            raise BadJob("input_missing", f"no object at {job.input_uri!r}") from exc
+        scorer = await asyncio.to_thread(
+            ChunkedScorer,
+            data,
+            input_format=file_format(job.input_uri),
+            output_format=file_format(job.output_uri),
+            features=served.feature_names,
+            predict=served.score,
+            version=served.version,
+            chunk_rows=self.chunk_rows,
+            id_column=self.id_column,
+        )
+        del data
+        job.rows_total = scorer.rows_total
+        await self._save(job, "version", "rows_total")
+        while True:
+            t0 = time.perf_counter()
+            chunk = await asyncio.to_thread(scorer.step)
+            if chunk is None:
+                break
+            timing = ChunkTiming(
+                index=scorer.index - 1,
+                rows=chunk.rows,
+                failed=chunk.failed,
+                seconds=round(time.perf_counter() - t0, 6),
+            )
+            await self._progress(job, timing)
+        output = await asyncio.to_thread(scorer.finish)
+        fmt = file_format(job.output_uri)
+        await self.store.put(
+            object_key(job.output_uri, self.bucket), output.data, CONTENT_TYPES[fmt]
+        )
+        if output.errors is not None:
+            job.errors_uri = errors_uri_for(job.output_uri)
+            await self.store.put(object_key(job.errors_uri, self.bucket), output.errors, "text/csv")
+        return output
+
+    async def _resolve(self, job: BatchJob) -> VersionView:
+        if job.requested_version is None:
+            view = await self.registry.champion(job.model_name)
+            if view is None:
+                raise BadJob("no_champion", f"model {job.model_name!r} has no champion")
+            return view
+        view = await self.versions.version(job.model_name, job.requested_version)
+        if view is None:
+            raise BadJob(
+                "unknown_version", f"{job.model_name!r} has no version {job.requested_version}"
+            )
+        return view
+
+    def _reuse(self, name: str, view: VersionView) -> Served | None:
+        """A version the online path already verified and holds needs no second load."""
+        slots = self.serving(name)
+        for served in (slots.current, slots.previous) if slots else ():
+            if served is not None and served.same_as(view.version, view.artifact.sha256):
+                return served
+        return None
+
+    async def _progress(self, job: BatchJob, timing: ChunkTiming) -> None:
+        job.rows_done += timing.rows
+        job.failed_rows += timing.failed
+        job.chunks = [*job.chunks, timing][-MAX_CHUNK_TIMINGS:]
+        log.info(
+            "batch.chunk",
+            job_id=job.job_id,
+            chunk=timing.index,
+            rows=timing.rows,
+            failed=timing.failed,
+            seconds=timing.seconds,
+            rows_done=job.rows_done,
+            rows_total=job.rows_total,
+        )
+        await self._save(job, "rows_done", "failed_rows", "chunks")
+
+    async def _succeeded(self, job: BatchJob, output: BatchOutput, seconds: float) -> None:
+        job.state, job.finished_at, job.seconds = "succeeded", self.clock(), round(seconds, 6)
+        job.rows_done, job.failed_rows = output.rows, output.failed_rows
+        await self._save(
+            job, "state", "finished_at", "seconds", "rows_done", "failed_rows", "errors_uri"
+        )
+        self.metrics.jobs.labels("succeeded").inc()
+        self.metrics.rows.labels("ok").inc(output.rows - output.failed_rows)
+        self.metrics.rows.labels("failed").inc(output.failed_rows)
+        self.metrics.seconds.observe(seconds)
+        log.info(
+            "batch.succeeded",
+            job_id=job.job_id,
+            model=job.model_name,
+            version=job.version,
+            rows=output.rows,
+            failed_rows=output.failed_rows,
+            seconds=job.seconds,
+            output_uri=job.output_uri,
+        )
+        await self.publisher.publish(completed_event(job, self.producer))
+
+    async def _failed(self, job: BatchJob, exc: Exception, seconds: float) -> None:
+        reason = exc.reason if isinstance(exc, BadJob) else type(exc).__name__
+        message = exc.message if isinstance(exc, BadJob) else str(exc)
+        job.state, job.finished_at, job.seconds = "failed", self.clock(), round(seconds, 6)
+        job.error = f"{reason}: {message}"[:2000]
+        await self._save(job, "state", "finished_at", "seconds", "error", "version")
+        self.metrics.jobs.labels("failed").inc()
+        log.error("batch.failed", job_id=job.job_id, model=job.model_name, error=job.error)
+
+    async def _save(self, job: BatchJob, *names: str) -> None:
+        """Best effort: a job store hiccup must not fail a job that is scoring fine."""
+        fields = job.model_dump(mode="json", include=set(names))
+        try:
+            await self.jobs.update(job.job_id, fields)
+        except PyMongoError as exc:
+            log.warning("batch.record_failed", job_id=job.job_id, fields=names, error=str(exc))
+
+
+def completed_event(job: BatchJob, producer: str) -> BatchScoringCompleted:
+    """Caused by the request (same correlation id) or, for API jobs, a fresh correlation id;
+    the event id derives from the job id, so a re-run emits the same event."""
+    return BatchScoringCompleted(
+        event_id=event_job_id(job.job_id, BatchScoringCompleted.event_type),
+        producer=producer,
+        correlation_id=uuid.UUID(job.correlation_id),
+        causation_id=uuid.UUID(job.causation_id) if job.causation_id else None,
+        model_name=job.model_name,
+        job_id=job.job_id,
+        version=job.version or 0,
+        input_uri=job.input_uri,
+        output_uri=job.output_uri,
+        rows=job.rows_done,
+        failed_rows=job.failed_rows,
+        seconds=job.seconds or 0.0,
+    )
+
+
+async def batch_requested(event: BatchScoringRequested, *, service: BatchService) -> None:
+    """Thin handler (group ``scorer-batch``): accept the job and return; it runs in the
+    background so the consumer never waits on a batch."""
+    try:
+        await asyncio.wait_for(service.ready.wait(), READY_WAIT_S)
+    except TimeoutError as exc:  # raise: the bus retries, the request is not lost
+        raise JobStoreUnavailable("the batch job store is not ready") from exc
+    await service.submit_event(event)
