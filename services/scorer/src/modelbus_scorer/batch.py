@@ -38,7 +38,7 @@ RESERVED = (SCORE, LABEL, MODEL_VERSION, ERROR)
 EXTENSIONS: dict[str, FileFormat] = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 MAX_CHUNK_TIMINGS = 500
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-NUMBER = r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$"
+NUMBER = r"(?i)^[+-]?((\d+(\.\d*)?|\.\d+)(e[+-]?\d+)?|inf|infinity|nan)$"
 JOB_NAMESPACE = uuid.UUID("6f1d3a52-8c0e-4b7a-9a53-2f6c1b0d9e41")
 
 # per-value codes, in the order their messages appear in ``REASONS``

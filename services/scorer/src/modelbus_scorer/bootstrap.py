@@ -147,7 +147,7 @@ def build_app(
     )
     app.include_router(build_router(service, readiness))
     app.include_router(batch.router)
-    app.state.batch = batch.service
+    app.state.batch = batch
     app.state.service = service
     app.state.bus = bus
     return app
