@@ -192,7 +192,9 @@ class Env:
             "MODELBUS_LOG_JSON": "true",
         }
 
-    def spawn(self, name: str, argv: list[str], env: dict[str, str], port: int) -> subprocess.Popen:
+    def spawn(
+        self, name: str, argv: list[str], env: dict[str, str], port: int | None
+    ) -> subprocess.Popen:
         """A server under test, pinned to the server core, logs in build/bench/logs."""
         logs = OUT / "logs"
         logs.mkdir(parents=True, exist_ok=True)
@@ -206,7 +208,8 @@ class Env:
                 cwd=ROOT,
             )
         self.procs.append(proc)
-        wait_for_port(port, 60, proc)
+        if port is not None:
+            wait_for_port(port, 60, proc)
         return proc
 
     def start_scorer(self, instance: str = "bench-0", port: int | None = None) -> tuple[int, Any]:
