@@ -34,8 +34,9 @@ from .logreg import FORMAT as LOGREG_FORMAT
 from .logreg import train_logreg
 
 DEFAULT_FAMILY = "logreg"
-# Keys of a run's params that choose the family rather than tune it (never passed to a fit).
-META_KEYS = ("family", "entry_point")
+# Keys of a run's params that choose the family or record the run's data (hold-out share, drift
+# data window) rather than tune the fit: recorded in the lineage, never passed to a fit.
+META_KEYS = ("family", "entry_point", "holdout_fraction", "data_window")
 
 
 class FamilyError(ValueError):

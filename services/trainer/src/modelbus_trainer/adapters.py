@@ -143,11 +143,18 @@ class MongoFeedbackStore:
     async def record_label(self, event: LabelObserved) -> None:
         await self.record_labels([event])
 
-    async def _joined(self, model_name: str, since: datetime | None) -> list[dict[str, Any]]:
+    async def _joined(
+        self, model_name: str, since: datetime | None, until: datetime | None = None
+    ) -> list[dict[str, Any]]:
         query: dict[str, Any] = {"model_name": model_name}
+        # epoch seconds: the MongoDB-wire server compares ISO strings and dates coarsely
+        window: dict[str, float] = {}
         if since is not None:
-            # epoch seconds: the MongoDB-wire server compares ISO strings and dates coarsely
-            query["predicted_at"] = {"$gte": since.timestamp()}
+            window["$gte"] = since.timestamp()
+        if until is not None:
+            window["$lt"] = until.timestamp()
+        if window:
+            query["predicted_at"] = window
         predictions = await self.predictions.find(query, {"_id": 0}).to_list(length=None)
         labels: dict[str, dict[str, Any]] = {}
         ids = [p["prediction_id"] for p in predictions]
@@ -163,16 +170,18 @@ class MongoFeedbackStore:
         rows.sort(key=lambda r: (r["predicted_at"], r["prediction_id"]))
         return rows
 
-    async def count_complete(self, model_name: str, since: datetime | None = None) -> int:
-        return len(await self._joined(model_name, since))
+    async def count_complete(
+        self, model_name: str, since: datetime | None = None, until: datetime | None = None
+    ) -> int:
+        return len(await self._joined(model_name, since, until))
 
     async def count_all(self, model_name: str) -> int:
         return await self.predictions.count_documents({"model_name": model_name})
 
     async def complete_rows(
-        self, model_name: str, since: datetime | None, limit: int
+        self, model_name: str, since: datetime | None, limit: int, until: datetime | None = None
     ) -> list[dict[str, Any]]:
-        rows = (await self._joined(model_name, since))[-limit:] if limit > 0 else []
+        rows = (await self._joined(model_name, since, until))[-limit:] if limit > 0 else []
         for row in rows:
             for key in FEEDBACK_TIMES:
                 row[key] = datetime.fromtimestamp(row[key], UTC)
@@ -276,7 +285,9 @@ class MemoryFeedbackStore:
         for event in events:
             await self.record_label(event)
 
-    def _complete(self, model_name: str, since: datetime | None) -> list[dict[str, Any]]:
+    def _complete(
+        self, model_name: str, since: datetime | None, until: datetime | None = None
+    ) -> list[dict[str, Any]]:
         return [
             d
             for d in self.docs.values()
@@ -284,10 +295,13 @@ class MemoryFeedbackStore:
             and "features" in d
             and "label" in d
             and (since is None or d["predicted_at"] >= since)
+            and (until is None or d["predicted_at"] < until)
         ]
 
-    async def count_complete(self, model_name: str, since: datetime | None = None) -> int:
-        return len(self._complete(model_name, since))
+    async def count_complete(
+        self, model_name: str, since: datetime | None = None, until: datetime | None = None
+    ) -> int:
+        return len(self._complete(model_name, since, until))
 
     async def count_all(self, model_name: str) -> int:
         return sum(
@@ -295,10 +309,12 @@ class MemoryFeedbackStore:
         )
 
     async def complete_rows(
-        self, model_name: str, since: datetime | None, limit: int
+        self, model_name: str, since: datetime | None, limit: int, until: datetime | None = None
     ) -> list[dict[str, Any]]:
+        if limit <= 0:
+            return []
         rows = sorted(
-            self._complete(model_name, since),
+            self._complete(model_name, since, until),
             key=lambda d: (d["predicted_at"], d["prediction_id"]),
         )
         return copy.deepcopy(rows[-limit:])

@@ -12,6 +12,7 @@ from modelbus_contracts.events import FiniteJSON
 from modelbus_ml import DatasetError
 
 from .domain import run_id_for
+from .reproduce import ReproduceFailed
 from .service import TrainerService
 
 MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
@@ -101,6 +102,20 @@ async def get_run(run_id: str, request: Request) -> dict[str, Any]:
     if run is None:
         raise HTTPException(404, detail=f"no run {run_id}")
     return jsonable_encoder(run)
+
+
+@router.post(
+    "/runs/{run_id}/reproduce",
+    summary="Redo a succeeded run from its lineage; report whether the sha256 matched",
+)
+async def reproduce_run(run_id: str, request: Request) -> dict[str, Any]:
+    try:
+        outcome = await _service(request).reproduce(run_id)
+    except ReproduceFailed as exc:
+        raise HTTPException(409, detail=f"cannot reproduce: {exc}") from exc
+    if outcome is None:
+        raise HTTPException(404, detail=f"no run {run_id}")
+    return outcome
 
 
 @router.get(

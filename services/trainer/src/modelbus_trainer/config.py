@@ -2,9 +2,33 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Any, Literal
 
+from croniter import croniter
+from pydantic import BaseModel, Field, field_validator
+
+from modelbus_contracts.events import FiniteJSON
 from modelbus_platform.settings import ServiceSettings
+
+
+class ScheduleSpec(BaseModel):
+    """When and on what data a model is retrained on a schedule."""
+
+    cron: str = Field(description="cron expression (UTC), e.g. '0 3 * * *' = nightly at 03:00")
+    dataset_uri: str | None = Field(
+        default=None, description="CSV in object storage; default: the model's collected feedback"
+    )
+    since_hours: float | None = Field(
+        default=None, gt=0, description="feedback only from the last N hours (no dataset_uri)"
+    )
+    params: FiniteJSON = Field(default_factory=dict, description="training params of the run")
+
+    @field_validator("cron")
+    @classmethod
+    def _valid_cron(cls, value: str) -> str:
+        if not croniter.is_valid(value):
+            raise ValueError(f"not a cron expression: {value!r}")
+        return value
 
 
 class TrainerSettings(ServiceSettings):
@@ -43,6 +67,32 @@ class TrainerSettings(ServiceSettings):
         default=600.0,
         gt=0,
         description="a per-model training lock older than this may be taken over",
+    )
+    drift_window: Literal["after_detection", "adwin"] = Field(
+        default="after_detection",
+        description="drift retrain data: rows predicted after detected_at, or ('adwin') also the "
+        "newest DriftDetected.window_size rows before it, which ADWIN attributes to the new regime",
+    )
+    drift_window_back_max_rows: int = Field(
+        default=2000, ge=0, description="cap on the rows taken from before detected_at ('adwin')"
+    )
+    model_params: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description='per-model default params incl. family, JSON: {"churn": {"family": "river", '
+        '"passes": 2}}; a request\'s params["family"] overrides the family',
+    )
+    python_entry_points: list[str] = Field(
+        default_factory=list,
+        description="'module:function' entry points a request may name for the python family "
+        "(those in model_params are allowed too)",
+    )
+    schedules: dict[str, ScheduleSpec] = Field(
+        default_factory=dict,
+        description='per-model retraining schedule, JSON: {"churn": {"cron": "0 3 * * *", '
+        '"since_hours": 24}}',
+    )
+    schedule_max_sleep_s: float = Field(
+        default=30.0, gt=0, description="the scheduler wakes at least this often"
     )
     code_version: str = Field(
         default="dev",

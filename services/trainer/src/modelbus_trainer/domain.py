@@ -1,12 +1,14 @@
-"""Pure trainer logic: run identity and states, drift guards, feedback -> dataset, and the
-training computation itself (split, fit, evaluate, serialise). No I/O here."""
+"""Pure trainer logic: run identity and states, family and params resolution, drift guards and
+the drift data window, feedback -> dataset, and the training computation itself (split, fit,
+evaluate, serialise; timed stage by stage). No I/O here."""
 
 from __future__ import annotations
 
 import hashlib
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -14,8 +16,9 @@ from typing import Any
 import numpy as np
 
 from modelbus_contracts import DriftDetected, Event, TrainingRequested
-from modelbus_ml import Dataset, DatasetError, evaluate, feature_stats, split_holdout, train_logreg
-from modelbus_ml.logreg import DEFAULT_PARAMS
+from modelbus_ml import Dataset, DatasetError, evaluate, feature_stats, split_holdout
+from modelbus_ml.families import DEFAULT_FAMILY, FamilyError, get_family, train_family
+from modelbus_ml.flavors import LOGREG_FORMAT
 
 # Fixed namespace: run ids and ModelTrained event ids are derived from the trigger, so a
 # re-delivered trigger (or a resumed run) maps onto the same ids.
@@ -63,8 +66,13 @@ def dataset_key(model_name: str, sha256: str) -> str:
     return f"datasets/{model_name}/{sha256}.csv"
 
 
-def artifact_key(model_name: str, sha256: str) -> str:
-    return f"artifacts/{model_name}/{sha256}.json"
+def artifact_key(model_name: str, sha256: str, format: str = LOGREG_FORMAT) -> str:
+    """JSON artifacts end in ``.json``, pickled ones (River, user models) in ``.pkl``."""
+    return f"artifacts/{model_name}/{sha256}.{'json' if format == LOGREG_FORMAT else 'pkl'}"
+
+
+def artifact_content_type(format: str) -> str:
+    return "application/json" if format == LOGREG_FORMAT else "application/octet-stream"
 
 
 def object_key(uri: str, bucket: str) -> str:
@@ -73,8 +81,41 @@ def object_key(uri: str, bucket: str) -> str:
     return uri[len(prefix) :] if uri.startswith(prefix) else uri.lstrip("/")
 
 
-def merge_params(requested: dict[str, Any] | None) -> dict[str, Any]:
-    return {**DEFAULT_PARAMS, **(requested or {})}
+def merge_params(
+    requested: dict[str, Any] | None,
+    model_defaults: dict[str, Any] | None = None,
+    holdout_fraction: float = 0.25,
+) -> dict[str, Any]:
+    """A run's full params: family (request > model settings > logreg), that family's defaults,
+    the model's configured params (only if they are for the same family), the request's params,
+    and the hold-out fraction. Unknown family names are kept: the run fails with the reason."""
+    requested, model_defaults = dict(requested or {}), dict(model_defaults or {})
+    family = str(requested.get("family") or model_defaults.get("family") or DEFAULT_FAMILY)
+    same_family = str(model_defaults.get("family") or DEFAULT_FAMILY) == family
+    try:
+        base = dict(get_family(family).default_params)
+    except FamilyError:
+        base = {}
+    return {
+        "holdout_fraction": holdout_fraction,
+        **base,
+        **(model_defaults if same_family else {}),
+        **requested,
+        "family": family,
+    }
+
+
+def check_family(params: dict[str, Any], allowed_entry_points: set[str]) -> None:
+    """RunFailed unless the family exists and a python entry point is allow-listed."""
+    try:
+        get_family(str(params.get("family", DEFAULT_FAMILY)))
+    except FamilyError as exc:
+        raise RunFailed(str(exc)) from exc
+    if params.get("family") == "python" and params.get("entry_point") not in allowed_entry_points:
+        raise RunFailed(
+            f"python entry point {params.get('entry_point')!r} is not allowed "
+            "(add it to python_entry_points or to the model's model_params)"
+        )
 
 
 def trigger_kind(event: Event) -> str:
@@ -85,13 +126,20 @@ def trigger_kind(event: Event) -> str:
     raise TypeError(f"not a training trigger: {type(event).__name__}")
 
 
-def new_run(event: Event, *, default_seed: int, now: datetime) -> dict[str, Any]:
+def new_run(
+    event: Event,
+    *,
+    default_seed: int,
+    now: datetime,
+    model_defaults: dict[str, Any] | None = None,
+    holdout_fraction: float = 0.25,
+) -> dict[str, Any]:
     """The run document for a trigger, in state ``pending``."""
     seed = default_seed
-    params = merge_params(None)
+    params = merge_params(None, model_defaults, holdout_fraction)
     parent_version = None
     if isinstance(event, TrainingRequested):
-        params = merge_params(event.params)
+        params = merge_params(event.params, model_defaults, holdout_fraction)
         seed = event.seed if event.seed is not None else default_seed
     elif isinstance(event, DriftDetected):
         parent_version = event.version
@@ -109,6 +157,7 @@ def new_run(event: Event, *, default_seed: int, now: datetime) -> dict[str, Any]
         "seed": seed,
         "parent_version": parent_version,
         "created_at": now,
+        "stage": "pending",
         "started_at": None,
         "data_ready_at": None,
         "finished_at": None,
@@ -117,6 +166,8 @@ def new_run(event: Event, *, default_seed: int, now: datetime) -> dict[str, Any]
         "holdout": None,
         "artifact": None,
         "metrics": None,
+        "data_window": None,
+        "lineage": None,
     }
 
 
@@ -152,6 +203,59 @@ def feedback_dataset(rows: list[dict[str, Any]]) -> Dataset:
     return Dataset(names, X.reshape(-1, len(names)), y)
 
 
+DRIFT_WINDOW_MODES = ("after_detection", "adwin")
+
+
+def drift_back_rows(event: DriftDetected, mode: str, cap: int) -> int:
+    """How many feedback rows from just before ``detected_at`` a drift retrain may use.
+
+    ``after_detection``: none, only rows predicted at or after ``detected_at``.
+    ``adwin``: ADWIN cuts its window where the mean changed and keeps the points after the cut
+    (``window_size``): those are attributed to the new regime, so the newest ``window_size`` rows
+    before ``detected_at`` (at most ``cap``) are new-regime data too, and count towards
+    ``drift_min_rows`` (the retrain starts sooner).
+    """
+    if mode not in DRIFT_WINDOW_MODES:
+        raise RunFailed(f"unknown drift window mode {mode!r}")
+    return min(int(event.window_size), cap) if mode == "adwin" else 0
+
+
+def drift_window_rows(
+    before: list[dict[str, Any]], after: list[dict[str, Any]], max_rows: int
+) -> tuple[list[dict[str, Any]], int]:
+    """The newest ``max_rows`` of before + after (oldest first) and how many came from before."""
+    rows = (before + after)[-max_rows:] if max_rows > 0 else []
+    return rows, max(0, len(rows) - len(after))
+
+
+def window_record(
+    event: DriftDetected, mode: str, rows: list[dict[str, Any]], back: int, max_rows: int
+) -> dict[str, Any]:
+    """What data a drift retrain used, for the run document and the lineage params."""
+    times = [r["predicted_at"] for r in rows]
+    return {
+        "mode": mode,
+        "detected_at": event.detected_at.isoformat(),
+        "adwin_window_size": int(event.window_size),
+        "extended_back_rows": back,
+        "after_rows": len(rows) - back,
+        "rows": len(rows),
+        "max_rows": max_rows,
+        "first_predicted_at": min(times).isoformat() if times else None,
+        "last_predicted_at": max(times).isoformat() if times else None,
+    }
+
+
+def lineage_params(run: dict[str, Any]) -> dict[str, Any]:
+    """The params recorded in the lineage: the run's params plus, for drift runs, the data
+    window (``data_window``). Reserved keys (family, entry_point, holdout_fraction,
+    data_window) are never passed to a fit."""
+    params = dict(run["params"])
+    if run.get("data_window"):
+        params["data_window"] = run["data_window"]
+    return params
+
+
 @dataclass(frozen=True)
 class TrainingResult:
     """Everything a run produces, ready to be stored and announced."""
@@ -161,10 +265,15 @@ class TrainingResult:
     dataset_rows: int
     holdout_rows: int
     artifact: bytes
+    artifact_format: str
     feature_names: list[str]
     metrics: dict[str, float]
     reference: dict[str, dict]
-    training_seconds: float
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def training_seconds(self) -> float:
+        return self.timings.get("fit_seconds", 0.0)
 
     @property
     def dataset_sha256(self) -> str:
@@ -179,27 +288,56 @@ class TrainingResult:
         return hashlib.sha256(self.artifact).hexdigest()
 
 
+Progress = Callable[[str, float], None]
+
+
+def _no_progress(stage: str, seconds: float) -> None:
+    return None
+
+
 def train_snapshot(
-    ds: Dataset, params: dict[str, Any], seed: int, holdout_fraction: float
+    ds: Dataset,
+    params: dict[str, Any],
+    seed: int,
+    holdout_fraction: float | None = None,
+    progress: Progress = _no_progress,
 ) -> TrainingResult:
-    """Split, fit and evaluate deterministically: same data + params + seed -> same bytes."""
+    """Split, fit and evaluate deterministically: same data + params + seed -> same bytes.
+
+    The family comes from ``params["family"]``; the hold-out fraction from the argument, else
+    ``params["holdout_fraction"]``. ``progress(stage, seconds)`` is called after each stage.
+    """
     if ds.rows < 4:
         raise RunFailed(f"dataset has {ds.rows} rows; at least 4 are needed")
+    fraction = float(holdout_fraction or params.get("holdout_fraction", 0.25))
+    timings: dict[str, float] = {}
+
+    def timed(stage: str, started: float) -> None:
+        timings[f"{stage}_seconds"] = time.perf_counter() - started
+        progress(stage, timings[f"{stage}_seconds"])
+
     try:
-        train, holdout = split_holdout(ds, holdout_fraction, seed)
         started = time.perf_counter()
-        model = train_logreg(train, params, seed)
-        seconds = time.perf_counter() - started
-    except (DatasetError, ValueError, KeyError, TypeError) as exc:
+        train, holdout = split_holdout(ds, fraction, seed)
+        timed("split", started)
+        started = time.perf_counter()
+        trained = train_family(train, params, seed)
+        timed("fit", started)
+        started = time.perf_counter()
+        metrics = evaluate(trained.model, holdout)
+        reference = feature_stats(train)
+        timed("evaluate", started)
+    except (DatasetError, FamilyError, ValueError, KeyError, TypeError) as exc:
         raise RunFailed(f"training failed: {exc}") from exc
     return TrainingResult(
         dataset_csv=ds.to_csv_bytes(),
         holdout_csv=holdout.to_csv_bytes(),
         dataset_rows=ds.rows,
         holdout_rows=holdout.rows,
-        artifact=model.to_bytes(),
-        feature_names=list(model.feature_names),
-        metrics=evaluate(model, holdout),
-        reference=feature_stats(train),
-        training_seconds=seconds,
+        artifact=trained.artifact,
+        artifact_format=trained.format,
+        feature_names=list(trained.model.feature_names),
+        metrics=metrics,
+        reference=reference,
+        timings=timings,
     )

@@ -23,14 +23,19 @@ class FeedbackStore(Protocol):
 
     async def record_labels(self, events: list[LabelObserved]) -> None: ...
 
-    async def count_complete(self, model_name: str, since: datetime | None = None) -> int: ...
+    async def count_complete(
+        self, model_name: str, since: datetime | None = None, until: datetime | None = None
+    ) -> int:
+        """Rows with features and label predicted in [since, until)."""
+        ...
 
     async def count_all(self, model_name: str) -> int: ...
 
     async def complete_rows(
-        self, model_name: str, since: datetime | None, limit: int
+        self, model_name: str, since: datetime | None, limit: int, until: datetime | None = None
     ) -> list[dict[str, Any]]:
-        """The newest ``limit`` rows with features and label, returned oldest first."""
+        """The newest ``limit`` rows with features and label predicted in [since, until),
+        returned oldest first."""
         ...
 
 

@@ -38,19 +38,26 @@ from .domain import (
     RunSkipped,
     RunState,
     TrainingResult,
+    artifact_content_type,
     artifact_key,
+    check_family,
     cooldown_remaining,
     dataset_key,
+    drift_back_rows,
     drift_skip_reason,
+    drift_window_rows,
     feedback_dataset,
+    lineage_params,
     new_run,
     object_key,
     rebuild_trigger,
     run_id_for,
     train_snapshot,
     trained_event_id,
+    window_record,
 )
 from .ports import FeedbackStore, LockStore, RunStore
+from .reproduce import ReproduceFailed, redo
 
 log = structlog.get_logger(__name__)
 
@@ -97,6 +104,19 @@ class TrainerService:
         self.metrics = metrics
         self.clock = clock
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        configured = (p.get("entry_point") for p in settings.model_params.values())
+        self.allowed_entry_points = set(settings.python_entry_points) | {
+            str(e) for e in configured if e
+        }
+
+    def _new_run(self, event: Event) -> dict[str, Any]:
+        return new_run(
+            event,
+            default_seed=self.settings.default_seed,
+            now=self.clock(),
+            model_defaults=self.settings.model_params.get(event.model_name),
+            holdout_fraction=self.settings.holdout_fraction,
+        )
 
     # -- feedback -----------------------------------------------------------------------------
 
@@ -127,7 +147,7 @@ class TrainerService:
     # -- triggers -----------------------------------------------------------------------------
 
     async def on_training_requested(self, event: TrainingRequested) -> dict[str, Any] | None:
-        run = new_run(event, default_seed=self.settings.default_seed, now=self.clock())
+        run = self._new_run(event)
         if not await self.runs.create(run):
             log.info("run.duplicate_trigger", run_id=run["run_id"])
             return None
@@ -136,7 +156,7 @@ class TrainerService:
         return run
 
     async def on_drift(self, event: DriftDetected) -> dict[str, Any] | None:
-        run = new_run(event, default_seed=self.settings.default_seed, now=self.clock())
+        run = self._new_run(event)
         if await self.runs.get(run["run_id"]) is not None:
             log.info("run.duplicate_trigger", run_id=run["run_id"])
             return None
@@ -272,31 +292,53 @@ class TrainerService:
 
     async def _run(self, run: dict[str, Any], bound: Any, started: float) -> None:
         trigger = rebuild_trigger(run)
-        await self._set(run, state=RunState.WAITING_FOR_DATA.value, started_at=self.clock())
-        bound.info("run.started", trigger=run["trigger"])
-        ds = await self._load_dataset(run, trigger)
-        waited = time.perf_counter() - started
-        await self._set(run, state=RunState.RUNNING.value, data_ready_at=self.clock())
-        bound.info("run.data_ready", rows=ds.rows, features=len(ds.feature_names), wait_s=waited)
-        await self._refresh_lock(run)
-        result = await asyncio.to_thread(
-            train_snapshot, ds, run["params"], run["seed"], self.settings.holdout_fraction
+        check_family(run["params"], self.allowed_entry_points)
+        await self._set(
+            run, state=RunState.WAITING_FOR_DATA.value, stage="load", started_at=self.clock()
         )
-        bound.info("run.trained", seconds=result.training_seconds, metrics=result.metrics)
+        bound.info("run.started", trigger=run["trigger"], family=run["params"].get("family"))
+        ds = await self._load_dataset(run, trigger)
+        timings = {"load_seconds": time.perf_counter() - started}
+        await self._set(
+            run, state=RunState.RUNNING.value, stage="train", data_ready_at=self.clock()
+        )
+        bound.info(
+            "run.progress",
+            stage="load",
+            seconds=timings["load_seconds"],
+            rows=ds.rows,
+            features=len(ds.feature_names),
+        )
+        await self._refresh_lock(run)
+
+        def progress(stage: str, seconds: float) -> None:
+            bound.info("run.progress", stage=stage, seconds=seconds)
+
+        result = await asyncio.to_thread(
+            train_snapshot, ds, run["params"], run["seed"], None, progress
+        )
+        timings.update(result.timings)
+        await self._set(run, stage="store", timings=timings)
+        stored = time.perf_counter()
         event = await self._store_and_announce(run, trigger, result)
+        timings["store_seconds"] = time.perf_counter() - stored
+        bound.info("run.progress", stage="store", seconds=timings["store_seconds"])
+        timings.update(
+            wait_seconds=timings["load_seconds"],
+            training_seconds=result.training_seconds,
+            total_seconds=time.perf_counter() - started,
+        )
         await self._set(
             run,
             state=RunState.SUCCEEDED.value,
+            stage="done",
             finished_at=self.clock(),
-            timings={
-                "wait_seconds": waited,
-                "training_seconds": result.training_seconds,
-                "total_seconds": time.perf_counter() - started,
-            },
+            timings=timings,
             artifact=event.artifact.model_dump(),
             metrics=result.metrics,
             dataset=event.lineage.dataset.model_dump(),
             holdout=event.lineage.holdout.model_dump(),
+            lineage=event.lineage.model_dump(mode="json"),
             model_trained_event_id=str(event.event_id),
         )
         self._count(run, RunState.SUCCEEDED)
@@ -305,8 +347,10 @@ class TrainerService:
         bound.info(
             "run.succeeded",
             artifact_sha256=event.artifact.sha256,
+            artifact_format=event.artifact.format,
             dataset_sha256=event.lineage.dataset.sha256,
-            total_s=time.perf_counter() - started,
+            metrics=result.metrics,
+            **{k: round(v, 6) for k, v in timings.items()},
         )
 
     async def _load_dataset(self, run: dict[str, Any], trigger: Event) -> Dataset:
@@ -332,10 +376,18 @@ class TrainerService:
             raise RunFailed(f"bad dataset {key}: {exc}") from exc
 
     async def _drift_feedback(self, run: dict[str, Any], event: DriftDetected) -> Dataset:
-        s = self.settings
+        """Wait for enough new-regime feedback, then take the drift data window (see
+        ``domain.drift_back_rows``) and record it on the run."""
+        s, model, at = self.settings, event.model_name, event.detected_at
+        back = drift_back_rows(event, s.drift_window, s.drift_window_back_max_rows)
         deadline = refreshed = time.monotonic()
         deadline += s.drift_wait_timeout_s
-        count = await self.feedback.count_complete(event.model_name, event.detected_at)
+
+        async def available() -> int:
+            before = await self.feedback.count_complete(model, None, at) if back else 0
+            return min(before, back) + await self.feedback.count_complete(model, at)
+
+        count = await available()
         while count < s.drift_min_rows:
             if time.monotonic() - refreshed > s.lock_ttl_s / 4:
                 await self._refresh_lock(run)
@@ -346,10 +398,12 @@ class TrainerService:
                     f"within {s.drift_wait_timeout_s:.0f}s"
                 )
             await asyncio.sleep(s.drift_poll_interval_s)
-            count = await self.feedback.count_complete(event.model_name, event.detected_at)
-        rows = await self.feedback.complete_rows(
-            event.model_name, event.detected_at, s.drift_max_rows
-        )
+            count = await available()
+        after = await self.feedback.complete_rows(model, at, s.drift_max_rows)
+        before = await self.feedback.complete_rows(model, None, back, until=at) if back else []
+        rows, used_back = drift_window_rows(before, after, s.drift_max_rows)
+        window = window_record(event, s.drift_window, rows, used_back, s.drift_max_rows)
+        await self._set(run, data_window=window)
         return feedback_dataset(rows)
 
     async def _store_and_announce(
@@ -358,9 +412,10 @@ class TrainerService:
         model = run["model_name"]
         dataset = await self._put_snapshot(model, result.dataset_csv, result.dataset_rows)
         holdout = await self._put_snapshot(model, result.holdout_csv, result.holdout_rows)
-        artifact_uri = artifact_key(model, result.artifact_sha256)
+        fmt = result.artifact_format
+        artifact_uri = artifact_key(model, result.artifact_sha256, fmt)
         if not await self.store.exists(artifact_uri):
-            await self.store.put(artifact_uri, result.artifact, "application/json")
+            await self.store.put(artifact_uri, result.artifact, artifact_content_type(fmt))
         event = trigger.caused(
             ModelTrained,
             producer=PRODUCER,
@@ -368,14 +423,17 @@ class TrainerService:
             model_name=model,
             run_id=run["run_id"],
             artifact=ArtifactRef(
-                uri=artifact_uri, sha256=result.artifact_sha256, size_bytes=len(result.artifact)
+                uri=artifact_uri,
+                sha256=result.artifact_sha256,
+                size_bytes=len(result.artifact),
+                format=fmt,
             ),
             feature_names=result.feature_names,
             metrics=result.metrics,
             lineage=Lineage(
                 dataset=dataset,
                 holdout=holdout,
-                params=run["params"],
+                params=lineage_params(run),
                 seed=run["seed"],
                 code_version=self.settings.code_version,
                 parent_version=run["parent_version"],
@@ -428,6 +486,30 @@ class TrainerService:
 
     async def list_runs(self, model_name: str | None, limit: int) -> list[dict[str, Any]]:
         return await self.runs.list(model_name, limit)
+
+    # -- reproducibility ----------------------------------------------------------------------
+
+    async def reproduce(self, run_id: str) -> dict[str, Any] | None:
+        """Redo a succeeded run from its lineage (object storage only); None if no such run,
+        ``ReproduceFailed`` if it cannot be redone. The outcome is recorded on the run."""
+        run = await self.runs.get(run_id)
+        if run is None:
+            return None
+        if run["state"] != RunState.SUCCEEDED.value or not run.get("lineage"):
+            raise ReproduceFailed(f"run {run_id} is {run['state']}: nothing to reproduce")
+        lineage = Lineage.model_validate(run["lineage"])
+        expected = ArtifactRef.model_validate(run["artifact"])
+        outcome = await redo(self.store, lineage, expected, code_version=self.settings.code_version)
+        outcome = {"run_id": run_id, **outcome, "at": self.clock().isoformat()}
+        await self.runs.update(run_id, {"last_reproduction": outcome})
+        log.info(
+            "run.reproduced",
+            run_id=run_id,
+            matched=outcome["matched"],
+            expected_sha256=outcome["expected_sha256"],
+            actual_sha256=outcome["actual_sha256"],
+        )
+        return outcome
 
 
 __all__ = ["TrainerMetrics", "TrainerService", "run_id_for"]
