@@ -3,6 +3,7 @@ service, handlers and the HTTP API. Nothing connects until the app's lifespan st
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -23,6 +24,7 @@ from . import api
 from .adapters import MongoFeedbackStore, MongoLockStore, MongoRunStore
 from .config import TrainerSettings
 from .handlers import subscribe
+from .scheduler import RetrainScheduler
 from .service import TrainerMetrics, TrainerService
 
 log = structlog.get_logger(__name__)
@@ -73,10 +75,23 @@ def build_app(settings: TrainerSettings) -> FastAPI:
         parts.update(bus=bus, db=db, store=store)
         await bus.start()
         resumed = await service.resume()
-        log.info("trainer.started", resumed_runs=resumed, port=settings.http_port)
+        scheduler = RetrainScheduler(
+            settings.schedules, bus, max_sleep_s=settings.schedule_max_sleep_s
+        )
+        schedule_task = asyncio.create_task(scheduler.run()) if settings.schedules else None
+        app.state.scheduler = scheduler
+        log.info(
+            "trainer.started",
+            resumed_runs=resumed,
+            port=settings.http_port,
+            schedules=sorted(settings.schedules),
+        )
         try:
             yield
         finally:
+            if schedule_task is not None:
+                schedule_task.cancel()
+                await asyncio.gather(schedule_task, return_exceptions=True)
             await service.stop()
             await bus.stop()
             await client.close()
