@@ -89,3 +89,29 @@ async def test_service_republishes_a_stored_unpublished_decision(store, world, f
     assert stored["event_id"] == str(evaluated.event_id)
     assert evaluated.decision == stored["decision"] == "promote"
     assert evaluated.challenger_metrics == stored["challenger_metrics"]
+
+
+async def test_transition_is_a_compare_and_set_on_the_stage(store):
+    await store.insert({**doc("a", 1), "stage": 0, "live": "canary"})
+
+    moved = await store.transition("a", 1, 0, {"stage": 1, "live": "watch", "decision": "x"})
+    stale = await store.transition("a", 1, 0, {"stage": 1, "live": "none"})
+
+    assert moved is not None and moved["live"] == "watch" and moved["stage"] == 1
+    assert stale is None
+    assert (await store.get("a", 1))["live"] == "watch"
+    assert await store.transition("a", 9, 0, {"stage": 1}) is None
+
+
+async def test_active_is_the_newest_live_decision(store):
+    await store.insert({**doc("a", 1), "stage": 2, "live": "watch"})
+    await store.insert({**doc("a", 2), "stage": 0, "live": "canary"})
+    await store.insert({**doc("a", 3), "stage": 0, "live": "none"})
+    await store.insert(doc("b", 1))
+
+    active = await store.active("a")
+
+    assert active is not None and (active["version"], active["live"]) == (2, "canary")
+    assert await store.active("b") is None
+    await store.transition("a", 2, 0, {"stage": 1, "live": "none"})
+    assert (await store.active("a"))["version"] == 1

@@ -7,7 +7,7 @@ import copy
 from datetime import UTC, datetime
 from typing import Any
 
-from pymongo import DESCENDING
+from pymongo import DESCENDING, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
@@ -25,6 +25,7 @@ from modelbus_platform.stores import IntegrityError, ObjectNotFound, ObjectStore
 from .ports import LoadError
 
 NEWEST_FIRST = [("decided_at", DESCENDING), ("version", DESCENDING)]
+LIVE_STAGES = ["shadow", "canary", "watch"]
 
 
 class ObjectStoreModels:
@@ -89,6 +90,29 @@ class MongoDecisionStore:
             {"$set": {"published": True, "published_at": at.astimezone(UTC).isoformat()}},
         )
 
+    async def transition(
+        self, model_name: str, version: int, stage: int, fields: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        doc = await self.col.find_one_and_update(
+            {"model_name": model_name, "version": version, "stage": stage},
+            {"$set": fields},
+            projection={"_id": False},
+            return_document=ReturnDocument.AFTER,
+        )
+        return _normalised(doc) if doc is not None else None
+
+    async def active(self, model_name: str) -> dict[str, Any] | None:
+        cursor = (
+            self.col.find(
+                {"model_name": model_name, "live": {"$in": LIVE_STAGES}},
+                projection={"_id": False},
+            )
+            .sort("version", DESCENDING)
+            .limit(1)
+        )
+        docs = await cursor.to_list(length=1)
+        return _normalised(docs[0]) if docs else None
+
     async def list(self, model_name: str | None, limit: int) -> list[dict[str, Any]]:
         query = {"model_name": model_name} if model_name else {}
         cursor = self.col.find(query, projection={"_id": False}).sort(NEWEST_FIRST).limit(limit)
@@ -131,6 +155,21 @@ class MemoryDecisionStore:
         doc = self.docs.get((model_name, version))
         if doc is not None:
             doc.update(published=True, published_at=at)
+
+    async def transition(
+        self, model_name: str, version: int, stage: int, fields: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        doc = self.docs.get((model_name, version))
+        if doc is None or doc.get("stage") != stage:
+            return None
+        doc.update(copy.deepcopy(fields))
+        return copy.deepcopy(doc)
+
+    async def active(self, model_name: str) -> dict[str, Any] | None:
+        live = [
+            d for (m, _), d in self.docs.items() if m == model_name and d.get("live") in LIVE_STAGES
+        ]
+        return copy.deepcopy(max(live, key=lambda d: d["version"])) if live else None
 
     async def list(self, model_name: str | None, limit: int) -> list[dict[str, Any]]:
         docs = [d for d in self.docs.values() if model_name in (None, d["model_name"])]

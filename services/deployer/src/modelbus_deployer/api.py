@@ -1,16 +1,17 @@
-"""The deployer's HTTP API: its decisions (the audit trail) and the effective promotion policy."""
+"""The deployer's HTTP API: its decisions (the audit trail), human approval of pending decisions,
+and the effective promotion and rollout policy."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any, Literal
 
-from fastapi import APIRouter, HTTPException, Path, Query, Request
+from fastapi import APIRouter, Body, HTTPException, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from modelbus_contracts import DatasetRef, GateResult
 
-from .service import DeployerService
+from .service import DecisionConflict, DeployerService
 
 MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
 
@@ -22,7 +23,12 @@ class DecisionView(BaseModel):
 
     model_name: str
     version: int
-    decision: Literal["promote", "reject"]
+    decision: Literal["promote", "reject", "pending_approval", "shadow", "canary"]
+    stage: int = 0
+    live: str = Field(default="none", description="shadow | canary | watch | none")
+    rollout: dict[str, Any] | None = None
+    watch: dict[str, Any] | None = None
+    history: list[dict[str, Any]] = Field(default_factory=list)
     champion_version: int | None
     reasons: list[str]
     gates: list[GateResult]
@@ -48,11 +54,32 @@ class PolicyEntry(BaseModel):
     min_holdout_rows: int
     latency_budget_ms: float
     latency_samples: int
+    require_approval: bool = False
+    rollout: str = "immediate"
+    shadow_min_predictions: int = 0
+    canary_steps: list[float] = Field(default_factory=list)
+    canary_step_predictions: int = 0
+    min_live_predictions: int = 0
+    min_agreement: float = 0.0
+    max_fallback_rate: float = 0.0
+    live_latency_p99_ms: float = 0.0
+    min_labels: int = 0
+    accuracy_tolerance: float = 0.0
+    rollback_watch_predictions: int = 0
 
 
 class PolicyView(BaseModel):
     default: PolicyEntry
     models: dict[str, PolicyEntry] = Field(description="effective policy of overridden models")
+
+
+class HumanDecision(BaseModel):
+    """Who approves or rejects a pending decision, and why (both go into the audit trail)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    actor: str = Field(min_length=1, max_length=200)
+    reason: str = Field(min_length=1, max_length=2000)
 
 
 router = APIRouter(tags=["deployer"])
@@ -90,3 +117,38 @@ async def policy(
     model_name: str | None = Query(default=None, max_length=200, pattern=MODEL_NAME),
 ) -> PolicyView:
     return PolicyView.model_validate(_service(request).policies(model_name))
+
+
+async def _human(request: Request, model_name: str, version: int, body: HumanDecision, verb: str):
+    service = _service(request)
+    call = service.approve if verb == "approve" else service.reject
+    try:
+        doc = await call(model_name, version, body.actor, body.reason)
+    except LookupError as exc:
+        raise HTTPException(404, str(exc)) from exc
+    except DecisionConflict as exc:
+        raise HTTPException(409, exc.reason) from exc
+    return DecisionView.model_validate(doc)
+
+
+@router.post(
+    "/decisions/{model_name}/{version}/approve",
+    summary="Approve a pending decision: its rollout starts (or it is promoted)",
+)
+async def approve(
+    request: Request,
+    model_name: str = Path(max_length=200, pattern=MODEL_NAME),
+    version: int = Path(ge=1),
+    body: HumanDecision = Body(),
+) -> DecisionView:
+    return await _human(request, model_name, version, body, "approve")
+
+
+@router.post("/decisions/{model_name}/{version}/reject", summary="Reject a pending decision")
+async def reject(
+    request: Request,
+    model_name: str = Path(max_length=200, pattern=MODEL_NAME),
+    version: int = Path(ge=1),
+    body: HumanDecision = Body(),
+) -> DecisionView:
+    return await _human(request, model_name, version, body, "reject")

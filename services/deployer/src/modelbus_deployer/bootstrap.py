@@ -1,7 +1,9 @@
 """The deployer's composition root: ``build_app(settings)`` wires adapters, service and bus.
 
 Nothing connects at import time; the app's lifespan connects MongoDB and object storage, creates
-indexes, subscribes to ModelRegistered (group ``settings.consumer_group``) and starts the bus.
+indexes, subscribes to ModelRegistered (group ``settings.consumer_group``) and, in batches, to
+PredictionMade, LabelObserved and ModelLoadFailed (group ``settings.watch_group``), then starts
+the bus.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import structlog
 from fastapi import FastAPI
 from prometheus_client import Counter
 
-from modelbus_contracts import ModelRegistered
+from modelbus_contracts import LabelObserved, ModelLoadFailed, ModelRegistered, PredictionMade
 from modelbus_platform.bus import EventBus
 from modelbus_platform.http import create_app
 from modelbus_platform.metrics import Metrics
@@ -28,7 +30,8 @@ from modelbus_platform.stores import (
 from .adapters import MongoDecisionStore, ObjectStoreModels
 from .api import router
 from .config import DeployerSettings
-from .handlers import on_model_registered
+from .handlers import on_model_registered, on_telemetry
+from .live_service import LiveService
 from .service import DeployerService
 
 log = structlog.get_logger(__name__)
@@ -84,12 +87,18 @@ def build_app(settings: DeployerSettings) -> FastAPI:
             publisher=bus,
             on_decision=lambda decision: decisions_total.labels(decision).inc(),
         )
+        live = LiveService(settings=settings, decisions=decisions, publisher=bus, deployer=service)
+        service.on_stage = live.note
         app.state.service = service
+        app.state.live = live
         bus.subscribe(
             ModelRegistered,
             group=settings.consumer_group,
             handler=on_model_registered(service),
         )
+        telemetry = on_telemetry(live)
+        for event_cls in (PredictionMade, LabelObserved, ModelLoadFailed):
+            bus.subscribe_batch(event_cls, group=settings.watch_group, handler=telemetry)
         await bus.start()
         runtime.bus, runtime.db, runtime.models = bus, db, models
         log.info("deployer.started", group=settings.consumer_group, db=settings.mongo_db)

@@ -6,11 +6,15 @@ e.g. ``{"churn": {"promotion_margin": 0.02, "primary_metric": "log_loss"}}``.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from modelbus_platform.settings import ServiceSettings
 
-from .domain import MetricName, Policy
+from .domain import MetricName, Policy, RolloutPolicy
+
+Fraction = Annotated[float, Field(gt=0, lt=1)]
 
 
 class ModelPolicy(BaseModel):
@@ -36,6 +40,42 @@ class ModelPolicy(BaseModel):
     )
     latency_samples: int | None = Field(
         default=None, ge=1, description="single-row predictions timed for the latency gate"
+    )
+    require_approval: bool | None = Field(
+        default=None, description="a passing verdict waits for a human approve/reject"
+    )
+    rollout: RolloutPolicy | None = Field(
+        default=None, description="immediate | shadow | canary exposure before promotion"
+    )
+    shadow_min_predictions: int | None = Field(
+        default=None, ge=1, description="shadow predictions before shadow vs champion is judged"
+    )
+    canary_steps: list[Fraction] | None = Field(
+        default=None, min_length=1, description="canary traffic fractions, in order"
+    )
+    canary_step_predictions: int | None = Field(
+        default=None, ge=1, description="canary predictions each step is held for"
+    )
+    min_live_predictions: int | None = Field(
+        default=None, ge=1, description="live predictions before a rate or p99 rule may fire"
+    )
+    min_agreement: float | None = Field(
+        default=None, ge=0, le=1, description="shadow label agreement with the champion, minimum"
+    )
+    max_fallback_rate: float | None = Field(
+        default=None, ge=0, le=1, description="fallback (exception) share of live traffic, max"
+    )
+    live_latency_p99_ms: float | None = Field(
+        default=None, gt=0, description="p99 of live latency_ms, maximum"
+    )
+    min_labels: int | None = Field(
+        default=None, ge=1, description="labels before live accuracy is judged"
+    )
+    accuracy_tolerance: float | None = Field(
+        default=None, ge=0, le=1, description="live accuracy may trail hold-out accuracy by this"
+    )
+    rollback_watch_predictions: int | None = Field(
+        default=None, ge=1, description="champion predictions watched after a promotion"
     )
 
 
@@ -71,6 +111,62 @@ class DeployerSettings(ServiceSettings):
     latency_samples: int = Field(
         default=200, ge=1, description="single-row predictions timed for the latency gate"
     )
+    require_approval: bool = Field(
+        default=False, description="a passing verdict waits for POST /decisions/.../approve"
+    )
+    rollout: RolloutPolicy = Field(
+        default="immediate",
+        description="immediate: promote at once; shadow: score in shadow first; canary: "
+        "route growing fractions of traffic to the challenger first",
+    )
+    shadow_min_predictions: int = Field(
+        default=500, ge=1, description="shadow predictions before shadow vs champion is judged"
+    )
+    canary_steps: list[Fraction] = Field(
+        default_factory=lambda: [0.1, 0.5],
+        min_length=1,
+        description="canary traffic fractions, in order; after the last step: promote",
+    )
+    canary_step_predictions: int = Field(
+        default=500, ge=1, description="canary predictions each step is held for"
+    )
+    min_live_predictions: int = Field(
+        default=100, ge=1, description="live predictions before a rate or p99 rule may fire"
+    )
+    min_agreement: float = Field(
+        default=0.9, ge=0, le=1, description="shadow label agreement with the champion, minimum"
+    )
+    max_fallback_rate: float = Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        description="share of live predictions answered by the fallback (the model raised), max",
+    )
+    live_latency_p99_ms: float = Field(
+        default=250.0, gt=0, description="p99 of live PredictionMade.latency_ms, maximum"
+    )
+    min_labels: int = Field(
+        default=200, ge=1, description="labels joined before live accuracy is judged"
+    )
+    accuracy_tolerance: float = Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        description="live accuracy may trail the hold-out accuracy by at most this",
+    )
+    rollback_watch_predictions: int = Field(
+        default=2000,
+        ge=1,
+        description="champion predictions watched after a promotion for automatic rollback",
+    )
+    watch_group: str = Field(
+        default="deployer-watch",
+        description="Kafka consumer group (batch) for PredictionMade, LabelObserved, "
+        "ModelLoadFailed",
+    )
+    active_refresh_s: float = Field(
+        default=1.0, gt=0, description="how stale the watcher's view of live stages may be"
+    )
     policies: dict[str, ModelPolicy] = Field(
         default_factory=dict,
         description="per-model overrides keyed by model name (JSON in MODELBUS_POLICIES)",
@@ -84,6 +180,18 @@ class DeployerSettings(ServiceSettings):
             min_holdout_rows=self.min_holdout_rows,
             latency_budget_ms=self.latency_budget_ms,
             latency_samples=self.latency_samples,
+            require_approval=self.require_approval,
+            rollout=self.rollout,
+            shadow_min_predictions=self.shadow_min_predictions,
+            canary_steps=tuple(self.canary_steps),
+            canary_step_predictions=self.canary_step_predictions,
+            min_live_predictions=self.min_live_predictions,
+            min_agreement=self.min_agreement,
+            max_fallback_rate=self.max_fallback_rate,
+            live_latency_p99_ms=self.live_latency_p99_ms,
+            min_labels=self.min_labels,
+            accuracy_tolerance=self.accuracy_tolerance,
+            rollback_watch_predictions=self.rollback_watch_predictions,
         )
 
     def policy_for(self, model_name: str) -> Policy:

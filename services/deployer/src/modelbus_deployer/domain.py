@@ -22,6 +22,7 @@ from modelbus_ml import Dataset, evaluate
 
 MetricName = Literal["auc", "accuracy", "log_loss", "brier"]
 Decision = Literal["promote", "reject"]
+RolloutPolicy = Literal["immediate", "shadow", "canary"]
 LOWER_IS_BETTER: frozenset[str] = frozenset({"log_loss", "brier"})
 EPSILON = 1e-12  # float slack so "better by exactly the margin" passes
 
@@ -47,16 +48,32 @@ class Policy:
     min_holdout_rows: int = 100
     latency_budget_ms: float = 5.0
     latency_samples: int = 200
+    require_approval: bool = False
+    rollout: RolloutPolicy = "immediate"
+    shadow_min_predictions: int = 500
+    canary_steps: tuple[float, ...] = (0.1, 0.5)
+    canary_step_predictions: int = 500
+    min_live_predictions: int = 100
+    min_agreement: float = 0.9
+    max_fallback_rate: float = 0.05
+    live_latency_p99_ms: float = 250.0
+    min_labels: int = 200
+    accuracy_tolerance: float = 0.05
+    rollback_watch_predictions: int = 2000
 
     @property
     def higher_is_better(self) -> bool:
         return self.primary_metric not in LOWER_IS_BETTER
 
     def with_overrides(self, overrides: dict[str, Any]) -> Policy:
+        if "canary_steps" in overrides:
+            overrides = {**overrides, "canary_steps": tuple(overrides["canary_steps"])}
         return dataclasses.replace(self, **overrides)
 
     def as_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "higher_is_better": self.higher_is_better}
+        data = dataclasses.asdict(self)
+        data["canary_steps"] = list(self.canary_steps)
+        return {**data, "higher_is_better": self.higher_is_better}
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,17 @@ class DecisionStore(Protocol):
 
     async def mark_published(self, model_name: str, version: int, at: datetime) -> None: ...
 
+    async def transition(
+        self, model_name: str, version: int, stage: int, fields: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """Compare-and-set: apply ``fields`` only if the decision is still at ``stage``.
+        Returns the updated document, or None (another replica or request moved it)."""
+        ...
+
+    async def active(self, model_name: str) -> dict[str, Any] | None:
+        """The newest decision of the model in a live stage (shadow, canary, watch), if any."""
+        ...
+
     async def list(self, model_name: str | None, limit: int) -> list[dict[str, Any]]:
         """Newest first."""
         ...

@@ -11,19 +11,75 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any, Literal, TypeVar
 
 import structlog
 
-from modelbus_contracts import ModelEvaluated, ModelRegistered
+from modelbus_contracts import GateResult, ModelEvaluated, ModelRegistered
 from modelbus_contracts.envelope import utcnow
 from modelbus_platform.bus import Publisher
 
 from .config import DeployerSettings
 from .domain import Clock, Policy, Verdict, judge, load_failure
 from .ports import DecisionStore, LoadError, ModelSource
+from .rollout import Next, first_stage
+
+STAGE_IDS = uuid.UUID("5b0c6f1e-3d2a-4e8b-9f7c-1a2b3c4d5e6f")
+
+
+class DecisionConflict(Exception):
+    """The decision is not in the state the request expects (e.g. not pending approval)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def stage_event_id(model_name: str, version: int, stage: int) -> uuid.UUID:
+    """Deterministic: two replicas advancing the same stage emit the same event (deduped)."""
+    return uuid.uuid5(STAGE_IDS, f"{model_name}/{version}/stage/{stage}")
+
+
+def stage_event(
+    doc: dict[str, Any],
+    producer: str,
+    nxt: Next,
+    stage: int,
+    *,
+    reasons: list[str],
+    gates: list[GateResult] | list[dict[str, Any]],
+    live_metrics: dict[str, float] | None = None,
+    actor: str | None = None,
+) -> ModelEvaluated:
+    """The ModelEvaluated of a later stage of ``doc``'s decision (approval, rollout step)."""
+    return ModelEvaluated(
+        event_id=stage_event_id(doc["model_name"], doc["version"], stage),
+        producer=producer,
+        correlation_id=doc["correlation_id"],
+        causation_id=doc["event_id"],
+        model_name=doc["model_name"],
+        version=doc["version"],
+        champion_version=doc["champion_version"],
+        decision=nxt.decision,
+        reasons=reasons,
+        gates=gates,
+        holdout=doc["holdout"],
+        challenger_metrics=doc["challenger_metrics"],
+        champion_metrics=doc["champion_metrics"],
+        rollout=nxt.rollout,
+        actor=actor,
+        live_metrics=live_metrics or {},
+    )
+
+
+def history_entry(
+    at: datetime, what: str, reasons: list[str], numbers: dict[str, Any], **extra: Any
+) -> dict[str, Any]:
+    return {"at": at.isoformat(), "what": what, "reasons": reasons, "numbers": numbers, **extra}
+
 
 log = structlog.get_logger(__name__)
 
@@ -50,6 +106,7 @@ class DeployerService:
         self.clock = clock
         self.now = now
         self.on_decision = on_decision
+        self.on_stage: Callable[[dict[str, Any]], None] | None = None  # the live watcher
 
     # -- commands ---------------------------------------------------------------------------
 
@@ -74,8 +131,13 @@ class DeployerService:
         )
         if self.on_decision is not None:
             self.on_decision(doc["decision"])
+        self._staged(doc)
         await self._publish(doc)
         return "decided"
+
+    def _staged(self, doc: dict[str, Any]) -> None:
+        if self.on_stage is not None:
+            self.on_stage(doc)
 
     async def _resume(self, doc: dict[str, Any]) -> Outcome:
         if doc.get("published"):
@@ -145,13 +207,17 @@ class DeployerService:
         timings: dict[str, float],
     ) -> dict[str, Any]:
         champion = event.champion
+        nxt = Next("reject")
+        if verdict.decision == "promote":
+            nxt = first_stage(policy, has_champion=champion is not None)
         evaluated = event.caused(
             ModelEvaluated,
             producer=self.settings.service_name,
             model_name=event.model_name,
             version=event.version,
             champion_version=champion.version if champion else None,
-            decision=verdict.decision,
+            decision=nxt.decision,
+            rollout=nxt.rollout,
             reasons=verdict.reasons,
             gates=verdict.gates,
             holdout=event.lineage.holdout,
@@ -162,7 +228,17 @@ class DeployerService:
         return {
             "model_name": event.model_name,
             "version": event.version,
-            "decision": verdict.decision,
+            "decision": nxt.decision,
+            "stage": 0,
+            "live": nxt.live,
+            "rollout": data["rollout"],
+            "watch": None,
+            "holdout_accuracy": verdict.challenger_metrics.get("accuracy"),
+            "history": [
+                history_entry(
+                    self.now(), nxt.decision, data["reasons"], {}, event_id=data["event_id"]
+                )
+            ],
             "champion_version": data["champion_version"],
             "reasons": data["reasons"],
             "gates": data["gates"],
@@ -183,6 +259,92 @@ class DeployerService:
             "published": False,
             "published_at": None,
         }
+
+    # -- later stages: approval and live rollout steps -----------------------------------------
+
+    async def approve(self, model_name: str, version: int, actor: str, reason: str) -> dict:
+        """A human approves a pending decision: its rollout starts, or it is promoted."""
+        doc = await self._pending(model_name, version)
+        policy = self.settings.policy_for(model_name)
+        nxt = first_stage(policy, doc["champion_version"] is not None, approved=True)
+        return await self._human(doc, nxt, actor, f"approved by {actor}: {reason}")
+
+    async def reject(self, model_name: str, version: int, actor: str, reason: str) -> dict:
+        doc = await self._pending(model_name, version)
+        return await self._human(doc, Next("reject"), actor, f"rejected by {actor}: {reason}")
+
+    async def _pending(self, model_name: str, version: int) -> dict[str, Any]:
+        doc = await self.decisions.get(model_name, version)
+        if doc is None:
+            raise LookupError(f"no decision for {model_name} v{version}")
+        if doc["decision"] != "pending_approval":
+            raise DecisionConflict(
+                f"{model_name} v{version} is not pending approval (decision: {doc['decision']})"
+            )
+        return doc
+
+    async def _human(self, doc: dict[str, Any], nxt: Next, actor: str, reason: str) -> dict:
+        reasons = [reason, *doc["reasons"]]
+        event = stage_event(
+            doc,
+            self.settings.service_name,
+            nxt,
+            int(doc.get("stage") or 0) + 1,
+            reasons=reasons,
+            gates=doc["gates"],
+            actor=actor,
+        )
+        stored = await self.advance(doc, nxt, event, {"actor": actor})
+        if stored is None:
+            raise DecisionConflict(f"{doc['model_name']} v{doc['version']} changed meanwhile")
+        await self._publish(stored)
+        return await self.decisions.get(doc["model_name"], doc["version"]) or stored
+
+    async def advance(
+        self,
+        doc: dict[str, Any],
+        nxt: Next,
+        event: ModelEvaluated,
+        numbers: dict[str, Any],
+        *,
+        published: bool = False,
+    ) -> dict[str, Any] | None:
+        """Move ``doc`` to its next stage by compare-and-set on its stage number; the new
+        ModelEvaluated is stored as the event to publish. None if another replica moved it."""
+        data = event.model_dump(mode="json")
+        stage = int(doc.get("stage") or 0)
+        entry = history_entry(
+            self.now(), nxt.decision, data["reasons"], numbers, event_id=data["event_id"]
+        )
+        fields = {
+            "stage": stage + 1,
+            "decision": nxt.decision,
+            "live": nxt.live,
+            "rollout": data["rollout"],
+            "reasons": data["reasons"],
+            "gates": data["gates"],
+            "event": data,
+            "event_id": data["event_id"],
+            "history": [*(doc.get("history") or []), entry],
+            "published": published,
+            "published_at": self.now().isoformat() if published else None,
+        }
+        stored = await self.decisions.transition(doc["model_name"], doc["version"], stage, fields)
+        if stored is None:
+            return None
+        log.info(
+            "decision.advanced",
+            model_name=doc["model_name"],
+            version=doc["version"],
+            stage=stage + 1,
+            decision=nxt.decision,
+            rollout=data["rollout"],
+            reasons=data["reasons"],
+        )
+        if self.on_decision is not None:
+            self.on_decision(nxt.decision)
+        self._staged(stored)
+        return stored
 
     # -- queries ----------------------------------------------------------------------------
 

@@ -1,0 +1,202 @@
+"""The deployer's live side: follow rollouts and freshly promoted champions on live traffic.
+
+Batches of PredictionMade, LabelObserved and ModelLoadFailed (consumer group ``deployer-watch``)
+feed the ``LiveTracker``; after each batch every touched model's live stage is judged by the
+pure rules in ``rollout``. A stage that passes or fails is advanced by compare-and-set on the
+decision document (its stage number), so two replicas never both decide:
+
+- shadow / canary step passed -> the next canary step or ``promote`` (a ModelEvaluated);
+- shadow / canary failed -> ``reject`` (a ModelEvaluated with the failed rules' numbers);
+- watch failed -> ModelRollbackRequested (deterministic id per (model, version): one per
+  promotion however often it is re-decided); watch passed -> the watch is closed.
+
+Events are published before the compare-and-set with deterministic ids: if the publish fails the
+batch is retried and decides again; if another replica won the race its event has the same id
+and consumers dedupe it.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from modelbus_contracts import (
+    Event,
+    LabelObserved,
+    ModelLoadFailed,
+    ModelRollbackRequested,
+    PredictionMade,
+    Rollout,
+)
+from modelbus_platform.bus import Publisher
+
+from .config import DeployerSettings
+from .ports import DecisionStore
+from .rollout import LiveVerdict, Next, after_pass, judge_live
+from .service import STAGE_IDS, DeployerService, history_entry, stage_event
+from .watch import ActiveStage, LiveTracker
+
+log = structlog.get_logger(__name__)
+
+
+def rollback_event_id(model_name: str, from_version: int) -> uuid.UUID:
+    return uuid.uuid5(STAGE_IDS, f"{model_name}/{from_version}/rollback")
+
+
+def active_stage(doc: dict[str, Any] | None) -> ActiveStage | None:
+    if doc is None or doc.get("live") not in ("shadow", "canary", "watch"):
+        return None
+    return ActiveStage(
+        model_name=doc["model_name"],
+        version=int(doc["version"]),
+        stage_no=int(doc.get("stage") or 0),
+        stage=doc["live"],
+        champion_version=doc.get("champion_version"),
+        holdout_accuracy=doc.get("holdout_accuracy"),
+        doc=doc,
+    )
+
+
+class LiveService:
+    def __init__(
+        self,
+        *,
+        settings: DeployerSettings,
+        decisions: DecisionStore,
+        publisher: Publisher,
+        deployer: DeployerService,
+        tracker: LiveTracker | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.decisions = decisions
+        self.publisher = publisher
+        self.deployer = deployer
+        self.tracker = tracker or LiveTracker()
+        self.monotonic = monotonic
+        self._active: dict[str, tuple[float, ActiveStage | None]] = {}
+
+    # -- which stage each model is in --------------------------------------------------------
+
+    def note(self, doc: dict[str, Any]) -> None:
+        """This replica just stored ``doc``: follow it at once (no store round trip)."""
+        self._active[doc["model_name"]] = (self.monotonic(), active_stage(doc))
+
+    async def active(self, model_name: str) -> ActiveStage | None:
+        cached = self._active.get(model_name)
+        if cached is not None and self.monotonic() - cached[0] < self.settings.active_refresh_s:
+            return cached[1]
+        stage = active_stage(await self.decisions.active(model_name))
+        self._active[model_name] = (self.monotonic(), stage)
+        return stage
+
+    # -- telemetry ---------------------------------------------------------------------------
+
+    async def handle(self, events: list[Event]) -> dict[str, str]:
+        """Count a batch, then judge every model it touched. Returns model -> outcome."""
+        touched: set[str] = set()
+        for event in events:
+            if isinstance(event, LabelObserved):
+                if self.tracker.label(event):
+                    touched.add(event.model_name)
+                continue
+            stage = await self.active(event.model_name)
+            if stage is None:
+                continue
+            if isinstance(event, PredictionMade):
+                hit = self.tracker.prediction(event, stage)
+            elif isinstance(event, ModelLoadFailed):
+                hit = self.tracker.load_failed(event, stage)
+            else:
+                hit = False
+            if hit:
+                touched.add(event.model_name)
+        return {name: await self.evaluate(name) for name in sorted(touched)}
+
+    async def evaluate(self, model_name: str) -> str:
+        stage = await self.active(model_name)
+        if stage is None or stage.key not in self.tracker.windows:
+            return "idle"
+        policy = self.settings.policy_for(model_name)
+        window = self.tracker.windows[stage.key]
+        verdict = judge_live(window, policy, stage.stage, stage.holdout_accuracy, stage.who)
+        if verdict.outcome == "wait":
+            return "wait"
+        if stage.stage == "watch":
+            outcome = await self._end_watch(stage, verdict)
+        else:
+            outcome = await self._step(stage, verdict)
+        self.tracker.forget(stage.key)
+        return outcome
+
+    # -- decisions ---------------------------------------------------------------------------
+
+    async def _step(self, stage: ActiveStage, verdict: LiveVerdict) -> str:
+        doc = stage.doc
+        if verdict.outcome == "pass":
+            policy = self.settings.policy_for(stage.model_name)
+            nxt = after_pass(policy, Rollout.model_validate(doc["rollout"]))
+        else:
+            nxt = Next("reject")
+        event = stage_event(
+            doc,
+            self.settings.service_name,
+            nxt,
+            stage.stage_no + 1,
+            reasons=verdict.reasons,
+            gates=verdict.gates,
+            live_metrics=verdict.evidence,
+        )
+        await self.publisher.publish(event)
+        stored = await self.deployer.advance(doc, nxt, event, verdict.evidence, published=True)
+        return self._after(stage, stored, nxt.decision)
+
+    async def _end_watch(self, stage: ActiveStage, verdict: LiveVerdict) -> str:
+        doc, now = stage.doc, self.deployer.now()
+        reason = "; ".join(verdict.reasons)
+        watch: dict[str, Any] = {"status": "passed", "reason": reason, "at": now.isoformat()}
+        if verdict.outcome == "fail":
+            request = ModelRollbackRequested(
+                event_id=rollback_event_id(stage.model_name, stage.version),
+                producer=self.settings.service_name,
+                correlation_id=doc["correlation_id"],
+                causation_id=doc["event_id"],
+                model_name=stage.model_name,
+                from_version=stage.version,
+                to_version=stage.champion_version,
+                reason=reason[:2000],
+                evidence=verdict.evidence,
+            )
+            await self.publisher.publish(request)
+            watch.update(status="rollback_requested", event_id=str(request.event_id))
+            log.warning(
+                "watch.rollback_requested",
+                model_name=stage.model_name,
+                version=stage.version,
+                reason=reason,
+                evidence=verdict.evidence,
+            )
+        what = "rollback_requested" if verdict.outcome == "fail" else "watch_passed"
+        entry = history_entry(now, what, verdict.reasons, verdict.evidence)
+        fields = {
+            "stage": stage.stage_no + 1,
+            "live": "none",
+            "watch": {**watch, "evidence": verdict.evidence},
+            "history": [*(doc.get("history") or []), entry],
+        }
+        stored = await self.decisions.transition(
+            stage.model_name, stage.version, stage.stage_no, fields
+        )
+        return self._after(stage, stored, what)
+
+    def _after(self, stage: ActiveStage, stored: dict[str, Any] | None, what: str) -> str:
+        if stored is None:  # another replica (or request) moved this decision first
+            self._active.pop(stage.model_name, None)
+            return "lost_race"
+        self.note(stored)
+        log.info("live.decided", model_name=stage.model_name, version=stage.version, what=what)
+        return what

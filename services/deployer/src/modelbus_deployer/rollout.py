@@ -1,0 +1,249 @@
+"""Safe rollouts, as pure logic: the stage machine, live statistics and the live rules.
+
+No I/O here. A version that passed its hold-out gates goes through stages:
+
+    pending_approval? -> shadow | canary step 0 -> canary step 1 -> ... -> promote -> watch
+
+Each live stage collects a ``LiveWindow`` (the challenger's arm, the champion's baseline, the
+fallbacks, shadow agreement, load failures) and ``judge_live`` turns it into wait / pass / fail
+with one ``GateResult`` per rule, each carrying its observed value and threshold. A failed
+rollout is a reject; a failed post-promotion watch is a rollback request.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from modelbus_contracts import GateResult, Rollout
+
+from .domain import Policy
+
+Stage = Literal["shadow", "canary", "watch"]
+Outcome = Literal["wait", "pass", "fail"]
+LATENCY_WINDOW = 10_000
+
+
+# --- the stage machine -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Next:
+    """What a decision leads to: the ModelEvaluated decision and the rollout it starts."""
+
+    decision: Literal["promote", "reject", "pending_approval", "shadow", "canary"]
+    rollout: Rollout | None = None
+
+    @property
+    def live(self) -> str:
+        """The live stage the decision opens (what the watcher must follow)."""
+        if self.decision in ("shadow", "canary"):
+            return self.decision
+        return "watch" if self.decision == "promote" else "none"
+
+
+def first_stage(policy: Policy, has_champion: bool, approved: bool = False) -> Next:
+    """Where a version whose hold-out gates all passed goes first."""
+    if policy.require_approval and not approved:
+        return Next("pending_approval")
+    if not has_champion or policy.rollout == "immediate":
+        return Next("promote")  # nothing to compare live traffic against
+    if policy.rollout == "shadow":
+        return Next("shadow", Rollout(mode="shadow", fraction=0.0, step=0))
+    return Next("canary", Rollout(mode="canary", fraction=policy.canary_steps[0], step=0))
+
+
+def after_pass(policy: Policy, rollout: Rollout) -> Next:
+    """A live stage passed: the next canary step, or promote."""
+    if rollout.mode == "canary" and rollout.step + 1 < len(policy.canary_steps):
+        step = rollout.step + 1
+        return Next("canary", Rollout(mode="canary", fraction=policy.canary_steps[step], step=step))
+    return Next("promote")
+
+
+def required_predictions(policy: Policy, stage: Stage) -> int:
+    if stage == "shadow":
+        return policy.shadow_min_predictions
+    if stage == "canary":
+        return policy.canary_step_predictions
+    return policy.rollback_watch_predictions
+
+
+# --- live statistics -------------------------------------------------------------------------
+
+
+@dataclass
+class ArmStats:
+    """One model version serving one role: counts, labelled accuracy, recent latencies."""
+
+    predictions: int = 0
+    labelled: int = 0
+    correct: int = 0
+    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
+
+    def predicted(self, latency_ms: float) -> None:
+        self.predictions += 1
+        self.latencies.append(latency_ms)
+
+    def labelled_as(self, correct: bool) -> None:
+        self.labelled += 1
+        self.correct += int(correct)
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.correct / self.labelled if self.labelled else None
+
+    @property
+    def p99_ms(self) -> float | None:
+        if not self.latencies:
+            return None
+        return float(np.percentile(np.fromiter(self.latencies, dtype=float), 99))
+
+
+@dataclass
+class LiveWindow:
+    """Everything seen live during one stage of one version."""
+
+    arm: ArmStats = field(default_factory=ArmStats)
+    baseline: ArmStats = field(default_factory=ArmStats)
+    fallbacks: int = 0
+    compared: int = 0
+    agreed: int = 0
+    load_failures: list[str] = field(default_factory=list)
+
+    def compare(self, same_label: bool) -> None:
+        self.compared += 1
+        self.agreed += int(same_label)
+
+    @property
+    def fallback_rate(self) -> float:
+        total = self.arm.predictions + self.fallbacks
+        return self.fallbacks / total if total else 0.0
+
+    @property
+    def agreement(self) -> float | None:
+        return self.agreed / self.compared if self.compared else None
+
+    def evidence(self) -> dict[str, float]:
+        """The numbers behind a verdict, finite floats only (they travel in events)."""
+        numbers = {
+            "predictions": float(self.arm.predictions),
+            "fallbacks": float(self.fallbacks),
+            "fallback_rate": self.fallback_rate,
+            "labelled": float(self.arm.labelled),
+            "load_failures": float(len(self.load_failures)),
+            "champion_predictions": float(self.baseline.predictions),
+            "compared": float(self.compared),
+        }
+        optional = {
+            "latency_p99_ms": self.arm.p99_ms,
+            "live_accuracy": self.arm.accuracy,
+            "champion_live_accuracy": self.baseline.accuracy,
+            "agreement": self.agreement,
+        }
+        numbers.update({k: float(v) for k, v in optional.items() if v is not None})
+        return {k: round(v, 6) for k, v in numbers.items() if math.isfinite(v)}
+
+
+# --- the rules -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LiveVerdict:
+    outcome: Outcome
+    gates: list[GateResult]
+    reasons: list[str]
+    evidence: dict[str, float]
+
+
+def _gate(name: str, passed: bool, observed: float, threshold: float, detail: str) -> GateResult:
+    return GateResult(
+        name=name,
+        passed=passed,
+        observed=float(observed),
+        threshold=float(threshold),
+        detail=detail,
+    )
+
+
+def live_gates(
+    window: LiveWindow,
+    policy: Policy,
+    stage: Stage,
+    holdout_accuracy: float | None,
+    who: str,
+) -> list[GateResult]:
+    """Every rule that has enough data to be judged; a rule without enough data is absent."""
+    gates: list[GateResult] = []
+    arm, minimum = window.arm, policy.min_live_predictions
+    if window.load_failures:
+        count = len(window.load_failures)
+        detail = f"{count} scorer(s) could not load {who}: {window.load_failures[0]}"
+        gates.append(_gate("load_failures", False, count, 0, detail))
+    if arm.predictions + window.fallbacks >= minimum:
+        rate, limit = window.fallback_rate, policy.max_fallback_rate
+        ok = rate <= limit
+        detail = (
+            f"fallback rate {rate:.3f} {'<=' if ok else '>'} maximum {limit:g} over "
+            f"{arm.predictions + window.fallbacks} live predictions of {who}"
+        )
+        gates.append(_gate("fallback_rate", ok, rate, limit, detail))
+    p99 = arm.p99_ms
+    if arm.predictions >= minimum and p99 is not None:
+        ok = p99 <= policy.live_latency_p99_ms
+        detail = (
+            f"live latency p99 {p99:.2f} ms {'<=' if ok else '>'} budget "
+            f"{policy.live_latency_p99_ms:g} ms over {len(arm.latencies)} predictions of {who}"
+        )
+        gates.append(_gate("live_latency_p99", ok, p99, policy.live_latency_p99_ms, detail))
+    accuracy = arm.accuracy
+    if arm.labelled >= policy.min_labels and accuracy is not None and holdout_accuracy is not None:
+        floor = holdout_accuracy - policy.accuracy_tolerance
+        ok = accuracy >= floor
+        detail = (
+            f"live accuracy {accuracy:.3f} on {arm.labelled} labels {'>=' if ok else '<'} "
+            f"hold-out accuracy {holdout_accuracy:.3f} - tolerance {policy.accuracy_tolerance:g}"
+        )
+        gates.append(_gate("live_accuracy", ok, accuracy, floor, detail))
+    agreement = window.agreement
+    if stage == "shadow" and window.compared >= minimum and agreement is not None:
+        ok = agreement >= policy.min_agreement
+        detail = (
+            f"shadow agrees with the champion on {agreement:.3f} of {window.compared} requests "
+            f"{'>=' if ok else '<'} minimum {policy.min_agreement:g}"
+        )
+        gates.append(_gate("shadow_agreement", ok, agreement, policy.min_agreement, detail))
+    return gates
+
+
+def judge_live(
+    window: LiveWindow,
+    policy: Policy,
+    stage: Stage,
+    holdout_accuracy: float | None,
+    who: str,
+) -> LiveVerdict:
+    """Fail as soon as a judged rule fails; pass once the stage's sample size is reached."""
+    gates = live_gates(window, policy, stage, holdout_accuracy, who)
+    required = required_predictions(policy, stage)
+    failed = [g for g in gates if not g.passed]
+    if failed:
+        reasons = [f"{g.name} failed: {g.detail}" for g in failed]
+        return LiveVerdict("fail", gates, reasons, window.evidence())
+    if window.arm.predictions < required:
+        return LiveVerdict("wait", gates, [], window.evidence())
+    size = _gate(
+        "live_sample_size",
+        True,
+        window.arm.predictions,
+        required,
+        f"{window.arm.predictions} live predictions of {who} >= {required} ({stage})",
+    )
+    gates = [size, *gates]
+    return LiveVerdict(
+        "pass", gates, [f"{g.name} passed: {g.detail}" for g in gates], window.evidence()
+    )

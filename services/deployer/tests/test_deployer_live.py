@@ -1,0 +1,229 @@
+"""The deployer's approval, rollout and rollback flows on fakes: decisions advance by
+compare-and-set, every step is a ModelEvaluated with its live numbers, a regression after a
+promotion is one ModelRollbackRequested, and two replicas never both decide."""
+
+from __future__ import annotations
+
+import uuid
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from modelbus_contracts import (
+    LabelObserved,
+    ModelEvaluated,
+    ModelLoadFailed,
+    ModelRollbackRequested,
+    PredictionMade,
+)
+from modelbus_deployer.api import router
+from modelbus_deployer.config import DeployerSettings
+from modelbus_deployer.live_service import LiveService
+from modelbus_deployer.service import DecisionConflict
+
+FAST = dict(
+    canary_steps=[0.1, 0.5],
+    canary_step_predictions=200,
+    shadow_min_predictions=200,
+    rollback_watch_predictions=300,
+    min_live_predictions=100,
+)
+
+
+def prediction(version, served_by="champion", label=1, latency=1.0, shadow_of=None, pid=None):
+    return PredictionMade(
+        producer="scorer",
+        model_name="churn",
+        prediction_id=pid or uuid.uuid4().hex,
+        version=version,
+        features={"x1": 0.0},
+        score=0.9 if label else 0.1,
+        label=label,
+        served_by=served_by,
+        latency_ms=latency,
+        shadow_of=shadow_of,
+    )
+
+
+def live_for(world, service) -> LiveService:
+    live = LiveService(
+        settings=world.settings,
+        decisions=world.decisions,
+        publisher=world.publisher,
+        deployer=service,
+    )
+    service.on_stage = live.note
+    return live
+
+
+async def decided(world, version=2):
+    service = world.service()
+    live = live_for(world, service)
+    event = await world.registered(world.models.good, version, champion=(world.models.bad, 1))
+    await service.handle_registered(event)
+    return service, live
+
+
+def decisions(world) -> list[tuple[str, float | None]]:
+    return [
+        (e.decision, e.rollout.fraction if e.rollout else None)
+        for e in world.publisher.of(ModelEvaluated)
+    ]
+
+
+async def test_canary_steps_then_promotes_then_rolls_back_once_on_fallbacks(make_world):
+    world = make_world(DeployerSettings(rollout="canary", **FAST))
+    _, live = await decided(world)
+    assert decisions(world) == [("canary", 0.1)]
+    assert world.decisions.docs[("churn", 2)]["live"] == "canary"
+
+    champion = [prediction(1) for _ in range(300)]
+    outcome = await live.handle(champion + [prediction(2, "canary") for _ in range(200)])
+    assert outcome == {"churn": "canary"}
+    await live.handle([prediction(2, "canary") for _ in range(199)])
+    assert decisions(world)[-1] == ("canary", 0.5)
+    await live.handle([prediction(2, "canary") for _ in range(1)])
+
+    assert decisions(world) == [("canary", 0.1), ("canary", 0.5), ("promote", None)]
+    step = world.publisher.of(ModelEvaluated)[1]
+    assert step.live_metrics["predictions"] == 200
+    assert step.gates[0].name == "live_sample_size"
+    assert step.causation_id is not None
+    doc = world.decisions.docs[("churn", 2)]
+    assert (doc["live"], doc["stage"], len(doc["history"])) == ("watch", 2, 3)
+
+    burst = [prediction(2) for _ in range(80)] + [prediction(1, "fallback") for _ in range(40)]
+    assert await live.handle(burst) == {"churn": "rollback_requested"}
+    await live.handle([prediction(2, "fallback") for _ in range(200)])
+
+    [request] = world.publisher.of(ModelRollbackRequested)
+    assert (request.from_version, request.to_version) == (2, 1)
+    assert "fallback_rate failed" in request.reason
+    assert request.evidence["fallbacks"] == 40
+    assert request.correlation_id == world.publisher.of(ModelEvaluated)[0].correlation_id
+    doc = world.decisions.docs[("churn", 2)]
+    assert doc["watch"]["status"] == "rollback_requested"
+    assert doc["watch"]["event_id"] == str(request.event_id)
+    assert doc["live"] == "none"
+
+
+async def test_canary_regression_is_a_reject_with_the_numbers(make_world):
+    world = make_world(DeployerSettings(rollout="canary", **FAST))
+    _, live = await decided(world)
+
+    await live.handle([prediction(2, "canary", latency=900.0) for _ in range(120)])
+
+    assert decisions(world)[-1] == ("reject", None)
+    rejected = world.publisher.of(ModelEvaluated)[-1]
+    assert rejected.reasons[0].startswith("live_latency_p99 failed: live latency p99 900.00 ms")
+    assert rejected.live_metrics["latency_p99_ms"] == 900.0
+    assert world.decisions.docs[("churn", 2)]["live"] == "none"
+
+
+async def test_shadow_agreement_and_labels_are_joined(make_world):
+    world = make_world(DeployerSettings(rollout="shadow", min_labels=50, **FAST))
+    _, live = await decided(world)
+    assert decisions(world) == [("shadow", 0.0)]
+    served = [prediction(1, label=1) for _ in range(200)]
+    shadows = [
+        prediction(2, "shadow", label=1 if i < 150 else 0, shadow_of=p.prediction_id)
+        for i, p in enumerate(served)
+    ]
+    labels = [
+        LabelObserved(producer="up", model_name="churn", prediction_id=p.prediction_id, label=1)
+        for p in served[:60]
+    ]
+
+    await live.handle(shadows[:100] + served)  # half the shadows arrive before their champion
+    await live.handle(labels)
+    await live.handle(shadows[100:])
+
+    rejected = world.publisher.of(ModelEvaluated)[-1]
+    assert rejected.decision == "reject"
+    assert rejected.live_metrics["agreement"] == 0.75
+    assert rejected.live_metrics["compared"] == 200
+    assert rejected.live_metrics["labelled"] == 60
+    assert "shadow_agreement failed" in rejected.reasons[0]
+
+
+async def test_a_load_failure_of_the_new_champion_requests_a_rollback(make_world):
+    world = make_world(DeployerSettings(**FAST))
+    _, live = await decided(world)
+    assert decisions(world) == [("promote", None)]
+    failed = ModelLoadFailed(
+        producer="scorer", model_name="churn", version=2, instance="s1", error="integrity"
+    )
+
+    await live.handle([failed])
+    await live.handle([failed])
+
+    [request] = world.publisher.of(ModelRollbackRequested)
+    assert "could not load v2: s1: integrity" in request.reason
+
+
+async def test_watch_passes_after_the_window_without_a_rollback(make_world):
+    world = make_world(DeployerSettings(**FAST))
+    _, live = await decided(world)
+
+    assert await live.handle([prediction(2) for _ in range(300)]) == {"churn": "watch_passed"}
+
+    assert world.publisher.of(ModelRollbackRequested) == []
+    assert world.decisions.docs[("churn", 2)]["watch"]["status"] == "passed"
+
+
+async def test_two_replicas_decide_a_step_once(make_world):
+    world = make_world(DeployerSettings(rollout="canary", **FAST))
+    _, first = await decided(world)
+    second = live_for(world, world.service())
+    assert (await second.active("churn")).stage_no == 0  # both see step 0 when the race starts
+    batch = [prediction(2, "canary") for _ in range(200)]
+
+    outcomes = [await first.handle(batch), await second.handle(batch)]
+
+    assert sorted(o["churn"] for o in outcomes) == ["canary", "lost_race"]
+    steps = world.publisher.of(ModelEvaluated)[1:]
+    assert len({e.event_id for e in steps}) == 1  # a racing copy carries the same event id
+    assert world.decisions.docs[("churn", 2)]["stage"] == 1
+
+
+def app_for(service) -> FastAPI:
+    app = FastAPI()
+    app.include_router(router)
+    app.state.service = service
+    return app
+
+
+async def test_human_approval_over_http(make_world):
+    world = make_world(DeployerSettings(require_approval=True, rollout="canary"))
+    service, _ = await decided(world)
+    assert decisions(world) == [("pending_approval", None)]
+    body = {"actor": "alice", "reason": "reviewed the hold-out numbers"}
+    transport = httpx.ASGITransport(app_for(service))
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        approved = await client.post("/decisions/churn/2/approve", json=body)
+        again = await client.post("/decisions/churn/2/reject", json=body)
+        missing = await client.post("/decisions/churn/9/approve", json=body)
+        anonymous = await client.post("/decisions/churn/2/approve", json={"reason": "x"})
+
+    assert approved.status_code == 200, approved.text
+    assert approved.json()["decision"] == "canary"
+    assert approved.json()["history"][-1]["what"] == "canary"
+    assert again.status_code == 409 and "not pending approval" in again.json()["detail"]
+    assert missing.status_code == 404
+    assert anonymous.status_code == 422
+    final = world.publisher.of(ModelEvaluated)[-1]
+    assert (final.decision, final.actor) == ("canary", "alice")
+    assert final.reasons[0] == "approved by alice: reviewed the hold-out numbers"
+
+
+async def test_human_reject(make_world):
+    world = make_world(DeployerSettings(require_approval=True))
+    service, _ = await decided(world)
+
+    doc = await service.reject("churn", 2, "bob", "not this week")
+
+    assert doc["decision"] == "reject" and doc["published"] is True
+    assert world.publisher.of(ModelEvaluated)[-1].decision == "reject"
+    with pytest.raises(DecisionConflict):
+        await service.approve("churn", 2, "bob", "changed my mind")

@@ -1,0 +1,105 @@
+"""Unit tests of the rollout stage machine and the live rules (pure, no servers)."""
+
+from __future__ import annotations
+
+import pytest
+
+from modelbus_deployer.domain import Policy
+from modelbus_deployer.rollout import LiveWindow, after_pass, first_stage, judge_live
+
+CANARY = Policy(rollout="canary", canary_steps=(0.1, 0.5), canary_step_predictions=200)
+SHADOW = Policy(rollout="shadow", shadow_min_predictions=300)
+
+
+def window(predictions=0, fallbacks=0, latency=1.0, labelled=0, correct=0, agree=None):
+    w = LiveWindow()
+    for _ in range(predictions):
+        w.arm.predicted(latency)
+    w.fallbacks = fallbacks
+    for i in range(labelled):
+        w.arm.labelled_as(i < correct)
+    if agree is not None:
+        compared, agreed = agree
+        for i in range(compared):
+            w.compare(i < agreed)
+    return w
+
+
+def test_stage_machine_immediate_shadow_canary_and_approval():
+    assert first_stage(Policy(), has_champion=True).decision == "promote"
+    assert first_stage(SHADOW, has_champion=False).decision == "promote"  # nothing to shadow
+    shadow = first_stage(SHADOW, has_champion=True)
+    assert (shadow.decision, shadow.rollout.mode, shadow.live) == ("shadow", "shadow", "shadow")
+    canary = first_stage(CANARY, has_champion=True)
+    assert (canary.decision, canary.rollout.fraction, canary.rollout.step) == ("canary", 0.1, 0)
+    step2 = after_pass(CANARY, canary.rollout)
+    assert (step2.decision, step2.rollout.fraction, step2.rollout.step) == ("canary", 0.5, 1)
+    assert after_pass(CANARY, step2.rollout).decision == "promote"
+    assert after_pass(SHADOW, shadow.rollout).live == "watch"
+    gated = Policy(require_approval=True, rollout="canary")
+    assert first_stage(gated, has_champion=True).decision == "pending_approval"
+    assert first_stage(gated, has_champion=True, approved=True).decision == "canary"
+
+
+def test_waits_until_the_sample_then_passes_with_numbers():
+    assert judge_live(window(199), CANARY, "canary", None, "v2").outcome == "wait"
+
+    verdict = judge_live(window(200), CANARY, "canary", None, "v2")
+
+    assert verdict.outcome == "pass"
+    size = verdict.gates[0]
+    assert (size.name, size.observed, size.threshold) == ("live_sample_size", 200, 200)
+    assert {g.name for g in verdict.gates} >= {"fallback_rate", "live_latency_p99"}
+    assert verdict.evidence["predictions"] == 200
+    assert verdict.evidence["latency_p99_ms"] == pytest.approx(1.0)
+
+
+def test_fallback_burst_fails_before_the_sample_is_complete():
+    verdict = judge_live(window(90, fallbacks=30), Policy(), "watch", None, "v2")
+
+    assert verdict.outcome == "fail"
+    assert verdict.reasons[0].startswith("fallback_rate failed: fallback rate 0.250 > maximum")
+    assert verdict.evidence["fallback_rate"] == 0.25
+
+
+def test_too_few_predictions_judge_nothing():
+    verdict = judge_live(window(10, fallbacks=10), Policy(), "watch", None, "v2")
+    assert verdict.outcome == "wait" and verdict.gates == []
+
+
+def test_latency_p99_over_budget_fails():
+    verdict = judge_live(window(150, latency=400.0), Policy(), "watch", None, "v3")
+    assert verdict.outcome == "fail"
+    assert "live latency p99 400.00 ms > budget 250 ms" in verdict.reasons[0]
+
+
+def test_live_accuracy_against_the_holdout_once_enough_labels():
+    few = window(150, labelled=100, correct=10)
+    assert judge_live(few, Policy(), "watch", 0.9, "v2").outcome == "wait"
+    bad = window(150, labelled=200, correct=150)  # 0.75 < 0.9 - 0.05
+    verdict = judge_live(bad, Policy(), "watch", 0.9, "v2")
+    assert verdict.outcome == "fail"
+    [gate] = [g for g in verdict.gates if g.name == "live_accuracy"]
+    assert gate.observed == 0.75 and gate.threshold == pytest.approx(0.85)
+    fine = window(150, labelled=200, correct=176)
+    assert judge_live(fine, Policy(), "watch", 0.9, "v2").outcome == "wait"
+
+
+def test_shadow_disagreement_fails():
+    verdict = judge_live(window(300, agree=(300, 240)), SHADOW, "shadow", None, "v2")
+    assert verdict.outcome == "fail"
+    assert (
+        "shadow agrees with the champion on 0.800 of 300 requests < minimum 0.9"
+        in (verdict.reasons[0])
+    )
+    good = judge_live(window(300, agree=(300, 290)), SHADOW, "shadow", None, "v2")
+    assert good.outcome == "pass"
+    assert good.evidence["agreement"] == pytest.approx(290 / 300)
+
+
+def test_a_load_failure_fails_at_once():
+    w = window(0)
+    w.load_failures.append("scorer-a: integrity: sha256 mismatch")
+    verdict = judge_live(w, Policy(), "watch", None, "v2")
+    assert verdict.outcome == "fail"
+    assert "could not load v2: scorer-a: integrity" in verdict.reasons[0]
