@@ -7,9 +7,11 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 from modelbus_contracts import FeatureStats
-from modelbus_monitor.detectors import AdwinDetector, quality_issues
+from modelbus_monitor.detectors import ERROR_STREAM, StreamConfig
+from modelbus_monitor.detectors import Stream as DriftStream
 from modelbus_monitor.domain import DetectorConfig, ModelMonitor, Outcome
 from modelbus_monitor.join import LabelPoint, PredictionPoint
+from modelbus_monitor.quality import bounds_for, quality_issues
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 REFERENCE = {
@@ -86,11 +88,13 @@ def test_error_rate_up_opens_exactly_one_incident_and_suppresses_the_rest():
     incident = opened[0]
     event = incident.drift_event()
     assert event.feature == "__error__"
-    assert event.statistic > event.reference_value
+    assert event.current_value > event.reference_value
+    assert event.statistic > event.threshold  # the confirming two-proportion z-test
     assert event.correlation_id == uuid.UUID(incident.incident_id)
     assert event.observations > 3000
     assert event.window_size < event.observations
-    assert event.threshold == 0.002
+    assert event.detector == "adwin+two_proportion_z"
+    assert incident.evidence["p_value"] < 0.001
     dispositions = [d for _, d in stream.alarms()]
     assert dispositions[0] == "opened"
     assert dispositions.count("opened") == 1
@@ -218,12 +222,13 @@ def test_only_champion_and_fallback_reach_the_detectors():
 
 
 def test_quality_checks_count_missing_non_finite_and_out_of_range():
-    issues = quality_issues({"x": 99.0, "y": float("nan")}, REFERENCE)
+    bounds = bounds_for(REFERENCE)
+    issues = quality_issues({"x": 99.0, "y": float("nan")}, bounds)
     assert [(i.check, i.feature) for i in issues] == [("out_of_range", "x"), ("non_finite", "y")]
     assert issues[0].high == 7.0
-    missing = quality_issues({"x": 0.0}, REFERENCE)
+    missing = quality_issues({"x": 0.0}, bounds)
     assert [(i.check, i.feature) for i in missing] == [("missing", "y")]
-    assert quality_issues({"x": 6.9, "y": 10.0}, REFERENCE) == []
+    assert quality_issues({"x": 6.9, "y": 10.0}, bounds, outlier_z=10) == []
 
 
 def test_quality_alert_at_most_once_per_cooldown_with_counts_and_examples():
@@ -248,11 +253,12 @@ def test_quality_alert_at_most_once_per_cooldown_with_counts_and_examples():
     assert second.examples[0]["prediction_id"] == "p1"
 
 
-def test_adwin_up_detector_ignores_a_drop():
-    detector = AdwinDetector("__error__", delta=0.002, min_observations=0, direction="up")
-    alarms = [detector.update(1.0) for _ in range(500)] + [detector.update(0.0) for _ in range(500)]
+def test_error_stream_ignores_a_drop():
+    config = StreamConfig(min_observations=0, direction="up")
+    stream = DriftStream(ERROR_STREAM, "error", config)
+    alarms = [stream.update(1.0) for _ in range(500)] + [stream.update(0.0) for _ in range(500)]
     assert [a for a in alarms if a is not None] == []
-    assert detector.changes >= 1
+    assert stream.changes >= 1
 
 
 def test_redelivered_prediction_feeds_nothing_twice():

@@ -1,9 +1,10 @@
-"""Adapters for the monitor's ports: incidents in MongoDB, the registry over HTTP, and the
-in-memory fakes unit tests use."""
+"""Adapters for the monitor's ports: incidents, detector checkpoints and daily windows in
+MongoDB, the registry over HTTP, and the in-memory fakes unit tests use."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from datetime import datetime
 from typing import Any
 
@@ -93,6 +94,71 @@ class MemoryIncidentStore:
 
     async def ping(self) -> bool:
         return True
+
+
+class MongoStateStore:
+    """Collection ``monitor_state``: one JSON checkpoint per model (floats and lists only)."""
+
+    def __init__(self, db: AsyncDatabase, collection: str = "monitor_state") -> None:
+        self.col = db[collection]
+
+    async def init(self) -> None:
+        return None
+
+    async def save(self, snapshot: dict) -> None:
+        await self.col.replace_one({"_id": snapshot["_id"]}, snapshot, upsert=True)
+
+    async def load(self, model_name: str) -> dict | None:
+        return await self.col.find_one({"_id": model_name})
+
+
+class MemoryStateStore:
+    def __init__(self) -> None:
+        self.docs: dict[str, dict] = {}
+        self.saves = 0
+
+    async def init(self) -> None:
+        return None
+
+    async def save(self, snapshot: dict) -> None:
+        self.saves += 1
+        self.docs[snapshot["_id"]] = json.loads(json.dumps(snapshot))  # JSON round trip
+
+    async def load(self, model_name: str) -> dict | None:
+        return self.docs.get(model_name)
+
+
+class MongoDailyStore:
+    """Collection ``daily_features``: ``_id`` = ``model|day|feature``."""
+
+    def __init__(self, db: AsyncDatabase, collection: str = "daily_features") -> None:
+        self.col = db[collection]
+
+    async def init(self) -> None:
+        await self.col.create_index([("model_name", 1), ("day", 1)])
+
+    async def save(self, docs: list[dict]) -> None:
+        for doc in docs:
+            await self.col.replace_one({"_id": doc["_id"]}, doc, upsert=True)
+
+    async def day(self, model_name: str, day: str) -> list[dict]:
+        cursor = self.col.find({"model_name": model_name, "day": day})
+        return [doc async for doc in cursor]
+
+
+class MemoryDailyStore:
+    def __init__(self) -> None:
+        self.docs: dict[str, dict] = {}
+
+    async def init(self) -> None:
+        return None
+
+    async def save(self, docs: list[dict]) -> None:
+        for doc in docs:
+            self.docs[doc["_id"]] = json.loads(json.dumps(doc))
+
+    async def day(self, model_name: str, day: str) -> list[dict]:
+        return [d for d in self.docs.values() if (d["model_name"], d["day"]) == (model_name, day)]
 
 
 def _models_payload(payload: Any) -> list[Any]:

@@ -1,34 +1,71 @@
-"""Pure streaming detectors: River ADWIN on the error stream and on standardised features,
-plus the first data-quality checks (missing, non-finite, out of the widened reference range)."""
+"""Pure streaming drift detection: one ``Stream`` per monitored series (the model's error, each
+standardised feature, each feature's |z| for variance changes).
+
+A stream runs one streaming detector (River ADWIN by default; KSWIN, PageHinkley on inputs; DDM on
+the error stream). A streaming alarm only opens a *pending* change: it becomes a ``DriftAlarm``
+once a batch two-sample test between the stream's reference sample (its first points since reset)
+and the points after the estimated change rejects at ``alpha`` (Kolmogorov-Smirnov for continuous
+values, a one-sided two-proportion z-test for the 0/1 error stream). The test is retried every
+``confirm_every`` points while the change is pending and dropped after ``confirm_patience`` points.
+Streams keep their reference sample and a bounded window of recent values, which is what a
+checkpoint stores: restoring replays the window into fresh detectors (JSON, no pickling).
+"""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from collections import deque
+from dataclasses import dataclass
+from itertools import islice
 from typing import Any, Literal
 
+import numpy as np
 from river import drift
-
-from modelbus_contracts import FeatureStats
+from river.drift import binary
+from scipy import stats as sps
 
 ERROR_STREAM = "__error__"
-Direction = Literal["up", "both"]
+Kind = Literal["mean", "scale", "error"]
+DETECTORS_INPUT = ("adwin", "kswin", "page_hinkley")
+DETECTORS_ERROR = ("adwin", "ddm")
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """How one stream detects and confirms a change."""
+
+    detector: str = "adwin"
+    delta: float = 0.002
+    min_observations: int = 300
+    direction: Literal["up", "both"] = "both"
+    reference_size: int = 1000
+    window_size: int = 2000
+    alpha: float = 0.001
+    confirm_min: int = 30
+    confirm_every: int = 25
+    confirm_patience: int = 1000
+    confirm_max: int = 1000
+    seed: int = 7
 
 
 @dataclass(frozen=True)
 class DriftAlarm:
-    """One ADWIN change point with the numbers behind it."""
+    """One confirmed change with the numbers behind it."""
 
     detector: str
     feature: str
+    kind: Kind
     statistic: float
+    threshold: float
+    p_value: float
     reference_value: float
     current_value: float
-    threshold: float
     window_size: int
     observations: int
+    test: str
 
     def evidence(self) -> dict[str, Any]:
+        """The DriftDetected fields (``statistic`` > ``threshold`` is the rejection)."""
         return {
             "detector": self.detector,
             "feature": self.feature,
@@ -40,112 +77,251 @@ class DriftAlarm:
             "observations": self.observations,
         }
 
-
-class AdwinDetector:
-    """ADWIN on one stream. An alarm needs ``min_observations`` points since reset and, for an
-    ``up`` detector, a mean that went up (estimation after the cut above the one before)."""
-
-    def __init__(
-        self, feature: str, *, delta: float, min_observations: int, direction: Direction
-    ) -> None:
-        self.feature = feature
-        self.delta = delta
-        self.min_observations = min_observations
-        self.direction = direction
-        self.adwin = drift.ADWIN(delta=delta)
-        self.observations = 0
-        self.changes = 0
-        self.alarms = 0
-
-    def update(self, value: float) -> DriftAlarm | None:
-        before = float(self.adwin.estimation)
-        self.adwin.update(value)
-        self.observations += 1
-        if not self.adwin.drift_detected:
-            return None
-        self.changes += 1
-        after = float(self.adwin.estimation)
-        if self.observations < self.min_observations:
-            return None
-        if self.direction == "up" and after <= before:
-            return None
-        self.alarms += 1
-        return DriftAlarm(
-            detector="adwin",
-            feature=self.feature,
-            statistic=after,
-            reference_value=before,
-            current_value=after,
-            threshold=self.delta,
-            window_size=int(self.adwin.width),
-            observations=self.observations,
-        )
-
-    def state(self) -> dict[str, Any]:
-        return {
-            "observations": self.observations,
-            "estimation": float(self.adwin.estimation),
-            "width": int(self.adwin.width),
-            "changes": self.changes,
-            "alarms": self.alarms,
-            "min_observations": self.min_observations,
-            "direction": self.direction,
-        }
-
-
-def standardise(value: float, stats: FeatureStats) -> float:
-    return (value - stats.mean) / (stats.std if stats.std > 0 else 1.0)
+    def details(self) -> dict[str, Any]:
+        """Everything, for the incident record."""
+        return self.evidence() | {"kind": self.kind, "p_value": self.p_value, "test": self.test}
 
 
 @dataclass(frozen=True)
-class QualityIssue:
-    check: Literal["missing", "non_finite", "out_of_range"]
-    feature: str
-    value: float | None
-    low: float | None = None
-    high: float | None = None
+class TestResult:
+    statistic: float
+    threshold: float
+    p_value: float
+    reference_value: float
+    current_value: float
+    test: str
+    n_current: int
+
+    @property
+    def rejects(self) -> bool:
+        return self.statistic > self.threshold
 
 
-def quality_issues(
-    features: dict[str, float], reference: dict[str, FeatureStats]
-) -> list[QualityIssue]:
-    """Missing or non-finite features, and values outside [min - 3 std, max + 3 std]."""
-    issues: list[QualityIssue] = []
-    for name, stats in reference.items():
-        value = features.get(name)
-        if value is None:
-            issues.append(QualityIssue("missing", name, None))
-        elif not isinstance(value, int | float) or not math.isfinite(value):
-            issues.append(QualityIssue("non_finite", name, None))
-        else:
-            low, high = stats.min - 3 * stats.std, stats.max + 3 * stats.std
-            if not low <= value <= high:
-                issues.append(QualityIssue("out_of_range", name, float(value), low, high))
-    return issues
+def ks_test(reference: np.ndarray, current: np.ndarray, alpha: float) -> TestResult:
+    """Two-sample Kolmogorov-Smirnov; the threshold is D's asymptotic critical value at alpha."""
+    result = sps.ks_2samp(reference, current, method="asymp")
+    n, m = len(reference), len(current)
+    critical = math.sqrt(-math.log(alpha / 2) / 2) * math.sqrt((n + m) / (n * m))
+    return TestResult(
+        statistic=float(result.statistic),
+        threshold=critical,
+        p_value=float(result.pvalue),
+        reference_value=float(reference.mean()),
+        current_value=float(current.mean()),
+        test="ks",
+        n_current=m,
+    )
+
+
+def proportion_test(reference: np.ndarray, current: np.ndarray, alpha: float) -> TestResult:
+    """One-sided two-proportion z-test: did the share of 1s go up?"""
+    p1, p2 = float(reference.mean()), float(current.mean())
+    n1, n2 = len(reference), len(current)
+    pooled = (p1 * n1 + p2 * n2) / (n1 + n2)
+    se = math.sqrt(max(pooled * (1 - pooled), 1e-12) * (1 / n1 + 1 / n2))
+    z = (p2 - p1) / se
+    return TestResult(
+        statistic=z,
+        threshold=float(sps.norm.isf(alpha)),
+        p_value=float(sps.norm.sf(z)),
+        reference_value=p1,
+        current_value=p2,
+        test="two_proportion_z",
+        n_current=n2,
+    )
+
+
+class StreamingDetector:
+    """A River detector behind one interface: ``update(x) -> change?`` and ``window()``, the
+    number of recent points the detector attributes to the new regime."""
+
+    def __init__(self, name: str, config: StreamConfig) -> None:
+        self.name = name
+        self.config = config
+        self.river = _river_detector(name, config)
+        self.since_reset = 0
+
+    def update(self, value: float) -> int | None:
+        """Feed one value; on a change, the length of the window attributed to the new regime."""
+        self.river.update(value)
+        self.since_reset += 1
+        if not self.river.drift_detected:
+            return None
+        window = self.window()
+        self.since_reset = 0
+        return window
+
+    def window(self) -> int:
+        if self.name == "adwin":
+            return int(self.river.width)
+        if self.name == "kswin":
+            return int(self.river.stat_size)
+        return max(self.config.confirm_min, min(self.since_reset, 100))
+
+    @property
+    def estimation(self) -> float | None:
+        value = getattr(self.river, "estimation", None)
+        return float(value) if value is not None else None
+
+
+def _river_detector(name: str, config: StreamConfig) -> Any:
+    if name == "adwin":
+        return drift.ADWIN(delta=config.delta)
+    if name == "kswin":
+        return drift.KSWIN(seed=config.seed)
+    if name == "page_hinkley":
+        return drift.PageHinkley()
+    if name == "ddm":
+        return binary.DDM()
+    raise ValueError(f"unknown detector {name!r}")
 
 
 @dataclass
-class QualityTally:
-    """Issue counts since the last alert, with up to five examples."""
+class Pending:
+    detector: str
+    start: int  # observation index where the new regime is estimated to begin
+    raised_at: int
+    last_test: int
 
-    counts: dict[str, int] = field(default_factory=dict)
-    by_feature: dict[str, int] = field(default_factory=dict)
-    examples: list[dict[str, Any]] = field(default_factory=list)
-    max_examples: int = 5
 
-    def add(self, prediction_id: str, issues: list[QualityIssue]) -> None:
-        for issue in issues:
-            self.counts[issue.check] = self.counts.get(issue.check, 0) + 1
-            self.by_feature[issue.feature] = self.by_feature.get(issue.feature, 0) + 1
-            if len(self.examples) < self.max_examples:
-                example = {"prediction_id": prediction_id, "check": issue.check}
-                example |= {"feature": issue.feature, "value": issue.value}
-                example |= {"low": issue.low, "high": issue.high}
-                self.examples.append(example)
+class Stream:
+    """One monitored series: a streaming detector, a reference sample and recent values."""
+
+    def __init__(self, feature: str, kind: Kind, config: StreamConfig) -> None:
+        self.feature = feature
+        self.kind = kind
+        self.config = config
+        self.detector = StreamingDetector(config.detector, config)
+        self.reference: list[float] = []
+        self.recent: deque[float] = deque(maxlen=config.window_size)
+        self.observations = 0
+        self.pending: Pending | None = None
+        self.changes = 0
+        self.raised = 0
+        self.confirmed = 0
+        self.dismissed = 0
+        self.last: DriftAlarm | None = None
 
     @property
-    def total(self) -> int:
-        return sum(self.counts.values())
+    def name(self) -> str:
+        return f"{self.feature}:{self.kind}" if self.kind == "scale" else self.feature
 
-    def top(self, counts: dict[str, int]) -> str:
-        return max(sorted(counts), key=lambda k: counts[k])
+    def update(self, value: float) -> DriftAlarm | None:
+        self.observations += 1
+        self.recent.append(value)
+        if len(self.reference) < self.config.reference_size:
+            self.reference.append(value)
+        window = self.detector.update(value)
+        if window is not None:
+            self.changes += 1
+        if window is not None and self.observations >= self.config.min_observations:
+            self.raised += 1
+            if self.pending is None:
+                start = self.observations - window
+                self.pending = Pending(self.detector.name, start, self.observations, -(10**9))
+        if self.pending is not None:
+            return self._confirm()
+        return None
+
+    def _confirm(self) -> DriftAlarm | None:
+        pending, cfg = self.pending, self.config
+        assert pending is not None
+        if self.observations - pending.last_test < cfg.confirm_every:
+            return None
+        pending.last_test = self.observations
+        result = self.test(pending.start)
+        if result is not None and result.rejects:
+            self.pending = None
+            self.confirmed += 1
+            self.last = self._alarm(pending.detector, result)
+            return self.last
+        if self.observations - pending.raised_at >= cfg.confirm_patience:
+            self.pending = None
+            self.dismissed += 1
+        return None
+
+    def test(self, start: int | None = None) -> TestResult | None:
+        """Reference sample (points before ``start``) vs the points since ``start`` (or the last
+        ``confirm_max`` points); ``None`` when either side is too small."""
+        cfg = self.config
+        since = self.observations - (start if start is not None else 0)
+        n_current = min(max(since, cfg.confirm_min), cfg.confirm_max, len(self.recent))
+        ref_end = len(self.reference) if start is None else min(len(self.reference), start)
+        if n_current < cfg.confirm_min or ref_end < cfg.confirm_min:
+            return None
+        reference = np.fromiter(self.reference[:ref_end], float, ref_end)
+        tail = islice(self.recent, len(self.recent) - n_current, None)
+        current = np.fromiter(tail, float, n_current)
+        if self.kind == "error":
+            return proportion_test(reference, current, cfg.alpha)
+        return ks_test(reference, current, cfg.alpha)
+
+    def recent_test(self) -> TestResult | None:
+        """The reference sample vs the last ``confirm_max`` points after it: does the change
+        persist?"""
+        return self.test(max(len(self.reference), self.observations - self.config.confirm_max))
+
+    def _alarm(self, detector: str, result: TestResult) -> DriftAlarm:
+        return DriftAlarm(
+            detector=f"{detector}+{result.test}",
+            feature=self.feature,
+            kind=self.kind,
+            statistic=result.statistic,
+            threshold=result.threshold,
+            p_value=result.p_value,
+            reference_value=result.reference_value,
+            current_value=result.current_value,
+            window_size=result.n_current,
+            observations=self.observations,
+            test=result.test,
+        )
+
+    def mean(self) -> float | None:
+        if not self.recent:
+            return None
+        return float(sum(self.recent) / len(self.recent))
+
+    # -- checkpoint ---------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """JSON-ready state: the reference sample and recent window (rounded), and counters."""
+        return {
+            "feature": self.feature,
+            "kind": self.kind,
+            "detector": self.config.detector,
+            "observations": self.observations,
+            "reference": [round(v, 6) for v in self.reference],
+            "recent": [round(v, 6) for v in self.recent],
+            "raised": self.raised,
+            "confirmed": self.confirmed,
+            "dismissed": self.dismissed,
+        }
+
+    def restore(self, snap: dict[str, Any]) -> None:
+        """Replay the stored window into fresh detectors (no alarm is raised by the replay)."""
+        self.reference = [float(v) for v in snap.get("reference", [])][: self.config.reference_size]
+        for value in snap.get("recent", []):
+            self.detector.update(float(value))
+            self.recent.append(float(value))
+        self.observations = int(snap.get("observations", len(self.recent)))
+        self.raised = int(snap.get("raised", 0))
+        self.confirmed = int(snap.get("confirmed", 0))
+        self.dismissed = int(snap.get("dismissed", 0))
+        self.pending = None
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "detector": self.config.detector,
+            "kind": self.kind,
+            "observations": self.observations,
+            "estimation": self.detector.estimation,
+            "window": len(self.recent),
+            "reference_size": len(self.reference),
+            "changes": self.changes,
+            "raised": self.raised,
+            "confirmed": self.confirmed,
+            "dismissed": self.dismissed,
+            "pending": self.pending is not None,
+            "min_observations": self.config.min_observations,
+            "direction": self.config.direction,
+        }

@@ -1,33 +1,32 @@
-"""Per-model monitoring state, pure: the join, the detectors, incidents and the alert rules.
+"""Per-model monitoring state, pure: the join, the drift streams, incidents and the alert rules.
 
 Rules: only predictions served by the champion (or its fallback) of the CURRENT serving version
 reach the detectors; at most one open incident per model; while it is open further alarms are
-counted but emit nothing; after it closes (a promotion or rollback) a cooldown applies.
+counted but emit nothing, except that every ``retrigger_s`` the incident's DriftDetected is
+emitted again (same correlation id, new event id, ``attempt`` + 1) if its stream still differs
+from the reference (a rejected challenger must not stall the loop); after it closes (a promotion
+or rollback) a cooldown applies.
 """
 
 from __future__ import annotations
 
 import math
 import uuid
-from collections import Counter
-from dataclasses import dataclass, field
+from collections import Counter, deque
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from modelbus_contracts import DataQualityAlert, DriftDetected, FeatureStats
 
-from .detectors import (
-    ERROR_STREAM,
-    AdwinDetector,
-    DriftAlarm,
-    QualityTally,
-    quality_issues,
-    standardise,
-)
+from .daily import DailyBook
+from .detectors import ERROR_STREAM, DriftAlarm, Kind, Stream, StreamConfig
 from .join import JoinedPair, Joiner, LabelPoint, PredictionPoint
+from .quality import QualityTally, bounds_for, quality_issues, standardise
 
 SERVED_BY_MONITORED = frozenset({"champion", "fallback"})
 Disposition = Literal["opened", "suppressed_open", "suppressed_cooldown"]
+HISTORY_EVERY = 50
 
 
 @dataclass(frozen=True)
@@ -40,6 +39,46 @@ class DetectorConfig:
     join_max_pending: int = 100_000
     join_max_wait_s: float = 3600.0
     producer: str = "monitor"
+    feature_detector: str = "adwin"
+    error_detector: str = "adwin"
+    scale_drift_enabled: bool = True
+    overrides: dict[str, dict[str, str]] = field(default_factory=dict)
+    alpha: float = 0.001
+    reference_size: int = 1000
+    window_size: int = 2000
+    confirm_patience: int = 1000
+    retrigger_s: float = 120.0
+    outlier_z: float = 6.0
+    quality_max_examples: int = 5
+    daily_enabled: bool = True
+
+    def detector_for(self, model: str, feature: str) -> str:
+        """Per model and feature: ``overrides[model][feature]``, then ``overrides[model]["*"]``
+        (inputs only), then the service default."""
+        chosen = self.overrides.get(model, {})
+        if feature == ERROR_STREAM:
+            return chosen.get(ERROR_STREAM, self.error_detector)
+        return chosen.get(feature, chosen.get("*", self.feature_detector))
+
+    def stream(self, model: str, feature: str, kind: Kind) -> Stream:
+        base = StreamConfig(
+            delta=self.delta,
+            alpha=self.alpha,
+            reference_size=self.reference_size,
+            window_size=self.window_size,
+            confirm_patience=self.confirm_patience,
+        )
+        if kind == "error":
+            cfg = replace(
+                base,
+                detector=self.detector_for(model, ERROR_STREAM),
+                min_observations=self.error_min_observations,
+                direction="up",
+            )
+        else:
+            detector = "adwin" if kind == "scale" else self.detector_for(model, feature)
+            cfg = replace(base, detector=detector, min_observations=self.feature_min_observations)
+        return Stream(feature, kind, cfg)
 
 
 @dataclass
@@ -60,6 +99,9 @@ class Incident:
     closed_by_version: int | None = None
     closed_by_event_id: str | None = None
     close_reason: str | None = None
+    attempts: int = 1
+    last_emitted_at: datetime | None = None
+    emitted_event_ids: list[str] = field(default_factory=list)
 
     def close(self, now: datetime, version: int, event_id: str | None, reason: str) -> None:
         self.status = "closed"
@@ -76,10 +118,17 @@ class Incident:
             "evidence": self.evidence,
             "suppressed_alarms": self.suppressed_alarms,
             "published": self.published,
+            "attempts": self.attempts,
+            "last_emitted_at": self.last_emitted_at,
         }
 
     def drift_event(self) -> DriftDetected:
         return DriftDetected.model_validate(self.event)
+
+    def stream_key(self) -> tuple[str, str]:
+        feature = str(self.evidence.get("feature", ERROR_STREAM))
+        kind = self.evidence.get("kind") or ("error" if feature == ERROR_STREAM else "mean")
+        return feature, str(kind)
 
 
 @dataclass
@@ -107,6 +156,10 @@ class ModelMonitor:
         self.cooldown_until: datetime | None = None
         self.quality_next_at: datetime | None = None
         self.counts: Counter[str] = Counter()
+        self.history: deque[tuple[float, float, int]] = deque(maxlen=720)
+        self.alarm_log: deque[dict[str, Any]] = deque(maxlen=50)
+        self.quality_seen: Counter[str] = Counter()
+        self.daily: DailyBook | None = None
         self._reset_detectors()
 
     # -- serving version ----------------------------------------------------------------------
@@ -120,10 +173,16 @@ class ModelMonitor:
             self.set_reference(reference)
 
     def set_reference(self, reference: dict[str, FeatureStats]) -> None:
-        """Turn the feature detectors on once the serving version's reference is known."""
+        """Turn the feature streams on once the serving version's reference is known."""
         self.reference = dict(reference)
-        if self.config.feature_drift_enabled:
-            self.features = {name: self._feature_detector(name) for name in sorted(reference)}
+        self._bounds = bounds_for(self.reference)
+        self._scale = {name: (s.mean, s.std if s.std > 0 else 1.0) for name, s in reference.items()}
+        self._make_feature_streams()
+        if self.config.daily_enabled:
+            old, self.daily = self.daily, DailyBook(self.model_name, self.reference)
+            if old is not None and old.day is not None:  # today keeps its bins until midnight
+                self.daily.resume(old.day, list(old.features.values()))
+                self.daily.finished = old.finished
 
     def serve(
         self,
@@ -175,6 +234,8 @@ class ModelMonitor:
             self.counts["monitored_predictions"] += 1
             self._feed_features(point, now, outcome)
             outcome.quality = self._check_quality(point, now, correlation_id)
+            if self.daily is not None:
+                self.daily.add(point.features, now)
         else:
             outcome.ignored = reason
             self.counts[f"ignored_{reason}"] += 1
@@ -207,18 +268,34 @@ class ModelMonitor:
             self.counts["pairs_ignored"] += 1  # the prediction itself was counted on arrival
             return
         self.counts["errors_fed"] += 1
+        self._errors += pair.error
         alarm = self.error.update(float(pair.error))
+        if self.error.observations % HISTORY_EVERY == 0:
+            rate = self._errors / HISTORY_EVERY
+            self.history.append((now.timestamp(), rate, self.error.observations))
+            self._errors = 0
         if alarm is not None:
             self._raise(alarm, pair.tipping_event_id, now, outcome)
 
     def _feed_features(self, point: PredictionPoint, now: datetime, outcome: Outcome) -> None:
-        for name, detector in self.features.items():
-            value = point.features.get(name)
-            if value is None or not math.isfinite(value):
+        if not self.features:
+            return
+        values = point.features
+        scales = self.scales
+        for name, stream in self.features.items():
+            value = values.get(name)
+            if value is None or not isinstance(value, int | float) or not math.isfinite(value):
                 continue
-            alarm = detector.update(standardise(float(value), self.reference[name]))
+            mean, std = self._scale[name]
+            z = (value - mean) / std
+            alarm = stream.update(z)
             if alarm is not None:
                 self._raise(alarm, point.event_id, now, outcome)
+            scale = scales.get(name)
+            if scale is not None:
+                alarm = scale.update(abs(z))
+                if alarm is not None:
+                    self._raise(alarm, point.event_id, now, outcome)
 
     # -- alarms and incidents -----------------------------------------------------------------
 
@@ -228,13 +305,17 @@ class ModelMonitor:
         if self.incident is not None:
             self.incident.suppressed_alarms += 1
             self.counts["suppressed_alarms"] += 1
-            outcome.alarms.append((alarm, "suppressed_open"))
+            disposition: Disposition = "suppressed_open"
         elif self.cooldown_until is not None and now < self.cooldown_until:
             self.counts["suppressed_alarms"] += 1
-            outcome.alarms.append((alarm, "suppressed_cooldown"))
+            disposition = "suppressed_cooldown"
         else:
             self.incident = outcome.opened = self._open(alarm, causation_id, now)
-            outcome.alarms.append((alarm, "opened"))
+            disposition = "opened"
+        outcome.alarms.append((alarm, disposition))
+        self.alarm_log.append(
+            {"at": now.isoformat(), "disposition": disposition, **alarm.details()}
+        )
 
     def _open(self, alarm: DriftAlarm, causation_id: uuid.UUID, now: datetime) -> Incident:
         incident_id = uuid.uuid4()
@@ -256,9 +337,60 @@ class ModelMonitor:
             version=self.serving_version,
             opened_at=now,
             causation_id=str(causation_id),
-            evidence=alarm.evidence(),
+            evidence=alarm.details(),
             event=event.model_dump(mode="json"),
+            last_emitted_at=now,
+            emitted_event_ids=[str(event.event_id)],
         )
+
+    def stream_of(self, feature: str, kind: str) -> Stream | None:
+        if kind == "error" or feature == ERROR_STREAM:
+            return self.error
+        return (self.scales if kind == "scale" else self.features).get(feature)
+
+    def retrigger(self, now: datetime) -> DriftDetected | None:
+        """Re-emit the open incident's DriftDetected when it is due and the drift persists.
+
+        Only a published incident of the serving version is re-emitted; the new event has the
+        incident's correlation id, a new event id, ``attempt`` + 1 and the current numbers, and
+        is caused by the previous emission."""
+        incident = self.incident
+        if incident is None or not incident.published or self.config.retrigger_s <= 0:
+            return None
+        last = incident.last_emitted_at or incident.opened_at
+        if (now - last).total_seconds() < self.config.retrigger_s:
+            return None
+        if incident.version != self.serving_version:
+            return None
+        stream = self.stream_of(*incident.stream_key())
+        result = stream.recent_test() if stream else None
+        incident.last_emitted_at = now  # checked: next check in retrigger_s either way
+        if result is None or not result.rejects:
+            self.counts["retrigger_skipped"] += 1
+            return None
+        previous = incident.drift_event()
+        event = DriftDetected(
+            **(
+                previous.model_dump(exclude={"event_id", "occurred_at", "causation_id"})
+                | {
+                    "causation_id": previous.event_id,
+                    "attempt": incident.attempts + 1,
+                    "detected_at": now,
+                    "statistic": result.statistic,
+                    "threshold": result.threshold,
+                    "reference_value": result.reference_value,
+                    "current_value": result.current_value,
+                    "window_size": result.n_current,
+                    "observations": stream.observations if stream else 0,
+                }
+            )
+        )
+        incident.attempts += 1
+        incident.event = event.model_dump(mode="json")
+        incident.published = False
+        incident.emitted_event_ids.append(str(event.event_id))
+        self.counts["retriggers"] += 1
+        return event
 
     # -- data quality -------------------------------------------------------------------------
 
@@ -267,13 +399,16 @@ class ModelMonitor:
     ) -> DataQualityAlert | None:
         if not self.reference:
             return None
-        issues = quality_issues(point.features, self.reference)
+        self.tally.checked += 1
+        issues = quality_issues(point.features, self._bounds, self.config.outlier_z)
         if not issues:
             return None
+        for issue in issues:
+            self.quality_seen[issue.check] += 1
         self.tally.add(point.prediction_id, issues)
         if self.quality_next_at is not None and now < self.quality_next_at:
             return None
-        tally, self.tally = self.tally, QualityTally()
+        tally, self.tally = self.tally, self._new_tally()
         self.quality_next_at = now + timedelta(seconds=self.config.cooldown_s)
         self.counts["quality_alerts"] += 1
         detail = " ".join(f"{k}={v}" for k, v in sorted(tally.counts.items()))
@@ -288,29 +423,61 @@ class ModelMonitor:
             feature=tally.top(tally.by_feature),
             count=tally.total,
             examples=tally.examples,
-            detail=f"{detail}; by feature: {by_feature}",
+            detail=f"{detail}; by feature: {by_feature}; predictions checked: {tally.checked}",
         )
+
+    def _new_tally(self) -> QualityTally:
+        return QualityTally(max_examples=self.config.quality_max_examples)
 
     # -- state --------------------------------------------------------------------------------
 
-    def _feature_detector(self, name: str) -> AdwinDetector:
-        cfg = self.config
-        return AdwinDetector(
-            name, delta=cfg.delta, min_observations=cfg.feature_min_observations, direction="both"
-        )
+    def _make_feature_streams(self) -> None:
+        cfg, names = self.config, sorted(self.reference)
+        self.features: dict[str, Stream] = {}
+        self.scales: dict[str, Stream] = {}
+        if cfg.feature_drift_enabled:
+            self.features = {n: cfg.stream(self.model_name, n, "mean") for n in names}
+            if cfg.scale_drift_enabled:
+                self.scales = {n: cfg.stream(self.model_name, n, "scale") for n in names}
 
     def _reset_detectors(self) -> None:
-        cfg = self.config
-        self.error = AdwinDetector(
-            ERROR_STREAM,
-            delta=cfg.delta,
-            min_observations=cfg.error_min_observations,
-            direction="up",
-        )
-        self.features: dict[str, AdwinDetector] = {}
-        if self.reference and cfg.feature_drift_enabled:
-            self.features = {name: self._feature_detector(name) for name in sorted(self.reference)}
-        self.tally = QualityTally()
+        self.error = self.config.stream(self.model_name, ERROR_STREAM, "error")
+        self._errors = 0
+        self._make_feature_streams()
+        self.tally = self._new_tally()
+
+    def streams(self) -> list[Stream]:
+        return [self.error, *self.features.values(), *self.scales.values()]
+
+    def error_rate(self) -> float | None:
+        return self.error.mean() if self.error.observations else None
+
+    def snapshot(self, now: datetime) -> dict[str, Any]:
+        """JSON checkpoint of the detector windows (no pickling): replayed by ``restore``."""
+        return {
+            "_id": self.model_name,
+            "model_name": self.model_name,
+            "serving_version": self.serving_version,
+            "saved_at": now.timestamp(),
+            "streams": [s.snapshot() for s in self.streams()],
+            "history": [list(h) for h in self.history],
+            "quality_seen": dict(self.quality_seen),
+        }
+
+    def restore(self, snap: dict[str, Any]) -> int:
+        """Replay a checkpoint of the same serving version; returns the streams restored."""
+        if snap.get("serving_version") != self.serving_version or self.serving_version is None:
+            return 0
+        restored = 0
+        for item in snap.get("streams", []):
+            stream = self.stream_of(item["feature"], item["kind"])
+            if stream is not None and stream.observations == 0:
+                stream.restore(item)
+                restored += 1
+        self.history.extend(tuple(h) for h in snap.get("history", []))
+        self.quality_seen.update(snap.get("quality_seen", {}))
+        self.counts["restored_streams"] += restored
+        return restored
 
     def status(self) -> dict[str, Any]:
         incident = self.incident
@@ -320,15 +487,20 @@ class ModelMonitor:
             "reference_features": sorted(self.reference),
             "observations": self.error.observations,
             "joined": self.counts["joined"],
-            "error_rate": float(self.error.adwin.estimation) if self.error.observations else None,
+            "error_rate": self.error_rate(),
             "pending": self.joiner.pending,
             "evicted": dict(self.joiner.evicted),
             "duplicates": self.joiner.duplicates,
             "counts": dict(self.counts),
             "detectors": {
                 ERROR_STREAM: self.error.state(),
-                **{name: d.state() for name, d in self.features.items()},
+                **{name: s.state() for name, s in self.features.items()},
+                **{f"{name}:scale": s.state() for name, s in self.scales.items()},
             },
+            "quality": dict(self.quality_seen),
             "open_incident": incident.summary() if incident else None,
             "cooldown_until": self.cooldown_until,
         }
+
+
+__all__ = ["DetectorConfig", "Incident", "ModelMonitor", "Outcome", "standardise"]

@@ -19,12 +19,10 @@ def subscribe(
     telemetry needs no per-event ledger lookup."""
 
     async def predictions_made(events: list[PredictionMade]) -> None:
-        for event in events:
-            await service.on_prediction(event)
+        await service.on_predictions(events)
 
     async def labels_observed(events: list[LabelObserved]) -> None:
-        for event in events:
-            await service.on_label(event)
+        await service.on_labels(events)
 
     async def model_promoted(event: ModelPromoted) -> None:
         await service.on_promoted(event)

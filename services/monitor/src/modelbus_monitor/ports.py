@@ -1,4 +1,5 @@
-"""The monitor's ports: where incidents are kept and how the registry is read."""
+"""The monitor's ports: where incidents, detector checkpoints and daily windows are kept, and
+how the registry is read."""
 
 from __future__ import annotations
 
@@ -32,3 +33,24 @@ class RegistryClient(Protocol):
     async def get_version(self, name: str, version: int) -> VersionView | None: ...
 
     async def ping(self) -> bool: ...
+
+
+class StateStore(Protocol):
+    """Detector checkpoints: one JSON document per model (``_id`` = model name)."""
+
+    async def init(self) -> None: ...
+
+    async def save(self, snapshot: dict) -> None: ...
+
+    async def load(self, model_name: str) -> dict | None: ...
+
+
+class DailyStore(Protocol):
+    """Daily feature windows, one document per (model, day, feature)."""
+
+    async def init(self) -> None: ...
+
+    async def save(self, docs: list[dict]) -> None:
+        """Insert or replace each document (idempotent on ``_id``)."""
+
+    async def day(self, model_name: str, day: str) -> list[dict]: ...

@@ -1,13 +1,16 @@
 """The monitor's service layer: feeds events into per-model state, persists incidents, publishes.
 
-Per-model work is serialised with a lock. A new incident is saved before its DriftDetected is
-published and marked published after; an unpublished incident (a failed publish) is published
-again by the next event for that model or at start-up, always with the same event id.
+Per-model work is serialised with a lock. A new incident (or a re-emission of an open one) is
+saved before its DriftDetected is published and marked published after; an unpublished incident
+(a failed publish) is published again by the next event for that model, the next tick or at
+start-up, always with the same event id. ``tick()`` (run periodically by the composition root)
+re-emits persisting incidents, checkpoints detector windows and stores the daily windows.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -25,10 +28,11 @@ from modelbus_contracts.envelope import utcnow
 from modelbus_platform.bus import Publisher
 
 from .config import MonitorSettings
+from .daily import DailyFeature, Thresholds, compare, day_of, previous_day
 from .domain import DetectorConfig, Incident, ModelMonitor, Outcome
 from .join import LabelPoint, PredictionPoint
 from .metrics import MonitorMetrics
-from .ports import IncidentStore, RegistryClient
+from .ports import DailyStore, IncidentStore, RegistryClient, StateStore
 
 log = structlog.get_logger(__name__)
 
@@ -43,6 +47,17 @@ def detector_config(settings: MonitorSettings) -> DetectorConfig:
         join_max_pending=settings.join_max_pending,
         join_max_wait_s=settings.join_max_wait_s,
         producer=settings.service_name,
+        feature_detector=settings.feature_detector,
+        error_detector=settings.error_detector,
+        scale_drift_enabled=settings.scale_drift_enabled,
+        overrides=settings.detector_overrides,
+        alpha=settings.confirm_alpha,
+        reference_size=settings.reference_size,
+        window_size=settings.window_size,
+        confirm_patience=settings.confirm_patience,
+        retrigger_s=settings.incident_retrigger_s,
+        outlier_z=settings.outlier_z,
+        daily_enabled=settings.daily_enabled,
     )
 
 
@@ -57,6 +72,10 @@ class MonitorService:
         metrics: MonitorMetrics,
         registry_retry_s: float = 30.0,
         clock: Callable[[], datetime] = utcnow,
+        states: StateStore | None = None,
+        daily: DailyStore | None = None,
+        checkpoint_s: float = 60.0,
+        thresholds: Thresholds | None = None,
     ) -> None:
         self.config = config
         self.publisher = publisher
@@ -68,6 +87,11 @@ class MonitorService:
         self.models: dict[str, ModelMonitor] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._next_sync: dict[str, datetime] = {}
+        self.states = states
+        self.daily = daily
+        self.checkpoint_every = timedelta(seconds=checkpoint_s)
+        self._next_checkpoint: datetime | None = None
+        self.thresholds = thresholds or Thresholds()
 
     # -- start-up -----------------------------------------------------------------------------
 
@@ -81,7 +105,9 @@ class MonitorService:
         for model in models:
             if model.aliases.champion is not None:
                 reference = await self._reference(model.name, model.aliases.champion)
-                self._monitor(model.name).adopt(model.aliases.champion, reference)
+                monitor = self._monitor(model.name)
+                monitor.adopt(model.aliases.champion, reference)
+                await self._restore(monitor)
         for incident in await self.incidents.open_incidents():
             monitor = self._monitor(incident.model_name)
             if monitor.incident is None:
@@ -93,26 +119,118 @@ class MonitorService:
     # -- events -------------------------------------------------------------------------------
 
     async def on_prediction(self, event: PredictionMade) -> None:
-        point = PredictionPoint(
-            prediction_id=event.prediction_id,
-            version=event.version,
-            served_by=event.served_by,
-            label=event.label,
-            features=dict(event.features),
-            event_id=event.event_id,
-            at=self.clock(),
-        )
-        async with self._lock(event.model_name):
-            monitor = await self._prepare(event.model_name)
-            outcome = monitor.observe_prediction(point, self.clock(), event.correlation_id)
-            await self._apply(monitor, outcome)
+        await self.on_predictions([event])
 
     async def on_label(self, event: LabelObserved) -> None:
-        point = LabelPoint(event.prediction_id, event.label, event.event_id, self.clock())
-        async with self._lock(event.model_name):
-            monitor = await self._prepare(event.model_name)
-            outcome = monitor.observe_label(point, self.clock())
-            await self._apply(monitor, outcome)
+        await self.on_labels([event])
+
+    async def on_predictions(self, events: list[PredictionMade]) -> None:
+        """A batch of predictions: one lock, one registry check and one metrics update per model."""
+        for name, group in _by_model(events).items():
+            async with self._lock(name):
+                monitor = await self._prepare(name)
+                tally = Tally()
+                for event in group:
+                    now = self.clock()
+                    point = PredictionPoint(
+                        prediction_id=event.prediction_id,
+                        version=event.version,
+                        served_by=event.served_by,
+                        label=event.label,
+                        features=event.features,
+                        event_id=event.event_id,
+                        at=now,
+                    )
+                    outcome = monitor.observe_prediction(point, now, event.correlation_id)
+                    await self._apply(monitor, outcome, tally)
+                self._flush_tally(monitor, tally)
+                await self._retrigger(monitor)
+
+    async def on_labels(self, events: list[LabelObserved]) -> None:
+        for name, group in _by_model(events).items():
+            async with self._lock(name):
+                monitor = await self._prepare(name)
+                tally = Tally()
+                for event in group:
+                    now = self.clock()
+                    point = LabelPoint(event.prediction_id, event.label, event.event_id, now)
+                    await self._apply(monitor, monitor.observe_label(point, now), tally)
+                self._flush_tally(monitor, tally)
+                await self._retrigger(monitor)
+
+    # -- background work ----------------------------------------------------------------------
+
+    async def tick(self) -> None:
+        """Periodic: re-emit persisting incidents, checkpoint detectors, store daily windows."""
+        for name in list(self.models):
+            async with self._lock(name):
+                monitor = self.models[name]
+                await self._flush(monitor)
+                await self._retrigger(monitor)
+        now = self.clock()
+        if self._next_checkpoint is None or now >= self._next_checkpoint:
+            self._next_checkpoint = now + self.checkpoint_every
+            await self.checkpoint()
+        await self.store_daily()
+
+    async def checkpoint(self) -> int:
+        """Save every model's detector windows (JSON); returns how many were saved."""
+        if self.states is None:
+            return 0
+        saved = 0
+        for name in list(self.models):
+            async with self._lock(name):
+                snapshot = self.models[name].snapshot(self.clock())
+            try:
+                await self.states.save(snapshot)
+                saved += 1
+            except Exception as exc:
+                log.warning("checkpoint.failed", model=name, error=str(exc))
+        log.info("monitor.checkpointed", models=saved)
+        return saved
+
+    async def store_daily(self) -> int:
+        if self.daily is None:
+            return 0
+        docs = []
+        for monitor in self.models.values():
+            if monitor.daily is not None:
+                drained = monitor.daily.drain()
+                for window in drained:
+                    window.dirty = False
+                docs += [w.doc() for w in drained]
+        if docs:
+            await self.daily.save(docs)
+        return len(docs)
+
+    async def daily_report(self, name: str, day: str | None = None) -> dict[str, Any]:
+        """Per feature: the day's numbers, PSI and KS vs the previous day and vs the reference."""
+        await self.store_daily()
+        day = day or day_of(self.clock())
+        prev = previous_day(day)
+        today = await self.daily.day(name, day) if self.daily else []
+        before = {d["feature"]: d for d in await self.daily.day(name, prev)} if self.daily else {}
+        features = {}
+        for doc in sorted(today, key=lambda d: d["feature"]):
+            previous = before.get(doc["feature"])
+            features[doc["feature"]] = compare(
+                DailyFeature.from_doc(doc),
+                DailyFeature.from_doc(previous) if previous else None,
+                self.thresholds,
+            )
+        t = self.thresholds
+        return {
+            "model_name": name,
+            "day": day,
+            "previous_day": prev,
+            "thresholds": {
+                "psi_warn": t.psi_warn,
+                "psi_drift": t.psi_drift,
+                "ks_alpha": t.ks_alpha,
+            },
+            "features": features,
+            "drifted": sorted(f for f, v in features.items() if v["status"] == "drift"),
+        }
 
     async def on_promoted(self, event: ModelPromoted) -> None:
         await self._serve(event.model_name, event.version, event, f"promoted: {event.reason}")
@@ -193,6 +311,8 @@ class MonitorService:
             if version is None:
                 return
         monitor.adopt(version, await self._reference(monitor.model_name, version))
+        if monitor.reference:
+            await self._restore(monitor)
 
     async def _reference(self, name: str, version: int) -> dict[str, FeatureStats] | None:
         try:
@@ -204,9 +324,12 @@ class MonitorService:
             return None
         return dict(view.reference) if view else None
 
-    async def _apply(self, monitor: ModelMonitor, outcome: Outcome) -> None:
+    async def _apply(self, monitor: ModelMonitor, outcome: Outcome, tally: Tally) -> None:
         name = monitor.model_name
-        self._count(name, outcome)
+        tally.add(outcome)
+        for alarm, disposition in outcome.alarms:
+            if disposition != "opened":
+                log.info("drift.suppressed", model=name, feature=alarm.feature, why=disposition)
         if outcome.opened is not None:
             await self._open(monitor, outcome.opened)
         elif monitor.incident is not None and any(
@@ -218,22 +341,53 @@ class MonitorService:
             self.metrics.quality_alerts.labels(name, outcome.quality.check).inc()
             log.warning("quality.alert", model=name, check=outcome.quality.check)
 
-    def _count(self, name: str, outcome: Outcome) -> None:
-        m = self.metrics
-        if outcome.joined is not None:
-            m.joined_pairs.labels(name).inc()
-        if outcome.ignored is not None:
-            m.ignored.labels(name, outcome.ignored).inc()
-        for reason, n in outcome.evicted.items():
+    def _flush_tally(self, monitor: ModelMonitor, tally: Tally) -> None:
+        """Metrics for a whole batch at once (label look-ups are not free)."""
+        m, name = self.metrics, monitor.model_name
+        if tally.joined:
+            m.joined_pairs.labels(name).inc(tally.joined)
+        for reason, n in tally.ignored.items():
+            m.ignored.labels(name, reason).inc(n)
+        for reason, n in tally.evicted.items():
             m.evicted_pending.labels(name, reason).inc(n)
-        for alarm, disposition in outcome.alarms:
-            m.drift_alarms.labels(name, alarm.detector, alarm.feature, disposition).inc()
+        for (detector, feature, disposition), n in tally.alarms.items():
+            m.drift_alarms.labels(name, detector, feature, disposition).inc(n)
             if disposition != "opened":
-                m.suppressed_alarms.labels(name, disposition.removeprefix("suppressed_")).inc()
-                log.info("drift.suppressed", model=name, feature=alarm.feature, why=disposition)
-        monitor = self.models[name]
-        if monitor.error.observations:
-            m.error_rate.labels(name).set(float(monitor.error.adwin.estimation))
+                m.suppressed_alarms.labels(name, disposition.removeprefix("suppressed_")).inc(n)
+        rate = monitor.error_rate()
+        if rate is not None:
+            m.error_rate.labels(name).set(rate)
+
+    async def _retrigger(self, monitor: ModelMonitor) -> None:
+        event = monitor.retrigger(self.clock())
+        if event is None:
+            return
+        assert monitor.incident is not None
+        await self.incidents.save(monitor.incident)
+        self.metrics.incidents.labels(monitor.model_name, "retriggered").inc()
+        log.warning(
+            "incident.retriggered",
+            model=monitor.model_name,
+            incident_id=monitor.incident.incident_id,
+            attempt=event.attempt,
+        )
+        await self._flush(monitor)
+
+    async def _restore(self, monitor: ModelMonitor) -> None:
+        """Replay the detector checkpoint and resume today's daily windows."""
+        if self.states is not None:
+            try:
+                snap = await self.states.load(monitor.model_name)
+            except Exception as exc:
+                log.warning("checkpoint.load_failed", model=monitor.model_name, error=str(exc))
+                snap = None
+            if snap:
+                restored = monitor.restore(snap)
+                log.info("monitor.restored", model=monitor.model_name, streams=restored)
+        if self.daily is not None and monitor.daily is not None:
+            day = day_of(self.clock())
+            docs = await self.daily.day(monitor.model_name, day)
+            monitor.daily.resume(day, [DailyFeature.from_doc(d) for d in docs])
 
     async def _open(self, monitor: ModelMonitor, incident: Incident) -> None:
         await self.incidents.save(incident)
@@ -255,3 +409,30 @@ class MonitorService:
         await self.publisher.publish(incident.drift_event())
         incident.published = True
         await self.incidents.save(incident)
+
+
+class Tally:
+    """Per-batch counts for the metrics."""
+
+    def __init__(self) -> None:
+        self.joined = 0
+        self.ignored: Counter[str] = Counter()
+        self.evicted: Counter[str] = Counter()
+        self.alarms: Counter[tuple[str, str, str]] = Counter()
+
+    def add(self, outcome: Outcome) -> None:
+        if outcome.joined is not None:
+            self.joined += 1
+        if outcome.ignored is not None:
+            self.ignored[outcome.ignored] += 1
+        if outcome.evicted:
+            self.evicted.update(outcome.evicted)
+        for alarm, disposition in outcome.alarms:
+            self.alarms[(alarm.detector, alarm.feature, disposition)] += 1
+
+
+def _by_model(events: list[Any]) -> dict[str, list[Any]]:
+    groups: dict[str, list[Any]] = defaultdict(list)
+    for event in events:
+        groups[event.model_name].append(event)
+    return groups

@@ -1,0 +1,109 @@
+"""Pure data-quality checks of one prediction's features against the serving version's reference:
+schema violations (unexpected or non-numeric features), missing values, non-finite values, values
+outside the widened training range ``[min - 3 std, max + 3 std]`` and outliers (robust z-score
+against the reference median and inter-quartile range above ``outlier_z``)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from modelbus_contracts import FeatureStats
+
+Check = Literal["schema", "missing", "non_finite", "out_of_range", "outlier"]
+CHECKS: tuple[Check, ...] = ("schema", "missing", "non_finite", "out_of_range", "outlier")
+
+
+def standardise(value: float, stats: FeatureStats) -> float:
+    return (value - stats.mean) / (stats.std if stats.std > 0 else 1.0)
+
+
+@dataclass(frozen=True)
+class QualityIssue:
+    check: Check
+    feature: str
+    value: float | None
+    low: float | None = None
+    high: float | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """Precomputed per-feature limits (computed once per reference, not per event)."""
+
+    low: float
+    high: float
+    median: float
+    robust_scale: float | None
+
+    @classmethod
+    def of(cls, stats: FeatureStats) -> Bounds:
+        q = stats.quantiles
+        scale = None
+        if "p25" in q and "p75" in q and q["p75"] > q["p25"]:
+            scale = (q["p75"] - q["p25"]) / 1.349
+        elif stats.std > 0:
+            scale = stats.std
+        median = q.get("p50", stats.mean)
+        return cls(stats.min - 3 * stats.std, stats.max + 3 * stats.std, median, scale)
+
+
+def bounds_for(reference: dict[str, FeatureStats]) -> dict[str, Bounds]:
+    return {name: Bounds.of(stats) for name, stats in reference.items()}
+
+
+def quality_issues(
+    features: dict[str, Any], bounds: dict[str, Bounds], outlier_z: float = 6.0
+) -> list[QualityIssue]:
+    """Every issue of one feature vector; the fast path (all fine) allocates nothing."""
+    issues: list[QualityIssue] = []
+    for name, b in bounds.items():
+        value = features.get(name)
+        if value is None:
+            issues.append(QualityIssue("missing", name, None))
+        elif isinstance(value, bool) or not isinstance(value, int | float):
+            issues.append(QualityIssue("schema", name, None, detail=type(value).__name__))
+        elif not math.isfinite(value):
+            issues.append(QualityIssue("non_finite", name, None))
+        elif not b.low <= value <= b.high:
+            issues.append(QualityIssue("out_of_range", name, float(value), b.low, b.high))
+        elif b.robust_scale and abs(value - b.median) / b.robust_scale > outlier_z:
+            low = b.median - outlier_z * b.robust_scale
+            high = b.median + outlier_z * b.robust_scale
+            issues.append(QualityIssue("outlier", name, float(value), low, high))
+    if len(features) > len(bounds):
+        for name in features.keys() - bounds.keys():
+            issues.append(QualityIssue("schema", name, None, detail="unexpected feature"))
+    return issues
+
+
+@dataclass
+class QualityTally:
+    """Issue counts since the last alert, with up to ``max_examples`` examples."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    by_feature: dict[str, int] = field(default_factory=dict)
+    examples: list[dict[str, Any]] = field(default_factory=list)
+    checked: int = 0
+    max_examples: int = 5
+
+    def add(self, prediction_id: str, issues: list[QualityIssue]) -> None:
+        for issue in issues:
+            self.counts[issue.check] = self.counts.get(issue.check, 0) + 1
+            self.by_feature[issue.feature] = self.by_feature.get(issue.feature, 0) + 1
+            if len(self.examples) < self.max_examples:
+                example = {"prediction_id": prediction_id, "check": issue.check}
+                example |= {"feature": issue.feature, "value": issue.value}
+                example |= {"low": issue.low, "high": issue.high}
+                if issue.detail:
+                    example["detail"] = issue.detail
+                self.examples.append(example)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def top(self, counts: dict[str, int]) -> str:
+        return max(sorted(counts), key=lambda k: counts[k])
