@@ -56,6 +56,11 @@ async def test_feedback_joins_in_any_order_and_filters(stores):
     assert rows[0]["label"] == pairs[2][1].label
     assert rows[0]["features"] == pairs[2][0].features
     assert rows[0]["predicted_at"] == pairs[2][0].occurred_at
+    # the drift window's "before detected_at" half: [since, until), newest first cut
+    assert await feedback.count_complete("m", None, since) == 2
+    before = await feedback.complete_rows("m", None, 1, until=since)
+    assert [r["prediction_id"] for r in before] == [pairs[1][0].prediction_id]
+    assert await feedback.complete_rows("m", None, 0) == []
 
 
 async def test_runs_create_once_update_list_and_find_active(stores):

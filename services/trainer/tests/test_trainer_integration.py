@@ -1,5 +1,6 @@
 """The trainer app against the real servers: HTTP upload + request -> ModelTrained on the broker
-with an artifact that matches S3; feedback events + DriftDetected -> a drift retrain."""
+with an artifact that matches S3; a River model reproduced byte-identically from S3 through
+``POST /runs/{id}/reproduce``; feedback events + DriftDetected -> a drift retrain."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from trainer_fixtures import drift_event, feedback_events, make_dataset
 
 from modelbus_contracts import ModelTrained, decode
 from modelbus_contracts.envelope import utcnow
+from modelbus_ml import load_model
 from modelbus_platform.stores import build_object_store, sha256_hex
 from modelbus_trainer.bootstrap import build_app
 from modelbus_trainer.config import TrainerSettings
@@ -129,3 +131,27 @@ async def test_feedback_then_drift_retrains_on_the_feedback(trainer, infra, uniq
     assert trained.lineage.dataset.rows == 40  # only feedback predicted after the drift
     runs = (await client.get("/runs", params={"model_name": model})).json()
     assert [(r["trigger"], r["state"]) for r in runs] == [("drift", "succeeded")]
+
+
+async def test_a_river_model_is_stored_verified_and_reproduced_from_s3(trainer, infra, unique):
+    client, _, settings = trainer
+    model = f"river-{unique}"
+    csv = make_dataset(300).to_csv_bytes()
+    put = await client.put(f"/datasets/{model}", content=csv, headers={"content-type": "text/csv"})
+    consumer = await _consumer(infra.kafka_bootstrap)
+    try:
+        body = {"dataset_uri": put.json()["uri"], "params": {"family": "river"}, "seed": 2}
+        accepted = await client.post(f"/models/{model}/train", json=body)
+        trained = await _next_trained(consumer, model)
+    finally:
+        await consumer.stop()
+    assert trained.artifact.format == "modelbus.river.v1"
+    assert trained.artifact.uri.endswith(".pkl")
+    data = await build_object_store(settings).get(trained.artifact.uri)
+    served = load_model(data, trained.artifact.format, trained.artifact.sha256)
+    assert served.feature_names == tuple(trained.feature_names)
+
+    reproduced = await client.post(f"/runs/{accepted.json()['run_id']}/reproduce")
+    assert reproduced.status_code == 200, reproduced.text
+    assert reproduced.json()["matched"] is True
+    assert reproduced.json()["actual_sha256"] == trained.artifact.sha256
