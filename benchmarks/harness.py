@@ -100,11 +100,15 @@ class FakeRegistry:
         registry = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's API
+            def do_GET(self) -> None:
                 parts = self.path.strip("/").split("/")
                 if parts == ["models"]:
                     self._send(200, [{"name": n} for n in sorted(registry.champions)])
-                elif len(parts) == 4 and parts[0] == "models" and parts[2:] == ["aliases", "champion"]:
+                elif (
+                    len(parts) == 4
+                    and parts[0] == "models"
+                    and parts[2:] == ["aliases", "champion"]
+                ):
                     view = registry.champions.get(parts[1])
                     self._send(200 if view else 404, view or {"detail": "no champion"})
                 else:
@@ -292,10 +296,22 @@ def run_wrk(url: str, body: bytes, duration_s: float, connections: int) -> dict[
     body_file.write_bytes(body)
     argv = pinned(
         CLIENT_CORE,
-        ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration_s))}s", "-s", str(script), url],
+        [
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{max(1, round(duration_s))}s",
+            "-s",
+            str(script),
+            url,
+        ],
     )
     out = subprocess.run(
-        argv, capture_output=True, text=True, check=True, env={**os.environ, "BENCH_BODY_FILE": str(body_file)}
+        argv,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "BENCH_BODY_FILE": str(body_file)},
     ).stdout
     line = next(x for x in out.splitlines() if x.startswith("WRKJSON "))
     raw = json.loads(line[len("WRKJSON ") :])
@@ -384,7 +400,9 @@ def summarise(samples: list[Sample], duration_s: float) -> dict[str, Any]:
     }
 
 
-def load(url_port: int, path: str, body: bytes, duration_s: float, connections: int) -> dict[str, Any]:
+def load(
+    url_port: int, path: str, body: bytes, duration_s: float, connections: int
+) -> dict[str, Any]:
     """wrk if installed (``BENCH_LOADGEN=python`` forces the asyncio generator)."""
     if have_wrk():
         return run_wrk(f"http://127.0.0.1:{url_port}{path}", body, duration_s, connections)

@@ -48,13 +48,17 @@ async def promote(env: h.Env, producer: AIOKafkaProducer, version: int) -> float
     return time.perf_counter()
 
 
-async def scenario(env: h.Env, port: int, args: argparse.Namespace) -> tuple[list[h.Sample], list[dict]]:
+async def scenario(
+    env: h.Env, port: int, args: argparse.Namespace
+) -> tuple[list[h.Sample], list[dict]]:
     producer = AIOKafkaProducer(bootstrap_servers=env.bootstrap)
     await producer.start()
     promotions: list[dict] = []
     try:
         t0 = time.perf_counter()
-        load = asyncio.create_task(h.python_load(port, PATH, h.v2_body(), args.duration, args.connections))
+        load = asyncio.create_task(
+            h.python_load(port, PATH, h.v2_body(), args.duration, args.connections)
+        )
         for i in range(args.swaps):
             at = args.first_swap + i * args.interval
             await asyncio.sleep(max(0.0, t0 + at - time.perf_counter()))
@@ -88,15 +92,20 @@ def analyse(samples: list[h.Sample], promotions: list[dict], duration: float) ->
         t, v = p["published_at_s"], p["version"]
         new = [s for s in samples if s.at >= t and version_of(s) == v]
         first_new = new[0].at if new else None
-        late_old = [s for s in samples if first_new is not None and s.at > first_new + 0.05
-                    and (version_of(s) or v) < v]
-        windows.append({
-            **p,
-            "swap_visible_after_s": (first_new - t) if first_new is not None else None,
-            "p99_during_ms": p99([s for s in samples if t <= s.at < t + DURING_S]),
-            "requests_during": sum(1 for s in samples if t <= s.at < t + DURING_S),
-            "old_version_answers_after_first_new": len(late_old),
-        })
+        late_old = [
+            s
+            for s in samples
+            if first_new is not None and s.at > first_new + 0.05 and (version_of(s) or v) < v
+        ]
+        windows.append(
+            {
+                **p,
+                "swap_visible_after_s": (first_new - t) if first_new is not None else None,
+                "p99_during_ms": p99([s for s in samples if t <= s.at < t + DURING_S]),
+                "requests_during": sum(1 for s in samples if t <= s.at < t + DURING_S),
+                "old_version_answers_after_first_new": len(late_old),
+            }
+        )
     timeline = []
     for b in range(int(duration / BUCKET_S) + 1):
         lo, hi = b * BUCKET_S, (b + 1) * BUCKET_S
@@ -107,7 +116,9 @@ def analyse(samples: list[h.Sample], promotions: list[dict], duration: float) ->
         for s in bucket:
             key = str(version_of(s)) if version_of(s) is not None else "failed"
             versions[key] = versions.get(key, 0) + 1
-        timeline.append({"t_s": lo, "requests": len(bucket), "versions": versions, "p99_ms": p99(bucket)})
+        timeline.append(
+            {"t_s": lo, "requests": len(bucket), "versions": versions, "p99_ms": p99(bucket)}
+        )
     last = promotions[-1]["published_at_s"] + DURING_S if promotions else duration
     return {
         "requests": len(samples),
@@ -145,15 +156,24 @@ def main() -> None:
         result["load_failures_metric"] = h.scrape(port, "modelbus_scorer_model_load_failures_total")
     finally:
         env.stop()
-    data = {"bench": "hotswap", "machine": {**h.machine_notes(), "loadgen": "python-asyncio"},
-            "settings": vars(args), **result, "target_failed_requests": 0}
+    data = {
+        "bench": "hotswap",
+        "machine": {**h.machine_notes(), "loadgen": "python-asyncio"},
+        "settings": vars(args),
+        **result,
+        "target_failed_requests": 0,
+    }
     path = h.write_json("hotswap.json", data)
-    print(f"requests {result['requests']} ({result['rps']:.0f}/s), failed {result['failed_requests']}")
+    print(
+        f"requests {result['requests']} ({result['rps']:.0f}/s), failed {result['failed_requests']}"
+    )
     print(f"p99 before {result['p99_before_ms']:.2f} ms, after {result['p99_after_ms']:.2f} ms")
     for w in result["swaps"]:
-        print(f"  v{w['version']} at {w['published_at_s']:.1f} s: visible after "
-              f"{w['swap_visible_after_s']} s, p99 during {w['p99_during_ms']} ms, "
-              f"old answers after first new {w['old_version_answers_after_first_new']}")
+        print(
+            f"  v{w['version']} at {w['published_at_s']:.1f} s: visible after "
+            f"{w['swap_visible_after_s']} s, p99 during {w['p99_during_ms']} ms, "
+            f"old answers after first new {w['old_version_answers_after_first_new']}"
+        )
     print("timeline (t, requests, versions):")
     for b in result["timeline"]:
         print(f"  {b['t_s']:5.1f} {b['requests']:6d} {b['versions']}")

@@ -17,7 +17,7 @@ from modelbus_ml import LogisticModel
 class LogRegModel(MLModel):
     async def load(self) -> bool:
         uri = self.settings.parameters.uri
-        self.model = LogisticModel.from_bytes(Path(uri).read_bytes())
+        self.model = LogisticModel.from_bytes(Path(uri).read_bytes())  # noqa: ASYNC240 - once
         self.k = len(self.model.feature_names)
         return True
 

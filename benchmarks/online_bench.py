@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import harness as h
+
 from modelbus_embedded.servers import free_port
 
 MODEL = "bench"
@@ -35,7 +36,13 @@ def start_scorer(env: h.Env) -> tuple[int, Any]:
 
 def start_bare(env: h.Env, artifact: Path) -> tuple[int, Any]:
     port = free_port()
-    argv = [sys.executable, str(h.ROOT / "benchmarks" / "bare_asgi.py"), str(artifact), str(port), MODEL]
+    argv = [
+        sys.executable,
+        str(h.ROOT / "benchmarks" / "bare_asgi.py"),
+        str(artifact),
+        str(port),
+        MODEL,
+    ]
     proc = env.spawn("bare-asgi", argv, dict(__import__("os").environ), port)
     h.wait_http_ok(f"http://127.0.0.1:{port}/ready")
     return port, proc
@@ -89,8 +96,11 @@ def measure(port: int, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_target(name: str, env: h.Env, artifact: Path, args: argparse.Namespace) -> dict[str, Any]:
-    starter = {"scorer": lambda: start_scorer(env), "bare_asgi": lambda: start_bare(env, artifact),
-               "mlserver": lambda: start_mlserver(env, artifact)}[name]
+    starter = {
+        "scorer": lambda: start_scorer(env),
+        "bare_asgi": lambda: start_bare(env, artifact),
+        "mlserver": lambda: start_mlserver(env, artifact),
+    }[name]
     port, proc = starter()
     try:
         answer = check_answer(port)
@@ -133,9 +143,12 @@ def main() -> None:
         for round_no in range(args.rounds):
             for target in targets:
                 result = run_target(target, env, artifact, args)
-                print(f"round {round_no + 1} {target:10s} {result['rps']:9.0f} req/s "
-                      f"p50 {result['p50_ms']:6.2f} ms p99 {result['p99_ms']:6.2f} ms "
-                      f"errors {result['errors']}", flush=True)
+                print(
+                    f"round {round_no + 1} {target:10s} {result['rps']:9.0f} req/s "
+                    f"p50 {result['p50_ms']:6.2f} ms p99 {result['p99_ms']:6.2f} ms "
+                    f"errors {result['errors']}",
+                    flush=True,
+                )
                 runs[target].append(result)
     finally:
         env.stop()
@@ -177,23 +190,33 @@ def ratios_vs(summary: dict[str, dict[str, Any]]) -> dict[str, Any]:
             "p50": s["p50_ms"] / b["p50_ms"],
             "p99": s["p99_ms"] / b["p99_ms"],
         }
-    if "bare_asgi" in ratios.get("scorer_vs_bare_asgi", {}) or "scorer_vs_bare_asgi" in ratios:
+    if "scorer_vs_bare_asgi" in ratios:
         r = ratios["scorer_vs_bare_asgi"]
         ratios["meets_targets"] = r["throughput"] >= 0.5 and r["p99"] <= 2.0
     return ratios
 
 
 def print_table(summary: dict[str, dict[str, Any]], ratios: dict[str, Any]) -> None:
-    print(f"\n{'server':12s} {'req/s':>9s} {'p50 ms':>8s} {'p90 ms':>8s} {'p99 ms':>8s} {'errors':>7s}")
+    print(
+        f"\n{'server':12s} {'req/s':>9s} {'p50 ms':>8s} {'p90 ms':>8s} {'p99 ms':>8s} "
+        f"{'errors':>7s}"
+    )
     for name, s in summary.items():
-        print(f"{name:12s} {s['rps']:9.0f} {s['p50_ms']:8.2f} {s['p90_ms']:8.2f} "
-              f"{s['p99_ms']:8.2f} {s['errors']:7d}")
+        print(
+            f"{name:12s} {s['rps']:9.0f} {s['p50_ms']:8.2f} {s['p90_ms']:8.2f} "
+            f"{s['p99_ms']:8.2f} {s['errors']:7d}"
+        )
     for key, r in ratios.items():
         if isinstance(r, dict):
-            print(f"{key}: throughput {r['throughput']:.2f}x, p50 {r['p50']:.2f}x, p99 {r['p99']:.2f}x")
+            print(
+                f"{key}: throughput {r['throughput']:.2f}x, p50 {r['p50']:.2f}x, "
+                f"p99 {r['p99']:.2f}x"
+            )
     if "meets_targets" in ratios:
-        print(f"targets (>= 0.5x throughput, p99 <= 2x vs bare ASGI): "
-              f"{'met' if ratios['meets_targets'] else 'NOT met'}")
+        print(
+            f"targets (>= 0.5x throughput, p99 <= 2x vs bare ASGI): "
+            f"{'met' if ratios['meets_targets'] else 'NOT met'}"
+        )
 
 
 if __name__ == "__main__":

@@ -62,7 +62,9 @@ async def run(bootstrap: str, model: LogisticModel) -> None:
                     record = encode(made)
                     headers = [(k, v.encode()) for k, v in record.headers.items()]
                     pending.append(
-                        await producer.send(record.topic, record.value, key=record.key, headers=headers)
+                        await producer.send(
+                            record.topic, record.value, key=record.key, headers=headers
+                        )
                     )
             if pending:
                 await asyncio.gather(*pending)

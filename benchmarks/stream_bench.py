@@ -111,11 +111,18 @@ def run_variant(name: str, args: argparse.Namespace) -> dict[str, Any]:
         else:
             artifact = h.OUT / "artifact.json"
             artifact.write_bytes(h.bench_model().to_bytes())
-            argv = [sys.executable, str(h.ROOT / "benchmarks" / "raw_stream.py"), env.bootstrap, str(artifact)]
+            argv = [
+                sys.executable,
+                str(h.ROOT / "benchmarks" / "raw_stream.py"),
+                env.bootstrap,
+                str(artifact),
+            ]
             env.spawn("raw-stream", argv, dict(__import__("os").environ), None)
         result = asyncio.run(wait_outputs(env.bootstrap, args.n, args.timeout))
         result["publish_s"] = publish_s
-        result["start_to_first_output_s"] = (result.pop("first_output_ms") or started_ms) / 1000 - started_ms / 1000
+        result["start_to_first_output_s"] = (
+            result.pop("first_output_ms") or started_ms
+        ) / 1000 - started_ms / 1000
         return result
     finally:
         env.stop()
@@ -133,13 +140,19 @@ def main() -> None:
     for variant in args.variants.split(","):
         results[variant] = run_variant(variant, args)
         r = results[variant]
-        print(f"{variant:9s} {r['predictions_per_s']:8.0f} predictions/s over {r['span_s']:.1f} s "
-              f"({r['predictions']} predictions, {r['unique_requests']} unique, "
-              f"{r['failed']} failed)", flush=True)
+        print(
+            f"{variant:9s} {r['predictions_per_s']:8.0f} predictions/s over {r['span_s']:.1f} s "
+            f"({r['predictions']} predictions, {r['unique_requests']} unique, "
+            f"{r['failed']} failed)",
+            flush=True,
+        )
     ratio = None
     if "scorer" in results and "raw_loop" in results and results["raw_loop"]["predictions_per_s"]:
         ratio = results["scorer"]["predictions_per_s"] / results["raw_loop"]["predictions_per_s"]
-        print(f"scorer vs raw loop: {ratio:.2f}x (target >= 0.7x: {'met' if ratio >= 0.7 else 'NOT met'})")
+        print(
+            f"scorer vs raw loop: {ratio:.2f}x "
+            f"(target >= 0.7x: {'met' if ratio >= 0.7 else 'NOT met'})"
+        )
     data = {
         "bench": "stream",
         "machine": h.machine_notes(),
