@@ -118,6 +118,7 @@ class BatchService:
         self.ready = asyncio.Event()  # the job store answered and interrupted jobs are resumed
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._active: set[str] = set()  # job ids with a task in this process
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -135,8 +136,9 @@ class BatchService:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, INIT_RETRY_MAX_S)
         for job in interrupted:
-            log.info("batch.resumed", job_id=job.job_id, model=job.model_name, state=job.state)
-            self._spawn(job)
+            if job.job_id not in self._active:
+                log.info("batch.resumed", job_id=job.job_id, model=job.model_name, state=job.state)
+                self._spawn(job)
         self.ready.set()
 
     async def stop(self) -> None:
@@ -276,9 +278,13 @@ class BatchService:
     # -- running jobs ------------------------------------------------------------------------
 
     def _spawn(self, job: BatchJob) -> None:
+        if job.job_id in self._active:  # e.g. accepted while start() was looking for leftovers
+            return
+        self._active.add(job.job_id)
         task = asyncio.create_task(self._run(job), name=f"batch-{job.job_id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda _: self._active.discard(job.job_id))
 
     async def _run(self, job: BatchJob) -> None:
         async with self._locks.setdefault(job.model_name, asyncio.Lock()):
