@@ -8,7 +8,7 @@ import httpx
 import structlog
 from pydantic import ValidationError
 
-from modelbus_contracts.api import VersionView
+from modelbus_contracts.api import ModelView, RolloutView, VersionView
 
 from .ports import RegistryUnavailable
 
@@ -60,6 +60,26 @@ class HttpRegistry:
         except ValidationError as exc:
             raise RegistryUnavailable(f"GET {path}: not a VersionView: {exc}") from exc
 
+    async def rollout(self, name: str) -> RolloutView | None:
+        path = f"/models/{name}"
+        response = await self._get(path)
+        if response.status_code != 200:
+            return None
+        try:
+            return ModelView.model_validate_json(response.content).rollout
+        except ValidationError as exc:
+            raise RegistryUnavailable(f"GET {path}: not a ModelView: {exc}") from exc
+
+    async def version(self, name: str, version: int) -> VersionView | None:
+        path = f"/models/{name}/versions/{version}"
+        response = await self._get(path)
+        if response.status_code != 200:
+            return None
+        try:
+            return VersionView.model_validate_json(response.content)
+        except ValidationError as exc:
+            raise RegistryUnavailable(f"GET {path}: not a VersionView: {exc}") from exc
+
     async def ping(self) -> bool:
         try:
             response = await self.client.get("/models", timeout=2.0)
@@ -90,6 +110,8 @@ class FakeRegistry:
 
     def __init__(self) -> None:
         self.champions: dict[str, VersionView | None] = {}
+        self.rollouts: dict[str, RolloutView] = {}
+        self.versions: dict[tuple[str, int], VersionView] = {}
         self.down = False
         self.calls: list[str] = []
 
@@ -100,6 +122,14 @@ class FakeRegistry:
     async def champion(self, name: str) -> VersionView | None:
         self._check(f"champion:{name}")
         return self.champions.get(name)
+
+    async def rollout(self, name: str) -> RolloutView | None:
+        self._check(f"rollout:{name}")
+        return self.rollouts.get(name)
+
+    async def version(self, name: str, version: int) -> VersionView | None:
+        self._check(f"version:{name}:{version}")
+        return self.versions.get((name, version))
 
     async def ping(self) -> bool:
         return not self.down

@@ -16,7 +16,12 @@ import httpx
 import structlog
 from fastapi import FastAPI
 
-from modelbus_contracts import ModelPromoted, ModelRolledBack, ScoringRequested
+from modelbus_contracts import (
+    ModelPromoted,
+    ModelRolledBack,
+    ModelRolloutChanged,
+    ScoringRequested,
+)
 from modelbus_platform.bus import EventBus, MemoryProcessedEvents
 from modelbus_platform.http import create_app
 from modelbus_platform.metrics import Metrics
@@ -93,6 +98,7 @@ def build_app(
     control = partial(resync_on_control, service=service)
     bus.subscribe(ModelPromoted, group=control_group(settings), handler=control)
     bus.subscribe(ModelRolledBack, group=control_group(settings), handler=control)
+    bus.subscribe(ModelRolloutChanged, group=control_group(settings), handler=control)
     bus.subscribe(
         ScoringRequested, group=STREAM_GROUP, handler=partial(score_requested, service=service)
     )

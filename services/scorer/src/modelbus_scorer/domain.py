@@ -17,7 +17,7 @@ import numpy as np
 
 from modelbus_ml import ServableModel
 
-ServedBy = Literal["champion", "fallback"]
+ServedBy = Literal["champion", "fallback", "canary"]
 
 V2_DATATYPES = {"FP32": float, "FP64": float, "INT32": int, "INT64": int}
 _NUMBER_TYPES = frozenset({int, float})

@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import structlog
 
-from modelbus_contracts import ModelPromoted, ModelRolledBack, ScoringRequested
+from modelbus_contracts import (
+    ModelPromoted,
+    ModelRolledBack,
+    ModelRolloutChanged,
+    ScoringRequested,
+)
 
 from .service import ScorerService
 
@@ -17,7 +22,7 @@ log = structlog.get_logger(__name__)
 
 
 async def resync_on_control(
-    event: ModelPromoted | ModelRolledBack, *, service: ScorerService
+    event: ModelPromoted | ModelRolledBack | ModelRolloutChanged, *, service: ScorerService
 ) -> None:
     """The registry is the truth: the event only says *which* model to re-read."""
     outcome = await service.sync_model(event.model_name, cause=event)

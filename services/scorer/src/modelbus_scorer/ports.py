@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from modelbus_contracts.api import VersionView
+from modelbus_contracts.api import RolloutView, VersionView
 
 
 class RegistryUnavailable(Exception):
@@ -23,5 +23,11 @@ class Registry(Protocol):
     async def champion(self, name: str) -> VersionView | None:
         """The champion's version record, or None if the model has no champion (or is unknown)."""
         ...
+
+    async def rollout(self, name: str) -> RolloutView | None:
+        """The model's live rollout (shadow/canary challenger), or None."""
+        ...
+
+    async def version(self, name: str, version: int) -> VersionView | None: ...
 
     async def ping(self) -> bool: ...

@@ -42,6 +42,7 @@ class PredictionBatch:
     source: str
     latency_ms: float
     cause: Event | None = None
+    shadow_of: list[str] | None = None  # served_by=shadow: the champion predictions mirrored
 
     @property
     def size(self) -> int:
@@ -50,8 +51,14 @@ class PredictionBatch:
     def events(self, producer: str) -> list[PredictionMade]:
         rows = self.X.tolist()
         out = []
-        for pid, row, score, label in zip(
-            self.prediction_ids, rows, self.scores.tolist(), self.labels.tolist(), strict=True
+        mirrored = self.shadow_of or [None] * self.size
+        for pid, row, score, label, shadow_of in zip(
+            self.prediction_ids,
+            rows,
+            self.scores.tolist(),
+            self.labels.tolist(),
+            mirrored,
+            strict=True,
         ):
             data = dict(
                 model_name=self.model_name,
@@ -64,6 +71,7 @@ class PredictionBatch:
                 served_by=self.served_by,
                 source=self.source,
                 latency_ms=self.latency_ms,
+                shadow_of=shadow_of,
             )
             if self.cause is not None:
                 event_id = uuid.uuid5(self.cause.event_id, f"{PredictionMade.event_type}/{pid}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 import uuid
 from collections.abc import Callable
@@ -38,11 +39,11 @@ from .domain import (
     Served,
     Slots,
     features_to_matrix,
-    predict,
     serving_slots,
 )
 from .ports import Registry, RegistryUnavailable
 from .prediction_log import PredictionBatch, PredictionLog
+from .rollout import Challenger, route, shadow_scores
 from .telemetry import ScorerMetrics
 
 log = structlog.get_logger(__name__)
@@ -99,6 +100,7 @@ class ScorerService:
         self.synced = asyncio.Event()  # set once the registry has answered a full sync
         self._locks: dict[str, asyncio.Lock] = {}
         self._announced_failures: dict[str, tuple[int, str]] = {}
+        self.challengers: dict[str, Challenger] = {}  # shadow / canary, per model
 
     # -- keeping models loaded ---------------------------------------------------------------
 
@@ -134,8 +136,41 @@ class ScorerService:
         lock = self._locks.setdefault(name, asyncio.Lock())
         async with lock:
             outcome = await self._sync_locked(name, cause)
+            await self._sync_rollout(name, cause)
         self.metrics.syncs.labels(outcome).inc()
         return outcome
+
+    async def _sync_rollout(self, name: str, cause: Event | None) -> None:
+        """Load (or drop) the challenger the registry exposes in shadow or as a canary."""
+        rollout = await self.registry.rollout(name)
+        view = None
+        if rollout is not None and rollout.mode != "none" and rollout.version is not None:
+            view = await self.registry.version(name, rollout.version)
+        if view is None or rollout is None or rollout.mode == "none":
+            if self.challengers.pop(name, None) is not None:
+                log.info("rollout.cleared", model=name)
+            return
+        existing = self.challengers.get(name)
+        if existing is not None and existing.same_as(view.version, view.artifact.sha256):
+            served = existing.served
+        else:
+            try:
+                served = await self.load(view)
+            except LoadFailed as exc:
+                self.challengers.pop(name, None)
+                await self._load_failed(name, view, str(exc), cause)
+                return
+        mode = "shadow" if rollout.mode == "shadow" else "canary"
+        self.challengers[name] = Challenger(
+            served, mode, rollout.fraction, rollout.champion_version
+        )
+        log.info(
+            "rollout.serving",
+            model=name,
+            version=view.version,
+            mode=mode,
+            fraction=rollout.fraction,
+        )
 
     async def _sync_locked(self, name: str, cause: Event | None) -> SyncOutcome:
         view = await self.registry.champion(name)
@@ -230,7 +265,13 @@ class ScorerService:
     # -- scoring -----------------------------------------------------------------------------
 
     def score(
-        self, name: str, parse: Parser, *, version: int | None = None, source: str = "http"
+        self,
+        name: str,
+        parse: Parser,
+        *,
+        version: int | None = None,
+        source: str = "http",
+        routing_key: str | None = None,
     ) -> ScoreResult:
         """The hot path: read the serving pair once, parse against its features, predict,
         record. ``version`` pins the request to the version being served. Raises
@@ -243,7 +284,9 @@ class ScorerService:
                     "version_not_served", f"model {name!r} serves version {current.version}"
                 )
             X, request_id = parse(current.feature_names, self.max_instances)
-            scored = predict(slots, current, X)
+            challenger = self.challengers.get(name)
+            key = routing_key or request_id
+            scored = route(challenger, key, slots, current, X)
         except (InvalidInput, ModelUnavailable) as exc:
             self.metrics.rejected.labels(exc.reason, source).inc()
             raise
@@ -252,7 +295,39 @@ class ScorerService:
         batch = self._batch(name, scored, X, ids, request_id, source, latency_ms)
         self._count(batch, scored)
         self.prediction_log.submit(batch)
+        shadow = self._shadow(name, challenger, batch, [uuid.uuid4().hex for _ in ids])
+        if shadow is not None:
+            self.prediction_log.submit(shadow)
         return ScoreResult(name, scored, ids, request_id)
+
+    def _shadow(
+        self,
+        name: str,
+        challenger: Challenger | None,
+        served: PredictionBatch,
+        ids: list[str],
+        cause: Event | None = None,
+    ) -> PredictionBatch | None:
+        """The shadow's answers to the rows the champion just answered (never returned)."""
+        started = time.perf_counter()
+        result = shadow_scores(challenger, served.feature_names, served.X)
+        if result is None or challenger is None:
+            return None
+        batch = dataclasses.replace(
+            served,
+            version=challenger.served.version,
+            scores=result[0],
+            labels=result[1],
+            prediction_ids=ids,
+            served_by="shadow",
+            latency_ms=(time.perf_counter() - started) * 1000.0,
+            cause=cause,
+            shadow_of=served.prediction_ids,
+        )
+        self.metrics.predictions.labels(name, str(batch.version), "shadow", batch.source).inc(
+            batch.size
+        )
+        return batch
 
     async def score_event(self, event: ScoringRequested) -> None:
         """Stream scoring: PredictionMade caused by the request, or ScoringFailed with the
@@ -265,7 +340,8 @@ class ScorerService:
         try:
             current, slots = self._serving(name)
             X = features_to_matrix(dict(event.features), current.feature_names)
-            scored = predict(slots, current, X)
+            challenger = self.challengers.get(name)
+            scored = route(challenger, event.request_id, slots, current, X)
         except (InvalidInput, ModelUnavailable) as exc:
             self.metrics.rejected.labels(exc.reason, "stream").inc()
             log.info("scoring.failed", model=name, request_id=event.request_id, error=exc.message)
@@ -285,6 +361,11 @@ class ScorerService:
         for prediction in batch.events(self.producer):
             await self.publisher.publish(prediction)
         self._count(batch, scored)
+        shadow_id = derived_id(event, "shadow_prediction_id").hex
+        shadow = self._shadow(name, challenger, batch, [shadow_id], event)
+        if shadow is not None:
+            for prediction in shadow.events(self.producer):
+                await self.publisher.publish(prediction)
 
     def _serving(self, name: str) -> tuple[Served, Slots]:
         """The serving pair; before the first sync an unknown model is "not yet", not 404."""
