@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import uuid
 
+import httpx
 import numpy as np
 import pytest
+from fastapi import FastAPI
 
 from modelbus_contracts import (
     ModelLoadFailed,
@@ -20,6 +22,7 @@ from modelbus_platform.bus import RecordingPublisher
 from modelbus_platform.metrics import Metrics
 from modelbus_platform.stores import LocalObjectStore
 from modelbus_scorer.adapters import FakeRegistry
+from modelbus_scorer.api import build_router
 from modelbus_scorer.domain import ModelHolder
 from modelbus_scorer.handlers import resync_on_control, score_requested
 from modelbus_scorer.prediction_log import PredictionLog
@@ -174,3 +177,25 @@ async def test_an_unloadable_challenger_is_announced(h, publish_artifact, make_m
     [failed] = h.publisher.of(ModelLoadFailed)
     assert failed.version == 2
     assert "m" not in h.service.challengers
+
+
+async def test_http_routing_key_header_or_body_pins_the_arm(h, publish_artifact, make_model):
+    await h.expose(publish_artifact, make_model, "canary", fraction=0.5)
+    app = FastAPI()
+
+    async def ready() -> dict[str, bool]:
+        return {"ok": True}
+
+    app.include_router(build_router(h.service, ready))
+    canary = next(f"u{i}" for i in range(100) if in_canary(f"u{i}", 0.5))
+    stable = next(f"u{i}" for i in range(100) if not in_canary(f"u{i}", 0.5))
+    body = {"features": {"age": 1, "income": 1}}
+    transport = httpx.ASGITransport(app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        by_header = await client.post(
+            "/models/m/predict", json=body, headers={"X-Routing-Key": canary}
+        )
+        by_body = await client.post("/models/m/predict", json={**body, "routing_key": stable})
+
+    assert (by_header.json()["served_by"], by_header.json()["model_version"]) == ("canary", 2)
+    assert (by_body.json()["served_by"], by_body.json()["model_version"]) == ("champion", 1)

@@ -45,6 +45,21 @@ async def read_json(request: Request) -> Any:
         raise InvalidInput("invalid_json", f"body is not valid JSON: {exc}") from exc
 
 
+def routing_key(request: Request, body: Any) -> str | None:
+    """The canary routing key: header ``X-Routing-Key``, else ``routing_key`` in the body (or
+    in v2 ``parameters``); without one the request id routes (and without that, chance)."""
+    header = request.headers.get("x-routing-key")
+    if header:
+        return header[:200]
+    if not isinstance(body, dict):
+        return None
+    params = body.get("parameters")
+    key = body.get("routing_key") or (
+        params.get("routing_key") if isinstance(params, dict) else None
+    )
+    return key[:200] if isinstance(key, str) and key else None
+
+
 def build_router(service: ScorerService, readiness: ReadinessCheck) -> APIRouter:
     router = APIRouter()
 
@@ -54,7 +69,10 @@ def build_router(service: ScorerService, readiness: ReadinessCheck) -> APIRouter
         try:
             body = await read_json(request)
             return service.score(
-                name, lambda names, limit: parser(body, names, limit), version=version
+                name,
+                lambda names, limit: parser(body, names, limit),
+                version=version,
+                routing_key=routing_key(request, body),
             )
         except InvalidInput as exc:
             if exc.reason == "invalid_json":
