@@ -45,7 +45,10 @@ schemas: install ## Regenerate JSON Schemas and AsyncAPI documents
 	$(UV) run --frozen python -m modelbus_contracts.schema contracts/schemas
 	$(UV) run --frozen python -m modelbus_platform.asyncapi infra/asyncapi
 
+bench-batch: install ## Batch scoring rows/s: the scorer's job path vs a bare pyarrow+numpy script (build/bench/batch.json)
+	$(UV) run --frozen python benchmarks/batch_bench.py $(BENCH_ARGS)
+
 clean: down ## Remove the embedded stack's data folder
 	rm -rf .data
 
-.PHONY: help install up up-only down status test test-unit lint schemas clean
+.PHONY: help install up up-only down status test test-unit lint schemas bench-batch clean
