@@ -1,0 +1,216 @@
+"""Automatic rollback on the real servers (Kafka-protocol broker, MongoDB-wire, S3): the registry
+and the deployer run in-process, talking only through the broker.
+
+Two models each get v1 then v2 promoted (trained-event -> registered -> evaluated -> promoted).
+Then the new champion regresses on live traffic:
+
+- model A: a burst of PredictionMade answered by the fallback (``served_by="fallback"``);
+- model B: a scorer reports ModelLoadFailed for v2.
+
+Each must end in exactly one ModelRolledBack (2 -> 1) whose reason carries the deployer's
+numbers, caused by the deployer's ModelRollbackRequested; more bad news afterwards changes
+nothing (one rollback per promotion).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import numpy as np
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from modelbus_contracts import (
+    ArtifactRef,
+    DatasetRef,
+    Event,
+    Lineage,
+    ModelLoadFailed,
+    ModelPromoted,
+    ModelRollbackRequested,
+    ModelRolledBack,
+    ModelTrained,
+    PredictionMade,
+    decode,
+    encode,
+)
+from modelbus_deployer.bootstrap import build_app as build_deployer
+from modelbus_deployer.config import DeployerSettings
+from modelbus_ml import Dataset, train_logreg
+from modelbus_platform.stores import S3ObjectStore, sha256_hex
+from modelbus_registry.bootstrap import build_app as build_registry
+from modelbus_registry.config import RegistrySettings
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+FEATURES = ("x1", "x2")
+
+
+def dataset(rows: int, seed: int, flip: bool = False) -> Dataset:
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(rows, 2))
+    y = ((2.0 * X[:, 0] - X[:, 1] + 0.3 * rng.normal(size=rows)) > 0).astype(np.int8)
+    return Dataset(FEATURES, X, 1 - y if flip else y)
+
+
+async def put(store, key: str, data: bytes) -> str:
+    await store.put(key, data, "application/octet-stream")
+    return sha256_hex(data)
+
+
+async def trained(store, model_name: str, seed: int, flip: bool = False) -> ModelTrained:
+    """A ModelTrained whose artifact and hold-out are really in S3 (``flip``: a bad model)."""
+    model = train_logreg(dataset(400, seed, flip), {"epochs": 100}, seed=0)
+    artifact = model.to_bytes()
+    digest = await put(store, f"artifacts/{model_name}/{sha256_hex(artifact)}.json", artifact)
+    holdout = dataset(200, seed + 100).to_csv_bytes()
+    hkey = f"datasets/{model_name}/{sha256_hex(holdout)}.csv"
+    hsha = await put(store, hkey, holdout)
+    ref = DatasetRef(uri=hkey, sha256=hsha, rows=200)
+    return ModelTrained(
+        producer="trainer",
+        model_name=model_name,
+        run_id=uuid.uuid4().hex,
+        artifact=ArtifactRef(
+            uri=f"artifacts/{model_name}/{digest}.json", sha256=digest, size_bytes=len(artifact)
+        ),
+        feature_names=list(FEATURES),
+        metrics={},
+        lineage=Lineage(dataset=ref, holdout=ref, seed=0, code_version="it", trigger="api"),
+        training_seconds=0.01,
+    )
+
+
+async def publish(producer: AIOKafkaProducer, *events: Event) -> None:
+    for event in events:
+        record = encode(event)
+        headers = [(k, v.encode()) for k, v in record.headers.items()]
+        await producer.send(record.topic, record.value, key=record.key, headers=headers)
+    await producer.flush()
+
+
+class Watcher:
+    """Collects ModelPromoted / ModelRolledBack / ModelRollbackRequested of our models."""
+
+    TYPES = (ModelPromoted, ModelRolledBack, ModelRollbackRequested)
+
+    def __init__(self, bootstrap: str, models: set[str]) -> None:
+        self.consumer = AIOKafkaConsumer(
+            *(cls.topic for cls in self.TYPES),
+            bootstrap_servers=bootstrap,
+            group_id=f"rollback-it-{uuid.uuid4().hex}",
+            auto_offset_reset="earliest",
+        )
+        self.models = models
+        self.seen: list[Event] = []
+        self.changed = asyncio.Event()
+        self.task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        await self.consumer.start()
+        self.task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        by_topic = {cls.topic: cls for cls in self.TYPES}
+        async for message in self.consumer:
+            if message.key is None or message.key.decode() not in self.models:
+                continue
+            self.seen.append(decode(message.headers, message.value, by_topic[message.topic]))
+            self.changed.set()
+
+    def of(self, cls, model_name: str) -> list:
+        return [e for e in self.seen if isinstance(e, cls) and e.model_name == model_name]
+
+    async def until(self, predicate, timeout: float = 40.0) -> None:
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                self.changed.clear()
+                await self.changed.wait()
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        await self.consumer.stop()
+
+
+def fallback(model_name: str, version: int) -> PredictionMade:
+    return PredictionMade(
+        producer="scorer",
+        model_name=model_name,
+        prediction_id=uuid.uuid4().hex,
+        version=version,
+        features={"x1": 0.1, "x2": 0.2},
+        score=0.4,
+        label=0,
+        served_by="fallback",
+        latency_ms=0.5,
+    )
+
+
+async def test_a_regressing_champion_is_rolled_back_once(infra, service_env, unique, monkeypatch):
+    for key, value in service_env.items():
+        monkeypatch.setenv(key, value)
+    registry = build_registry(RegistrySettings(mongo_db=f"reg_{unique}"))
+    deployer = build_deployer(
+        DeployerSettings(
+            mongo_db=f"dep_{unique}",
+            min_primary_metric=0.0,  # v1 (a bad model) only has to exist; v2 beats it
+            min_live_predictions=100,
+        )
+    )
+    settings = RegistrySettings()
+    store = S3ObjectStore(
+        service_env["MODELBUS_S3_ENDPOINT"],
+        settings.s3_access_key.get_secret_value(),
+        settings.s3_secret_key.get_secret_value(),
+        service_env["MODELBUS_BUCKET"],
+    )
+    a, b = f"rb-fallback-{unique}", f"rb-loadfail-{unique}"
+    watcher = Watcher(infra.kafka_bootstrap, {a, b})
+    producer = AIOKafkaProducer(bootstrap_servers=infra.kafka_bootstrap)
+    await producer.start()
+    await watcher.start()
+    try:
+        async with (
+            registry.router.lifespan_context(registry),
+            deployer.router.lifespan_context(deployer),
+        ):
+            await publish(
+                producer, await trained(store, a, 1, True), await trained(store, b, 2, True)
+            )
+            await watcher.until(
+                lambda: watcher.of(ModelPromoted, a) and watcher.of(ModelPromoted, b)
+            )
+            await publish(producer, await trained(store, a, 3), await trained(store, b, 4))
+            await watcher.until(
+                lambda: (
+                    len(watcher.of(ModelPromoted, a)) == 2
+                    and len(watcher.of(ModelPromoted, b)) == 2
+                )
+            )
+            failed = ModelLoadFailed(
+                producer="scorer", model_name=b, version=2, instance="scorer-x", error="integrity"
+            )
+            await publish(producer, *[fallback(a, 2) for _ in range(150)], failed)
+            await watcher.until(
+                lambda: watcher.of(ModelRolledBack, a) and watcher.of(ModelRolledBack, b)
+            )
+            await publish(producer, *[fallback(a, 2) for _ in range(150)], failed)  # again
+            await asyncio.sleep(3.0)
+    finally:
+        await watcher.stop()
+        await producer.stop()
+
+    [rolled_a] = watcher.of(ModelRolledBack, a)
+    [request_a] = watcher.of(ModelRollbackRequested, a)
+    assert (rolled_a.from_version, rolled_a.to_version) == (2, 1)
+    assert rolled_a.causation_id == request_a.event_id
+    assert rolled_a.reason.startswith("fallback_rate failed: fallback rate 1.000 > maximum 0.05")
+    assert request_a.evidence["fallbacks"] >= 100
+    assert request_a.correlation_id == watcher.of(ModelPromoted, a)[1].correlation_id
+    [rolled_b] = watcher.of(ModelRolledBack, b)
+    [request_b] = watcher.of(ModelRollbackRequested, b)
+    assert (rolled_b.from_version, rolled_b.to_version) == (2, 1)
+    assert "could not load v2: scorer-x: integrity" in rolled_b.reason
+    assert request_b.evidence["load_failures"] >= 1
