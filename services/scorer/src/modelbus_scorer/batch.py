@@ -151,45 +151,62 @@ def errors_uri_for(output_uri: str) -> str:
 
 def to_float(column: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     """A column as float64 plus a per-row code (OK, MISSING, NOT_A_NUMBER, NON_FINITE)."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    kind = column.type
-    n = len(column)
-    numeric = (
+    values = float_values(column)
+    return values, value_codes(column, values)
+
+
+def _is_numeric(kind: pa.DataType) -> bool:
+    return (
         pa.types.is_floating(kind)
         or pa.types.is_integer(kind)
         or pa.types.is_boolean(kind)
         or pa.types.is_decimal(kind)
     )
-    if numeric:
-        values = pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
-        codes = np.where(np.isfinite(values), OK, NON_FINITE).astype(np.int8)
-    elif pa.types.is_string(kind) or pa.types.is_large_string(kind):
-        values, codes = _strings_to_float(column)
-    elif pa.types.is_null(kind):
-        return np.full(n, np.nan), np.full(n, MISSING, dtype=np.int8)
-    else:
-        return np.full(n, np.nan), np.full(n, NOT_A_NUMBER, dtype=np.int8)
+
+
+def _is_text(kind: pa.DataType) -> bool:
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind)
+
+
+def float_values(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """float64 values; anything that is not a usable number becomes NaN (the fast path: a
+    float64 column without nulls is used in place)."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    kind = column.type
+    if pa.types.is_float64(kind) and column.null_count == 0:
+        return column.to_numpy(zero_copy_only=False)
+    if _is_numeric(kind):
+        return pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
+    if _is_text(kind):
+        trimmed = pc.utf8_trim_whitespace(column)
+        try:  # every value parses
+            return pc.cast(trimmed, pa.float64()).to_numpy(zero_copy_only=False)
+        except pa.ArrowInvalid:
+            kept = pc.if_else(_parses(trimmed), trimmed, pa.scalar(None, pa.string()))
+            return pc.cast(kept, pa.float64()).to_numpy(zero_copy_only=False)
+    return np.full(len(column), np.nan)
+
+
+def _parses(trimmed: pa.Array) -> pa.Array:
+    return pc.match_substring_regex(trimmed, NUMBER)
+
+
+def value_codes(column: pa.Array | pa.ChunkedArray, values: np.ndarray) -> np.ndarray:
+    """Why each value is (not) usable; only computed for a chunk that has bad rows."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    kind = column.type
+    codes = np.where(np.isfinite(values), OK, NON_FINITE).astype(np.int8)
+    if _is_text(kind):
+        trimmed = pc.utf8_trim_whitespace(column)
+        codes[~_parses(trimmed).fill_null(True).to_numpy(zero_copy_only=False)] = NOT_A_NUMBER
+        codes[pc.equal(trimmed, "").fill_null(False).to_numpy(zero_copy_only=False)] = MISSING
+    elif not _is_numeric(kind):
+        codes[:] = MISSING if pa.types.is_null(kind) else NOT_A_NUMBER
     if column.null_count:
         codes[column.is_null().to_numpy(zero_copy_only=False)] = MISSING
-    return values, codes
-
-
-def _strings_to_float(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    trimmed = pc.utf8_trim_whitespace(column)
-    try:  # fast path: every value parses
-        values = pc.cast(trimmed, pa.float64()).to_numpy(zero_copy_only=False)
-        return values, np.where(np.isfinite(values), OK, NON_FINITE).astype(np.int8)
-    except pa.ArrowInvalid:
-        pass
-    parses = pc.match_substring_regex(trimmed, NUMBER)
-    blank = pc.equal(trimmed, "")
-    kept = pc.if_else(parses, trimmed, pa.scalar(None, pa.string()))
-    values = pc.cast(kept, pa.float64()).to_numpy(zero_copy_only=False)
-    codes = np.where(np.isfinite(values), OK, NON_FINITE).astype(np.int8)
-    codes[~parses.fill_null(True).to_numpy(zero_copy_only=False)] = NOT_A_NUMBER
-    codes[blank.fill_null(False).to_numpy(zero_copy_only=False)] = MISSING
-    return values, codes
+    return codes
 
 
 def row_errors(codes: np.ndarray, features: tuple[str, ...]) -> np.ndarray:
@@ -219,11 +236,10 @@ def score_batch(
 ) -> ChunkScore:
     """Score one chunk: all valid rows in one predict call; bad rows get an error."""
     n = batch.num_rows
-    columns = [to_float(batch.column(name)) for name in features]
-    X = np.column_stack([v for v, _ in columns]) if columns else np.empty((n, 0))
-    codes = np.vstack([c for _, c in columns]) if columns else np.zeros((0, n), np.int8)
-    valid = (codes == OK).all(axis=0)
-    failed = int(n - valid.sum())
+    columns = [batch.column(name) for name in features]
+    X = np.column_stack([float_values(c) for c in columns]) if columns else np.empty((n, 0))
+    valid = np.isfinite(X).all(axis=1)
+    failed = int(n - np.count_nonzero(valid))
     if failed == 0:
         scores, labels = predict(X)
         score_col, label_col = pa.array(scores), pa.array(labels.astype(np.int64))
@@ -234,6 +250,7 @@ def score_batch(
             scores[valid], labels[valid] = predict(X[valid])
         score_col = pa.array(scores, mask=~valid)
         label_col = pa.array(labels.astype(np.int64), mask=~valid)
+        codes = np.vstack([value_codes(c, X[:, j]) for j, c in enumerate(columns)])
         error_col = pa.array(row_errors(codes, features), pa.string())
     version_col = pa.array(np.full(n, version, dtype=np.int64))
     out = [batch.column(name) for name in keep] + [score_col, label_col, version_col, error_col]
@@ -306,7 +323,10 @@ class OutputWriter:
     def write(self, batch: pa.RecordBatch) -> None:
         if self._writer is None:
             if self.fmt == "parquet":
-                self._writer = pq.ParquetWriter(self.sink, batch.schema)
+                # dictionary pages only where values repeat: trying them on scores and ids
+                # (all distinct) costs more than the rest of the write
+                dictionary = [LABEL, MODEL_VERSION, ERROR]
+                self._writer = pq.ParquetWriter(self.sink, batch.schema, use_dictionary=dictionary)
             else:
                 options = pv.WriteOptions(quoting_style="needed")
                 self._writer = pv.CSVWriter(self.sink, batch.schema, write_options=options)
