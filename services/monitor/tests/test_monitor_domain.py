@@ -93,7 +93,8 @@ def test_error_rate_up_opens_exactly_one_incident_and_suppresses_the_rest():
     assert event.correlation_id == uuid.UUID(incident.incident_id)
     assert event.observations > 3000
     assert event.window_size < event.observations
-    assert event.detector == "adwin+two_proportion_z"
+    assert event.detector == "adwin"
+    assert incident.evidence["test"] == "two_proportion_z"
     assert incident.evidence["p_value"] < 0.001
     dispositions = [d for _, d in stream.alarms()]
     assert dispositions[0] == "opened"

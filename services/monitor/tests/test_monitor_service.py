@@ -251,7 +251,7 @@ async def test_feature_detectors_wait_for_the_reference_and_retry_the_registry()
         h.metric(
             "modelbus_monitor_drift_alarms_total",
             model="churn",
-            detector="adwin+ks",
+            detector="adwin",
             feature="x",
             disposition="opened",
         )
