@@ -123,7 +123,9 @@ class LiveService:
             return "idle"
         policy = self.settings.policy_for(model_name)
         window = self.tracker.windows[stage.key]
-        verdict = judge_live(window, policy, stage.stage, stage.holdout_accuracy, stage.who)
+        verdict = judge_live(
+            window, policy, stage.stage, stage.holdout_accuracy, stage.who, stage.holdout_rows
+        )
         if verdict.outcome == "wait":
             return "wait"
         if stage.stage == "watch":

@@ -26,6 +26,7 @@ from .domain import Policy
 Stage = Literal["shadow", "canary", "watch"]
 Outcome = Literal["wait", "pass", "fail"]
 LATENCY_WINDOW = 10_000
+NOISE_Z = 2.0  # live vs hold-out accuracy: only a gap beyond ~2 standard errors counts
 
 
 # --- the stage machine -----------------------------------------------------------------------
@@ -176,6 +177,7 @@ def live_gates(
     stage: Stage,
     holdout_accuracy: float | None,
     who: str,
+    holdout_rows: int | None = None,
 ) -> list[GateResult]:
     """Every rule that has enough data to be judged; a rule without enough data is absent."""
     gates: list[GateResult] = []
@@ -202,11 +204,13 @@ def live_gates(
         gates.append(_gate("live_latency_p99", ok, p99, policy.live_latency_p99_ms, detail))
     accuracy = arm.accuracy
     if arm.labelled >= policy.min_labels and accuracy is not None and holdout_accuracy is not None:
-        floor = holdout_accuracy - policy.accuracy_tolerance
+        noise = accuracy_noise(holdout_accuracy, holdout_rows, accuracy, arm.labelled)
+        floor = holdout_accuracy - policy.accuracy_tolerance - noise
         ok = accuracy >= floor
         detail = (
             f"live accuracy {accuracy:.3f} on {arm.labelled} labels {'>=' if ok else '<'} "
             f"hold-out accuracy {holdout_accuracy:.3f} - tolerance {policy.accuracy_tolerance:g}"
+            f" - sampling noise {noise:.3f}"
         )
         gates.append(_gate("live_accuracy", ok, accuracy, floor, detail))
     agreement = window.agreement
@@ -220,15 +224,27 @@ def live_gates(
     return gates
 
 
+def accuracy_noise(
+    holdout_accuracy: float, holdout_rows: int | None, live_accuracy: float, labelled: int
+) -> float:
+    """``NOISE_Z`` standard errors of (hold-out accuracy - live accuracy): a small hold-out or
+    few labels must not roll back a good model on chance alone."""
+    variance = live_accuracy * (1 - live_accuracy) / max(labelled, 1)
+    if holdout_rows:
+        variance += holdout_accuracy * (1 - holdout_accuracy) / holdout_rows
+    return NOISE_Z * math.sqrt(variance)
+
+
 def judge_live(
     window: LiveWindow,
     policy: Policy,
     stage: Stage,
     holdout_accuracy: float | None,
     who: str,
+    holdout_rows: int | None = None,
 ) -> LiveVerdict:
     """Fail as soon as a judged rule fails; pass once the stage's sample size is reached."""
-    gates = live_gates(window, policy, stage, holdout_accuracy, who)
+    gates = live_gates(window, policy, stage, holdout_accuracy, who, holdout_rows)
     required = required_predictions(policy, stage)
     failed = [g for g in gates if not g.passed]
     if failed:

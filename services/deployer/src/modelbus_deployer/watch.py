@@ -41,6 +41,10 @@ class ActiveStage:
     doc: dict[str, Any]
 
     @property
+    def holdout_rows(self) -> int | None:
+        return (self.doc.get("holdout") or {}).get("rows")
+
+    @property
     def key(self) -> WindowKey:
         return (self.model_name, self.version, self.stage_no)
 
