@@ -1,5 +1,5 @@
-"""One test suite for the ObjectStore port, run against every adapter: a local folder and a real
-S3 server (moto), so the embedded default and production behave the same."""
+"""One test suite for the ObjectStore port, run against every adapter: the in-memory fake, a local
+folder and a real S3 server (moto), so the fake, the embedded default and production agree."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import pytest
 from modelbus_platform.stores import (
     IntegrityError,
     LocalObjectStore,
+    MemoryObjectStore,
     ObjectNotFound,
     S3ObjectStore,
     get_verified,
@@ -15,8 +16,10 @@ from modelbus_platform.stores import (
 )
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["memory", "local", "s3"])
 def store(request, tmp_path, unique):
+    if request.param == "memory":
+        return MemoryObjectStore()
     if request.param == "local":
         return LocalObjectStore(tmp_path / "objects")
     infra = request.getfixturevalue("infra")

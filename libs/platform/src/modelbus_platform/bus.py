@@ -120,6 +120,21 @@ class EventBus:
         self._lag_task: asyncio.Task | None = None
         self._offset_reset: dict[str, str] = {}
 
+    @classmethod
+    def from_settings(
+        cls, settings: Any, *, metrics: Metrics, processed: ProcessedEvents
+    ) -> EventBus:
+        """The bus as every service builds it from its ``ServiceSettings``."""
+        return cls(
+            settings.kafka_bootstrap,
+            service=settings.service_name,
+            metrics=metrics,
+            processed=processed,
+            retries=settings.handler_retries,
+            backoff_s=settings.handler_backoff_s,
+            partitions=settings.topic_partitions,
+        )
+
     # -- publishing ---------------------------------------------------------------------------
 
     async def publish(self, event: Event) -> None:
