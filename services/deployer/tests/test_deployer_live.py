@@ -227,3 +227,21 @@ async def test_human_reject(make_world):
     assert world.publisher.of(ModelEvaluated)[-1].decision == "reject"
     with pytest.raises(DecisionConflict):
         await service.approve("churn", 2, "bob", "changed my mind")
+
+
+async def test_a_human_decision_whose_publish_failed_is_published_on_retry(
+    make_world, flaky_publisher
+):
+    world = make_world(DeployerSettings(require_approval=True))
+    service, _ = await decided(world)
+    flaky = flaky_publisher(failures=1)
+    service.publisher = flaky
+
+    with pytest.raises(ConnectionError):
+        await service.approve("churn", 2, "alice", "ok")
+    assert world.decisions.docs[("churn", 2)]["published"] is False
+    doc = await service.approve("churn", 2, "alice", "ok")
+
+    assert (doc["decision"], doc["published"]) == ("promote", True)
+    [final] = flaky.of(ModelEvaluated)
+    assert (final.decision, final.actor) == ("promote", "alice")

@@ -130,3 +130,15 @@ async def test_models_are_listed_by_name(repo, unique):
     names = [m["name"] for m in await repo.list_models()]
     assert names.index(f"a-{unique}") < names.index(f"b-{unique}")
     assert await repo.ping()
+
+
+async def test_rollout_state_is_stored_on_the_model(repo):
+    await repo.allocate_version("r", NOW)
+    rollout = {"mode": "canary", "version": 2, "champion_version": 1, "fraction": 0.5, "step": 1}
+
+    await repo.set_rollout("r", rollout, NOW)
+    await repo.set_rollout("missing", rollout, NOW)  # no model: nothing happens
+
+    model = await repo.get_model("r")
+    assert model["rollout"] == rollout
+    assert await repo.get_model("missing") is None

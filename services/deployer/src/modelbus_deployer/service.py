@@ -38,6 +38,14 @@ class DecisionConflict(Exception):
         self.reason = reason
 
 
+class Unpublished(Exception):
+    """The decision moved on but its event was not published yet (a crash or broker outage)."""
+
+    def __init__(self, doc: dict[str, Any]) -> None:
+        super().__init__("unpublished decision")
+        self.doc = doc
+
+
 def stage_event_id(model_name: str, version: int, stage: int) -> uuid.UUID:
     """Deterministic: two replicas advancing the same stage emit the same event (deduped)."""
     return uuid.uuid5(STAGE_IDS, f"{model_name}/{version}/stage/{stage}")
@@ -264,13 +272,19 @@ class DeployerService:
 
     async def approve(self, model_name: str, version: int, actor: str, reason: str) -> dict:
         """A human approves a pending decision: its rollout starts, or it is promoted."""
-        doc = await self._pending(model_name, version)
+        try:
+            doc = await self._pending(model_name, version)
+        except Unpublished as exc:
+            return await self._republish(exc.doc)
         policy = self.settings.policy_for(model_name)
         nxt = first_stage(policy, doc["champion_version"] is not None, approved=True)
         return await self._human(doc, nxt, actor, f"approved by {actor}: {reason}")
 
     async def reject(self, model_name: str, version: int, actor: str, reason: str) -> dict:
-        doc = await self._pending(model_name, version)
+        try:
+            doc = await self._pending(model_name, version)
+        except Unpublished as exc:
+            return await self._republish(exc.doc)
         return await self._human(doc, Next("reject"), actor, f"rejected by {actor}: {reason}")
 
     async def _pending(self, model_name: str, version: int) -> dict[str, Any]:
@@ -278,10 +292,16 @@ class DeployerService:
         if doc is None:
             raise LookupError(f"no decision for {model_name} v{version}")
         if doc["decision"] != "pending_approval":
+            if not doc.get("published") and doc.get("stage"):
+                raise Unpublished(doc)  # a retried human call: publish what was recorded
             raise DecisionConflict(
                 f"{model_name} v{version} is not pending approval (decision: {doc['decision']})"
             )
         return doc
+
+    async def _republish(self, doc: dict[str, Any]) -> dict[str, Any]:
+        await self._publish(doc)
+        return await self.decisions.get(doc["model_name"], doc["version"]) or doc
 
     async def _human(self, doc: dict[str, Any], nxt: Next, actor: str, reason: str) -> dict:
         reasons = [reason, *doc["reasons"]]
