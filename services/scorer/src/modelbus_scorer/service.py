@@ -285,7 +285,7 @@ class ScorerService:
                 )
             X, request_id = parse(current.feature_names, self.max_instances)
             challenger = self.challengers.get(name)
-            key = routing_key or request_id
+            key = routing_key or request_id or (uuid.uuid4().hex if challenger else None)
             scored = route(challenger, key, slots, current, X)
         except (InvalidInput, ModelUnavailable) as exc:
             self.metrics.rejected.labels(exc.reason, source).inc()
