@@ -1,12 +1,16 @@
-"""The monitor's HTTP API: per-model status and the incident log."""
+"""The monitor's HTTP API: per-model status, daily windows, the HTML report and the incident
+log."""
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse
 
 from .adapters import incident_view
+from .report import render_report
 from .service import MonitorService
 
 router = APIRouter(tags=["monitor"])
@@ -40,3 +44,37 @@ async def get_incident(incident_id: str, request: Request) -> dict[str, Any]:
     if incident is None:
         raise HTTPException(404, detail=f"incident {incident_id!r} not found")
     return incident_view(incident)
+
+
+@router.get("/models/{name}/daily", summary="Yesterday vs today per feature (PSI, KS)")
+async def model_daily(
+    name: str,
+    request: Request,
+    day: str | None = Query(default=None, description="YYYY-MM-DD (UTC); default today"),
+) -> dict[str, Any]:
+    if day is not None:
+        try:
+            day = date.fromisoformat(day).isoformat()
+        except ValueError:
+            raise HTTPException(422, detail=f"day must be YYYY-MM-DD, got {day!r}") from None
+    service = _service(request)
+    report = await service.daily_report(name, day)
+    if not report["features"] and service.status(name) is None:
+        raise HTTPException(404, detail=f"model {name!r} is not monitored (no events seen)")
+    return report
+
+
+@router.get(
+    "/models/{name}/report", summary="Human-readable HTML report", response_class=HTMLResponse
+)
+async def model_report(name: str, request: Request) -> HTMLResponse:
+    service = _service(request)
+    status = service.status(name)
+    incidents = [incident_view(i) for i in await service.list_incidents(name, 20)]
+    if status is None and not incidents:
+        raise HTTPException(404, detail=f"model {name!r} is not monitored (no events seen)")
+    if status is not None:
+        status["history"] = service.history(name)
+    daily = await service.daily_report(name)
+    html = render_report(name, status, daily, incidents, service.clock())
+    return HTMLResponse(html)

@@ -267,6 +267,10 @@ class MonitorService:
         monitor = self.models.get(name)
         return monitor.status() if monitor else None
 
+    def history(self, name: str) -> list[list[float]]:
+        monitor = self.models.get(name)
+        return [list(h) for h in monitor.history] if monitor else []
+
     def open_count(self) -> int:
         return sum(1 for m in self.models.values() if m.incident is not None)
 
