@@ -6,9 +6,8 @@ interpolated through its quantiles)."""
 
 from __future__ import annotations
 
-import bisect
 import math
-import random
+import zlib
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -81,24 +80,39 @@ class DailyFeature:
     def __post_init__(self) -> None:
         if not self.hist:
             self.hist = [0] * (len(self.edges) + 1)
-        self._rng = random.Random(f"{self.model_name}|{self.day}|{self.feature}")
+        key = f"{self.model_name}|{self.day}|{self.feature}".encode()
+        self._rng = np.random.default_rng(zlib.crc32(key) + self.count)
 
     def add(self, value: float | None) -> None:
+        self.add_many(np.array([np.nan if value is None else value], dtype=float))
+
+    def add_many(self, values: np.ndarray) -> None:
+        """Add a column of values (NaN or infinite = missing), vectorised; the sample is a
+        reservoir sample of the day."""
         self.dirty = True
-        if value is None or not math.isfinite(value):
-            self.missing += 1
+        finite = values[np.isfinite(values)]
+        self.missing += len(values) - len(finite)
+        if not len(finite):
             return
-        self.count += 1
-        self.total += value
-        self.total_sq += value * value
-        self.low = value if self.low is None else min(self.low, value)
-        self.high = value if self.high is None else max(self.high, value)
-        self.hist[bisect.bisect_right(self.edges, value)] += 1
-        if len(self.sample) < self.sample_size:
-            self.sample.append(value)
-        else:
-            slot = self._rng.randrange(self.count)
-            if slot < self.sample_size:
+        seen = self.count
+        self.count += len(finite)
+        self.total += float(finite.sum())
+        self.total_sq += float(np.dot(finite, finite))
+        low, high = float(finite.min()), float(finite.max())
+        self.low = low if self.low is None else min(self.low, low)
+        self.high = high if self.high is None else max(self.high, high)
+        bins = np.bincount(
+            np.searchsorted(self.edges, finite, side="right"), minlength=len(self.hist)
+        )
+        self.hist = (np.asarray(self.hist) + bins).tolist()
+        fill = max(0, min(self.sample_size - len(self.sample), len(finite)))
+        self.sample.extend(finite[:fill].tolist())
+        rest = finite[fill:]
+        if len(rest):
+            seen_after = seen + fill + np.arange(1, len(rest) + 1)
+            slots = self._rng.integers(0, seen_after)
+            hit = slots < self.sample_size
+            for slot, value in zip(slots[hit].tolist(), rest[hit].tolist(), strict=True):
                 self.sample[slot] = value
 
     def doc(self) -> dict[str, Any]:
@@ -160,14 +174,15 @@ class DailyBook:
         self.features: dict[str, DailyFeature] = {}
         self.finished: list[DailyFeature] = []
 
-    def add(self, features: dict[str, Any], now: datetime) -> None:
+    def add(self, names: list[str], matrix: np.ndarray, now: datetime) -> None:
+        """One batch: ``matrix[:, j]`` holds feature ``names[j]`` (NaN = missing)."""
         day = day_of(now)
         if day != self.day:
             self._roll(day)
-        for name, window in self.features.items():
-            value = features.get(name)
-            ok = isinstance(value, int | float) and not isinstance(value, bool)
-            window.add(float(value) if ok else None)
+        for j, name in enumerate(names):
+            window = self.features.get(name)
+            if window is not None:
+                window.add_many(matrix[:, j])
 
     def _roll(self, day: str) -> None:
         self.finished.extend(w for w in self.features.values() if w.dirty)

@@ -246,7 +246,53 @@ class Stream:
         self.recent.append(value)
         if len(self.reference) < self.config.reference_size:
             self.reference.append(value)
-        window = self.detector.update(value)
+        return self._after(self.detector.update(value))
+
+    def update_many(self, values: list[float]) -> list[tuple[int, DriftAlarm]]:
+        """Feed a batch; returns (index in ``values``, alarm) pairs. Same result as calling
+        ``update`` per value, but the common case (no change, nothing pending) runs in a tight
+        loop with the buffers extended in bulk."""
+        out: list[tuple[int, DriftAlarm]] = []
+        i, n = 0, len(values)
+        river = self.detector.river
+        update = river.update
+        while i < n:
+            if self.pending is not None:
+                alarm = self.update(values[i])
+                if alarm is not None:
+                    out.append((i, alarm))
+                i += 1
+                continue
+            j = i
+            changed = False
+            while j < n:
+                update(values[j])
+                if river.drift_detected:
+                    changed = True
+                    break
+                j += 1
+            end = j + 1 if changed else n
+            self._extend(values[i:end])
+            self.detector.since_reset += end - i
+            window = None
+            if changed:
+                window = self.detector.window()
+                self.detector.since_reset = 0
+            alarm = self._after(window)
+            if alarm is not None:
+                out.append((end - 1, alarm))
+            i = end
+        return out
+
+    def _extend(self, chunk: list[float]) -> None:
+        self.observations += len(chunk)
+        self.recent.extend(chunk)
+        room = self.config.reference_size - len(self.reference)
+        if room > 0:
+            self.reference.extend(chunk[:room])
+
+    def _after(self, window: int | None) -> DriftAlarm | None:
+        """Bookkeeping after one point: a change opens a pending alarm; pending ones are tested."""
         if window is not None:
             self.changes += 1
         if window is not None and self.observations >= self.config.min_observations:

@@ -10,19 +10,27 @@ or rollback) a cooldown applies.
 
 from __future__ import annotations
 
-import math
 import uuid
 from collections import Counter, deque
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
+import numpy as np
+
 from modelbus_contracts import DataQualityAlert, DriftDetected, FeatureStats
 
 from .daily import DailyBook
 from .detectors import ERROR_STREAM, DriftAlarm, Kind, Stream, StreamConfig
 from .join import JoinedPair, Joiner, LabelPoint, PredictionPoint
-from .quality import QualityTally, bounds_for, quality_issues, standardise
+from .quality import (
+    BatchScreen,
+    QualityTally,
+    bounds_for,
+    feature_matrix,
+    quality_issues,
+    standardise,
+)
 
 SERVED_BY_MONITORED = frozenset({"champion", "fallback"})
 Disposition = Literal["opened", "suppressed_open", "suppressed_cooldown"]
@@ -176,7 +184,10 @@ class ModelMonitor:
         """Turn the feature streams on once the serving version's reference is known."""
         self.reference = dict(reference)
         self._bounds = bounds_for(self.reference)
-        self._scale = {name: (s.mean, s.std if s.std > 0 else 1.0) for name, s in reference.items()}
+        self._names = sorted(self.reference)
+        self._means = np.array([self.reference[n].mean for n in self._names])
+        self._stds = np.array([self.reference[n].std or 1.0 for n in self._names])
+        self._screen = BatchScreen(self._names, self._bounds, self.config.outlier_z)
         self._make_feature_streams()
         if self.config.daily_enabled:
             old, self.daily = self.daily, DailyBook(self.model_name, self.reference)
@@ -223,25 +234,40 @@ class ModelMonitor:
     def observe_prediction(
         self, point: PredictionPoint, now: datetime, correlation_id: uuid.UUID
     ) -> Outcome:
-        outcome = Outcome()
-        if self.joiner.knows_prediction(point.prediction_id):
-            self.joiner.duplicates += 1
-            self.counts["duplicate_predictions"] += 1
-            return outcome
-        self.counts["predictions"] += 1
-        reason = self._ineligible(point)
-        if reason is None:
-            self.counts["monitored_predictions"] += 1
-            self._feed_features(point, now, outcome)
-            outcome.quality = self._check_quality(point, now, correlation_id)
-            if self.daily is not None:
-                self.daily.add(point.features, now)
-        else:
-            outcome.ignored = reason
-            self.counts[f"ignored_{reason}"] += 1
-        self._feed_pair(self.joiner.add_prediction(point, now), now, outcome)
-        outcome.evicted = self.joiner.drain_evictions()
-        return outcome
+        return self.observe_predictions([point], now, [correlation_id])[0]
+
+    def observe_predictions(
+        self, points: list[PredictionPoint], now: datetime, correlation_ids: list[uuid.UUID]
+    ) -> list[Outcome]:
+        """A batch, in three steps: drop re-deliveries and sort out ineligible predictions; check
+        the eligible ones' inputs column-wise (drift streams, quality, daily windows); then join
+        each with its label in arrival order (the error stream)."""
+        outcomes = [Outcome() for _ in points]
+        fresh: list[int] = []
+        eligible: list[int] = []
+        in_batch: set[str] = set()
+        for k, point in enumerate(points):
+            pid = point.prediction_id
+            if pid in in_batch or self.joiner.knows_prediction(pid):
+                self.joiner.duplicates += 1
+                self.counts["duplicate_predictions"] += 1
+                continue
+            in_batch.add(pid)
+            fresh.append(k)
+            self.counts["predictions"] += 1
+            reason = self._ineligible(point)
+            if reason is None:
+                eligible.append(k)
+            else:
+                outcomes[k].ignored = reason
+                self.counts[f"ignored_{reason}"] += 1
+        if eligible:
+            self.counts["monitored_predictions"] += len(eligible)
+            self._inputs(eligible, points, outcomes, correlation_ids, now)
+        for k in fresh:
+            self._feed_pair(self.joiner.add_prediction(points[k], now), now, outcomes[k])
+            outcomes[k].evicted = self.joiner.drain_evictions()
+        return outcomes
 
     def observe_label(self, point: LabelPoint, now: datetime) -> Outcome:
         self.counts["labels"] += 1
@@ -277,25 +303,54 @@ class ModelMonitor:
         if alarm is not None:
             self._raise(alarm, pair.tipping_event_id, now, outcome)
 
-    def _feed_features(self, point: PredictionPoint, now: datetime, outcome: Outcome) -> None:
+    def _inputs(
+        self,
+        rows: list[int],
+        points: list[PredictionPoint],
+        outcomes: list[Outcome],
+        correlation_ids: list[uuid.UUID],
+        now: datetime,
+    ) -> None:
+        if not self.reference:
+            return
+        names = self._names
+        matrix = feature_matrix([points[k].features for k in rows], names)
+        self._feed_features(matrix, rows, points, outcomes, now)
+        self.tally.checked += len(rows)
+        flagged = set(self._screen.flagged(matrix).tolist())
+        width = len(names)
+        flagged.update(i for i, k in enumerate(rows) if len(points[k].features) > width)
+        for i in sorted(flagged):
+            k = rows[i]
+            alert = self._check_quality(points[k], now, correlation_ids[k])
+            if alert is not None:
+                outcomes[k].quality = alert
+        if self.daily is not None:
+            self.daily.add(names, matrix, now)
+
+    def _feed_features(
+        self,
+        matrix: np.ndarray,
+        rows: list[int],
+        points: list[PredictionPoint],
+        outcomes: list[Outcome],
+        now: datetime,
+    ) -> None:
         if not self.features:
             return
-        values = point.features
-        scales = self.scales
-        for name, stream in self.features.items():
-            value = values.get(name)
-            if value is None or not isinstance(value, int | float) or not math.isfinite(value):
-                continue
-            mean, std = self._scale[name]
-            z = (value - mean) / std
-            alarm = stream.update(z)
-            if alarm is not None:
-                self._raise(alarm, point.event_id, now, outcome)
-            scale = scales.get(name)
-            if scale is not None:
-                alarm = scale.update(abs(z))
-                if alarm is not None:
-                    self._raise(alarm, point.event_id, now, outcome)
+        z = (matrix - self._means) / self._stds
+        for j, name in enumerate(self._names):
+            column = z[:, j]
+            finite = np.isfinite(column)
+            index = rows if finite.all() else [rows[i] for i in np.flatnonzero(finite)]
+            values = column[finite]
+            streams = [(self.features[name], values)]
+            if name in self.scales:
+                streams.append((self.scales[name], np.abs(values)))
+            for stream, series in streams:
+                for i, alarm in stream.update_many(series.tolist()):
+                    k = index[i]
+                    self._raise(alarm, points[k].event_id, now, outcomes[k])
 
     # -- alarms and incidents -----------------------------------------------------------------
 
@@ -399,7 +454,6 @@ class ModelMonitor:
     ) -> DataQualityAlert | None:
         if not self.reference:
             return None
-        self.tally.checked += 1
         issues = quality_issues(point.features, self._bounds, self.config.outlier_z)
         if not issues:
             return None

@@ -9,6 +9,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
+
 from modelbus_contracts import FeatureStats
 
 Check = Literal["schema", "missing", "non_finite", "out_of_range", "outlier"]
@@ -52,6 +54,41 @@ class Bounds:
 
 def bounds_for(reference: dict[str, FeatureStats]) -> dict[str, Bounds]:
     return {name: Bounds.of(stats) for name, stats in reference.items()}
+
+
+class BatchScreen:
+    """Vectorised pre-check of a batch: which rows have any issue at all. Only those rows go
+    through ``quality_issues`` for the details (the common case: none)."""
+
+    def __init__(self, names: list[str], bounds: dict[str, Bounds], outlier_z: float) -> None:
+        self.names = names
+        self.low = np.array([bounds[n].low for n in names])
+        self.high = np.array([bounds[n].high for n in names])
+        self.median = np.array([bounds[n].median for n in names])
+        scale = [bounds[n].robust_scale or np.nan for n in names]
+        self.limit = np.array(scale) * outlier_z
+
+    def flagged(self, matrix: np.ndarray) -> np.ndarray:
+        """Row indices with a missing, non-finite, out-of-range or outlying value."""
+        with np.errstate(invalid="ignore"):
+            bad = ~np.isfinite(matrix)
+            bad |= (matrix < self.low) | (matrix > self.high)
+            bad |= np.abs(matrix - self.median) > self.limit
+        return np.flatnonzero(bad.any(axis=1))
+
+
+def feature_matrix(rows: list[dict[str, Any]], names: list[str]) -> np.ndarray:
+    """Rows x features as floats; missing or non-numeric values are NaN."""
+    try:
+        return np.array([[row[n] for n in names] for row in rows], dtype=float)
+    except (KeyError, TypeError, ValueError):
+        return np.array([[_number(row.get(n)) for n in names] for row in rows], dtype=float)
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return math.nan
+    return float(value)
 
 
 def quality_issues(

@@ -130,9 +130,9 @@ class MonitorService:
             async with self._lock(name):
                 monitor = await self._prepare(name)
                 tally = Tally()
-                for event in group:
-                    now = self.clock()
-                    point = PredictionPoint(
+                now = self.clock()
+                points = [
+                    PredictionPoint(
                         prediction_id=event.prediction_id,
                         version=event.version,
                         served_by=event.served_by,
@@ -141,7 +141,10 @@ class MonitorService:
                         event_id=event.event_id,
                         at=now,
                     )
-                    outcome = monitor.observe_prediction(point, now, event.correlation_id)
+                    for event in group
+                ]
+                correlation_ids = [event.correlation_id for event in group]
+                for outcome in monitor.observe_predictions(points, now, correlation_ids):
                     await self._apply(monitor, outcome, tally)
                 self._flush_tally(monitor, tally)
                 await self._retrigger(monitor)

@@ -1,0 +1,297 @@
+"""Monitor throughput bench: predictions/s with 20 features through the monitor's whole service
+path vs River's detectors alone on the same values, pre-parsed, in one process.
+
+Service path (what is measured): encoded CloudEvents Kafka records (binary mode: ce_* headers +
+JSON value, exactly what ``modelbus_contracts.encode`` produces) are fed to the real
+``EventBus.process_batch`` with the monitor's real subscriptions (``handlers.subscribe``), in
+batches of 1,000 records like the Kafka consumer gives them: CloudEvents decode + pydantic
+validation -> the batch handler -> per-model lock -> join with the label -> standardisation ->
+per feature ADWIN on z and ADWIN on |z| (+ confirmation tests when a detector fires) -> quality
+checks (missing, schema, range, robust outliers) -> daily windows -> error stream. Every
+prediction is followed by its label (also decoded and joined). No broker and no database: the
+registry, incident store and publisher are the in-memory fakes, so this is CPU cost only.
+
+Baselines (one process, values already parsed into Python floats):
+  river_adwin_per_feature   one River ADWIN per feature (20 updates per prediction)
+  river_same_detectors      the same detector count as the monitor: ADWIN on z and on |z| per
+                            feature plus one on the error (41 updates per prediction)
+
+Results: build/bench/monitor.json and a printed table.
+Run: ``uv run python benchmarks/monitor_bench.py`` (about a minute; ``--n`` to change the size).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import river
+from river import drift
+
+from modelbus_contracts import (
+    ArtifactRef,
+    DatasetRef,
+    FeatureStats,
+    LabelObserved,
+    Lineage,
+    PredictionMade,
+    encode,
+)
+from modelbus_contracts.api import AliasesView, ModelView, VersionView
+from modelbus_monitor.adapters import FakeRegistry, MemoryIncidentStore
+from modelbus_monitor.config import MonitorSettings
+from modelbus_monitor.handlers import GROUP, subscribe
+from modelbus_monitor.metrics import MonitorMetrics
+from modelbus_monitor.service import MonitorService, detector_config
+from modelbus_platform.bus import EventBus, MemoryProcessedEvents, RecordingPublisher
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "build" / "bench" / "monitor.json"
+FEATURES = [f"f{i:02d}" for i in range(20)]
+MODEL = "bench"
+BATCH = 1000
+SHA = "0" * 64
+Q = {"p01": -2.33, "p05": -1.64, "p25": -0.67, "p50": 0.0, "p75": 0.67, "p95": 1.64, "p99": 2.33}
+
+
+@dataclass
+class Raw:
+    """What aiokafka hands the bus: topic, partition, offset, headers, value."""
+
+    topic: str
+    partition: int
+    offset: int
+    headers: list[tuple[str, bytes]]
+    value: bytes
+
+
+def make_data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, len(FEATURES)))
+    predicted = (rng.random(n) < 0.5).astype(int)
+    wrong = rng.random(n) < 0.1
+    truth = np.where(wrong, 1 - predicted, predicted)
+    return x, predicted, truth
+
+
+def records(x: np.ndarray, predicted: np.ndarray, truth: np.ndarray) -> list[list[Raw]]:
+    """Encoded batches: 1,000 predictions, then their 1,000 labels, and so on."""
+    batches: list[list[Raw]] = []
+    offset = 0
+    for start in range(0, len(x), BATCH):
+        preds, labels = [], []
+        for i in range(start, min(start + BATCH, len(x))):
+            pid = f"p{i}-{uuid.uuid4().hex[:8]}"
+            prediction = PredictionMade(
+                producer="scorer",
+                model_name=MODEL,
+                prediction_id=pid,
+                version=1,
+                features=dict(zip(FEATURES, x[i].tolist(), strict=True)),
+                score=0.5,
+                label=int(predicted[i]),
+                latency_ms=1.0,
+            )
+            label = LabelObserved(
+                producer="upstream", model_name=MODEL, prediction_id=pid, label=int(truth[i])
+            )
+            for event, out in ((prediction, preds), (label, labels)):
+                rec = encode(event)
+                headers = [(k, v.encode()) for k, v in rec.headers.items()]
+                out.append(Raw(rec.topic, 0, offset, headers, rec.value))
+                offset += 1
+        batches += [preds, labels]
+    return batches
+
+
+def fake_registry() -> FakeRegistry:
+    registry = FakeRegistry()
+    stats = FeatureStats(count=10_000, mean=0.0, std=1.0, min=-4.5, max=4.5, quantiles=Q)
+    reference = {name: stats for name in FEATURES}
+    dataset = DatasetRef(uri="datasets/b/x.csv", sha256=SHA, rows=10)
+    lineage = Lineage(dataset=dataset, holdout=dataset, seed=1, code_version="b", trigger="api")
+    registry.models[MODEL] = ModelView(
+        name=MODEL, aliases=AliasesView(model_name=MODEL, champion=1)
+    )
+    registry.versions[(MODEL, 1)] = VersionView(
+        model_name=MODEL,
+        version=1,
+        run_id="r",
+        artifact=ArtifactRef(uri="artifacts/b/x.json", sha256=SHA, size_bytes=1),
+        feature_names=FEATURES,
+        lineage=lineage,
+        reference=reference,
+        status="champion",
+        created_at=datetime(2026, 1, 1, tzinfo=UTC),
+    )
+    return registry
+
+
+async def run_service(batches: list[list[Raw]]) -> dict[str, Any]:
+    settings = MonitorSettings()
+    metrics = MonitorMetrics("monitor-bench")
+    publisher = RecordingPublisher()
+    service = MonitorService(
+        detector_config(settings),
+        publisher=publisher,
+        incidents=MemoryIncidentStore(),
+        registry=fake_registry(),
+        metrics=metrics,
+    )
+    await service.rebuild()
+    bus = EventBus(
+        "127.0.0.1:1", service="monitor-bench", metrics=metrics, processed=MemoryProcessedEvents()
+    )
+    subscribe(bus, service)
+    routes = bus._groups[GROUP]  # the monitor's real batch routes
+    started = time.perf_counter()
+    for batch in batches:
+        await bus.process_batch(GROUP, routes, batch)
+    seconds = time.perf_counter() - started
+    status = service.status(MODEL)
+    assert status is not None and status["joined"] == sum(len(b) for b in batches) // 2
+    return {
+        "seconds": seconds,
+        "joined": status["joined"],
+        "incidents": service.open_count(),
+        "quality_alerts": len(publisher.events),
+    }
+
+
+async def run_service_predecoded(batches: list[list[Raw]]) -> float:
+    """The handler path alone (events already decoded): where the time goes."""
+    from modelbus_contracts import decode
+
+    settings = MonitorSettings()
+    service = MonitorService(
+        detector_config(settings),
+        publisher=RecordingPublisher(),
+        incidents=MemoryIncidentStore(),
+        registry=fake_registry(),
+        metrics=MonitorMetrics("monitor-bench-2"),
+    )
+    await service.rebuild()
+    decoded = [[decode(r.headers, r.value) for r in batch] for batch in batches]
+    started = time.perf_counter()
+    for batch in decoded:
+        if isinstance(batch[0], PredictionMade):
+            await service.on_predictions(batch)
+        else:
+            await service.on_labels(batch)
+    return time.perf_counter() - started
+
+
+def decode_only(batches: list[list[Raw]]) -> float:
+    from modelbus_contracts import decode
+
+    started = time.perf_counter()
+    for batch in batches:
+        for r in batch:
+            decode(r.headers, r.value)
+    return time.perf_counter() - started
+
+
+def run_river(x: np.ndarray, errors: np.ndarray, same_detectors: bool) -> tuple[float, int]:
+    rows = x.tolist()
+    errs = errors.astype(float).tolist()
+    mean = [drift.ADWIN() for _ in FEATURES]
+    scale = [drift.ADWIN() for _ in FEATURES]
+    error = drift.ADWIN()
+    alarms = 0
+    started = time.perf_counter()
+    if same_detectors:
+        for row, err in zip(rows, errs, strict=True):
+            for j, v in enumerate(row):
+                d = mean[j]
+                d.update(v)
+                alarms += d.drift_detected
+                s = scale[j]
+                s.update(abs(v))
+                alarms += s.drift_detected
+            error.update(err)
+            alarms += error.drift_detected
+    else:
+        for row in rows:
+            for j, v in enumerate(row):
+                d = mean[j]
+                d.update(v)
+                alarms += d.drift_detected
+    return time.perf_counter() - started, alarms
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=30_000, help="predictions (each with a label)")
+    parser.add_argument("--repeat", type=int, default=3, help="best of this many runs")
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args(argv)
+    x, predicted, truth = make_data(args.n, seed=11)
+    batches = records(x, predicted, truth)
+    errors = (predicted != truth).astype(int)
+    service_runs = [asyncio.run(run_service(batches)) for _ in range(args.repeat)]
+    best = min(service_runs, key=lambda r: r["seconds"])
+    handler_s = min(asyncio.run(run_service_predecoded(batches)) for _ in range(args.repeat))
+    decode_s = min(decode_only(batches) for _ in range(args.repeat))
+    river_1 = min(run_river(x, errors, False)[0] for _ in range(args.repeat))
+    river_2 = min(run_river(x, errors, True)[0] for _ in range(args.repeat))
+    n = args.n
+    rate = {
+        "service_path": n / best["seconds"],
+        "service_handlers_only_predecoded": n / handler_s,
+        "decode_only": 2 * n / decode_s,
+        "river_adwin_per_feature": n / river_1,
+        "river_same_detectors": n / river_2,
+    }
+    report = {
+        "bench": "monitor",
+        "features": len(FEATURES),
+        "predictions": n,
+        "records": 2 * n,
+        "batch_records": BATCH,
+        "python": platform.python_version(),
+        "river": river.__version__,
+        "cpus": os.cpu_count(),
+        "predictions_per_s": {k: round(v, 1) for k, v in rate.items()},
+        "records_per_s_service_path": round(2 * n / best["seconds"], 1),
+        "us_per_prediction": {k: round(1e6 / v, 2) for k, v in rate.items()},
+        "ratio_service_vs_river_adwin_per_feature": round(
+            rate["service_path"] / rate["river_adwin_per_feature"], 3
+        ),
+        "ratio_service_vs_river_same_detectors": round(
+            rate["service_path"] / rate["river_same_detectors"], 3
+        ),
+        "ratio_handlers_vs_river_same_detectors": round(
+            rate["service_handlers_only_predecoded"] / rate["river_same_detectors"], 3
+        ),
+        "service_run": best,
+        "target_ratio": 0.3,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    print(f"{'path':36} {'predictions/s':>14} {'us/prediction':>14}")
+    for key, value in rate.items():
+        unit = "records/s" if key == "decode_only" else ""
+        print(f"{key:36} {value:14,.0f} {1e6 / value:14.2f} {unit}")
+    print(
+        "ratio service / river ADWIN per feature: "
+        f"{report['ratio_service_vs_river_adwin_per_feature']}; "
+        f"service / river same detectors: {report['ratio_service_vs_river_same_detectors']} "
+        f"(target >= 0.3)"
+    )
+    print(f"-> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
