@@ -45,10 +45,17 @@ schemas: install ## Regenerate JSON Schemas and AsyncAPI documents
 	$(UV) run --frozen python -m modelbus_contracts.schema contracts/schemas
 	$(UV) run --frozen python -m modelbus_platform.asyncapi infra/asyncapi
 
+bench: install ## Serving benchmarks: online v2 infer, stream, hot swap (build/bench/{online,stream,hotswap}.json)
+	@command -v wrk >/dev/null || echo "wrk not installed (apt-get install -y wrk): using the asyncio load generator"
+	@[ -x build/mlserver-venv/bin/mlserver ] || { $(UV) venv -q build/mlserver-venv && $(UV) pip install -q --python build/mlserver-venv 'mlserver==1.7.*' numpy; } || echo "MLServer 1.7 not installed: the online bench skips it"
+	$(UV) run --frozen python benchmarks/online_bench.py
+	$(UV) run --frozen python benchmarks/stream_bench.py
+	$(UV) run --frozen python benchmarks/hotswap_bench.py
+
 bench-batch: install ## Batch scoring rows/s: the scorer's job path vs a bare pyarrow+numpy script (build/bench/batch.json)
 	$(UV) run --frozen python benchmarks/batch_bench.py $(BENCH_ARGS)
 
 clean: down ## Remove the embedded stack's data folder
 	rm -rf .data
 
-.PHONY: help install up up-only down status test test-unit lint schemas bench-batch clean
+.PHONY: help install up up-only down status test test-unit lint schemas bench bench-batch clean

@@ -417,7 +417,14 @@ def machine_notes() -> dict[str, Any]:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
+
+    def git(*argv: str) -> str:
+        result = subprocess.run(["git", *argv], cwd=ROOT, capture_output=True, text=True)
+        return result.stdout.strip()
+
     return {
+        "commit": git("rev-parse", "--short", "HEAD"),
+        "scorer_dirty": bool(git("status", "--porcelain", "services/scorer")),
         "cpu": cpu,
         "cores": os.cpu_count(),
         "server_core": SERVER_CORE,
