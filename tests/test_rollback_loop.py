@@ -1,5 +1,5 @@
-"""Automatic rollback on the real servers (Kafka-protocol broker, MongoDB-wire, S3): the registry
-and the deployer run in-process, talking only through the broker.
+"""Safe rollouts and automatic rollback on the real servers (Kafka-protocol broker,
+MongoDB-wire, S3): the registry and the deployer run in-process, talking only through the broker.
 
 Two models each get v1 then v2 promoted (trained-event -> registered -> evaluated -> promoted).
 Then the new champion regresses on live traffic:
@@ -10,13 +10,20 @@ Then the new champion regresses on live traffic:
 Each must end in exactly one ModelRolledBack (2 -> 1) whose reason carries the deployer's
 numbers, caused by the deployer's ModelRollbackRequested; more bad news afterwards changes
 nothing (one rollback per promotion).
+
+A third scenario adds the scorer (in-process, reading the registry app over ASGI): a canary
+policy takes v2 through two canary steps on live HTTP traffic routed by ``X-Routing-Key``, each
+step judged by the deployer from the scorer's PredictionMade, then promotes it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
+from collections.abc import AsyncIterator
 
+import httpx
 import numpy as np
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -26,21 +33,25 @@ from modelbus_contracts import (
     DatasetRef,
     Event,
     Lineage,
+    ModelEvaluated,
     ModelLoadFailed,
     ModelPromoted,
     ModelRollbackRequested,
     ModelRolledBack,
+    ModelRolloutChanged,
     ModelTrained,
     PredictionMade,
     decode,
     encode,
 )
 from modelbus_deployer.bootstrap import build_app as build_deployer
-from modelbus_deployer.config import DeployerSettings
+from modelbus_deployer.config import DeployerSettings, ModelPolicy
 from modelbus_ml import Dataset, train_logreg
 from modelbus_platform.stores import S3ObjectStore, sha256_hex
 from modelbus_registry.bootstrap import build_app as build_registry
 from modelbus_registry.config import RegistrySettings
+from modelbus_scorer.bootstrap import build_app as build_scorer
+from modelbus_scorer.config import ScorerSettings
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -93,7 +104,13 @@ async def publish(producer: AIOKafkaProducer, *events: Event) -> None:
 class Watcher:
     """Collects ModelPromoted / ModelRolledBack / ModelRollbackRequested of our models."""
 
-    TYPES = (ModelPromoted, ModelRolledBack, ModelRollbackRequested)
+    TYPES = (
+        ModelPromoted,
+        ModelRolledBack,
+        ModelRollbackRequested,
+        ModelEvaluated,
+        ModelRolloutChanged,
+    )
 
     def __init__(self, bootstrap: str, models: set[str]) -> None:
         self.consumer = AIOKafkaConsumer(
@@ -134,6 +151,28 @@ class Watcher:
         await self.consumer.stop()
 
 
+@contextlib.asynccontextmanager
+async def running(*apps) -> AsyncIterator[None]:
+    """Start the apps' lifespans concurrently (each waits for its consumer groups to join)."""
+    contexts = [app.router.lifespan_context(app) for app in apps]
+    await asyncio.gather(*(c.__aenter__() for c in contexts))
+    try:
+        yield
+    finally:
+        for context in reversed(contexts):
+            await context.__aexit__(None, None, None)
+
+
+def s3(service_env):
+    settings = RegistrySettings()
+    return S3ObjectStore(
+        service_env["MODELBUS_S3_ENDPOINT"],
+        settings.s3_access_key.get_secret_value(),
+        settings.s3_secret_key.get_secret_value(),
+        service_env["MODELBUS_BUCKET"],
+    )
+
+
 def fallback(model_name: str, version: int) -> PredictionMade:
     return PredictionMade(
         producer="scorer",
@@ -159,23 +198,14 @@ async def test_a_regressing_champion_is_rolled_back_once(infra, service_env, uni
             min_live_predictions=100,
         )
     )
-    settings = RegistrySettings()
-    store = S3ObjectStore(
-        service_env["MODELBUS_S3_ENDPOINT"],
-        settings.s3_access_key.get_secret_value(),
-        settings.s3_secret_key.get_secret_value(),
-        service_env["MODELBUS_BUCKET"],
-    )
+    store = s3(service_env)
     a, b = f"rb-fallback-{unique}", f"rb-loadfail-{unique}"
     watcher = Watcher(infra.kafka_bootstrap, {a, b})
     producer = AIOKafkaProducer(bootstrap_servers=infra.kafka_bootstrap)
     await producer.start()
     await watcher.start()
     try:
-        async with (
-            registry.router.lifespan_context(registry),
-            deployer.router.lifespan_context(deployer),
-        ):
+        async with running(registry, deployer):
             await publish(
                 producer, await trained(store, a, 1, True), await trained(store, b, 2, True)
             )
@@ -197,7 +227,7 @@ async def test_a_regressing_champion_is_rolled_back_once(infra, service_env, uni
                 lambda: watcher.of(ModelRolledBack, a) and watcher.of(ModelRolledBack, b)
             )
             await publish(producer, *[fallback(a, 2) for _ in range(150)], failed)  # again
-            await asyncio.sleep(3.0)
+            await asyncio.sleep(2.0)
     finally:
         await watcher.stop()
         await producer.stop()
@@ -214,3 +244,74 @@ async def test_a_regressing_champion_is_rolled_back_once(infra, service_env, uni
     assert (rolled_b.from_version, rolled_b.to_version) == (2, 1)
     assert "could not load v2: scorer-x: integrity" in rolled_b.reason
     assert request_b.evidence["load_failures"] >= 1
+
+
+async def test_a_canary_steps_through_live_traffic_then_is_promoted(
+    infra, service_env, unique, monkeypatch
+):
+    for key, value in service_env.items():
+        monkeypatch.setenv(key, value)
+    name = f"canary-{unique}"
+    policy = ModelPolicy(
+        rollout="canary",
+        canary_steps=[0.3, 0.6],
+        canary_step_predictions=25,
+        min_live_predictions=20,
+        rollback_watch_predictions=40,
+    )
+    registry = build_registry(RegistrySettings(mongo_db=f"creg_{unique}"))
+    deployer = build_deployer(
+        DeployerSettings(mongo_db=f"cdep_{unique}", min_primary_metric=0.0, policies={name: policy})
+    )
+    scorer = build_scorer(
+        ScorerSettings(registry_url="http://registry", instance_id=f"it-{unique}"),
+        registry_transport=httpx.ASGITransport(registry),
+    )
+    store = s3(service_env)
+    watcher = Watcher(infra.kafka_bootstrap, {name})
+    producer = AIOKafkaProducer(bootstrap_servers=infra.kafka_bootstrap)
+    await producer.start()
+    await watcher.start()
+    served: list[tuple[str, int]] = []
+    try:
+        async with running(registry, deployer, scorer):
+            transport = httpx.ASGITransport(scorer)
+            client = httpx.AsyncClient(transport=transport, base_url="http://scorer")
+            await publish(producer, await trained(store, name, 5, True))
+            await watcher.until(lambda: watcher.of(ModelPromoted, name))
+            await publish(producer, await trained(store, name, 6))
+            await watcher.until(lambda: watcher.of(ModelRolloutChanged, name))
+            i = 0
+            while len(watcher.of(ModelPromoted, name)) < 2 and i < 3000:
+                i += 1
+                response = await client.post(
+                    f"/models/{name}/predict",
+                    json={"features": {"x1": 0.3, "x2": -0.2}},
+                    headers={"X-Routing-Key": f"user-{i % 500}"},
+                )
+                if response.status_code == 200:
+                    body = response.json()
+                    served.append((body["served_by"], body["model_version"]))
+                await asyncio.sleep(0.005)
+            decision = await httpx.AsyncClient(
+                transport=httpx.ASGITransport(deployer), base_url="http://deployer"
+            ).get(f"/decisions/{name}/2")
+            await client.aclose()
+    finally:
+        await watcher.stop()
+        await producer.stop()
+
+    steps = [
+        (e.decision, e.rollout.fraction if e.rollout else None)
+        for e in watcher.of(ModelEvaluated, name)
+        if e.version == 2
+    ]
+    assert steps == [("canary", 0.3), ("canary", 0.6), ("promote", None)]
+    changes = [(e.mode, e.fraction) for e in watcher.of(ModelRolloutChanged, name)]
+    assert changes == [("canary", 0.3), ("canary", 0.6)]
+    assert ("canary", 2) in served and ("champion", 1) in served
+    assert [p.version for p in watcher.of(ModelPromoted, name)] == [1, 2]
+    body = decision.json()
+    assert [h["what"] for h in body["history"]] == ["canary", "canary", "promote"]
+    step = watcher.of(ModelEvaluated, name)[-2]
+    assert step.live_metrics["predictions"] >= 25 and step.gates[0].name == "live_sample_size"
