@@ -55,7 +55,11 @@ bench: install ## Serving benchmarks: online v2 infer, stream, hot swap (build/b
 bench-batch: install ## Batch scoring rows/s: the scorer's job path vs a bare pyarrow+numpy script (build/bench/batch.json)
 	$(UV) run --frozen python benchmarks/batch_bench.py $(BENCH_ARGS)
 
+bench-monitor: install ## Drift detection (modelbus vs River defaults) and monitor throughput (build/bench/{drift,monitor}.json)
+	$(UV) run --frozen python benchmarks/drift_bench.py $(BENCH_ARGS)
+	$(UV) run --frozen python benchmarks/monitor_bench.py
+
 clean: down ## Remove the embedded stack's data folder
 	rm -rf .data
 
-.PHONY: help install up up-only down status test test-unit lint schemas bench bench-batch clean
+.PHONY: help install up up-only down status test test-unit lint schemas bench bench-batch bench-monitor clean
