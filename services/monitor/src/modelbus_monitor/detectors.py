@@ -4,8 +4,9 @@ standardised feature, each feature's |z| for variance changes).
 A stream runs one streaming detector (River ADWIN by default; KSWIN, PageHinkley on inputs; DDM on
 the error stream). A streaming alarm only opens a *pending* change: it becomes a ``DriftAlarm``
 once a batch two-sample test between the stream's reference sample (its first points since reset)
-and the points after the estimated change point (the best mean split of the recent window)
-rejects at ``alpha`` (Kolmogorov-Smirnov plus Welch's t, Bonferroni-combined, for continuous
+and the points after the estimated change point rejects at ``alpha`` (sample splitting: the split
+is the best mean split of the even-indexed recent points, only the odd-indexed points after it are
+tested, so choosing the split does not bias the test) (Kolmogorov-Smirnov plus Welch's t, Bonferroni-combined, for continuous
 values; a one-sided two-proportion z-test for the 0/1 error stream). The test is retried every
 ``confirm_every`` points while the change is pending and dropped after ``confirm_patience`` points.
 Streams keep their reference sample and a bounded window of recent values, which is what a
@@ -42,7 +43,7 @@ class StreamConfig:
     reference_size: int = 1000
     window_size: int = 2000
     alpha: float = 0.001
-    confirm_min: int = 30
+    confirm_min: int = 20
     confirm_every: int = 25
     confirm_patience: int = 1000
     confirm_max: int = 1000
@@ -310,9 +311,7 @@ class Stream:
         if self.observations - pending.last_test < cfg.confirm_every:
             return None
         pending.last_test = self.observations
-        recent = np.fromiter(self.recent, float, len(self.recent))
-        split = change_point(recent, cfg.confirm_min)
-        result = self.test(self.observations - len(recent) + split)
+        result = self._split_test()
         if result is not None and result.rejects:
             self.pending = None
             self.confirmed += 1
@@ -322,6 +321,23 @@ class Stream:
             self.pending = None
             self.dismissed += 1
         return None
+
+    def _split_test(self) -> TestResult | None:
+        """Sample splitting, so that picking the split does not bias the test: the change point
+        is estimated on the even-indexed recent points and only the odd-indexed points after it
+        are tested against the reference sample (before the split)."""
+        cfg = self.config
+        recent = np.fromiter(self.recent, float, len(self.recent))
+        split = 2 * change_point(recent[0::2], cfg.confirm_min)
+        current = recent[split + 1 :: 2][-cfg.confirm_max :]
+        start = self.observations - len(recent) + split
+        ref_end = min(len(self.reference), start)
+        if len(current) < cfg.confirm_min or ref_end < cfg.confirm_min:
+            return None
+        reference = np.fromiter(self.reference[:ref_end], float, ref_end)
+        if self.kind == "error":
+            return proportion_test(reference, current, cfg.alpha)
+        return two_sample_test(reference, current, cfg.alpha)
 
     def test(self, start: int | None = None) -> TestResult | None:
         """Reference sample (points before ``start``) vs the points since ``start`` (or the last
