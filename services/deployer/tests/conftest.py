@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 from modelbus_contracts import ArtifactRef, DatasetRef, Lineage, ModelRegistered, ModelSummary
-from modelbus_deployer.adapters import MemoryDecisionStore, MemoryObjectStore, ObjectStoreModels
+from modelbus_deployer.adapters import MemoryDecisionStore, ObjectStoreModels
 from modelbus_deployer.config import DeployerSettings
 from modelbus_deployer.service import DeployerService
 from modelbus_ml import Dataset, LogisticModel, train_logreg
 from modelbus_platform.bus import RecordingPublisher
-from modelbus_platform.stores import sha256_hex
+from modelbus_platform.stores import MemoryObjectStore, sha256_hex
 
 FEATURES = ("x1", "x2", "x3")
 

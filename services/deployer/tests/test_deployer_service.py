@@ -9,11 +9,11 @@ from modelbus_contracts import (
     DatasetRef,
     ModelEvaluated,
 )
-from modelbus_deployer.adapters import MemoryDecisionStore, MemoryObjectStore, ObjectStoreModels
+from modelbus_deployer.adapters import MemoryDecisionStore, ObjectStoreModels
 from modelbus_deployer.config import DeployerSettings, ModelPolicy
 from modelbus_deployer.service import DeployerService
 from modelbus_platform.bus import RecordingPublisher
-from modelbus_platform.stores import sha256_hex
+from modelbus_platform.stores import MemoryObjectStore, sha256_hex
 
 
 async def test_same_event_twice_gives_one_decision_and_one_event(world):

@@ -10,10 +10,10 @@ import numpy as np
 from modelbus_contracts import DriftDetected, LabelObserved, PredictionMade
 from modelbus_ml import Dataset
 from modelbus_platform.bus import RecordingPublisher
+from modelbus_platform.stores import MemoryObjectStore
 from modelbus_trainer.adapters import (
     MemoryFeedbackStore,
     MemoryLockStore,
-    MemoryObjectStore,
     MemoryRunStore,
 )
 from modelbus_trainer.config import TrainerSettings

@@ -200,14 +200,17 @@ class LocalObjectStore:
 
 
 class MemoryObjectStore:
-    """An in-memory object store: the fake for unit tests (same contract as the adapters)."""
+    """An in-memory object store: the fake for unit tests (same contract as the adapters);
+    counts puts so tests can see that content-addressed writes are not repeated."""
 
     def __init__(self) -> None:
         self.objects: dict[str, bytes] = {}
+        self.puts = 0
 
     async def put(
         self, key: str, data: bytes, content_type: str = "application/octet-stream"
     ) -> None:
+        self.puts += 1
         self.objects[key] = bytes(data)
 
     async def get(self, key: str) -> bytes:

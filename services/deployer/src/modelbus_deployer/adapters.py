@@ -20,7 +20,12 @@ from modelbus_ml import (
     from_csv_bytes,
     load_model,
 )
-from modelbus_platform.stores import IntegrityError, ObjectNotFound, ObjectStore, get_verified
+from modelbus_platform.stores import (
+    IntegrityError,
+    ObjectNotFound,
+    ObjectStore,
+    get_verified,
+)
 
 from .ports import LoadError
 
@@ -175,30 +180,3 @@ class MemoryDecisionStore:
         docs = [d for d in self.docs.values() if model_name in (None, d["model_name"])]
         docs.sort(key=lambda d: (d["decided_at"], d["version"]), reverse=True)
         return copy.deepcopy(docs[:limit])
-
-
-class MemoryObjectStore:
-    """An in-memory ``ObjectStore`` for unit tests."""
-
-    def __init__(self) -> None:
-        self.objects: dict[str, bytes] = {}
-
-    async def put(
-        self, key: str, data: bytes, content_type: str = "application/octet-stream"
-    ) -> None:
-        self.objects[key] = bytes(data)
-
-    async def get(self, key: str) -> bytes:
-        try:
-            return self.objects[key]
-        except KeyError as exc:
-            raise ObjectNotFound(key) from exc
-
-    async def exists(self, key: str) -> bool:
-        return key in self.objects
-
-    async def list(self, prefix: str = "") -> list[str]:
-        return sorted(k for k in self.objects if k.startswith(prefix))
-
-    async def ping(self) -> bool:
-        return True

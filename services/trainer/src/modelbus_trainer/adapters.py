@@ -17,7 +17,6 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from modelbus_contracts import LabelObserved, PredictionMade
-from modelbus_platform.stores import ObjectNotFound
 
 from .domain import ACTIVE_STATES, RunState
 
@@ -385,32 +384,3 @@ class MemoryLockStore:
 
     async def holder(self, model_name: str) -> dict[str, Any] | None:
         return copy.deepcopy(self.locks.get(model_name))
-
-
-class MemoryObjectStore:
-    """The platform ``ObjectStore`` protocol in a dict; counts puts so tests can see dedupe."""
-
-    def __init__(self) -> None:
-        self.objects: dict[str, bytes] = {}
-        self.puts = 0
-
-    async def put(
-        self, key: str, data: bytes, content_type: str = "application/octet-stream"
-    ) -> None:
-        self.puts += 1
-        self.objects[key] = bytes(data)
-
-    async def get(self, key: str) -> bytes:
-        try:
-            return self.objects[key]
-        except KeyError as exc:
-            raise ObjectNotFound(key) from exc
-
-    async def exists(self, key: str) -> bool:
-        return key in self.objects
-
-    async def list(self, prefix: str = "") -> list[str]:
-        return sorted(k for k in self.objects if k.startswith(prefix))
-
-    async def ping(self) -> bool:
-        return True
