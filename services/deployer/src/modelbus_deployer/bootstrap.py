@@ -71,15 +71,7 @@ def build_app(settings: DeployerSettings) -> FastAPI:
         decisions = MongoDecisionStore(db)
         await decisions.init()
         models = ObjectStoreModels(build_object_store(settings))
-        bus = EventBus(
-            settings.kafka_bootstrap,
-            service=settings.service_name,
-            metrics=metrics,
-            processed=processed,
-            retries=settings.handler_retries,
-            backoff_s=settings.handler_backoff_s,
-            partitions=settings.topic_partitions,
-        )
+        bus = EventBus.from_settings(settings, metrics=metrics, processed=processed)
         service = DeployerService(
             settings=settings,
             decisions=decisions,

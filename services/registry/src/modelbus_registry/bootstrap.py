@@ -62,15 +62,7 @@ def build_app(settings: RegistrySettings | None = None) -> FastAPI:
         await repo.init()
         await processed.init()
         store = build_object_store(settings)
-        bus = EventBus(
-            settings.kafka_bootstrap,
-            service=settings.service_name,
-            metrics=metrics,
-            processed=processed,
-            retries=settings.handler_retries,
-            backoff_s=settings.handler_backoff_s,
-            partitions=settings.topic_partitions,
-        )
+        bus = EventBus.from_settings(settings, metrics=metrics, processed=processed)
         service = RegistryService(
             repo, store, bus, on_decision=lambda action: decisions.labels(action).inc()
         )

@@ -60,15 +60,7 @@ def build_app(
     scorer_metrics = ScorerMetrics(metrics)
     # The scorer keeps no state of its own: the dedupe ledger is in memory, and every control
     # handler is idempotent anyway (it re-reads the registry).
-    bus = EventBus(
-        settings.kafka_bootstrap,
-        service=settings.service_name,
-        metrics=metrics,
-        processed=MemoryProcessedEvents(),
-        retries=settings.handler_retries,
-        backoff_s=settings.handler_backoff_s,
-        partitions=settings.topic_partitions,
-    )
+    bus = EventBus.from_settings(settings, metrics=metrics, processed=MemoryProcessedEvents())
     object_store = store or build_object_store(settings)
     http_registry = None
     if registry is None:

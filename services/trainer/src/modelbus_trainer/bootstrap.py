@@ -52,15 +52,7 @@ def build_app(settings: TrainerSettings) -> FastAPI:
         runs, feedback = MongoRunStore(db), MongoFeedbackStore(db)
         for part in (processed, runs, feedback):
             await part.init()
-        bus = EventBus(
-            settings.kafka_bootstrap,
-            service=settings.service_name,
-            metrics=metrics,
-            processed=processed,
-            retries=settings.handler_retries,
-            backoff_s=settings.handler_backoff_s,
-            partitions=settings.topic_partitions,
-        )
+        bus = EventBus.from_settings(settings, metrics=metrics, processed=processed)
         service = TrainerService(
             settings,
             runs=runs,
