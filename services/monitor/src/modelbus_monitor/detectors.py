@@ -6,9 +6,10 @@ the error stream). A streaming alarm only opens a *pending* change: it becomes a
 once a batch two-sample test between the stream's reference sample (its first points since reset)
 and the points after the estimated change point rejects at ``alpha`` (sample splitting: the split
 is the best mean split of the even-indexed recent points, only the odd-indexed points after it are
-tested, so choosing the split does not bias the test) (Kolmogorov-Smirnov plus Welch's t, Bonferroni-combined, for continuous
-values; a one-sided two-proportion z-test for the 0/1 error stream). The test is retried every
-``confirm_every`` points while the change is pending and dropped after ``confirm_patience`` points.
+tested, so choosing the split does not bias the test): Kolmogorov-Smirnov plus Welch's t,
+Bonferroni-combined, for continuous values; a one-sided two-proportion z-test for the 0/1 error
+stream. The test is retried every ``confirm_every`` points while the change is pending and the
+change is dismissed after ``confirm_patience`` points.
 Streams keep their reference sample and a bounded window of recent values, which is what a
 checkpoint stores: restoring replays the window into fresh detectors (JSON, no pickling).
 """
