@@ -44,8 +44,8 @@ class StreamConfig:
     reference_size: int = 1000
     window_size: int = 2000
     alpha: float = 0.001
-    confirm_min: int = 20
-    confirm_every: int = 25
+    confirm_min: int = 16
+    confirm_every: int = 10
     confirm_patience: int = 1000
     confirm_max: int = 1000
     seed: int = 7
