@@ -167,3 +167,23 @@ async def test_checkpoint_of_another_version_is_not_restored():
 
 def _pred(i: int, x: float):
     return prediction("churn", f"c{i}-{uuid.uuid4().hex[:6]}", 1, x=x)
+
+
+async def test_tick_checkpoints_periodically_or_never():
+    h = Harness(feature_drift_enabled=False)
+    register(h.registry, "churn", 1)
+    states = MemoryStateStore()
+    h.service.states = states
+    await h.service.rebuild()
+    await h.service.tick()
+    await h.service.tick()
+    assert states.saves == 1, "every checkpoint_s (60 s), not every tick"
+    h.clock.now += timedelta(seconds=61)
+    await h.service.tick()
+    assert states.saves == 2
+    never = h.build(DetectorConfig())
+    never.states, never.checkpoint_every = MemoryStateStore(), None
+    await never.rebuild()
+    await never.tick()
+    assert never.states.saves == 0
+    assert await never.checkpoint() == 1  # shutdown still checkpoints

@@ -68,7 +68,7 @@ def build_app(
             registry_retry_s=settings.registry_retry_s,
             states=MongoStateStore(db),
             daily=MongoDailyStore(db) if settings.daily_enabled else None,
-            checkpoint_s=settings.checkpoint_s if settings.checkpoint_s > 0 else float("inf"),
+            checkpoint_s=settings.checkpoint_s,
             thresholds=Thresholds(psi_warn=settings.psi_warn, psi_drift=settings.psi_drift),
         )
         await processed.init()

@@ -89,7 +89,7 @@ class MonitorService:
         self._next_sync: dict[str, datetime] = {}
         self.states = states
         self.daily = daily
-        self.checkpoint_every = timedelta(seconds=checkpoint_s)
+        self.checkpoint_every = timedelta(seconds=checkpoint_s) if checkpoint_s > 0 else None
         self._next_checkpoint: datetime | None = None
         self.thresholds = thresholds or Thresholds()
 
@@ -168,10 +168,14 @@ class MonitorService:
         for name in list(self.models):
             async with self._lock(name):
                 monitor = self.models[name]
-                await self._flush(monitor)
-                await self._retrigger(monitor)
+                try:
+                    await self._flush(monitor)
+                    await self._retrigger(monitor)
+                except Exception as exc:  # published on a later tick, same event id
+                    log.warning("incident.publish_failed", model=name, error=str(exc))
         now = self.clock()
-        if self._next_checkpoint is None or now >= self._next_checkpoint:
+        due = self._next_checkpoint is None or now >= self._next_checkpoint
+        if self.checkpoint_every is not None and due:
             self._next_checkpoint = now + self.checkpoint_every
             await self.checkpoint()
         await self.store_daily()
