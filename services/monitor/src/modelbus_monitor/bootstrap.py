@@ -50,15 +50,7 @@ def build_app(
         processed = MongoProcessedEvents(db)
         incidents = MongoIncidentStore(db)
         registry = HttpRegistryClient(settings.registry_url, transport=registry_transport)
-        bus = EventBus(
-            settings.kafka_bootstrap,
-            service=settings.service_name,
-            metrics=metrics,
-            processed=processed,
-            retries=settings.handler_retries,
-            backoff_s=settings.handler_backoff_s,
-            partitions=settings.topic_partitions,
-        )
+        bus = EventBus.from_settings(settings, metrics=metrics, processed=processed)
         service = MonitorService(
             detector_config(settings),
             publisher=bus,
