@@ -15,8 +15,10 @@ from pydantic import AfterValidator, Field
 from .envelope import Event, Frozen, reject_non_finite
 
 FiniteJSON = Annotated[dict[str, Any], AfterValidator(reject_non_finite)]
-Features = Annotated[dict[str, float], AfterValidator(reject_non_finite)]
-Metrics = Annotated[dict[str, float], AfterValidator(reject_non_finite)]
+# floats are checked by pydantic itself (allow_inf_nan=False on every contract model);
+# free-form JSON needs the explicit walk
+Features = dict[str, float]
+Metrics = dict[str, float]
 
 
 class ArtifactRef(Frozen):

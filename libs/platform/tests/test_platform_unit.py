@@ -114,7 +114,7 @@ async def test_persistent_failure_is_dead_lettered_with_reason_and_attempts():
     [
         (b"not json", "not valid JSON"),
         (b'{"model_name":"m","label":1}', "prediction_id"),
-        (b'{"model_name":"m","prediction_id":"p","label":NaN}', "finite"),
+        (b'{"model_name":"m","prediction_id":"p","label":NaN}', "not valid JSON"),
     ],
 )
 async def test_malformed_messages_are_dead_lettered_without_calling_the_handler(value, reason):
