@@ -29,7 +29,14 @@ import numpy as np
 
 from modelbus_contracts import ArtifactRef, DatasetRef, Lineage
 from modelbus_contracts.api import VersionView
-from modelbus_embedded.servers import Server, free_port, kafka_server, s3_server, wait_for_port
+from modelbus_embedded.servers import (
+    Server,
+    free_port,
+    kafka_server,
+    mongo_server,
+    s3_server,
+    wait_for_port,
+)
 from modelbus_ml import LogisticModel
 from modelbus_platform.stores import S3ObjectStore, sha256_hex
 
@@ -146,18 +153,20 @@ class FakeRegistry:
 
 @dataclass
 class Env:
-    """Broker + S3 (pinned to the client core) + fake registry; scorer processes on demand."""
+    """Broker, S3, MongoDB-wire (on the client core), fake registry; scorers on demand."""
 
     base: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="modelbus-bench-")))
     kafka: Server | None = None
     s3: Server | None = None
+    mongo: Server | None = None
     registry: FakeRegistry = field(default_factory=FakeRegistry)
     procs: list[subprocess.Popen] = field(default_factory=list)
 
     def start(self) -> Env:
         self.kafka = kafka_server(self.base)
         self.s3 = s3_server(self.base)
-        for server in (self.kafka, self.s3):
+        self.mongo = mongo_server(self.base)
+        for server in (self.kafka, self.s3, self.mongo):
             server.argv = pinned(CLIENT_CORE, server.argv)
             server.start()
         self.registry.start()
@@ -189,6 +198,8 @@ class Env:
             "MODELBUS_OBJECT_STORE": "s3",
             "MODELBUS_S3_ENDPOINT": f"127.0.0.1:{self.s3.port}",
             "MODELBUS_BUCKET": BUCKET,
+            "MODELBUS_MONGO_URI": f"mongodb://127.0.0.1:{self.mongo.port}" if self.mongo else "",
+            "MODELBUS_MONGO_DB": "bench",
             "MODELBUS_REGISTRY_URL": self.registry.url,
             "MODELBUS_INSTANCE_ID": instance,
             "MODELBUS_HTTP_PORT": str(port),
@@ -235,7 +246,7 @@ class Env:
         for proc in self.procs:
             self.stop_proc(proc)
         self.registry.stop()
-        for server in (self.kafka, self.s3):
+        for server in (self.kafka, self.s3, self.mongo):
             if server is not None:
                 server.stop()
         shutil.rmtree(self.base, ignore_errors=True)
