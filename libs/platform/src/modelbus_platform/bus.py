@@ -67,6 +67,16 @@ class MemoryProcessedEvents:
         self._seen.add((group, event_id))
 
 
+async def publish_all(publisher: Publisher, events: list[Event]) -> list[BaseException | None]:
+    """Publish ``events`` through ``publisher``, pipelined when it can (``EventBus``); returns
+    None or the exception per event, so callers can count failures without losing order."""
+    many = getattr(publisher, "publish_many", None)
+    if many is not None:
+        return list(await many(events))
+    results = await asyncio.gather(*(publisher.publish(e) for e in events), return_exceptions=True)
+    return [r if isinstance(r, BaseException) else None for r in results]
+
+
 class RecordingPublisher:
     """A fake publisher for unit tests: keeps what was published, in order."""
 
@@ -144,6 +154,32 @@ class EventBus:
         )
         self.metrics.events_published.labels(record.topic).inc()
         log.debug("event.published", event_type=event.event_type, event_id=str(event.event_id))
+
+    async def publish_many(self, events: list[Event]) -> list[BaseException | None]:
+        """Publish several events pipelined: every send is queued first, then all acks are
+        awaited together (one round trip for the lot instead of one per event). Returns one
+        entry per event: None when acknowledged, else the exception."""
+        futures: list[Any] = []
+        for event in events:
+            record = encode(event)
+            futures.append(
+                await self.broker.publish(
+                    record.value,
+                    record.topic,
+                    key=record.key,
+                    headers=record.headers,
+                    no_confirm=True,
+                )
+            )
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        outcome: list[BaseException | None] = []
+        for event, result in zip(events, results, strict=True):
+            if isinstance(result, BaseException):
+                outcome.append(result)
+            else:
+                outcome.append(None)
+                self.metrics.events_published.labels(event.topic).inc()
+        return outcome
 
     # -- consuming ----------------------------------------------------------------------------
 

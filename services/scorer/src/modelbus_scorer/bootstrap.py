@@ -32,7 +32,7 @@ from .api import build_router
 from .batch_wiring import BatchWiring
 from .config import ScorerSettings
 from .domain import ModelHolder
-from .handlers import resync_on_control, score_requested
+from .handlers import resync_on_control, scores_requested
 from .ports import Registry
 from .prediction_log import PredictionLog
 from .service import ScorerService
@@ -91,8 +91,8 @@ def build_app(
     bus.subscribe(ModelPromoted, group=control_group(settings), handler=control)
     bus.subscribe(ModelRolledBack, group=control_group(settings), handler=control)
     bus.subscribe(ModelRolloutChanged, group=control_group(settings), handler=control)
-    bus.subscribe(
-        ScoringRequested, group=STREAM_GROUP, handler=partial(score_requested, service=service)
+    bus.subscribe_batch(  # micro-batches: what arrived together is scored and published together
+        ScoringRequested, group=STREAM_GROUP, handler=partial(scores_requested, service=service)
     )
     batch = BatchWiring(  # batch scoring: its own group, job store and routes
         settings,

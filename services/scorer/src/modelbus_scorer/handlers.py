@@ -37,3 +37,7 @@ async def resync_on_control(
 
 async def score_requested(event: ScoringRequested, *, service: ScorerService) -> None:
     await service.score_event(event)
+
+
+async def scores_requested(events: list[ScoringRequested], *, service: ScorerService) -> None:
+    await service.score_events(events)

@@ -17,13 +17,14 @@ import numpy as np
 import structlog
 
 from modelbus_contracts import Event, PredictionMade
-from modelbus_platform.bus import Publisher
+from modelbus_platform.bus import Publisher, publish_all
 
 from .telemetry import ScorerMetrics
 
 log = structlog.get_logger(__name__)
 
-PUBLISH_CONCURRENCY = 64
+PUBLISH_CONCURRENCY = 2000  # events per pipelined publish
+DRAIN_BATCHES = 2000  # queued request batches merged into one publish
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,28 +131,35 @@ class PredictionLog:
 
     async def _run(self) -> None:
         while True:
-            batch = await self._queue.get()
-            if batch is None:
-                return
+            batches = [await self._queue.get()]
+            # drain what queued up meanwhile: many one-row requests become one pipelined publish
+            while not self._queue.empty() and len(batches) < DRAIN_BATCHES:
+                batches.append(self._queue.get_nowait())
+            stop = any(b is None for b in batches)
+            ready = [b for b in batches if b is not None]
             try:
-                await self.publish_batch(batch)
+                await self.publish_batches(ready)
             finally:
-                self.pending -= batch.size
+                self.pending -= sum(b.size for b in ready)
                 self.metrics.log_pending.set(self.pending)
+            if stop:
+                return
 
     async def publish_batch(self, batch: PredictionBatch) -> None:
-        try:
-            events = batch.events(self.producer)
-        except Exception:
-            log.exception("prediction_log.build_failed", model=batch.model_name)
-            self.metrics.log_errors.inc(batch.size)
-            return
+        await self.publish_batches([batch])
+
+    async def publish_batches(self, batches: list[PredictionBatch]) -> None:
+        events = []
+        for batch in batches:
+            try:
+                events.extend(batch.events(self.producer))
+            except Exception:
+                log.exception("prediction_log.build_failed", model=batch.model_name)
+                self.metrics.log_errors.inc(batch.size)
         for start in range(0, len(events), PUBLISH_CONCURRENCY):
             chunk = events[start : start + PUBLISH_CONCURRENCY]
-            results = await asyncio.gather(
-                *(self.publisher.publish(e) for e in chunk), return_exceptions=True
-            )
-            failed = [r for r in results if isinstance(r, BaseException)]
+            results = await publish_all(self.publisher, chunk)
+            failed = [r for r in results if r is not None]
             if failed:
                 self.metrics.log_errors.inc(len(failed))
                 log.warning(

@@ -28,7 +28,7 @@ from modelbus_contracts import (
 )
 from modelbus_contracts.api import VersionView
 from modelbus_ml import FORMATS, load_model
-from modelbus_platform.bus import Publisher
+from modelbus_platform.bus import Publisher, publish_all
 from modelbus_platform.stores import IntegrityError, ObjectNotFound, ObjectStore, get_verified
 
 from .domain import (
@@ -329,9 +329,23 @@ class ScorerService:
         )
         return batch
 
-    async def score_event(self, event: ScoringRequested) -> None:
+    async def score_events(self, events: list[ScoringRequested]) -> None:
+        """Stream scoring of a micro-batch (what arrived together): every request is scored,
+        then all the resulting events are published pipelined, one round trip for the lot.
+        A publish failure raises, so the batch is retried and at worst dead-lettered; event ids
+        are derived from the requests, so a retried batch yields the same events (deduped)."""
+        out: list[Event] = []
+        for event in events:
+            await self.score_event(event, out=out)
+        failures = [r for r in await publish_all(self.publisher, out) if r is not None]
+        if failures:
+            raise failures[0]
+
+    async def score_event(self, event: ScoringRequested, out: list[Event] | None = None) -> None:
         """Stream scoring: PredictionMade caused by the request, or ScoringFailed with the
-        reason. Never raises for bad input, so a bad record does not loop into the DLQ."""
+        reason. Never raises for bad input, so a bad record does not loop into the DLQ.
+        With ``out``, the events are collected there instead of being published."""
+        emit = out.append if out is not None else None
         if not self.synced.is_set():  # a request that races the start-up sync waits for it
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.synced.wait(), self.first_sync_wait_s)
@@ -353,19 +367,24 @@ class ScorerService:
                 request_id=event.request_id,
                 error=f"{exc.reason}: {exc.message}",
             )
-            await self.publisher.publish(failed)
+            await self._emit([failed], emit)
             return
         pid = derived_id(event, "prediction_id").hex
         latency_ms = (time.perf_counter() - started) * 1000.0
         batch = self._batch(name, scored, X, [pid], event.request_id, "stream", latency_ms, event)
-        for prediction in batch.events(self.producer):
-            await self.publisher.publish(prediction)
+        await self._emit(batch.events(self.producer), emit)
         self._count(batch, scored)
         shadow_id = derived_id(event, "shadow_prediction_id").hex
         shadow = self._shadow(name, challenger, batch, [shadow_id], event)
         if shadow is not None:
-            for prediction in shadow.events(self.producer):
-                await self.publisher.publish(prediction)
+            await self._emit(shadow.events(self.producer), emit)
+
+    async def _emit(self, events: list[Event], collect: Callable[[Event], None] | None) -> None:
+        for event in events:
+            if collect is not None:
+                collect(event)
+            else:
+                await self.publisher.publish(event)
 
     def _serving(self, name: str) -> tuple[Served, Slots]:
         """The serving pair; before the first sync an unknown model is "not yet", not 404."""
