@@ -8,20 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 
 from modelbus_contracts import (
     Event,
     ModelPromoted,
     ModelRegistered,
     ModelRolledBack,
-    decode,
     encode,
 )
+from modelbus_embedded.testing import EventTap
 from modelbus_platform.stores import build_object_store
 from modelbus_registry.bootstrap import build_app
 from modelbus_registry.config import RegistrySettings
@@ -29,43 +28,6 @@ from modelbus_registry.config import RegistrySettings
 pytestmark = pytest.mark.integration
 
 OUT_TOPICS = [ModelRegistered.topic, ModelPromoted.topic, ModelRolledBack.topic]
-
-
-class Collector:
-    """Reads the registry's output topics in the background, keeping this model's events."""
-
-    def __init__(self, bootstrap: str, model: str) -> None:
-        self.model = model.encode()
-        self.events: list[Event] = []
-        self.consumer = AIOKafkaConsumer(
-            *OUT_TOPICS,
-            bootstrap_servers=bootstrap,
-            group_id=f"observer-{uuid.uuid4().hex}",
-            auto_offset_reset="earliest",
-        )
-        self.task: asyncio.Task | None = None
-
-    async def start(self) -> None:
-        await self.consumer.start()
-        self.task = asyncio.create_task(self._run())
-
-    async def _run(self) -> None:
-        async for message in self.consumer:
-            if message.key == self.model:
-                self.events.append(decode(message.headers, message.value))
-
-    async def wait_for(self, predicate: Callable[[Event], bool], timeout: float = 30) -> Event:
-        async with asyncio.timeout(timeout):
-            while True:
-                for event in self.events:
-                    if predicate(event):
-                        return event
-                await asyncio.sleep(0.05)
-
-    async def stop(self) -> None:
-        if self.task:
-            self.task.cancel()
-        await self.consumer.stop()
 
 
 async def wait_for_audit(http: httpx.AsyncClient, model: str, action: str, count: int = 1):
@@ -90,7 +52,7 @@ async def test_registry_end_to_end_on_real_servers(infra, settings, unique, mk):
     model = f"reg-{unique}"
     store = build_object_store(settings)
     producer = AIOKafkaProducer(bootstrap_servers=infra.kafka_bootstrap)
-    collector = Collector(infra.kafka_bootstrap, model)
+    collector = EventTap(infra.kafka_bootstrap, model, OUT_TOPICS)
 
     async def publish(event: Event) -> None:
         record = encode(event)

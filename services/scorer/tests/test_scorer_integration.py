@@ -8,12 +8,11 @@ is refused with ModelLoadFailed while the scorer keeps serving.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Callable
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 
 from modelbus_contracts import (
     Event,
@@ -23,9 +22,9 @@ from modelbus_contracts import (
     PredictionMade,
     ScoringFailed,
     ScoringRequested,
-    decode,
     encode,
 )
+from modelbus_embedded.testing import EventTap
 from modelbus_platform.stores import build_object_store
 from modelbus_scorer.bootstrap import build_app
 from modelbus_scorer.config import ScorerSettings
@@ -52,43 +51,6 @@ class FakeRegistryHttp:
                 return httpx.Response(404, json={"detail": "no champion"})
             return httpx.Response(200, json=view)
         return httpx.Response(404, json={"detail": "not found"})
-
-
-class Observer:
-    """A raw consumer collecting our model's events from the broker."""
-
-    def __init__(self, bootstrap: str, model: str) -> None:
-        self.model = model.encode()
-        self.events: list[Event] = []
-        self.consumer = AIOKafkaConsumer(
-            *(cls.topic for cls in OBSERVED),
-            bootstrap_servers=bootstrap,
-            group_id=f"observer-{uuid.uuid4().hex}",
-            auto_offset_reset="earliest",
-        )
-        self.task: asyncio.Task | None = None
-
-    async def start(self) -> None:
-        await self.consumer.start()
-        self.task = asyncio.create_task(self._run())
-
-    async def _run(self) -> None:
-        async for message in self.consumer:
-            if message.key == self.model:
-                self.events.append(decode(message.headers, message.value))
-
-    async def wait_for(self, predicate: Callable[[Event], bool], timeout: float = 30.0) -> Event:
-        async with asyncio.timeout(timeout):
-            while True:
-                for event in self.events:
-                    if predicate(event):
-                        return event
-                await asyncio.sleep(0.05)
-
-    async def stop(self) -> None:
-        if self.task:
-            self.task.cancel()
-        await self.consumer.stop()
 
 
 async def produce(producer: AIOKafkaProducer, event: Event) -> None:
@@ -126,7 +88,7 @@ async def test_scorer_end_to_end_on_real_servers(
     v1_bytes = make_model(coef=[1.0, 1.0]).to_bytes()
     await register(1, v1_bytes)
     app = build_app(settings, registry_transport=httpx.MockTransport(registry.handle))
-    observer = Observer(infra.kafka_bootstrap, model)
+    observer = EventTap(infra.kafka_bootstrap, model, [c.topic for c in OBSERVED])
     producer = AIOKafkaProducer(bootstrap_servers=infra.kafka_bootstrap)
     await observer.start()
     await producer.start()

@@ -1,0 +1,48 @@
+"""Test helpers shared by the integration suites: watch what services publish on the broker."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable, Iterable
+
+from aiokafka import AIOKafkaConsumer
+
+from modelbus_contracts import Event, decode
+
+
+class EventTap:
+    """A raw consumer (own group, from the beginning) keeping one model's events, decoded."""
+
+    def __init__(self, bootstrap: str, model: str, topics: Iterable[str]) -> None:
+        self.model = model.encode()
+        self.events: list[Event] = []
+        self.consumer = AIOKafkaConsumer(
+            *topics,
+            bootstrap_servers=bootstrap,
+            group_id=f"tap-{uuid.uuid4().hex}",
+            auto_offset_reset="earliest",
+        )
+        self.task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        await self.consumer.start()
+        self.task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        async for message in self.consumer:
+            if message.key == self.model:
+                self.events.append(decode(message.headers, message.value))
+
+    async def wait_for(self, predicate: Callable[[Event], bool], timeout: float = 30.0) -> Event:
+        async with asyncio.timeout(timeout):
+            while True:
+                for event in self.events:
+                    if predicate(event):
+                        return event
+                await asyncio.sleep(0.05)
+
+    async def stop(self) -> None:
+        if self.task:
+            self.task.cancel()
+        await self.consumer.stop()
