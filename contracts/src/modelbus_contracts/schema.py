@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -125,24 +126,36 @@ def render() -> dict[str, str]:
     return files
 
 
-def write(outdir: Path) -> list[Path]:
+def write_files(outdir: Path, files: dict[str, str]) -> list[Path]:
+    """Write generated documents (file name -> text) into ``outdir``."""
     outdir.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, text in render().items():
+    for name, text in files.items():
         path = outdir / name
         path.write_text(text, encoding="utf-8")
         written.append(path)
     return written
 
 
-def main(argv: list[str] | None = None) -> int:
+def generator_main(
+    module: str, render_files: Callable[[], dict[str, str]], argv: list[str] | None
+) -> int:
+    """``python -m <module> OUTDIR``: regenerate the committed documents."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m modelbus_contracts.schema OUTDIR", file=sys.stderr)
+        print(f"usage: python -m {module} OUTDIR", file=sys.stderr)
         return 2
-    for path in write(Path(args[0])):
+    for path in write_files(Path(args[0]), render_files()):
         print(path)
     return 0
+
+
+def write(outdir: Path) -> list[Path]:
+    return write_files(outdir, render())
+
+
+def main(argv: list[str] | None = None) -> int:
+    return generator_main("modelbus_contracts.schema", render, argv)
 
 
 if __name__ == "__main__":

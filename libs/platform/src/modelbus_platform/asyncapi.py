@@ -13,7 +13,6 @@ writes ``OUTDIR/<service>.yaml`` for each (the committed copies live in ``infra/
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
@@ -38,7 +37,7 @@ from modelbus_contracts.events import (
     ScoringRequested,
     TrainingRequested,
 )
-from modelbus_contracts.schema import data_schema, headers_schema
+from modelbus_contracts.schema import data_schema, generator_main, headers_schema, write_files
 
 from .bus import dlq_topic
 from .settings import ServiceSettings
@@ -326,23 +325,11 @@ def render() -> dict[str, str]:
 
 
 def write(outdir: Path) -> list[Path]:
-    outdir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, text in render().items():
-        path = outdir / name
-        path.write_text(text, encoding="utf-8")
-        written.append(path)
-    return written
+    return write_files(outdir, render())
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: python -m modelbus_platform.asyncapi OUTDIR", file=sys.stderr)
-        return 2
-    for path in write(Path(args[0])):
-        print(path)
-    return 0
+    return generator_main("modelbus_platform.asyncapi", render, argv)
 
 
 if __name__ == "__main__":
