@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass, replace
-from itertools import islice
+from itertools import compress, count, islice
 from typing import Any, Literal
 
 import numpy as np
@@ -188,6 +188,28 @@ class StreamingDetector:
         self.since_reset = 0
         return window
 
+    def first_change(self, values: list[float]) -> int | None:
+        """Feed ``values`` until the detector signals a change: the index of that value (the
+        rest is not fed), or None when all were fed without one. Same detector state and
+        result as ``river.update`` per value; for ADWIN the loop runs in C over River's Rust
+        core (``map`` + ``compress`` stop at the first change) instead of a Python call and a
+        property read per value."""
+        river = self.river
+        helper = getattr(river, "_helper", None) if self.name == "adwin" else None
+        if helper is None or not hasattr(river, "_drift_detected"):
+            for j, value in enumerate(values):
+                river.update(value)
+                if river.drift_detected:
+                    return j
+            return None
+        if river.drift_detected:  # what ``ADWIN.update`` does first after a change
+            river._reset()
+            helper = river._helper
+        hit = next(compress(count(), map(helper.update, values)), None)
+        if hit is not None:
+            river._drift_detected = True
+        return hit
+
     def window(self) -> int:
         if self.name == "adwin":
             return int(self.river.width)
@@ -256,8 +278,6 @@ class Stream:
         loop with the buffers extended in bulk."""
         out: list[tuple[int, DriftAlarm]] = []
         i, n = 0, len(values)
-        river = self.detector.river
-        update = river.update
         while i < n:
             if self.pending is not None:
                 alarm = self.update(values[i])
@@ -265,15 +285,9 @@ class Stream:
                     out.append((i, alarm))
                 i += 1
                 continue
-            j = i
-            changed = False
-            while j < n:
-                update(values[j])
-                if river.drift_detected:
-                    changed = True
-                    break
-                j += 1
-            end = j + 1 if changed else n
+            hit = self.detector.first_change(values[i:] if i else values)
+            changed = hit is not None
+            end = i + hit + 1 if hit is not None else n
             self._extend(values[i:end])
             self.detector.since_reset += end - i
             window = None
