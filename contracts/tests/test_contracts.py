@@ -35,6 +35,7 @@ from modelbus_contracts.events import (
     ModelRegistered,
     ModelTrained,
     PredictionMade,
+    ScoringFailed,
     ScoringRequested,
     TrainingRequested,
 )
@@ -290,6 +291,18 @@ def test_structured_mode_non_object_is_a_contract_error():
 
 def test_contract_error_is_a_value_error():
     assert issubclass(ContractError, ValueError)
+
+
+def test_scoring_failed_from_before_served_by_still_decodes():
+    """``version`` and ``served_by`` were added to v1 with defaults: old producers stay valid."""
+    raw = {k: v for k, v in golden("scoring.failed.v1").items() if v is not None}
+    old = ScoringFailed.model_validate(raw)
+    assert (old.version, old.served_by) == (None, None)
+    shadow = ScoringFailed.model_validate({**raw, "version": 2, "served_by": "shadow"})
+    record = encode(shadow)
+    assert decode(record.headers, record.value, expected=ScoringFailed) == shadow
+    with pytest.raises(ValidationError):
+        ScoringFailed.model_validate({**raw, "served_by": "fallback"})
 
 
 # --- causation chains ---------------------------------------------------------------------------

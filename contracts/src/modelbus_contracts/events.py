@@ -251,12 +251,18 @@ class PredictionMade(Event):
 
 
 class ScoringFailed(Event):
-    """A scoring request that could not be served, with the reason."""
+    """A scoring request (or one arm of it, e.g. a shadow) that could not be served."""
 
     event_type = "scoring.failed.v1"
 
     request_id: str
     error: str
+    version: int | None = Field(default=None, ge=1, description="the version that failed")
+    served_by: Literal["champion", "shadow", "canary"] | None = Field(
+        default=None,
+        description="the arm that failed (shadow: the caller still got the champion's answer); "
+        "None: the request itself was bad",
+    )
 
 
 class LabelObserved(Event):

@@ -93,7 +93,9 @@ SERVICES: dict[str, ServiceSpec] = {
             "challenger's hold-out and publishes the verdict with every gate's numbers.",
             (ModelEvaluated, ModelRollbackRequested),
             _subs("deployer", ModelRegistered)
-            + _subs("deployer-watch", PredictionMade, LabelObserved, ModelLoadFailed),
+            + _subs(
+                "deployer-watch", PredictionMade, LabelObserved, ModelLoadFailed, ScoringFailed
+            ),
         ),
         ServiceSpec(
             "scorer",
