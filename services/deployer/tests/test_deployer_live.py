@@ -16,6 +16,7 @@ from modelbus_contracts import (
     ModelLoadFailed,
     ModelRollbackRequested,
     PredictionMade,
+    ScoringFailed,
 )
 from modelbus_deployer.api import router
 from modelbus_deployer.config import DeployerSettings
@@ -145,6 +146,60 @@ async def test_shadow_agreement_and_labels_are_joined(make_world):
     assert rejected.live_metrics["compared"] == 200
     assert rejected.live_metrics["labelled"] == 60
     assert "shadow_agreement failed" in rejected.reasons[0]
+
+
+def scoring_failed(version, served_by="shadow", error="ValueError: shadow blew up"):
+    return ScoringFailed(
+        producer="scorer",
+        model_name="churn",
+        request_id=uuid.uuid4().hex,
+        error=error,
+        version=version,
+        served_by=served_by,
+    )
+
+
+async def test_a_shadow_that_raises_is_rejected_with_its_error_rate(make_world):
+    world = make_world(DeployerSettings(rollout="shadow", **FAST))
+    _, live = await decided(world)
+    served = [prediction(1) for _ in range(150)]
+    shadows = [prediction(2, "shadow", shadow_of=p.prediction_id) for p in served[:95]]
+    unrelated = [
+        scoring_failed(None, served_by=None, error="missing features: x2"),  # a bad request
+        scoring_failed(1, served_by="champion"),
+        scoring_failed(3),  # not the version under shadow
+    ]
+
+    assert await live.handle(served + shadows + unrelated * 10) == {"churn": "wait"}
+    assert await live.handle([scoring_failed(2) for _ in range(5)]) == {"churn": "reject"}
+
+    rejected = world.publisher.of(ModelEvaluated)[-1]
+    assert rejected.decision == "reject"
+    [gate] = [g for g in rejected.gates if g.name == "shadow_error_rate"]
+    assert (gate.passed, gate.observed, gate.threshold) == (False, 0.05, 0.01)
+    assert "shadow v2 raised on 5 of 100 requests" in rejected.reasons[0]
+    assert "ValueError: shadow blew up" in rejected.reasons[0]
+    assert (rejected.live_metrics["shadow_errors"], rejected.live_metrics["compared"]) == (5, 95)
+    assert world.decisions.docs[("churn", 2)]["live"] == "none"
+
+
+async def test_a_shadow_that_never_answers_is_rejected(make_world):
+    world = make_world(DeployerSettings(rollout="shadow", **FAST, max_shadow_error_rate=1.0))
+    _, live = await decided(world)
+
+    assert await live.handle([scoring_failed(2) for _ in range(199)]) == {"churn": "wait"}
+    assert await live.handle([scoring_failed(2)]) == {"churn": "reject"}
+
+    rejected = world.publisher.of(ModelEvaluated)[-1]
+    assert "never answered once in 200 attempts" in rejected.reasons[0]
+
+
+async def test_shadow_errors_do_not_count_in_a_canary(make_world):
+    world = make_world(DeployerSettings(rollout="canary", **FAST))
+    _, live = await decided(world)
+
+    assert await live.handle([scoring_failed(2) for _ in range(300)]) == {}
+    assert decisions(world) == [("canary", 0.1)]
 
 
 async def test_a_load_failure_of_the_new_champion_requests_a_rollback(make_world):

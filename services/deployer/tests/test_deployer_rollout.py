@@ -108,3 +108,73 @@ def test_a_load_failure_fails_at_once():
     verdict = judge_live(w, Policy(), "watch", None, "v2")
     assert verdict.outcome == "fail"
     assert "could not load v2: scorer-a: integrity" in verdict.reasons[0]
+
+
+def failing_shadow(compared: int, errors: int, predictions: int | None = None) -> LiveWindow:
+    w = window(compared if predictions is None else predictions, agree=(compared, compared))
+    for i in range(errors):
+        w.shadow_failed(f"req-{i}: ValueError: boom")
+    return w
+
+
+def test_a_shadow_that_raises_too_often_fails_with_its_rate():
+    # 4 of 300 requests = 0.013 > 0.01, judged before the shadow sample is complete
+    verdict = judge_live(failing_shadow(296, 4, predictions=296), SHADOW, "shadow", None, "v2")
+
+    assert verdict.outcome == "fail"
+    [gate] = [g for g in verdict.gates if g.name == "shadow_error_rate"]
+    assert not gate.passed
+    assert gate.observed == pytest.approx(4 / 300) and gate.threshold == 0.01
+    assert "shadow v2 raised on 4 of 300 requests (rate 0.013 > maximum 0.01)" in gate.detail
+    assert "first error: req-0: ValueError: boom" in gate.detail
+    assert verdict.evidence["shadow_errors"] == 4
+    assert verdict.evidence["shadow_error_rate"] == round(4 / 300, 6)
+
+
+def test_a_few_shadow_errors_within_the_rate_pass():
+    verdict = judge_live(failing_shadow(300, 3), SHADOW, "shadow", None, "v2")  # 3/303 < 0.01
+
+    assert verdict.outcome == "pass"
+    [gate] = [g for g in verdict.gates if g.name == "shadow_error_rate"]
+    assert gate.passed and gate.observed == pytest.approx(3 / 303)
+
+
+def test_a_shadow_that_never_answers_fails_even_with_a_lenient_rate():
+    lenient = Policy(rollout="shadow", shadow_min_predictions=300, max_shadow_error_rate=1.0)
+    assert judge_live(failing_shadow(0, 299), lenient, "shadow", None, "v2").outcome == "wait"
+
+    verdict = judge_live(failing_shadow(0, 300), lenient, "shadow", None, "v2")
+
+    assert verdict.outcome == "fail"
+    assert "never answered once in 300 attempts" in verdict.reasons[0]
+    assert verdict.gates[-1].observed == 1.0
+
+
+def test_shadow_errors_need_data_and_are_judged_in_shadow_only():
+    few = judge_live(failing_shadow(0, 99), SHADOW, "shadow", None, "v2")
+    assert few.outcome == "wait" and few.gates == []  # below min_live_predictions
+    canary = judge_live(failing_shadow(200, 100), CANARY, "canary", None, "v2")
+    assert "shadow_error_rate" not in {g.name for g in canary.gates}
+
+
+def test_a_window_survives_its_checkpoint_and_merges_what_another_copy_counted():
+    w = window(3, fallbacks=1, latency=7.0, labelled=2, correct=1, agree=(2, 1))
+    w.shadow_failed("r: boom")
+    w.load_failures.append("s1: integrity")
+    restored = LiveWindow.from_dict(w.to_dict())
+    assert restored.to_dict() == w.to_dict()
+    assert restored.evidence() == w.evidence()
+
+    base = w.copy()
+    for latency in (20.0, 30.0):
+        w.arm.predicted(latency)
+    w.compare(True)
+    w.shadow_failed("r2: boom")
+    delta = w.since(base)
+    assert (delta.arm.predictions, list(delta.arm.latencies), delta.compared) == (2, [20, 30], 1)
+    assert (delta.arm.labelled, delta.shadow_errors, delta.load_failures) == (0, 1, [])
+
+    other = window(5, latency=1.0)
+    other.absorb(delta)
+    assert (other.arm.predictions, other.compared, other.shadow_errors) == (7, 1, 1)
+    assert sorted(other.arm.latencies)[-2:] == [20.0, 30.0]

@@ -1,5 +1,5 @@
-"""Adapters for the deployer's ports: MongoDB decisions, verified loads from object storage,
-and in-memory fakes of both for unit tests."""
+"""Adapters for the deployer's ports: MongoDB decisions and live-window checkpoints, verified
+loads from object storage, and in-memory fakes for unit tests."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from modelbus_platform.stores import (
     get_verified,
 )
 
-from .ports import LoadError
+from .ports import LoadError, StageKey
 
 NEWEST_FIRST = [("decided_at", DESCENDING), ("version", DESCENDING)]
 LIVE_STAGES = ["shadow", "canary", "watch"]
@@ -124,6 +124,50 @@ class MongoDecisionStore:
         return [_normalised(d) for d in await cursor.to_list(length=limit)]
 
 
+class MongoLiveStats:
+    """``live_stats`` collection: one checkpoint per (model_name, version, stage)."""
+
+    def __init__(self, db: AsyncDatabase, collection: str = "live_stats") -> None:
+        self.col = db[collection]
+
+    @staticmethod
+    def _id(key: StageKey) -> dict[str, Any]:
+        model_name, version, stage = key
+        return {"model_name": model_name, "version": version, "stage": stage}
+
+    async def init(self) -> None:
+        await self.col.create_index([("model_name", 1), ("version", 1), ("stage", 1)], unique=True)
+
+    async def load(self, key: StageKey) -> dict[str, Any] | None:
+        doc = await self.col.find_one(self._id(key), projection={"_id": False})
+        if doc is None:
+            return None
+        return {
+            "rev": int(doc["rev"]),
+            "window": doc.get("window") or {},
+            "recent_ids": list(doc.get("recent_ids") or []),
+        }
+
+    async def save(self, key: StageKey, rev: int, checkpoint: dict[str, Any]) -> bool:
+        fields = {
+            "window": checkpoint["window"],
+            "recent_ids": list(checkpoint["recent_ids"]),
+            "rev": rev + 1,
+            "saved_at": datetime.now(UTC).isoformat(),
+        }
+        if rev == 0:
+            try:
+                await self.col.insert_one({**self._id(key), **fields})
+            except DuplicateKeyError:
+                return False
+            return True
+        result = await self.col.update_one({**self._id(key), "rev": rev}, {"$set": fields})
+        return result.matched_count == 1
+
+    async def delete(self, key: StageKey) -> None:
+        await self.col.delete_one(self._id(key))
+
+
 def _normalised(doc: dict[str, Any]) -> dict[str, Any]:
     # nx-27017 (SQLite underneath) hands values written by $set back loosely typed: booleans as
     # 0/1 and datetimes as naive strings. Restore the types the rest of the code expects.
@@ -180,3 +224,25 @@ class MemoryDecisionStore:
         docs = [d for d in self.docs.values() if model_name in (None, d["model_name"])]
         docs.sort(key=lambda d: (d["decided_at"], d["version"]), reverse=True)
         return copy.deepcopy(docs[:limit])
+
+
+class MemoryLiveStats:
+    def __init__(self) -> None:
+        self.docs: dict[StageKey, dict[str, Any]] = {}
+
+    async def init(self) -> None:
+        return None
+
+    async def load(self, key: StageKey) -> dict[str, Any] | None:
+        doc = self.docs.get(key)
+        return copy.deepcopy(doc) if doc is not None else None
+
+    async def save(self, key: StageKey, rev: int, checkpoint: dict[str, Any]) -> bool:
+        stored = self.docs.get(key)
+        if (stored["rev"] if stored is not None else 0) != rev:
+            return False
+        self.docs[key] = {**copy.deepcopy(checkpoint), "rev": rev + 1}
+        return True
+
+    async def delete(self, key: StageKey) -> None:
+        self.docs.pop(key, None)

@@ -61,6 +61,7 @@ class PolicyEntry(BaseModel):
     canary_step_predictions: int = 0
     min_live_predictions: int = 0
     min_agreement: float = 0.0
+    max_shadow_error_rate: float = 0.0
     max_fallback_rate: float = 0.0
     live_latency_p99_ms: float = 0.0
     min_labels: int = 0

@@ -2,8 +2,9 @@
 
 Nothing connects at import time; the app's lifespan connects MongoDB and object storage, creates
 indexes, subscribes to ModelRegistered (group ``settings.consumer_group``) and, in batches, to
-PredictionMade, LabelObserved and ModelLoadFailed (group ``settings.watch_group``), then starts
-the bus.
+PredictionMade, LabelObserved, ModelLoadFailed and ScoringFailed (group
+``settings.watch_group``), then starts the bus. On shutdown the live windows are checkpointed
+once more after the bus stopped.
 """
 
 from __future__ import annotations
@@ -16,7 +17,13 @@ import structlog
 from fastapi import FastAPI
 from prometheus_client import Counter
 
-from modelbus_contracts import LabelObserved, ModelLoadFailed, ModelRegistered, PredictionMade
+from modelbus_contracts import (
+    LabelObserved,
+    ModelLoadFailed,
+    ModelRegistered,
+    PredictionMade,
+    ScoringFailed,
+)
 from modelbus_platform.bus import EventBus
 from modelbus_platform.http import create_app
 from modelbus_platform.metrics import Metrics
@@ -27,7 +34,7 @@ from modelbus_platform.stores import (
     mongo_ping,
 )
 
-from .adapters import MongoDecisionStore, ObjectStoreModels
+from .adapters import MongoDecisionStore, MongoLiveStats, ObjectStoreModels
 from .api import router
 from .config import DeployerSettings
 from .handlers import on_model_registered, on_telemetry
@@ -79,7 +86,11 @@ def build_app(settings: DeployerSettings) -> FastAPI:
             publisher=bus,
             on_decision=lambda decision: decisions_total.labels(decision).inc(),
         )
-        live = LiveService(settings=settings, decisions=decisions, publisher=bus, deployer=service)
+        stats = MongoLiveStats(db)
+        await stats.init()
+        live = LiveService(
+            settings=settings, decisions=decisions, publisher=bus, deployer=service, stats=stats
+        )
         service.on_stage = live.note
         app.state.service = service
         app.state.live = live
@@ -89,7 +100,7 @@ def build_app(settings: DeployerSettings) -> FastAPI:
             handler=on_model_registered(service),
         )
         telemetry = on_telemetry(live)
-        for event_cls in (PredictionMade, LabelObserved, ModelLoadFailed):
+        for event_cls in (PredictionMade, LabelObserved, ModelLoadFailed, ScoringFailed):
             bus.subscribe_batch(event_cls, group=settings.watch_group, handler=telemetry)
         await bus.start()
         runtime.bus, runtime.db, runtime.models = bus, db, models
@@ -99,6 +110,7 @@ def build_app(settings: DeployerSettings) -> FastAPI:
         finally:
             runtime.bus = runtime.db = runtime.models = None
             await bus.stop()
+            await live.close()
             await client.close()
             log.info("deployer.stopped")
 

@@ -62,6 +62,9 @@ class ModelPolicy(BaseModel):
     min_agreement: float | None = Field(
         default=None, ge=0, le=1, description="shadow label agreement with the champion, minimum"
     )
+    max_shadow_error_rate: float | None = Field(
+        default=None, ge=0, le=1, description="shadow exceptions over compared + failed, max"
+    )
     max_fallback_rate: float | None = Field(
         default=None, ge=0, le=1, description="fallback (exception) share of live traffic, max"
     )
@@ -136,6 +139,14 @@ class DeployerSettings(ServiceSettings):
     min_agreement: float = Field(
         default=0.9, ge=0, le=1, description="shadow label agreement with the champion, minimum"
     )
+    max_shadow_error_rate: float = Field(
+        default=0.01,
+        ge=0,
+        le=1,
+        description="share of shadow requests whose shadow raised (ScoringFailed served_by="
+        "shadow) over compared + failed ones, max; a shadow that fails shadow_min_predictions "
+        "times without one answer fails too",
+    )
     max_fallback_rate: float = Field(
         default=0.05,
         ge=0,
@@ -162,7 +173,19 @@ class DeployerSettings(ServiceSettings):
     watch_group: str = Field(
         default="deployer-watch",
         description="Kafka consumer group (batch) for PredictionMade, LabelObserved, "
-        "ModelLoadFailed",
+        "ModelLoadFailed, ScoringFailed",
+    )
+    live_checkpoint_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="checkpoint the live windows to MongoDB at most this often (0: after every "
+        "batch); always on shutdown. A crash loses at most this much counting, never doubles it",
+    )
+    live_replay_guard: int = Field(
+        default=5000,
+        ge=1,
+        description="event ids kept per checkpointed window to skip a batch Kafka re-delivers "
+        "after a crash; must exceed the events of one batch (max_records 1000)",
     )
     active_refresh_s: float = Field(
         default=1.0, gt=0, description="how stale the watcher's view of live stages may be"
@@ -187,6 +210,7 @@ class DeployerSettings(ServiceSettings):
             canary_step_predictions=self.canary_step_predictions,
             min_live_predictions=self.min_live_predictions,
             min_agreement=self.min_agreement,
+            max_shadow_error_rate=self.max_shadow_error_rate,
             max_fallback_rate=self.max_fallback_rate,
             live_latency_p99_ms=self.live_latency_p99_ms,
             min_labels=self.min_labels,

@@ -55,6 +55,7 @@ class Policy:
     canary_step_predictions: int = 500
     min_live_predictions: int = 100
     min_agreement: float = 0.9
+    max_shadow_error_rate: float = 0.01
     max_fallback_rate: float = 0.05
     live_latency_p99_ms: float = 250.0
     min_labels: int = 200

@@ -18,7 +18,8 @@ def on_model_registered(service: DeployerService) -> Callable[[ModelRegistered],
 
 
 def on_telemetry(live: LiveService) -> Callable[[list[Event]], Awaitable[None]]:
-    """PredictionMade, LabelObserved and ModelLoadFailed batches (group ``deployer-watch``)."""
+    """PredictionMade, LabelObserved, ModelLoadFailed and ScoringFailed batches (group
+    ``deployer-watch``)."""
 
     async def handle(events: list[Event]) -> None:
         await live.handle(events)

@@ -1,9 +1,11 @@
 """The deployer's live side: follow rollouts and freshly promoted champions on live traffic.
 
-Batches of PredictionMade, LabelObserved and ModelLoadFailed (consumer group ``deployer-watch``)
-feed the ``LiveTracker``; after each batch every touched model's live stage is judged by the
-pure rules in ``rollout``. A stage that passes or fails is advanced by compare-and-set on the
-decision document (its stage number), so two replicas never both decide:
+Batches of PredictionMade, LabelObserved, ModelLoadFailed and ScoringFailed (consumer group
+``deployer-watch``) feed the ``LiveTracker``; the windows are checkpointed to the
+``LiveStatsStore`` (``checkpoints``: restored on a stage's first batch after a restart, a
+re-delivered event is never counted twice); after each batch every touched model's live stage
+is judged by the pure rules in ``rollout``. A stage that passes or fails is advanced by
+compare-and-set on the decision document (its stage number), so two replicas never both decide:
 
 - shadow / canary step passed -> the next canary step or ``promote`` (a ModelEvaluated);
 - shadow / canary failed -> ``reject`` (a ModelEvaluated with the failed rules' numbers);
@@ -31,11 +33,14 @@ from modelbus_contracts import (
     ModelRollbackRequested,
     PredictionMade,
     Rollout,
+    ScoringFailed,
 )
 from modelbus_platform.bus import Publisher
 
+from .adapters import MemoryLiveStats
+from .checkpoints import LiveCheckpoints
 from .config import DeployerSettings
-from .ports import DecisionStore
+from .ports import DecisionStore, LiveStatsStore
 from .rollout import LiveVerdict, Next, after_pass, judge_live
 from .service import STAGE_IDS, DeployerService, history_entry, stage_event
 from .watch import ActiveStage, LiveTracker
@@ -69,6 +74,7 @@ class LiveService:
         decisions: DecisionStore,
         publisher: Publisher,
         deployer: DeployerService,
+        stats: LiveStatsStore | None = None,
         tracker: LiveTracker | None = None,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -77,6 +83,13 @@ class LiveService:
         self.publisher = publisher
         self.deployer = deployer
         self.tracker = tracker or LiveTracker()
+        self.checkpoints = LiveCheckpoints(
+            stats if stats is not None else MemoryLiveStats(),
+            self.tracker,
+            every_s=settings.live_checkpoint_s,
+            guard=settings.live_replay_guard,
+            monotonic=monotonic,
+        )
         self.monotonic = monotonic
         self._active: dict[str, tuple[float, ActiveStage | None]] = {}
 
@@ -97,25 +110,46 @@ class LiveService:
     # -- telemetry ---------------------------------------------------------------------------
 
     async def handle(self, events: list[Event]) -> dict[str, str]:
-        """Count a batch, then judge every model it touched. Returns model -> outcome."""
+        """Count a batch, checkpoint it, then judge every model it touched (a re-delivered
+        event is not counted again, but its model is judged again: the decision it led to may
+        not have been made). Returns model -> outcome."""
         touched: set[str] = set()
         for event in events:
+            if isinstance(event, ScoringFailed) and event.served_by != "shadow":
+                continue  # a bad request, or an arm the scorer answers with the fallback
+            event_id = str(event.event_id)
             if isinstance(event, LabelObserved):
-                if self.tracker.label(event):
+                if self.checkpoints.replayed(event_id):
+                    touched.add(event.model_name)
+                    continue
+                for key in self.tracker.label(event):
+                    self.checkpoints.counted(key, event_id)
                     touched.add(event.model_name)
                 continue
             stage = await self.active(event.model_name)
             if stage is None:
                 continue
-            if isinstance(event, PredictionMade):
-                hit = self.tracker.prediction(event, stage)
-            elif isinstance(event, ModelLoadFailed):
-                hit = self.tracker.load_failed(event, stage)
-            else:
-                hit = False
-            if hit:
+            await self.checkpoints.restore(stage.key)
+            if self.checkpoints.replayed(event_id):
                 touched.add(event.model_name)
+            elif self._count(event, stage):
+                self.checkpoints.counted(stage.key, event_id)
+                touched.add(event.model_name)
+        await self.checkpoints.maybe_save()
         return {name: await self.evaluate(name) for name in sorted(touched)}
+
+    def _count(self, event: Event, stage: ActiveStage) -> bool:
+        if isinstance(event, PredictionMade):
+            return self.tracker.prediction(event, stage)
+        if isinstance(event, ModelLoadFailed):
+            return self.tracker.load_failed(event, stage)
+        if isinstance(event, ScoringFailed):
+            return self.tracker.scoring_failed(event, stage)
+        return False
+
+    async def close(self) -> None:
+        """Shutdown: checkpoint what was counted since the last checkpoint."""
+        await self.checkpoints.save()
 
     async def evaluate(self, model_name: str) -> str:
         stage = await self.active(model_name)
@@ -133,6 +167,7 @@ class LiveService:
         else:
             outcome = await self._step(stage, verdict)
         self.tracker.forget(stage.key)
+        await self.checkpoints.drop(stage.key)
         return outcome
 
     # -- decisions ---------------------------------------------------------------------------

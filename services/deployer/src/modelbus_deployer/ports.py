@@ -56,3 +56,28 @@ class DecisionStore(Protocol):
     async def list(self, model_name: str | None, limit: int) -> list[dict[str, Any]]:
         """Newest first."""
         ...
+
+
+StageKey = tuple[str, int, int]  # model_name, version, stage number of the decision
+
+
+class LiveStatsStore(Protocol):
+    """Checkpoints of the live windows, one per (model_name, version, stage number).
+
+    A checkpoint is ``{"rev": int, "window": {...}, "recent_ids": [...]}``; ``rev`` counts the
+    writes and makes ``save`` a compare-and-set, so two replicas never overwrite each other's
+    counts (the loser merges and saves again).
+    """
+
+    async def init(self) -> None: ...
+
+    async def load(self, key: StageKey) -> dict[str, Any] | None: ...
+
+    async def save(self, key: StageKey, rev: int, checkpoint: dict[str, Any]) -> bool:
+        """Store ``checkpoint`` as revision ``rev + 1`` only if the stored one is ``rev`` (0:
+        nothing stored yet). False if another writer got there first (or it was deleted)."""
+        ...
+
+    async def delete(self, key: StageKey) -> None:
+        """The stage is decided: its window is no longer needed."""
+        ...

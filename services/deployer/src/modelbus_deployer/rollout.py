@@ -5,9 +5,9 @@ No I/O here. A version that passed its hold-out gates goes through stages:
     pending_approval? -> shadow | canary step 0 -> canary step 1 -> ... -> promote -> watch
 
 Each live stage collects a ``LiveWindow`` (the challenger's arm, the champion's baseline, the
-fallbacks, shadow agreement, load failures) and ``judge_live`` turns it into wait / pass / fail
-with one ``GateResult`` per rule, each carrying its observed value and threshold. A failed
-rollout is a reject; a failed post-promotion watch is a rollback request.
+fallbacks, shadow agreement and shadow errors, load failures) and ``judge_live`` turns it into
+wait / pass / fail with one ``GateResult`` per rule, each carrying its observed value and
+threshold. A failed rollout is a reject; a failed post-promotion watch is a rollback request.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -98,6 +98,40 @@ class ArmStats:
     def accuracy(self) -> float | None:
         return self.correct / self.labelled if self.labelled else None
 
+    def since(self, base: ArmStats) -> ArmStats:
+        """What was counted after ``base``, an earlier copy of these stats."""
+        added = self.predictions - base.predictions
+        recent = list(self.latencies)[-added:] if added > 0 else []
+        return ArmStats(
+            predictions=added,
+            labelled=self.labelled - base.labelled,
+            correct=self.correct - base.correct,
+            latencies=deque(recent, maxlen=LATENCY_WINDOW),
+        )
+
+    def absorb(self, delta: ArmStats) -> None:
+        self.predictions += delta.predictions
+        self.labelled += delta.labelled
+        self.correct += delta.correct
+        self.latencies.extend(delta.latencies)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "predictions": self.predictions,
+            "labelled": self.labelled,
+            "correct": self.correct,
+            "latencies": list(self.latencies),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ArmStats:
+        return cls(
+            predictions=int(data.get("predictions", 0)),
+            labelled=int(data.get("labelled", 0)),
+            correct=int(data.get("correct", 0)),
+            latencies=deque(map(float, data.get("latencies", ())), maxlen=LATENCY_WINDOW),
+        )
+
     @property
     def p99_ms(self) -> float | None:
         if not self.latencies:
@@ -114,11 +148,68 @@ class LiveWindow:
     fallbacks: int = 0
     compared: int = 0
     agreed: int = 0
+    shadow_errors: int = 0
+    first_shadow_error: str = ""
     load_failures: list[str] = field(default_factory=list)
+
+    COUNTS = ("fallbacks", "compared", "agreed", "shadow_errors")
 
     def compare(self, same_label: bool) -> None:
         self.compared += 1
         self.agreed += int(same_label)
+
+    def shadow_failed(self, error: str) -> None:
+        self.shadow_errors += 1
+        self.first_shadow_error = self.first_shadow_error or error[:500]
+
+    @property
+    def shadow_error_rate(self) -> float:
+        """Failed shadow requests over compared + failed ones."""
+        total = self.compared + self.shadow_errors
+        return self.shadow_errors / total if total else 0.0
+
+    # -- checkpoints: a copy that survives a restart, and merging what two replicas counted -----
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "arm": self.arm.to_dict(),
+            "baseline": self.baseline.to_dict(),
+            **{name: getattr(self, name) for name in self.COUNTS},
+            "first_shadow_error": self.first_shadow_error,
+            "load_failures": list(self.load_failures),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LiveWindow:
+        return cls(
+            arm=ArmStats.from_dict(data.get("arm") or {}),
+            baseline=ArmStats.from_dict(data.get("baseline") or {}),
+            **{name: int(data.get(name, 0)) for name in cls.COUNTS},
+            first_shadow_error=str(data.get("first_shadow_error") or ""),
+            load_failures=[str(f) for f in data.get("load_failures") or ()],
+        )
+
+    def copy(self) -> LiveWindow:
+        return LiveWindow.from_dict(self.to_dict())
+
+    def since(self, base: LiveWindow) -> LiveWindow:
+        """What was counted after ``base``, an earlier copy of this window."""
+        return LiveWindow(
+            arm=self.arm.since(base.arm),
+            baseline=self.baseline.since(base.baseline),
+            **{name: getattr(self, name) - getattr(base, name) for name in self.COUNTS},
+            first_shadow_error=self.first_shadow_error if self.shadow_errors else "",
+            load_failures=self.load_failures[len(base.load_failures) :],
+        )
+
+    def absorb(self, delta: LiveWindow) -> None:
+        """Add ``delta`` (what another copy counted) to this window."""
+        self.arm.absorb(delta.arm)
+        self.baseline.absorb(delta.baseline)
+        for name in self.COUNTS:
+            setattr(self, name, getattr(self, name) + getattr(delta, name))
+        self.first_shadow_error = self.first_shadow_error or delta.first_shadow_error
+        self.load_failures.extend(delta.load_failures)
 
     @property
     def fallback_rate(self) -> float:
@@ -146,6 +237,9 @@ class LiveWindow:
             "champion_live_accuracy": self.baseline.accuracy,
             "agreement": self.agreement,
         }
+        if self.shadow_errors:
+            optional["shadow_errors"] = self.shadow_errors
+            optional["shadow_error_rate"] = self.shadow_error_rate
         numbers.update({k: float(v) for k, v in optional.items() if v is not None})
         return {k: round(v, 6) for k, v in numbers.items() if math.isfinite(v)}
 
@@ -221,7 +315,29 @@ def live_gates(
             f"{'>=' if ok else '<'} minimum {policy.min_agreement:g}"
         )
         gates.append(_gate("shadow_agreement", ok, agreement, policy.min_agreement, detail))
+    if stage == "shadow":
+        gates.extend(_shadow_errors(window, policy, who))
     return gates
+
+
+def _shadow_errors(window: LiveWindow, policy: Policy, who: str) -> list[GateResult]:
+    """The shadow's own exceptions (``ScoringFailed`` with ``served_by=shadow``): a rate over
+    compared + failed requests, or a shadow that never once answered."""
+    errors, compared = window.shadow_errors, window.compared
+    never_answered = errors >= policy.shadow_min_predictions and window.arm.predictions == 0
+    if compared + errors < policy.min_live_predictions and not never_answered:
+        return []
+    rate, limit = window.shadow_error_rate, policy.max_shadow_error_rate
+    ok = rate <= limit and not never_answered
+    detail = (
+        f"shadow {who} raised on {errors} of {compared + errors} requests (rate {rate:.3f} "
+        f"{'<=' if ok else '>'} maximum {limit:g})"
+    )
+    if never_answered:
+        detail += f", and never answered once in {errors} attempts"
+    if errors:
+        detail += f"; first error: {window.first_shadow_error}"
+    return [_gate("shadow_error_rate", ok, rate, limit, detail)]
 
 
 def accuracy_noise(

@@ -1,7 +1,8 @@
 """Live telemetry -> per-stage windows, in memory and without I/O.
 
-``LiveTracker`` attributes each PredictionMade, LabelObserved and ModelLoadFailed to the live
-stage of its model (``ActiveStage``: a shadow, a canary step, or the watch after a promotion):
+``LiveTracker`` attributes each PredictionMade, LabelObserved, ModelLoadFailed and ScoringFailed
+to the live stage of its model (``ActiveStage``: a shadow, a canary step, or the watch after a
+promotion):
 
 - shadow: ``served_by=shadow`` of the challenger is the arm, the champion's predictions are the
   baseline, and a shadow prediction is compared with the champion prediction it mirrors
@@ -10,9 +11,11 @@ stage of its model (``ActiveStage``: a shadow, a canary step, or the watch after
 - watch: the new champion's ``served_by=champion`` predictions are the arm.
 
 ``served_by=fallback`` predictions of the model count against the stage (the model being
-exposed raised and the warm previous one answered). Labels join on prediction id through a
-bounded map of recent predictions (shadow predictions through the champion id they mirror).
-Windows live in memory: after a restart a stage starts counting again.
+exposed raised and the warm previous one answered); a ``ScoringFailed`` with
+``served_by=shadow`` of the challenger under shadow is a shadow error. Labels join on prediction
+id through a bounded map of recent predictions (shadow predictions through the champion id they
+mirror). The windows are checkpointed by ``checkpoints.LiveCheckpoints``; the join maps are not
+(a label for a prediction counted before a restart is not joined).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from modelbus_contracts import LabelObserved, ModelLoadFailed, PredictionMade
+from modelbus_contracts import LabelObserved, ModelLoadFailed, PredictionMade, ScoringFailed
 
 from .rollout import LiveWindow, Stage
 
@@ -112,25 +115,34 @@ class LiveTracker:
             window.compare(shadow[1] == label)
             self.shadows[prediction_id] = (shadow[0], shadow[1], True)
 
-    def label(self, event: LabelObserved) -> bool:
-        """Join a label with the prediction(s) it belongs to; False if none is remembered."""
-        hit = False
+    def label(self, event: LabelObserved) -> list[WindowKey]:
+        """Join a label with the prediction(s) it belongs to; the windows it counted in (none
+        if no prediction of a live window is remembered)."""
+        keys: list[WindowKey] = []
         served = self.served.get(event.prediction_id)
         if served is not None and served[0] in self.windows:
             key, role, predicted = served
             window = self.windows[key]
             (window.arm if role == "arm" else window.baseline).labelled_as(predicted == event.label)
-            hit = True
+            keys.append(key)
         shadow = self.shadows.get(event.prediction_id)
         if shadow is not None and shadow[0] in self.windows:
             self.windows[shadow[0]].arm.labelled_as(shadow[1] == event.label)
-            hit = True
-        return hit
+            keys.append(shadow[0])
+        return keys
 
     def load_failed(self, event: ModelLoadFailed, active: ActiveStage) -> bool:
         if event.version != active.version:
             return False
         self.window(active.key).load_failures.append(f"{event.instance}: {event.error}"[:500])
+        return True
+
+    def scoring_failed(self, event: ScoringFailed, active: ActiveStage) -> bool:
+        """A shadow of the challenger under shadow raised; False for any other failure."""
+        shadow = active.stage == "shadow" and event.served_by == "shadow"
+        if not shadow or event.version != active.version:
+            return False
+        self.window(active.key).shadow_failed(f"{event.request_id}: {event.error}")
         return True
 
 
