@@ -92,6 +92,9 @@ class RecordingPublisher:
 
 
 BatchHandler = Callable[[list[E]], Awaitable[None]]
+# Decodes a batch of raw records of one topic itself (a columnar fast path): returns the payload
+# for the handler, the accepted records (in order) and the rejected ones with their reason
+BatchDecoder = Callable[[list[Any]], tuple[Any, list[Any], list[tuple[Any, str]]]]
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,7 @@ class _Route:
     handler: Callable[[Any], Awaitable[None]]
     dedupe: bool
     batch: bool = False
+    decoder: BatchDecoder | None = None
 
 
 class EventBus:
@@ -214,12 +218,15 @@ class EventBus:
         group: str,
         handler: BatchHandler[E],
         offset_reset: str = "earliest",
+        decoder: BatchDecoder | None = None,
     ) -> None:
         """Register a handler that takes the events of ``event_cls`` in batches (high-volume
         telemetry: predictions, labels). The handler must be idempotent itself (no ledger:
         one lookup per event would cost more than the work). A group is either all-batch or
         all-single. Invalid messages are dead-lettered one by one; a batch whose handler keeps
-        failing is dead-lettered whole, with the reason."""
+        failing is dead-lettered whole, with the reason. With ``decoder`` the raw records of
+        the topic are decoded by it (the handler gets its payload instead of a list of events);
+        the records it rejects are dead-lettered one by one with its reason."""
         if self._started:
             raise RuntimeError("subscribe before start()")
         routes = self._groups.setdefault(group, {})
@@ -227,7 +234,7 @@ class EventBus:
             raise ValueError(f"group {group} already has single-event subscriptions")
         if event_cls.topic in routes:
             raise ValueError(f"group {group} already handles {event_cls.topic}")
-        routes[event_cls.topic] = _Route(event_cls, handler, dedupe=False, batch=True)
+        routes[event_cls.topic] = _Route(event_cls, handler, False, batch=True, decoder=decoder)
         self._offset_reset[group] = offset_reset
 
     def _register_consumers(self) -> None:
@@ -324,8 +331,13 @@ class EventBus:
         """Decode a batch, dead-letter what is invalid, hand each topic's events to its handler
         in offset order (with retries), dead-letter the rest of a batch that keeps failing."""
         by_topic: dict[str, list[tuple[Any, Event]]] = {}
+        undecoded: dict[str, list[Any]] = {}
         for raw in raws:
             route = routes[raw.topic]
+            if route.decoder is not None:
+                undecoded.setdefault(raw.topic, []).append(raw)
+                by_topic.setdefault(raw.topic, [])
+                continue
             try:
                 event = decode(raw.headers, raw.value, expected=route.event_cls)
             except ContractError as exc:
@@ -334,13 +346,21 @@ class EventBus:
             by_topic.setdefault(raw.topic, []).append((raw, event))
         for topic, items in by_topic.items():
             started = time.perf_counter()
-            events = [event for _, event in items]
-            error = await self._handle_with_retries(routes[topic].handler, events, topic, group)
+            payload: Any = [event for _, event in items]
+            accepted = [raw for raw, _ in items]
+            decoder = routes[topic].decoder
+            if decoder is not None:
+                payload, accepted, rejected = decoder(undecoded[topic])
+                for raw, reason in rejected:
+                    await self._dead_letter(raw, group, f"contract: {reason}", attempts=0)
+                if not accepted:
+                    continue
+            error = await self._handle_with_retries(routes[topic].handler, payload, topic, group)
             if error is not None:
-                for raw, _ in items:
+                for raw in accepted:
                     await self._dead_letter(raw, group, error, attempts=self.retries + 1)
             else:
-                self.metrics.events_consumed.labels(topic, group, "ok").inc(len(items))
+                self.metrics.events_consumed.labels(topic, group, "ok").inc(len(accepted))
             self.metrics.event_seconds.labels(topic, group).observe(time.perf_counter() - started)
 
     async def _handle_with_retries(
