@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import uuid
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -21,6 +22,7 @@ from modelbus_contracts import (
     ModelPromoted,
     ModelRolledBack,
     PredictionMade,
+    encode,
 )
 from modelbus_contracts.api import AliasesView, ModelView, VersionView
 from modelbus_monitor.adapters import FakeRegistry, MemoryIncidentStore
@@ -379,9 +381,29 @@ class SubscriptionRecorder:
         self.subscriptions.append((event_cls.topic, group))
         self.handlers[event_cls.topic] = handler
 
-    def subscribe_batch(self, event_cls, *, group: str, handler) -> None:
+    def subscribe_batch(self, event_cls, *, group: str, handler, decoder) -> None:
+        """Like the bus: the records are decoded by the subscription's decoder."""
         self.subscriptions.append((event_cls.topic, f"{group} (batch)"))
-        self.handlers[event_cls.topic] = handler
+
+        async def decoded(events) -> None:
+            raws = [_raw(encode(e), offset) for offset, e in enumerate(events)]
+            payload, accepted, rejected = decoder(raws)
+            assert (len(accepted), rejected) == (len(events), [])
+            await handler(payload)
+
+        self.handlers[event_cls.topic] = decoded
+
+
+def _raw(record, offset: int):
+    headers = [(k, v.encode()) for k, v in record.headers.items()]
+    return SimpleNamespace(
+        topic=record.topic,
+        partition=0,
+        offset=offset,
+        key=record.key,
+        headers=headers,
+        value=record.value,
+    )
 
 
 async def test_handlers_subscribe_telemetry_in_batches_and_control_events_singly():

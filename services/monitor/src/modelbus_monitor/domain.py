@@ -151,6 +151,49 @@ class Outcome:
     evicted: dict[str, int] = field(default_factory=dict)
 
 
+class BatchOutcome:
+    """What a batch changed: counts (joined, ignored, evicted) for the metrics and the outcomes
+    that need the service (alarms, incidents, quality alerts), made only when needed; with
+    ``detail`` every point gets its ``Outcome`` with its joined pair and ignored reason."""
+
+    def __init__(self, size: int, *, detail: bool = False) -> None:
+        self.size = size
+        self.detail = detail
+        self.joined = 0
+        self.ignored: Counter[str] = Counter()
+        self.evicted: Counter[str] = Counter()
+        self._outcomes: dict[int, Outcome] = {}
+
+    def at(self, k: int) -> Outcome:
+        outcome = self._outcomes.get(k)
+        if outcome is None:
+            outcome = self._outcomes[k] = Outcome()
+        return outcome
+
+    def ignore(self, k: int, reason: str) -> None:
+        self.ignored[reason] += 1
+        if self.detail:
+            self.at(k).ignored = reason
+
+    def join(self, k: int, pair: JoinedPair) -> None:
+        self.joined += 1
+        if self.detail:
+            self.at(k).joined = pair
+
+    def evictions(self, evicted: dict[str, int]) -> None:
+        if evicted:
+            self.evicted.update(evicted)
+            if self.detail and self.size:
+                self.at(self.size - 1).evicted = dict(evicted)
+
+    def notable(self) -> list[Outcome]:
+        """The outcomes with alarms, an incident or a quality alert, in batch order."""
+        return [self._outcomes[k] for k in sorted(self._outcomes)]
+
+    def all(self) -> list[Outcome]:
+        return [self._outcomes.get(k) or Outcome() for k in range(self.size)]
+
+
 class ModelMonitor:
     """Everything the monitor knows about one model."""
 
@@ -232,49 +275,98 @@ class ModelMonitor:
     # -- observations -------------------------------------------------------------------------
 
     def observe_prediction(
-        self, point: PredictionPoint, now: datetime, correlation_id: uuid.UUID
+        self, point: PredictionPoint, now: datetime, correlation_id: uuid.UUID | str
     ) -> Outcome:
         return self.observe_predictions([point], now, [correlation_id])[0]
 
     def observe_predictions(
-        self, points: list[PredictionPoint], now: datetime, correlation_ids: list[uuid.UUID]
+        self,
+        points: list[PredictionPoint],
+        now: datetime,
+        correlation_ids: list[uuid.UUID] | list[str],
     ) -> list[Outcome]:
-        """A batch, in three steps: drop re-deliveries and sort out ineligible predictions; check
-        the eligible ones' inputs column-wise (drift streams, quality, daily windows); then join
+        """A batch, with one ``Outcome`` per point (joined pair, ignored reason, evictions)."""
+        result = BatchOutcome(len(points), detail=True)
+        self._predictions(points, now, correlation_ids, result)
+        return result.all()
+
+    def observe_prediction_batch(
+        self,
+        points: list[PredictionPoint],
+        now: datetime,
+        correlation_ids: list[uuid.UUID] | list[str],
+    ) -> BatchOutcome:
+        """A batch, as counts plus the outcomes that need the service (the telemetry path)."""
+        result = BatchOutcome(len(points))
+        self._predictions(points, now, correlation_ids, result)
+        return result
+
+    def observe_label(self, point: LabelPoint, now: datetime) -> Outcome:
+        result = BatchOutcome(1, detail=True)
+        self._labels([point], now, result)
+        return result.all()[0]
+
+    def observe_label_batch(self, points: list[LabelPoint], now: datetime) -> BatchOutcome:
+        result = BatchOutcome(len(points))
+        self._labels(points, now, result)
+        return result
+
+    def _predictions(
+        self,
+        points: list[PredictionPoint],
+        now: datetime,
+        correlation_ids: list[uuid.UUID] | list[str],
+        result: BatchOutcome,
+    ) -> None:
+        """Three steps: drop re-deliveries and sort out ineligible predictions; check the
+        eligible ones' inputs column-wise (drift streams, quality, daily windows); then join
         each with its label in arrival order (the error stream)."""
-        outcomes = [Outcome() for _ in points]
         fresh: list[int] = []
         eligible: list[int] = []
         in_batch: set[str] = set()
+        knows = self.joiner.knows_prediction
+        duplicates = 0
         for k, point in enumerate(points):
             pid = point.prediction_id
-            if pid in in_batch or self.joiner.knows_prediction(pid):
-                self.joiner.duplicates += 1
-                self.counts["duplicate_predictions"] += 1
+            if pid in in_batch or knows(pid):
+                duplicates += 1
                 continue
             in_batch.add(pid)
             fresh.append(k)
-            self.counts["predictions"] += 1
             reason = self._ineligible(point)
             if reason is None:
                 eligible.append(k)
             else:
-                outcomes[k].ignored = reason
+                result.ignore(k, reason)
                 self.counts[f"ignored_{reason}"] += 1
+        if duplicates:
+            self.joiner.duplicates += duplicates
+            self.counts["duplicate_predictions"] += duplicates
+        self.counts["predictions"] += len(fresh)
         if eligible:
             self.counts["monitored_predictions"] += len(eligible)
-            self._inputs(eligible, points, outcomes, correlation_ids, now)
+            self._inputs(eligible, points, result, correlation_ids, now)
+        self.joiner.expire(now)
+        add = self.joiner.add_prediction
+        pairs = []
         for k in fresh:
-            self._feed_pair(self.joiner.add_prediction(points[k], now), now, outcomes[k])
-            outcomes[k].evicted = self.joiner.drain_evictions()
-        return outcomes
+            pair = add(points[k], now, expire=False)
+            if pair is not None:
+                pairs.append((k, pair))
+        self._feed_pairs(pairs, now, result)
+        result.evictions(self.joiner.drain_evictions())
 
-    def observe_label(self, point: LabelPoint, now: datetime) -> Outcome:
-        self.counts["labels"] += 1
-        outcome = Outcome()
-        self._feed_pair(self.joiner.add_label(point, now), now, outcome)
-        outcome.evicted = self.joiner.drain_evictions()
-        return outcome
+    def _labels(self, points: list[LabelPoint], now: datetime, result: BatchOutcome) -> None:
+        self.counts["labels"] += len(points)
+        self.joiner.expire(now)
+        add = self.joiner.add_label
+        pairs = []
+        for k, point in enumerate(points):
+            pair = add(point, now, expire=False)
+            if pair is not None:
+                pairs.append((k, pair))
+        self._feed_pairs(pairs, now, result)
+        result.evictions(self.joiner.drain_evictions())
 
     def _ineligible(self, point: PredictionPoint) -> str | None:
         if point.served_by not in SERVED_BY_MONITORED:
@@ -285,37 +377,55 @@ class ModelMonitor:
             return "not_serving_version"
         return None
 
-    def _feed_pair(self, pair: JoinedPair | None, now: datetime, outcome: Outcome) -> None:
-        if pair is None:
+    def _feed_pairs(
+        self, pairs: list[tuple[int, JoinedPair]], now: datetime, result: BatchOutcome
+    ) -> None:
+        """Joined pairs in arrival order -> the error stream (one batch update)."""
+        if not pairs:
             return
-        outcome.joined = pair
-        self.counts["joined"] += 1
-        if self._ineligible(pair.prediction) is not None:
-            self.counts["pairs_ignored"] += 1  # the prediction itself was counted on arrival
+        errors: list[float] = []
+        fed: list[tuple[int, JoinedPair]] = []
+        for k, pair in pairs:
+            result.join(k, pair)
+            if self._ineligible(pair.prediction) is None:
+                errors.append(1.0 if pair.prediction.label != pair.label else 0.0)
+                fed.append((k, pair))
+        self.counts["joined"] += len(pairs)
+        if len(fed) < len(pairs):  # the predictions themselves were counted on arrival
+            self.counts["pairs_ignored"] += len(pairs) - len(fed)
+        if not errors:
             return
-        self.counts["errors_fed"] += 1
-        self._errors += pair.error
-        alarm = self.error.update(float(pair.error))
-        if self.error.observations % HISTORY_EVERY == 0:
-            rate = self._errors / HISTORY_EVERY
-            self.history.append((now.timestamp(), rate, self.error.observations))
-            self._errors = 0
-        if alarm is not None:
-            self._raise(alarm, pair.tipping_event_id, now, outcome)
+        self.counts["errors_fed"] += len(errors)
+        self._record_history(errors, self.error.observations, now)
+        for i, alarm in self.error.update_many(errors):
+            k, pair = fed[i]
+            self._raise(alarm, pair.tipping_event_id, now, result.at(k))
+
+    def _record_history(self, errors: list[float], observed: int, now: datetime) -> None:
+        """The error rate of every ``HISTORY_EVERY`` consecutive points (for the report)."""
+        at, n = 0, len(errors)
+        while at < n:
+            take = min(HISTORY_EVERY - observed % HISTORY_EVERY, n - at)
+            self._errors += int(sum(errors[at : at + take]))
+            observed += take
+            at += take
+            if observed % HISTORY_EVERY == 0:
+                self.history.append((now.timestamp(), self._errors / HISTORY_EVERY, observed))
+                self._errors = 0
 
     def _inputs(
         self,
         rows: list[int],
         points: list[PredictionPoint],
-        outcomes: list[Outcome],
-        correlation_ids: list[uuid.UUID],
+        result: BatchOutcome,
+        correlation_ids: list[uuid.UUID] | list[str],
         now: datetime,
     ) -> None:
         if not self.reference:
             return
         names = self._names
         matrix = feature_matrix([points[k].features for k in rows], names)
-        self._feed_features(matrix, rows, points, outcomes, now)
+        self._feed_features(matrix, rows, points, result, now)
         self.tally.checked += len(rows)
         flagged = set(self._screen.flagged(matrix).tolist())
         width = len(names)
@@ -324,7 +434,7 @@ class ModelMonitor:
             k = rows[i]
             alert = self._check_quality(points[k], now, correlation_ids[k])
             if alert is not None:
-                outcomes[k].quality = alert
+                result.at(k).quality = alert
         if self.daily is not None:
             self.daily.add(names, matrix, now)
 
@@ -333,7 +443,7 @@ class ModelMonitor:
         matrix: np.ndarray,
         rows: list[int],
         points: list[PredictionPoint],
-        outcomes: list[Outcome],
+        result: BatchOutcome,
         now: datetime,
     ) -> None:
         if not self.features:
@@ -350,12 +460,12 @@ class ModelMonitor:
             for stream, series in streams:
                 for i, alarm in stream.update_many(series.tolist()):
                     k = index[i]
-                    self._raise(alarm, points[k].event_id, now, outcomes[k])
+                    self._raise(alarm, points[k].event_id, now, result.at(k))
 
     # -- alarms and incidents -----------------------------------------------------------------
 
     def _raise(
-        self, alarm: DriftAlarm, causation_id: uuid.UUID, now: datetime, outcome: Outcome
+        self, alarm: DriftAlarm, causation_id: uuid.UUID | str, now: datetime, outcome: Outcome
     ) -> None:
         if self.incident is not None:
             self.incident.suppressed_alarms += 1
@@ -372,13 +482,13 @@ class ModelMonitor:
             {"at": now.isoformat(), "disposition": disposition, **alarm.details()}
         )
 
-    def _open(self, alarm: DriftAlarm, causation_id: uuid.UUID, now: datetime) -> Incident:
+    def _open(self, alarm: DriftAlarm, causation_id: uuid.UUID | str, now: datetime) -> Incident:
         incident_id = uuid.uuid4()
         assert self.serving_version is not None  # only eligible points reach the detectors
         event = DriftDetected(
             producer=self.config.producer,
             correlation_id=incident_id,
-            causation_id=causation_id,
+            causation_id=uuid.UUID(str(causation_id)),
             model_name=self.model_name,
             version=self.serving_version,
             incident_id=str(incident_id),
@@ -450,7 +560,7 @@ class ModelMonitor:
     # -- data quality -------------------------------------------------------------------------
 
     def _check_quality(
-        self, point: PredictionPoint, now: datetime, correlation_id: uuid.UUID
+        self, point: PredictionPoint, now: datetime, correlation_id: uuid.UUID | str
     ) -> DataQualityAlert | None:
         if not self.reference:
             return None
@@ -469,8 +579,8 @@ class ModelMonitor:
         by_feature = " ".join(f"{k}={v}" for k, v in sorted(tally.by_feature.items()))
         return DataQualityAlert(
             producer=self.config.producer,
-            correlation_id=correlation_id,
-            causation_id=point.event_id,
+            correlation_id=uuid.UUID(str(correlation_id)),
+            causation_id=uuid.UUID(str(point.event_id)),
             model_name=self.model_name,
             version=self.serving_version,
             check=tally.top(tally.counts),
@@ -557,4 +667,11 @@ class ModelMonitor:
         }
 
 
-__all__ = ["DetectorConfig", "Incident", "ModelMonitor", "Outcome", "standardise"]
+__all__ = [
+    "BatchOutcome",
+    "DetectorConfig",
+    "Incident",
+    "ModelMonitor",
+    "Outcome",
+    "standardise",
+]

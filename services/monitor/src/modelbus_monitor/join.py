@@ -9,37 +9,33 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter, OrderedDict
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class PredictionPoint:
+class PredictionPoint(NamedTuple):
     prediction_id: str
     version: int
     served_by: str
     label: int
     features: dict[str, float]
-    event_id: uuid.UUID
+    event_id: uuid.UUID | str
     at: datetime
 
 
-@dataclass(frozen=True)
-class LabelPoint:
+class LabelPoint(NamedTuple):
     prediction_id: str
     label: int
-    event_id: uuid.UUID
+    event_id: uuid.UUID | str
     at: datetime
 
 
-@dataclass(frozen=True)
-class JoinedPair:
+class JoinedPair(NamedTuple):
     prediction: PredictionPoint
     label: int
-    tipping_event_id: uuid.UUID  # the event id of whichever side arrived last
+    tipping_event_id: uuid.UUID | str  # the event id of whichever side arrived last
 
     @property
     def error(self) -> int:
@@ -60,8 +56,12 @@ class Joiner:
         self.joined = 0
         self._unreported: Counter[str] = Counter()
 
-    def add_prediction(self, point: PredictionPoint, now: datetime) -> JoinedPair | None:
-        self.expire(now)
+    def add_prediction(
+        self, point: PredictionPoint, now: datetime, *, expire: bool = True
+    ) -> JoinedPair | None:
+        """``expire=False``: the caller expired the buffers for ``now`` already (a batch)."""
+        if expire:
+            self.expire(now)
         if self._seen(point.prediction_id, self.predictions):
             return None
         label = self.labels.pop(point.prediction_id, None)
@@ -70,8 +70,11 @@ class Joiner:
             return None
         return self._join(point, label.label, point.event_id)
 
-    def add_label(self, point: LabelPoint, now: datetime) -> JoinedPair | None:
-        self.expire(now)
+    def add_label(
+        self, point: LabelPoint, now: datetime, *, expire: bool = True
+    ) -> JoinedPair | None:
+        if expire:
+            self.expire(now)
         if self._seen(point.prediction_id, self.labels):
             return None
         prediction = self.predictions.pop(point.prediction_id, None)
@@ -110,12 +113,14 @@ class Joiner:
             buffer.popitem(last=False)
             self._evict(f"{kind}_overflow")
 
-    def _join(self, prediction: PredictionPoint, label: int, tipping: uuid.UUID) -> JoinedPair:
+    def _join(
+        self, prediction: PredictionPoint, label: int, tipping: uuid.UUID | str
+    ) -> JoinedPair:
         self._joined[prediction.prediction_id] = None
         while len(self._joined) > self.max_pending:
             self._joined.popitem(last=False)
         self.joined += 1
-        return JoinedPair(prediction=prediction, label=label, tipping_event_id=tipping)
+        return JoinedPair(prediction, label, tipping)
 
     def _evict(self, reason: str) -> None:
         self.evicted[reason] += 1

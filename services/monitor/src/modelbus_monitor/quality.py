@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any, Literal
 
 import numpy as np
@@ -80,7 +81,10 @@ class BatchScreen:
 def feature_matrix(rows: list[dict[str, Any]], names: list[str]) -> np.ndarray:
     """Rows x features as floats; missing or non-numeric values are NaN."""
     try:
-        return np.array([[row[n] for n in names] for row in rows], dtype=float)
+        if not names:
+            return np.empty((len(rows), 0))
+        values = list(map(itemgetter(*names), rows))  # the common case: one C loop per row
+        return np.array(values, dtype=float).reshape(len(rows), len(names))
     except (KeyError, TypeError, ValueError):
         return np.array([[_number(row.get(n)) for n in names] for row in rows], dtype=float)
 

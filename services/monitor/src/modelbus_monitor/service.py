@@ -10,9 +10,10 @@ re-emits persisting incidents, checkpoints detector windows and stores the daily
 from __future__ import annotations
 
 import asyncio
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from itertools import repeat
 from typing import Any
 
 import structlog
@@ -29,10 +30,11 @@ from modelbus_platform.bus import Publisher
 
 from .config import MonitorSettings
 from .daily import DailyFeature, Thresholds, compare, day_of, previous_day
-from .domain import DetectorConfig, Incident, ModelMonitor, Outcome
+from .domain import BatchOutcome, DetectorConfig, Incident, ModelMonitor, Outcome
 from .join import LabelPoint, PredictionPoint
 from .metrics import MonitorMetrics
 from .ports import DailyStore, IncidentStore, RegistryClient, StateStore
+from .telemetry import LabelBatch, PredictionBatch
 
 log = structlog.get_logger(__name__)
 
@@ -125,40 +127,49 @@ class MonitorService:
         await self.on_labels([event])
 
     async def on_predictions(self, events: list[PredictionMade]) -> None:
-        """A batch of predictions: one lock, one registry check and one metrics update per model."""
-        for name, group in _by_model(events).items():
-            async with self._lock(name):
-                monitor = await self._prepare(name)
-                tally = Tally()
-                now = self.clock()
-                points = [
-                    PredictionPoint(
-                        prediction_id=event.prediction_id,
-                        version=event.version,
-                        served_by=event.served_by,
-                        label=event.label,
-                        features=event.features,
-                        event_id=event.event_id,
-                        at=now,
-                    )
-                    for event in group
-                ]
-                correlation_ids = [event.correlation_id for event in group]
-                for outcome in monitor.observe_predictions(points, now, correlation_ids):
-                    await self._apply(monitor, outcome, tally)
-                self._flush_tally(monitor, tally)
-                await self._retrigger(monitor)
+        await self.on_prediction_batch(PredictionBatch.of(events))
 
     async def on_labels(self, events: list[LabelObserved]) -> None:
-        for name, group in _by_model(events).items():
+        await self.on_label_batch(LabelBatch.of(events))
+
+    async def on_prediction_batch(self, batch: PredictionBatch) -> None:
+        """A batch of predictions (columns): one lock, one registry check and one metrics update
+        per model."""
+        for name, part in batch.by_model().items():
             async with self._lock(name):
                 monitor = await self._prepare(name)
-                tally = Tally()
-                for event in group:
-                    now = self.clock()
-                    point = LabelPoint(event.prediction_id, event.label, event.event_id, now)
-                    await self._apply(monitor, monitor.observe_label(point, now), tally)
-                self._flush_tally(monitor, tally)
+                now = self.clock()
+                points = list(
+                    map(
+                        PredictionPoint,
+                        part.prediction_ids,
+                        part.versions,
+                        part.served_by,
+                        part.labels,
+                        part.features,
+                        part.event_ids,
+                        repeat(now, len(part)),
+                    )
+                )
+                result = monitor.observe_prediction_batch(points, now, part.correlation_ids)
+                await self._apply_batch(monitor, result)
+                await self._retrigger(monitor)
+
+    async def on_label_batch(self, batch: LabelBatch) -> None:
+        for name, part in batch.by_model().items():
+            async with self._lock(name):
+                monitor = await self._prepare(name)
+                now = self.clock()
+                points = list(
+                    map(
+                        LabelPoint,
+                        part.prediction_ids,
+                        part.labels,
+                        part.event_ids,
+                        repeat(now, len(part)),
+                    )
+                )
+                await self._apply_batch(monitor, monitor.observe_label_batch(points, now))
                 await self._retrigger(monitor)
 
     # -- background work ----------------------------------------------------------------------
@@ -335,6 +346,15 @@ class MonitorService:
             return None
         return dict(view.reference) if view else None
 
+    async def _apply_batch(self, monitor: ModelMonitor, result: BatchOutcome) -> None:
+        tally = Tally()
+        tally.joined = result.joined
+        tally.ignored.update(result.ignored)
+        tally.evicted.update(result.evicted)
+        for outcome in result.notable():
+            await self._apply(monitor, outcome, tally)
+        self._flush_tally(monitor, tally)
+
     async def _apply(self, monitor: ModelMonitor, outcome: Outcome, tally: Tally) -> None:
         name = monitor.model_name
         tally.add(outcome)
@@ -440,10 +460,3 @@ class Tally:
             self.evicted.update(outcome.evicted)
         for alarm, disposition in outcome.alarms:
             self.alarms[(alarm.detector, alarm.feature, disposition)] += 1
-
-
-def _by_model(events: list[Any]) -> dict[str, list[Any]]:
-    groups: dict[str, list[Any]] = defaultdict(list)
-    for event in events:
-        groups[event.model_name].append(event)
-    return groups

@@ -1,0 +1,406 @@
+"""Columnar decoding of the high-volume telemetry (``prediction.made.v1``, ``label.observed.v1``)
+straight from the Kafka records into column lists, without a pydantic model per event.
+
+The fast path accepts only records whose shape is unambiguous: binary-mode CloudEvents with the
+headers ``encode`` writes (lowercase names, UTF-8), canonical lowercase UUIDs, an RFC 3339 UTC
+time, a JSON object with only the event's fields and exact JSON types (``int`` for ints,
+``int``/``float`` for floats, ``str`` for strings), finite numbers within the contract's bounds.
+The checks run per column (type sets, one regular expression over all ids, numpy for ranges and
+finiteness). Every record the fast path does not accept goes through ``modelbus_contracts.decode``
+(pydantic), which either accepts it (coercions such as ``"1.5"`` -> 1.5 included) or rejects it
+with the contract's reason: the result is the same set of accepted events, with the same values,
+and the same dead-letter reasons as decoding every record with pydantic.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+import numpy as np
+import orjson
+
+from modelbus_contracts import ContractError, LabelObserved, PredictionMade, decode
+
+_UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+_UUIDS = re.compile(rf"(?:{_UUID}\n)*")
+_TIME = re.compile(
+    r"(\d{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01]))"
+    r"T(?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d(?:\.\d{1,6})?(?:Z|\+00:00)"
+)
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
+_REQUIRED_HEADERS = ("ce_type", "ce_id", "ce_time", "ce_source", "ce_correlationid")
+_KNOWN_HEADERS = frozenset(
+    {*_REQUIRED_HEADERS, "ce_specversion", "ce_subject", "content-type", "ce_causationid"}
+)
+_NUMBER = frozenset({int, float})
+_SERVED_BY = frozenset({"champion", "fallback", "shadow", "canary"})
+_SOURCES = frozenset({"http", "stream", "batch"})
+_PREDICTION_FIELDS = frozenset(
+    {
+        "model_name",
+        "prediction_id",
+        "request_id",
+        "version",
+        "features",
+        "score",
+        "label",
+        "served_by",
+        "shadow_of",
+        "source",
+        "latency_ms",
+    }
+)
+_PREDICTION_REQUIRED = ("prediction_id", "version", "features", "score", "label", "latency_ms")
+_LABEL_FIELDS = frozenset({"model_name", "prediction_id", "label"})
+
+
+@dataclass
+class PredictionBatch:
+    """The monitor's view of a batch of PredictionMade, one list per field (ids as strings)."""
+
+    model_names: list[str] = field(default_factory=list)
+    prediction_ids: list[str] = field(default_factory=list)
+    versions: list[int] = field(default_factory=list)
+    served_by: list[str] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    features: list[dict[str, float]] = field(default_factory=list)
+    event_ids: list[str] = field(default_factory=list)
+    correlation_ids: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.prediction_ids)
+
+    def append_event(self, event: PredictionMade) -> None:
+        self.model_names.append(event.model_name)
+        self.prediction_ids.append(event.prediction_id)
+        self.versions.append(event.version)
+        self.served_by.append(event.served_by)
+        self.labels.append(event.label)
+        self.features.append(event.features)
+        self.event_ids.append(str(event.event_id))
+        self.correlation_ids.append(str(event.correlation_id))
+
+    @classmethod
+    def of(cls, events: Iterable[PredictionMade]) -> PredictionBatch:
+        batch = cls()
+        for event in events:
+            batch.append_event(event)
+        return batch
+
+    def by_model(self) -> dict[str, PredictionBatch]:
+        names = set(self.model_names)
+        if len(names) == 1:
+            return {self.model_names[0]: self} if self.model_names else {}
+        return {name: self._take(self._rows_of(name)) for name in sorted(names, key=self._first)}
+
+    def _first(self, name: str) -> int:
+        return self.model_names.index(name)
+
+    def _rows_of(self, name: str) -> list[int]:
+        return [i for i, n in enumerate(self.model_names) if n == name]
+
+    def _take(self, rows: list[int]) -> PredictionBatch:
+        return PredictionBatch(
+            *([column[i] for i in rows] for column in self._columns()),  # type: ignore[arg-type]
+        )
+
+    def _columns(self) -> tuple[list[Any], ...]:
+        return (
+            self.model_names,
+            self.prediction_ids,
+            self.versions,
+            self.served_by,
+            self.labels,
+            self.features,
+            self.event_ids,
+            self.correlation_ids,
+        )
+
+
+@dataclass
+class LabelBatch:
+    """The monitor's view of a batch of LabelObserved."""
+
+    model_names: list[str] = field(default_factory=list)
+    prediction_ids: list[str] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    event_ids: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.prediction_ids)
+
+    def append_event(self, event: LabelObserved) -> None:
+        self.model_names.append(event.model_name)
+        self.prediction_ids.append(event.prediction_id)
+        self.labels.append(event.label)
+        self.event_ids.append(str(event.event_id))
+
+    @classmethod
+    def of(cls, events: Iterable[LabelObserved]) -> LabelBatch:
+        batch = cls()
+        for event in events:
+            batch.append_event(event)
+        return batch
+
+    def by_model(self) -> dict[str, LabelBatch]:
+        names = set(self.model_names)
+        if len(names) == 1:
+            return {self.model_names[0]: self}
+        out: dict[str, LabelBatch] = {}
+        for i, name in enumerate(self.model_names):
+            part = out.setdefault(name, LabelBatch())
+            part.model_names.append(name)
+            part.prediction_ids.append(self.prediction_ids[i])
+            part.labels.append(self.labels[i])
+            part.event_ids.append(self.event_ids[i])
+        return out
+
+
+Rejected = list[tuple[Any, str]]
+
+
+def decode_predictions(raws: list[Any]) -> tuple[PredictionBatch, list[Any], Rejected]:
+    """Kafka records of ``prediction.made.v1`` -> (batch, the accepted records in order, the
+    rejected records with their reason)."""
+    parsed = _parse(raws, PredictionMade.event_type)
+    ok = parsed.ok
+    datas = parsed.datas
+    _check_fields(datas, ok, _PREDICTION_FIELDS, _PREDICTION_REQUIRED)
+    rows = [i for i in range(len(raws)) if ok[i]]
+    if rows:
+        _check_predictions(datas, rows, ok)
+    return _assemble(raws, parsed, PredictionBatch(), PredictionMade, _append_prediction)
+
+
+def decode_labels(raws: list[Any]) -> tuple[LabelBatch, list[Any], Rejected]:
+    """Kafka records of ``label.observed.v1`` -> (batch, accepted records, rejected records)."""
+    parsed = _parse(raws, LabelObserved.event_type)
+    ok, datas = parsed.ok, parsed.datas
+    _check_fields(datas, ok, _LABEL_FIELDS, ("prediction_id", "label"))
+    for i in range(len(raws)):
+        if ok[i]:
+            d = datas[i]
+            pid, label = d["prediction_id"], d["label"]
+            if type(pid) is not str or not pid or type(label) is not int or label not in (0, 1):
+                ok[i] = False
+    return _assemble(raws, parsed, LabelBatch(), LabelObserved, _append_label)
+
+
+# -- internals -------------------------------------------------------------------------------
+
+
+@dataclass
+class _Parsed:
+    ok: list[bool]
+    datas: list[Any]
+    event_ids: list[str]
+    correlation_ids: list[str]
+    model_names: list[str]
+
+
+def _parse(raws: list[Any], event_type: str) -> _Parsed:
+    """Headers and JSON of every record; ``ok[i]`` False sends record i to the pydantic path."""
+    n = len(raws)
+    ok = [True] * n
+    datas: list[Any] = [None] * n
+    ids = [""] * n
+    correlations = [""] * n
+    names = [""] * n
+    times: list[str] = []
+    causations: list[str] = []
+    expected = event_type.encode()
+    for i, raw in enumerate(raws):
+        try:
+            h = dict(raw.headers)
+            if (
+                h.get("ce_type") != expected
+                or not h.keys() <= _KNOWN_HEADERS
+                or h.get("ce_specversion", b"1.0") != b"1.0"
+                or h.get("content-type", b"application/json") != b"application/json"
+            ):
+                raise ValueError
+            ids[i] = h["ce_id"].decode()
+            correlations[i] = h["ce_correlationid"].decode()
+            if not h["ce_source"]:
+                raise ValueError
+            h["ce_source"].decode()
+            times.append(h["ce_time"].decode())
+            causation = h.get("ce_causationid")
+            if causation:
+                causations.append(causation.decode())
+            data = orjson.loads(raw.value)
+            if type(data) is not dict:
+                raise ValueError
+            name = data["model_name"] if "model_name" in data else _subject(h)
+            if type(name) is not str or not name:
+                raise ValueError
+            names[i] = name
+            datas[i] = data
+        except Exception:  # anything unusual: the pydantic path decides, with its reason
+            ok[i] = False
+    parsed = _Parsed(ok, datas, ids, correlations, names)
+    if not _batch_envelope_valid(parsed, times, causations):
+        _per_record_envelope(raws, parsed)
+    return parsed
+
+
+def _subject(headers: dict[str, bytes]) -> str:
+    return headers.get("ce_subject", b"").decode()
+
+
+def _batch_envelope_valid(parsed: _Parsed, times: list[str], causations: list[str]) -> bool:
+    """One regular expression over all ids and times of the batch (the common, valid case)."""
+    if not all(parsed.ok):
+        return False
+    if not _UUIDS.fullmatch("".join(f"{u}\n" for u in (*parsed.event_ids, *causations))):
+        return False
+    if not _UUIDS.fullmatch("".join(f"{u}\n" for u in parsed.correlation_ids)):
+        return False
+    days = set()
+    for t in times:
+        match = _TIME.fullmatch(t)
+        if match is None:
+            return False
+        days.add(match.group(1))
+    return _days_valid(days) and all(_name_valid(name) for name in set(parsed.model_names))
+
+
+def _per_record_envelope(raws: list[Any], parsed: _Parsed) -> None:
+    """The slow check, record by record (only when the batch check failed)."""
+    for i, raw in enumerate(raws):
+        if not parsed.ok[i]:
+            continue
+        h = dict(raw.headers)
+        causation = h.get("ce_causationid")
+        uuids = [parsed.event_ids[i], parsed.correlation_ids[i]]
+        if causation:
+            uuids.append(causation.decode())
+        match = _TIME.fullmatch(h["ce_time"].decode())
+        parsed.ok[i] = (
+            all(re.fullmatch(_UUID, u) for u in uuids)
+            and match is not None
+            and _days_valid({match.group(1)})
+            and _name_valid(parsed.model_names[i])
+        )
+
+
+def _days_valid(days: set[str]) -> bool:
+    try:
+        return all(date.fromisoformat(day).year >= 1 for day in days)
+    except ValueError:
+        return False
+
+
+def _name_valid(name: str) -> bool:
+    return len(name) <= 200 and _MODEL_NAME.fullmatch(name) is not None
+
+
+def _check_fields(
+    datas: list[Any], ok: list[bool], allowed: frozenset[str], required: tuple[str, ...]
+) -> None:
+    for i, data in enumerate(datas):
+        if ok[i] and not (data.keys() <= allowed and all(k in data for k in required)):
+            ok[i] = False
+
+
+def _check_predictions(datas: list[Any], rows: list[int], ok: list[bool]) -> None:
+    """Column-wise type and range checks; a failing column is re-checked row by row."""
+    ds = [datas[i] for i in rows]
+    columns = {
+        "prediction_id": [d["prediction_id"] for d in ds],
+        "version": [d["version"] for d in ds],
+        "label": [d["label"] for d in ds],
+        "score": [d["score"] for d in ds],
+        "latency_ms": [d["latency_ms"] for d in ds],
+        "served_by": [d.get("served_by", "champion") for d in ds],
+        "source": [d.get("source", "http") for d in ds],
+        "request_id": [d.get("request_id") for d in ds],
+        "shadow_of": [d.get("shadow_of") for d in ds],
+    }
+    features = [d["features"] for d in ds]
+    if _columns_valid(columns, features):
+        return
+    for j, (i, d) in enumerate(zip(rows, ds, strict=True)):
+        single = {k: [v[j]] for k, v in columns.items()}
+        if not _columns_valid(single, [d["features"]]):
+            ok[i] = False
+
+
+def _columns_valid(columns: dict[str, list[Any]], features: list[Any]) -> bool:
+    types = set(map(type, columns["prediction_id"]))
+    if types - {str}:
+        return False
+    if set(map(type, columns["version"])) - {int} or set(map(type, columns["label"])) - {int}:
+        return False
+    if (
+        set(map(type, columns["score"])) - _NUMBER
+        or set(map(type, columns["latency_ms"])) - _NUMBER
+    ):
+        return False
+    if not set(columns["served_by"]) <= _SERVED_BY or not set(columns["source"]) <= _SOURCES:
+        return False
+    for name in ("request_id", "shadow_of"):
+        if set(map(type, columns[name])) - {str, type(None)}:
+            return False
+    if set(map(type, features)) - {dict}:
+        return False
+    values = [v for f in features for v in f.values()]
+    if set(map(type, values)) - _NUMBER:
+        return False
+    try:
+        score = np.array(columns["score"], dtype=float)
+        latency = np.array(columns["latency_ms"], dtype=float)
+        numbers = np.array(values, dtype=float)
+    except OverflowError:
+        return False
+    return bool(
+        min(columns["version"]) >= 1
+        and np.isfinite(numbers).all()
+        and np.isfinite(score).all()
+        and ((score >= 0) & (score <= 1)).all()
+        and np.isfinite(latency).all()
+        and (latency >= 0).all()
+    )
+
+
+def _append_prediction(batch: PredictionBatch, parsed: _Parsed, i: int) -> None:
+    d = parsed.datas[i]
+    batch.model_names.append(parsed.model_names[i])
+    batch.prediction_ids.append(d["prediction_id"])
+    batch.versions.append(d["version"])
+    batch.served_by.append(d.get("served_by", "champion"))
+    batch.labels.append(d["label"])
+    batch.features.append(d["features"])
+    batch.event_ids.append(parsed.event_ids[i])
+    batch.correlation_ids.append(parsed.correlation_ids[i])
+
+
+def _append_label(batch: LabelBatch, parsed: _Parsed, i: int) -> None:
+    d = parsed.datas[i]
+    batch.model_names.append(parsed.model_names[i])
+    batch.prediction_ids.append(d["prediction_id"])
+    batch.labels.append(d["label"])
+    batch.event_ids.append(parsed.event_ids[i])
+
+
+def _assemble(raws: list[Any], parsed: _Parsed, batch: Any, event_cls: type, append: Any) -> Any:
+    """The batch in record order: fast rows as parsed, the others through pydantic."""
+    accepted: list[Any] = []
+    rejected: Rejected = []
+    for i, raw in enumerate(raws):
+        if parsed.ok[i]:
+            append(batch, parsed, i)
+            accepted.append(raw)
+            continue
+        try:
+            event = decode(raw.headers, raw.value, expected=event_cls)
+        except ContractError as exc:
+            rejected.append((raw, str(exc)))
+            continue
+        batch.append_event(event)
+        accepted.append(raw)
+    return batch, accepted, rejected
