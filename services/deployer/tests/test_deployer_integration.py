@@ -21,11 +21,13 @@ from modelbus_contracts import (
     ModelEvaluated,
     ModelRegistered,
     ModelSummary,
+    ScoringFailed,
     decode,
     encode,
 )
 from modelbus_deployer.bootstrap import build_app
-from modelbus_deployer.config import DeployerSettings
+from modelbus_deployer.config import DeployerSettings, ModelPolicy
+from modelbus_embedded.testing import EventTap
 from modelbus_ml import train_logreg
 from modelbus_platform.stores import S3ObjectStore, sha256_hex
 
@@ -167,3 +169,75 @@ async def test_promote_first_then_reject_a_worse_challenger(
     assert second.json()["event_id"] == str(rejected.event_id)
     assert second.json()["champion_metrics"]["auc"] == rejected.champion_metrics["auc"]
     assert absent.status_code == 404
+
+
+async def counted(live, shadow_errors: int, timeout: float = 60.0) -> None:
+    async with asyncio.timeout(timeout):
+        while True:
+            if sum(w.shadow_errors for w in live.tracker.windows.values()) >= shadow_errors:
+                return
+            await asyncio.sleep(0.1)
+
+
+def shadow_failures(model_name: str, n: int) -> list[ScoringFailed]:
+    return [
+        ScoringFailed(
+            producer="scorer",
+            model_name=model_name,
+            request_id=f"r-{uuid.uuid4().hex}",
+            error="ValueError: shadow raised",
+            version=2,
+            served_by="shadow",
+        )
+        for _ in range(n)
+    ]
+
+
+@pytest.mark.timeout(180)
+async def test_a_broken_shadow_is_rejected_across_a_deployer_restart(
+    infra, service_env, unique, monkeypatch, make_dataset
+):
+    """ScoringFailed(served_by=shadow) on the real broker; 60 before a restart, 40 after: the
+    restarted deployer continues from the MongoDB checkpoint and rejects on 100 of 100."""
+    for key, value in service_env.items():
+        monkeypatch.setenv(key, value)
+    model_name = f"deployer-shadow-{unique}"
+    settings = DeployerSettings(policies={model_name: ModelPolicy(rollout="shadow")})
+    store = S3ObjectStore(
+        service_env["MODELBUS_S3_ENDPOINT"],
+        settings.s3_access_key.get_secret_value(),
+        settings.s3_secret_key.get_secret_value(),
+        service_env["MODELBUS_BUCKET"],
+    )
+    good = train_logreg(make_dataset(500, seed=11), {"epochs": 100}, seed=0)
+    bad = train_logreg(make_dataset(500, seed=12, flip=True), {"epochs": 100}, seed=0)
+    holdout = await put_dataset(store, model_name, make_dataset(200, seed=13))
+    bad_ref = await put_artifact(store, model_name, bad)
+    champion = ModelSummary(version=1, artifact=bad_ref, feature_names=list(bad.feature_names))
+    v2 = registered(
+        model_name, 2, await put_artifact(store, model_name, good), holdout,
+        good.feature_names, champion,
+    )  # fmt: skip
+
+    tap = EventTap(infra.kafka_bootstrap, model_name, [ModelEvaluated.topic])
+    await tap.start()
+    try:
+        app = build_app(settings)
+        async with app.router.lifespan_context(app):
+            await publish(infra.kafka_bootstrap, v2)
+            shadow = await tap.wait_for(lambda e: e.decision == "shadow", timeout=60)
+            await publish(infra.kafka_bootstrap, *shadow_failures(model_name, 60))
+            await counted(app.state.live, 60)
+
+        restarted = build_app(settings)
+        async with restarted.router.lifespan_context(restarted):
+            await publish(infra.kafka_bootstrap, *shadow_failures(model_name, 40))
+            rejected = await tap.wait_for(lambda e: e.decision == "reject", timeout=60)
+    finally:
+        await tap.stop()
+
+    assert rejected.correlation_id == shadow.correlation_id == v2.correlation_id
+    assert rejected.live_metrics["shadow_errors"] == 100
+    [gate] = [g for g in rejected.gates if g.name == "shadow_error_rate"]
+    assert (gate.passed, gate.observed, gate.threshold) == (False, 1.0, 0.01)
+    assert "shadow v2 raised on 100 of 100 requests" in rejected.reasons[0]
