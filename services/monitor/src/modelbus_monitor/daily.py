@@ -82,6 +82,7 @@ class DailyFeature:
             self.hist = [0] * (len(self.edges) + 1)
         key = f"{self.model_name}|{self.day}|{self.feature}".encode()
         self._rng = np.random.default_rng(zlib.crc32(key) + self.count)
+        self._edges = np.asarray(self.edges, dtype=float)
 
     def add(self, value: float | None) -> None:
         self.add_many(np.array([np.nan if value is None else value], dtype=float))
@@ -90,7 +91,7 @@ class DailyFeature:
         """Add a column of values (NaN or infinite = missing), vectorised; the sample is a
         reservoir sample of the day."""
         self.dirty = True
-        finite = values[np.isfinite(values)]
+        finite = values if np.isfinite(values).all() else values[np.isfinite(values)]
         self.missing += len(values) - len(finite)
         if not len(finite):
             return
@@ -101,17 +102,17 @@ class DailyFeature:
         low, high = float(finite.min()), float(finite.max())
         self.low = low if self.low is None else min(self.low, low)
         self.high = high if self.high is None else max(self.high, high)
-        bins = np.bincount(
-            np.searchsorted(self.edges, finite, side="right"), minlength=len(self.hist)
-        )
-        self.hist = (np.asarray(self.hist) + bins).tolist()
+        bins = np.bincount(self._edges.searchsorted(finite, side="right"), minlength=len(self.hist))
+        self.hist = [a + b for a, b in zip(self.hist, bins.tolist(), strict=True)]
         fill = max(0, min(self.sample_size - len(self.sample), len(finite)))
-        self.sample.extend(finite[:fill].tolist())
+        if fill:
+            self.sample.extend(finite[:fill].tolist())
         rest = finite[fill:]
         if len(rest):
+            # algorithm R: the i-th value of the day replaces a random slot with p = size / i
             seen_after = seen + fill + np.arange(1, len(rest) + 1)
-            slots = self._rng.integers(0, seen_after)
-            hit = slots < self.sample_size
+            slots = (self._rng.random(len(rest)) * seen_after).astype(np.int64)
+            hit = np.flatnonzero(slots < self.sample_size)
             for slot, value in zip(slots[hit].tolist(), rest[hit].tolist(), strict=True):
                 self.sample[slot] = value
 

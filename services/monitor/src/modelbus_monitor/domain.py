@@ -449,18 +449,48 @@ class ModelMonitor:
         if not self.features:
             return
         z = (matrix - self._means) / self._stds
+        if np.isfinite(z).all():  # the common case: whole columns, converted in one call each
+            self._feed_columns(z.T.tolist(), np.abs(z).T.tolist(), rows, points, result, now)
+            return
         for j, name in enumerate(self._names):
             column = z[:, j]
             finite = np.isfinite(column)
-            index = rows if finite.all() else [rows[i] for i in np.flatnonzero(finite)]
+            index = [rows[i] for i in np.flatnonzero(finite)]
             values = column[finite]
-            streams = [(self.features[name], values)]
-            if name in self.scales:
-                streams.append((self.scales[name], np.abs(values)))
-            for stream, series in streams:
-                for i, alarm in stream.update_many(series.tolist()):
-                    k = index[i]
-                    self._raise(alarm, points[k].event_id, now, result.at(k))
+            self._feed_column(
+                name, values.tolist(), np.abs(values).tolist(), index, points, result, now
+            )
+
+    def _feed_columns(
+        self,
+        columns: list[list[float]],
+        scales: list[list[float]],
+        rows: list[int],
+        points: list[PredictionPoint],
+        result: BatchOutcome,
+        now: datetime,
+    ) -> None:
+        for name, values, magnitudes in zip(self._names, columns, scales, strict=True):
+            self._feed_column(name, values, magnitudes, rows, points, result, now)
+
+    def _feed_column(
+        self,
+        name: str,
+        values: list[float],
+        magnitudes: list[float],
+        index: list[int],
+        points: list[PredictionPoint],
+        result: BatchOutcome,
+        now: datetime,
+    ) -> None:
+        """One feature's standardised values (and their magnitudes) into its streams."""
+        streams = [(self.features[name], values)]
+        if name in self.scales:
+            streams.append((self.scales[name], magnitudes))
+        for stream, series in streams:
+            for i, alarm in stream.update_many(series):
+                k = index[i]
+                self._raise(alarm, points[k].event_id, now, result.at(k))
 
     # -- alarms and incidents -----------------------------------------------------------------
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from itertools import chain
 from operator import itemgetter
 from typing import Any, Literal
 
@@ -83,8 +84,11 @@ def feature_matrix(rows: list[dict[str, Any]], names: list[str]) -> np.ndarray:
     try:
         if not names:
             return np.empty((len(rows), 0))
-        values = list(map(itemgetter(*names), rows))  # the common case: one C loop per row
-        return np.array(values, dtype=float).reshape(len(rows), len(names))
+        values = map(itemgetter(*names), rows)  # the common case: C loops only
+        if len(names) > 1:
+            values = chain.from_iterable(values)
+        size = len(rows) * len(names)
+        return np.fromiter(values, dtype=float, count=size).reshape(len(rows), len(names))
     except (KeyError, TypeError, ValueError):
         return np.array([[_number(row.get(n)) for n in names] for row in rows], dtype=float)
 
