@@ -1,6 +1,6 @@
 """modelbus contracts: the events and API models every service shares, nothing else."""
 
-from .cloudevents import ContractError, KafkaRecord, decode, encode
+from .cloudevents import BinaryHeaders, ContractError, KafkaRecord, decode, encode
 from .envelope import Event, Frozen
 from .events import *  # noqa: F403
 from .events import ALL_EVENTS, EVENTS_BY_TYPE
@@ -8,6 +8,7 @@ from .events import ALL_EVENTS, EVENTS_BY_TYPE
 __all__ = [
     "ALL_EVENTS",
     "EVENTS_BY_TYPE",
+    "BinaryHeaders",
     "ContractError",
     "Event",
     "Frozen",

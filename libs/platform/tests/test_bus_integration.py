@@ -8,7 +8,7 @@ import uuid
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from modelbus_contracts import LabelObserved, encode
+from modelbus_contracts import LabelObserved, decode, encode
 from modelbus_platform.bus import EventBus, dlq_topic
 from modelbus_platform.metrics import Metrics
 from modelbus_platform.settings import ServiceSettings
@@ -77,7 +77,9 @@ async def test_duplicates_are_skipped_and_poison_goes_to_dlq(infra, unique):
         await bus.broker.publish(b'{"label": 7}', bad.topic, key=bad.key, headers=bad.headers)
         failing_ids.add("p3")
         await bus.publish(LabelObserved(model_name=model, prediction_id="p3", label=0))
-        await bus.publish(LabelObserved(model_name=model, prediction_id="last", label=0))
+        await bus.publish(
+            LabelObserved(producer="test", model_name=model, prediction_id="last", label=0)
+        )
         await asyncio.wait_for(done.wait(), 30)
         lag = await bus.sample_lag()
         dlq = await _read_dlq(infra.kafka_bootstrap, LabelObserved.topic, model, 2)
@@ -168,3 +170,47 @@ async def test_batch_subscription_gets_events_in_batches_and_dead_letters_bad_on
     assert seen == [f"p{i}" for i in range(200)]
     assert max(batches) > 1, "events were not batched"
     assert "not valid JSON" in dict(dlq[0].headers)["x-dlq-reason"].decode()
+
+
+async def test_pre_encoded_records_reach_consumers_in_order_on_the_keys_partition(infra, unique):
+    """``publish_records`` packs records into batches per partition: a consumer decodes them
+    as events, in order, on the partition ``publish`` picks for the same key."""
+    from modelbus_contracts import BinaryHeaders
+
+    model = f"r-{unique}"
+    bus = await _bus(infra, f"db4_{unique}")
+    await bus.start()
+    template = BinaryHeaders(LabelObserved.event_type, subject=model, source="test")
+    records = []
+    for i in range(3000):  # several record batches' worth
+        value = f'{{"model_name":"{model}","prediction_id":"p{i}","label":{i % 2}}}'.encode()
+        event_id = str(uuid.uuid4())
+        headers = template.build(
+            event_id=event_id, time="2026-12-01T00:00:00.000Z", correlation_id=event_id
+        )
+        records.append((model.encode(), value, headers))
+    consumer = AIOKafkaConsumer(
+        LabelObserved.topic,
+        bootstrap_servers=infra.kafka_bootstrap,
+        group_id=f"records-{unique}",
+        auto_offset_reset="earliest",
+    )
+    try:
+        await bus.publish_records(LabelObserved.topic, records)
+        await bus.publish(
+            LabelObserved(producer="test", model_name=model, prediction_id="last", label=0)
+        )
+        await consumer.start()
+        got: list[tuple[int, LabelObserved]] = []
+        async with asyncio.timeout(30):
+            while not got or got[-1][1].prediction_id != "last":
+                message = await consumer.getone()
+                if message.key == model.encode():
+                    got.append((message.partition, decode(message.headers, message.value)))
+    finally:
+        await consumer.stop()
+        await bus.stop()
+    assert [e.prediction_id for _, e in got] == [f"p{i}" for i in range(3000)] + ["last"]
+    assert len({partition for partition, _ in got}) == 1  # the key's partition, as publish's
+    assert {e.producer for _, e in got} == {"test"}
+    assert "modelbus_events_published_total" in _metrics_text(bus)

@@ -6,6 +6,7 @@ import uuid
 from dataclasses import dataclass
 
 import httpx
+import orjson
 import pytest
 
 from modelbus_contracts import LabelObserved, encode
@@ -204,3 +205,84 @@ async def test_oversized_body_is_413_and_bad_body_is_422_with_reason():
 def test_event_ids_are_unique_uuids():
     a, b = (LabelObserved(model_name="m", prediction_id="p", label=0) for _ in range(2))
     assert isinstance(a.event_id, uuid.UUID) and a.event_id != b.event_id
+
+
+def fast_app(max_body_bytes: int = 100):
+    metrics = Metrics("fast")
+
+    async def readiness() -> dict[str, bool]:
+        return {"bus": True}
+
+    app = create_app(
+        title="t",
+        description="t",
+        metrics=metrics,
+        readiness=readiness,
+        max_body_bytes=max_body_bytes,
+    )
+    calls: list[tuple[dict, bytes]] = []
+
+    def echo(params, body, headers):
+        calls.append((params, body))
+        if body == b"boom":
+            raise RuntimeError("broken handler")
+        return 201, orjson.dumps({"name": params["name"], "size": len(body)})
+
+    app.add_fast_route("POST", "/things/{name}/echo", echo)
+
+    @app.post("/things/{name}/other")
+    async def other(name: str) -> dict[str, str]:
+        return {"framework": name}
+
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t")
+    return client, metrics, calls
+
+
+def requests_counted(metrics: Metrics, route: str, status: str) -> float:
+    labels = {"method": "POST", "route": route, "status": status}
+    return metrics.registry.get_sample_value("modelbus_http_requests_total", labels) or 0.0
+
+
+async def test_a_fast_route_answers_before_the_framework_with_metrics_and_limits():
+    client, metrics, calls = fast_app()
+    async with client:
+        ok = await client.post("/things/a.b/echo", content=b"12345")
+        other = await client.post("/things/a/other")
+        wrong_method = await client.get("/things/a/echo")
+        too_big = await client.post("/things/a/echo", content=b"x" * 101)
+
+        async def stream():  # no content-length: the limit holds as the body arrives
+            for _ in range(5):
+                yield b"x" * 30
+
+        streamed = await client.post("/things/a/echo", content=stream())
+        boom = await client.post("/things/a/echo", content=b"boom")
+
+    assert (ok.status_code, ok.json()) == (201, {"name": "a.b", "size": 5})
+    assert ok.headers["content-type"] == "application/json"
+    assert other.json() == {"framework": "a"}  # other paths go through FastAPI
+    assert wrong_method.status_code == 404  # another method: the framework answers
+    assert too_big.status_code == 413 and "over 100 bytes" in too_big.json()["detail"]
+    assert streamed.status_code == 413
+    assert boom.status_code == 500 and "broken handler" in boom.json()["error"]
+    assert [body for _, body in calls] == [b"12345", b"boom"]  # oversized never reach it
+    assert requests_counted(metrics, "/things/{name}/echo", "201") == 1
+    assert requests_counted(metrics, "/things/{name}/echo", "413") == 2
+    assert requests_counted(metrics, "/things/{name}/echo", "500") == 1
+    seconds = metrics.registry.get_sample_value(
+        "modelbus_http_request_seconds_count", {"method": "POST", "route": "/things/{name}/echo"}
+    )
+    assert seconds == 4
+
+
+def test_route_templates_match_one_path_segment_per_parameter():
+    from modelbus_platform.http import compile_template
+
+    pattern = compile_template("/v2/models/{name}/versions/{version}/infer")
+
+    assert pattern.match("/v2/models/churn/versions/3/infer").groupdict() == {
+        "name": "churn",
+        "version": "3",
+    }
+    assert pattern.match("/v2/models/a/b/versions/3/infer") is None
+    assert pattern.match("/v2/models/churn/versions/3/infer/x") is None

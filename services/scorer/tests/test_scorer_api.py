@@ -1,4 +1,7 @@
-"""The HTTP API (native and Open Inference Protocol v2) on fakes, through ASGI."""
+"""The HTTP API (native and Open Inference Protocol v2) on fakes, through ASGI.
+
+Every test runs twice: with the scoring routes answered by the fast routes (production) and by
+the FastAPI routes, so both give the same answers."""
 
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from modelbus_platform.http import create_app
 from modelbus_platform.metrics import Metrics
 from modelbus_platform.stores import LocalObjectStore
 from modelbus_scorer.adapters import FakeRegistry
-from modelbus_scorer.api import build_router
+from modelbus_scorer.api import Scoring, build_router, install_fast_routes
 from modelbus_scorer.bootstrap import build_app, control_group
 from modelbus_scorer.config import ScorerSettings
 from modelbus_scorer.domain import ModelHolder, Served
@@ -26,7 +29,7 @@ from modelbus_scorer.telemetry import ScorerMetrics
 
 
 class Api:
-    def __init__(self, tmp_path) -> None:
+    def __init__(self, tmp_path, fast: bool = True) -> None:
         self.store = LocalObjectStore(tmp_path)
         self.registry = FakeRegistry()
         self.publisher = RecordingPublisher()
@@ -57,6 +60,8 @@ class Api:
             max_body_bytes=2000,
         )
         app.include_router(build_router(self.service, readiness))
+        if fast:
+            install_fast_routes(app, Scoring(self.service))
         self.client = httpx.AsyncClient(
             transport=httpx.ASGITransport(app), base_url="http://scorer"
         )
@@ -69,9 +74,9 @@ class Api:
         return value or 0.0
 
 
-@pytest.fixture
-async def api(tmp_path, publish_artifact):
-    a = Api(tmp_path)
+@pytest.fixture(params=["fast", "framework"])
+async def api(request, tmp_path, publish_artifact):
+    a = Api(tmp_path, fast=request.param == "fast")
     a.registry.champions["m"] = await publish_artifact(a.store, "m", 1)
     a.registry.champions["empty"] = None
     await a.service.sync_all()

@@ -18,8 +18,10 @@ from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
 import structlog
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.partitioner import DefaultPartitioner
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker, KafkaMessage
 
@@ -31,6 +33,10 @@ log = structlog.get_logger(__name__)
 
 E = TypeVar("E", bound=Event)
 Handler = Callable[[E], Awaitable[None]]
+# A pre-encoded Kafka record: key, value, headers (what ``modelbus_contracts`` fast encoders
+# build for the high-volume telemetry, so no pydantic model is made per event)
+RawRecord = tuple[bytes, bytes, list[tuple[str, bytes]]]
+BULK_BATCH_BYTES = 1_000_000  # one Kafka record batch (the broker's default message limit)
 
 DLQ_SUFFIX = ".dlq"
 
@@ -77,6 +83,18 @@ async def publish_all(publisher: Publisher, events: list[Event]) -> list[BaseExc
     return [r if isinstance(r, BaseException) else None for r in results]
 
 
+async def publish_records(publisher: Publisher, topic: str, records: list[RawRecord]) -> None:
+    """Publish pre-encoded records through ``publisher``: packed into record batches when it
+    can (``EventBus``), else decoded back into events and published one by one (fakes).
+    Raises if the records are not all acknowledged."""
+    bulk = getattr(publisher, "publish_records", None)
+    if bulk is not None:
+        await bulk(topic, records)
+        return
+    for _, value, headers in records:
+        await publisher.publish(decode(headers, value))
+
+
 class RecordingPublisher:
     """A fake publisher for unit tests: keeps what was published, in order."""
 
@@ -86,6 +104,15 @@ class RecordingPublisher:
     async def publish(self, event: Event) -> None:
         encode(event)  # the real publisher would fail on an unencodable event; so do we
         self.events.append(event)
+
+    async def publish_records(self, topic: str, records: list[RawRecord]) -> None:
+        """Pre-encoded records are decoded as a consumer would (so a record that breaks the
+        contract fails here, as it would fail the real consumers)."""
+        for _, value, headers in records:
+            event = decode(headers, value)
+            if event.topic != topic:
+                raise ValueError(f"{event.event_type} record sent to topic {topic}")
+            self.events.append(event)
 
     def of(self, event_cls: type[E]) -> list[E]:
         return [e for e in self.events if isinstance(e, event_cls)]
@@ -133,6 +160,9 @@ class EventBus:
         self._subscribers: dict[str, Any] = {}
         self._lag_task: asyncio.Task | None = None
         self._offset_reset: dict[str, str] = {}
+        self._bulk: AIOKafkaProducer | None = None
+        self._partitioner = DefaultPartitioner()
+        self._partition_of: dict[tuple[str, bytes], int] = {}
 
     @classmethod
     def from_settings(
@@ -184,6 +214,59 @@ class EventBus:
                 outcome.append(None)
                 self.metrics.events_published.labels(event.topic).inc()
         return outcome
+
+    async def publish_records(self, topic: str, records: list[RawRecord]) -> None:
+        """Publish pre-encoded records of one topic in as few requests as possible: they are
+        packed into Kafka record batches per partition (the key picks the partition exactly as
+        the default partitioner does for ``publish``, so per-key order holds across both), then
+        all acknowledgements are awaited together. Raises if any batch fails."""
+        if not records:
+            return
+        producer = await self._bulk_producer()
+        partitions = sorted(await producer.partitions_for(topic))
+        by_partition: dict[int, list[RawRecord]] = {}
+        for record in records:
+            by_partition.setdefault(self._partition(topic, record[0], partitions), []).append(
+                record
+            )
+        futures = []
+        for partition, items in by_partition.items():
+            batch = producer.create_batch()
+            for key, value, headers in items:
+                if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
+                    batch.close()
+                    futures.append(await producer.send_batch(batch, topic, partition=partition))
+                    batch = producer.create_batch()
+                    if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
+                        raise ValueError(f"a {len(value)}-byte record does not fit a batch")
+            batch.close()
+            futures.append(await producer.send_batch(batch, topic, partition=partition))
+        await asyncio.gather(*futures)
+        self.metrics.events_published.labels(topic).inc(len(records))
+
+    def _partition(self, topic: str, key: bytes, partitions: list[int]) -> int:
+        cached = self._partition_of.get((topic, key))
+        if cached is None or cached not in partitions:
+            cached = self._partitioner(key, partitions, partitions)
+            self._partition_of[(topic, key)] = cached
+        return cached
+
+    async def _bulk_producer(self) -> AIOKafkaProducer:
+        """A producer of its own for record batches (started on first use): large batches
+        without changing how single events are published."""
+        if self._bulk is None:
+            producer = AIOKafkaProducer(
+                bootstrap_servers=self.bootstrap,
+                client_id=f"modelbus-{self.service}-bulk",
+                max_batch_size=BULK_BATCH_BYTES,
+                max_request_size=BULK_BATCH_BYTES + 65_536,
+            )
+            await producer.start()
+            if self._bulk is None:
+                self._bulk = producer
+            else:  # another caller started one meanwhile
+                await producer.stop()
+        return self._bulk
 
     # -- consuming ----------------------------------------------------------------------------
 
@@ -427,6 +510,9 @@ class EventBus:
         if self._lag_task is not None:
             self._lag_task.cancel()
             self._lag_task = None
+        if self._bulk is not None:
+            bulk, self._bulk = self._bulk, None
+            await bulk.stop()
         await self.broker.stop()
         self._started = False
 

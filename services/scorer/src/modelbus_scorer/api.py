@@ -13,6 +13,8 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Request, Response
 
+from modelbus_platform.http import ServiceApp
+
 from .domain import InvalidInput, ModelUnavailable, Served, parse_native, parse_v2
 from .service import ScoreResult, ScorerService
 
@@ -38,17 +40,20 @@ def error_response(reason: str, message: str, status: int) -> Response:
     return json_response({"error": message, "reason": reason}, status)
 
 
-async def read_json(request: Request) -> Any:
+def error_payload(reason: str, message: str, status: int) -> tuple[int, bytes]:
+    return status, orjson.dumps({"error": message, "reason": reason})
+
+
+def parse_json(body: bytes) -> Any:
     try:
-        return orjson.loads(await request.body())
+        return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise InvalidInput("invalid_json", f"body is not valid JSON: {exc}") from exc
 
 
-def routing_key(request: Request, body: Any) -> str | None:
+def routing_key(header: str | None, body: Any) -> str | None:
     """The canary routing key: header ``X-Routing-Key``, else ``routing_key`` in the body (or
     in v2 ``parameters``); without one the request id routes (and without that, chance)."""
-    header = request.headers.get("x-routing-key")
     if header:
         return header[:200]
     if not isinstance(body, dict):
@@ -60,34 +65,47 @@ def routing_key(request: Request, body: Any) -> str | None:
     return key[:200] if isinstance(key, str) and key else None
 
 
-def build_router(service: ScorerService, readiness: ReadinessCheck) -> APIRouter:
-    router = APIRouter()
+def header_value(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
+    for key, value in headers:
+        if key == name:
+            return value.decode("latin-1")
+    return None
 
-    async def run(
-        name: str, request: Request, parser: Any, version: int | None = None
-    ) -> ScoreResult | Response:
+
+class Scoring:
+    """The scoring routes' logic on raw bytes: one implementation behind both the FastAPI
+    routes (documented in OpenAPI) and the fast routes that answer them in production."""
+
+    def __init__(self, service: ScorerService) -> None:
+        self.service = service
+
+    def run(
+        self,
+        name: str,
+        body: bytes,
+        routing_header: str | None,
+        parser: Any,
+        version: int | None = None,
+    ) -> ScoreResult | tuple[int, bytes]:
         try:
-            body = await read_json(request)
-            return service.score(
+            doc = parse_json(body)
+            return self.service.score(
                 name,
-                lambda names, limit: parser(body, names, limit),
+                lambda names, limit: parser(doc, names, limit),
                 version=version,
-                routing_key=routing_key(request, body),
+                routing_key=routing_key(routing_header, doc),
             )
         except InvalidInput as exc:
             if exc.reason == "invalid_json":
-                service.metrics.rejected.labels(exc.reason, "http").inc()
-                return error_response(exc.reason, exc.message, 400)
-            return error_response(exc.reason, exc.message, 422)
+                self.service.metrics.rejected.labels(exc.reason, "http").inc()
+                return error_payload(exc.reason, exc.message, 400)
+            return error_payload(exc.reason, exc.message, 422)
         except ModelUnavailable as exc:
-            return error_response(exc.reason, exc.message, UNAVAILABLE_STATUS[exc.reason])
+            return error_payload(exc.reason, exc.message, UNAVAILABLE_STATUS[exc.reason])
 
-    @router.post("/models/{name}/predict", tags=["scoring"], summary="Score instances")
-    async def predict_native(name: str, request: Request) -> Response:
-        """Body ``{"instances": [{feature: number, ...}], "request_id"?}`` or
-        ``{"features": {...}}``."""
-        result = await run(name, request, _native)
-        if isinstance(result, Response):
+    def native(self, name: str, body: bytes, routing_header: str | None) -> tuple[int, bytes]:
+        result = self.run(name, body, routing_header, _native)
+        if isinstance(result, tuple):
             return result
         scored = result.scored
         predictions = [
@@ -96,22 +114,68 @@ def build_router(service: ScorerService, readiness: ReadinessCheck) -> APIRouter
                 result.prediction_ids, scored.scores.tolist(), scored.labels.tolist(), strict=True
             )
         ]
-        return json_response(
-            {
-                "model_name": name,
-                "model_version": scored.served.version,
-                "request_id": result.request_id,
-                "predictions": predictions,
-                "served_by": scored.served_by,
-            }
-        )
+        payload = {
+            "model_name": name,
+            "model_version": scored.served.version,
+            "request_id": result.request_id,
+            "predictions": predictions,
+            "served_by": scored.served_by,
+        }
+        return 200, orjson.dumps(payload)
+
+    def v2(
+        self, name: str, body: bytes, routing_header: str | None, version: int | None = None
+    ) -> tuple[int, bytes]:
+        result = self.run(name, body, routing_header, _v2, version)
+        if isinstance(result, tuple):
+            return result
+        return 200, orjson.dumps(v2_response(result))
+
+    # -- the fast routes: (path parameters, body, headers) -> (status, JSON) ----------------
+
+    def fast_native(
+        self, params: dict[str, str], body: bytes, headers: list[tuple[bytes, bytes]]
+    ) -> tuple[int, bytes]:
+        return self.native(params["name"], body, header_value(headers, b"x-routing-key"))
+
+    def fast_v2(
+        self, params: dict[str, str], body: bytes, headers: list[tuple[bytes, bytes]]
+    ) -> tuple[int, bytes]:
+        version = None
+        if "version" in params:
+            try:
+                version = int(params["version"])
+            except ValueError:
+                message = f"version must be an integer, got {params['version']!r}"
+                return error_payload("bad_version", message, 422)
+        return self.v2(params["name"], body, header_value(headers, b"x-routing-key"), version)
+
+
+def install_fast_routes(app: ServiceApp, scoring: Scoring) -> None:
+    """Answer the scoring routes before the framework (same paths, same answers)."""
+    app.add_fast_route("POST", "/v2/models/{name}/infer", scoring.fast_v2)
+    app.add_fast_route("POST", "/v2/models/{name}/versions/{version}/infer", scoring.fast_v2)
+    app.add_fast_route("POST", "/models/{name}/predict", scoring.fast_native)
+
+
+def build_router(service: ScorerService, readiness: ReadinessCheck) -> APIRouter:
+    router = APIRouter()
+    scoring = Scoring(service)
+
+    def respond(answer: tuple[int, bytes]) -> Response:
+        return Response(answer[1], status_code=answer[0], media_type="application/json")
+
+    @router.post("/models/{name}/predict", tags=["scoring"], summary="Score instances")
+    async def predict_native(name: str, request: Request) -> Response:
+        """Body ``{"instances": [{feature: number, ...}], "request_id"?}`` or
+        ``{"features": {...}}``."""
+        body = await request.body()
+        return respond(scoring.native(name, body, request.headers.get("x-routing-key")))
 
     @router.post("/v2/models/{name}/infer", tags=["v2"], summary="Open Inference Protocol infer")
     async def infer_v2(name: str, request: Request) -> Response:
-        result = await run(name, request, _v2)
-        if isinstance(result, Response):
-            return result
-        return json_response(v2_response(result))
+        body = await request.body()
+        return respond(scoring.v2(name, body, request.headers.get("x-routing-key")))
 
     @router.post(
         "/v2/models/{name}/versions/{version}/infer",
@@ -119,10 +183,8 @@ def build_router(service: ScorerService, readiness: ReadinessCheck) -> APIRouter
         summary="Infer on a given version (404 unless it is the one being served)",
     )
     async def infer_v2_version(name: str, version: int, request: Request) -> Response:
-        result = await run(name, request, _v2, version)
-        if isinstance(result, Response):
-            return result
-        return json_response(v2_response(result))
+        body = await request.body()
+        return respond(scoring.v2(name, body, request.headers.get("x-routing-key"), version))
 
     @router.get("/v2/health/live", tags=["v2"])
     async def v2_live() -> Response:

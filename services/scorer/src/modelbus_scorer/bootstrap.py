@@ -28,7 +28,7 @@ from modelbus_platform.metrics import Metrics
 from modelbus_platform.stores import ObjectStore, build_object_store
 
 from .adapters import HttpRegistry
-from .api import build_router
+from .api import Scoring, build_router, install_fast_routes
 from .batch_wiring import BatchWiring
 from .config import ScorerSettings
 from .domain import ModelHolder
@@ -144,6 +144,8 @@ def build_app(
         max_body_bytes=settings.max_body_bytes,
     )
     app.include_router(build_router(service, readiness))
+    if settings.fast_http:
+        install_fast_routes(app, Scoring(service))
     app.include_router(batch.router)
     app.state.batch = batch
     app.state.service = service

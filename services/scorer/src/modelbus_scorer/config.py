@@ -27,6 +27,12 @@ class ScorerSettings(ServiceSettings):
     max_instances_per_request: int = Field(
         default=10_000, ge=1, description="largest batch one HTTP request may score"
     )
+    fast_http: bool = Field(
+        default=True,
+        description="answer the scoring routes (v2 infer, native predict) before the "
+        "framework's middleware and router, same answers at a fraction of the cost; false "
+        "serves them through FastAPI",
+    )
     registry_timeout_s: float = Field(
         default=5.0, gt=0, description="timeout of one registry HTTP call"
     )

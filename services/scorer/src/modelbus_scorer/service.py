@@ -42,7 +42,7 @@ from .domain import (
     serving_slots,
 )
 from .ports import Registry, RegistryUnavailable
-from .prediction_log import PredictionBatch, PredictionLog
+from .prediction_log import PredictionBatch, PredictionLog, random_ids
 from .rollout import Challenger, route, shadow_scores
 from .telemetry import ScorerMetrics
 
@@ -285,19 +285,20 @@ class ScorerService:
                 )
             X, request_id = parse(current.feature_names, self.max_instances)
             challenger = self.challengers.get(name)
-            key = routing_key or request_id or (uuid.uuid4().hex if challenger else None)
+            key = routing_key or request_id or (random_ids(1)[0] if challenger else None)
             scored = route(challenger, key, slots, current, X)
         except (InvalidInput, ModelUnavailable) as exc:
             self.metrics.rejected.labels(exc.reason, source).inc()
             raise
-        ids = [uuid.uuid4().hex for _ in range(len(scored.scores))]
+        ids = random_ids(len(scored.scores))
         latency_ms = (time.perf_counter() - started) * 1000.0
         batch = self._batch(name, scored, X, ids, request_id, source, latency_ms)
         self._count(batch, scored)
         self.prediction_log.submit(batch)
-        shadow = self._shadow(name, challenger, batch, [uuid.uuid4().hex for _ in ids])
-        if shadow is not None:
-            self.prediction_log.submit(shadow)
+        if challenger is not None and challenger.mode == "shadow":
+            shadow = self._shadow(name, challenger, batch, random_ids(len(ids)))
+            if shadow is not None:
+                self.prediction_log.submit(shadow)
         return ScoreResult(name, scored, ids, request_id)
 
     def _shadow(
@@ -324,9 +325,7 @@ class ScorerService:
             cause=cause,
             shadow_of=served.prediction_ids,
         )
-        self.metrics.predictions.labels(name, str(batch.version), "shadow", batch.source).inc(
-            batch.size
-        )
+        self.metrics.count_predictions(name, batch.version, "shadow", batch.source, batch.size)
         return batch
 
     async def score_events(self, events: list[ScoringRequested]) -> None:
@@ -424,8 +423,8 @@ class ScorerService:
         )
 
     def _count(self, batch: PredictionBatch, scored: Scored) -> None:
-        self.metrics.predictions.labels(
-            batch.model_name, str(batch.version), batch.served_by, batch.source
-        ).inc(batch.size)
+        self.metrics.count_predictions(
+            batch.model_name, batch.version, batch.served_by, batch.source, batch.size
+        )
         if scored.served_by == "fallback":
             self.metrics.fallbacks.labels(batch.model_name).inc()

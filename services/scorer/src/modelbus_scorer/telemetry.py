@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import Counter, Gauge
 
 from modelbus_platform.metrics import Metrics
@@ -11,6 +13,7 @@ class ScorerMetrics:
     def __init__(self, base: Metrics) -> None:
         r = base.registry
         self.base = base
+        self._prediction_children: dict[tuple[str, int, str, str], Any] = {}
         self.predictions = Counter(
             "modelbus_scorer_predictions_total",
             "Predictions served, by model, version, served_by and source",
@@ -65,3 +68,14 @@ class ScorerMetrics:
             "Predictions waiting to be published",
             registry=r,
         )
+
+    def count_predictions(
+        self, model: str, version: int, served_by: str, source: str, n: int
+    ) -> None:
+        """``predictions`` by its labels, with the labelled child cached (the hot path)."""
+        key = (model, version, served_by, source)
+        child = self._prediction_children.get(key)
+        if child is None:
+            child = self.predictions.labels(model, str(version), served_by, source)
+            self._prediction_children[key] = child
+        child.inc(n)

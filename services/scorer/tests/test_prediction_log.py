@@ -1,0 +1,156 @@
+"""The prediction log's fast encoding: records decode to exactly the events the pydantic path
+builds, ids are well formed, and failed publishes are counted, never raised into requests."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from datetime import UTC, datetime
+
+import numpy as np
+import orjson
+
+from modelbus_contracts import PredictionMade, ScoringRequested, decode, encode
+from modelbus_platform.bus import RecordingPublisher
+from modelbus_platform.metrics import Metrics
+from modelbus_scorer.prediction_log import (
+    PredictionBatch,
+    PredictionLog,
+    random_ids,
+    random_uuid,
+    rfc3339,
+)
+from modelbus_scorer.telemetry import ScorerMetrics
+
+FEATURES = ("age", "tenure", "spend")
+
+
+def batch(n: int = 3, **overrides) -> PredictionBatch:
+    rng = np.random.default_rng(n)
+    fields = dict(
+        model_name="churn",
+        version=4,
+        feature_names=FEATURES,
+        X=rng.normal(size=(n, len(FEATURES))),
+        scores=rng.uniform(size=n),
+        labels=rng.integers(0, 2, size=n),
+        prediction_ids=random_ids(n),
+        request_id="req-1",
+        served_by="champion",
+        source="http",
+        latency_ms=0.37,
+    )
+    fields.update(overrides)
+    return PredictionBatch(**fields)
+
+
+def decoded(records) -> list[PredictionMade]:
+    return [decode(headers, value, expected=PredictionMade) for _, value, headers in records]
+
+
+def comparable(event: PredictionMade) -> dict:
+    """Everything but the per-event random ids (fresh on each call of the pydantic path)."""
+    if event.causation_id is None:  # an uncaused prediction starts its own chain
+        assert event.correlation_id == event.event_id
+    return event.model_dump(exclude={"event_id", "correlation_id"})
+
+
+def test_records_decode_to_the_events_of_the_pydantic_path():
+    b = batch(5)
+
+    fast = decoded(b.records("scorer"))
+    slow = [decode(*_headers_value(encode(e))) for e in b.events("scorer")]
+
+    assert [comparable(e) for e in fast] == [comparable(e) for e in slow]
+    assert [e.prediction_id for e in fast] == b.prediction_ids
+    assert {e.producer for e in fast} == {"scorer"}
+    assert fast[0].features == dict(zip(FEATURES, b.X[0].tolist(), strict=True))
+    assert all(e.occurred_at.tzinfo is not None for e in fast)
+    assert len({e.event_id for e in fast}) == 5  # one id per prediction
+
+
+def test_a_caused_batch_derives_its_ids_and_keeps_the_correlation():
+    cause = ScoringRequested(
+        producer="upstream", model_name="churn", request_id="r-9", features={"age": 1.0}
+    )
+    b = batch(1, cause=cause, source="stream", request_id="r-9")
+
+    [fast] = decoded(b.records("scorer"))
+    [slow] = b.events("scorer")
+
+    assert fast.event_id == slow.event_id  # deterministic: a redelivered request, the same event
+    assert fast.correlation_id == cause.correlation_id
+    assert fast.causation_id == cause.event_id
+    assert comparable(fast) == comparable(slow)
+
+
+def test_shadow_records_name_the_prediction_they_mirror():
+    served = batch(2)
+    shadow = batch(2, served_by="shadow", version=5, shadow_of=served.prediction_ids)
+
+    events = decoded(shadow.records("scorer"))
+
+    assert [e.shadow_of for e in events] == served.prediction_ids
+    assert {e.served_by for e in events} == {"shadow"}
+
+
+def test_the_record_key_is_the_model_and_the_value_is_the_data_only():
+    [(key, value, headers)] = batch(1).records("scorer")
+
+    assert key == b"churn"
+    data = orjson.loads(value)
+    assert "event_id" not in data and data["model_name"] == "churn"
+    names = [name for name, _ in headers]
+    assert names[:2] == ["ce_specversion", "ce_type"] and "ce_causationid" not in names
+
+
+def test_ids_and_timestamps_are_well_formed():
+    ids = {random_uuid() for _ in range(1000)}
+    assert len(ids) == 1000
+    assert all(uuid.UUID(u).version == 4 for u in list(ids)[:50])
+    hexes = random_ids(500)
+    assert len(set(hexes)) == 500 and all(re.fullmatch(r"[0-9a-f]{32}", h) for h in hexes)
+    moment = 1_764_612_345.123456
+    assert datetime.fromisoformat(rfc3339(moment)) == datetime.fromtimestamp(moment, UTC).replace(
+        microsecond=123000
+    )
+    assert rfc3339(moment + 0.0004) == rfc3339(moment)  # the same millisecond
+    assert rfc3339(moment + 0.001).endswith(".124Z")
+    assert rfc3339(moment + 1).startswith("2025-12-01T18:05:46.")  # a new second, a new prefix
+
+
+class FailingPublisher(RecordingPublisher):
+    async def publish_records(self, topic, records):
+        raise ConnectionError("broker unreachable")
+
+
+async def test_a_failed_publish_is_counted_and_the_log_keeps_running():
+    metrics = ScorerMetrics(Metrics("scorer-log-test"))
+    log = PredictionLog(FailingPublisher(), metrics, producer="scorer", capacity=100)
+    await log.start()
+
+    assert log.submit(batch(3))
+    await asyncio.sleep(0.05)
+    await log.stop()
+
+    assert metrics.log_errors._value.get() == 3
+    assert log.pending == 0
+
+
+async def test_queued_batches_are_published_together_on_stop():
+    publisher = RecordingPublisher()
+    metrics = ScorerMetrics(Metrics("scorer-log-test-2"))
+    log = PredictionLog(publisher, metrics, producer="scorer", capacity=1000)
+    batches = [batch(2) for _ in range(70)]  # more than one encode chunk
+    await log.start()
+    for b in batches:
+        assert log.submit(b)
+    await log.stop()
+
+    published = [e.prediction_id for e in publisher.of(PredictionMade)]
+    assert published == [pid for b in batches for pid in b.prediction_ids]
+
+
+def _headers_value(record):
+    return record.headers, record.value
