@@ -326,6 +326,7 @@ class ModelMonitor:
         in_batch: set[str] = set()
         knows = self.joiner.knows_prediction
         duplicates = 0
+        serving = self.serving_version if self.serving_version is not None else -1
         for k, point in enumerate(points):
             pid = point.prediction_id
             if pid in in_batch or knows(pid):
@@ -333,8 +334,9 @@ class ModelMonitor:
                 continue
             in_batch.add(pid)
             fresh.append(k)
-            reason = self._ineligible(point)
-            if reason is None:
+            if point.version == serving and point.served_by in SERVED_BY_MONITORED:
+                eligible.append(k)  # what _ineligible says, inlined for the common case
+            elif (reason := self._ineligible(point)) is None:
                 eligible.append(k)
             else:
                 result.ignore(k, reason)
@@ -347,25 +349,13 @@ class ModelMonitor:
             self.counts["monitored_predictions"] += len(eligible)
             self._inputs(eligible, points, result, correlation_ids, now)
         self.joiner.expire(now)
-        add = self.joiner.add_prediction
-        pairs = []
-        for k in fresh:
-            pair = add(points[k], now, expire=False)
-            if pair is not None:
-                pairs.append((k, pair))
-        self._feed_pairs(pairs, now, result)
+        self._feed_pairs(self.joiner.add_fresh_predictions(points, fresh), now, result)
         result.evictions(self.joiner.drain_evictions())
 
     def _labels(self, points: list[LabelPoint], now: datetime, result: BatchOutcome) -> None:
         self.counts["labels"] += len(points)
         self.joiner.expire(now)
-        add = self.joiner.add_label
-        pairs = []
-        for k, point in enumerate(points):
-            pair = add(point, now, expire=False)
-            if pair is not None:
-                pairs.append((k, pair))
-        self._feed_pairs(pairs, now, result)
+        self._feed_pairs(self.joiner.add_labels(points), now, result)
         result.evictions(self.joiner.drain_evictions())
 
     def _ineligible(self, point: PredictionPoint) -> str | None:
@@ -385,9 +375,14 @@ class ModelMonitor:
             return
         errors: list[float] = []
         fed: list[tuple[int, JoinedPair]] = []
+        serving = self.serving_version if self.serving_version is not None else -1
         for k, pair in pairs:
             result.join(k, pair)
-            if self._ineligible(pair.prediction) is None:
+            point = pair.prediction
+            if point.version == serving and point.served_by in SERVED_BY_MONITORED:
+                errors.append(1.0 if point.label != pair.label else 0.0)
+                fed.append((k, pair))
+            elif self._ineligible(point) is None:
                 errors.append(1.0 if pair.prediction.label != pair.label else 0.0)
                 fed.append((k, pair))
         self.counts["joined"] += len(pairs)

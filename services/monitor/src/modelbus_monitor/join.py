@@ -83,6 +83,52 @@ class Joiner:
             return None
         return self._join(prediction, point.label, point.event_id)
 
+    def add_fresh_predictions(
+        self, points: list[PredictionPoint], rows: list[int]
+    ) -> list[tuple[int, JoinedPair]]:
+        """A batch of predictions already checked with ``knows_prediction`` (and the buffers
+        expired): the ones whose label was waiting, as (row, pair), in order. Same result as
+        ``add_prediction`` per point."""
+        pairs: list[tuple[int, JoinedPair]] = []
+        take_label = self.labels.pop
+        waiting = self.predictions
+        for k in rows:
+            point = points[k]
+            label = take_label(point.prediction_id, None)
+            if label is None:
+                waiting[point.prediction_id] = point
+            else:
+                pairs.append((k, self._join(point, label.label, point.event_id)))
+        self._trim(waiting, "prediction")
+        return pairs
+
+    def add_labels(self, points: list[LabelPoint]) -> list[tuple[int, JoinedPair]]:
+        """A batch of labels (buffers expired): the joined ones as (row, pair), in order."""
+        pairs: list[tuple[int, JoinedPair]] = []
+        take_prediction = self.predictions.pop
+        joined, waiting = self._joined, self.labels
+        for k, point in enumerate(points):
+            pid = point.prediction_id
+            if pid in joined or pid in waiting:
+                self.duplicates += 1
+                continue
+            prediction = take_prediction(pid, None)
+            if prediction is None:
+                waiting[pid] = point
+            else:
+                joined[pid] = None
+                self.joined += 1
+                pairs.append((k, JoinedPair(prediction, point.label, point.event_id)))
+        self._trim(waiting, "label")
+        while len(joined) > self.max_pending:
+            joined.popitem(last=False)
+        return pairs
+
+    def _trim(self, buffer: OrderedDict[str, T], kind: str) -> None:
+        while len(buffer) > self.max_pending:
+            buffer.popitem(last=False)
+            self._evict(f"{kind}_overflow")
+
     def knows_prediction(self, prediction_id: str) -> bool:
         """Already pending or joined: a re-delivery that must not be counted again."""
         return prediction_id in self.predictions or prediction_id in self._joined

@@ -14,11 +14,14 @@ and the same dead-letter reasons as decoding every record with pydantic.
 
 from __future__ import annotations
 
+import gc
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date
 from itertools import chain
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -164,9 +167,29 @@ class LabelBatch:
 Rejected = list[tuple[Any, str]]
 
 
+@contextmanager
+def _no_cyclic_gc() -> Iterator[None]:
+    """Pause the cyclic garbage collector while a batch is parsed: the thousands of dicts and
+    lists it builds cannot form cycles, and every collection they would trigger traverses the
+    monitor's long-lived state (join buffers, windows). Collection resumes right after."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
 def decode_predictions(raws: list[Any]) -> tuple[PredictionBatch, list[Any], Rejected]:
     """Kafka records of ``prediction.made.v1`` -> (batch, the accepted records in order, the
     rejected records with their reason)."""
+    with _no_cyclic_gc():
+        return _decode_predictions(raws)
+
+
+def _decode_predictions(raws: list[Any]) -> tuple[PredictionBatch, list[Any], Rejected]:
     envelope = _batch_envelope(raws, PredictionMade.event_type, _PREDICTION_FIELDS)
     if envelope is not None:
         batch = _batch_predictions(*envelope)
@@ -191,6 +214,11 @@ def decode_predictions_by_record(
 
 def decode_labels(raws: list[Any]) -> tuple[LabelBatch, list[Any], Rejected]:
     """Kafka records of ``label.observed.v1`` -> (batch, accepted records, rejected records)."""
+    with _no_cyclic_gc():
+        return _decode_labels(raws)
+
+
+def _decode_labels(raws: list[Any]) -> tuple[LabelBatch, list[Any], Rejected]:
     envelope = _batch_envelope(raws, LabelObserved.event_type, _LABEL_FIELDS)
     if envelope is not None:
         batch = _batch_labels(*envelope)
@@ -279,6 +307,8 @@ def _uuid_lines(lines: bytes, n: int) -> bool:
 def _batch_predictions(
     ids: list[str], correlations: list[str], datas: list[dict[str, Any]], names: list[str]
 ) -> PredictionBatch | None:
+    if set(map(len, datas)) == {len(_PREDICTION_FIELDS)}:  # every field in every record
+        return _complete_predictions(ids, correlations, datas, names)
     try:
         columns = {
             "prediction_id": [d["prediction_id"] for d in datas],
@@ -294,6 +324,41 @@ def _batch_predictions(
         features = [d["features"] for d in datas]
     except KeyError:
         return None
+    if not _columns_valid(columns, features):
+        return None
+    return PredictionBatch(
+        model_names=names,
+        prediction_ids=columns["prediction_id"],
+        versions=columns["version"],
+        served_by=columns["served_by"],
+        labels=columns["label"],
+        features=features,
+        event_ids=ids,
+        correlation_ids=correlations,
+    )
+
+
+_ALL_PREDICTION_FIELDS = (
+    "prediction_id",
+    "version",
+    "label",
+    "score",
+    "latency_ms",
+    "served_by",
+    "source",
+    "request_id",
+    "shadow_of",
+    "features",
+)
+
+
+def _complete_predictions(
+    ids: list[str], correlations: list[str], datas: list[dict[str, Any]], names: list[str]
+) -> PredictionBatch | None:
+    """Records with every field present (what ``encode`` writes): the columns in one pass."""
+    rows = map(itemgetter(*_ALL_PREDICTION_FIELDS), datas)
+    *values, features = (list(column) for column in zip(*rows, strict=True))
+    columns = dict(zip(_ALL_PREDICTION_FIELDS[:-1], values, strict=True))
     if not _columns_valid(columns, features):
         return None
     return PredictionBatch(
