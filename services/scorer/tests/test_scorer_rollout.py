@@ -15,6 +15,7 @@ from modelbus_contracts import (
     ModelLoadFailed,
     ModelRolloutChanged,
     PredictionMade,
+    ScoringFailed,
     ScoringRequested,
 )
 from modelbus_contracts.api import RolloutView
@@ -50,7 +51,7 @@ class Harness:
         self.store = LocalObjectStore(tmp_path / "objects")
         self.registry = FakeRegistry()
         self.publisher = RecordingPublisher()
-        metrics = ScorerMetrics(Metrics("scorer-rollout-test"))
+        metrics = self.metrics = ScorerMetrics(Metrics("scorer-rollout-test"))
         self.log = PredictionLog(self.publisher, metrics, producer="scorer", capacity=10_000)
         self.service = ScorerService(
             holder=ModelHolder(),
@@ -147,6 +148,41 @@ async def test_a_raising_canary_is_answered_by_the_champion_as_fallback(
 
     assert result.scored.served_by == "fallback"
     assert result.scored.served.version == 1
+
+
+async def test_a_raising_shadow_is_reported_and_never_affects_the_answer(
+    h, publish_artifact, make_model
+):
+    await h.expose(publish_artifact, make_model, "shadow")
+    challenger = h.service.challengers["m"]
+
+    def boom(X):
+        raise FloatingPointError("bad shadow")
+
+    object.__setattr__(challenger.served.model, "predict_proba", boom)
+    await h.log.start()
+
+    result = h.service.score("m", rows(2))
+    request = ScoringRequested(model_name="m", request_id="r-7", features={"age": 1, "income": 0})
+    await score_requested(request, service=h.service)
+    await score_requested(request, service=h.service)  # a redelivery: the same report
+    await h.log.stop()
+
+    assert (result.scored.served_by, result.scored.served.version) == ("champion", 1)
+    made = h.publisher.of(PredictionMade)
+    assert {m.served_by for m in made} == {"champion"}  # no shadow prediction was invented
+    http_failed, stream_failed, stream_again = sorted(
+        h.publisher.of(ScoringFailed), key=lambda e: e.causation_id is not None
+    )
+    assert (http_failed.served_by, http_failed.version) == ("shadow", 2)
+    assert http_failed.request_id == result.prediction_ids[0]  # no request id: the prediction's
+    assert "FloatingPointError: bad shadow" in http_failed.error
+    assert (stream_failed.request_id, stream_failed.causation_id) == ("r-7", request.event_id)
+    assert stream_again.event_id == stream_failed.event_id
+    failures = h.metrics.base.registry.get_sample_value(
+        "modelbus_scorer_shadow_failures_total", {"model": "m", "version": "2"}
+    )
+    assert failures == 3
 
 
 async def test_rollout_follows_the_registry(h, publish_artifact, make_model):

@@ -24,7 +24,7 @@ import orjson
 import structlog
 
 from modelbus_contracts import BinaryHeaders, Event, PredictionMade
-from modelbus_platform.bus import Publisher, RawRecord, publish_records
+from modelbus_platform.bus import Publisher, RawRecord, publish_all, publish_records
 
 from .telemetry import ScorerMetrics
 
@@ -237,7 +237,7 @@ class PredictionLog:
         self.capacity = capacity
         self.pending = 0
         self._dropping = False
-        self._queue: asyncio.Queue[PredictionBatch | None] = asyncio.Queue()
+        self._queue: asyncio.Queue[PredictionBatch | Event | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
 
     def submit(self, batch: PredictionBatch) -> bool:
@@ -252,6 +252,17 @@ class PredictionLog:
         self.pending += batch.size
         self.metrics.log_pending.set(self.pending)
         self._queue.put_nowait(batch)
+        return True
+
+    def submit_event(self, event: Event) -> bool:
+        """Queue another telemetry event (a shadow's ScoringFailed) behind the predictions,
+        bounded by the same capacity."""
+        if self.pending + 1 > self.capacity:
+            self.metrics.log_dropped.inc()
+            return False
+        self.pending += 1
+        self.metrics.log_pending.set(self.pending)
+        self._queue.put_nowait(event)
         return True
 
     async def start(self) -> None:
@@ -279,11 +290,14 @@ class PredictionLog:
             while not self._queue.empty() and len(batches) < DRAIN_BATCHES:
                 batches.append(self._queue.get_nowait())
             stop = any(b is None for b in batches)
-            ready = [b for b in batches if b is not None]
+            ready = [b for b in batches if isinstance(b, PredictionBatch)]
+            others = [b for b in batches if isinstance(b, Event)]
             try:
                 await self.publish_batches(ready)
+                if others:
+                    await self.publish_events(others)
             finally:
-                self.pending -= sum(b.size for b in ready)
+                self.pending -= sum(b.size for b in ready) + len(others)
                 self.metrics.log_pending.set(self.pending)
             if stop:
                 return
@@ -308,3 +322,9 @@ class PredictionLog:
         except Exception as exc:
             self.metrics.log_errors.inc(len(records))
             log.warning("prediction_log.publish_failed", count=len(records), error=str(exc))
+
+    async def publish_events(self, events: list[Event]) -> None:
+        failed = [r for r in await publish_all(self.publisher, events) if r is not None]
+        if failed:
+            self.metrics.log_errors.inc(len(failed))
+            log.warning("prediction_log.publish_failed", count=len(failed), error=str(failed[0]))

@@ -74,11 +74,9 @@ def shadow_scores(
     challenger: Challenger | None, features: tuple[str, ...], X: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """The shadow's scores and labels for rows the champion answered; None if there is no
-    shadow or it raised (a shadow never affects the answer)."""
+    shadow. A shadow that raises raises here: the caller reports it (ScoringFailed with
+    ``served_by="shadow"``) and the caller's answer is the champion's all the same."""
     if challenger is None or challenger.mode != "shadow":
         return None
-    try:
-        columns = project(features, challenger.served.feature_names)
-        return challenger.served.score(X[:, columns])
-    except Exception:
-        return None
+    columns = project(features, challenger.served.feature_names)
+    return challenger.served.score(X[:, columns])

@@ -297,8 +297,10 @@ class ScorerService:
         self.prediction_log.submit(batch)
         if challenger is not None and challenger.mode == "shadow":
             shadow = self._shadow(name, challenger, batch, random_ids(len(ids)))
-            if shadow is not None:
+            if isinstance(shadow, PredictionBatch):
                 self.prediction_log.submit(shadow)
+            elif shadow is not None:
+                self.prediction_log.submit_event(shadow)
         return ScoreResult(name, scored, ids, request_id)
 
     def _shadow(
@@ -308,10 +310,15 @@ class ScorerService:
         served: PredictionBatch,
         ids: list[str],
         cause: Event | None = None,
-    ) -> PredictionBatch | None:
-        """The shadow's answers to the rows the champion just answered (never returned)."""
+    ) -> PredictionBatch | ScoringFailed | None:
+        """The shadow's answers to the rows the champion just answered (never returned), or
+        the ScoringFailed that reports a shadow that raised (so the deployer can judge it)."""
         started = time.perf_counter()
-        result = shadow_scores(challenger, served.feature_names, served.X)
+        try:
+            result = shadow_scores(challenger, served.feature_names, served.X)
+        except Exception as exc:
+            assert challenger is not None  # shadow_scores raises only for a shadow
+            return self._shadow_failed(name, challenger, served, exc, cause)
         if result is None or challenger is None:
             return None
         batch = dataclasses.replace(
@@ -327,6 +334,28 @@ class ScorerService:
         )
         self.metrics.count_predictions(name, batch.version, "shadow", batch.source, batch.size)
         return batch
+
+    def _shadow_failed(
+        self,
+        name: str,
+        challenger: Challenger,
+        served: PredictionBatch,
+        exc: Exception,
+        cause: Event | None,
+    ) -> ScoringFailed:
+        version = challenger.served.version
+        self.metrics.shadow_failures.labels(name, str(version)).inc()
+        data: dict[str, Any] = {
+            "model_name": name,
+            "request_id": served.request_id or served.prediction_ids[0],
+            "error": f"shadow v{version} raised {type(exc).__name__}: {exc}"[:2000],
+            "version": version,
+            "served_by": "shadow",
+        }
+        if cause is not None:
+            event_id = derived_id(cause, ScoringFailed.event_type, "shadow")
+            return cause.caused(ScoringFailed, producer=self.producer, event_id=event_id, **data)
+        return ScoringFailed(producer=self.producer, **data)
 
     async def score_events(self, events: list[ScoringRequested]) -> None:
         """Stream scoring of a micro-batch (what arrived together): every request is scored,
@@ -375,8 +404,10 @@ class ScorerService:
         self._count(batch, scored)
         shadow_id = derived_id(event, "shadow_prediction_id").hex
         shadow = self._shadow(name, challenger, batch, [shadow_id], event)
-        if shadow is not None:
+        if isinstance(shadow, PredictionBatch):
             await self._emit(shadow.events(self.producer), emit)
+        elif shadow is not None:
+            await self._emit([shadow], emit)
 
     async def _emit(self, events: list[Event], collect: Callable[[Event], None] | None) -> None:
         for event in events:

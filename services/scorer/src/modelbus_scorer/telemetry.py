@@ -32,6 +32,13 @@ class ScorerMetrics:
             ["model"],
             registry=r,
         )
+        self.shadow_failures = Counter(
+            "modelbus_scorer_shadow_failures_total",
+            "Requests a shadow challenger failed on (reported as ScoringFailed served_by=shadow; "
+            "the caller got the champion's answer)",
+            ["model", "version"],
+            registry=r,
+        )
         self.rejected = Counter(
             "modelbus_scorer_rejected_requests_total",
             "Scoring requests refused, by reason",
