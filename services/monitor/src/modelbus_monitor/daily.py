@@ -90,16 +90,23 @@ class DailyFeature:
     def add_many(self, values: np.ndarray) -> None:
         """Add a column of values (NaN or infinite = missing), vectorised; the sample is a
         reservoir sample of the day."""
-        self.dirty = True
         finite = values if np.isfinite(values).all() else values[np.isfinite(values)]
         self.missing += len(values) - len(finite)
-        if not len(finite):
-            return
+        self.dirty = True
+        if len(finite):
+            total, total_sq = float(finite.sum()), float(np.dot(finite, finite))
+            self.add_finite(finite, total, total_sq, float(finite.min()), float(finite.max()))
+
+    def add_finite(
+        self, finite: np.ndarray, total: float, total_sq: float, low: float, high: float
+    ) -> None:
+        """Add finite values whose sum, sum of squares, min and max are known (a whole batch's
+        columns are summed at once)."""
+        self.dirty = True
         seen = self.count
         self.count += len(finite)
-        self.total += float(finite.sum())
-        self.total_sq += float(np.dot(finite, finite))
-        low, high = float(finite.min()), float(finite.max())
+        self.total += total
+        self.total_sq += total_sq
         self.low = low if self.low is None else min(self.low, low)
         self.high = high if self.high is None else max(self.high, high)
         bins = np.bincount(self._edges.searchsorted(finite, side="right"), minlength=len(self.hist))
@@ -180,8 +187,17 @@ class DailyBook:
         day = day_of(now)
         if day != self.day:
             self._roll(day)
-        for j, name in enumerate(names):
-            window = self.features.get(name)
+        windows = [self.features.get(name) for name in names]
+        if len(matrix) and np.isfinite(matrix).all():  # the common case: column sums at once
+            columns = np.ascontiguousarray(matrix.T)
+            totals = columns.sum(axis=1).tolist()
+            squares = np.einsum("ij,ij->i", columns, columns).tolist()
+            lows, highs = columns.min(axis=1).tolist(), columns.max(axis=1).tolist()
+            for j, window in enumerate(windows):
+                if window is not None:
+                    window.add_finite(columns[j], totals[j], squares[j], lows[j], highs[j])
+            return
+        for j, window in enumerate(windows):
             if window is not None:
                 window.add_many(matrix[:, j])
 

@@ -105,6 +105,7 @@ class Joiner:
     def add_labels(self, points: list[LabelPoint]) -> list[tuple[int, JoinedPair]]:
         """A batch of labels (buffers expired): the joined ones as (row, pair), in order."""
         pairs: list[tuple[int, JoinedPair]] = []
+        new_pair = tuple.__new__  # JoinedPair(...) runs Python code per pair
         take_prediction = self.predictions.pop
         joined, waiting = self._joined, self.labels
         for k, point in enumerate(points):
@@ -118,7 +119,8 @@ class Joiner:
             else:
                 joined[pid] = None
                 self.joined += 1
-                pairs.append((k, JoinedPair(prediction, point.label, point.event_id)))
+                pair = new_pair(JoinedPair, (prediction, point.label, point.event_id))
+                pairs.append((k, pair))
         self._trim(waiting, "label")
         while len(joined) > self.max_pending:
             joined.popitem(last=False)

@@ -254,7 +254,7 @@ def _batch_envelope(raws: list[Any], event_type: str, fields: frozenset[str]) ->
     if not raws:
         return None
     try:
-        hs = [dict(raw.headers) for raw in raws]
+        hs = list(map(dict, [raw.headers for raw in raws]))
         if not set().union(*hs) <= _KNOWN_HEADERS:
             return None
         if {h.get("ce_type") for h in hs} != {event_type.encode()}:
