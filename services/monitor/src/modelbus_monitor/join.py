@@ -8,8 +8,9 @@ label with a new event id does not join twice.
 from __future__ import annotations
 
 import uuid
-from collections import Counter, OrderedDict
+from collections import Counter, deque
 from datetime import datetime, timedelta
+from itertools import islice
 from typing import NamedTuple, TypeVar
 
 T = TypeVar("T")
@@ -48,9 +49,12 @@ class Joiner:
     def __init__(self, max_pending: int, max_wait_s: float) -> None:
         self.max_pending = max_pending
         self.max_wait = timedelta(seconds=max_wait_s)
-        self.predictions: OrderedDict[str, PredictionPoint] = OrderedDict()
-        self.labels: OrderedDict[str, LabelPoint] = OrderedDict()
-        self._joined: OrderedDict[str, None] = OrderedDict()
+        # plain dicts keep arrival order and are cheaper than OrderedDict; the oldest entries
+        # are dropped in bulk (``_drop_oldest``)
+        self.predictions: dict[str, PredictionPoint] = {}
+        self.labels: dict[str, LabelPoint] = {}
+        self._joined: set[str] = set()  # recently joined ids, oldest first in _joined_order
+        self._joined_order: deque[str] = deque()
         self.evicted: Counter[str] = Counter()
         self.duplicates = 0
         self.joined = 0
@@ -107,7 +111,7 @@ class Joiner:
         pairs: list[tuple[int, JoinedPair]] = []
         new_pair = tuple.__new__  # JoinedPair(...) runs Python code per pair
         take_prediction = self.predictions.pop
-        joined, waiting = self._joined, self.labels
+        joined, order, waiting = self._joined, self._joined_order, self.labels
         for k, point in enumerate(points):
             pid = point.prediction_id
             if pid in joined or pid in waiting:
@@ -117,19 +121,25 @@ class Joiner:
             if prediction is None:
                 waiting[pid] = point
             else:
-                joined[pid] = None
+                joined.add(pid)
+                order.append(pid)
                 self.joined += 1
                 pair = new_pair(JoinedPair, (prediction, point.label, point.event_id))
                 pairs.append((k, pair))
         self._trim(waiting, "label")
-        while len(joined) > self.max_pending:
-            joined.popitem(last=False)
+        self._forget_oldest_joined()
         return pairs
 
-    def _trim(self, buffer: OrderedDict[str, T], kind: str) -> None:
-        while len(buffer) > self.max_pending:
-            buffer.popitem(last=False)
-            self._evict(f"{kind}_overflow")
+    def _trim(self, buffer: dict[str, T], kind: str) -> None:
+        excess = len(buffer) - self.max_pending
+        if excess > 0:
+            _drop_oldest(buffer, excess)
+            self.evicted[f"{kind}_overflow"] += excess
+            self._unreported[f"{kind}_overflow"] += excess
+
+    def _forget_oldest_joined(self) -> None:
+        while len(self._joined_order) > self.max_pending:
+            self._joined.discard(self._joined_order.popleft())
 
     def knows_prediction(self, prediction_id: str) -> bool:
         """Already pending or joined: a re-delivery that must not be counted again."""
@@ -139,9 +149,15 @@ class Joiner:
         """Drop entries older than ``max_wait`` (buffers are in arrival order)."""
         cutoff = now - self.max_wait
         for kind, buffer in (("prediction", self.predictions), ("label", self.labels)):
-            while buffer and next(iter(buffer.values())).at < cutoff:
-                buffer.popitem(last=False)
-                self._evict(f"{kind}_expired")
+            expired = 0
+            for point in buffer.values():
+                if point.at >= cutoff:
+                    break
+                expired += 1
+            if expired:
+                _drop_oldest(buffer, expired)
+                self.evicted[f"{kind}_expired"] += expired
+                self._unreported[f"{kind}_expired"] += expired
 
     def drain_evictions(self) -> dict[str, int]:
         """Evictions since the last call, by reason (for metrics)."""
@@ -149,31 +165,31 @@ class Joiner:
         self._unreported.clear()
         return out
 
-    def _seen(self, prediction_id: str, buffer: OrderedDict[str, T]) -> bool:
+    def _seen(self, prediction_id: str, buffer: dict[str, T]) -> bool:
         if prediction_id in self._joined or prediction_id in buffer:
             self.duplicates += 1
             return True
         return False
 
-    def _push(self, buffer: OrderedDict[str, T], key: str, value: T, kind: str) -> None:
+    def _push(self, buffer: dict[str, T], key: str, value: T, kind: str) -> None:
         buffer[key] = value
-        while len(buffer) > self.max_pending:
-            buffer.popitem(last=False)
-            self._evict(f"{kind}_overflow")
+        self._trim(buffer, kind)
 
     def _join(
         self, prediction: PredictionPoint, label: int, tipping: uuid.UUID | str
     ) -> JoinedPair:
-        self._joined[prediction.prediction_id] = None
-        while len(self._joined) > self.max_pending:
-            self._joined.popitem(last=False)
+        self._joined.add(prediction.prediction_id)
+        self._joined_order.append(prediction.prediction_id)
+        self._forget_oldest_joined()
         self.joined += 1
         return JoinedPair(prediction, label, tipping)
-
-    def _evict(self, reason: str) -> None:
-        self.evicted[reason] += 1
-        self._unreported[reason] += 1
 
     @property
     def pending(self) -> dict[str, int]:
         return {"predictions": len(self.predictions), "labels": len(self.labels)}
+
+
+def _drop_oldest(buffer: dict[str, T], n: int) -> None:
+    """Remove the ``n`` oldest entries (dicts keep insertion order), in one pass."""
+    for key in list(islice(buffer, n)):
+        del buffer[key]
