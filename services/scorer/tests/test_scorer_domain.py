@@ -211,3 +211,53 @@ def test_v2_rejects_bad_requests_with_a_reason(body, reason):
     with pytest.raises(InvalidInput) as exc:
         parse_v2(body, NAMES, 4)
     assert exc.value.reason == reason
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        [1, 2.5, -3, 4e10],
+        [0.0, 0.0, 1.0, 1.0],
+    ],
+)
+def test_the_plain_matrix_shortcut_reads_what_the_general_path_reads(data):
+    from modelbus_scorer.domain import _matrix_input, _plain_matrix, _tensor
+
+    body = {"inputs": [_col("x", data, shape=[2, 2])]}
+
+    fast = _plain_matrix(body["inputs"], NAMES, 10)
+    general = _matrix_input(_tensor(body["inputs"][0], 0), NAMES, 10)
+
+    assert fast is not None and fast.dtype == np.float64
+    assert fast.tolist() == general.tolist()
+
+
+@pytest.mark.parametrize(
+    "tensor",
+    [
+        _col("x", [1, "2"], shape=[1, 2]),
+        _col("x", [1, True], shape=[1, 2]),
+        _col("x", [1, float("inf")], shape=[1, 2]),
+        _col("x", [1, 2], shape=[1, 2], datatype="INT64"),
+        _col("x", [[1, 2]], shape=[1, 2]),
+        _col("x", [1, 2, 3], shape=[1, 2]),
+        _col("x", [1, 2], shape=[2, 1]),
+        _col("x", [1, 10**400], shape=[1, 2]),
+        _col("x", [1] * 10, shape=[5, 2]),  # over the limit
+    ],
+)
+def test_the_plain_matrix_shortcut_leaves_anything_unusual_to_the_general_path(tensor):
+    from modelbus_scorer.domain import _plain_matrix
+
+    assert _plain_matrix([tensor], NAMES, 4) is None
+
+
+@pytest.mark.parametrize("bad", [float("nan"), 1.5, -0.1])
+def test_scores_outside_zero_one_or_nan_are_refused(bad):
+    model = served(1).model
+    object.__setattr__(model, "predict_proba", lambda X: np.full(len(X), bad))
+
+    broken = Served(1, model, NAMES, "0" * 64)
+    for rows in (1, 3):
+        with pytest.raises(FloatingPointError, match="outside"):
+            broken.score(np.zeros((rows, 2)))

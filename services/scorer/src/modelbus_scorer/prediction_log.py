@@ -228,6 +228,10 @@ def _headers(model_name: str, producer: str) -> BinaryHeaders:
 
 
 class PredictionLog:
+    """A bounded in-process buffer between the request path and Kafka. ``submit`` is a list
+    append (no await, no lock, no metric update: the pending gauge is set by the drainer);
+    the background task swaps the buffer out and publishes all of it at once."""
+
     def __init__(
         self, publisher: Publisher, metrics: ScorerMetrics, *, producer: str, capacity: int
     ) -> None:
@@ -237,21 +241,25 @@ class PredictionLog:
         self.capacity = capacity
         self.pending = 0
         self._dropping = False
-        self._queue: asyncio.Queue[PredictionBatch | Event | None] = asyncio.Queue()
+        self._buffer: list[PredictionBatch | Event] = []
+        self._wake = asyncio.Event()
+        self._stopping = False
         self._task: asyncio.Task[None] | None = None
 
     def submit(self, batch: PredictionBatch) -> bool:
         """Queue a batch for publishing; False (and counted) if the log is full."""
-        if self.pending + batch.size > self.capacity:
-            self.metrics.log_dropped.inc(batch.size)
+        size = len(batch.prediction_ids)
+        if self.pending + size > self.capacity:
+            self.metrics.log_dropped.inc(size)
             if not self._dropping:  # log the start of an overload, not every dropped batch
-                log.warning("prediction_log.dropping", rows=batch.size, pending=self.pending)
+                log.warning("prediction_log.dropping", rows=size, pending=self.pending)
             self._dropping = True
             return False
         self._dropping = False
-        self.pending += batch.size
-        self.metrics.log_pending.set(self.pending)
-        self._queue.put_nowait(batch)
+        self.pending += size
+        self._buffer.append(batch)
+        if not self._wake.is_set():
+            self._wake.set()
         return True
 
     def submit_event(self, event: Event) -> bool:
@@ -261,19 +269,21 @@ class PredictionLog:
             self.metrics.log_dropped.inc()
             return False
         self.pending += 1
-        self.metrics.log_pending.set(self.pending)
-        self._queue.put_nowait(event)
+        self._buffer.append(event)
+        self._wake.set()
         return True
 
     async def start(self) -> None:
         if self._task is None:
+            self._stopping = False
             self._task = asyncio.create_task(self._run(), name="prediction-log")
 
     async def stop(self, timeout_s: float = 10.0) -> None:
         """Publish what is queued (up to ``timeout_s``), then stop."""
         if self._task is None:
             return
-        self._queue.put_nowait(None)
+        self._stopping = True
+        self._wake.set()
         try:
             await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
         except TimeoutError:
@@ -285,21 +295,22 @@ class PredictionLog:
 
     async def _run(self) -> None:
         while True:
-            batches = [await self._queue.get()]
-            # drain what queued up meanwhile: many one-row requests become one pipelined publish
-            while not self._queue.empty() and len(batches) < DRAIN_BATCHES:
-                batches.append(self._queue.get_nowait())
-            stop = any(b is None for b in batches)
-            ready = [b for b in batches if isinstance(b, PredictionBatch)]
-            others = [b for b in batches if isinstance(b, Event)]
+            await self._wake.wait()
+            self._wake.clear()
+            # everything that queued up meanwhile: many one-row requests, one publish
+            items, self._buffer = self._buffer, []
+            self.metrics.log_pending.set(self.pending)
+            ready = [b for b in items if isinstance(b, PredictionBatch)]
+            others = [b for b in items if not isinstance(b, PredictionBatch)]
             try:
-                await self.publish_batches(ready)
+                for start in range(0, len(ready), DRAIN_BATCHES):
+                    await self.publish_batches(ready[start : start + DRAIN_BATCHES])
                 if others:
                     await self.publish_events(others)
             finally:
                 self.pending -= sum(b.size for b in ready) + len(others)
                 self.metrics.log_pending.set(self.pending)
-            if stop:
+            if self._stopping and not self._buffer:
                 return
 
     async def publish_batch(self, batch: PredictionBatch) -> None:

@@ -62,7 +62,7 @@ class LoadFailed(Exception):
     """The version on record cannot be served (integrity, unreadable, missing, warm-up failed)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # per request: not frozen (a frozen init costs ~2x)
 class ScoreResult:
     model_name: str
     scored: Scored
