@@ -314,3 +314,16 @@ async def test_the_service_ends_in_the_same_state_on_either_path():
     assert opened[0]["evidence"] == opened[1]["evidence"]
     assert fast.history("churn") == slow.history("churn")
     assert len(fast.publisher.events) == len(slow.publisher.events) >= 1
+
+
+def test_a_value_holding_two_json_documents_cannot_shift_the_batch():
+    """The batch is parsed as one JSON array: a record worth two elements must not misalign."""
+    good = [raw_of(prediction(f"p{i}"), i) for i in range(3)]
+    two = encode(prediction("two")).value
+    raws = [*good, raw_of(prediction("x"), 3, value=two + b"," + two)]
+    batch, accepted, rejected = decode_predictions(raws)
+    assert accepted == good and batch.prediction_ids == ["p0", "p1", "p2"]
+    assert [(r.offset, why) for r, why in rejected] == [
+        (3, reason) for _, reason in pydantic_path(raws, PredictionMade)[1]
+    ]
+    assert "JSON" in rejected[0][1]
