@@ -175,10 +175,11 @@ class BatchOutcome:
         if self.detail:
             self.at(k).ignored = reason
 
-    def join(self, k: int, pair: JoinedPair) -> None:
-        self.joined += 1
+    def join_all(self, pairs: list[tuple[int, JoinedPair]]) -> None:
+        self.joined += len(pairs)
         if self.detail:
-            self.at(k).joined = pair
+            for k, pair in pairs:
+                self.at(k).joined = pair
 
     def evictions(self, evicted: dict[str, int]) -> None:
         if evicted:
@@ -321,19 +322,12 @@ class ModelMonitor:
         """Three steps: drop re-deliveries and sort out ineligible predictions; check the
         eligible ones' inputs column-wise (drift streams, quality, daily windows); then join
         each with its label in arrival order (the error stream)."""
-        fresh: list[int] = []
+        fresh = self.joiner.fresh_predictions(points)
+        duplicates = len(points) - len(fresh)
         eligible: list[int] = []
-        in_batch: set[str] = set()
-        knows = self.joiner.knows_prediction
-        duplicates = 0
         serving = self.serving_version if self.serving_version is not None else -1
-        for k, point in enumerate(points):
-            pid = point.prediction_id
-            if pid in in_batch or knows(pid):
-                duplicates += 1
-                continue
-            in_batch.add(pid)
-            fresh.append(k)
+        for k in fresh:
+            point = points[k]
             if point.version == serving and point.served_by in SERVED_BY_MONITORED:
                 eligible.append(k)  # what _ineligible says, inlined for the common case
             elif (reason := self._ineligible(point)) is None:
@@ -342,7 +336,6 @@ class ModelMonitor:
                 result.ignore(k, reason)
                 self.counts[f"ignored_{reason}"] += 1
         if duplicates:
-            self.joiner.duplicates += duplicates
             self.counts["duplicate_predictions"] += duplicates
         self.counts["predictions"] += len(fresh)
         if eligible:
@@ -376,8 +369,8 @@ class ModelMonitor:
         errors: list[float] = []
         fed: list[tuple[int, JoinedPair]] = []
         serving = self.serving_version if self.serving_version is not None else -1
+        result.join_all(pairs)
         for k, pair in pairs:
-            result.join(k, pair)
             point = pair.prediction
             if point.version == serving and point.served_by in SERVED_BY_MONITORED:
                 errors.append(1.0 if point.label != pair.label else 0.0)

@@ -87,6 +87,21 @@ class Joiner:
             return None
         return self._join(prediction, point.label, point.event_id)
 
+    def fresh_predictions(self, points: list[PredictionPoint]) -> list[int]:
+        """Rows of ``points`` that are neither pending, joined nor repeated within the batch
+        (the others are counted as duplicates)."""
+        fresh: list[int] = []
+        seen: set[str] = set()
+        waiting, joined = self.predictions, self._joined
+        for k, point in enumerate(points):
+            pid = point.prediction_id
+            if pid in seen or pid in waiting or pid in joined:
+                continue
+            seen.add(pid)
+            fresh.append(k)
+        self.duplicates += len(points) - len(fresh)
+        return fresh
+
     def add_fresh_predictions(
         self, points: list[PredictionPoint], rows: list[int]
     ) -> list[tuple[int, JoinedPair]]:
