@@ -14,6 +14,10 @@ nothing (one rollback per promotion).
 A third scenario adds the scorer (in-process, reading the registry app over ASGI): a canary
 policy takes v2 through two canary steps on live HTTP traffic routed by ``X-Routing-Key``, each
 step judged by the deployer from the scorer's PredictionMade, then promotes it.
+
+A fourth puts a challenger in shadow that cannot score live traffic (it needs a feature the
+requests do not carry): every request is still answered by the champion, the scorer reports
+each shadow failure as ScoringFailed, and the deployer rejects v2 on its shadow error rate.
 """
 
 from __future__ import annotations
@@ -58,11 +62,11 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 FEATURES = ("x1", "x2")
 
 
-def dataset(rows: int, seed: int, flip: bool = False) -> Dataset:
+def dataset(rows: int, seed: int, flip: bool = False, features=FEATURES) -> Dataset:
     rng = np.random.default_rng(seed)
-    X = rng.normal(size=(rows, 2))
+    X = rng.normal(size=(rows, len(features)))
     y = ((2.0 * X[:, 0] - X[:, 1] + 0.3 * rng.normal(size=rows)) > 0).astype(np.int8)
-    return Dataset(FEATURES, X, 1 - y if flip else y)
+    return Dataset(tuple(features), X, 1 - y if flip else y)
 
 
 async def put(store, key: str, data: bytes) -> str:
@@ -70,12 +74,14 @@ async def put(store, key: str, data: bytes) -> str:
     return sha256_hex(data)
 
 
-async def trained(store, model_name: str, seed: int, flip: bool = False) -> ModelTrained:
+async def trained(
+    store, model_name: str, seed: int, flip: bool = False, features=FEATURES
+) -> ModelTrained:
     """A ModelTrained whose artifact and hold-out are really in S3 (``flip``: a bad model)."""
-    model = train_logreg(dataset(400, seed, flip), {"epochs": 100}, seed=0)
+    model = train_logreg(dataset(400, seed, flip, features), {"epochs": 100}, seed=0)
     artifact = model.to_bytes()
     digest = await put(store, f"artifacts/{model_name}/{sha256_hex(artifact)}.json", artifact)
-    holdout = dataset(200, seed + 100).to_csv_bytes()
+    holdout = dataset(200, seed + 100, features=features).to_csv_bytes()
     hkey = f"datasets/{model_name}/{sha256_hex(holdout)}.csv"
     hsha = await put(store, hkey, holdout)
     ref = DatasetRef(uri=hkey, sha256=hsha, rows=200)
@@ -86,7 +92,7 @@ async def trained(store, model_name: str, seed: int, flip: bool = False) -> Mode
         artifact=ArtifactRef(
             uri=f"artifacts/{model_name}/{digest}.json", sha256=digest, size_bytes=len(artifact)
         ),
-        feature_names=list(FEATURES),
+        feature_names=list(features),
         metrics={},
         lineage=Lineage(dataset=ref, holdout=ref, seed=0, code_version="it", trigger="api"),
         training_seconds=0.01,
@@ -315,3 +321,64 @@ async def test_a_canary_steps_through_live_traffic_then_is_promoted(
     assert [h["what"] for h in body["history"]] == ["canary", "canary", "promote"]
     step = watcher.of(ModelEvaluated, name)[-2]
     assert step.live_metrics["predictions"] >= 25 and step.gates[0].name == "live_sample_size"
+
+
+async def test_a_shadow_that_cannot_score_is_rejected_on_its_error_rate(
+    infra, service_env, unique, monkeypatch
+):
+    for key, value in service_env.items():
+        monkeypatch.setenv(key, value)
+    name = f"shadow-{unique}"
+    policy = ModelPolicy(rollout="shadow", shadow_min_predictions=30, min_live_predictions=20)
+    registry = build_registry(RegistrySettings(mongo_db=f"sreg_{unique}"))
+    deployer = build_deployer(
+        DeployerSettings(mongo_db=f"sdep_{unique}", min_primary_metric=0.0, policies={name: policy})
+    )
+    scorer = build_scorer(
+        ScorerSettings(registry_url="http://registry", instance_id=f"sit-{unique}"),
+        registry_transport=httpx.ASGITransport(registry),
+    )
+    store = s3(service_env)
+    watcher = Watcher(infra.kafka_bootstrap, {name})
+    producer = AIOKafkaProducer(bootstrap_servers=infra.kafka_bootstrap)
+    await producer.start()
+    await watcher.start()
+    answers: list[tuple[int, str, int]] = []
+    try:
+        async with running(registry, deployer, scorer):
+            client = httpx.AsyncClient(
+                transport=httpx.ASGITransport(scorer), base_url="http://scorer"
+            )
+            await publish(producer, await trained(store, name, 7, True))
+            await watcher.until(lambda: watcher.of(ModelPromoted, name))
+            # v2 also needs x3, which live traffic does not carry: it passes the offline gates
+            # (its hold-out has x1, x2 and x3) and loads, but cannot score a live request
+            await publish(producer, await trained(store, name, 8, features=("x1", "x2", "x3")))
+            await watcher.until(lambda: watcher.of(ModelRolloutChanged, name))
+
+            def rejected() -> bool:
+                return any(
+                    e.version == 2 and e.decision == "reject"
+                    for e in watcher.of(ModelEvaluated, name)
+                )
+
+            i = 0
+            while not rejected() and i < 2000:
+                i += 1
+                response = await client.post(
+                    f"/models/{name}/predict", json={"features": {"x1": 0.3, "x2": -0.2}}
+                )
+                body = response.json()
+                answers.append((response.status_code, body["served_by"], body["model_version"]))
+                await asyncio.sleep(0.005)
+            await watcher.until(rejected, timeout=20)
+            await client.aclose()
+    finally:
+        await watcher.stop()
+        await producer.stop()
+
+    assert answers and set(answers) == {(200, "champion", 1)}  # the shadow never showed
+    [verdict] = [e for e in watcher.of(ModelEvaluated, name) if e.decision == "reject"]
+    gate = next(g for g in verdict.gates if g.name == "shadow_error_rate")
+    assert not gate.passed and gate.observed == 1.0
+    assert [p.version for p in watcher.of(ModelPromoted, name)] == [1]  # v2 never promoted
