@@ -304,12 +304,19 @@ class ModelMonitor:
 
     def observe_label(self, point: LabelPoint, now: datetime) -> Outcome:
         result = BatchOutcome(1, detail=True)
-        self._labels([point], now, result)
+        self._labels([point.prediction_id], [point.label], [point.event_id], now, result)
         return result.all()[0]
 
-    def observe_label_batch(self, points: list[LabelPoint], now: datetime) -> BatchOutcome:
-        result = BatchOutcome(len(points))
-        self._labels(points, now, result)
+    def observe_label_batch(
+        self,
+        prediction_ids: list[str],
+        labels: list[int],
+        event_ids: list[uuid.UUID] | list[str],
+        now: datetime,
+    ) -> BatchOutcome:
+        """A batch of labels as columns (the telemetry path)."""
+        result = BatchOutcome(len(prediction_ids))
+        self._labels(prediction_ids, labels, event_ids, now, result)
         return result
 
     def _predictions(
@@ -345,10 +352,18 @@ class ModelMonitor:
         self._feed_pairs(self.joiner.add_fresh_predictions(points, fresh), now, result)
         result.evictions(self.joiner.drain_evictions())
 
-    def _labels(self, points: list[LabelPoint], now: datetime, result: BatchOutcome) -> None:
-        self.counts["labels"] += len(points)
+    def _labels(
+        self,
+        prediction_ids: list[str],
+        labels: list[int],
+        event_ids: list[uuid.UUID] | list[str],
+        now: datetime,
+        result: BatchOutcome,
+    ) -> None:
+        self.counts["labels"] += len(prediction_ids)
         self.joiner.expire(now)
-        self._feed_pairs(self.joiner.add_labels(points), now, result)
+        pairs = self.joiner.add_labels(prediction_ids, labels, event_ids, now)
+        self._feed_pairs(pairs, now, result)
         result.evictions(self.joiner.drain_evictions())
 
     def _ineligible(self, point: PredictionPoint) -> str | None:

@@ -121,26 +121,31 @@ class Joiner:
         self._trim(waiting, "prediction")
         return pairs
 
-    def add_labels(self, points: list[LabelPoint]) -> list[tuple[int, JoinedPair]]:
-        """A batch of labels (buffers expired): the joined ones as (row, pair), in order."""
+    def add_labels(
+        self,
+        prediction_ids: list[str],
+        labels: list[int],
+        event_ids: list[uuid.UUID] | list[str],
+        now: datetime,
+    ) -> list[tuple[int, JoinedPair]]:
+        """A batch of labels as columns (buffers expired): the joined ones as (row, pair), in
+        order; a ``LabelPoint`` is made only for a label that has to wait."""
         pairs: list[tuple[int, JoinedPair]] = []
         new_pair = tuple.__new__  # JoinedPair(...) runs Python code per pair
         take_prediction = self.predictions.pop
         joined, order, waiting = self._joined, self._joined_order, self.labels
-        for k, point in enumerate(points):
-            pid = point.prediction_id
+        for k, pid in enumerate(prediction_ids):
             if pid in joined or pid in waiting:
                 self.duplicates += 1
                 continue
             prediction = take_prediction(pid, None)
             if prediction is None:
-                waiting[pid] = point
+                waiting[pid] = LabelPoint(pid, labels[k], event_ids[k], now)
             else:
                 joined.add(pid)
                 order.append(pid)
                 self.joined += 1
-                pair = new_pair(JoinedPair, (prediction, point.label, point.event_id))
-                pairs.append((k, pair))
+                pairs.append((k, new_pair(JoinedPair, (prediction, labels[k], event_ids[k]))))
         self._trim(waiting, "label")
         self._forget_oldest_joined()
         return pairs

@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from itertools import repeat
-from typing import Any, TypeVar
+from typing import Any
 
 import structlog
 
@@ -31,7 +31,7 @@ from modelbus_platform.bus import Publisher
 from .config import MonitorSettings
 from .daily import DailyFeature, Thresholds, compare, day_of, previous_day
 from .domain import BatchOutcome, DetectorConfig, Incident, ModelMonitor, Outcome
-from .join import LabelPoint, PredictionPoint
+from .join import PredictionPoint
 from .metrics import MonitorMetrics
 from .ports import DailyStore, IncidentStore, RegistryClient, StateStore
 from .telemetry import LabelBatch, PredictionBatch
@@ -158,16 +158,10 @@ class MonitorService:
         for name, part in batch.by_model().items():
             async with self._lock(name):
                 monitor = await self._prepare(name)
-                now = self.clock()
-                rows = zip(
-                    part.prediction_ids,
-                    part.labels,
-                    part.event_ids,
-                    repeat(now, len(part)),
-                    strict=True,
+                result = monitor.observe_label_batch(
+                    part.prediction_ids, part.labels, part.event_ids, self.clock()
                 )
-                points = _points(LabelPoint, rows)
-                await self._apply_batch(monitor, monitor.observe_label_batch(points, now))
+                await self._apply_batch(monitor, result)
                 await self._retrigger(monitor)
 
     # -- background work ----------------------------------------------------------------------
@@ -460,9 +454,6 @@ class Tally:
             self.alarms[(alarm.detector, alarm.feature, disposition)] += 1
 
 
-P = TypeVar("P", PredictionPoint, LabelPoint)
-
-
-def _points(cls: type[P], rows: Iterable[tuple[Any, ...]]) -> list[P]:
+def _points(cls: type[PredictionPoint], rows: Iterable[tuple[Any, ...]]) -> list[PredictionPoint]:
     """Named tuples from field tuples in one C loop (``cls(*row)`` runs Python code per row)."""
     return list(map(tuple.__new__, repeat(cls), rows))  # type: ignore[arg-type]
