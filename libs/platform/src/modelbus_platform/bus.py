@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from operator import attrgetter
 from typing import Any, Protocol, TypeVar
 
 import structlog
@@ -39,6 +40,7 @@ RawRecord = tuple[bytes, bytes, list[tuple[str, bytes]]]
 BULK_BATCH_BYTES = 1_000_000  # one Kafka record batch (the broker's default message limit)
 
 DLQ_SUFFIX = ".dlq"
+_topic_of = attrgetter("topic")
 
 
 def dlq_topic(topic: str) -> str:
@@ -415,6 +417,11 @@ class EventBus:
         in offset order (with retries), dead-letter the rest of a batch that keeps failing."""
         by_topic: dict[str, list[tuple[Any, Event]]] = {}
         undecoded: dict[str, list[Any]] = {}
+        topics = set(map(_topic_of, raws))
+        if len(topics) == 1 and routes[next(iter(topics))].decoder is not None:
+            topic = next(iter(topics))  # one topic, decoded by its route: no loop per record
+            undecoded[topic], by_topic[topic] = list(raws), []
+            raws = []
         for raw in raws:
             route = routes[raw.topic]
             if route.decoder is not None:
