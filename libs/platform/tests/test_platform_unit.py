@@ -265,6 +265,7 @@ async def test_a_fast_route_answers_before_the_framework_with_metrics_and_limits
     assert too_big.status_code == 413 and "over 100 bytes" in too_big.json()["detail"]
     assert streamed.status_code == 413
     assert boom.status_code == 500 and "broken handler" in boom.json()["error"]
+    assert boom.json()["reason"] == "internal_error"
     assert [body for _, body in calls] == [b"12345", b"boom"]  # oversized never reach it
     assert requests_counted(metrics, "/things/{name}/echo", "201") == 1
     assert requests_counted(metrics, "/things/{name}/echo", "413") == 2

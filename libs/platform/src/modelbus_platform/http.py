@@ -90,7 +90,8 @@ class ServiceApp(FastAPI):
             except Exception as exc:  # a bug must still answer, with a reason, and be logged
                 log.exception("http.fast_route_failed", route=route.template)
                 status = 500
-                payload = orjson.dumps({"error": f"{type(exc).__name__}: {exc}"[:500]})
+                error = f"{type(exc).__name__}: {exc}"[:500]
+                payload = orjson.dumps({"error": error, "reason": "internal_error"})
         await send(
             {
                 "type": "http.response.start",
