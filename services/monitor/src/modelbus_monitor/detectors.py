@@ -288,7 +288,7 @@ class Stream:
             hit = self.detector.first_change(values[i:] if i else values)
             changed = hit is not None
             end = i + hit + 1 if hit is not None else n
-            self._extend(values[i:end])
+            self._extend(values if i == 0 and end == n else values[i:end])
             self.detector.since_reset += end - i
             window = None
             if changed:
