@@ -327,3 +327,22 @@ def test_a_value_holding_two_json_documents_cannot_shift_the_batch():
         (3, reason) for _, reason in pydantic_path(raws, PredictionMade)[1]
     ]
     assert "JSON" in rejected[0][1]
+
+
+def test_header_layouts_that_differ_between_records_give_the_same_result():
+    """Same headers in another order, an extra optional header, a header with no value."""
+    events = [
+        prediction(f"p{i}", causation_id=uuid.uuid4() if i % 3 == 0 else None) for i in range(9)
+    ]
+    raws = [raw_of(e, i) for i, e in enumerate(events)]
+    raws[4].headers = list(reversed(raws[4].headers))
+    for raw in (raws[:], raws[1:3], [raws[1], raws[4]]):
+        assert decode_predictions(raw) == (
+            PredictionBatch.of(decode(r.headers, r.value) for r in raw),
+            raw,
+            [],
+        )
+    odd = [raw_of(events[1], 20, headers={"ce_causationid": None}), raw_of(events[2], 21)]
+    _, accepted, rejected = decode_predictions(odd)
+    assert rejected == pydantic_path(odd, PredictionMade)[1] and len(rejected) == 1
+    assert accepted == odd[1:]

@@ -254,46 +254,78 @@ def _batch_envelope(raws: list[Any], event_type: str, fields: frozenset[str]) ->
     if not raws:
         return None
     try:
-        hs = list(map(dict, [raw.headers for raw in raws]))
-        if not set().union(*hs) <= _KNOWN_HEADERS:
+        hs = _header_columns(raws) or _header_dicts(raws)
+        n = len(raws)
+        if not hs.keys() <= _KNOWN_HEADERS or set(hs["ce_type"]) != {event_type.encode()}:
             return None
-        if {h.get("ce_type") for h in hs} != {event_type.encode()}:
+        if not set(hs.get("ce_specversion", ())) <= {b"1.0", _ABSENT}:
             return None
-        if {h.get("ce_specversion", b"1.0") for h in hs} != {b"1.0"}:
+        if not set(hs.get("content-type", ())) <= {b"application/json", _ABSENT}:
             return None
-        if {h.get("content-type", b"application/json") for h in hs} != {b"application/json"}:
-            return None
-        ids = b"\n".join([h["ce_id"] for h in hs]) + b"\n"
-        correlations = b"\n".join([h["ce_correlationid"] for h in hs]) + b"\n"
-        causations = [c for h in hs if (c := h.get("ce_causationid"))]
-        if not (_uuid_lines(ids, len(hs)) and _uuid_lines(correlations, len(hs))):
+        ids = b"\n".join(hs["ce_id"]) + b"\n"
+        correlations = b"\n".join(hs["ce_correlationid"]) + b"\n"
+        causations = [c for c in hs.get("ce_causationid", ()) if c is not _ABSENT and c != b""]
+        if not (_uuid_lines(ids, n) and _uuid_lines(correlations, n)):
             return None
         if causations and not _uuid_lines(b"\n".join(causations) + b"\n", len(causations)):
             return None
-        times = [h["ce_time"] for h in hs]
+        times = hs["ce_time"]
         if not _TIMES_BYTES.fullmatch(b"\n".join(times) + b"\n"):
             return None
         if not _days_valid({t[:10].decode() for t in times}):
             return None
-        sources = [h["ce_source"] for h in hs]
+        sources = hs["ce_source"]
         if not all(sources):
             return None
         b"".join(sources).decode()
         # one parse for the batch; every record must be exactly one element (else: by record)
         datas = orjson.loads(b"[" + b",".join([raw.value for raw in raws]) + b"]")
-        if len(datas) != len(raws):
+        if len(datas) != n:
             return None
         if set(map(type, datas)) != {dict} or not set().union(*datas) <= fields:
             return None
+        subjects = hs.get("ce_subject") or [_ABSENT] * n
         names = [
-            d["model_name"] if "model_name" in d else _subject(h)
-            for d, h in zip(datas, hs, strict=True)
+            d["model_name"] if "model_name" in d else (b"" if s is _ABSENT else s).decode()
+            for d, s in zip(datas, subjects, strict=True)
         ]
         if set(map(type, names)) != {str} or not all(map(_name_valid, set(names))):
             return None
     except Exception:  # a missing header, bad UTF-8 or JSON: record by record
         return None
     return ids.decode().split("\n")[:-1], correlations.decode().split("\n")[:-1], datas, names
+
+
+def _header_columns(raws: list[Any]) -> dict[str, list[Any]] | None:
+    """Header name -> the records' values, when every record has the same headers in the same
+    order (what one producer writes): a transpose, no dict per record. Else None."""
+    try:
+        rows = [raw.headers for raw in raws]
+        if len(set(map(len, rows))) != 1:
+            return None
+        out: dict[str, list[Any]] = {}
+        for column in zip(*rows, strict=True):
+            names = set(map(_first, column))
+            if len(names) != 1:
+                return None
+            name = names.pop()
+            if name in out:  # a repeated header: the dicts say which one wins
+                return None
+            out[name] = list(map(_second, column))
+        return out
+    except Exception:
+        return None
+
+
+def _header_dicts(raws: list[Any]) -> dict[str, list[Any]]:
+    """Header name -> the records' values (``_ABSENT`` where a record lacks it), via one dict
+    per record."""
+    hs = list(map(dict, [raw.headers for raw in raws]))
+    return {name: [h.get(name, _ABSENT) for h in hs] for name in set().union(*hs)}
+
+
+_ABSENT: Any = object()
+_first, _second = itemgetter(0), itemgetter(1)
 
 
 def _uuid_lines(lines: bytes, n: int) -> bool:
@@ -430,8 +462,8 @@ def _parse(raws: list[Any], event_type: str) -> _Parsed:
                 raise ValueError
             h["ce_source"].decode()
             times.append(h["ce_time"].decode())
-            causation = h.get("ce_causationid")
-            if causation:
+            causation = h.get("ce_causationid", b"")
+            if causation != b"":  # absent or empty: no causation; anything else must be a UUID
                 causations.append(causation.decode())
             data = orjson.loads(raw.value)
             if type(data) is not dict:
@@ -475,12 +507,16 @@ def _per_record_envelope(raws: list[Any], parsed: _Parsed) -> None:
     for i, raw in enumerate(raws):
         if not parsed.ok[i]:
             continue
-        h = dict(raw.headers)
-        causation = h.get("ce_causationid")
-        uuids = [parsed.event_ids[i], parsed.correlation_ids[i]]
-        if causation:
-            uuids.append(causation.decode())
-        match = _TIME.fullmatch(h["ce_time"].decode())
+        try:
+            h = dict(raw.headers)
+            causation = h.get("ce_causationid", b"")
+            uuids = [parsed.event_ids[i], parsed.correlation_ids[i]]
+            if causation != b"":
+                uuids.append(causation.decode())
+            match = _TIME.fullmatch(h["ce_time"].decode())
+        except Exception:  # the pydantic path decides
+            parsed.ok[i] = False
+            continue
         parsed.ok[i] = (
             all(re.fullmatch(_UUID, u) for u in uuids)
             and match is not None
