@@ -346,3 +346,30 @@ def test_header_layouts_that_differ_between_records_give_the_same_result():
     _, accepted, rejected = decode_predictions(odd)
     assert rejected == pydantic_path(odd, PredictionMade)[1] and len(rejected) == 1
     assert accepted == odd[1:]
+
+
+@pytest.mark.parametrize(
+    "time",
+    [
+        b"2026-03-01T12:00:00.000001Z",
+        b"2026-03-01T12:00:00Z",
+        b"2026-03-01T12:00:00.5+00:00",
+        b"2026-02-29T12:00:00.000001Z",
+        b"2026-13-01T12:00:00.000001Z",
+        b"2026-03-01T24:00:00.000001Z",
+        b"2026-03-01T12:60:00.000001Z",
+        b"2026-03-01T12:00:60.000001Z",
+        b"2026-03-01 12:00:00.000001Z",
+        b"2026-03-01T12:00:00.00000aZ",
+        b"0000-03-01T12:00:00.000001Z",
+        b"2026-03-01T12:00:00.000001X",
+    ],
+)
+def test_event_times_are_checked_as_pydantic_does(time):
+    """The canonical width goes through the byte-matrix check, the rest through the regex."""
+    raws = [raw_of(prediction(f"p{i}"), i) for i in range(3)]
+    raws[1] = raw_of(prediction("p1"), 1, headers={"ce_time": time})
+    expected, expected_rejected = pydantic_path(raws, PredictionMade)
+    batch, accepted, rejected = decode_predictions(raws)
+    assert (accepted, rejected) == ([raw for raw, _ in expected], expected_rejected)
+    assert batch == PredictionBatch.of(event for _, event in expected)

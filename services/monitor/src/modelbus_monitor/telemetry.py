@@ -269,10 +269,7 @@ def _batch_envelope(raws: list[Any], event_type: str, fields: frozenset[str]) ->
             return None
         if causations and not _uuid_lines(b"\n".join(causations) + b"\n", len(causations)):
             return None
-        times = hs["ce_time"]
-        if not _TIMES_BYTES.fullmatch(b"\n".join(times) + b"\n"):
-            return None
-        if not _days_valid({t[:10].decode() for t in times}):
+        if not _times_valid(hs["ce_time"]):
             return None
         sources = hs["ce_source"]
         if not all(sources):
@@ -326,6 +323,34 @@ def _header_dicts(raws: list[Any]) -> dict[str, list[Any]]:
 
 _ABSENT: Any = object()
 _first, _second = itemgetter(0), itemgetter(1)
+
+
+_CANONICAL_TIME = 27  # YYYY-MM-DDTHH:MM:SS.ffffffZ, what encode writes
+_TIME_SEPARATORS = {4: b"-", 7: b"-", 10: b"T", 13: b":", 16: b":", 19: b".", 26: b"Z"}
+_TIME_DIGITS = [i for i in range(_CANONICAL_TIME) if i not in _TIME_SEPARATORS]
+
+
+def _times_valid(times: list[bytes]) -> bool:
+    """RFC 3339 UTC times (``_TIME``) with real calendar days; the canonical fixed-width form
+    is checked as a byte matrix with numpy, anything else with the regular expression."""
+    joined = b"".join(times)
+    n = len(times)
+    if len(joined) != _CANONICAL_TIME * n:
+        if not _TIMES_BYTES.fullmatch(b"\n".join(times) + b"\n"):
+            return False
+        return _days_valid({t[:10].decode() for t in times})
+    chars = np.frombuffer(joined, dtype=np.uint8).reshape(n, _CANONICAL_TIME)
+    for at, sep in _TIME_SEPARATORS.items():
+        if not (chars[:, at] == sep[0]).all():
+            return False
+    digits = chars[:, _TIME_DIGITS].astype(np.int16) - ord("0")
+    if not ((digits >= 0) & (digits <= 9)).all():
+        return False
+    hours, minutes, seconds = (digits[:, k] * 10 + digits[:, k + 1] for k in (8, 10, 12))
+    if (hours > 23).any() or (minutes > 59).any() or (seconds > 59).any():
+        return False
+    days = set(np.ascontiguousarray(chars[:, :10]).view("S10").ravel().tolist())
+    return _days_valid({day.decode() for day in days})
 
 
 def _uuid_lines(lines: bytes, n: int) -> bool:
