@@ -19,7 +19,8 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass, replace
-from itertools import compress, count, islice
+from itertools import islice
+from operator import length_hint
 from typing import Any, Literal
 
 import numpy as np
@@ -192,7 +193,7 @@ class StreamingDetector:
         """Feed ``values`` until the detector signals a change: the index of that value (the
         rest is not fed), or None when all were fed without one. Same detector state and
         result as ``river.update`` per value; for ADWIN the loop runs in C over River's Rust
-        core (``map`` + ``compress`` stop at the first change) instead of a Python call and a
+        core (``any`` over ``map`` stops at the first change) instead of a Python call and a
         property read per value."""
         river = self.river
         helper = getattr(river, "_helper", None) if self.name == "adwin" else None
@@ -205,10 +206,11 @@ class StreamingDetector:
         if river.drift_detected:  # what ``ADWIN.update`` does first after a change
             river._reset()
             helper = river._helper
-        hit = next(compress(count(), map(helper.update, values)), None)
-        if hit is not None:
-            river._drift_detected = True
-        return hit
+        rest = iter(values)
+        if not any(map(helper.update, rest)):  # stops right after the value that changed it
+            return None
+        river._drift_detected = True
+        return len(values) - length_hint(rest) - 1
 
     def window(self) -> int:
         if self.name == "adwin":
