@@ -59,7 +59,10 @@ bench-monitor: install ## Drift detection (modelbus vs River defaults) and monit
 	$(UV) run --frozen python benchmarks/drift_bench.py $(BENCH_ARGS)
 	$(UV) run --frozen python benchmarks/monitor_bench.py
 
+bench-scaling: install ## Scaling curve: one scorer's online load curve, 1 vs 2 scorers (stream group, online) (build/bench/scaling.json; BENCH_ARGS=--quick)
+	$(UV) run --frozen python benchmarks/scaling_bench.py $(BENCH_ARGS)
+
 clean: down ## Remove the embedded stack's data folder
 	rm -rf .data
 
-.PHONY: help install up up-only down status test test-unit lint schemas bench bench-batch bench-monitor clean
+.PHONY: help install up up-only down status test test-unit lint schemas bench bench-batch bench-monitor bench-scaling clean
