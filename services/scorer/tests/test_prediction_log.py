@@ -142,7 +142,7 @@ async def test_queued_batches_are_published_together_on_stop():
     publisher = RecordingPublisher()
     metrics = ScorerMetrics(Metrics("scorer-log-test-2"))
     log = PredictionLog(publisher, metrics, producer="scorer", capacity=1000)
-    batches = [batch(2) for _ in range(70)]  # more than one encode chunk
+    batches = [batch(2) for _ in range(70)]
     await log.start()
     for b in batches:
         assert log.submit(b)

@@ -1,9 +1,9 @@
 """Every prediction becomes a PredictionMade event, published off the hot path.
 
-HTTP handlers hand a whole scored batch to ``PredictionLog.submit`` (no await, no pydantic); a
-background task encodes the queued batches straight into CloudEvents Kafka records (orjson, no
-pydantic model per event: the values were validated when the request was parsed and scored)
-and publishes them packed into Kafka record batches, one round trip for everything that queued
+HTTP handlers hand a whole scored batch to ``PredictionLog.submit`` (no await, no pydantic),
+which encodes it straight into CloudEvents Kafka records (orjson, no pydantic model per event:
+the values were validated when the request was parsed and scored); a background task publishes
+the queued records packed into Kafka record batches, one round trip for everything that queued
 up meanwhile. The queue is bounded in predictions: when full, the batch is dropped and counted
 rather than making a request wait on Kafka. ``stop`` flushes what is queued.
 """
@@ -30,8 +30,7 @@ from .telemetry import ScorerMetrics
 
 log = structlog.get_logger(__name__)
 
-ENCODE_CHUNK = 64  # request batches encoded between two yields to the event loop
-DRAIN_BATCHES = 2048  # queued request batches merged into one publish
+PUBLISH_CHUNK = 2048  # records per publish_records call (one round trip each)
 TOPIC = PredictionMade.topic
 
 
@@ -228,9 +227,13 @@ def _headers(model_name: str, producer: str) -> BinaryHeaders:
 
 
 class PredictionLog:
-    """A bounded in-process buffer between the request path and Kafka. ``submit`` is a list
-    append (no await, no lock, no metric update: the pending gauge is set by the drainer);
-    the background task swaps the buffer out and publishes all of it at once."""
+    """A bounded in-process buffer between the request path and Kafka.
+
+    ``submit`` encodes the batch's records at once (a few microseconds per prediction, spread
+    evenly over the requests instead of in bursts that would hold requests up behind them) and
+    appends them to a list: no await, no lock, no metric update (the drainer sets the pending
+    gauge). The background task swaps the buffer out and publishes all of it at once: one
+    Kafka round trip for everything that queued up during the previous one."""
 
     def __init__(
         self, publisher: Publisher, metrics: ScorerMetrics, *, producer: str, capacity: int
@@ -241,7 +244,8 @@ class PredictionLog:
         self.capacity = capacity
         self.pending = 0
         self._dropping = False
-        self._buffer: list[PredictionBatch | Event] = []
+        self._records: list[RawRecord] = []
+        self._events: list[Event] = []
         self._wake = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
@@ -256,8 +260,14 @@ class PredictionLog:
             self._dropping = True
             return False
         self._dropping = False
+        try:
+            records = batch.records(self.producer)
+        except Exception:  # never let telemetry fail a request that was answered
+            log.exception("prediction_log.build_failed", model=batch.model_name)
+            self.metrics.log_errors.inc(size)
+            return False
         self.pending += size
-        self._buffer.append(batch)
+        self._records.extend(records)
         if not self._wake.is_set():
             self._wake.set()
         return True
@@ -269,7 +279,7 @@ class PredictionLog:
             self.metrics.log_dropped.inc()
             return False
         self.pending += 1
-        self._buffer.append(event)
+        self._events.append(event)
         self._wake.set()
         return True
 
@@ -298,36 +308,21 @@ class PredictionLog:
             await self._wake.wait()
             self._wake.clear()
             # everything that queued up meanwhile: many one-row requests, one publish
-            items, self._buffer = self._buffer, []
+            records, self._records = self._records, []
+            events, self._events = self._events, []
             self.metrics.log_pending.set(self.pending)
-            ready = [b for b in items if isinstance(b, PredictionBatch)]
-            others = [b for b in items if not isinstance(b, PredictionBatch)]
             try:
-                for start in range(0, len(ready), DRAIN_BATCHES):
-                    await self.publish_batches(ready[start : start + DRAIN_BATCHES])
-                if others:
-                    await self.publish_events(others)
+                for start in range(0, len(records), PUBLISH_CHUNK):
+                    await self.publish_records(records[start : start + PUBLISH_CHUNK])
+                if events:
+                    await self.publish_events(events)
             finally:
-                self.pending -= sum(b.size for b in ready) + len(others)
+                self.pending -= len(records) + len(events)
                 self.metrics.log_pending.set(self.pending)
-            if self._stopping and not self._buffer:
+            if self._stopping and not self._records and not self._events:
                 return
 
-    async def publish_batch(self, batch: PredictionBatch) -> None:
-        await self.publish_batches([batch])
-
-    async def publish_batches(self, batches: list[PredictionBatch]) -> None:
-        """Encode (yielding to the event loop every ``ENCODE_CHUNK`` request batches, so
-        requests are not held up behind a long encode), then publish everything at once."""
-        records: list[RawRecord] = []
-        for i, batch in enumerate(batches):
-            if i and i % ENCODE_CHUNK == 0:
-                await asyncio.sleep(0)
-            try:
-                records.extend(batch.records(self.producer))
-            except Exception:
-                log.exception("prediction_log.build_failed", model=batch.model_name)
-                self.metrics.log_errors.inc(batch.size)
+    async def publish_records(self, records: list[RawRecord]) -> None:
         try:
             await publish_records(self.publisher, TOPIC, records)
         except Exception as exc:
