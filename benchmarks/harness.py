@@ -324,7 +324,12 @@ def run_wrk(url: str, body: bytes, duration_s: float, connections: int) -> dict[
         check=True,
         env={**os.environ, "BENCH_BODY_FILE": str(body_file)},
     ).stdout
-    line = next(x for x in out.splitlines() if x.startswith("WRKJSON "))
+    return parse_wrk(out)
+
+
+def parse_wrk(stdout: str) -> dict[str, Any]:
+    """The ``WRKJSON`` line our wrk Lua script prints, as the load generators' result shape."""
+    line = next(x for x in stdout.splitlines() if x.startswith("WRKJSON "))
     raw = json.loads(line[len("WRKJSON ") :])
     errors = raw["connect"] + raw["read"] + raw["write"] + raw["status"] + raw["timeout"]
     return {

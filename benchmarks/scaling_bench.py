@@ -102,24 +102,6 @@ def stream_count(text: str) -> float:
 # --- load generation (several wrk processes at once) --------------------------------------------
 
 
-def _wrk_result(stdout: str) -> dict[str, Any]:
-    line = next(x for x in stdout.splitlines() if x.startswith("WRKJSON "))
-    raw = json.loads(line[len("WRKJSON ") :])
-    errors = raw["connect"] + raw["read"] + raw["write"] + raw["status"] + raw["timeout"]
-    return {
-        "loadgen": "wrk",
-        "requests": raw["requests"],
-        "rps": raw["requests"] / (raw["duration_us"] / 1e6),
-        "p50_ms": raw["p50_us"] / 1000,
-        "p90_ms": raw["p90_us"] / 1000,
-        "p99_ms": raw["p99_us"] / 1000,
-        "p999_ms": raw["p999_us"] / 1000,
-        "max_ms": raw["max_us"] / 1000,
-        "errors": errors,
-        "non_2xx": raw["status"],
-    }
-
-
 def load_many(ports: list[int], connections: int, duration_s: float) -> list[dict[str, Any]]:
     """One closed-loop generator per port, all at once (``connections`` each), on the client
     core. wrk if installed, else the harness's asyncio generator (all ports in one loop)."""
@@ -158,7 +140,7 @@ def load_many(ports: list[int], connections: int, duration_s: float) -> list[dic
         out, err = proc.communicate(timeout=duration_s + 60)
         if proc.returncode != 0:
             raise RuntimeError(f"wrk failed ({proc.returncode}): {err[-500:]}")
-        results.append(_wrk_result(out))
+        results.append(h.parse_wrk(out))
     return results
 
 

@@ -179,6 +179,29 @@ def s3(service_env):
     )
 
 
+def serving_stack(name: str, policy: ModelPolicy, db: str):
+    """Registry, deployer (with ``policy`` for ``name``) and a scorer reading the registry app
+    over ASGI, each with databases of its own."""
+    registry = build_registry(RegistrySettings(mongo_db=f"reg_{db}"))
+    deployer = build_deployer(
+        DeployerSettings(mongo_db=f"dep_{db}", min_primary_metric=0.0, policies={name: policy})
+    )
+    scorer = build_scorer(
+        ScorerSettings(registry_url="http://registry", instance_id=f"it-{db}"),
+        registry_transport=httpx.ASGITransport(registry),
+    )
+    return registry, deployer, scorer
+
+
+async def observing(infra, name: str) -> tuple[Watcher, AIOKafkaProducer]:
+    """A started watcher of ``name``'s decisions and a started producer to feed the stack."""
+    watcher = Watcher(infra.kafka_bootstrap, {name})
+    producer = AIOKafkaProducer(bootstrap_servers=infra.kafka_bootstrap)
+    await producer.start()
+    await watcher.start()
+    return watcher, producer
+
+
 def fallback(model_name: str, version: int) -> PredictionMade:
     return PredictionMade(
         producer="scorer",
@@ -265,19 +288,9 @@ async def test_a_canary_steps_through_live_traffic_then_is_promoted(
         min_live_predictions=20,
         rollback_watch_predictions=40,
     )
-    registry = build_registry(RegistrySettings(mongo_db=f"creg_{unique}"))
-    deployer = build_deployer(
-        DeployerSettings(mongo_db=f"cdep_{unique}", min_primary_metric=0.0, policies={name: policy})
-    )
-    scorer = build_scorer(
-        ScorerSettings(registry_url="http://registry", instance_id=f"it-{unique}"),
-        registry_transport=httpx.ASGITransport(registry),
-    )
+    registry, deployer, scorer = serving_stack(name, policy, f"c{unique}")
     store = s3(service_env)
-    watcher = Watcher(infra.kafka_bootstrap, {name})
-    producer = AIOKafkaProducer(bootstrap_servers=infra.kafka_bootstrap)
-    await producer.start()
-    await watcher.start()
+    watcher, producer = await observing(infra, name)
     served: list[tuple[str, int]] = []
     try:
         async with running(registry, deployer, scorer):
@@ -330,19 +343,9 @@ async def test_a_shadow_that_cannot_score_is_rejected_on_its_error_rate(
         monkeypatch.setenv(key, value)
     name = f"shadow-{unique}"
     policy = ModelPolicy(rollout="shadow", shadow_min_predictions=30, min_live_predictions=20)
-    registry = build_registry(RegistrySettings(mongo_db=f"sreg_{unique}"))
-    deployer = build_deployer(
-        DeployerSettings(mongo_db=f"sdep_{unique}", min_primary_metric=0.0, policies={name: policy})
-    )
-    scorer = build_scorer(
-        ScorerSettings(registry_url="http://registry", instance_id=f"sit-{unique}"),
-        registry_transport=httpx.ASGITransport(registry),
-    )
+    registry, deployer, scorer = serving_stack(name, policy, f"s{unique}")
     store = s3(service_env)
-    watcher = Watcher(infra.kafka_bootstrap, {name})
-    producer = AIOKafkaProducer(bootstrap_servers=infra.kafka_bootstrap)
-    await producer.start()
-    await watcher.start()
+    watcher, producer = await observing(infra, name)
     answers: list[tuple[int, str, int]] = []
     try:
         async with running(registry, deployer, scorer):
