@@ -508,10 +508,21 @@ class EventBus:
     async def start(self) -> None:
         await self.ensure_topics()
         self._register_consumers()
-        await self.broker.start()
+        await self._start_broker()
         self._started = True
         if self._subscribers:
             self._lag_task = asyncio.create_task(self._lag_loop(5.0))
+
+    async def _start_broker(self) -> None:
+        """``broker.start()``, with the consumer groups joined concurrently: faststream starts
+        subscribers one after the other and aiokafka's ``start`` waits for the group's
+        partition assignment (seconds per group on some brokers), so a service with three
+        groups would wait for three joins in a row."""
+        await self.broker.connect()
+        await asyncio.gather(*(subscriber.start() for subscriber in self.broker.subscribers))
+        for publisher in self.broker.publishers:
+            await publisher.start()
+        self.broker.running = True
 
     async def stop(self) -> None:
         if self._lag_task is not None:
