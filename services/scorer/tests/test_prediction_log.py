@@ -154,3 +154,28 @@ async def test_queued_batches_are_published_together_on_stop():
 
 def _headers_value(record):
     return record.headers, record.value
+
+
+class CountingPublisher(RecordingPublisher):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[int] = []
+
+    async def publish_records(self, topic, records):
+        self.calls.append(len(records))
+        await super().publish_records(topic, records)
+
+
+async def test_the_log_lingers_so_predictions_arriving_together_share_one_publish():
+    publisher = CountingPublisher()
+    metrics = ScorerMetrics(Metrics("scorer-log-test-3"))
+    log = PredictionLog(publisher, metrics, producer="scorer", capacity=100, linger_s=0.05)
+    await log.start()
+
+    log.submit(batch(1))
+    await asyncio.sleep(0.01)  # within the linger: joins the same publish
+    log.submit(batch(2))
+    await asyncio.sleep(0.1)
+    await log.stop()
+
+    assert publisher.calls == [3]

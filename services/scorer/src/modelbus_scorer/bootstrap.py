@@ -75,6 +75,7 @@ def build_app(
         scorer_metrics,
         producer=settings.service_name,
         capacity=settings.prediction_log_queue,
+        linger_s=settings.prediction_log_linger_s,
     )
     service = ScorerService(
         holder=ModelHolder(),

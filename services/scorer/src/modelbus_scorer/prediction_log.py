@@ -236,12 +236,19 @@ class PredictionLog:
     Kafka round trip for everything that queued up during the previous one."""
 
     def __init__(
-        self, publisher: Publisher, metrics: ScorerMetrics, *, producer: str, capacity: int
+        self,
+        publisher: Publisher,
+        metrics: ScorerMetrics,
+        *,
+        producer: str,
+        capacity: int,
+        linger_s: float = 0.0,
     ) -> None:
         self.publisher = publisher
         self.metrics = metrics
         self.producer = producer
         self.capacity = capacity
+        self.linger_s = linger_s
         self.pending = 0
         self._dropping = False
         self._records: list[RawRecord] = []
@@ -306,6 +313,10 @@ class PredictionLog:
     async def _run(self) -> None:
         while True:
             await self._wake.wait()
+            if self.linger_s > 0 and not self._stopping and len(self._records) < PUBLISH_CHUNK:
+                # like Kafka's linger.ms: wait a moment for more, so the fixed cost of a produce
+                # request (batch, request, ack, futures) is shared by many predictions
+                await asyncio.sleep(self.linger_s)
             self._wake.clear()
             # everything that queued up meanwhile: many one-row requests, one publish
             records, self._records = self._records, []
