@@ -66,26 +66,33 @@ async def wait_outputs(bootstrap: str, n: int, timeout_s: float) -> dict[str, An
     await consumer.start()
     try:
         deadline = time.monotonic() + timeout_s
+        last, stable_since = -1, time.monotonic()
         while True:
             await consumer.topics()  # refresh metadata
             made = await end_offset_total(consumer, PredictionMade.topic)
             failed = await end_offset_total(consumer, ScoringFailed.topic)
-            if made + failed >= n or time.monotonic() > deadline:
+            now = time.monotonic()
+            if made + failed != last:
+                last, stable_since = made + failed, now
+            # Tansu's end offsets can lag the records actually stored: stop waiting once they
+            # have not moved for a few seconds, and count what can be read
+            if made + failed >= n or now > deadline or now - stable_since > 5.0:
                 break
             await asyncio.sleep(0.5)
         stamps: list[int] = []
         request_ids: set[str] = set()
-        records = 0
-        while records < made + failed:
+        failed = 0
+        while True:  # read until the topics are drained (not just up to the end offsets)
             batch = await consumer.getmany(timeout_ms=2000, max_records=5000)
             if not batch:
                 break
             for messages in batch.values():
                 for m in messages:
-                    records += 1
                     if m.topic == PredictionMade.topic:
                         stamps.append(m.timestamp)
                         request_ids.add(json.loads(m.value)["request_id"])
+                    else:
+                        failed += 1
     finally:
         await consumer.stop()
     span_s = (max(stamps) - min(stamps)) / 1000 if len(stamps) > 1 else float("nan")
