@@ -119,8 +119,8 @@ class PredictionBatch:
         return len(self.prediction_ids)
 
     def records(self, producer: str) -> list[RawRecord]:
-        """The batch as PredictionMade Kafka records, byte for byte what ``encode`` makes of
-        ``events()`` (tested), without building a pydantic model per prediction."""
+        """The batch as PredictionMade Kafka records that decode to the events ``events()``
+        builds (tested), without building a pydantic model per prediction."""
         key = self.model_name.encode()
         template = _headers(self.model_name, producer)
         when = rfc3339(self.occurred_at)
