@@ -373,3 +373,33 @@ def test_event_times_are_checked_as_pydantic_does(time):
     batch, accepted, rejected = decode_predictions(raws)
     assert (accepted, rejected) == ([raw for raw, _ in expected], expected_rejected)
     assert batch == PredictionBatch.of(event for _, event in expected)
+
+
+def test_batches_split_by_model_in_order_with_every_column():
+    from modelbus_contracts import LabelObserved, PredictionMade
+    from modelbus_monitor.telemetry import LabelBatch, PredictionBatch
+
+    def made(model, pid):
+        return PredictionMade(
+            model_name=model,
+            prediction_id=pid,
+            version=1,
+            features={"x": 1.0},
+            score=0.5,
+            label=1,
+            latency_ms=0.1,
+        )
+
+    batch = PredictionBatch.of([made("b", "1"), made("a", "2"), made("b", "3")])
+    labels = LabelBatch.of(
+        [LabelObserved(model_name=m, prediction_id=p, label=0) for m, p in [("a", "1"), ("b", "2")]]
+    )
+
+    parts = batch.by_model()
+    assert list(parts) == ["b", "a"]  # first appearance
+    assert parts["b"].prediction_ids == ["1", "3"] and len(parts["b"]) == 2
+    assert parts["b"].event_ids == [batch.event_ids[0], batch.event_ids[2]]
+    assert {n: p.prediction_ids for n, p in labels.by_model().items()} == {"a": ["1"], "b": ["2"]}
+    assert PredictionBatch().by_model() == {} and LabelBatch().by_model() == {}
+    single = LabelBatch.of([LabelObserved(model_name="a", prediction_id="9", label=1)])
+    assert single.by_model() == {"a": single}

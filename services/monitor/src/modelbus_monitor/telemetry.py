@@ -18,11 +18,11 @@ import gc
 import re
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import date
 from itertools import chain
 from operator import itemgetter
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import orjson
@@ -62,8 +62,41 @@ _PREDICTION_REQUIRED = ("prediction_id", "version", "features", "score", "label"
 _LABEL_FIELDS = frozenset({"model_name", "prediction_id", "label"})
 
 
+class _Columns:
+    """A batch of events held as one list per field (a dataclass of lists, ``model_names``
+    first among them): built from events, split by model with the rows in order."""
+
+    model_names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.model_names)
+
+    def append_event(self, event: Any) -> None:
+        raise NotImplementedError
+
+    @classmethod
+    def of(cls, events: Iterable[Any]) -> Self:
+        batch = cls()
+        for event in events:
+            batch.append_event(event)
+        return batch
+
+    def by_model(self) -> dict[str, Self]:
+        """One batch per model, in the order the models first appear."""
+        if len(set(self.model_names)) <= 1:
+            return {self.model_names[0]: self} if self.model_names else {}
+        rows: dict[str, list[int]] = {}
+        for i, name in enumerate(self.model_names):
+            rows.setdefault(name, []).append(i)
+        columns = [getattr(self, f.name) for f in fields(self)]  # type: ignore[arg-type]
+        return {
+            name: type(self)(*([column[i] for i in picked] for column in columns))
+            for name, picked in rows.items()
+        }
+
+
 @dataclass
-class PredictionBatch:
+class PredictionBatch(_Columns):
     """The monitor's view of a batch of PredictionMade, one list per field (ids as strings)."""
 
     model_names: list[str] = field(default_factory=list)
@@ -75,9 +108,6 @@ class PredictionBatch:
     event_ids: list[str] = field(default_factory=list)
     correlation_ids: list[str] = field(default_factory=list)
 
-    def __len__(self) -> int:
-        return len(self.prediction_ids)
-
     def append_event(self, event: PredictionMade) -> None:
         self.model_names.append(event.model_name)
         self.prediction_ids.append(event.prediction_id)
@@ -88,45 +118,9 @@ class PredictionBatch:
         self.event_ids.append(str(event.event_id))
         self.correlation_ids.append(str(event.correlation_id))
 
-    @classmethod
-    def of(cls, events: Iterable[PredictionMade]) -> PredictionBatch:
-        batch = cls()
-        for event in events:
-            batch.append_event(event)
-        return batch
-
-    def by_model(self) -> dict[str, PredictionBatch]:
-        names = set(self.model_names)
-        if len(names) == 1:
-            return {self.model_names[0]: self} if self.model_names else {}
-        return {name: self._take(self._rows_of(name)) for name in sorted(names, key=self._first)}
-
-    def _first(self, name: str) -> int:
-        return self.model_names.index(name)
-
-    def _rows_of(self, name: str) -> list[int]:
-        return [i for i, n in enumerate(self.model_names) if n == name]
-
-    def _take(self, rows: list[int]) -> PredictionBatch:
-        return PredictionBatch(
-            *([column[i] for i in rows] for column in self._columns()),  # type: ignore[arg-type]
-        )
-
-    def _columns(self) -> tuple[list[Any], ...]:
-        return (
-            self.model_names,
-            self.prediction_ids,
-            self.versions,
-            self.served_by,
-            self.labels,
-            self.features,
-            self.event_ids,
-            self.correlation_ids,
-        )
-
 
 @dataclass
-class LabelBatch:
+class LabelBatch(_Columns):
     """The monitor's view of a batch of LabelObserved."""
 
     model_names: list[str] = field(default_factory=list)
@@ -134,34 +128,11 @@ class LabelBatch:
     labels: list[int] = field(default_factory=list)
     event_ids: list[str] = field(default_factory=list)
 
-    def __len__(self) -> int:
-        return len(self.prediction_ids)
-
     def append_event(self, event: LabelObserved) -> None:
         self.model_names.append(event.model_name)
         self.prediction_ids.append(event.prediction_id)
         self.labels.append(event.label)
         self.event_ids.append(str(event.event_id))
-
-    @classmethod
-    def of(cls, events: Iterable[LabelObserved]) -> LabelBatch:
-        batch = cls()
-        for event in events:
-            batch.append_event(event)
-        return batch
-
-    def by_model(self) -> dict[str, LabelBatch]:
-        names = set(self.model_names)
-        if len(names) == 1:
-            return {self.model_names[0]: self}
-        out: dict[str, LabelBatch] = {}
-        for i, name in enumerate(self.model_names):
-            part = out.setdefault(name, LabelBatch())
-            part.model_names.append(name)
-            part.prediction_ids.append(self.prediction_ids[i])
-            part.labels.append(self.labels[i])
-            part.event_ids.append(self.event_ids[i])
-        return out
 
 
 Rejected = list[tuple[Any, str]]
