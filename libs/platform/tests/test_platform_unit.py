@@ -3,28 +3,16 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
 
 import httpx
 import orjson
 import pytest
 
 from modelbus_contracts import LabelObserved, encode
+from modelbus_embedded.testing import ConsumedRecord
 from modelbus_platform.bus import EventBus, MemoryProcessedEvents
 from modelbus_platform.http import create_app
 from modelbus_platform.metrics import Metrics
-
-
-@dataclass
-class Raw:
-    """The shape of an aiokafka ConsumerRecord, as the bus reads it."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes
-    value: bytes
-    headers: list
 
 
 class FakeBroker:
@@ -49,9 +37,9 @@ def make_bus() -> tuple[EventBus, FakeBroker]:
     return bus, fake
 
 
-def raw_of(event, value: bytes | None = None, offset: int = 0) -> Raw:
+def raw_of(event, value: bytes | None = None, offset: int = 0) -> ConsumedRecord:
     record = encode(event)
-    return Raw(
+    return ConsumedRecord(
         record.topic,
         0,
         offset,

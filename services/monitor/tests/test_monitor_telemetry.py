@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import random
 import uuid
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import orjson
@@ -21,6 +20,7 @@ from modelbus_contracts import (
     encode,
 )
 from modelbus_contracts.api import AliasesView, ModelView, VersionView
+from modelbus_embedded.testing import ConsumedRecord
 from modelbus_monitor.adapters import FakeRegistry, MemoryIncidentStore
 from modelbus_monitor.domain import DetectorConfig
 from modelbus_monitor.handlers import GROUP, subscribe
@@ -39,17 +39,7 @@ from modelbus_platform.bus import EventBus, MemoryProcessedEvents, RecordingPubl
 T0 = datetime(2026, 3, 1, 12, tzinfo=UTC)
 
 
-@dataclass
-class Raw:
-    topic: str
-    partition: int
-    offset: int
-    key: bytes
-    value: bytes
-    headers: list
-
-
-def raw_of(event, offset: int = 0, *, value=None, headers=None, drop=(), **extra) -> Raw:
+def raw_of(event, offset: int = 0, *, value=None, headers=None, drop=(), **extra) -> ConsumedRecord:
     record = encode(event)
     hdrs = [(k, v.encode()) for k, v in record.headers.items() if k not in drop]
     if headers:
@@ -58,7 +48,7 @@ def raw_of(event, offset: int = 0, *, value=None, headers=None, drop=(), **extra
     if extra:
         data = orjson.loads(body) | extra
         body = orjson.dumps({k: v for k, v in data.items() if v is not DROP})
-    return Raw(record.topic, 0, offset, record.key, body, hdrs)
+    return ConsumedRecord(record.topic, 0, offset, record.key, body, hdrs)
 
 
 DROP = object()
@@ -85,7 +75,7 @@ def label(pid: str = "p1", value: int = 1, **overrides) -> LabelObserved:
     )
 
 
-def bad_and_odd_predictions() -> list[Raw]:
+def bad_and_odd_predictions() -> list[ConsumedRecord]:
     """Valid records in canonical and unusual shapes, and invalid ones of every kind."""
     p = prediction
     upper = str(uuid.uuid4()).upper().encode()
@@ -124,7 +114,7 @@ def bad_and_odd_predictions() -> list[Raw]:
         raw_of(p("bad-served"), served_by="nobody"),
         raw_of(p("negative-latency"), latency_ms=-1.0),
         raw_of(p("non-utf8"), headers={"ce_source": b"\xff\xfe"}),
-        Raw(
+        ConsumedRecord(
             structured.topic,
             0,
             0,
@@ -376,9 +366,6 @@ def test_event_times_are_checked_as_pydantic_does(time):
 
 
 def test_batches_split_by_model_in_order_with_every_column():
-    from modelbus_contracts import LabelObserved, PredictionMade
-    from modelbus_monitor.telemetry import LabelBatch, PredictionBatch
-
     def made(model, pid):
         return PredictionMade(
             model_name=model,

@@ -1,14 +1,29 @@
-"""Test helpers shared by the integration suites: watch what services publish on the broker."""
+"""Test helpers shared by the suites: watch what services publish on the broker, and hand the
+bus records shaped like the ones aiokafka gives it."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 
 from modelbus_contracts import Event, decode
+
+
+@dataclass
+class ConsumedRecord:
+    """The shape of an aiokafka ``ConsumerRecord``, as the bus reads it."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, Any]]
 
 
 class EventTap:
