@@ -83,7 +83,7 @@ class ServiceApp(FastAPI):
         body = await self._read_body(headers, receive)
         if body is None:
             status = 413
-            payload = orjson.dumps({"detail": f"request body over {self._max_body_bytes} bytes"})
+            payload = orjson.dumps(too_big(self._max_body_bytes))
         else:
             try:
                 status, payload = route.handler(params, body, headers)
@@ -92,27 +92,14 @@ class ServiceApp(FastAPI):
                 status = 500
                 error = f"{type(exc).__name__}: {exc}"[:500]
                 payload = orjson.dumps({"error": error, "reason": "internal_error"})
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [JSON_HEADER, (b"content-length", str(len(payload)).encode())],
-            }
-        )
-        await send({"type": "http.response.body", "body": payload})
+        await _send_payload(send, status, payload)
         self._observe(route, status, time.perf_counter() - started)
 
     async def _read_body(self, headers: list[tuple[bytes, bytes]], receive: Any) -> bytes | None:
         """The whole body, or None when it is over the limit (by its length or as it comes)."""
         limit = self._max_body_bytes
-        for name, value in headers:
-            if name == b"content-length":
-                try:
-                    if int(value) > limit:
-                        return None
-                except ValueError:
-                    pass
-                break
+        if declared_over(headers, limit):
+            return None
         message = await receive()
         body = message.get("body", b"")
         while message.get("more_body", False):
@@ -147,17 +134,9 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        for name, value in scope.get("headers", []):
-            if name == b"content-length":
-                try:
-                    too_big = int(value) > self.max_bytes
-                except ValueError:
-                    too_big = False
-                if too_big:
-                    await _send_json(
-                        send, 413, {"detail": f"request body over {self.max_bytes} bytes"}
-                    )
-                    return
+        if declared_over(scope.get("headers", []), self.max_bytes):
+            await _send_json(send, 413, too_big(self.max_bytes))
+            return
         received = 0
 
         async def limited_receive() -> dict:
@@ -168,24 +147,34 @@ class BodyLimitMiddleware:
                 if received > self.max_bytes:
                     # an HTTPException passes through FastAPI's body parsing and its exception
                     # middleware turns it into the 413 response
-                    raise HTTPException(413, f"request body over {self.max_bytes} bytes")
+                    raise HTTPException(413, too_big(self.max_bytes)["detail"])
             return message
 
         await self.app(scope, limited_receive, send)
 
 
+def declared_over(headers: list[tuple[bytes, bytes]], limit: int) -> bool:
+    """Whether the request's ``content-length`` says its body is over ``limit`` bytes."""
+    for name, value in headers:
+        if name == b"content-length":
+            try:
+                return int(value) > limit
+            except ValueError:
+                return False
+    return False
+
+
+def too_big(limit: int) -> dict[str, str]:
+    return {"detail": f"request body over {limit} bytes"}
+
+
 async def _send_json(send: Callable, status: int, body: dict) -> None:
-    payload = orjson.dumps(body)
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(payload)).encode()),
-            ],
-        }
-    )
+    await _send_payload(send, status, orjson.dumps(body))
+
+
+async def _send_payload(send: Callable, status: int, payload: bytes) -> None:
+    headers = [JSON_HEADER, (b"content-length", str(len(payload)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": payload})
 
 
