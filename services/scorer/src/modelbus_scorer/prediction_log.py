@@ -119,8 +119,10 @@ class PredictionBatch:
         return len(self.prediction_ids)
 
     def records(self, producer: str) -> list[RawRecord]:
-        """The batch as PredictionMade Kafka records that decode to the events ``events()``
-        builds (tested), without building a pydantic model per prediction."""
+        """The batch as PredictionMade Kafka records (CloudEvents binary mode), built without a
+        pydantic model per prediction; they decode to the events pydantic would build (tested).
+        A caused batch derives each event id from its cause, so a redelivered request makes
+        the same events."""
         key = self.model_name.encode()
         template = _headers(self.model_name, producer)
         when = rfc3339(self.occurred_at)
@@ -165,59 +167,6 @@ class PredictionBatch:
                 causation_id=causation,
             )
             out.append((key, value, headers))
-        return out
-
-    def events(self, producer: str) -> list[PredictionMade]:
-        rows = self.X.tolist()
-        out = []
-        milli = int(self.occurred_at * 1000)  # the precision of the records' ce_time
-        occurred_at = datetime.fromtimestamp(milli // 1000, UTC).replace(
-            microsecond=(milli % 1000) * 1000
-        )
-        mirrored = self.shadow_of or [None] * self.size
-        for pid, row, score, label, shadow_of in zip(
-            self.prediction_ids,
-            rows,
-            self.scores.tolist(),
-            self.labels.tolist(),
-            mirrored,
-            strict=True,
-        ):
-            data = dict(
-                model_name=self.model_name,
-                prediction_id=pid,
-                request_id=self.request_id,
-                version=self.version,
-                features=dict(zip(self.feature_names, row, strict=True)),
-                score=score,
-                label=label,
-                served_by=self.served_by,
-                source=self.source,
-                latency_ms=self.latency_ms,
-                shadow_of=shadow_of,
-                occurred_at=occurred_at,
-            )
-            # built from values the scorer has already validated (finite features, scores from
-            # the model): skip re-validation on this hot path (~10x cheaper); encoding still
-            # refuses a non-finite value
-            if self.cause is not None:
-                event_id = uuid.uuid5(self.cause.event_id, f"{PredictionMade.event_type}/{pid}")
-                out.append(
-                    PredictionMade.model_construct(
-                        producer=producer,
-                        event_id=event_id,
-                        correlation_id=self.cause.correlation_id,
-                        causation_id=self.cause.event_id,
-                        **data,
-                    )
-                )
-            else:
-                event_id = uuid.uuid4()  # an uncaused prediction starts its own chain
-                out.append(
-                    PredictionMade.model_construct(
-                        producer=producer, event_id=event_id, correlation_id=event_id, **data
-                    )
-                )
         return out
 
 

@@ -14,7 +14,7 @@ import dataclasses
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -23,12 +23,13 @@ import structlog
 from modelbus_contracts import (
     Event,
     ModelLoadFailed,
+    PredictionMade,
     ScoringFailed,
     ScoringRequested,
 )
 from modelbus_contracts.api import VersionView
 from modelbus_ml import FORMATS, load_model
-from modelbus_platform.bus import Publisher, publish_all
+from modelbus_platform.bus import Publisher, RawRecord, publish_all, publish_records
 from modelbus_platform.stores import IntegrityError, ObjectNotFound, ObjectStore, get_verified
 
 from .domain import (
@@ -56,6 +57,23 @@ def derived_id(cause: Event, event_type: str, scope: str = "") -> uuid.UUID:
     """A deterministic id for an event that follows from ``cause``: a redelivered cause makes
     the same event again, and consumers dedupe it on ``event_id``."""
     return uuid.uuid5(cause.event_id, f"{event_type}/{scope}")
+
+
+@dataclass
+class Outbox:
+    """What stream scoring of a micro-batch publishes: PredictionMade as pre-encoded records
+    (one record batch), other events (ScoringFailed) through the bus."""
+
+    events: list[Event] = field(default_factory=list)
+    records: list[RawRecord] = field(default_factory=list)
+
+    async def flush(self, publisher: Publisher) -> None:
+        """Publish everything; raise the first failure (so the consumer retries the batch)."""
+        if self.records:
+            await publish_records(publisher, PredictionMade.topic, self.records)
+        failures = [r for r in await publish_all(publisher, self.events) if r is not None]
+        if failures:
+            raise failures[0]
 
 
 class LoadFailed(Exception):
@@ -359,24 +377,32 @@ class ScorerService:
 
     async def score_events(self, events: list[ScoringRequested]) -> None:
         """Stream scoring of a micro-batch (what arrived together): every request is scored,
-        then all the resulting events are published pipelined, one round trip for the lot.
-        A publish failure raises, so the batch is retried and at worst dead-lettered; event ids
-        are derived from the requests, so a retried batch yields the same events (deduped)."""
-        out: list[Event] = []
+        then everything that results is published at once (the predictions as one record
+        batch, one round trip for the lot). A publish failure raises, so the batch is retried
+        and at worst dead-lettered; event ids are derived from the requests, so a retried batch
+        yields the same events (deduped)."""
+        await self._first_sync()
+        out = Outbox()
         for event in events:
-            await self.score_event(event, out=out)
-        failures = [r for r in await publish_all(self.publisher, out) if r is not None]
-        if failures:
-            raise failures[0]
+            self._score_event(event, out)
+        await out.flush(self.publisher)
 
-    async def score_event(self, event: ScoringRequested, out: list[Event] | None = None) -> None:
-        """Stream scoring: PredictionMade caused by the request, or ScoringFailed with the
-        reason. Never raises for bad input, so a bad record does not loop into the DLQ.
-        With ``out``, the events are collected there instead of being published."""
-        emit = out.append if out is not None else None
-        if not self.synced.is_set():  # a request that races the start-up sync waits for it
+    async def score_event(self, event: ScoringRequested) -> None:
+        """Stream scoring of one request: PredictionMade caused by the request, or ScoringFailed
+        with the reason. Never raises for bad input, so a bad record does not loop into the
+        DLQ."""
+        await self._first_sync()
+        out = Outbox()
+        self._score_event(event, out)
+        await out.flush(self.publisher)
+
+    async def _first_sync(self) -> None:
+        """A request that races the start-up sync waits for it (up to ``first_sync_wait_s``)."""
+        if not self.synced.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.synced.wait(), self.first_sync_wait_s)
+
+    def _score_event(self, event: ScoringRequested, out: Outbox) -> None:
         started = time.perf_counter()
         name = event.model_name
         try:
@@ -395,26 +421,19 @@ class ScorerService:
                 request_id=event.request_id,
                 error=f"{exc.reason}: {exc.message}",
             )
-            await self._emit([failed], emit)
+            out.events.append(failed)
             return
         pid = derived_id(event, "prediction_id").hex
         latency_ms = (time.perf_counter() - started) * 1000.0
         batch = self._batch(name, scored, X, [pid], event.request_id, "stream", latency_ms, event)
-        await self._emit(batch.events(self.producer), emit)
+        out.records.extend(batch.records(self.producer))
         self._count(batch, scored)
         shadow_id = derived_id(event, "shadow_prediction_id").hex
         shadow = self._shadow(name, challenger, batch, [shadow_id], event)
         if isinstance(shadow, PredictionBatch):
-            await self._emit(shadow.events(self.producer), emit)
+            out.records.extend(shadow.records(self.producer))
         elif shadow is not None:
-            await self._emit([shadow], emit)
-
-    async def _emit(self, events: list[Event], collect: Callable[[Event], None] | None) -> None:
-        for event in events:
-            if collect is not None:
-                collect(event)
-            else:
-                await self.publisher.publish(event)
+            out.events.append(shadow)
 
     def _serving(self, name: str) -> tuple[Served, Slots]:
         """The serving pair; before the first sync an unknown model is "not yet", not 404."""
