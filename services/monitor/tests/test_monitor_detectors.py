@@ -10,7 +10,9 @@ from modelbus_monitor.detectors import (
     ERROR_STREAM,
     Stream,
     StreamConfig,
+    VarianceCusum,
     change_point,
+    update_columns,
     proportion_test,
 )
 from modelbus_monitor.domain import DetectorConfig
@@ -34,21 +36,98 @@ def test_detector_per_model_and_feature():
     assert config.detector_for("churn", ERROR_STREAM) == "ddm"
     assert config.detector_for("other", "x") == "adwin"
     assert config.stream("churn", "x", "mean").detector.name == "kswin"
-    assert config.stream("churn", "x", "scale").detector.name == "adwin"  # |z| is always ADWIN
+    # the variance stream runs its own detector (not overridden per feature)
+    assert config.stream("churn", "x", "scale").detector.name == "cusum"
+    assert DetectorConfig(scale_detector="adwin").stream("m", "x", "scale").detector.name == "adwin"
     assert config.stream("churn", ERROR_STREAM, "error").config.direction == "up"
     with pytest.raises(ValueError):
         Stream("x", "mean", StreamConfig(detector="nope"))
 
 
-def test_variance_doubling_is_caught_by_the_scale_stream_only():
-    config = DetectorConfig()
+@pytest.mark.parametrize("detector", ["cusum", "adwin"])
+def test_variance_doubling_is_caught_by_the_scale_stream_only(detector):
+    config = DetectorConfig(scale_detector=detector)
     mean, scale = config.stream("m", "x", "mean"), config.stream("m", "x", "scale")
     values = normal(1, 1500) + normal(2, 2000, std=2**0.5)
     assert first_alarm(mean, values) is None
     at = first_alarm(scale, [abs(v) for v in values])
     assert at is not None and 1500 <= at < 1500 + 2000
-    assert scale.last.detector == "adwin-scale" and scale.last.kind == "scale"
+    assert scale.last.detector == f"{detector}-scale" and scale.last.kind == "scale"
     assert scale.last.current_value > scale.last.reference_value
+
+
+def cusum_alarms(detector: VarianceCusum, values: list[float], chunk: int) -> list[int]:
+    """Alarm indices, fed per point (chunk 0) or in chunks through ``first_change``."""
+    if not chunk:
+        found = []
+        for i, v in enumerate(values):
+            detector.update(v)
+            if detector.drift_detected:
+                found.append(i)
+        return found
+    found, at = [], 0
+    while at < len(values):
+        hit = detector.first_change(values[at : at + chunk])
+        if hit is None:
+            at += chunk
+        else:
+            found.append(at + hit)
+            at += hit + 1
+    return found
+
+
+@pytest.mark.parametrize("factor", [0.6, 1.0, 1.5])
+def test_variance_cusum_batches_equal_points(factor):
+    values = [abs(v) for v in normal(11, 2500) + normal(12, 2500, std=factor)]
+    one, many = VarianceCusum(), VarianceCusum()
+    assert cusum_alarms(one, values, 0) == cusum_alarms(many, values, 777)
+    assert (one.up_run, one.down_run, one.base_n, one.s0) == (
+        many.up_run,
+        many.down_run,
+        many.base_n,
+        many.s0,
+    )
+    assert one.up == pytest.approx(many.up, abs=1e-9)
+    assert one.down == pytest.approx(many.down, abs=1e-9)
+
+
+def test_update_columns_equals_each_stream_on_its_own():
+    """Quiet columns go through the 2D pass, changing ones (and pending ones) one by one."""
+    rng = np.random.default_rng(16)
+    stds = [1.0, 1.6, 0.5, 1.0, 2.0]  # variance changes at row 3000 in columns 1, 2 and 4
+    data = np.abs(
+        np.vstack([rng.standard_normal((3000, 5)), rng.standard_normal((4000, 5)) * stds])
+    )
+    config = DetectorConfig()
+    together = [config.stream("m", f"x{j}", "scale") for j in range(5)]
+    alone = [config.stream("m", f"x{j}", "scale") for j in range(5)]
+    got, want = [], []
+    for start in range(0, len(data), 500):
+        block = data[start : start + 500]
+        got += [(start + i, j, a.statistic) for i, j, a in update_columns(together, block)]
+        for j, stream in enumerate(alone):
+            want += [(start + i, j, a.statistic) for i, a in stream.update_many(block[:, j])]
+    assert sorted(got) == sorted(want)
+    assert {j for _, j, _ in got} == {1, 2, 4}
+    assert [s.snapshot() for s in together] == [s.snapshot() for s in alone]
+    assert [s.detector.river.up for s in together] == [s.detector.river.up for s in alone]
+
+
+def test_variance_cusum_finds_doubling_and_halving_then_learns_the_new_regime():
+    for std, side in ((2**0.5, "up"), (0.5**0.5, "down")):
+        detector = VarianceCusum()
+        values = [abs(v) for v in normal(13, 1500) + normal(14, 20_000, std=std)]
+        found = cusum_alarms(detector, values, 1000)
+        assert len(found) == 1 and 1500 < found[0] < 1500 + 600, (side, found)
+        assert detector.estimation == pytest.approx(std**2, rel=0.2)  # re-learned after it
+
+
+def test_variance_cusum_is_quiet_without_a_change_and_waits_for_its_warmup():
+    detector = VarianceCusum()
+    assert cusum_alarms(detector, [abs(v) for v in normal(15, 1_000_000)], 1000) == []
+    fresh = VarianceCusum(warmup=500)
+    assert fresh.first_change([5.0] * 499) is None and fresh.estimation is None
+    assert fresh.first_change([5.0]) is None and fresh.estimation == 25.0  # clipped z^2
 
 
 @pytest.mark.parametrize("detector", ["adwin", "page_hinkley", "kswin"])

@@ -53,7 +53,11 @@ class MonitorSettings(ServiceSettings):
         '"__error__": "ddm"}} (JSON in MODELBUS_DETECTOR_OVERRIDES)',
     )
     scale_drift_enabled: bool = Field(
-        default=True, description="also run ADWIN on |z| per feature (variance changes)"
+        default=True, description="also watch each feature's variance (|z| per point)"
+    )
+    scale_detector: Literal["cusum", "adwin"] = Field(
+        default="cusum",
+        description="detector on |z|: a two-sided variance CUSUM (doubling / halving) or ADWIN",
     )
     confirm_alpha: float = Field(
         default=0.001,

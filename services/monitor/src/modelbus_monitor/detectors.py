@@ -32,6 +32,7 @@ ERROR_STREAM = "__error__"
 Kind = Literal["mean", "scale", "error"]
 DETECTORS_INPUT = ("adwin", "kswin", "page_hinkley")
 DETECTORS_ERROR = ("adwin", "ddm")
+DETECTORS_SCALE = ("cusum", "adwin")
 
 
 @dataclass(frozen=True)
@@ -169,6 +170,163 @@ def proportion_test(reference: np.ndarray, current: np.ndarray, alpha: float) ->
     )
 
 
+class VarianceCusum:
+    """Two-sided CUSUM of the Gaussian log-likelihood ratio for a change of variance, fed the
+    magnitudes |z| of a standardised series (River's detector interface: ``update``,
+    ``drift_detected``).
+
+    The series' own variance ``s0`` is learned over its first ``warmup`` points after each
+    reset, so like ADWIN it flags a change *within* the stream, not a difference from the
+    training data. With ``q = min(z², clip) / s0`` the increments are the log-likelihood ratios
+    of a doubling and of a halving of the variance::
+
+        up   = q / 4 - ln(2) / 2     mean -0.097 while nothing changes, +0.153 after a doubling
+        down = ln(2) / 2 - q / 2     mean -0.153 while nothing changes, +0.097 after a halving
+
+    ``S = max(0, S + increment)`` per side and a change is signalled when either exceeds
+    ``threshold`` (Wald: about ``exp(threshold)`` points between false alarms, 8.9M for 16;
+    expected delay about ``threshold / 0.153`` ≈ 105 points on a doubling). The detector then
+    re-learns the variance of the new regime. ``clip`` bounds one point's influence (heavy
+    tails). ``first_change`` runs a whole batch in numpy: ``S_t = C_t - min(0, min_{s<=t} C_s)``
+    with ``C`` the running sum of the increments started at the previous ``S``."""
+
+    LOG2_HALF = math.log(2.0) / 2
+
+    def __init__(self, threshold: float = 16.0, warmup: int = 500, clip: float = 25.0) -> None:
+        self.threshold = threshold
+        self.warmup = warmup
+        self.clip = clip
+        self.drift_detected = False
+        self._reset()
+
+    def _reset(self) -> None:
+        self.base_n = 0
+        self.base_sum = 0.0
+        self.s0 = 0.0
+        self.up = 0.0
+        self.down = 0.0
+        self.up_run = 0  # points since ``up`` was last 0 (the new regime's length so far)
+        self.down_run = 0
+        self.width = 0
+
+    @property
+    def estimation(self) -> float | None:
+        """The variance of |z|'s series the detector currently compares against."""
+        return self.s0 if self.base_n >= self.warmup else None
+
+    def update(self, value: float) -> None:
+        if self.drift_detected:
+            self.drift_detected = False
+            self._reset()
+        q = min(value * value, self.clip)
+        if self.base_n < self.warmup:
+            self._learn(q, 1)
+            return
+        q /= self.s0
+        up = self.up + q * 0.25 - self.LOG2_HALF
+        down = self.down + self.LOG2_HALF - q * 0.5
+        self.up, self.up_run = (up, self.up_run + 1) if up > 0 else (0.0, 0)
+        self.down, self.down_run = (down, self.down_run + 1) if down > 0 else (0.0, 0)
+        if self.up > self.threshold or self.down > self.threshold:
+            self.width = self.up_run if self.up > self.threshold else self.down_run
+            self.drift_detected = True
+
+    def _learn(self, total: float, n: int) -> None:
+        self.base_sum += total
+        self.base_n += n
+        if self.base_n >= self.warmup:
+            self.s0 = max(self.base_sum / self.base_n, 1e-12)
+
+    def first_change(self, values: list[float] | np.ndarray) -> int | None:
+        """Feed ``values`` until a change: its index (the rest is not fed), or None. The same
+        state and result as ``update`` per value."""
+        if self.drift_detected:
+            self.drift_detected = False
+            self._reset()
+        q = np.asarray(values, dtype=float)
+        q = np.minimum(q * q, self.clip)
+        start = 0
+        if self.base_n < self.warmup:
+            start = min(self.warmup - self.base_n, len(q))
+            total = self.base_sum
+            for value in q[:start].tolist():  # summed in order: the same s0 as ``update``
+                total += value
+            self._learn(total - self.base_sum, start)
+            if start == len(q):
+                return None
+            q = q[start:]
+        q /= self.s0
+        h = self.threshold
+        up, up_run, up_hit = _cusum(q * 0.25 - self.LOG2_HALF, self.up, self.up_run, h)
+        down, down_run, down_hit = _cusum(self.LOG2_HALF - q * 0.5, self.down, self.down_run, h)
+        hits = [hit for hit in (up_hit, down_hit) if hit is not None]
+        at = min(hits) if hits else len(q) - 1
+        self.up, self.up_run = float(up[at]), int(up_run[at])
+        self.down, self.down_run = float(down[at]), int(down_run[at])
+        if not hits:
+            return None
+        self.width = self.up_run if self.up > self.threshold else self.down_run
+        self.drift_detected = True
+        return start + at
+
+    @property
+    def ready(self) -> bool:
+        """Warmed up, with no change signalled on the last point."""
+        return self.base_n >= self.warmup and not self.drift_detected
+
+    @staticmethod
+    def advance_quiet(detectors: list[VarianceCusum], block: np.ndarray) -> np.ndarray:
+        """``block[:, j]`` into ``detectors[j]`` (all ``ready``, same settings) in one 2D pass,
+        for the detectors that signal no change inside the block: their state advances exactly
+        as ``first_change`` would advance it. Returns which ones those are; the others are left
+        untouched (to be fed one by one)."""
+        first = detectors[0]
+        n = len(block)
+        q = np.minimum(block * block, first.clip)
+        q /= np.array([d.s0 for d in detectors])
+        index = np.arange(n)[:, None]
+        quiet = np.ones(len(detectors), dtype=bool)
+        ends = []
+        for increments, attr in (
+            (q * 0.25 - first.LOG2_HALF, "up"),
+            (first.LOG2_HALF - q * 0.5, "down"),
+        ):
+            running = np.cumsum(increments, axis=0)
+            running += np.array([getattr(d, attr) for d in detectors])
+            lowest = np.minimum.accumulate(running, axis=0)
+            np.minimum(lowest, 0.0, out=lowest)
+            cusum = running - lowest
+            quiet &= ~(cusum > first.threshold).any(axis=0)
+            last_zero = np.where(cusum <= 0.0, index, -1).max(axis=0)
+            runs = [getattr(d, f"{attr}_run") for d in detectors]
+            run_end = np.where(last_zero >= 0, n - 1 - last_zero, np.array(runs) + n)
+            ends.append((attr, cusum[-1].tolist(), run_end.tolist()))
+        for j in np.flatnonzero(quiet).tolist():
+            detector = detectors[j]
+            for attr, values, run_ends in ends:
+                setattr(detector, attr, values[j])
+                setattr(detector, f"{attr}_run", int(run_ends[j]))
+        return quiet
+
+
+def _cusum(
+    increments: np.ndarray, start: float, run: int, threshold: float
+) -> tuple[np.ndarray, np.ndarray, int | None]:
+    """``S_t = max(0, S_{t-1} + increments_t)`` from ``S = start`` for a whole array, with the
+    number of points since ``S`` was last 0 (``run`` before the first) and the first index
+    where ``S`` exceeds ``threshold``."""
+    running = np.cumsum(increments)
+    running += start
+    lowest = np.minimum.accumulate(running)
+    np.minimum(lowest, 0.0, out=lowest)
+    cusum = running - lowest
+    index = np.arange(len(cusum))
+    last_zero = np.maximum.accumulate(np.where(cusum <= 0.0, index, -1))
+    runs = np.where(last_zero >= 0, index - last_zero, run + index + 1)
+    over = np.flatnonzero(cusum > threshold)
+    return cusum, runs, int(over[0]) if len(over) else None
+
+
 class StreamingDetector:
     """A River detector behind one interface: ``update(x) -> change?`` and ``window()``, the
     number of recent points the detector attributes to the new regime."""
@@ -178,6 +336,7 @@ class StreamingDetector:
         self.config = config
         self.river = _river_detector(name, config)
         self.since_reset = 0
+        self.vectorised = name == "cusum"  # takes a numpy array in ``first_change``
 
     def update(self, value: float) -> int | None:
         """Feed one value; on a change, the length of the window attributed to the new regime."""
@@ -189,13 +348,15 @@ class StreamingDetector:
         self.since_reset = 0
         return window
 
-    def first_change(self, values: list[float]) -> int | None:
+    def first_change(self, values: list[float] | np.ndarray) -> int | None:
         """Feed ``values`` until the detector signals a change: the index of that value (the
         rest is not fed), or None when all were fed without one. Same detector state and
         result as ``river.update`` per value; for ADWIN the loop runs in C over River's Rust
         core (``any`` over ``map`` stops at the first change) instead of a Python call and a
         property read per value."""
         river = self.river
+        if self.name == "cusum":
+            return river.first_change(values)
         helper = getattr(river, "_helper", None) if self.name == "adwin" else None
         if helper is None or not hasattr(river, "_drift_detected"):
             for j, value in enumerate(values):
@@ -213,6 +374,8 @@ class StreamingDetector:
         return len(values) - length_hint(rest) - 1
 
     def window(self) -> int:
+        if self.name == "cusum":
+            return max(self.config.confirm_min, int(self.river.width))
         if self.name == "adwin":
             return int(self.river.width)
         if self.name == "kswin":
@@ -226,6 +389,8 @@ class StreamingDetector:
 
 
 def _river_detector(name: str, config: StreamConfig) -> Any:
+    if name == "cusum":
+        return VarianceCusum()
     if name == "adwin":
         return drift.ADWIN(delta=config.delta)
     if name == "kswin":
@@ -274,10 +439,14 @@ class Stream:
             self.reference.append(value)
         return self._after(self.detector.update(value))
 
-    def update_many(self, values: list[float]) -> list[tuple[int, DriftAlarm]]:
+    def update_many(self, values: list[float] | np.ndarray) -> list[tuple[int, DriftAlarm]]:
         """Feed a batch; returns (index in ``values``, alarm) pairs. Same result as calling
         ``update`` per value, but the common case (no change, nothing pending) runs in a tight
-        loop with the buffers extended in bulk."""
+        loop with the buffers extended in bulk. An array goes to a vectorised detector as it
+        is; the buffers always hold Python floats."""
+        array = values if isinstance(values, np.ndarray) and self.detector.vectorised else None
+        if isinstance(values, np.ndarray):
+            values = values.tolist()
         out: list[tuple[int, DriftAlarm]] = []
         i, n = 0, len(values)
         while i < n:
@@ -287,7 +456,8 @@ class Stream:
                     out.append((i, alarm))
                 i += 1
                 continue
-            hit = self.detector.first_change(values[i:] if i else values)
+            feed = array if array is not None else values
+            hit = self.detector.first_change(feed[i:] if i else feed)
             changed = hit is not None
             end = i + hit + 1 if hit is not None else n
             self._extend(values if i == 0 and end == n else values[i:end])
@@ -301,6 +471,12 @@ class Stream:
                 out.append((end - 1, alarm))
             i = end
         return out
+
+    def absorb(self, chunk: list[float]) -> None:
+        """Points its detector has already taken without a change (``update_columns``), with
+        nothing pending: only the buffers and counters move."""
+        self._extend(chunk)
+        self.detector.since_reset += len(chunk)
 
     def _extend(self, chunk: list[float]) -> None:
         self.observations += len(chunk)
@@ -441,3 +617,30 @@ class Stream:
             "min_observations": self.config.min_observations,
             "direction": self.config.direction,
         }
+
+
+def update_columns(streams: list[Stream], columns: np.ndarray) -> list[tuple[int, int, DriftAlarm]]:
+    """``columns[:, j]`` into ``streams[j]``: the (row, j, alarm) found, the same as
+    ``update_many`` on each stream. Streams whose detector is a ready ``VarianceCusum`` with
+    nothing pending and no change in this batch (the common case) advance together in one 2D
+    pass; the others are fed one by one."""
+    ready = [
+        j
+        for j, stream in enumerate(streams)
+        if stream.pending is None
+        and isinstance(stream.detector.river, VarianceCusum)
+        and stream.detector.river.ready
+    ]
+    done: set[int] = set()
+    if ready and len(columns):
+        detectors = [streams[j].detector.river for j in ready]
+        quiet = VarianceCusum.advance_quiet(detectors, columns[:, ready])
+        for j, calm in zip(ready, quiet.tolist(), strict=True):
+            if calm:
+                streams[j].absorb(columns[:, j].tolist())
+                done.add(j)
+    found: list[tuple[int, int, DriftAlarm]] = []
+    for j, stream in enumerate(streams):
+        if j not in done:
+            found.extend((i, j, alarm) for i, alarm in stream.update_many(columns[:, j]))
+    return found

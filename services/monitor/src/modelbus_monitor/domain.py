@@ -21,7 +21,7 @@ import numpy as np
 from modelbus_contracts import DataQualityAlert, DriftDetected, FeatureStats
 
 from .daily import DailyBook
-from .detectors import ERROR_STREAM, DriftAlarm, Kind, Stream, StreamConfig
+from .detectors import ERROR_STREAM, DriftAlarm, Kind, Stream, StreamConfig, update_columns
 from .join import JoinedPair, Joiner, LabelPoint, PredictionPoint
 from .quality import (
     BatchScreen,
@@ -50,6 +50,7 @@ class DetectorConfig:
     feature_detector: str = "adwin"
     error_detector: str = "adwin"
     scale_drift_enabled: bool = True
+    scale_detector: str = "cusum"
     overrides: dict[str, dict[str, str]] = field(default_factory=dict)
     alpha: float = 0.001
     reference_size: int = 1000
@@ -84,7 +85,7 @@ class DetectorConfig:
                 direction="up",
             )
         else:
-            detector = "adwin" if kind == "scale" else self.detector_for(model, feature)
+            detector = self.scale_detector if kind == "scale" else self.detector_for(model, feature)
             cfg = replace(base, detector=detector, min_observations=self.feature_min_observations)
         return Stream(feature, kind, cfg)
 
@@ -449,51 +450,39 @@ class ModelMonitor:
         result: BatchOutcome,
         now: datetime,
     ) -> None:
+        """Every feature's standardised values (and magnitudes) into its streams; alarms are
+        raised in the order the per-point path raises them (point, feature, mean before scale),
+        so which alarm opens the incident does not depend on the batching."""
         if not self.features:
             return
         z = (matrix - self._means) / self._stds
+        found: list[tuple[int, int, int, DriftAlarm]] = []
         if np.isfinite(z).all():  # the common case: whole columns, converted in one call each
-            self._feed_columns(z.T.tolist(), np.abs(z).T.tolist(), rows, points, result, now)
-            return
-        for j, name in enumerate(self._names):
-            column = z[:, j]
-            finite = np.isfinite(column)
-            index = [rows[i] for i in np.flatnonzero(finite)]
-            values = column[finite]
-            self._feed_column(
-                name, values.tolist(), np.abs(values).tolist(), index, points, result, now
-            )
-
-    def _feed_columns(
-        self,
-        columns: list[list[float]],
-        scales: list[list[float]],
-        rows: list[int],
-        points: list[PredictionPoint],
-        result: BatchOutcome,
-        now: datetime,
-    ) -> None:
-        for name, values, magnitudes in zip(self._names, columns, scales, strict=True):
-            self._feed_column(name, values, magnitudes, rows, points, result, now)
-
-    def _feed_column(
-        self,
-        name: str,
-        values: list[float],
-        magnitudes: list[float],
-        index: list[int],
-        points: list[PredictionPoint],
-        result: BatchOutcome,
-        now: datetime,
-    ) -> None:
-        """One feature's standardised values (and their magnitudes) into its streams."""
-        streams = [(self.features[name], values)]
-        if name in self.scales:
-            streams.append((self.scales[name], magnitudes))
-        for stream, series in streams:
-            for i, alarm in stream.update_many(series):
-                k = index[i]
-                self._raise(alarm, points[k].event_id, now, result.at(k))
+            for j, (name, values) in enumerate(zip(self._names, z.T.tolist(), strict=True)):
+                for i, alarm in self.features[name].update_many(values):
+                    found.append((i, j, 0, alarm))
+            if self.scales:  # the variance streams of all features at once
+                picked = [j for j, name in enumerate(self._names) if name in self.scales]
+                streams = [self.scales[self._names[j]] for j in picked]
+                for i, at, alarm in update_columns(streams, np.abs(z[:, picked])):
+                    found.append((i, picked[at], 1, alarm))
+            index = rows
+        else:
+            finite_rows: list[list[int]] = []
+            for j, name in enumerate(self._names):
+                column = z[:, j]
+                finite = np.flatnonzero(np.isfinite(column))
+                finite_rows.append(finite.tolist())
+                values = column[finite]
+                for i, alarm in self.features[name].update_many(values.tolist()):
+                    found.append((finite_rows[j][i], j, 0, alarm))
+                if name in self.scales:
+                    for i, alarm in self.scales[name].update_many(np.abs(values)):
+                        found.append((finite_rows[j][i], j, 1, alarm))
+            index = rows
+        for i, _, _, alarm in sorted(found, key=lambda hit: hit[:3]):
+            k = index[i]
+            self._raise(alarm, points[k].event_id, now, result.at(k))
 
     # -- alarms and incidents -----------------------------------------------------------------
 

@@ -52,6 +52,7 @@ def detector_config(settings: MonitorSettings) -> DetectorConfig:
         feature_detector=settings.feature_detector,
         error_detector=settings.error_detector,
         scale_drift_enabled=settings.scale_drift_enabled,
+        scale_detector=settings.scale_detector,
         overrides=settings.detector_overrides,
         alpha=settings.confirm_alpha,
         reference_size=settings.reference_size,
