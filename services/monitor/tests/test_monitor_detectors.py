@@ -12,8 +12,8 @@ from modelbus_monitor.detectors import (
     StreamConfig,
     VarianceCusum,
     change_point,
-    update_columns,
     proportion_test,
+    update_columns,
 )
 from modelbus_monitor.domain import DetectorConfig
 
