@@ -74,3 +74,51 @@ def test_pending_entries_expire_after_max_wait():
     assert joiner.evicted["prediction_expired"] == 1
     assert joiner.evicted["label_expired"] == 1
     assert "new" in joiner.predictions
+
+
+def test_batches_join_exactly_like_points():
+    """The batch methods (with their all-new fast paths) against one point at a time, on
+    batches of new, repeated, early and late ids. (Buffers large enough not to overflow: when
+    one does, a batch evicts after the whole batch, points one at a time.)"""
+    import random
+
+    rng = random.Random(3)
+    batched, single = Joiner(10_000, 3600), Joiner(10_000, 3600)
+    got: list[tuple[str, int, object]] = []
+    want: list[tuple[str, int, object]] = []
+    for step in range(300):
+        now = T0 + timedelta(seconds=step)
+        size = rng.choice([1, 5, 20, 60])
+        pool = rng.choice([30, 200, 10_000])  # small pools repeat ids, large ones rarely
+        ids = [f"p{rng.randrange(pool)}" for _ in range(size)]
+        if rng.random() < 0.5:
+            points = [pred(pid, now, label=rng.randrange(2)) for pid in ids]
+            batched.expire(now)
+            fresh = batched.fresh_predictions(points)
+            pairs = batched.add_fresh_predictions(points, fresh)
+            got += [(p.prediction.prediction_id, p.label, p.tipping_event_id) for _, p in pairs]
+            for point in points:
+                pair = single.add_prediction(point, now)
+                if pair is not None:
+                    want.append((pair.prediction.prediction_id, pair.label, pair.tipping_event_id))
+        else:
+            labels = [lab(pid, now, label=rng.randrange(2)) for pid in ids]
+            batched.expire(now)
+            pairs = batched.add_labels(
+                [x.prediction_id for x in labels],
+                [x.label for x in labels],
+                [x.event_id for x in labels],
+                now,
+            )
+            got += [(p.prediction.prediction_id, p.label, p.tipping_event_id) for _, p in pairs]
+            for label in labels:
+                pair = single.add_label(label, now)
+                if pair is not None:
+                    want.append((pair.prediction.prediction_id, pair.label, pair.tipping_event_id))
+        assert got == want, step
+        assert list(batched.predictions) == list(single.predictions), step
+        assert list(batched.labels) == list(single.labels), step
+    assert list(batched.predictions) == list(single.predictions)
+    assert list(batched.labels) == list(single.labels)
+    assert (batched.joined, batched.duplicates) == (single.joined, single.duplicates)
+    assert not batched.evicted and not single.evicted and batched.joined > 100

@@ -14,6 +14,7 @@ import uuid
 from collections import Counter, deque
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from operator import itemgetter
 from typing import Any, Literal
 
 import numpy as np
@@ -33,6 +34,8 @@ from .quality import (
 )
 
 SERVED_BY_MONITORED = frozenset({"champion", "fallback"})
+MONITORED = SERVED_BY_MONITORED
+_version, _served_by = itemgetter(1), itemgetter(2)  # PredictionPoint fields, in C
 Disposition = Literal["opened", "suppressed_open", "suppressed_cooldown"]
 HISTORY_EVERY = 50
 
@@ -334,7 +337,11 @@ class ModelMonitor:
         duplicates = len(points) - len(fresh)
         eligible: list[int] = []
         serving = self.serving_version if self.serving_version is not None else -1
-        for k in fresh:
+        chosen = points if len(fresh) == len(points) else [points[k] for k in fresh]
+        rest = fresh
+        if set(map(_version, chosen)) == {serving} and set(map(_served_by, chosen)) <= MONITORED:
+            eligible, rest = list(fresh), []  # the common case, checked as sets
+        for k in rest:
             point = points[k]
             if point.version == serving and point.served_by in SERVED_BY_MONITORED:
                 eligible.append(k)  # what _ineligible says, inlined for the common case
@@ -386,7 +393,14 @@ class ModelMonitor:
         fed: list[tuple[int, JoinedPair]] = []
         serving = self.serving_version if self.serving_version is not None else -1
         result.join_all(pairs)
-        for k, pair in pairs:
+        found = [pair[0] for _, pair in pairs]
+        if set(map(_version, found)) == {serving} and set(map(_served_by, found)) <= MONITORED:
+            fed = pairs  # the common case: every pair is of the serving version
+            errors = [float(p[3] != pair[1]) for p, (_, pair) in zip(found, pairs, strict=True)]
+            pairs_left: list[tuple[int, JoinedPair]] = []
+        else:
+            pairs_left = pairs
+        for k, pair in pairs_left:
             point = pair.prediction
             if point.version == serving and point.served_by in SERVED_BY_MONITORED:
                 errors.append(1.0 if point.label != pair.label else 0.0)

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter, deque
+from collections.abc import Iterable
 from datetime import datetime, timedelta
-from itertools import islice
+from itertools import islice, repeat
+from operator import itemgetter
 from typing import NamedTuple, TypeVar
 
 T = TypeVar("T")
@@ -90,9 +92,12 @@ class Joiner:
     def fresh_predictions(self, points: list[PredictionPoint]) -> list[int]:
         """Rows of ``points`` that are neither pending, joined nor repeated within the batch
         (the others are counted as duplicates)."""
+        waiting, joined = self.predictions, self._joined
+        ids = set(map(_prediction_id, points))
+        if len(ids) == len(points) and ids.isdisjoint(waiting) and ids.isdisjoint(joined):
+            return list(range(len(points)))  # the common case: all new, checked as sets
         fresh: list[int] = []
         seen: set[str] = set()
-        waiting, joined = self.predictions, self._joined
         for k, point in enumerate(points):
             pid = point.prediction_id
             if pid in seen or pid in waiting or pid in joined:
@@ -111,6 +116,11 @@ class Joiner:
         pairs: list[tuple[int, JoinedPair]] = []
         take_label = self.labels.pop
         waiting = self.predictions
+        if not self.labels:  # the common case, labels come later: every point waits
+            chosen = points if len(rows) == len(points) else [points[k] for k in rows]
+            waiting.update(zip(map(_prediction_id, chosen), chosen, strict=True))
+            self._trim(waiting, "prediction")
+            return pairs
         for k in rows:
             point = points[k]
             label = take_label(point.prediction_id, None)
@@ -134,6 +144,9 @@ class Joiner:
         new_pair = tuple.__new__  # JoinedPair(...) runs Python code per pair
         take_prediction = self.predictions.pop
         joined, order, waiting = self._joined, self._joined_order, self.labels
+        ids = set(prediction_ids)
+        if len(ids) == len(prediction_ids) and ids.isdisjoint(joined) and ids.isdisjoint(waiting):
+            return self._add_new_labels(prediction_ids, labels, event_ids, now)
         for k, pid in enumerate(prediction_ids):
             if pid in joined or pid in waiting:
                 self.duplicates += 1
@@ -149,6 +162,39 @@ class Joiner:
         self._trim(waiting, "label")
         self._forget_oldest_joined()
         return pairs
+
+    def _add_new_labels(
+        self,
+        prediction_ids: list[str],
+        labels: list[int],
+        event_ids: list[uuid.UUID] | list[str],
+        now: datetime,
+    ) -> list[tuple[int, JoinedPair]]:
+        """``add_labels`` for labels that are all distinct, neither joined nor waiting: each
+        either takes its prediction or waits, in C loops over the columns."""
+        found = list(map(self.predictions.pop, prediction_ids, repeat(None)))
+        rows: Iterable[int] = range(len(prediction_ids))
+        if None in found:  # some predictions have not arrived (or expired): those labels wait
+            rows = [k for k, prediction in enumerate(found) if prediction is not None]
+            waiting = self.labels
+            for k, prediction in enumerate(found):
+                if prediction is None:
+                    pid = prediction_ids[k]
+                    waiting[pid] = LabelPoint(pid, labels[k], event_ids[k], now)
+            self._trim(waiting, "label")
+            found = [found[k] for k in rows]
+            joined_ids = [prediction_ids[k] for k in rows]
+            labels = [labels[k] for k in rows]
+            event_ids = [event_ids[k] for k in rows]  # type: ignore[assignment]
+        else:
+            joined_ids = prediction_ids
+        self._joined.update(joined_ids)
+        self._joined_order.extend(joined_ids)
+        self.joined += len(joined_ids)
+        made = map(tuple.__new__, repeat(JoinedPair), zip(found, labels, event_ids, strict=True))
+        pairs = list(zip(rows, made, strict=True))
+        self._forget_oldest_joined()
+        return pairs  # type: ignore[return-value]
 
     def _trim(self, buffer: dict[str, T], kind: str) -> None:
         excess = len(buffer) - self.max_pending
@@ -207,6 +253,9 @@ class Joiner:
     @property
     def pending(self) -> dict[str, int]:
         return {"predictions": len(self.predictions), "labels": len(self.labels)}
+
+
+_prediction_id = itemgetter(0)  # PredictionPoint.prediction_id, in C
 
 
 def _drop_oldest(buffer: dict[str, T], n: int) -> None:
