@@ -478,7 +478,8 @@ class ModelMonitor:
             if self.scales:  # the variance streams of all features at once
                 picked = [j for j, name in enumerate(self._names) if name in self.scales]
                 streams = [self.scales[self._names[j]] for j in picked]
-                for i, at, alarm in update_columns(streams, np.abs(z[:, picked])):
+                magnitudes = np.abs(z if len(picked) == z.shape[1] else z[:, picked])
+                for i, at, alarm in update_columns(streams, magnitudes):
                     found.append((i, picked[at], 1, alarm))
             index = rows
         else:
