@@ -390,3 +390,465 @@ def test_batches_split_by_model_in_order_with_every_column():
     assert PredictionBatch().by_model() == {} and LabelBatch().by_model() == {}
     single = LabelBatch.of([LabelObserved(model_name="a", prediction_id="9", label=1)])
     assert single.by_model() == {"a": single}
+
+
+# -- every fast path against pydantic, one oddity at a time -----------------------------------
+
+DECODERS = {
+    PredictionMade: (decode_predictions, decode_predictions_by_record, PredictionBatch),
+    LabelObserved: (decode_labels, decode_labels_by_record, LabelBatch),
+}
+
+
+def _kind(value):
+    """A number's kind (an int feature is the float pydantic makes of it); anything else its
+    exact type, so a bool or a string standing for a number shows."""
+    return float if type(value) in (int, float) else type(value)
+
+
+def typed(batch):
+    out = {}
+    for name, column in vars(batch).items():
+        if name == "features":
+            out[name] = [{k: (_kind(v), v) for k, v in f.items()} for f in column]
+        else:
+            out[name] = [(type(v), v) for v in column]
+    return out
+
+
+def assert_as_pydantic(raws, event_cls=PredictionMade, *, made_up=()):
+    """The batch decoder and the record-by-record one accept what pydantic accepts, with its
+    values and exact types, and reject the rest with its reasons. ``made_up``: columns that
+    pydantic fills with fresh UUIDs (a missing id header), not compared."""
+    expected, expected_rejected = pydantic_path(raws, event_cls)
+    batch_decoder, by_record, batch_cls = DECODERS[event_cls]
+    reference = batch_cls.of(event for _, event in expected)
+    for decoder in (batch_decoder, by_record):
+        batch, accepted, rejected = decoder(raws)
+        assert accepted == [raw for raw, _ in expected], decoder.__name__
+        assert rejected == expected_rejected, decoder.__name__
+        got, want = typed(batch), typed(reference)
+        for name in made_up:
+            del got[name], want[name]
+        assert got == want, decoder.__name__
+    return expected_rejected
+
+
+def among_good(raw, event=prediction):
+    """The odd record in the middle of good ones, its offset in order."""
+    raws = [raw_of(event("g0"), 0), raw, raw_of(event("g2"), 2)]
+    raws[1].offset = 1
+    return raws
+
+
+def with_body(event, **replace):
+    """The encoded JSON value with byte-level replacements (numbers orjson.dumps refuses)."""
+    value = encode(event).value
+    for old, new in replace.items():
+        assert old.encode() in value
+        value = value.replace(old.encode(), new.encode())
+    return value
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"features": {"x": True, "y": 1.0}},
+        {"features": {"x": False, "y": 1.0}},
+        {"features": {"x": "1.5", "y": 1.0}},
+        {"features": {"x": None, "y": 1.0}},
+        {"features": {"x": {"a": 1.0}, "y": 1.0}},
+        {"features": {"x": [1.0], "y": 1.0}},
+        {"features": {"x": 1, "y": 2}},
+        {"features": {"x": 1, "y": 0.5}},
+        {"features": {"x": 0.5, "y": True}},
+        {"features": {}},
+        {"features": {"x": "nan"}},
+        {"features": [1.0, 2.0]},
+        {"features": None},
+        {"score": True},
+        {"score": "0.5"},
+        {"score": 1},
+        {"score": 1.5},
+        {"score": -0.1},
+        {"score": None},
+        {"latency_ms": "1"},
+        {"latency_ms": -1.0},
+        {"latency_ms": 0},
+        {"latency_ms": False},
+        {"version": True},
+        {"version": 2.0},
+        {"version": "2"},
+        {"version": 0},
+        {"version": -3},
+        {"label": True},
+        {"label": 1.0},
+        {"label": "1"},
+        {"label": None},
+        {"request_id": 1},
+        {"request_id": "r-1"},
+        {"request_id": ["r"]},
+        {"shadow_of": False},
+        {"shadow_of": "g0", "served_by": "shadow"},
+        {"prediction_id": 5},
+        {"prediction_id": ""},
+        {"prediction_id": None},
+        {"served_by": "CHAMPION"},
+        {"served_by": ["champion"]},
+        {"served_by": {"a": 1}},
+        {"served_by": None},
+        {"source": {"a": 1}},
+        {"source": ["http"]},
+        {"source": "kafka"},
+        {"source": "stream"},
+        {"model_name": 1},
+        {"model_name": ["churn"]},
+        {"model_name": ""},
+        {"model_name": "no spaces"},
+        {"model_name": "x" * 201},
+        {"model_name": "ünï"},
+        {"model_name": "other.model-2"},
+        {"model_name": DROP},
+        {"served_by": DROP, "source": DROP, "request_id": DROP, "shadow_of": DROP},
+        {"source": DROP, "bogus": 1},  # as many keys as the fields, one of them unknown
+        {"label": DROP, "features_v2": {"x": 1.0}},
+        {"event_id": str(uuid.uuid4())},  # the header's wins
+        {"causation_id": "not-a-uuid"},  # no header: pydantic reads this one
+        {"producer": "someone"},
+        {"bogus": 1},  # every field and one more
+    ],
+)
+def test_one_odd_prediction_is_decoded_as_pydantic_does(fields):
+    assert_as_pydantic(among_good(raw_of(prediction("odd"), **fields)))
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"features": {"x": 1, "y": 2}},
+        {"features": {"x": True, "y": 1.0}},
+        {"features": {"x": "1.5", "y": 1.0}},
+        {"score": 1, "latency_ms": 0},
+        {"label": True},
+        {"model_name": DROP},
+        {"served_by": DROP, "source": DROP, "request_id": DROP, "shadow_of": DROP},
+        {"source": DROP, "bogus": 1},
+        {"served_by": ["champion"]},
+    ],
+)
+def test_a_batch_where_every_prediction_has_the_same_oddity(fields):
+    raws = [raw_of(prediction(f"p{i}"), i, **fields) for i in range(4)]
+    assert_as_pydantic(raws)
+
+
+@pytest.mark.parametrize(
+    "replace",
+    [
+        {"0.25": str(10**30)},  # beyond 64 bits: orjson makes it a float
+        {"0.25": str(2**64 - 1)},
+        {"0.25": str(-(2**63))},
+        {"0.25": "1e999"},
+        {"0.25": "-1e999"},
+        {"0.25": "NaN"},
+        {"0.25": "Infinity"},
+        {'"score":0.7': '"score":1e999'},
+        {'"score":0.7': '"score":NaN'},
+        {'"latency_ms":1.5': '"latency_ms":1e999'},
+        {'"latency_ms":1.5': '"latency_ms":' + str(10**30)},
+        {'"version":1': '"version":' + str(10**30)},
+        {'"version":1': '"version":' + str(2**64 - 1)},
+        {'"label":1': '"label":' + str(2**64 - 1)},
+        {'"x":0.25': '"x":0.25,"x":true'},  # a repeated key: the last one counts
+        {'"x":0.25': '"x":true,"x":0.25'},
+    ],
+)
+def test_numbers_orjson_or_pydantic_may_refuse_are_decoded_as_pydantic_does(replace):
+    raw = raw_of(prediction("odd"), value=with_body(prediction("odd"), **replace))
+    assert_as_pydantic(among_good(raw))
+    every = [raw_of(prediction(f"p{i}"), i, value=raw.value) for i in range(3)]
+    assert_as_pydantic(every)
+
+
+def test_what_the_decoder_relies_on_in_orjson():
+    """Ints beyond 64 bits become floats and infinities are refused (so every int feature is
+    finite as a float), and a raw line break cannot be inside a string (``_SEPARATOR``)."""
+    assert type(orjson.loads(str(2**64).encode())) is float
+    assert type(orjson.loads(str(2**64 - 1).encode())) is int
+    for bad in (b"1e999", b"NaN", b"Infinity", b'"a\nb"', b'[{"a":1,\nnull,\n"b":2}]'):
+        with pytest.raises(orjson.JSONDecodeError):
+            orjson.loads(bad)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"label": 2},
+        {"label": True},
+        {"label": 1.0},
+        {"label": "1"},
+        {"label": None},
+        {"prediction_id": ""},
+        {"prediction_id": 5},
+        {"prediction_id": None},
+        {"model_name": DROP},
+        {"model_name": 3},
+        {"model_name": ["churn"]},
+        {"model_name": "bad name"},
+        {"label": DROP, "labels": 1},  # three keys, one unknown
+        {"model_name": DROP, "extra": 1},
+        {"extra": "x"},
+    ],
+)
+def test_one_odd_label_is_decoded_as_pydantic_does(fields):
+    assert_as_pydantic(among_good(raw_of(label("odd"), **fields), label), LabelObserved)
+    every = [raw_of(label(f"p{i}"), i, **fields) for i in range(3)]
+    assert_as_pydantic(every, LabelObserved)
+
+
+# -- headers -----------------------------------------------------------------------------------
+
+
+def test_header_layouts_all_give_pydantics_result():
+    """Every record with the headers in another order, as tuples (aiokafka), without the
+    optional ones, with a causation id on some."""
+    events = [prediction(f"p{i}", causation_id=uuid.uuid4() if i % 2 else None) for i in range(6)]
+    raws = [raw_of(e, i) for i, e in enumerate(events)]
+    for raw in raws:
+        raw.headers = tuple(reversed(raw.headers))
+    assert_as_pydantic(raws)
+    bare = [raw_of(e, i, drop=("ce_specversion", "content-type")) for i, e in enumerate(events)]
+    assert_as_pydantic(bare)
+    no_subject = [raw_of(e, i, drop=("ce_subject",)) for i, e in enumerate(events)]
+    assert_as_pydantic(no_subject)
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["ce_type", "ce_time", "ce_source", "ce_specversion", "ce_subject", "content-type"],
+)
+def test_a_record_missing_a_header_is_decoded_as_pydantic_does(header):
+    assert_as_pydantic(among_good(raw_of(prediction("odd"), drop=(header,))))
+    no_name = raw_of(prediction("odd"), drop=(header,), model_name=DROP)
+    assert_as_pydantic(among_good(no_name))
+
+
+def test_a_record_missing_its_correlation_id_is_decoded_as_pydantic_does():
+    raws = among_good(raw_of(prediction("odd"), drop=("ce_correlationid",)))
+    assert_as_pydantic(raws, made_up=("correlation_ids",))
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"ce_type": b"label.observed.v1"},
+        {"ce_type": b"prediction.made.v2"},
+        {"ce_specversion": b"0.3"},
+        {"ce_specversion": b""},
+        {"content-type": b"text/plain"},
+        {"content-type": b"application/cloudevents+json"},
+        {"ce_source": b""},
+        {"ce_source": b"other"},
+        {"ce_subject": b"other"},
+        {"ce_subject": b"\xff"},
+        {"ce_causationid": b""},
+        {"ce_causationid": b"not-a-uuid"},
+        {"ce_causationid": str(uuid.uuid4()).upper().encode()},
+        {"ce_correlationid": b"x"},
+        {"ce_id": str(uuid.uuid4()).replace("-", "").encode()},
+        {"ce_id": str(uuid.uuid4()).replace("-", "", 1).encode() + b"-"},
+        {"ce_id": str(uuid.uuid4()).encode() + b" "},
+        {"Ce_Id": str(uuid.uuid4()).encode()},
+        {"x-trace": b"1"},
+    ],
+)
+def test_a_header_value_that_differs_in_one_record_is_decoded_as_pydantic_does(headers):
+    """The headers every record shares are taken once per batch: one that differs counts."""
+    assert_as_pydantic(among_good(raw_of(prediction("odd"), headers=headers)))
+    no_name = raw_of(prediction("odd"), headers=headers, model_name=DROP)
+    assert_as_pydantic(among_good(no_name))
+
+
+def in_place(raw, name, value):
+    """The record with one header's value replaced where it stands (the layout unchanged)."""
+    raw.headers = [(k, value if k == name else v) for k, v in raw.headers]
+    assert name in dict(raw.headers)
+    return raw
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("ce_type", b"label.observed.v1"),
+        ("ce_specversion", b"0.3"),
+        ("content-type", b"text/plain"),
+        ("ce_source", b""),
+        ("ce_source", b"\xff"),
+        ("ce_subject", b"other"),
+        ("ce_subject", b"bad name"),
+        ("ce_correlationid", b"x"),
+        ("ce_id", b"x"),
+        ("ce_time", b"2026-03-01T12:00:00.000001+01:00"),
+    ],
+)
+def test_a_header_that_differs_in_one_record_of_the_same_layout(name, value):
+    """Same headers in the same order everywhere, so taken as columns (a header with the
+    same value in every record is taken once): the one record that differs still counts."""
+    assert_as_pydantic(among_good(in_place(raw_of(prediction("odd")), name, value)))
+    raws = [raw_of(prediction(f"p{i}"), i, model_name=DROP) for i in range(5)]
+    in_place(raws[2], name, value)
+    assert_as_pydantic(raws)
+    labels = [raw_of(label(f"p{i}"), i, model_name=DROP) for i in range(5)]
+    in_place(labels[3], name, value)
+    assert_as_pydantic(labels, LabelObserved)
+
+
+@pytest.mark.parametrize("where", ["first", "last"])
+@pytest.mark.parametrize(
+    "header",
+    [
+        ("ce_type", b"label.observed.v1"),
+        ("ce_specversion", b"0.3"),
+        ("ce_source", b""),
+        ("ce_correlationid", b"not-a-uuid"),
+        ("ce_time", b"2026-02-30T00:00:00Z"),
+        ("ce_subject", b"other"),
+    ],
+)
+def test_a_repeated_header_counts_as_pydantic_counts_it(header, where):
+    """Repeated in every record (the same layout everywhere) or in one: the last one wins."""
+
+    def repeated(raw):
+        raw.headers = [header, *raw.headers] if where == "first" else [*raw.headers, header]
+        return raw
+
+    every = [repeated(raw_of(prediction(f"p{i}"), i, model_name=DROP)) for i in range(3)]
+    assert_as_pydantic(every)
+    assert_as_pydantic(among_good(repeated(raw_of(prediction("odd")))))
+
+
+def test_ids_and_times_must_be_one_per_record():
+    """A line break inside a header value cannot pass for two ids or times, nor can times of
+    uneven widths line up across records."""
+    u = str(uuid.uuid4()).encode()
+    cut = u[:30] + b"\n" + u[31:]
+    two = u + b"\n" + str(uuid.uuid4()).encode()
+    for headers in (
+        {"ce_id": cut},
+        {"ce_id": two},
+        {"ce_correlationid": cut},
+        {"ce_correlationid": two},
+        {"ce_causationid": cut},
+        {"ce_causationid": two},
+        {"ce_time": b"2026-03-01T12:00:00Z\n2026-03-01T12:00:00Z"},
+        {"ce_time": b"2026-03-01T12:00:00.000001Z\n"},
+    ):
+        assert len(assert_as_pydantic(among_good(raw_of(prediction("odd"), headers=headers)))) == 1
+        labels = among_good(raw_of(label("odd"), headers=headers), label)
+        assert len(assert_as_pydantic(labels, LabelObserved)) == 1
+    shifted = [
+        raw_of(prediction("a"), 0, headers={"ce_time": b"2026-03-01T12:00:00.000000"}),
+        raw_of(prediction("b"), 1, headers={"ce_time": b"Z2026-03-01T12:00:00.000000Z"}),
+    ]
+    assert len(assert_as_pydantic(shifted)) == 1
+    arabic_one = "\u0661".encode()
+    for time in (
+        b"2026-03-01T12:00:0" + arabic_one + b"Z",
+        b"2026-03-0" + arabic_one + b"T12:00:00Z",
+    ):
+        assert (
+            len(assert_as_pydantic(among_good(raw_of(prediction("x"), headers={"ce_time": time}))))
+            == 1
+        )
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        b"2026-03-01T24:00:00.000001Z",
+        b"2026-03-01T23:60:00.000001Z",
+        b"2026-02-29T12:00:00.000001Z",
+        b"2028-02-29T12:00:00.000001Z",
+        b"2026-04-31T01:00:00.000001Z",
+        b"2026-03-02T00:00:00.000001Z",
+    ],
+)
+def test_times_over_several_hours_and_days_are_checked_as_pydantic_does(odd):
+    """Not one date and hour for the whole batch: each distinct one is checked."""
+    times = [b"2026-03-01T22:59:59.999999Z", b"2026-03-01T23:00:00.000001Z", odd]
+    raws = [raw_of(prediction(f"p{i}"), i, headers={"ce_time": t}) for i, t in enumerate(times * 2)]
+    assert_as_pydantic(raws)
+    assert_as_pydantic(list(reversed(raws)))
+
+
+# -- the batch's JSON --------------------------------------------------------------------------
+
+
+def test_a_value_cut_in_two_cannot_pass_for_one_record():
+    """One object cut across two records (at a member's comma, or inside a string) and a
+    record with two objects: the elements of the batch's array would line up with the
+    records again, but each of these values is bad JSON on its own."""
+    whole = encode(prediction("p1")).value
+    at_comma = whole.index(b',"version"')
+    in_string = whole.index(b'"p1"') + 2
+    two = encode(prediction("p3")).value + b"," + encode(prediction("p4")).value
+    two_ours = encode(prediction("p3")).value + b",\nnull,\n" + encode(prediction("p4")).value
+    for first, second in (
+        (whole[:at_comma], whole[at_comma + 1 :]),
+        (whole[:in_string], whole[in_string:]),
+        (whole[:at_comma] + b",", b"null," + whole[at_comma + 1 :]),
+    ):
+        for third in (two, two_ours):
+            raws = [
+                raw_of(prediction("a"), 0, value=first),
+                raw_of(prediction("b"), 1, value=second),
+                raw_of(prediction("c"), 2, value=third),
+                raw_of(prediction("ok"), 3),
+            ]
+            assert len(assert_as_pydantic(raws)) == 3
+    # an array opened in one value and closed in the next, holding a separator: as many
+    # elements as the separators need, the records' objects where the records' should be
+    good = [encode(prediction(f"p{i}")).value for i in range(3)]
+    raws = [
+        raw_of(prediction("a"), 0, value=good[0] + b",[1"),
+        raw_of(prediction("b"), 1, value=b"2]," + good[1]),
+        raw_of(prediction("c"), 2, value=good[2]),
+    ]
+    assert len(assert_as_pydantic(raws)) == 2
+    for value in (b"null", b"", b" ", b"{}", b"[]", b"{} ", b"\n{}"):
+        assert_as_pydantic(among_good(raw_of(prediction("x"), value=value)))
+        assert_as_pydantic(among_good(raw_of(label("x"), value=value), label), LabelObserved)
+
+
+def test_clean_batches_take_the_batch_path(monkeypatch):
+    """What producers write (and its usual variants) is decoded without the per-record path."""
+    import modelbus_monitor.telemetry as telemetry
+
+    def not_here(raws):
+        raise AssertionError("took the per-record path")
+
+    monkeypatch.setattr(telemetry, "decode_predictions_by_record", not_here)
+    monkeypatch.setattr(telemetry, "decode_labels_by_record", not_here)
+    variants = [
+        {},
+        {"features": {"x": 1, "y": 2}},
+        {"model_name": DROP},
+        {"served_by": DROP, "source": DROP, "request_id": DROP, "shadow_of": DROP},
+        {"request_id": "r", "served_by": "shadow", "shadow_of": "p0", "source": "stream"},
+    ]
+    for fields in variants:
+        raws = [raw_of(prediction(f"p{i}"), i, **fields) for i in range(3)]
+        batch, accepted, rejected = decode_predictions(raws)
+        assert (accepted, rejected) == (raws, [])
+        assert typed(batch) == typed(PredictionBatch.of(decode(r.headers, r.value) for r in raws))
+    times = [
+        b"2026-03-01T23:59:59.999999Z",
+        b"2026-03-02T00:00:00Z",
+        b"2026-03-02T01:00:00.5+00:00",
+    ]
+    raws = [raw_of(prediction(f"p{i}"), i, headers={"ce_time": t}) for i, t in enumerate(times)]
+    assert decode_predictions(raws)[1] == raws
+    for fields in ({}, {"model_name": DROP}):
+        raws = [raw_of(label(f"p{i}"), i, **fields) for i in range(3)]
+        batch, accepted, rejected = decode_labels(raws)
+        assert (accepted, rejected) == (raws, [])
+        assert batch == LabelBatch.of(decode(r.headers, r.value) for r in raws)
