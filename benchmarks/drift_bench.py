@@ -14,7 +14,8 @@ first alarm at or after the change minus the change index; no alarm within the h
 counted as early (false) alarms.
 
 Stacks:
-  modelbus[adwin]         the monitor's default per-feature stack: ADWIN on z and ADWIN on |z|,
+  modelbus[adwin]         the monitor's default per-feature stack: ADWIN on z and the variance
+                          CUSUM on |z|,
                           every streaming alarm confirmed by a two-sample KS test (alpha 0.001)
                           against the stream's reference sample; on errors: ADWIN + one-sided
                           two-proportion z-test

@@ -7,15 +7,17 @@ JSON value, exactly what ``modelbus_contracts.encode`` produces) are fed to the 
 batches of 1,000 records like the Kafka consumer gives them: the monitor's columnar decoder
 (CloudEvents headers, JSON, contract checks per column; pydantic only for records that are not
 plainly valid) -> the batch handler -> per-model lock -> join with the label -> standardisation ->
-per feature ADWIN on z and ADWIN on |z| (+ confirmation tests when a detector fires) -> quality
+per feature ADWIN on z, and the variance CUSUM on |z| of all features in one numpy pass
+(+ confirmation tests when a detector fires) -> quality
 checks (missing, schema, range, robust outliers) -> daily windows -> error stream. Every
 prediction is followed by its label (also decoded and joined). No broker and no database: the
 registry, incident store and publisher are the in-memory fakes, so this is CPU cost only.
 
 Baselines (one process, values already parsed into Python floats):
   river_adwin_per_feature   one River ADWIN per feature (20 updates per prediction)
-  river_same_detectors      the same detector count as the monitor: ADWIN on z and on |z| per
-                            feature plus one on the error (41 updates per prediction)
+  river_same_detectors      41 River ADWINs per prediction: on z and on |z| per feature plus one
+                            on the error (the monitor's stack before the variance CUSUM replaced
+                            ADWIN on |z|; kept as the heavier River reference)
 
 Service and River runs are interleaved (best of ``--repeat`` each), so on a shared host both see
 the same load. Also reported: the handlers alone on pre-decoded columns, and decode alone
