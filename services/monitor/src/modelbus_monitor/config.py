@@ -9,6 +9,8 @@ from pydantic import Field, field_validator
 
 from modelbus_platform.settings import ServiceSettings
 
+from .detectors import DETECTORS_ERROR, DETECTORS_INPUT, ERROR_STREAM
+
 
 class MonitorSettings(ServiceSettings):
     service_name: str = Field(default="monitor", description="name in logs, metrics, events")
@@ -103,11 +105,7 @@ class MonitorSettings(ServiceSettings):
     def _known_detectors(cls, value: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
         for model, features in value.items():
             for feature, name in features.items():
-                allowed = (
-                    ("adwin", "ddm")
-                    if feature == "__error__"
-                    else ("adwin", "kswin", "page_hinkley")
-                )
+                allowed = DETECTORS_ERROR if feature == ERROR_STREAM else DETECTORS_INPUT
                 if name not in allowed:
                     raise ValueError(f"{model}/{feature}: detector {name!r} not in {allowed}")
         return value

@@ -32,7 +32,6 @@ ERROR_STREAM = "__error__"
 Kind = Literal["mean", "scale", "error"]
 DETECTORS_INPUT = ("adwin", "kswin", "page_hinkley")
 DETECTORS_ERROR = ("adwin", "ddm")
-DETECTORS_SCALE = ("cusum", "adwin")
 
 
 @dataclass(frozen=True)
@@ -187,10 +186,10 @@ class VarianceCusum:
     ``threshold`` (Wald's bound: at least about ``exp(threshold)`` points between false
     alarms, 8.9M for 16 — measured here: 1 raw alarm in 10M stationary points, before the
     confirmation test; expected delay about ``threshold / 0.153`` ≈ 105 points on a
-    doubling). The detector then
-    re-learns the variance of the new regime. ``clip`` bounds one point's influence (heavy
-    tails). ``first_change`` runs a whole batch in numpy: ``S_t = C_t - min(0, min_{s<=t} C_s)``
-    with ``C`` the running sum of the increments started at the previous ``S``."""
+    doubling). The detector then re-learns the variance of the new regime. ``clip`` bounds one
+    point's influence (heavy tails). ``first_change`` runs a whole batch in numpy:
+    ``S_t = C_t - min(0, min_{s<=t} C_s)`` with ``C`` the running sum of the increments started
+    at the previous ``S``."""
 
     LOG2_HALF = math.log(2.0) / 2
 
@@ -254,11 +253,11 @@ class VarianceCusum:
                 return None
             q = q[start:]
         q /= self.s0
-        h = self.threshold
-        up, up_hit = _cusum(q * 0.25 - self.LOG2_HALF, self.up, h)
-        down, down_hit = _cusum(self.LOG2_HALF - q * 0.5, self.down, h)
-        hits = [hit for hit in (up_hit, down_hit) if hit is not None]
-        at = min(hits) if hits else len(q) - 1
+        up = _cusum(q * 0.25 - self.LOG2_HALF, self.up)
+        down = _cusum(self.LOG2_HALF - q * 0.5, self.down)
+        over = np.flatnonzero((up > self.threshold) | (down > self.threshold))
+        hits = over[:1].tolist()
+        at = hits[0] if hits else len(q) - 1
         self.up, self.down = float(up[at]), float(down[at])
         self.tested += at + 1
         if not hits:
@@ -280,8 +279,8 @@ class VarianceCusum:
         first = detectors[0]
         q = np.minimum(block * block, first.clip)
         q /= np.array([d.s0 for d in detectors])
-        up, _ = _cusum(q * 0.25 - first.LOG2_HALF, np.array([d.up for d in detectors]), 0.0)
-        down, _ = _cusum(first.LOG2_HALF - q * 0.5, np.array([d.down for d in detectors]), 0.0)
+        up = _cusum(q * 0.25 - first.LOG2_HALF, np.array([d.up for d in detectors]))
+        down = _cusum(first.LOG2_HALF - q * 0.5, np.array([d.down for d in detectors]))
         quiet = (up.max(axis=0) <= first.threshold) & (down.max(axis=0) <= first.threshold)
         ups, downs = up[-1].tolist(), down[-1].tolist()
         for j in np.flatnonzero(quiet).tolist():
@@ -291,18 +290,14 @@ class VarianceCusum:
         return quiet
 
 
-def _cusum(increments: np.ndarray, start: float, threshold: float) -> tuple[np.ndarray, int | None]:
-    """``S_t = max(0, S_{t-1} + increments_t)`` from ``S = start`` along axis 0 (one series,
-    or one per column), and the first index where ``S`` exceeds ``threshold`` (1-D only)."""
+def _cusum(increments: np.ndarray, start: float | np.ndarray) -> np.ndarray:
+    """``S_t = max(0, S_{t-1} + increments_t)`` from ``S = start`` along axis 0: one series,
+    or one per column."""
     running = np.cumsum(increments, axis=0)
     running += start
     lowest = np.minimum.accumulate(running, axis=0)
     np.minimum(lowest, 0.0, out=lowest)
-    cusum = running - lowest
-    if cusum.ndim > 1:
-        return cusum, None
-    over = np.flatnonzero(cusum > threshold)
-    return cusum, int(over[0]) if len(over) else None
+    return running - lowest
 
 
 class StreamingDetector:
@@ -605,9 +600,7 @@ def update_columns(streams: list[Stream], columns: np.ndarray) -> list[tuple[int
     ready = [
         j
         for j, stream in enumerate(streams)
-        if stream.pending is None
-        and isinstance(stream.detector.river, VarianceCusum)
-        and stream.detector.river.ready
+        if stream.pending is None and stream.detector.vectorised and stream.detector.river.ready
     ]
     done: set[int] = set()
     if ready and len(columns):

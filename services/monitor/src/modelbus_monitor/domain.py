@@ -34,7 +34,6 @@ from .quality import (
 )
 
 SERVED_BY_MONITORED = frozenset({"champion", "fallback"})
-MONITORED = SERVED_BY_MONITORED
 _version, _served_by = itemgetter(1), itemgetter(2)  # PredictionPoint fields, in C
 Disposition = Literal["opened", "suppressed_open", "suppressed_cooldown"]
 HISTORY_EVERY = 50
@@ -339,7 +338,10 @@ class ModelMonitor:
         serving = self.serving_version if self.serving_version is not None else -1
         chosen = points if len(fresh) == len(points) else [points[k] for k in fresh]
         rest = fresh
-        if set(map(_version, chosen)) == {serving} and set(map(_served_by, chosen)) <= MONITORED:
+        if (
+            set(map(_version, chosen)) == {serving}
+            and set(map(_served_by, chosen)) <= SERVED_BY_MONITORED
+        ):
             eligible, rest = list(fresh), []  # the common case, checked as sets
         for k in rest:
             point = points[k]
@@ -394,7 +396,10 @@ class ModelMonitor:
         serving = self.serving_version if self.serving_version is not None else -1
         result.join_all(pairs)
         found = [pair[0] for _, pair in pairs]
-        if set(map(_version, found)) == {serving} and set(map(_served_by, found)) <= MONITORED:
+        if (
+            set(map(_version, found)) == {serving}
+            and set(map(_served_by, found)) <= SERVED_BY_MONITORED
+        ):
             fed = pairs  # the common case: every pair is of the serving version
             errors = [float(p[3] != pair[1]) for p, (_, pair) in zip(found, pairs, strict=True)]
             pairs_left: list[tuple[int, JoinedPair]] = []
@@ -481,22 +486,19 @@ class ModelMonitor:
                 magnitudes = np.abs(z if len(picked) == z.shape[1] else z[:, picked])
                 for i, at, alarm in update_columns(streams, magnitudes):
                     found.append((i, picked[at], 1, alarm))
-            index = rows
-        else:
-            finite_rows: list[list[int]] = []
+        else:  # per column, only the finite values (rows are positions in ``matrix``)
             for j, name in enumerate(self._names):
                 column = z[:, j]
                 finite = np.flatnonzero(np.isfinite(column))
-                finite_rows.append(finite.tolist())
+                positions = finite.tolist()
                 values = column[finite]
                 for i, alarm in self.features[name].update_many(values.tolist()):
-                    found.append((finite_rows[j][i], j, 0, alarm))
+                    found.append((positions[i], j, 0, alarm))
                 if name in self.scales:
                     for i, alarm in self.scales[name].update_many(np.abs(values)):
-                        found.append((finite_rows[j][i], j, 1, alarm))
-            index = rows
+                        found.append((positions[i], j, 1, alarm))
         for i, _, _, alarm in sorted(found, key=lambda hit: hit[:3]):
-            k = index[i]
+            k = rows[i]
             self._raise(alarm, points[k].event_id, now, result.at(k))
 
     # -- alarms and incidents -----------------------------------------------------------------
