@@ -26,7 +26,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker, KafkaMessage
 
-from modelbus_contracts import ALL_EVENTS, ContractError, Event, decode, encode
+from modelbus_contracts import ALL_EVENTS, ContractError, Event, KafkaRecord, decode, encode
 
 from .metrics import Metrics
 
@@ -54,6 +54,10 @@ def all_topics() -> list[str]:
 
 class Publisher(Protocol):
     async def publish(self, event: Event) -> None: ...
+
+
+class UndeclaredEvent(RuntimeError):
+    """A service tried to publish an event its spec does not declare."""
 
 
 class ProcessedEvents(Protocol):
@@ -107,6 +111,12 @@ class RecordingPublisher:
         encode(event)  # the real publisher would fail on an unencodable event; so do we
         self.events.append(event)
 
+    async def publish_record(self, record: KafkaRecord) -> None:
+        event = decode(record.headers, record.value)
+        if event.topic != record.topic:
+            raise ValueError(f"{event.event_type} record sent to topic {record.topic}")
+        self.events.append(event)
+
     async def publish_records(self, topic: str, records: list[RawRecord]) -> None:
         """Pre-encoded records are decoded as a consumer would (so a record that breaks the
         contract fails here, as it would fail the real consumers)."""
@@ -148,8 +158,10 @@ class EventBus:
         retries: int = 3,
         backoff_s: float = 0.2,
         partitions: int = 3,
+        publishes: Iterable[str] | None = None,
     ) -> None:
         self.bootstrap = bootstrap
+        self.publishes = frozenset(publishes) if publishes is not None else None
         self.service = service
         self.metrics = metrics
         self.processed = processed
@@ -184,12 +196,22 @@ class EventBus:
     # -- publishing ---------------------------------------------------------------------------
 
     async def publish(self, event: Event) -> None:
-        record = encode(event)
+        await self.publish_record(encode(event))
+
+    async def publish_record(self, record: KafkaRecord) -> None:
+        """Publish one encoded event (what the outbox relay sends)."""
+        self._check_declared(record.topic)
         await self.broker.publish(
             record.value, record.topic, key=record.key, headers=record.headers
         )
         self.metrics.events_published.labels(record.topic).inc()
-        log.debug("event.published", event_type=event.event_type, event_id=str(event.event_id))
+        log.debug("event.published", topic=record.topic, event_id=record.headers.get("ce_id"))
+
+    def _check_declared(self, topic: str) -> None:
+        """A service publishes only the events its spec declares (so its AsyncAPI document,
+        generated from the spec, covers everything it sends)."""
+        if self.publishes is not None and topic not in self.publishes:
+            raise UndeclaredEvent(f"{self.service} does not declare that it publishes {topic}")
 
     async def publish_many(self, events: list[Event]) -> list[BaseException | None]:
         """Publish several events pipelined: every send is queued first, then all acks are
@@ -198,6 +220,7 @@ class EventBus:
         futures: list[Any] = []
         for event in events:
             record = encode(event)
+            self._check_declared(record.topic)
             futures.append(
                 await self.broker.publish(
                     record.value,
@@ -224,6 +247,7 @@ class EventBus:
         all acknowledgements are awaited together. Raises if any batch fails."""
         if not records:
             return
+        self._check_declared(topic)
         producer = await self._bulk_producer()
         partitions = sorted(await producer.partitions_for(topic))
         by_partition: dict[int, list[RawRecord]] = {}

@@ -53,3 +53,13 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.outbox_lag = Gauge(
+            "modelbus_outbox_lag_seconds",
+            "Age of the oldest event waiting in the outbox (0 when everything is published)",
+            registry=r,
+        )
+        self.outbox_failures = Counter(
+            "modelbus_outbox_publish_failures_total",
+            "Outbox drains that stopped on a publish failure (retried with backoff)",
+            registry=r,
+        )

@@ -1,0 +1,358 @@
+"""The service kit: a service declares what it is, and the kit builds the rest.
+
+A service is a ``ServiceSpec``: its settings class, its metrics class, the events it publishes,
+its subscriptions (event, consumer group, handler, batch or single) and ``wire`` — its one
+composition root, which builds the service's objects from a ``Kit`` (settings, metrics, the
+bus, the MongoDB database, the object store, the registry client, the outbox) without any I/O
+and returns a ``Wiring``: the context handed to every handler, the HTTP routers, the resources
+to start, ping and stop, the background tasks and the outbox stores.
+
+From a spec, ``build_app`` makes the ASGI app (FastAPI through the platform's HTTP shell), its
+lifespan (resources started in order, then the consumer groups, then the tasks; stopped in
+reverse), its readiness (every resource's ping), the consumer groups on the bus and the
+``__main__`` (``run_service``); ``asyncapi.document_for(spec)`` makes its AsyncAPI document.
+The bus refuses to publish an event the spec does not declare, so the document covers what the
+service sends, and the subscriptions it receives are the spec's own.
+
+Services register their spec under the ``modelbus.services`` entry point group, which is how
+``python -m modelbus_platform.asyncapi`` finds them without the platform importing services.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any, Literal, TypeVar
+
+import structlog
+from fastapi import APIRouter, FastAPI
+from pymongo.asynchronous.database import AsyncDatabase
+
+from modelbus_contracts import Event
+
+from .bus import EventBus, MemoryProcessedEvents
+from .http import ServiceApp, create_app
+from .logging import configure_logging
+from .metrics import Metrics
+from .outbox import MongoOutbox, OutboxStore, Relay
+from .runtime import run
+from .settings import ServiceSettings
+from .stores import (
+    MongoProcessedEvents,
+    ObjectStore,
+    build_object_store,
+    connect_mongo,
+    mongo_ping,
+)
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+ENTRY_POINT_GROUP = "modelbus.services"
+INSTANCE_PLACEHOLDER = "{instance}"
+
+Handler = Callable[[Any, Any], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """``handler(context, event)`` (or ``handler(context, events)`` for a batch subscription)
+    for ``event`` in consumer ``group``. The group may name settings fields, e.g.
+    ``"scorer-control-{instance_id}"`` (one group per replica) or ``"{consumer_group}"``."""
+
+    event: type[Event]
+    group: str
+    handler: Handler
+    batch: bool = False
+    dedupe: bool = True
+    offset_reset: Literal["earliest", "latest"] = "earliest"
+
+    def group_for(self, settings: ServiceSettings) -> str:
+        return self.group.format_map(_SettingsFields(settings))
+
+    def documented_group(self, settings_cls: type[ServiceSettings]) -> str:
+        """The group as the AsyncAPI document shows it: settings defaults, ``{instance}`` for a
+        per-replica part."""
+        return self.group.format_map(_Defaults(settings_cls))
+
+
+class _SettingsFields(dict[str, Any]):
+    def __init__(self, settings: ServiceSettings) -> None:
+        super().__init__()
+        self.settings = settings
+
+    def __missing__(self, key: str) -> Any:
+        return getattr(self.settings, key)
+
+
+class _Defaults(dict[str, Any]):
+    def __init__(self, settings_cls: type[ServiceSettings]) -> None:
+        super().__init__()
+        self.settings_cls = settings_cls
+
+    def __missing__(self, key: str) -> Any:
+        if key == "instance_id":
+            return INSTANCE_PLACEHOLDER
+        return self.settings_cls.model_fields[key].default
+
+
+@dataclass(frozen=True)
+class Resource:
+    """Something the service starts, checks and stops (a store, a client, a warm state).
+    ``ping`` answers readiness; a resource without one is not part of it."""
+
+    name: str
+    start: Callable[[], Awaitable[Any]] | None = None
+    stop: Callable[[], Awaitable[Any]] | None = None
+    ping: Callable[[], Awaitable[bool]] | None = None
+
+
+@dataclass(frozen=True)
+class Task:
+    """A background task, started after the consumer groups and stopped before them:
+    ``stop`` for a graceful end (e.g. flush), else the task is cancelled."""
+
+    name: str
+    run: Callable[[], Awaitable[Any]]
+    stop: Callable[[], Awaitable[Any]] | None = None
+
+
+@dataclass
+class Wiring:
+    """What a service's composition root builds."""
+
+    context: Any
+    routers: list[APIRouter] = field(default_factory=list)
+    resources: list[Resource] = field(default_factory=list)
+    tasks: list[Task] = field(default_factory=list)
+    outboxes: list[OutboxStore] = field(default_factory=list)
+    configure_app: Callable[[ServiceApp], None] | None = None
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    name: str
+    title: str
+    description: str
+    settings: type[ServiceSettings]
+    wire: Callable[[Kit], Wiring]
+    publishes: tuple[type[Event], ...] = ()
+    subscriptions: tuple[Subscription, ...] = ()
+    metrics: type[Metrics] = Metrics
+
+    def settings_from_env(self) -> ServiceSettings:
+        return self.settings()
+
+
+class Kit:
+    """What a composition root builds from: settings, metrics, the bus and shared resources.
+
+    Resources are made on first use and registered for the lifespan (started in the order
+    they were asked for, before the service's own). ``override(name, default)`` lets tests
+    hand in a fake for any named part (``build_app(settings, store=MemoryObjectStore())``).
+    """
+
+    def __init__(
+        self, spec: ServiceSpec, settings: ServiceSettings, overrides: Mapping[str, Any]
+    ) -> None:
+        self.spec = spec
+        self.settings = settings
+        self.metrics = spec.metrics(settings.service_name)
+        self.overrides = dict(overrides)
+        self.resources: list[Resource] = []
+        self.bus = EventBus.from_settings(
+            settings,
+            metrics=self.metrics,
+            processed=MemoryProcessedEvents(),
+            publishes=[cls.topic for cls in spec.publishes],
+        )
+        self._made: dict[str, Any] = {}
+        self._outboxes: list[OutboxStore] = []
+        self.relay: Relay | None = None
+
+    def override(self, name: str, default: Callable[[], T]) -> T:
+        """The test's replacement for ``name`` if one was given, else ``default()``."""
+        if name in self.overrides:
+            return self.overrides[name]
+        return default()
+
+    def once(self, name: str, make: Callable[[], T]) -> T:
+        if name not in self._made:
+            self._made[name] = self.override(name, make)
+        return self._made[name]
+
+    def mongo(self) -> AsyncDatabase:
+        """The service's MongoDB database (one client); the bus's idempotency ledger lives
+        there too."""
+
+        def make() -> AsyncDatabase:
+            client, db = connect_mongo(self.settings)
+            processed = MongoProcessedEvents(db)
+            self.bus.processed = processed
+            self.resources.append(
+                Resource(
+                    "mongo",
+                    start=processed.init,
+                    stop=client.close,
+                    ping=functools.partial(mongo_ping, db),
+                )
+            )
+            return db
+
+        return self.once("mongo", make)
+
+    def object_store(self) -> ObjectStore:
+        def make() -> ObjectStore:
+            store = build_object_store(self.settings)
+            self.resources.append(Resource("object_store", ping=store.ping))
+            return store
+
+        return self.once("store", make)
+
+    def outbox(self, collection: str) -> MongoOutbox:
+        """The outbox of one collection: its pending events are published by the service's
+        relay (its index is created at start)."""
+        store = MongoOutbox(self.mongo()[collection])
+        self.resources.append(Resource(f"outbox:{collection}", start=store.init))
+        self._outboxes.append(store)
+        return store
+
+    def events(self, *extra: OutboxStore) -> Relay:
+        """The service's relay (one per service): publishes its outboxes' events."""
+        if self.relay is None:
+            self.relay = self.override("relay", lambda: Relay([], self.bus, metrics=self.metrics))
+        for store in extra:
+            self._outboxes.append(store)
+        return self.relay
+
+    # -- building ---------------------------------------------------------------------------
+
+    def bind(self, wiring: Wiring) -> None:
+        for sub in self.spec.subscriptions:
+            handler = functools.partial(sub.handler, wiring.context)
+            group = sub.group_for(self.settings)
+            if sub.batch:
+                self.bus.subscribe_batch(
+                    sub.event, group=group, handler=handler, offset_reset=sub.offset_reset
+                )
+            else:
+                self.bus.subscribe(
+                    sub.event,
+                    group=group,
+                    handler=handler,
+                    offset_reset=sub.offset_reset,
+                    dedupe=sub.dedupe,
+                )
+        stores = [*self._outboxes, *wiring.outboxes]
+        if stores:
+            relay = self.events()
+            relay.stores.extend(s for s in stores if s not in relay.stores)
+
+
+class Lifecycle:
+    """Starts and stops a wired service: resources, then the bus, then tasks; the reverse."""
+
+    def __init__(self, kit: Kit, wiring: Wiring) -> None:
+        self.kit = kit
+        self.resources = [*kit.resources, *wiring.resources]
+        self.tasks = list(wiring.tasks)
+        if kit.relay is not None:
+            relay = kit.relay
+            self.tasks.insert(0, Task("outbox-relay", relay.run, stop=relay.close))
+        self.started = False
+        self._running: list[tuple[Task, asyncio.Task[Any]]] = []
+
+    async def start(self) -> None:
+        for resource in self.resources:
+            if resource.start is not None:
+                await resource.start()
+        await self.kit.bus.start()
+        for task in self.tasks:
+            self._running.append((task, asyncio.create_task(task.run(), name=task.name)))
+        self.started = True
+        log.info(f"{self.kit.spec.name}.started", port=self.kit.settings.http_port)
+
+    async def stop(self) -> None:
+        self.started = False
+        for task, running in reversed(self._running):
+            running.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await running
+            if task.stop is not None:
+                try:
+                    await task.stop()
+                except Exception as exc:
+                    log.warning("task.stop_failed", task=task.name, error=str(exc))
+        self._running.clear()
+        await self.kit.bus.stop()
+        for resource in reversed(self.resources):
+            if resource.stop is not None:
+                try:
+                    await resource.stop()
+                except Exception as exc:
+                    log.warning("resource.stop_failed", resource=resource.name, error=str(exc))
+        log.info(f"{self.kit.spec.name}.stopped")
+
+    async def readiness(self) -> dict[str, bool]:
+        checks = {"bus": self.kit.bus.ping, **{r.name: r.ping for r in self.resources if r.ping}}
+        if not self.started:
+            return dict.fromkeys(checks, False)
+        names = list(checks)
+        results = await asyncio.gather(*(check() for check in checks.values()))
+        return dict(zip(names, (bool(r) for r in results), strict=True))
+
+
+def build_app(
+    spec: ServiceSpec, settings: ServiceSettings | None = None, **overrides: Any
+) -> ServiceApp:
+    """The service's ASGI app: wired, its consumer groups bound, its lifespan ready."""
+    settings = settings or spec.settings_from_env()
+    kit = Kit(spec, settings, overrides)
+    wiring = spec.wire(kit)
+    kit.bind(wiring)
+    lifecycle = Lifecycle(kit, wiring)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await lifecycle.start()
+        try:
+            yield
+        finally:
+            await lifecycle.stop()
+
+    app = create_app(
+        title=spec.title,
+        description=spec.description,
+        metrics=kit.metrics,
+        readiness=lifecycle.readiness,
+        lifespan=lifespan,
+        max_body_bytes=settings.max_body_bytes,
+    )
+    for router in wiring.routers:
+        app.include_router(router)
+    if wiring.configure_app is not None:
+        wiring.configure_app(app)
+    app.state.context = wiring.context
+    app.state.kit = kit
+    app.state.bus = kit.bus
+    return app
+
+
+def run_service(spec: ServiceSpec) -> None:
+    """``python -m modelbus_<service>``: settings from the environment, logging, serve."""
+    settings = spec.settings_from_env()
+    configure_logging(settings.service_name, settings.log_level, settings.log_json)
+    run(build_app(spec, settings), settings.http_host, settings.http_port)
+
+
+def load_specs() -> dict[str, ServiceSpec]:
+    """Every installed service's spec (entry point group ``modelbus.services``), by name."""
+    specs = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        spec = ep.load()
+        specs[spec.name] = spec
+    return dict(sorted(specs.items()))
