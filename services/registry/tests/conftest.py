@@ -21,8 +21,9 @@ from modelbus_contracts import (
 from modelbus_ml import from_rows, train_logreg
 from modelbus_platform.bus import RecordingPublisher
 from modelbus_platform.stores import LocalObjectStore, ObjectStore, sha256_hex
-from modelbus_registry.adapters import MemoryRegistryRepository
+from modelbus_platform.testing import InlineRelay
 from modelbus_registry.service import RegistryService
+from modelbus_registry.testing import MemoryRegistryRepository
 
 FEATURES = ["x1", "x2"]
 
@@ -116,7 +117,8 @@ def wired(tmp_path) -> Wired:
     repo = MemoryRegistryRepository()
     store = LocalObjectStore(tmp_path / "objects")
     published = RecordingPublisher()
-    service = RegistryService(repo, store, published, clock=StepClock())
+    relay = InlineRelay([repo.outbox], published)
+    service = RegistryService(repo, store, relay, clock=StepClock())
     return Wired(service, repo, store, published)
 
 

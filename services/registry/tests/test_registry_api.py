@@ -21,7 +21,7 @@ async def client(wired):
 
     app = create_app(title="t", description="t", metrics=Metrics("t"), readiness=ready)
     app.include_router(build_router(audit_limit=50))
-    app.state.registry = wired.service
+    app.state.context = wired.service
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://registry") as http:
         yield http
@@ -115,6 +115,6 @@ async def test_rollback_and_audit(client, wired, mk):
 
 
 async def test_service_unavailable_before_startup(client, wired):
-    client._transport.app.state.registry = None
+    client._transport.app.state.context = None
     response = await client.get("/models")
     assert response.status_code == 503

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from types import SimpleNamespace
 
 import httpx
@@ -9,9 +10,9 @@ import httpx
 from modelbus_contracts import Event, ModelPromoted, ModelRegistered, encode
 from modelbus_platform.bus import EventBus, MemoryProcessedEvents
 from modelbus_platform.metrics import Metrics
+from modelbus_registry import handlers
 from modelbus_registry.bootstrap import build_app
 from modelbus_registry.config import RegistrySettings
-from modelbus_registry.handlers import make_handlers
 
 MODEL = "upsell"
 
@@ -36,7 +37,8 @@ async def test_handlers_register_and_promote_once_per_event_id(wired, mk):
         metrics=Metrics("registry"),
         processed=MemoryProcessedEvents(),
     )
-    on_trained, on_evaluated = make_handlers(wired.service)
+    on_trained = partial(handlers.model_trained, wired.service)
+    on_evaluated = partial(handlers.model_evaluated, wired.service)
     trained = mk.trained(MODEL, await mk.put_artifact(wired.store, MODEL))
     for offset in (0, 1):  # the broker delivers it twice
         await bus.process(type(trained), "registry", on_trained, raw(trained, offset))

@@ -10,7 +10,8 @@ import pytest
 
 from modelbus_platform.settings import ServiceSettings
 from modelbus_platform.stores import connect_mongo
-from modelbus_registry.adapters import MemoryRegistryRepository, MongoRegistryRepository
+from modelbus_registry.adapters import MongoRegistryRepository
+from modelbus_registry.testing import MemoryRegistryRepository
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 

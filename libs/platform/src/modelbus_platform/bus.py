@@ -180,7 +180,12 @@ class EventBus:
 
     @classmethod
     def from_settings(
-        cls, settings: Any, *, metrics: Metrics, processed: ProcessedEvents
+        cls,
+        settings: Any,
+        *,
+        metrics: Metrics,
+        processed: ProcessedEvents,
+        publishes: Iterable[str] | None = None,
     ) -> EventBus:
         """The bus as every service builds it from its ``ServiceSettings``."""
         return cls(
@@ -191,6 +196,7 @@ class EventBus:
             retries=settings.handler_retries,
             backoff_s=settings.handler_backoff_s,
             partitions=settings.topic_partitions,
+            publishes=publishes,
         )
 
     # -- publishing ---------------------------------------------------------------------------

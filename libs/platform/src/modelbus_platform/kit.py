@@ -319,9 +319,11 @@ def build_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await lifecycle.start()
+        app.state.context = wiring.context  # routes answer 503 until the service has started
         try:
             yield
         finally:
+            app.state.context = None
             await lifecycle.stop()
 
     app = create_app(
@@ -336,7 +338,7 @@ def build_app(
         app.include_router(router)
     if wiring.configure_app is not None:
         wiring.configure_app(app)
-    app.state.context = wiring.context
+    app.state.context = None
     app.state.kit = kit
     app.state.bus = kit.bus
     return app

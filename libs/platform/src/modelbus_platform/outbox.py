@@ -114,6 +114,12 @@ class RecordPublisher(Protocol):
     async def publish_record(self, record: KafkaRecord) -> None: ...
 
 
+class Notifier(Protocol):
+    """What a service holds to say "state with events was written" (the relay)."""
+
+    async def notify(self) -> None: ...
+
+
 class MongoOutbox:
     """The outboxes of the documents of one collection."""
 

@@ -18,13 +18,13 @@ from modelbus_contracts.api import (
 )
 
 from .domain import Conflict, NotFound, RegistryError
-from .service import API_ACTOR, PublishFailed, RegistryService
+from .service import API_ACTOR, RegistryService
 
 ARTIFACT_MEDIA_TYPE = "application/json"
 
 
 def get_service(request: Request) -> RegistryService:
-    service = getattr(request.app.state, "registry", None)
+    service = getattr(request.app.state, "context", None)
     if service is None:
         raise HTTPException(503, detail="registry is starting")
     return service
@@ -42,8 +42,6 @@ async def _guard(call):
         raise HTTPException(404, detail=exc.reason) from exc
     except Conflict as exc:
         raise HTTPException(409, detail=exc.reason) from exc
-    except PublishFailed as exc:
-        raise HTTPException(503, detail=exc.reason) from exc
     except RegistryError as exc:
         raise HTTPException(400, detail=exc.reason) from exc
 

@@ -1,24 +1,26 @@
-"""The composition root: builds the registry's adapters, service, bus subscriptions and HTTP
-app. Nothing connects at import; the app's lifespan connects, creates indexes and starts the bus.
-"""
+"""The registry as a service: what it is (``SPEC``) and its one composition root (``wire``).
+
+Nothing connects here: the kit's lifespan starts the resources (indexes), then the consumer
+group, then the outbox relay."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from typing import Any
 
-import structlog
-from fastapi import FastAPI
 from prometheus_client import Counter
 
-from modelbus_platform.bus import EventBus
-from modelbus_platform.http import create_app
-from modelbus_platform.metrics import Metrics
-from modelbus_platform.stores import (
-    MongoProcessedEvents,
-    build_object_store,
-    connect_mongo,
+from modelbus_contracts import (
+    ModelEvaluated,
+    ModelPromoted,
+    ModelRegistered,
+    ModelRollbackRequested,
+    ModelRolledBack,
+    ModelRolloutChanged,
+    ModelTrained,
 )
+from modelbus_platform.kit import Kit, Resource, ServiceSpec, Subscription, Wiring
+from modelbus_platform.kit import build_app as build_service_app
+from modelbus_platform.metrics import Metrics
 
 from . import handlers
 from .adapters import MongoRegistryRepository
@@ -26,67 +28,57 @@ from .api import build_router
 from .config import RegistrySettings
 from .service import RegistryService
 
-log = structlog.get_logger(__name__)
 
-DESCRIPTION = (
-    "Source of truth for models: versions, sha256-verified artifacts, lineage, metrics, aliases "
-    "moved only by compare-and-set, and an append-only audit log."
+class RegistryMetrics(Metrics):
+    def __init__(self, service: str = "registry") -> None:
+        super().__init__(service)
+        self.decisions = Counter(
+            "modelbus_registry_decisions_total",
+            "Audit records written, by action (registered, promoted, promotion_conflict, ...)",
+            ["action"],
+            registry=self.registry,
+        )
+
+
+def wire(kit: Kit) -> Wiring:
+    settings: RegistrySettings = kit.settings  # type: ignore[assignment]
+    metrics: RegistryMetrics = kit.metrics  # type: ignore[assignment]
+    db = kit.mongo()
+    repo = kit.override("repo", lambda: MongoRegistryRepository(db))
+    relay = kit.events(kit.outbox("models"), kit.outbox("versions"))
+    service = RegistryService(
+        repo,
+        kit.object_store(),
+        relay,
+        on_decision=lambda action: metrics.decisions.labels(action).inc(),
+    )
+    return Wiring(
+        context=service,
+        routers=[build_router(settings.audit_page_limit)],
+        resources=[Resource("registry-indexes", start=repo.init)],
+    )
+
+
+SPEC = ServiceSpec(
+    name="registry",
+    title="modelbus registry",
+    description=(
+        "Source of truth for models: versions, sha256-verified artifacts, lineage, metrics, "
+        "aliases moved only by compare-and-set, and an append-only audit log. Registers trained "
+        "versions after verifying their artifact, moves the champion alias on the deployer's "
+        "verdict, rolls back."
+    ),
+    settings=RegistrySettings,
+    metrics=RegistryMetrics,
+    wire=wire,
+    publishes=(ModelRegistered, ModelPromoted, ModelRolledBack, ModelRolloutChanged),
+    subscriptions=(
+        Subscription(ModelTrained, "{consumer_group}", handlers.model_trained),
+        Subscription(ModelEvaluated, "{consumer_group}", handlers.model_evaluated),
+        Subscription(ModelRollbackRequested, "{consumer_group}", handlers.rollback_requested),
+    ),
 )
 
 
-def build_app(settings: RegistrySettings | None = None) -> FastAPI:
-    settings = settings or RegistrySettings()
-    metrics = Metrics(settings.service_name)
-    decisions = Counter(
-        "modelbus_registry_decisions_total",
-        "Audit records written, by action (registered, promoted, promotion_conflict, ...)",
-        ["action"],
-        registry=metrics.registry,
-    )
-    parts: dict = {}
-
-    async def readiness() -> dict[str, bool]:
-        if not parts:
-            return {"bus": False, "mongo": False, "object_store": False}
-        return {
-            "bus": await parts["bus"].ping(),
-            "mongo": await parts["repo"].ping(),
-            "object_store": await parts["store"].ping(),
-        }
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        client, db = connect_mongo(settings)
-        repo = MongoRegistryRepository(db)
-        processed = MongoProcessedEvents(db)
-        await repo.init()
-        await processed.init()
-        store = build_object_store(settings)
-        bus = EventBus.from_settings(settings, metrics=metrics, processed=processed)
-        service = RegistryService(
-            repo, store, bus, on_decision=lambda action: decisions.labels(action).inc()
-        )
-        handlers.subscribe(bus, service, group=settings.consumer_group)
-        await bus.start()
-        parts.update(bus=bus, repo=repo, store=store)
-        app.state.registry = service
-        log.info("registry.started", db=settings.mongo_db, port=settings.http_port)
-        try:
-            yield
-        finally:
-            app.state.registry = None
-            parts.clear()
-            await bus.stop()
-            await client.close()
-            log.info("registry.stopped")
-
-    app = create_app(
-        title="modelbus registry",
-        description=DESCRIPTION,
-        metrics=metrics,
-        readiness=readiness,
-        lifespan=lifespan,
-        max_body_bytes=settings.max_body_bytes,
-    )
-    app.include_router(build_router(settings.audit_page_limit))
-    return app
+def build_app(settings: RegistrySettings | None = None, **overrides: Any):
+    return build_service_app(SPEC, settings, **overrides)

@@ -77,6 +77,18 @@ def empty_aliases() -> dict[str, int | None]:
     return dict.fromkeys(ALIASES)
 
 
+def new_model(name: str, now: datetime) -> dict[str, Any]:
+    """A new model's document: no aliases, no versions yet."""
+    return {
+        "name": name,
+        "aliases": empty_aliases(),
+        "latest_version": 0,
+        "alias_revision": 0,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
 @dataclass(frozen=True)
 class AliasMove:
     """One compare-and-set on a model's aliases and the version statuses that follow from it.

@@ -1,10 +1,16 @@
-"""The registry's storage port. One Protocol, two adapters (MongoDB and in-memory), one shared
-test suite (tests/registry_port_suite.py) run against both."""
+"""The registry's storage port. One Protocol, two adapters (MongoDB, and the in-memory one in
+``testing``), one shared test suite run against both.
+
+A write that changes state others care about takes the ``events`` it causes: they are stored
+in the same document write (the outbox) and published by the service's relay."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Protocol
+
+from modelbus_contracts import Event
 
 
 class RegistryRepository(Protocol):
@@ -30,17 +36,24 @@ class RegistryRepository(Protocol):
         expected: dict[str, int | None],
         new: dict[str, int | None],
         now: datetime,
+        *,
+        rollout: dict[str, Any] | None = None,
+        events: Sequence[Event] = (),
     ) -> dict[str, Any] | None:
-        """Set ``new`` aliases only if every alias in ``expected`` still has that value.
-        Returns the updated model, or None when the compare failed (nothing changed)."""
+        """Set ``new`` aliases (and ``rollout``, if given) only if every alias in ``expected``
+        still has that value, with ``events`` in the same write. Returns the updated model, or
+        None when the compare failed (nothing changed, nothing emitted)."""
 
-    async def set_rollout(self, name: str, rollout: dict[str, Any], now: datetime) -> None:
+    async def set_rollout(
+        self, name: str, rollout: dict[str, Any], now: datetime, *, events: Sequence[Event] = ()
+    ) -> None:
         """Store the model's live rollout state (mode, version, fraction, step)."""
 
     # -- versions -----------------------------------------------------------------------------
 
-    async def insert_version(self, doc: dict[str, Any]) -> bool:
-        """False if (model_name, version) or (model_name, run_id) already exists."""
+    async def insert_version(self, doc: dict[str, Any], *, events: Sequence[Event] = ()) -> bool:
+        """False if (model_name, version) or (model_name, run_id) already exists (then nothing
+        is emitted)."""
 
     async def get_version(self, name: str, version: int) -> dict[str, Any] | None: ...
 

@@ -2,8 +2,9 @@
 alias compare-and-set, rollback, and the read side. Every decision is written to the audit log
 with its reasons and numbers, and every state change that others care about is an event.
 
-Dependencies are injected (repository port, object store, publisher, clock); nothing here knows
-about Kafka, MongoDB or HTTP.
+Dependencies are injected (repository port, object store, the event relay, clock); nothing here
+knows about Kafka, MongoDB or HTTP. Events are never published "after" a write: they go into the
+write that changes the state (the repository's ``events``), and the relay publishes them.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from modelbus_contracts.api import (
     VersionView,
 )
 from modelbus_contracts.envelope import utcnow
-from modelbus_platform.bus import Publisher
+from modelbus_platform.outbox import Notifier
 from modelbus_platform.stores import IntegrityError, ObjectNotFound, ObjectStore, get_verified
 
 from . import domain
@@ -47,23 +48,19 @@ EVENT_ACTOR = "registry"
 API_ACTOR = "registry-api"
 
 
-class PublishFailed(RegistryError):
-    """The state changed but its event could not be published (the caller should know)."""
-
-
 class RegistryService:
     def __init__(
         self,
         repo: RegistryRepository,
         store: ObjectStore,
-        publisher: Publisher,
+        events: Notifier,
         *,
         clock: Callable[[], datetime] = utcnow,
         on_decision: Callable[[str], None] | None = None,
     ) -> None:
         self.repo = repo
         self.store = store
-        self.publisher = publisher
+        self.events = events
         self.clock = clock
         self.on_decision = on_decision or (lambda action: None)
 
@@ -74,7 +71,8 @@ class RegistryService:
         name = event.model_name
         existing = await self.repo.find_version_by_run(name, event.run_id)
         if existing is not None:
-            return await self._registration_replay(event, existing)
+            await self._registration_duplicate(event, existing)
+            return None
         try:
             data = await get_verified(self.store, event.artifact.uri, event.artifact.sha256)
             domain.check_artifact(data, event.artifact, event.feature_names)
@@ -91,9 +89,12 @@ class RegistryService:
             return None
         version = await self.repo.allocate_version(name, self.clock())
         doc = domain.version_doc(event, version, self.clock())
-        if not await self.repo.insert_version(doc):  # a concurrent delivery of the same run won
+        registered = await self._registered_event(event, doc)
+        if not await self.repo.insert_version(doc, events=[registered]):
+            # a concurrent delivery of the same run won
             log.info("registration.lost_race", model=name, run_id=event.run_id, version=version)
             return None
+        await self.events.notify()
         await self._audit(
             name,
             "registered",
@@ -103,18 +104,11 @@ class RegistryService:
             details=_trained_details(event),
         )
         log.info("registration.registered", model=name, version=version, run_id=event.run_id)
-        registered = await self._registered_event(event, doc)
-        await self.publisher.publish(registered)
         return registered
 
-    async def _registration_replay(
-        self, event: ModelTrained, existing: dict[str, Any]
-    ) -> ModelRegistered | None:
+    async def _registration_duplicate(self, event: ModelTrained, existing: dict[str, Any]) -> None:
         if existing.get("registered_by") == str(event.event_id):
-            # this very event registered the version but did not finish: emit the same event
-            registered = await self._registered_event(event, existing)
-            await self.publisher.publish(registered)
-            return registered
+            return  # this very event registered it (a redelivery): its event is in the outbox
         await self._audit(
             event.model_name,
             "registration_duplicate",
@@ -123,7 +117,6 @@ class RegistryService:
             reason=f"run {event.run_id} is already version {existing['version']}",
         )
         log.info("registration.duplicate_run", model=event.model_name, run_id=event.run_id)
-        return None
 
     async def _registered_event(self, event: ModelTrained, doc: dict[str, Any]) -> ModelRegistered:
         return event.caused(
@@ -166,9 +159,7 @@ class RegistryService:
             return None
         aliases = domain.aliases_of(model)
         if _already_handled(doc, event) and aliases["champion"] == version:
-            promoted = self._promoted_event(event, doc, aliases["previous"])
-            await self.publisher.publish(promoted)  # a retry: same event id, consumers dedupe
-            return promoted
+            return None  # a redelivery after the promotion: its event is in the outbox
         await self.repo.update_version(
             name, version, {"evaluation": domain.evaluation_doc(event, self.clock())}
         )
@@ -196,7 +187,7 @@ class RegistryService:
         if event.decision in ("shadow", "canary"):
             await self._start_rollout(event, aliases)
             return None
-        return await self._promote(event, doc, aliases)
+        return await self._promote(event, doc, model)
 
     # -- rollouts (shadow / canary) -------------------------------------------------------------
 
@@ -212,34 +203,48 @@ class RegistryService:
             log.warning("rollout.refused", model=name, version=version, reason=refusal)
             return None
         move = domain.plan_challenger(aliases, version, event.champion_version)
-        if await self.repo.cas_aliases(name, move.expected, move.new, self.clock()) is None:
+        rollout = domain.rollout_doc(event)
+        changed = self._rollout_event(event, rollout, "; ".join(event.reasons))
+        moved = await self.repo.cas_aliases(
+            name, move.expected, move.new, self.clock(), rollout=rollout, events=[changed]
+        )
+        if moved is None:
             current = await self._current_aliases(name)
             reason = f"aliases moved: {current}, the evaluation expected {move.expected}"
             await self._audit(name, "rollout_conflict", version=version, cause=event, reason=reason)
             log.warning("rollout.conflict", model=name, version=version, reason=reason)
             return None
-        rollout = domain.rollout_doc(event)
-        await self.repo.set_rollout(name, rollout, self.clock())
-        return await self._rollout_changed(event, rollout, "; ".join(event.reasons))
+        await self._rollout_changed(event, changed, rollout)
+        return changed
 
     async def _end_rollout(self, event: ModelEvaluated, model: dict[str, Any]) -> None:
         """A rejected challenger that was rolling out leaves live traffic."""
         name, version = event.model_name, event.version
-        aliases = domain.aliases_of(model)
-        if aliases["challenger"] == version:
-            await self.repo.cas_aliases(
-                name, {"challenger": version}, {"challenger": None}, self.clock()
-            )
-        if domain.rollout_of(model)["version"] != version:
-            return
+        ends = domain.rollout_of(model)["version"] == version
         rollout = dict(domain.NO_ROLLOUT)
-        await self.repo.set_rollout(name, rollout, self.clock())
-        await self._rollout_changed(event, rollout, f"rollout of version {version} ended: rejected")
+        reason = f"rollout of version {version} ended: rejected"
+        changed = self._rollout_event(event, rollout, reason) if ends else None
+        events = [changed] if changed is not None else []
+        moved = None
+        if domain.aliases_of(model)["challenger"] == version:
+            moved = await self.repo.cas_aliases(
+                name,
+                {"challenger": version},
+                {"challenger": None},
+                self.clock(),
+                rollout=rollout if ends else None,
+                events=events,
+            )
+        if changed is None:
+            return
+        if moved is None:  # no challenger alias to clear (or it moved meanwhile)
+            await self.repo.set_rollout(name, rollout, self.clock(), events=events)
+        await self._rollout_changed(event, changed, rollout)
 
-    async def _rollout_changed(
+    def _rollout_event(
         self, event: ModelEvaluated, rollout: dict[str, Any], reason: str
     ) -> ModelRolloutChanged:
-        changed = event.caused(
+        return event.caused(
             ModelRolloutChanged,
             producer=EVENT_ACTOR,
             event_id=domain.follow_up_id(event, ModelRolloutChanged.event_type),
@@ -250,6 +255,11 @@ class RegistryService:
             fraction=rollout["fraction"],
             reason=reason[:2000],
         )
+
+    async def _rollout_changed(
+        self, event: ModelEvaluated, changed: ModelRolloutChanged, rollout: dict[str, Any]
+    ) -> None:
+        """Audit a rollout change whose event was written with it, and get it published."""
         await self._audit(
             event.model_name,
             "rollout_changed",
@@ -263,8 +273,7 @@ class RegistryService:
             },
         )
         log.info("rollout.changed", model=event.model_name, **rollout)
-        await self.publisher.publish(changed)
-        return changed
+        await self.events.notify()
 
     # -- ModelRollbackRequested -----------------------------------------------------------------
 
@@ -306,9 +315,10 @@ class RegistryService:
         log.info("evaluation.rejected", model=event.model_name, version=event.version)
 
     async def _promote(
-        self, event: ModelEvaluated, doc: dict[str, Any], aliases: dict[str, int | None]
+        self, event: ModelEvaluated, doc: dict[str, Any], model: dict[str, Any]
     ) -> ModelPromoted | None:
         name, version = event.model_name, event.version
+        aliases = domain.aliases_of(model)
         refusal = domain.promotion_refusal(version, aliases["champion"])
         if refusal:
             await self._audit(
@@ -322,7 +332,17 @@ class RegistryService:
             log.warning("promotion.refused", model=name, version=version, reason=refusal)
             return None
         move = domain.plan_promotion(aliases, version, event.champion_version)
-        updated = await self.repo.cas_aliases(name, move.expected, move.new, self.clock())
+        rollout = domain.rollout_of(model)
+        ends_rollout = rollout["mode"] != "none" and (rollout["version"] or 0) <= version
+        promoted = self._promoted_event(event, doc, event.champion_version)
+        updated = await self.repo.cas_aliases(
+            name,
+            move.expected,
+            move.new,
+            self.clock(),
+            rollout=dict(domain.NO_ROLLOUT) if ends_rollout else None,
+            events=[promoted],
+        )
         if updated is None:
             current = await self._current_aliases(name)
             reason = (
@@ -339,11 +359,8 @@ class RegistryService:
             )
             log.warning("promotion.conflict", model=name, version=version, reason=reason)
             return None
+        await self.events.notify()
         await self._apply_statuses(name, move)
-        rollout = domain.rollout_of(updated)
-        if rollout["mode"] != "none" and (rollout["version"] or 0) <= version:
-            await self.repo.set_rollout(name, dict(domain.NO_ROLLOUT), self.clock())
-        promoted = self._promoted_event(event, doc, event.champion_version)
         await self._audit(
             name,
             "promoted",
@@ -358,7 +375,6 @@ class RegistryService:
             },
         )
         log.info("promotion.promoted", model=name, version=version, previous=event.champion_version)
-        await self.publisher.publish(promoted)
         return promoted
 
     def _promoted_event(
@@ -399,7 +415,20 @@ class RegistryService:
                 details={"alias": alias, "request": update.model_dump()},
             )
             raise
-        updated = await self.repo.cas_aliases(name, move.expected, move.new, self.clock())
+        promoted = None
+        if alias == "champion":
+            promoted = ModelPromoted(
+                producer=API_ACTOR,
+                model_name=name,
+                version=update.version,
+                previous_version=update.expected_version,
+                artifact=doc["artifact"],
+                feature_names=doc["feature_names"],
+                reason=update.reason,
+            )
+        updated = await self.repo.cas_aliases(
+            name, move.expected, move.new, self.clock(), events=[promoted] if promoted else []
+        )
         if updated is None:
             current = (await self._current_aliases(name)).get(alias)
             action = "promotion_conflict" if alias == "champion" else "alias_conflict"
@@ -413,18 +442,8 @@ class RegistryService:
                 details={"alias": alias, "request": update.model_dump()},
             )
             raise Conflict(reason, action=action)
+        await self.events.notify()
         await self._apply_statuses(name, move)
-        promoted = None
-        if alias == "champion":
-            promoted = ModelPromoted(
-                producer=API_ACTOR,
-                model_name=name,
-                version=update.version,
-                previous_version=update.expected_version,
-                artifact=doc["artifact"],
-                feature_names=doc["feature_names"],
-                reason=update.reason,
-            )
         await self._audit(
             name,
             "alias_set",
@@ -440,8 +459,6 @@ class RegistryService:
             },
         )
         log.info("alias.set", model=name, alias=alias, version=update.version)
-        if promoted is not None:
-            await self._publish_after_change(promoted)
         return domain.aliases_view(updated)
 
     async def rollback(
@@ -474,12 +491,6 @@ class RegistryService:
         except Conflict as exc:
             await self._audit(name, exc.action, actor=actor, reason=exc.reason, cause=cause)
             raise
-        updated = await self.repo.cas_aliases(name, move.expected, move.new, self.clock())
-        if updated is None:
-            reason = f"aliases moved during the rollback: {await self._current_aliases(name)}"
-            await self._audit(name, "rollback_conflict", actor=actor, reason=reason)
-            raise Conflict(reason, action="rollback_conflict")
-        await self._apply_statuses(name, move)
         from_version, to_version = move.expected["champion"], move.new["champion"]
         target = await self._version_doc(name, to_version)
         data = dict(
@@ -499,6 +510,15 @@ class RegistryService:
                 event_id=domain.follow_up_id(cause, ModelRolledBack.event_type),
                 **data,
             )
+        updated = await self.repo.cas_aliases(
+            name, move.expected, move.new, self.clock(), events=[rolled_back]
+        )
+        if updated is None:
+            reason = f"aliases moved during the rollback: {await self._current_aliases(name)}"
+            await self._audit(name, "rollback_conflict", actor=actor, reason=reason)
+            raise Conflict(reason, action="rollback_conflict")
+        await self.events.notify()
+        await self._apply_statuses(name, move)
         await self._audit(
             name,
             "rolled_back",
@@ -509,7 +529,6 @@ class RegistryService:
             details={"from": from_version, "to": to_version, **(details or {})},
         )
         log.info("rollback.done", model=name, from_version=from_version, to_version=to_version)
-        await self._publish_after_change(rolled_back)
         return rolled_back
 
     # -- queries --------------------------------------------------------------------------------
@@ -579,16 +598,6 @@ class RegistryService:
     async def _apply_statuses(self, name: str, move: AliasMove) -> None:
         for version, status in move.statuses.items():
             await self.repo.update_version(name, version, {"status": status})
-
-    async def _publish_after_change(self, event: Event) -> None:
-        try:
-            await self.publisher.publish(event)
-        except Exception as exc:
-            log.exception("event.publish_failed", event_type=event.event_type)
-            raise PublishFailed(
-                f"the change is recorded but {event.event_type} could not be published: "
-                f"{_reason(exc)}"
-            ) from exc
 
     async def _audit(
         self,
