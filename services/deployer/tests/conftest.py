@@ -8,12 +8,14 @@ import numpy as np
 import pytest
 
 from modelbus_contracts import ArtifactRef, DatasetRef, Lineage, ModelRegistered, ModelSummary
-from modelbus_deployer.adapters import MemoryDecisionStore, ObjectStoreModels
+from modelbus_deployer.adapters import ObjectStoreModels
 from modelbus_deployer.config import DeployerSettings
 from modelbus_deployer.service import DeployerService
+from modelbus_deployer.testing import MemoryDecisionStore
 from modelbus_ml import Dataset, LogisticModel, train_logreg
 from modelbus_platform.bus import RecordingPublisher
 from modelbus_platform.stores import MemoryObjectStore, sha256_hex
+from modelbus_platform.testing import InlineRelay
 
 FEATURES = ("x1", "x2", "x3")
 
@@ -72,17 +74,17 @@ MODEL = "churn"
 
 
 class FlakyPublisher(RecordingPublisher):
-    """Fails the first ``failures`` publishes: a crash between storing and publishing."""
+    """Fails the first ``failures`` publishes: a broker outage after the decision was stored."""
 
     def __init__(self, failures: int) -> None:
         super().__init__()
         self.failures = failures
 
-    async def publish(self, event) -> None:
+    async def publish_record(self, record) -> None:
         if self.failures > 0:
             self.failures -= 1
             raise ConnectionError("broker down")
-        await super().publish(event)
+        await super().publish_record(record)
 
 
 class World:
@@ -94,12 +96,16 @@ class World:
         self.settings = settings or DeployerSettings()
         self.clock = StepClock(0.05)
 
+    def relay(self, publisher=None) -> InlineRelay:
+        """Publishes the decisions' events at once (to ``publisher``, else the world's)."""
+        return InlineRelay([self.decisions.outbox], publisher or self.publisher)
+
     def service(self, publisher=None) -> DeployerService:
         return DeployerService(
             settings=self.settings,
             decisions=self.decisions,
             models=ObjectStoreModels(self.store),
-            publisher=publisher or self.publisher,
+            events=self.relay(publisher),
             clock=self.clock,
         )
 

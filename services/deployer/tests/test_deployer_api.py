@@ -8,12 +8,13 @@ from fastapi import FastAPI
 from modelbus_deployer.api import router
 from modelbus_deployer.bootstrap import build_app
 from modelbus_deployer.config import DeployerSettings, ModelPolicy
+from modelbus_deployer.handlers import Deployer
 
 
 def app_for(service) -> FastAPI:
     app = FastAPI()
     app.include_router(router)
-    app.state.service = service
+    app.state.context = Deployer(service, None)
     return app
 
 

@@ -6,7 +6,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from modelbus_deployer.adapters import MemoryDecisionStore, MongoDecisionStore
+from modelbus_deployer.adapters import MongoDecisionStore
+from modelbus_deployer.testing import MemoryDecisionStore
+from modelbus_platform.outbox import MongoOutbox, Relay
 from modelbus_platform.settings import ServiceSettings
 from modelbus_platform.stores import connect_mongo
 
@@ -34,8 +36,6 @@ def doc(model: str, version: int, minutes: int = 0) -> dict:
         "decision": "promote",
         "reasons": [f"v{version}"],
         "decided_at": T0 + timedelta(minutes=minutes),
-        "published": False,
-        "published_at": None,
     }
 
 
@@ -50,14 +50,16 @@ async def test_one_decision_per_model_version(store):
     assert await store.get("a", 2) is None
 
 
-async def test_mark_published(store):
-    await store.insert(doc("a", 1))
-
-    await store.mark_published("a", 1, T0)
-
-    got = await store.get("a", 1)
-    assert got["published"] is True
-    assert got["published_at"] == T0
+async def test_a_decision_is_published_once_its_events_left_the_outbox(store, world):
+    evaluated = await world.registered(world.models.good)
+    assert await store.insert(doc("a", 1), events=[evaluated])
+    assert (await store.get("a", 1))["published"] is False
+    relay = Relay(
+        [store.outbox if hasattr(store, "outbox") else MongoOutbox(store.col)], world.publisher
+    )
+    assert await relay.drain() == 1
+    assert (await store.get("a", 1))["published"] is True
+    assert world.publisher.events == [evaluated]
 
 
 async def test_list_is_newest_first_filtered_and_limited(store):
@@ -72,16 +74,19 @@ async def test_list_is_newest_first_filtered_and_limited(store):
     ]
 
 
-async def test_service_republishes_a_stored_unpublished_decision(store, world, flaky_publisher):
+async def test_a_decision_stored_while_the_broker_is_down_is_published_later(
+    store, world, flaky_publisher
+):
     world.decisions = store
     event = await world.registered(world.models.good)
     flaky = flaky_publisher(failures=1)
+    outbox = store.outbox
 
-    with pytest.raises(ConnectionError):
-        await world.service(flaky).handle_registered(event)
+    assert await world.service(flaky).handle_registered(event) == "decided"  # no error
     assert (await store.get("churn", 1))["published"] is False
-    assert await world.service(flaky).handle_registered(event) == "republished"
+    assert flaky.events == []
     assert await world.service(flaky).handle_registered(event) == "duplicate"
+    assert await Relay([outbox], flaky).drain() == 1  # the relay's next attempt
 
     [evaluated] = flaky.events
     stored = await store.get("churn", 1)

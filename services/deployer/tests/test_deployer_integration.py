@@ -227,7 +227,7 @@ async def test_a_broken_shadow_is_rejected_across_a_deployer_restart(
             await publish(infra.kafka_bootstrap, v2)
             shadow = await tap.wait_for(lambda e: e.decision == "shadow", timeout=60)
             await publish(infra.kafka_bootstrap, *shadow_failures(model_name, 60))
-            await counted(app.state.live, 60)
+            await counted(app.state.context.live, 60)
 
         restarted = build_app(settings)
         async with restarted.router.lifespan_context(restarted):

@@ -20,8 +20,10 @@ from modelbus_contracts import (
 )
 from modelbus_deployer.api import router
 from modelbus_deployer.config import DeployerSettings
+from modelbus_deployer.handlers import Deployer
 from modelbus_deployer.live_service import LiveService
 from modelbus_deployer.service import DecisionConflict
+from modelbus_deployer.testing import MemoryLiveStats
 
 FAST = dict(
     canary_steps=[0.1, 0.5],
@@ -51,8 +53,9 @@ def live_for(world, service) -> LiveService:
     live = LiveService(
         settings=world.settings,
         decisions=world.decisions,
-        publisher=world.publisher,
+        events=world.relay(),
         deployer=service,
+        stats=MemoryLiveStats(),
     )
     service.on_stage = live.note
     return live
@@ -245,7 +248,7 @@ async def test_two_replicas_decide_a_step_once(make_world):
 def app_for(service) -> FastAPI:
     app = FastAPI()
     app.include_router(router)
-    app.state.service = service
+    app.state.context = Deployer(service, None)
     return app
 
 
@@ -284,19 +287,20 @@ async def test_human_reject(make_world):
         await service.approve("churn", 2, "bob", "changed my mind")
 
 
-async def test_a_human_decision_whose_publish_failed_is_published_on_retry(
+async def test_a_human_decision_stored_while_the_broker_is_down_is_published_later(
     make_world, flaky_publisher
 ):
     world = make_world(DeployerSettings(require_approval=True))
     service, _ = await decided(world)
     flaky = flaky_publisher(failures=1)
-    service.publisher = flaky
+    service.events = world.relay(flaky)
 
-    with pytest.raises(ConnectionError):
+    doc = await service.approve("churn", 2, "alice", "ok")  # answers at once
+    assert (doc["decision"], doc["published"]) == ("promote", False)
+    with pytest.raises(DecisionConflict):  # recorded: a second approval is a conflict
         await service.approve("churn", 2, "alice", "ok")
-    assert world.decisions.docs[("churn", 2)]["published"] is False
-    doc = await service.approve("churn", 2, "alice", "ok")
+    await service.events.drain()
 
-    assert (doc["decision"], doc["published"]) == ("promote", True)
+    assert (await service.get_decision("churn", 2))["published"] is True
     [final] = flaky.of(ModelEvaluated)
     assert (final.decision, final.actor) == ("promote", "alice")

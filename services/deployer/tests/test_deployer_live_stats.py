@@ -9,10 +9,11 @@ import uuid
 import pytest
 
 from modelbus_contracts import ModelEvaluated, ModelRollbackRequested, PredictionMade
-from modelbus_deployer.adapters import MemoryLiveStats, MongoLiveStats
+from modelbus_deployer.adapters import MongoLiveStats
 from modelbus_deployer.config import DeployerSettings
 from modelbus_deployer.live_service import LiveService
 from modelbus_deployer.rollout import LiveWindow
+from modelbus_deployer.testing import MemoryLiveStats
 from modelbus_platform.settings import ServiceSettings
 from modelbus_platform.stores import connect_mongo
 
@@ -62,7 +63,7 @@ def replica(world, stats, monotonic=None) -> LiveService:
     live = LiveService(
         settings=world.settings,
         decisions=world.decisions,
-        publisher=world.publisher,
+        events=service.events,
         deployer=service,
         stats=stats,
         **({"monotonic": monotonic} if monotonic else {}),
@@ -157,19 +158,21 @@ async def test_a_batch_redelivered_after_a_crash_is_not_counted_twice(make_world
     assert evaluated(world)[-1].live_metrics["predictions"] == 200
 
 
-async def test_a_retried_batch_after_a_failed_publish_is_counted_once(
+async def test_a_step_decided_while_the_broker_is_down_is_published_later_counted_once(
     make_world, stats, flaky_publisher
 ):
     world = make_world(DeployerSettings(rollout="canary", **FAST))
     live = await started(world, stats)
-    live.publisher = flaky_publisher(failures=1)
+    flaky = flaky_publisher(failures=1)
+    live.events = live.deployer.events = world.relay(flaky)
     batch = canaries(200)
 
-    with pytest.raises(ConnectionError):
-        await live.handle(batch)
-    assert await live.handle(batch) == {"churn": "canary"}  # the bus retries the same batch
+    assert await live.handle(batch) == {"churn": "canary"}
+    assert flaky.of(ModelEvaluated) == []  # the broker refused it: it waits in the outbox
+    assert await live.handle(batch) == {"churn": "idle"}  # a redelivery: decided already
+    await live.events.drain()
 
-    [step] = live.publisher.of(ModelEvaluated)
+    [step] = flaky.of(ModelEvaluated)
     assert step.live_metrics["predictions"] == 200
 
 

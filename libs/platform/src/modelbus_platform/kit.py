@@ -38,7 +38,7 @@ from .bus import EventBus, MemoryProcessedEvents
 from .http import ServiceApp, create_app
 from .logging import configure_logging
 from .metrics import Metrics
-from .outbox import MongoOutbox, OutboxStore, Relay
+from .outbox import OutboxStore, Relay
 from .runtime import run
 from .settings import ServiceSettings
 from .stores import (
@@ -213,20 +213,12 @@ class Kit:
 
         return self.once("store", make)
 
-    def outbox(self, collection: str) -> MongoOutbox:
-        """The outbox of one collection: its pending events are published by the service's
-        relay (its index is created at start)."""
-        store = MongoOutbox(self.mongo()[collection])
-        self.resources.append(Resource(f"outbox:{collection}", start=store.init))
-        self._outboxes.append(store)
-        return store
-
-    def events(self, *extra: OutboxStore) -> Relay:
-        """The service's relay (one per service): publishes its outboxes' events."""
+    def events(self, *outboxes: OutboxStore) -> Relay:
+        """The service's relay (one per service): publishes the events waiting in
+        ``outboxes`` (the stores' own outboxes, whose indexes the stores create)."""
         if self.relay is None:
             self.relay = self.override("relay", lambda: Relay([], self.bus, metrics=self.metrics))
-        for store in extra:
-            self._outboxes.append(store)
+        self._outboxes.extend(outboxes)
         return self.relay
 
     # -- building ---------------------------------------------------------------------------

@@ -1,9 +1,9 @@
-"""Adapters for the deployer's ports: MongoDB decisions and live-window checkpoints, verified
-loads from object storage, and in-memory fakes for unit tests."""
+"""Adapters for the deployer's ports: MongoDB decisions (with their outbox) and live-window
+checkpoints, verified loads from object storage. The in-memory ones are in ``testing``."""
 
 from __future__ import annotations
 
-import copy
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -11,7 +11,7 @@ from pymongo import DESCENDING, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from modelbus_contracts import ArtifactRef, DatasetRef
+from modelbus_contracts import ArtifactRef, DatasetRef, Event
 from modelbus_ml import (
     ArtifactError,
     Dataset,
@@ -20,6 +20,7 @@ from modelbus_ml import (
     from_csv_bytes,
     load_model,
 )
+from modelbus_platform.outbox import FIELD, PENDING, MongoOutbox, outbox_doc, outbox_set
 from modelbus_platform.stores import (
     IntegrityError,
     ObjectNotFound,
@@ -30,6 +31,7 @@ from modelbus_platform.stores import (
 from .ports import LoadError, StageKey
 
 NEWEST_FIRST = [("decided_at", DESCENDING), ("version", DESCENDING)]
+VIEW = {"_id": False, FIELD: False}
 LIVE_STAGES = ["shadow", "canary", "watch"]
 
 
@@ -71,37 +73,39 @@ class MongoDecisionStore:
 
     def __init__(self, db: AsyncDatabase, collection: str = "decisions") -> None:
         self.col = db[collection]
+        self.outbox = MongoOutbox(self.col)
 
     async def init(self) -> None:
         await self.col.create_index([("model_name", 1), ("version", 1)], unique=True)
         await self.col.create_index(NEWEST_FIRST)
+        await self.outbox.init()
 
     async def get(self, model_name: str, version: int) -> dict[str, Any] | None:
         doc = await self.col.find_one(
-            {"model_name": model_name, "version": version}, projection={"_id": False}
+            {"model_name": model_name, "version": version}, projection=VIEW
         )
         return _normalised(doc) if doc is not None else None
 
-    async def insert(self, doc: dict[str, Any]) -> bool:
+    async def insert(self, doc: dict[str, Any], *, events: Sequence[Event] = ()) -> bool:
         try:
-            await self.col.insert_one(dict(doc))
+            await self.col.insert_one({**doc, **outbox_doc(events)})
         except DuplicateKeyError:
             return False
         return True
 
-    async def mark_published(self, model_name: str, version: int, at: datetime) -> None:
-        await self.col.update_one(
-            {"model_name": model_name, "version": version},
-            {"$set": {"published": True, "published_at": at.astimezone(UTC).isoformat()}},
-        )
-
     async def transition(
-        self, model_name: str, version: int, stage: int, fields: dict[str, Any]
+        self,
+        model_name: str,
+        version: int,
+        stage: int,
+        fields: dict[str, Any],
+        *,
+        events: Sequence[Event] = (),
     ) -> dict[str, Any] | None:
         doc = await self.col.find_one_and_update(
             {"model_name": model_name, "version": version, "stage": stage},
-            {"$set": fields},
-            projection={"_id": False},
+            {"$set": {**fields, **outbox_set(events)}},
+            projection=VIEW,
             return_document=ReturnDocument.AFTER,
         )
         return _normalised(doc) if doc is not None else None
@@ -110,7 +114,7 @@ class MongoDecisionStore:
         cursor = (
             self.col.find(
                 {"model_name": model_name, "live": {"$in": LIVE_STAGES}},
-                projection={"_id": False},
+                projection=VIEW,
             )
             .sort("version", DESCENDING)
             .limit(1)
@@ -120,7 +124,7 @@ class MongoDecisionStore:
 
     async def list(self, model_name: str | None, limit: int) -> list[dict[str, Any]]:
         query = {"model_name": model_name} if model_name else {}
-        cursor = self.col.find(query, projection={"_id": False}).sort(NEWEST_FIRST).limit(limit)
+        cursor = self.col.find(query, projection=VIEW).sort(NEWEST_FIRST).limit(limit)
         return [_normalised(d) for d in await cursor.to_list(length=limit)]
 
 
@@ -139,7 +143,7 @@ class MongoLiveStats:
         await self.col.create_index([("model_name", 1), ("version", 1), ("stage", 1)], unique=True)
 
     async def load(self, key: StageKey) -> dict[str, Any] | None:
-        doc = await self.col.find_one(self._id(key), projection={"_id": False})
+        doc = await self.col.find_one(self._id(key), projection=VIEW)
         if doc is None:
             return None
         return {
@@ -169,80 +173,6 @@ class MongoLiveStats:
 
 
 def _normalised(doc: dict[str, Any]) -> dict[str, Any]:
-    # nx-27017 (SQLite underneath) hands values written by $set back loosely typed: booleans as
-    # 0/1 and datetimes as naive strings. Restore the types the rest of the code expects.
-    doc["published"] = bool(doc.get("published"))
-    at = doc.get("published_at")
-    if isinstance(at, str):
-        parsed = datetime.fromisoformat(at)
-        doc["published_at"] = parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    """``published``: nothing of the decision waits in its outbox any more."""
+    doc["published"] = doc.pop(PENDING, None) is None
     return doc
-
-
-# --- fakes -----------------------------------------------------------------------------------
-
-
-class MemoryDecisionStore:
-    def __init__(self) -> None:
-        self.docs: dict[tuple[str, int], dict[str, Any]] = {}
-
-    async def init(self) -> None:
-        return None
-
-    async def get(self, model_name: str, version: int) -> dict[str, Any] | None:
-        doc = self.docs.get((model_name, version))
-        return copy.deepcopy(doc) if doc is not None else None
-
-    async def insert(self, doc: dict[str, Any]) -> bool:
-        key = (doc["model_name"], doc["version"])
-        if key in self.docs:
-            return False
-        self.docs[key] = copy.deepcopy(doc)
-        return True
-
-    async def mark_published(self, model_name: str, version: int, at: datetime) -> None:
-        doc = self.docs.get((model_name, version))
-        if doc is not None:
-            doc.update(published=True, published_at=at)
-
-    async def transition(
-        self, model_name: str, version: int, stage: int, fields: dict[str, Any]
-    ) -> dict[str, Any] | None:
-        doc = self.docs.get((model_name, version))
-        if doc is None or doc.get("stage") != stage:
-            return None
-        doc.update(copy.deepcopy(fields))
-        return copy.deepcopy(doc)
-
-    async def active(self, model_name: str) -> dict[str, Any] | None:
-        live = [
-            d for (m, _), d in self.docs.items() if m == model_name and d.get("live") in LIVE_STAGES
-        ]
-        return copy.deepcopy(max(live, key=lambda d: d["version"])) if live else None
-
-    async def list(self, model_name: str | None, limit: int) -> list[dict[str, Any]]:
-        docs = [d for d in self.docs.values() if model_name in (None, d["model_name"])]
-        docs.sort(key=lambda d: (d["decided_at"], d["version"]), reverse=True)
-        return copy.deepcopy(docs[:limit])
-
-
-class MemoryLiveStats:
-    def __init__(self) -> None:
-        self.docs: dict[StageKey, dict[str, Any]] = {}
-
-    async def init(self) -> None:
-        return None
-
-    async def load(self, key: StageKey) -> dict[str, Any] | None:
-        doc = self.docs.get(key)
-        return copy.deepcopy(doc) if doc is not None else None
-
-    async def save(self, key: StageKey, rev: int, checkpoint: dict[str, Any]) -> bool:
-        stored = self.docs.get(key)
-        if (stored["rev"] if stored is not None else 0) != rev:
-            return False
-        self.docs[key] = {**copy.deepcopy(checkpoint), "rev": rev + 1}
-        return True
-
-    async def delete(self, key: StageKey) -> None:
-        self.docs.pop(key, None)

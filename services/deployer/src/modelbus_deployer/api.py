@@ -42,8 +42,7 @@ class DecisionView(BaseModel):
     correlation_id: str
     registered_event_id: str
     decided_at: datetime
-    published: bool
-    published_at: datetime | None = None
+    published: bool = Field(description="the decision's event has left the outbox")
 
 
 class PolicyEntry(BaseModel):
@@ -87,7 +86,10 @@ router = APIRouter(tags=["deployer"])
 
 
 def _service(request: Request) -> DeployerService:
-    return request.app.state.service
+    context = request.app.state.context
+    if context is None:
+        raise HTTPException(503, "the deployer is starting")
+    return context.decisions
 
 
 @router.get("/decisions", summary="Decisions, newest first")

@@ -1,8 +1,9 @@
-"""Thin event handlers: the bus hands over a parsed event, the service decides and publishes."""
+"""Thin event handlers: each takes the parsed event(s) and calls the service. Their
+subscriptions (and consumer groups) are declared in ``bootstrap.SPEC``."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from modelbus_contracts import Event, ModelRegistered
 
@@ -10,18 +11,18 @@ from .live_service import LiveService
 from .service import DeployerService
 
 
-def on_model_registered(service: DeployerService) -> Callable[[ModelRegistered], Awaitable[None]]:
-    async def handle(event: ModelRegistered) -> None:
-        await service.handle_registered(event)
+@dataclass(frozen=True)
+class Deployer:
+    """The deployer's two halves: decisions on registered versions, and the live watch."""
 
-    return handle
+    decisions: DeployerService
+    live: LiveService
 
 
-def on_telemetry(live: LiveService) -> Callable[[list[Event]], Awaitable[None]]:
-    """PredictionMade, LabelObserved, ModelLoadFailed and ScoringFailed batches (group
-    ``deployer-watch``)."""
+async def model_registered(deployer: Deployer, event: ModelRegistered) -> None:
+    await deployer.decisions.handle_registered(event)
 
-    async def handle(events: list[Event]) -> None:
-        await live.handle(events)
 
-    return handle
+async def telemetry(deployer: Deployer, events: list[Event]) -> None:
+    """PredictionMade, LabelObserved, ModelLoadFailed and ScoringFailed batches."""
+    await deployer.live.handle(events)

@@ -12,9 +12,8 @@ compare-and-set on the decision document (its stage number), so two replicas nev
 - watch failed -> ModelRollbackRequested (deterministic id per (model, version): one per
   promotion however often it is re-decided); watch passed -> the watch is closed.
 
-Events are published before the compare-and-set with deterministic ids: if the publish fails the
-batch is retried and decides again; if another replica won the race its event has the same id
-and consumers dedupe it.
+Each event is written with the compare-and-set that decides it (the outbox), so it is emitted
+exactly when the decision is stored, and published by the relay; its id is deterministic.
 """
 
 from __future__ import annotations
@@ -35,9 +34,8 @@ from modelbus_contracts import (
     Rollout,
     ScoringFailed,
 )
-from modelbus_platform.bus import Publisher
+from modelbus_platform.outbox import Notifier
 
-from .adapters import MemoryLiveStats
 from .checkpoints import LiveCheckpoints
 from .config import DeployerSettings
 from .ports import DecisionStore, LiveStatsStore
@@ -72,19 +70,19 @@ class LiveService:
         *,
         settings: DeployerSettings,
         decisions: DecisionStore,
-        publisher: Publisher,
+        events: Notifier,
         deployer: DeployerService,
-        stats: LiveStatsStore | None = None,
+        stats: LiveStatsStore,
         tracker: LiveTracker | None = None,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
         self.decisions = decisions
-        self.publisher = publisher
+        self.events = events
         self.deployer = deployer
         self.tracker = tracker or LiveTracker()
         self.checkpoints = LiveCheckpoints(
-            stats if stats is not None else MemoryLiveStats(),
+            stats,
             self.tracker,
             every_s=settings.live_checkpoint_s,
             guard=settings.live_replay_guard,
@@ -188,14 +186,14 @@ class LiveService:
             gates=verdict.gates,
             live_metrics=verdict.evidence,
         )
-        await self.publisher.publish(event)
-        stored = await self.deployer.advance(doc, nxt, event, verdict.evidence, published=True)
+        stored = await self.deployer.advance(doc, nxt, event, verdict.evidence)
         return self._after(stage, stored, nxt.decision)
 
     async def _end_watch(self, stage: ActiveStage, verdict: LiveVerdict) -> str:
         doc, now = stage.doc, self.deployer.now()
         reason = "; ".join(verdict.reasons)
         watch: dict[str, Any] = {"status": "passed", "reason": reason, "at": now.isoformat()}
+        events = []
         if verdict.outcome == "fail":
             request = ModelRollbackRequested(
                 event_id=rollback_event_id(stage.model_name, stage.version),
@@ -208,7 +206,7 @@ class LiveService:
                 reason=reason[:2000],
                 evidence=verdict.evidence,
             )
-            await self.publisher.publish(request)
+            events.append(request)
             watch.update(status="rollback_requested", event_id=str(request.event_id))
             log.warning(
                 "watch.rollback_requested",
@@ -226,8 +224,10 @@ class LiveService:
             "history": [*(doc.get("history") or []), entry],
         }
         stored = await self.decisions.transition(
-            stage.model_name, stage.version, stage.stage_no, fields
+            stage.model_name, stage.version, stage.stage_no, fields, events=events
         )
+        if stored is not None and events:
+            await self.events.notify()
         return self._after(stage, stored, what)
 
     def _after(self, stage: ActiveStage, stored: dict[str, Any] | None, what: str) -> str:

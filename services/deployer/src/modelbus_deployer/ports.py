@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Sequence
 from typing import Any, Protocol
 
-from modelbus_contracts import ArtifactRef, DatasetRef
+from modelbus_contracts import ArtifactRef, DatasetRef, Event
 from modelbus_ml import Dataset, ServableModel
 
 
@@ -30,23 +30,32 @@ class ModelSource(Protocol):
 
 
 class DecisionStore(Protocol):
-    """One decision document per (model_name, version); the deployer's audit trail."""
+    """One decision document per (model_name, version); the deployer's audit trail. The
+    ModelEvaluated (or ModelRollbackRequested) a write causes goes into the same write (the
+    outbox) and is published by the service's relay; a document read back says
+    ``published`` once nothing of it waits any more."""
 
     async def init(self) -> None: ...
 
     async def get(self, model_name: str, version: int) -> dict[str, Any] | None: ...
 
-    async def insert(self, doc: dict[str, Any]) -> bool:
-        """Store a new decision; False if one exists already for (model_name, version)."""
+    async def insert(self, doc: dict[str, Any], *, events: Sequence[Event] = ()) -> bool:
+        """Store a new decision with its events; False if one exists already for
+        (model_name, version) (then nothing is emitted)."""
         ...
 
-    async def mark_published(self, model_name: str, version: int, at: datetime) -> None: ...
-
     async def transition(
-        self, model_name: str, version: int, stage: int, fields: dict[str, Any]
+        self,
+        model_name: str,
+        version: int,
+        stage: int,
+        fields: dict[str, Any],
+        *,
+        events: Sequence[Event] = (),
     ) -> dict[str, Any] | None:
-        """Compare-and-set: apply ``fields`` only if the decision is still at ``stage``.
-        Returns the updated document, or None (another replica or request moved it)."""
+        """Compare-and-set: apply ``fields`` (and emit ``events``) only if the decision is
+        still at ``stage``. Returns the updated document, or None (another replica or request
+        moved it; nothing emitted)."""
         ...
 
     async def active(self, model_name: str) -> dict[str, Any] | None:

@@ -1,10 +1,9 @@
-"""The deployer's service layer: exactly one decision per (model, version), stored then published.
+"""The deployer's service layer: exactly one decision per (model, version), stored with its event.
 
 ``handle_registered`` loads the challenger, its hold-out and the champion (all sha256-verified),
-runs the pure gates in ``domain``, stores the decision document (the audit record, holding the
-ModelEvaluated event to publish) and then publishes it. A redelivered ModelRegistered finds the
-stored decision: it re-publishes the same event (same event_id) only if the earlier run crashed
-between storing and publishing, else it does nothing.
+runs the pure gates in ``domain`` and stores the decision document (the audit record) with its
+ModelEvaluated in the same write (the outbox); the relay publishes it. A redelivered
+ModelRegistered finds the stored decision and does nothing.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ import structlog
 
 from modelbus_contracts import GateResult, ModelEvaluated, ModelRegistered
 from modelbus_contracts.envelope import utcnow
-from modelbus_platform.bus import Publisher
+from modelbus_platform.outbox import Notifier
 
 from .config import DeployerSettings
 from .domain import Clock, Policy, Verdict, judge, load_failure
@@ -36,14 +35,6 @@ class DecisionConflict(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
-
-
-class Unpublished(Exception):
-    """The decision moved on but its event was not published yet (a crash or broker outage)."""
-
-    def __init__(self, doc: dict[str, Any]) -> None:
-        super().__init__("unpublished decision")
-        self.doc = doc
 
 
 def stage_event_id(model_name: str, version: int, stage: int) -> uuid.UUID:
@@ -91,7 +82,7 @@ def history_entry(
 
 log = structlog.get_logger(__name__)
 
-Outcome = Literal["decided", "republished", "duplicate"]
+Outcome = Literal["decided", "duplicate"]
 T = TypeVar("T")
 
 
@@ -102,7 +93,7 @@ class DeployerService:
         settings: DeployerSettings,
         decisions: DecisionStore,
         models: ModelSource,
-        publisher: Publisher,
+        events: Notifier,
         clock: Clock = time.perf_counter,
         now: Callable[[], datetime] = utcnow,
         on_decision: Callable[[str], None] | None = None,
@@ -110,7 +101,7 @@ class DeployerService:
         self.settings = settings
         self.decisions = decisions
         self.models = models
-        self.publisher = publisher
+        self.events = events
         self.clock = clock
         self.now = now
         self.on_decision = on_decision
@@ -120,13 +111,12 @@ class DeployerService:
 
     async def handle_registered(self, event: ModelRegistered) -> Outcome:
         """Decide on ``event``'s version once; publish the verdict at least once."""
-        existing = await self.decisions.get(event.model_name, event.version)
-        if existing is not None:
-            return await self._resume(existing)
-        doc = await self._decide(event)
-        if not await self.decisions.insert(doc):  # a concurrent replica decided first
-            stored = await self.decisions.get(event.model_name, event.version)
-            return await self._resume(stored or doc)
+        if await self.decisions.get(event.model_name, event.version) is not None:
+            return self._duplicate(event)
+        doc, evaluated = await self._decide(event)
+        if not await self.decisions.insert(doc, events=[evaluated]):
+            return self._duplicate(event)  # a concurrent replica decided first
+        await self.events.notify()
         log.info(
             "decision.made",
             model_name=event.model_name,
@@ -140,30 +130,19 @@ class DeployerService:
         if self.on_decision is not None:
             self.on_decision(doc["decision"])
         self._staged(doc)
-        await self._publish(doc)
         return "decided"
 
     def _staged(self, doc: dict[str, Any]) -> None:
         if self.on_stage is not None:
             self.on_stage(doc)
 
-    async def _resume(self, doc: dict[str, Any]) -> Outcome:
-        if doc.get("published"):
-            log.info(
-                "decision.already_published", model_name=doc["model_name"], version=doc["version"]
-            )
-            return "duplicate"
-        log.warning("decision.republishing", model_name=doc["model_name"], version=doc["version"])
-        await self._publish(doc)
-        return "republished"
-
-    async def _publish(self, doc: dict[str, Any]) -> None:
-        await self.publisher.publish(ModelEvaluated.model_validate(doc["event"]))
-        await self.decisions.mark_published(doc["model_name"], doc["version"], self.now())
+    def _duplicate(self, event: ModelRegistered) -> Outcome:
+        log.info("decision.exists", model_name=event.model_name, version=event.version)
+        return "duplicate"
 
     # -- evaluation -------------------------------------------------------------------------
 
-    async def _decide(self, event: ModelRegistered) -> dict[str, Any]:
+    async def _decide(self, event: ModelRegistered) -> tuple[dict[str, Any], ModelEvaluated]:
         policy = self.settings.policy_for(event.model_name)
         started = time.perf_counter()
         timings: dict[str, float] = {}
@@ -213,7 +192,7 @@ class DeployerService:
         policy: Policy,
         verdict: Verdict,
         timings: dict[str, float],
-    ) -> dict[str, Any]:
+    ) -> tuple[dict[str, Any], ModelEvaluated]:
         champion = event.champion
         nxt = Next("reject")
         if verdict.decision == "promote":
@@ -233,7 +212,7 @@ class DeployerService:
             champion_metrics=verdict.champion_metrics,
         )
         data = evaluated.model_dump(mode="json")
-        return {
+        doc = {
             "model_name": event.model_name,
             "version": event.version,
             "decision": nxt.decision,
@@ -264,27 +243,20 @@ class DeployerService:
             "event": data,
             "decided_at": self.now(),
             "decided_by": self.settings.instance_id,
-            "published": False,
-            "published_at": None,
         }
+        return doc, evaluated
 
     # -- later stages: approval and live rollout steps -----------------------------------------
 
     async def approve(self, model_name: str, version: int, actor: str, reason: str) -> dict:
         """A human approves a pending decision: its rollout starts, or it is promoted."""
-        try:
-            doc = await self._pending(model_name, version)
-        except Unpublished as exc:
-            return await self._republish(exc.doc)
+        doc = await self._pending(model_name, version)
         policy = self.settings.policy_for(model_name)
         nxt = first_stage(policy, doc["champion_version"] is not None, approved=True)
         return await self._human(doc, nxt, actor, f"approved by {actor}: {reason}")
 
     async def reject(self, model_name: str, version: int, actor: str, reason: str) -> dict:
-        try:
-            doc = await self._pending(model_name, version)
-        except Unpublished as exc:
-            return await self._republish(exc.doc)
+        doc = await self._pending(model_name, version)
         return await self._human(doc, Next("reject"), actor, f"rejected by {actor}: {reason}")
 
     async def _pending(self, model_name: str, version: int) -> dict[str, Any]:
@@ -292,16 +264,10 @@ class DeployerService:
         if doc is None:
             raise LookupError(f"no decision for {model_name} v{version}")
         if doc["decision"] != "pending_approval":
-            if not doc.get("published") and doc.get("stage"):
-                raise Unpublished(doc)  # a retried human call: publish what was recorded
             raise DecisionConflict(
                 f"{model_name} v{version} is not pending approval (decision: {doc['decision']})"
             )
         return doc
-
-    async def _republish(self, doc: dict[str, Any]) -> dict[str, Any]:
-        await self._publish(doc)
-        return await self.decisions.get(doc["model_name"], doc["version"]) or doc
 
     async def _human(self, doc: dict[str, Any], nxt: Next, actor: str, reason: str) -> dict:
         reasons = [reason, *doc["reasons"]]
@@ -317,7 +283,6 @@ class DeployerService:
         stored = await self.advance(doc, nxt, event, {"actor": actor})
         if stored is None:
             raise DecisionConflict(f"{doc['model_name']} v{doc['version']} changed meanwhile")
-        await self._publish(stored)
         return await self.decisions.get(doc["model_name"], doc["version"]) or stored
 
     async def advance(
@@ -326,11 +291,9 @@ class DeployerService:
         nxt: Next,
         event: ModelEvaluated,
         numbers: dict[str, Any],
-        *,
-        published: bool = False,
     ) -> dict[str, Any] | None:
-        """Move ``doc`` to its next stage by compare-and-set on its stage number; the new
-        ModelEvaluated is stored as the event to publish. None if another replica moved it."""
+        """Move ``doc`` to its next stage by compare-and-set on its stage number, with the new
+        ModelEvaluated in the same write. None if another replica moved it (nothing emitted)."""
         data = event.model_dump(mode="json")
         stage = int(doc.get("stage") or 0)
         entry = history_entry(
@@ -346,12 +309,13 @@ class DeployerService:
             "event": data,
             "event_id": data["event_id"],
             "history": [*(doc.get("history") or []), entry],
-            "published": published,
-            "published_at": self.now().isoformat() if published else None,
         }
-        stored = await self.decisions.transition(doc["model_name"], doc["version"], stage, fields)
+        stored = await self.decisions.transition(
+            doc["model_name"], doc["version"], stage, fields, events=[event]
+        )
         if stored is None:
             return None
+        await self.events.notify()
         log.info(
             "decision.advanced",
             model_name=doc["model_name"],

@@ -15,7 +15,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from modelbus_contracts import Event
-from modelbus_platform.outbox import FIELD, PENDING, outbox_doc, outbox_set
+from modelbus_platform.outbox import FIELD, PENDING, MongoOutbox, outbox_doc, outbox_set
 from modelbus_platform.stores import mongo_ping
 
 from .domain import new_model
@@ -32,6 +32,7 @@ class MongoRegistryRepository:
         self.versions = db["versions"]
         self.audit = db["audit"]
         self.counters = db["counters"]
+        self.outboxes = [MongoOutbox(self.models), MongoOutbox(self.versions)]
 
     async def init(self) -> None:
         await self.models.create_index([("name", ASCENDING)], unique=True)
@@ -43,6 +44,8 @@ class MongoRegistryRepository:
         )
         await self.audit.create_index([("seq", ASCENDING)], unique=True)
         await self.audit.create_index([("model_name", ASCENDING), ("seq", DESCENDING)])
+        for outbox in self.outboxes:
+            await outbox.init()
 
     async def ping(self) -> bool:
         return await mongo_ping(self.db)

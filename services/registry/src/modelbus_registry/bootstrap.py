@@ -44,8 +44,8 @@ def wire(kit: Kit) -> Wiring:
     settings: RegistrySettings = kit.settings  # type: ignore[assignment]
     metrics: RegistryMetrics = kit.metrics  # type: ignore[assignment]
     db = kit.mongo()
-    repo = kit.override("repo", lambda: MongoRegistryRepository(db))
-    relay = kit.events(kit.outbox("models"), kit.outbox("versions"))
+    repo = MongoRegistryRepository(db)
+    relay = kit.events(*repo.outboxes)
     service = RegistryService(
         repo,
         kit.object_store(),
