@@ -12,7 +12,7 @@ import uuid
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer
 
 from modelbus_contracts import (
     ArtifactRef,
@@ -23,11 +23,10 @@ from modelbus_contracts import (
     ModelSummary,
     ScoringFailed,
     decode,
-    encode,
 )
 from modelbus_deployer.bootstrap import build_app
 from modelbus_deployer.config import DeployerSettings, ModelPolicy
-from modelbus_embedded.testing import EventTap
+from modelbus_embedded.testing import EventTap, publish
 from modelbus_ml import train_logreg
 from modelbus_platform.stores import S3ObjectStore, sha256_hex
 
@@ -48,20 +47,6 @@ async def put_dataset(store, model_name: str, ds) -> DatasetRef:
     key = f"datasets/{model_name}/{digest}.csv"
     await store.put(key, data, "text/csv")
     return DatasetRef(uri=key, sha256=digest, rows=ds.rows)
-
-
-async def publish(bootstrap: str, *events) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
-    await producer.start()
-    try:
-        for event in events:
-            record = encode(event)
-            headers = [(k, v.encode()) for k, v in record.headers.items()]
-            await producer.send_and_wait(
-                record.topic, record.value, key=record.key, headers=headers
-            )
-    finally:
-        await producer.stop()
 
 
 async def read_evaluated(

@@ -10,14 +10,12 @@ from trainer_fixtures import T0, drift_event, feedback_events
 from modelbus_platform.settings import ServiceSettings
 from modelbus_platform.stores import connect_mongo
 from modelbus_trainer.adapters import (
-    MemoryFeedbackStore,
-    MemoryLockStore,
-    MemoryRunStore,
     MongoFeedbackStore,
     MongoLockStore,
     MongoRunStore,
 )
 from modelbus_trainer.domain import new_run
+from modelbus_trainer.testing import MemoryFeedbackStore, MemoryLockStore, MemoryRunStore
 
 
 @pytest.fixture(params=["memory", pytest.param("mongo", marks=pytest.mark.integration)])

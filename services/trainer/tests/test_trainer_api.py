@@ -17,7 +17,7 @@ async def client_and_harness():
     h = Harness()
     app = FastAPI()
     app.include_router(api.router)
-    app.state.service = h.service
+    app.state.context = h.service
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app), base_url="http://trainer"
     ) as client:

@@ -117,7 +117,7 @@ def _app(h: Harness):
 
     app = FastAPI()
     app.include_router(api.router)
-    app.state.service = h.service
+    app.state.context = h.service
     return app
 
 

@@ -15,6 +15,7 @@ from trainer_fixtures import drift_event, feedback_events, make_dataset
 
 from modelbus_contracts import ModelTrained, decode
 from modelbus_contracts.envelope import utcnow
+from modelbus_embedded.testing import publish
 from modelbus_ml import load_model
 from modelbus_platform.stores import build_object_store, sha256_hex
 from modelbus_trainer.bootstrap import build_app
@@ -100,15 +101,13 @@ async def test_uploaded_dataset_and_request_produce_a_verified_model(trainer, in
 
 
 async def test_feedback_then_drift_retrains_on_the_feedback(trainer, infra, unique):
-    client, app, _ = trainer
+    client, _, _ = trainer
     model = f"drift-{unique}"
-    bus = app.state.service.publisher
     detected_at = utcnow() - timedelta(minutes=1)
     old = feedback_events(model, 20, detected_at - timedelta(hours=1), seed=3)
     new = feedback_events(model, 40, utcnow(), seed=4)
-    for prediction, label in old + new:
-        await bus.publish(label)  # labels first: the join must not care about order
-        await bus.publish(prediction)
+    # labels first: the join must not care about order
+    await publish(infra.kafka_bootstrap, *(e for pair in old + new for e in reversed(pair)))
 
     async with asyncio.timeout(60):
         while True:
@@ -120,7 +119,7 @@ async def test_feedback_then_drift_retrains_on_the_feedback(trainer, infra, uniq
     consumer = await _consumer(infra.kafka_bootstrap)
     try:
         drift = drift_event(model, detected_at, version=2)
-        await bus.publish(drift)
+        await publish(infra.kafka_bootstrap, drift)
         trained = await _next_trained(consumer, model)
     finally:
         await consumer.stop()

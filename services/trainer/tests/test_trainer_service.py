@@ -10,10 +10,10 @@ from trainer_fixtures import Clock, Harness, drift_event, feedback_events, make_
 
 from modelbus_contracts import ModelTrained, TrainingRequested
 from modelbus_platform.stores import sha256_hex
+from modelbus_trainer import handlers
 from modelbus_trainer.bootstrap import build_app
 from modelbus_trainer.config import TrainerSettings
 from modelbus_trainer.domain import new_run, run_id_for
-from modelbus_trainer.handlers import Handlers, subscribe
 
 
 async def _put(h: Harness, model: str, rows: int = 200, seed: int = 0) -> str:
@@ -277,20 +277,14 @@ async def test_a_long_drift_wait_keeps_its_lock_fresh():
     await h.service.stop()
 
 
-def test_handlers_subscribe_every_event_with_its_group():
-    class FakeBus:
-        def __init__(self) -> None:
-            self.subscriptions: dict[str, str] = {}
-
-        def subscribe(self, event_cls, *, group, handler) -> None:
-            self.subscriptions[event_cls.__name__] = group
-
-        def subscribe_batch(self, event_cls, *, group, handler) -> None:
-            self.subscriptions[event_cls.__name__] = f"{group} (batch)"
-
-    bus = FakeBus()
-    subscribe(bus, Harness().service)
-    assert bus.subscriptions == {
+def test_the_service_subscribes_every_event_with_its_group():
+    bus = build_app(TrainerSettings(kafka_bootstrap="127.0.0.1:1")).state.bus
+    subscriptions = {
+        route.event_cls.__name__: f"{group} (batch)" if route.batch else group
+        for group, routes in bus._groups.items()
+        for route in routes.values()
+    }
+    assert subscriptions == {
         "PredictionMade": "trainer-feedback (batch)",
         "LabelObserved": "trainer-feedback (batch)",
         "TrainingRequested": "trainer",
@@ -300,11 +294,10 @@ def test_handlers_subscribe_every_event_with_its_group():
 
 async def test_handlers_feed_the_service():
     h = Harness()
-    handlers = Handlers(h.service)
     [(prediction, label)] = feedback_events("m", 1, h.clock.now)
-    await handlers.predictions_made([prediction])
-    await handlers.labels_observed([label])
-    await handlers.training_requested(TrainingRequested(model_name="m"))
+    await handlers.predictions_made(h.service, [prediction])
+    await handlers.labels_observed(h.service, [label])
+    await handlers.training_requested(h.service, TrainingRequested(model_name="m"))
     await h.service.drain(10)
     assert await h.feedback.count_complete("m") == 1
     [run] = h.runs.runs.values()

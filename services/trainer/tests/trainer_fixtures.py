@@ -11,13 +11,14 @@ from modelbus_contracts import DriftDetected, LabelObserved, PredictionMade
 from modelbus_ml import Dataset
 from modelbus_platform.bus import RecordingPublisher
 from modelbus_platform.stores import MemoryObjectStore
-from modelbus_trainer.adapters import (
+from modelbus_platform.testing import InlineRelay
+from modelbus_trainer.config import TrainerSettings
+from modelbus_trainer.service import TrainerService
+from modelbus_trainer.testing import (
     MemoryFeedbackStore,
     MemoryLockStore,
     MemoryRunStore,
 )
-from modelbus_trainer.config import TrainerSettings
-from modelbus_trainer.service import TrainerService
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 
@@ -104,6 +105,7 @@ class Harness:
             locks=self.locks,
             store=self.store,
             publisher=self.publisher,
+            events=InlineRelay([self.runs.outbox], self.publisher),
             clock=self.clock,
         )
 

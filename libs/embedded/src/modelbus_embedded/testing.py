@@ -1,5 +1,6 @@
-"""Test helpers shared by the suites: watch what services publish on the broker, and hand the
-bus records shaped like the ones aiokafka gives it."""
+"""Test helpers shared by the suites: publish events as an upstream system would, watch what
+services publish on the broker, and hand the bus records shaped like the ones aiokafka gives
+it."""
 
 from __future__ import annotations
 
@@ -9,9 +10,24 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from modelbus_contracts import Event, decode
+from modelbus_contracts import Event, decode, encode
+
+
+async def publish(bootstrap: str, *events: Event) -> None:
+    """Publish ``events`` (CloudEvents binary mode) with a plain aiokafka producer, in order."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        for event in events:
+            record = encode(event)
+            headers = [(k, v.encode()) for k, v in record.headers.items()]
+            await producer.send_and_wait(
+                record.topic, record.value, key=record.key, headers=headers
+            )
+    finally:
+        await producer.stop()
 
 
 @dataclass

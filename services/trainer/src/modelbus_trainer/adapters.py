@@ -1,5 +1,5 @@
-"""Adapters for the trainer's ports: MongoDB (PyMongo async) and in-memory fakes with the same
-behaviour for unit tests, plus an in-memory object store.
+"""Adapters for the trainer's ports: MongoDB (PyMongo async); the in-memory ones with the same
+behaviour for unit tests are in ``testing``.
 
 Timestamps go to MongoDB as fixed-width UTC ISO strings (they sort and compare like the times
 they name): nx-27017 stores a datetime written by ``$set`` on an existing document as a naive
@@ -8,7 +8,7 @@ string, so native dates would compare inconsistently. Adapters convert at the bo
 
 from __future__ import annotations
 
-import copy
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,7 +16,8 @@ from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
-from modelbus_contracts import LabelObserved, PredictionMade
+from modelbus_contracts import Event, LabelObserved, PredictionMade
+from modelbus_platform.outbox import FIELD, PENDING, MongoOutbox, outbox_set
 
 from .domain import ACTIVE_STATES, RunState
 
@@ -187,13 +188,18 @@ class MongoFeedbackStore:
         return rows
 
 
+RUN_VIEW = {"_id": 0, FIELD: 0, PENDING: 0}
+
+
 class MongoRunStore:
     def __init__(self, db: AsyncDatabase, collection: str = "runs") -> None:
         self.col = db[collection]
+        self.outbox = MongoOutbox(self.col)
 
     async def init(self) -> None:
         await self.col.create_index("run_id", unique=True)
         await self.col.create_index([("model_name", ASCENDING), ("created_at", DESCENDING)])
+        await self.outbox.init()
 
     async def create(self, run: dict[str, Any]) -> bool:
         try:
@@ -203,21 +209,25 @@ class MongoRunStore:
         return True
 
     async def get(self, run_id: str) -> dict[str, Any] | None:
-        return _load_times(await self.col.find_one({"run_id": run_id}, {"_id": 0}), RUN_TIMES)
+        return _load_times(await self.col.find_one({"run_id": run_id}, RUN_VIEW), RUN_TIMES)
 
-    async def update(self, run_id: str, fields: dict[str, Any]) -> None:
-        await self.col.update_one({"run_id": run_id}, {"$set": _store_times(fields)})
+    async def update(
+        self, run_id: str, fields: dict[str, Any], *, events: Sequence[Event] = ()
+    ) -> None:
+        await self.col.update_one(
+            {"run_id": run_id}, {"$set": {**_store_times(fields), **outbox_set(events)}}
+        )
 
     async def list(self, model_name: str | None, limit: int) -> list[dict[str, Any]]:
         query = {"model_name": model_name} if model_name else {}
-        cursor = self.col.find(query, {"_id": 0}).sort("created_at", DESCENDING).limit(limit)
+        cursor = self.col.find(query, RUN_VIEW).sort("created_at", DESCENDING).limit(limit)
         return [_load_times(r, RUN_TIMES) for r in await cursor.to_list(length=limit)]
 
     async def active(self, model_name: str | None = None) -> list[dict[str, Any]]:
         query: dict[str, Any] = {"state": {"$in": list(ACTIVE_STATES)}}
         if model_name:
             query["model_name"] = model_name
-        cursor = self.col.find(query, {"_id": 0}).sort("created_at", ASCENDING)
+        cursor = self.col.find(query, RUN_VIEW).sort("created_at", ASCENDING)
         return [_load_times(r, RUN_TIMES) for r in await cursor.to_list(length=None)]
 
     async def last_drift_run_created(self, model_name: str) -> datetime | None:
@@ -255,132 +265,3 @@ class MongoLockStore:
 
     async def holder(self, model_name: str) -> dict[str, Any] | None:
         return _load_times(await self.col.find_one({"_id": model_name}), ("acquired_at",))
-
-
-# --- in-memory fakes ------------------------------------------------------------------------
-
-
-class MemoryFeedbackStore:
-    def __init__(self) -> None:
-        self.docs: dict[str, dict[str, Any]] = {}
-
-    async def init(self) -> None:
-        return None
-
-    def _upsert(self, prediction_id: str, fields: dict[str, Any]) -> None:
-        self.docs.setdefault(prediction_id, {"prediction_id": prediction_id}).update(fields)
-
-    async def record_prediction(self, event: PredictionMade) -> None:
-        self._upsert(event.prediction_id, prediction_fields(event))
-
-    async def record_label(self, event: LabelObserved) -> None:
-        self._upsert(event.prediction_id, label_fields(event))
-
-    async def record_predictions(self, events: list[PredictionMade]) -> None:
-        for event in events:
-            await self.record_prediction(event)
-
-    async def record_labels(self, events: list[LabelObserved]) -> None:
-        for event in events:
-            await self.record_label(event)
-
-    def _complete(
-        self, model_name: str, since: datetime | None, until: datetime | None = None
-    ) -> list[dict[str, Any]]:
-        return [
-            d
-            for d in self.docs.values()
-            if d.get("model_name") == model_name
-            and "features" in d
-            and "label" in d
-            and (since is None or d["predicted_at"] >= since)
-            and (until is None or d["predicted_at"] < until)
-        ]
-
-    async def count_complete(
-        self, model_name: str, since: datetime | None = None, until: datetime | None = None
-    ) -> int:
-        return len(self._complete(model_name, since, until))
-
-    async def count_all(self, model_name: str) -> int:
-        return sum(
-            1 for d in self.docs.values() if d.get("model_name") == model_name and "features" in d
-        )
-
-    async def complete_rows(
-        self, model_name: str, since: datetime | None, limit: int, until: datetime | None = None
-    ) -> list[dict[str, Any]]:
-        if limit <= 0:
-            return []
-        rows = sorted(
-            self._complete(model_name, since, until),
-            key=lambda d: (d["predicted_at"], d["prediction_id"]),
-        )
-        return copy.deepcopy(rows[-limit:])
-
-
-class MemoryRunStore:
-    def __init__(self) -> None:
-        self.runs: dict[str, dict[str, Any]] = {}
-
-    async def init(self) -> None:
-        return None
-
-    async def create(self, run: dict[str, Any]) -> bool:
-        if run["run_id"] in self.runs:
-            return False
-        self.runs[run["run_id"]] = copy.deepcopy(run)
-        return True
-
-    async def get(self, run_id: str) -> dict[str, Any] | None:
-        run = self.runs.get(run_id)
-        return copy.deepcopy(run) if run else None
-
-    async def update(self, run_id: str, fields: dict[str, Any]) -> None:
-        self.runs[run_id].update(copy.deepcopy(fields))
-
-    async def list(self, model_name: str | None, limit: int) -> list[dict[str, Any]]:
-        runs = [r for r in self.runs.values() if not model_name or r["model_name"] == model_name]
-        runs.sort(key=lambda r: r["created_at"], reverse=True)
-        return copy.deepcopy(runs[:limit])
-
-    async def active(self, model_name: str | None = None) -> list[dict[str, Any]]:
-        runs = [
-            r
-            for r in self.runs.values()
-            if r["state"] in ACTIVE_STATES and (not model_name or r["model_name"] == model_name)
-        ]
-        return copy.deepcopy(sorted(runs, key=lambda r: r["created_at"]))
-
-    async def last_drift_run_created(self, model_name: str) -> datetime | None:
-        times = [
-            r["created_at"]
-            for r in self.runs.values()
-            if r["model_name"] == model_name
-            and r["trigger"] == "drift"
-            and r["state"] != RunState.SKIPPED
-        ]
-        return max(times, default=None)
-
-
-class MemoryLockStore:
-    def __init__(self) -> None:
-        self.locks: dict[str, dict[str, Any]] = {}
-
-    async def acquire(self, model_name: str, run_id: str, now: datetime, ttl_s: float) -> bool:
-        held = self.locks.get(model_name)
-        free = (
-            held is None
-            or held["run_id"] == run_id
-            or held["acquired_at"] < now - timedelta(seconds=ttl_s)
-        )
-        if free:
-            self.locks[model_name] = {"_id": model_name, "run_id": run_id, "acquired_at": now}
-        return free
-
-    async def release(self, model_name: str, run_id: str) -> None:
-        if self.locks.get(model_name, {}).get("run_id") == run_id:
-            del self.locks[model_name]
-
-    async def holder(self, model_name: str) -> dict[str, Any] | None:
-        return copy.deepcopy(self.locks.get(model_name))

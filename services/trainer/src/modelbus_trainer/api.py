@@ -48,7 +48,10 @@ class FeedbackCount(BaseModel):
 
 
 def _service(request: Request) -> TrainerService:
-    return request.app.state.service
+    service = request.app.state.context
+    if service is None:
+        raise HTTPException(503, "the trainer is starting")
+    return service
 
 
 @router.post(

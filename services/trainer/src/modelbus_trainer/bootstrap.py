@@ -1,102 +1,85 @@
-"""The composition root: ``build_app(settings)`` wires Mongo, object storage, the bus, the
-service, handlers and the HTTP API. Nothing connects until the app's lifespan starts."""
+"""The trainer as a service: what it is (``SPEC``) and its one composition root (``wire``).
+
+Nothing connects here; the kit's lifespan creates the indexes, joins the consumer groups
+(``trainer`` for the triggers, ``trainer-feedback`` in batches for predictions and labels),
+then resumes the runs a previous process left unfinished, runs the retraining schedules and the
+outbox relay. On shutdown in-flight runs are cancelled; they resume at the next start."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from typing import Any
 
-import structlog
-from fastapi import FastAPI
-
-from modelbus_platform.bus import EventBus
-from modelbus_platform.http import create_app
-from modelbus_platform.metrics import Metrics
-from modelbus_platform.stores import (
-    MongoProcessedEvents,
-    build_object_store,
-    connect_mongo,
-    mongo_ping,
+from modelbus_contracts import (
+    DriftDetected,
+    LabelObserved,
+    ModelTrained,
+    PredictionMade,
+    TrainingRequested,
 )
+from modelbus_platform.kit import Kit, Resource, ServiceSpec, Subscription, Task, Wiring
+from modelbus_platform.kit import build_app as build_service_app
 
-from . import api
+from . import api, handlers
 from .adapters import MongoFeedbackStore, MongoLockStore, MongoRunStore
 from .config import TrainerSettings
-from .handlers import subscribe
 from .scheduler import RetrainScheduler
 from .service import TrainerMetrics, TrainerService
 
-log = structlog.get_logger(__name__)
+TRIGGER_GROUP = "trainer"
+FEEDBACK_GROUP = "trainer-feedback"
 
 
-def build_app(settings: TrainerSettings) -> FastAPI:
-    metrics = Metrics(settings.service_name)
-    trainer_metrics = TrainerMetrics(metrics)
-    parts: dict = {}
-
-    async def readiness() -> dict[str, bool]:
-        if not parts:
-            return {"bus": False, "mongo": False, "object_store": False}
-        return {
-            "bus": await parts["bus"].ping(),
-            "mongo": await mongo_ping(parts["db"]),
-            "object_store": await parts["store"].ping(),
-        }
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        client, db = connect_mongo(settings)
-        store = build_object_store(settings)
-        processed = MongoProcessedEvents(db)
-        runs, feedback = MongoRunStore(db), MongoFeedbackStore(db)
-        for part in (processed, runs, feedback):
-            await part.init()
-        bus = EventBus.from_settings(settings, metrics=metrics, processed=processed)
-        service = TrainerService(
-            settings,
-            runs=runs,
-            feedback=feedback,
-            locks=MongoLockStore(db),
-            store=store,
-            publisher=bus,
-            metrics=trainer_metrics,
-        )
-        subscribe(bus, service)
-        app.state.service = service
-        parts.update(bus=bus, db=db, store=store)
-        await bus.start()
-        resumed = await service.resume()
-        scheduler = RetrainScheduler(
-            settings.schedules, bus, max_sleep_s=settings.schedule_max_sleep_s
-        )
-        schedule_task = asyncio.create_task(scheduler.run()) if settings.schedules else None
-        app.state.scheduler = scheduler
-        log.info(
-            "trainer.started",
-            resumed_runs=resumed,
-            port=settings.http_port,
-            schedules=sorted(settings.schedules),
-        )
-        try:
-            yield
-        finally:
-            if schedule_task is not None:
-                schedule_task.cancel()
-                await asyncio.gather(schedule_task, return_exceptions=True)
-            await service.stop()
-            await bus.stop()
-            await client.close()
-            parts.clear()
-            log.info("trainer.stopped")
-
-    app = create_app(
-        title="modelbus trainer",
-        description="Trains models on request or drift; emits ModelTrained with full lineage.",
-        metrics=metrics,
-        readiness=readiness,
-        lifespan=lifespan,
-        max_body_bytes=settings.max_body_bytes,
+def wire(kit: Kit) -> Wiring:
+    settings: TrainerSettings = kit.settings  # type: ignore[assignment]
+    db = kit.mongo()
+    runs, feedback = MongoRunStore(db), MongoFeedbackStore(db)
+    service = TrainerService(
+        settings,
+        runs=runs,
+        feedback=feedback,
+        locks=MongoLockStore(db),
+        store=kit.object_store(),
+        publisher=kit.bus,
+        events=kit.events(runs.outbox),
+        metrics=kit.metrics,  # type: ignore[arg-type]
     )
-    app.include_router(api.router)
-    return app
+    scheduler = RetrainScheduler(
+        settings.schedules, kit.bus, max_sleep_s=settings.schedule_max_sleep_s
+    )
+    tasks = [Task("resume-runs", service.resume)]
+    if settings.schedules:
+        tasks.append(Task("retrain-schedules", scheduler.run))
+    return Wiring(
+        context=service,
+        routers=[api.router],
+        resources=[
+            Resource("runs", start=runs.init, stop=service.stop),
+            Resource("feedback", start=feedback.init),
+        ],
+        tasks=tasks,
+    )
+
+
+SPEC = ServiceSpec(
+    name="trainer",
+    title="modelbus trainer",
+    description=(
+        "Trains a version on request, on a schedule or after drift, on uploaded data or on the "
+        "feedback it collects by joining predictions with their labels; emits ModelTrained "
+        "with full lineage."
+    ),
+    settings=TrainerSettings,
+    metrics=TrainerMetrics,
+    wire=wire,
+    publishes=(ModelTrained, TrainingRequested),
+    subscriptions=(
+        Subscription(TrainingRequested, TRIGGER_GROUP, handlers.training_requested),
+        Subscription(DriftDetected, TRIGGER_GROUP, handlers.drift_detected),
+        Subscription(PredictionMade, FEEDBACK_GROUP, handlers.predictions_made, batch=True),
+        Subscription(LabelObserved, FEEDBACK_GROUP, handlers.labels_observed, batch=True),
+    ),
+)
+
+
+def build_app(settings: TrainerSettings | None = None, **overrides: Any):
+    return build_service_app(SPEC, settings, **overrides)

@@ -1,44 +1,24 @@
-"""Thin event handlers: each takes the parsed event and calls the service. Subscriptions (with
-their consumer groups) are declared here and wired in ``bootstrap``."""
+"""Thin event handlers: each takes the parsed event(s) and calls the service. Their
+subscriptions (and consumer groups) are declared in ``bootstrap.SPEC``."""
 
 from __future__ import annotations
 
 from modelbus_contracts import DriftDetected, LabelObserved, PredictionMade, TrainingRequested
-from modelbus_platform.bus import EventBus
 
 from .service import TrainerService
 
-FEEDBACK_GROUP = "trainer-feedback"
-TRIGGER_GROUP = "trainer"
+
+async def predictions_made(service: TrainerService, events: list[PredictionMade]) -> None:
+    await service.record_predictions(events)
 
 
-class Handlers:
-    def __init__(self, service: TrainerService) -> None:
-        self.service = service
-
-    async def prediction_made(self, event: PredictionMade) -> None:
-        await self.service.record_prediction(event)
-
-    async def label_observed(self, event: LabelObserved) -> None:
-        await self.service.record_label(event)
-
-    async def predictions_made(self, events: list[PredictionMade]) -> None:
-        await self.service.record_predictions(events)
-
-    async def labels_observed(self, events: list[LabelObserved]) -> None:
-        await self.service.record_labels(events)
-
-    async def training_requested(self, event: TrainingRequested) -> None:
-        await self.service.on_training_requested(event)
-
-    async def drift_detected(self, event: DriftDetected) -> None:
-        await self.service.on_drift(event)
+async def labels_observed(service: TrainerService, events: list[LabelObserved]) -> None:
+    await service.record_labels(events)
 
 
-def subscribe(bus: EventBus, service: TrainerService) -> Handlers:
-    handlers = Handlers(service)
-    bus.subscribe_batch(PredictionMade, group=FEEDBACK_GROUP, handler=handlers.predictions_made)
-    bus.subscribe_batch(LabelObserved, group=FEEDBACK_GROUP, handler=handlers.labels_observed)
-    bus.subscribe(TrainingRequested, group=TRIGGER_GROUP, handler=handlers.training_requested)
-    bus.subscribe(DriftDetected, group=TRIGGER_GROUP, handler=handlers.drift_detected)
-    return handlers
+async def training_requested(service: TrainerService, event: TrainingRequested) -> None:
+    await service.on_training_requested(event)
+
+
+async def drift_detected(service: TrainerService, event: DriftDetected) -> None:
+    await service.on_drift(event)

@@ -1,13 +1,14 @@
-"""The trainer's ports: where feedback, runs and per-model locks live. Adapters (Mongo, and
-in-memory fakes for unit tests) are in ``adapters.py``; object storage and publishing use the
-platform's ``ObjectStore`` and ``Publisher`` protocols."""
+"""The trainer's ports: where feedback, runs and per-model locks live. Adapters: MongoDB in
+``adapters``, in-memory fakes for unit tests in ``testing``; object storage and publishing use
+the platform's ``ObjectStore``, ``Publisher`` and outbox."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
-from modelbus_contracts import LabelObserved, PredictionMade
+from modelbus_contracts import Event, LabelObserved, PredictionMade
 
 
 class FeedbackStore(Protocol):
@@ -48,7 +49,11 @@ class RunStore(Protocol):
 
     async def get(self, run_id: str) -> dict[str, Any] | None: ...
 
-    async def update(self, run_id: str, fields: dict[str, Any]) -> None: ...
+    async def update(
+        self, run_id: str, fields: dict[str, Any], *, events: Sequence[Event] = ()
+    ) -> None:
+        """Set ``fields``, with ``events`` in the same write (the outbox)."""
+        ...
 
     async def list(self, model_name: str | None, limit: int) -> list[dict[str, Any]]: ...
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -28,6 +28,7 @@ from modelbus_contracts.envelope import utcnow
 from modelbus_ml import Dataset, DatasetError, from_csv_bytes
 from modelbus_platform.bus import Publisher
 from modelbus_platform.metrics import Metrics
+from modelbus_platform.outbox import Notifier
 from modelbus_platform.stores import ObjectNotFound, ObjectStore, sha256_hex
 
 from .adapters import COUNTED_SERVERS
@@ -64,21 +65,22 @@ log = structlog.get_logger(__name__)
 PRODUCER = "trainer"
 
 
-class TrainerMetrics:
-    """Trainer-specific Prometheus series, registered on the service's registry."""
+class TrainerMetrics(Metrics):
+    """The platform's series plus the trainer's own."""
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, service: str = "trainer") -> None:
+        super().__init__(service)
         self.runs = Counter(
             "modelbus_trainer_runs_total",
             "Training runs by final state",
             ["state", "trigger"],
-            registry=metrics.registry,
+            registry=self.registry,
         )
         self.training_seconds = Histogram(
             "modelbus_trainer_training_seconds",
             "Time to fit one model",
             buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300),
-            registry=metrics.registry,
+            registry=self.registry,
         )
 
 
@@ -92,6 +94,7 @@ class TrainerService:
         locks: LockStore,
         store: ObjectStore,
         publisher: Publisher,
+        events: Notifier,
         metrics: TrainerMetrics | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
@@ -101,6 +104,7 @@ class TrainerService:
         self.locks = locks
         self.store = store
         self.publisher = publisher
+        self.events = events
         self.metrics = metrics
         self.clock = clock
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -320,7 +324,7 @@ class TrainerService:
         timings.update(result.timings)
         await self._set(run, stage="store", timings=timings)
         stored = time.perf_counter()
-        event = await self._store_and_announce(run, trigger, result)
+        event = await self._store_artifacts(run, trigger, result)
         timings["store_seconds"] = time.perf_counter() - stored
         bound.info("run.progress", stage="store", seconds=timings["store_seconds"])
         timings.update(
@@ -340,7 +344,9 @@ class TrainerService:
             holdout=event.lineage.holdout.model_dump(),
             lineage=event.lineage.model_dump(mode="json"),
             model_trained_event_id=str(event.event_id),
+            events=[event],
         )
+        await self.events.notify()
         self._count(run, RunState.SUCCEEDED)
         if self.metrics:
             self.metrics.training_seconds.observe(result.training_seconds)
@@ -406,9 +412,11 @@ class TrainerService:
         await self._set(run, data_window=window)
         return feedback_dataset(rows)
 
-    async def _store_and_announce(
+    async def _store_artifacts(
         self, run: dict[str, Any], trigger: Event, result: TrainingResult
     ) -> ModelTrained:
+        """Store the snapshots and the artifact (content-addressed); the ModelTrained that
+        announces them, to be written with the run's success."""
         model = run["model_name"]
         dataset = await self._put_snapshot(model, result.dataset_csv, result.dataset_rows)
         holdout = await self._put_snapshot(model, result.holdout_csv, result.holdout_rows)
@@ -443,7 +451,6 @@ class TrainerService:
             reference={k: FeatureStats(**v) for k, v in result.reference.items()},
             training_seconds=result.training_seconds,
         )
-        await self.publisher.publish(event)
         return event
 
     async def _put_snapshot(self, model_name: str, csv: bytes, rows: int) -> DatasetRef:
@@ -459,9 +466,11 @@ class TrainerService:
             run["model_name"], run["run_id"], self.clock(), self.settings.lock_ttl_s
         )
 
-    async def _set(self, run: dict[str, Any], **fields: Any) -> None:
+    async def _set(
+        self, run: dict[str, Any], *, events: Sequence[Event] = (), **fields: Any
+    ) -> None:
         run.update(fields)
-        await self.runs.update(run["run_id"], fields)
+        await self.runs.update(run["run_id"], fields, events=events)
 
     async def _finish(
         self, run: dict[str, Any], state: RunState, reason: str, started: float
