@@ -69,14 +69,21 @@ class ProcessedEvents(Protocol):
 
 
 class MemoryProcessedEvents:
-    def __init__(self) -> None:
-        self._seen: set[tuple[str, uuid.UUID]] = set()
+    """The ledger in memory, bounded (the oldest ids are forgotten first): for a stateless
+    service whose handlers are idempotent anyway (the scorer re-reads the registry), so the
+    ledger only spares repeated work."""
+
+    def __init__(self, capacity: int = 100_000) -> None:
+        self.capacity = capacity
+        self._seen: dict[tuple[str, uuid.UUID], None] = {}
 
     async def seen(self, group: str, event_id: uuid.UUID) -> bool:
         return (group, event_id) in self._seen
 
     async def mark(self, group: str, event_id: uuid.UUID) -> None:
-        self._seen.add((group, event_id))
+        self._seen[(group, event_id)] = None
+        if len(self._seen) > self.capacity:
+            del self._seen[next(iter(self._seen))]
 
 
 async def publish_all(publisher: Publisher, events: list[Event]) -> list[BaseException | None]:
