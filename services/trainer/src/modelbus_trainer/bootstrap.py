@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 import structlog
 from fastapi import FastAPI
@@ -13,6 +14,7 @@ from fastapi import FastAPI
 from modelbus_platform.bus import EventBus
 from modelbus_platform.http import create_app
 from modelbus_platform.metrics import Metrics
+from modelbus_platform.scheduler import CronScheduler
 from modelbus_platform.stores import (
     MongoProcessedEvents,
     build_object_store,
@@ -23,8 +25,8 @@ from modelbus_platform.stores import (
 from . import api
 from .adapters import MongoFeedbackStore, MongoLockStore, MongoRunStore
 from .config import TrainerSettings
-from .handlers import subscribe
-from .scheduler import RetrainScheduler
+from .domain import NAMESPACE
+from .handlers import schedule_fired, subscribe
 from .service import TrainerMetrics, TrainerService
 
 log = structlog.get_logger(__name__)
@@ -67,8 +69,12 @@ def build_app(settings: TrainerSettings) -> FastAPI:
         parts.update(bus=bus, db=db, store=store)
         await bus.start()
         resumed = await service.resume()
-        scheduler = RetrainScheduler(
-            settings.schedules, bus, max_sleep_s=settings.schedule_max_sleep_s
+        scheduler = CronScheduler(
+            settings.schedules,
+            partial(schedule_fired, publisher=bus),
+            namespace=NAMESPACE,
+            max_sleep_s=settings.schedule_max_sleep_s,
+            name="trainer",
         )
         schedule_task = asyncio.create_task(scheduler.run()) if settings.schedules else None
         app.state.scheduler = scheduler

@@ -1,11 +1,15 @@
 """Thin event handlers: each takes the parsed event and calls the service. Subscriptions (with
-their consumer groups) are declared here and wired in ``bootstrap``."""
+their consumer groups) are declared here and wired in ``bootstrap``; so is what a retraining
+schedule's cron fire does (publish its TrainingRequested)."""
 
 from __future__ import annotations
 
 from modelbus_contracts import DriftDetected, LabelObserved, PredictionMade, TrainingRequested
-from modelbus_platform.bus import EventBus
+from modelbus_platform.bus import EventBus, Publisher
+from modelbus_platform.scheduler import Fire
 
+from .config import ScheduleSpec
+from .domain import scheduled_event
 from .service import TrainerService
 
 FEEDBACK_GROUP = "trainer-feedback"
@@ -42,3 +46,9 @@ def subscribe(bus: EventBus, service: TrainerService) -> Handlers:
     bus.subscribe(TrainingRequested, group=TRIGGER_GROUP, handler=handlers.training_requested)
     bus.subscribe(DriftDetected, group=TRIGGER_GROUP, handler=handlers.drift_detected)
     return handlers
+
+
+async def schedule_fired(fire: Fire[ScheduleSpec], *, publisher: Publisher) -> None:
+    """A retraining schedule's cron fire: publish its TrainingRequested (the trainer consumes it
+    like any other request)."""
+    await publisher.publish(scheduled_event(fire))
