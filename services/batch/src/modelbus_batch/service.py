@@ -117,8 +117,9 @@ class BatchService:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Create the job store's indexes (retried: the online path must not wait on this),
-        then re-run the jobs this instance accepted but did not finish."""
+        """Create the job store's indexes (retried until MongoDB answers; the app starts
+        meanwhile and reports ``jobs`` not ready), then re-run the jobs this instance accepted
+        but did not finish."""
         delay = 0.5
         while True:
             try:

@@ -28,9 +28,10 @@ from modelbus_contracts import (
     ScoringRequested,
 )
 from modelbus_contracts.api import VersionView
+from modelbus_ml.serving import LoadFailed, Served
 from modelbus_platform.bus import Publisher, RawRecord, publish_all, publish_records
 from modelbus_platform.registry import Registry, RegistryUnavailable
-from modelbus_platform.serving import LoadFailed, Served, load_version
+from modelbus_platform.serving import load_version
 from modelbus_platform.stores import ObjectStore
 
 from .domain import (
