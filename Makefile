@@ -19,7 +19,7 @@ $(TOOLS)/bin/uv:
 install: $(if $(shell command -v uv 2>/dev/null),,$(TOOLS)/bin/uv) ## Install everything (uv workspace, all services)
 	$(UV) sync --all-packages --frozen
 
-up: install ## Start the embedded stack (broker, MongoDB-wire, store, 5 services) and run the demo loop
+up: install ## Start the embedded stack (broker, MongoDB-wire, store, 6 services) and run the demo loop
 	$(UV) run --frozen python -m modelbus_embedded up
 
 up-only: install ## Start the embedded stack without the demo
@@ -52,7 +52,7 @@ bench: install ## Serving benchmarks: online v2 infer, stream, hot swap (build/b
 	$(UV) run --frozen python benchmarks/stream_bench.py
 	$(UV) run --frozen python benchmarks/hotswap_bench.py
 
-bench-batch: install ## Batch scoring rows/s: the scorer's job path vs a bare pyarrow+numpy script (build/bench/batch.json)
+bench-batch: install ## Batch scoring rows/s: the batch service's job path vs a bare pyarrow+numpy script (build/bench/batch.json)
 	$(UV) run --frozen python benchmarks/batch_bench.py $(BENCH_ARGS)
 
 bench-monitor: install ## Drift detection (modelbus vs River defaults) and monitor throughput (build/bench/{drift,monitor}.json)

@@ -1,10 +1,11 @@
-"""Batch scoring throughput: the scorer's batch job path vs a bare pyarrow + numpy script.
+"""Batch scoring throughput: the batch service's job path vs a bare pyarrow + numpy script.
 
 Both score the same Parquet file (``--rows`` rows, an ``id`` and 8 float features) with the
 same model, on this machine, in the same run, alternating, ``--reps`` times each:
 
-- scorer: ``BatchService.submit`` -> job runs to the end (registry lookup on fakes, artifact
-  fetched and sha256-verified from a local-folder object store, input read from the store,
+- batch: ``BatchService.submit`` -> job runs to the end (registry lookup on the fake, artifact
+  fetched and sha256-verified from a local-folder object store on every job, input read from
+  the store,
   50k-row chunks decoded/validated/predicted in a worker thread, progress recorded per chunk in
   the in-memory job store, output Parquet put into the store, BatchScoringCompleted built);
 - bare: ``pq.read_table`` -> ``np.column_stack`` -> ``predict_proba`` -> ``pq.write_table`` of
@@ -13,7 +14,7 @@ same model, on this machine, in the same run, alternating, ``--reps`` times each
   ``ParquetWriter``). Predicting 1M x 8 at once makes 64 MB temporaries and is memory-bound, so
   the plain bare script is slower than chunking; the second ratio isolates the job's overhead.
 
-Prints rows/s (median of the repetitions) and the ratio scorer/bare (target >= 0.7), and writes
+Prints rows/s (median of the repetitions) and the ratio batch/bare (target >= 0.7), and writes
 ``build/bench/batch.json``. Run: ``make bench-batch`` or
 ``uv run python benchmarks/batch_bench.py --rows 1000000 --reps 7``.
 """
@@ -35,19 +36,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from modelbus_batch.service import BatchMetrics, BatchService
+from modelbus_batch.testing import MemoryJobStore
 from modelbus_contracts import ArtifactRef, DatasetRef, Lineage
 from modelbus_contracts.api import VersionView
 from modelbus_ml import LogisticModel
 from modelbus_platform.bus import RecordingPublisher
 from modelbus_platform.metrics import Metrics
 from modelbus_platform.stores import LocalObjectStore, sha256_hex
-from modelbus_scorer.adapters import FakeRegistry
-from modelbus_scorer.batch_adapters import FakeVersions, MemoryJobStore
-from modelbus_scorer.batch_service import BatchMetrics, BatchService
-from modelbus_scorer.domain import ModelHolder
-from modelbus_scorer.prediction_log import PredictionLog
-from modelbus_scorer.service import ScorerService
-from modelbus_scorer.telemetry import ScorerMetrics
+from modelbus_platform.testing import FakeRegistry
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "build" / "bench" / "batch.json"
@@ -95,7 +92,7 @@ def view_for(data: bytes) -> VersionView:
 
 def bare_chunked(model: LogisticModel, src: Path, dst: Path, chunk_rows: int) -> float:
     """The stronger baseline: the same script, but predicting 50k-row batches and writing
-    without dictionary pages for the all-distinct columns (what the scorer does), so the ratio
+    without dictionary pages for the all-distinct columns (what the job does), so the ratio
     against it isolates the job machinery's own cost."""
     started = time.perf_counter()
     source = pq.ParquetFile(src)
@@ -122,34 +119,22 @@ def bare(model: LogisticModel, src: Path, dst: Path) -> float:
     return time.perf_counter() - started
 
 
-class ScorerPath:
+class BatchPath:
     def __init__(self, root: Path, model: LogisticModel) -> None:
         self.store = LocalObjectStore(root)
         self.model = model
-        registry = FakeRegistry()
-        metrics = ScorerMetrics(Metrics("bench"))
-        publisher = RecordingPublisher()
-        scorer = ScorerService(
-            holder=ModelHolder(),
-            registry=registry,
+        self.registry = FakeRegistry()
+        self.publisher = RecordingPublisher()
+        self.jobs = MemoryJobStore()
+        self.service = self.new_service()
+
+    def new_service(self) -> BatchService:
+        """A service that has loaded no model yet: its first job loads and verifies one."""
+        return BatchService(
+            jobs=self.jobs,
             store=self.store,
-            publisher=publisher,
-            metrics=metrics,
-            prediction_log=PredictionLog(publisher, metrics, producer="bench", capacity=1),
-            producer="bench",
-            instance="bench",
-            max_instances=1,
-        )
-        self.registry = registry
-        self.publisher = publisher
-        self.service = BatchService(
-            jobs=MemoryJobStore(),
-            store=self.store,
-            registry=registry,
-            versions=FakeVersions(),
-            load=scorer.load,
-            serving=scorer.holder.get,  # empty: every job loads and verifies the artifact
-            publisher=publisher,
+            registry=self.registry,
+            publisher=self.publisher,
             metrics=BatchMetrics(Metrics("bench-batch")),
             producer="bench",
             instance="bench",
@@ -159,10 +144,11 @@ class ScorerPath:
         data = self.model.to_bytes()
         view = view_for(data)
         await self.store.put(view.artifact.uri, data)
-        self.registry.champions[MODEL] = view
+        self.registry.put(view, champion=True)
         await self.service.start()
 
     async def run(self, key: str, out_key: str) -> tuple[float, int, int]:
+        self.service = self.new_service()  # every job loads and verifies the artifact
         started = time.perf_counter()
         job, _ = await self.service.submit(model_name=MODEL, input_uri=key, output_uri=out_key)
         await self.service.idle()
@@ -181,24 +167,24 @@ async def main(rows: int, reps: int) -> dict:
         src.parent.mkdir(parents=True)
         write_input(src, rows)
         size_mb = src.stat().st_size / 1e6
-        path = ScorerPath(root, model)
+        path = BatchPath(root, model)
         await path.setup()
         # warm-up (imports, allocator, page cache) for both, not measured
         bare(model, src, root / "bare.parquet")
         await path.run("in/day.parquet", "out/warm.parquet")
         chunk_rows = path.service.chunk_rows
         bare_chunked(model, src, root / "chunked.parquet", chunk_rows)
-        scorer_s, bare_s, chunked_s = [], [], []
+        batch_s, bare_s, chunked_s = [], [], []
         for i in range(reps):
             seconds, done, failed = await path.run("in/day.parquet", f"out/run{i}.parquet")
             assert (done, failed) == (rows, 0)
-            scorer_s.append(seconds)
+            batch_s.append(seconds)
             bare_s.append(bare(model, src, root / f"bare{i}.parquet"))
             chunked_s.append(bare_chunked(model, src, root / f"chunked{i}.parquet", chunk_rows))
         check = pq.read_table(root / "out" / "run0.parquet")
         expect = pq.read_table(root / "bare0.parquet")
         np.testing.assert_allclose(check["score"].to_numpy(), expect["score"].to_numpy())
-    scorer_rps = rows / statistics.median(scorer_s)
+    batch_rps = rows / statistics.median(batch_s)
     bare_rps = rows / statistics.median(bare_s)
     chunked_rps = rows / statistics.median(chunked_s)
     return {
@@ -210,14 +196,14 @@ async def main(rows: int, reps: int) -> dict:
         "reps": reps,
         "chunk_rows": path.service.chunk_rows,
         "store": "local folder",
-        "scorer_seconds": [round(s, 4) for s in scorer_s],
+        "batch_seconds": [round(s, 4) for s in batch_s],
         "bare_seconds": [round(s, 4) for s in bare_s],
         "bare_chunked_seconds": [round(s, 4) for s in chunked_s],
-        "scorer_rows_per_s": round(scorer_rps),
+        "batch_rows_per_s": round(batch_rps),
         "bare_rows_per_s": round(bare_rps),
         "bare_chunked_rows_per_s": round(chunked_rps),
-        "ratio": round(scorer_rps / bare_rps, 3),
-        "ratio_vs_bare_chunked": round(scorer_rps / chunked_rps, 3),
+        "ratio": round(batch_rps / bare_rps, 3),
+        "ratio_vs_bare_chunked": round(batch_rps / chunked_rps, 3),
         "target_ratio": TARGET,
         "machine": {
             "cpus": os.cpu_count(),
@@ -241,7 +227,7 @@ if __name__ == "__main__":
     OUT.write_text(json.dumps(result, indent=2) + "\n")
     print(
         f"rows={result['rows']} reps={result['reps']} "
-        f"scorer={result['scorer_rows_per_s']:,} rows/s bare={result['bare_rows_per_s']:,} rows/s "
+        f"batch={result['batch_rows_per_s']:,} rows/s bare={result['bare_rows_per_s']:,} rows/s "
         f"ratio={result['ratio']} (target >= {TARGET})"
     )
     print(

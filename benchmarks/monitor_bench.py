@@ -55,8 +55,8 @@ from modelbus_contracts import (
     PredictionMade,
     encode,
 )
-from modelbus_contracts.api import AliasesView, ModelView, VersionView
-from modelbus_monitor.adapters import FakeRegistry, MemoryIncidentStore
+from modelbus_contracts.api import VersionView
+from modelbus_monitor.adapters import MemoryIncidentStore
 from modelbus_monitor.config import MonitorSettings
 from modelbus_monitor.handlers import GROUP, subscribe
 from modelbus_monitor.metrics import MonitorMetrics
@@ -68,6 +68,7 @@ from modelbus_monitor.telemetry import (
     decode_predictions,
 )
 from modelbus_platform.bus import EventBus, MemoryProcessedEvents, RecordingPublisher
+from modelbus_platform.testing import FakeRegistry
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "build" / "bench" / "monitor.json"
@@ -134,10 +135,7 @@ def fake_registry() -> FakeRegistry:
     reference = {name: stats for name in FEATURES}
     dataset = DatasetRef(uri="datasets/b/x.csv", sha256=SHA, rows=10)
     lineage = Lineage(dataset=dataset, holdout=dataset, seed=1, code_version="b", trigger="api")
-    registry.models[MODEL] = ModelView(
-        name=MODEL, aliases=AliasesView(model_name=MODEL, champion=1)
-    )
-    registry.versions[(MODEL, 1)] = VersionView(
+    view = VersionView(
         model_name=MODEL,
         version=1,
         run_id="r",
@@ -148,6 +146,7 @@ def fake_registry() -> FakeRegistry:
         status="champion",
         created_at=datetime(2026, 1, 1, tzinfo=UTC),
     )
+    registry.put(view, champion=True)
     return registry
 
 

@@ -211,7 +211,7 @@ def test_published_port_is_the_http_port(name):
 def test_ports_are_distinct_and_in_range():
     ports = [int(environment(name)["MODELBUS_HTTP_PORT"]) for name in SERVICES]
     assert len(set(ports)) == len(ports)
-    assert all(8001 <= p <= 8005 for p in ports)
+    assert all(8001 <= p <= 8006 for p in ports)
 
 
 @pytest.mark.parametrize("name", SERVICES)

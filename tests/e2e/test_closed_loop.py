@@ -1,8 +1,9 @@
-"""The whole closed loop on real protocols: five service processes, a Kafka-protocol broker, a
+"""The whole closed loop on real protocols: six service processes, a Kafka-protocol broker, a
 MongoDB-wire server and an S3 server, driven only through Kafka events and HTTP APIs.
 
 train -> register -> evaluate -> promote -> serve -> concept drift -> DriftDetected -> retrain ->
-evaluate against the champion on the same hold-out -> promote -> the new champion serves.
+evaluate against the champion on the same hold-out -> promote -> the new champion serves; the
+batch service then scores a file in S3 with that champion.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from modelbus_contracts import (
+    BatchScoringCompleted,
     DriftDetected,
     ModelEvaluated,
     ModelPromoted,
@@ -28,8 +30,11 @@ from modelbus_contracts import (
 )
 from modelbus_embedded.simulator import ScenarioConfig, ScenarioResult, Upstream
 from modelbus_embedded.stack import Stack, build_stack, free_ports
+from modelbus_platform.stores import S3ObjectStore
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
+
+FEATURES = ("tenure", "monthly_charges", "support_calls", "usage_drop")
 
 FAST_LOOP = {
     "MODELBUS_DRIFT_COOLDOWN_S": "5",
@@ -182,10 +187,44 @@ async def test_killed_scorer_comes_back_serving_the_champion(
             f"/v2/models/{model}/infer",
             json={
                 "inputs": [
-                    {"name": f, "shape": [1], "datatype": "FP64", "data": [0.1]}
-                    for f in ("tenure", "monthly_charges", "support_calls", "usage_drop")
+                    {"name": f, "shape": [1], "datatype": "FP64", "data": [0.1]} for f in FEATURES
                 ]
             },
         )
     assert response.status_code == 200, response.text
     assert str(response.json()["model_version"]) == "2"
+
+
+async def test_the_batch_service_scores_a_file_with_the_champion(
+    stack: Stack, loop_result: ScenarioResult
+):
+    model = loop_result.model_name
+    env = stack.env
+    store = S3ObjectStore(
+        env["MODELBUS_S3_ENDPOINT"], "modelbus", "modelbus-secret", env["MODELBUS_BUCKET"]
+    )
+    rows = ["id," + ",".join(FEATURES)] + [
+        f"{i},{i % 7},{i % 5},{i % 3},0.{i % 9}" for i in range(500)
+    ]
+    await store.put(f"batch/{model}/day.csv", ("\n".join(rows) + "\n").encode(), "text/csv")
+    async with httpx.AsyncClient(base_url=stack.url("batch"), timeout=10) as http:
+        accepted = await http.post(
+            "/batch-jobs", json={"model_name": model, "input_uri": f"batch/{model}/day.csv"}
+        )
+        assert accepted.status_code == 202, accepted.text
+        job_id = accepted.json()["job_id"]
+        for _ in range(300):
+            job = (await http.get(f"/batch-jobs/{job_id}")).json()
+            if job["state"] in ("succeeded", "failed"):
+                break
+            await asyncio.sleep(0.1)
+    assert (job["state"], job["version"], job["rows_done"], job["failed_rows"]) == (
+        "succeeded",
+        2,
+        500,
+        0,
+    ), job
+    output = (await store.get(f"batch/{model}/day.scores.csv")).decode().splitlines()
+    assert output[0] == '"id","score","label","model_version","error"' and len(output) == 501
+    completed = await _collect(stack.kafka_bootstrap, BatchScoringCompleted.topic, model, 3)
+    assert [json.loads(r.value)["job_id"] for r in completed] == [job_id]

@@ -23,13 +23,14 @@ from modelbus_contracts import (
     PredictionMade,
     decode,
 )
-from modelbus_monitor.adapters import HttpRegistryClient, MongoIncidentStore
+from modelbus_monitor.adapters import MongoIncidentStore
 from modelbus_monitor.bootstrap import build_app
 from modelbus_monitor.config import MonitorSettings
 from modelbus_monitor.metrics import MonitorMetrics
 from modelbus_monitor.service import MonitorService, detector_config
 from modelbus_platform.bus import EventBus, MemoryProcessedEvents, RecordingPublisher
 from modelbus_platform.metrics import Metrics
+from modelbus_platform.registry import RegistryClient
 from modelbus_platform.stores import connect_mongo
 
 pytestmark = pytest.mark.integration
@@ -219,7 +220,7 @@ async def restart_knows_the_incident_and_promotion_closes_it(
     on this broker, and the bus path for promotions is already exercised above.)"""
     client, db = connect_mongo(settings)
     store = MongoIncidentStore(db)
-    registry = HttpRegistryClient(settings.registry_url, transport=registry_transport(model))
+    registry = RegistryClient(settings.registry_url, transport=registry_transport(model))
     publisher = RecordingPublisher()
     service = MonitorService(
         detector_config(settings),

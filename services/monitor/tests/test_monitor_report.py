@@ -16,7 +16,6 @@ import pytest
 from fastapi import FastAPI
 
 from modelbus_contracts import DataQualityAlert, FeatureStats
-from modelbus_contracts.api import AliasesView, ModelView
 from modelbus_monitor.adapters import MemoryDailyStore
 from modelbus_monitor.api import router
 from modelbus_monitor.daily import DailyFeature, Thresholds, psi, reference_bins, status
@@ -33,10 +32,7 @@ DAY1 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
 def harness(**config) -> Harness:
     h = Harness(**config)
     h.service.daily = MemoryDailyStore()
-    h.registry.models["churn"] = ModelView(
-        name="churn", aliases=AliasesView(model_name="churn", champion=1)
-    )
-    h.registry.versions[("churn", 1)] = version_view("churn", 1, reference=REFERENCE)
+    h.registry.put(version_view("churn", 1, reference=REFERENCE), champion=True)
     h.clock.now = DAY1
     return h
 

@@ -8,7 +8,6 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from modelbus_contracts import DriftDetected
-from modelbus_contracts.api import AliasesView, ModelView
 from modelbus_monitor.adapters import (
     MemoryDailyStore,
     MemoryIncidentStore,
@@ -70,8 +69,7 @@ async def test_restart_keeps_windows_incident_attempts_and_daily_counts(stores):
         return built
 
     h = Harness()
-    h.registry.models["churn"] = _model("churn")
-    h.registry.versions[("churn", 1)] = version_view("churn", 1, reference=REFERENCE)
+    h.registry.put(version_view("churn", 1, reference=REFERENCE), champion=True)
     h.clock.now = T0
     h.service = service(h)
     await h.service.rebuild()
@@ -96,7 +94,3 @@ async def test_restart_keeps_windows_incident_attempts_and_daily_counts(stores):
     report = await h.service.daily_report("churn")
     assert report["features"]["x"]["count"] == 2150
     assert report["features"]["x"]["psi_vs_reference"] > 0.1
-
-
-def _model(name: str) -> ModelView:
-    return ModelView(name=name, aliases=AliasesView(model_name=name, champion=1))

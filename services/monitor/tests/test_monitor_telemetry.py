@@ -19,9 +19,9 @@ from modelbus_contracts import (
     decode,
     encode,
 )
-from modelbus_contracts.api import AliasesView, ModelView, VersionView
+from modelbus_contracts.api import VersionView
 from modelbus_embedded.testing import ConsumedRecord
-from modelbus_monitor.adapters import FakeRegistry, MemoryIncidentStore
+from modelbus_monitor.adapters import MemoryIncidentStore
 from modelbus_monitor.domain import DetectorConfig
 from modelbus_monitor.handlers import GROUP, subscribe
 from modelbus_monitor.metrics import MonitorMetrics
@@ -35,6 +35,7 @@ from modelbus_monitor.telemetry import (
     decode_predictions_by_record,
 )
 from modelbus_platform.bus import EventBus, MemoryProcessedEvents, RecordingPublisher
+from modelbus_platform.testing import FakeRegistry
 
 T0 = datetime(2026, 3, 1, 12, tzinfo=UTC)
 
@@ -226,11 +227,9 @@ REFERENCE = {
 
 def make_service() -> MonitorService:
     registry = FakeRegistry()
-    registry.models["churn"] = ModelView(
-        name="churn", aliases=AliasesView(model_name="churn", champion=1)
-    )
-    registry.versions[("churn", 1)] = VersionView.model_construct(
-        model_name="churn", version=1, reference=REFERENCE
+    registry.put(
+        VersionView.model_construct(model_name="churn", version=1, reference=REFERENCE),
+        champion=True,
     )
     return MonitorService(
         DetectorConfig(feature_min_observations=50, error_min_observations=50),

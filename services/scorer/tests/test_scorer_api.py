@@ -18,7 +18,7 @@ from modelbus_platform.bus import RecordingPublisher
 from modelbus_platform.http import create_app
 from modelbus_platform.metrics import Metrics
 from modelbus_platform.stores import LocalObjectStore
-from modelbus_scorer.adapters import FakeRegistry
+from modelbus_platform.testing import FakeRegistry
 from modelbus_scorer.api import Scoring, build_router, install_fast_routes
 from modelbus_scorer.bootstrap import build_app, control_group
 from modelbus_scorer.config import ScorerSettings
@@ -77,8 +77,8 @@ class Api:
 @pytest.fixture(params=["fast", "framework"])
 async def api(request, tmp_path, publish_artifact):
     a = Api(tmp_path, fast=request.param == "fast")
-    a.registry.champions["m"] = await publish_artifact(a.store, "m", 1)
-    a.registry.champions["empty"] = None
+    a.registry.put(await publish_artifact(a.store, "m", 1), champion=True)
+    a.registry.add_model("empty")
     await a.service.sync_all()
     yield a
     await a.client.aclose()

@@ -22,7 +22,7 @@ from modelbus_contracts.api import RolloutView
 from modelbus_platform.bus import RecordingPublisher
 from modelbus_platform.metrics import Metrics
 from modelbus_platform.stores import LocalObjectStore
-from modelbus_scorer.adapters import FakeRegistry
+from modelbus_platform.testing import FakeRegistry
 from modelbus_scorer.api import build_router
 from modelbus_scorer.domain import ModelHolder
 from modelbus_scorer.handlers import resync_on_control, score_requested
@@ -66,7 +66,7 @@ class Harness:
         )
 
     async def expose(self, publish_artifact, make_model, mode, fraction=0.0, challenger=None):
-        self.registry.champions["m"] = await publish_artifact(self.store, "m", 1, make_model())
+        self.registry.put(await publish_artifact(self.store, "m", 1, make_model()), champion=True)
         view = await publish_artifact(
             self.store, "m", 2, challenger or make_model(coef=[-1.0, -1.0])
         )
@@ -203,7 +203,7 @@ async def test_rollout_follows_the_registry(h, publish_artifact, make_model):
 
 
 async def test_an_unloadable_challenger_is_announced(h, publish_artifact, make_model):
-    h.registry.champions["m"] = await publish_artifact(h.store, "m", 1, make_model())
+    h.registry.put(await publish_artifact(h.store, "m", 1, make_model()), champion=True)
     view = await publish_artifact(h.store, "m", 2, data=b"not json", sha=uuid.uuid4().hex * 2)
     h.registry.versions[("m", 2)] = view
     h.registry.rollouts["m"] = RolloutView(mode="shadow", version=2, champion_version=1)

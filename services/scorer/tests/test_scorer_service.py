@@ -18,12 +18,12 @@ from modelbus_contracts import (
 )
 from modelbus_platform.bus import RecordingPublisher
 from modelbus_platform.metrics import Metrics
+from modelbus_platform.registry import RegistryUnavailable
 from modelbus_platform.stores import LocalObjectStore
-from modelbus_scorer.adapters import FakeRegistry, names_from_listing
+from modelbus_platform.testing import FakeRegistry
 from modelbus_scorer.bootstrap import sync_forever
 from modelbus_scorer.domain import ModelHolder
 from modelbus_scorer.handlers import resync_on_control, score_requested
-from modelbus_scorer.ports import RegistryUnavailable
 from modelbus_scorer.prediction_log import PredictionLog
 from modelbus_scorer.service import ScorerService
 from modelbus_scorer.telemetry import ScorerMetrics
@@ -69,8 +69,8 @@ def promoted(name: str, view) -> ModelPromoted:
 
 
 async def test_start_up_loads_every_champion_and_replays_are_no_ops(h, publish_artifact):
-    h.registry.champions["m"] = await publish_artifact(h.store, "m", 1)
-    h.registry.champions["no-champ"] = None
+    h.registry.put(await publish_artifact(h.store, "m", 1), champion=True)
+    h.registry.add_model("no-champ")
     assert await h.service.sync_all() == {"m": "loaded", "no-champ": "no_champion"}
     assert h.service.holder.get("m").current.version == 1
     assert h.service.holder.get("no-champ").current is None  # known: 503, not 404
@@ -80,10 +80,10 @@ async def test_start_up_loads_every_champion_and_replays_are_no_ops(h, publish_a
 
 async def test_promotion_swaps_and_keeps_the_last_good_warm(h, publish_artifact, make_model):
     v1 = await publish_artifact(h.store, "m", 1)
-    h.registry.champions["m"] = v1
+    h.registry.put(v1, champion=True)
     await h.service.sync_all()
     v2 = await publish_artifact(h.store, "m", 2, make_model(coef=[2.0, 2.0]))
-    h.registry.champions["m"] = v2
+    h.registry.put(v2, champion=True)
     await resync_on_control(promoted("m", v1), service=h.service)  # event's version is ignored
     slots = h.service.holder.get("m")
     assert (slots.current.version, slots.previous.version) == (2, 1)
@@ -94,12 +94,12 @@ async def test_rollback_reuses_the_warm_previous_without_reading_the_store(
 ):
     v1 = await publish_artifact(h.store, "m", 1)
     v2 = await publish_artifact(h.store, "m", 2, make_model(coef=[2.0, 2.0]))
-    h.registry.champions["m"] = v1
+    h.registry.put(v1, champion=True)
     await h.service.sync_all()
-    h.registry.champions["m"] = v2
+    h.registry.put(v2, champion=True)
     await h.service.sync_model("m")
     await h.store.put(v1.artifact.uri, b"gone bad")  # a reload would now fail
-    h.registry.champions["m"] = v1
+    h.registry.put(v1, champion=True)
     event = ModelRolledBack(
         model_name="m",
         from_version=2,
@@ -116,7 +116,7 @@ async def test_rollback_reuses_the_warm_previous_without_reading_the_store(
 
 @pytest.mark.parametrize("fault", ["corrupted", "missing", "unreadable", "wrong_features"])
 async def test_load_failure_keeps_serving_and_announces_it(h, publish_artifact, make_model, fault):
-    h.registry.champions["m"] = await publish_artifact(h.store, "m", 1)
+    h.registry.put(await publish_artifact(h.store, "m", 1), champion=True)
     await h.service.sync_all()
     if fault == "corrupted":
         bad = await publish_artifact(h.store, "m", 2, make_model(coef=[3.0, 3.0]))
@@ -131,7 +131,7 @@ async def test_load_failure_keeps_serving_and_announces_it(h, publish_artifact, 
     else:
         bad = await publish_artifact(h.store, "m", 2, make_model(("a", "b")))
         bad = bad.model_copy(update={"feature_names": ["age", "income"]})
-    h.registry.champions["m"] = bad
+    h.registry.put(bad, champion=True)
     event = promoted("m", bad)
     await resync_on_control(event, service=h.service)  # does not raise
 
@@ -149,7 +149,7 @@ async def test_load_failure_keeps_serving_and_announces_it(h, publish_artifact, 
 
 
 async def test_periodic_resync_announces_a_failure_once(h, publish_artifact):
-    h.registry.champions["m"] = await publish_artifact(h.store, "m", 1, data=b"broken")
+    h.registry.put(await publish_artifact(h.store, "m", 1, data=b"broken"), champion=True)
     await h.service.sync_all()
     await h.service.sync_all()
     assert len(h.publisher.of(ModelLoadFailed)) == 1
@@ -167,7 +167,7 @@ async def test_registry_down_raises_so_the_bus_retries(h):
 
 async def test_sync_loop_keeps_retrying_until_the_registry_answers(h, publish_artifact):
     h.registry.down = True
-    h.registry.champions["m"] = await publish_artifact(h.store, "m", 1)
+    h.registry.put(await publish_artifact(h.store, "m", 1), champion=True)
     task = asyncio.create_task(sync_forever(h.service, interval_s=0.05))
     try:
         await asyncio.sleep(0.12)
@@ -191,7 +191,7 @@ def _zeros(names):
 
 
 async def test_stream_scoring_publishes_a_prediction_caused_by_the_request(h, publish_artifact):
-    h.registry.champions["m"] = await publish_artifact(h.store, "m", 1)
+    h.registry.put(await publish_artifact(h.store, "m", 1), champion=True)
     await h.service.sync_all()
     request = ScoringRequested(model_name="m", request_id="r-1", features={"age": 1, "income": 0})
     await score_requested(request, service=h.service)
@@ -219,7 +219,7 @@ async def test_stream_scoring_publishes_a_prediction_caused_by_the_request(h, pu
 async def test_bad_stream_requests_become_scoring_failed(
     h, publish_artifact, model, features, reason
 ):
-    h.registry.champions["m"] = await publish_artifact(h.store, "m", 1)
+    h.registry.put(await publish_artifact(h.store, "m", 1), champion=True)
     await h.service.sync_all()
     request = ScoringRequested(model_name=model, request_id="r-2", features=features)
     await score_requested(request, service=h.service)  # returns normally
@@ -238,7 +238,7 @@ async def test_bad_stream_requests_become_scoring_failed(
 
 
 async def test_http_predictions_are_logged_in_the_background_and_flushed(h, publish_artifact):
-    h.registry.champions["m"] = await publish_artifact(h.store, "m", 1)
+    h.registry.put(await publish_artifact(h.store, "m", 1), champion=True)
     await h.service.sync_all()
     await h.log.start()
     X = [[0.0, 0.0], [1.0, 1.0]]
@@ -254,7 +254,7 @@ async def test_http_predictions_are_logged_in_the_background_and_flushed(h, publ
 
 
 async def test_a_full_prediction_log_drops_and_counts(h, publish_artifact):
-    h.registry.champions["m"] = await publish_artifact(h.store, "m", 1)
+    h.registry.put(await publish_artifact(h.store, "m", 1), champion=True)
     await h.service.sync_all()
     h.service.score("m", lambda names, limit: (np.zeros((4, 2)), None))  # capacity is 5
     h.service.score("m", lambda names, limit: (np.zeros((2, 2)), None))  # dropped
@@ -264,15 +264,8 @@ async def test_a_full_prediction_log_drops_and_counts(h, publish_artifact):
     assert len(h.publisher.of(PredictionMade)) == 4
 
 
-def test_registry_listing_shapes_are_tolerated():
-    assert names_from_listing([{"name": "a"}, "b", {"x": 1}]) == ["a", "b"]
-    assert names_from_listing({"models": [{"name": "c"}]}) == ["c"]
-    assert names_from_listing({"items": ["d"]}) == ["d"]
-    assert names_from_listing(None) == []
-
-
 async def test_a_stream_request_racing_the_start_up_sync_waits_for_it(h, publish_artifact):
-    h.registry.champions["m"] = await publish_artifact(h.store, "m", 1)
+    h.registry.put(await publish_artifact(h.store, "m", 1), champion=True)
     request = ScoringRequested(model_name="m", request_id="early", features={"age": 1, "income": 1})
     scoring = asyncio.create_task(score_requested(request, service=h.service))
     await asyncio.sleep(0.05)
@@ -292,8 +285,8 @@ async def test_before_any_sync_an_unknown_model_is_not_synced(h):
 
 
 async def test_one_models_store_trouble_does_not_starve_the_others(h, publish_artifact):
-    h.registry.champions["a"] = await publish_artifact(h.store, "a", 1)
-    h.registry.champions["b"] = await publish_artifact(h.store, "b", 1)
+    h.registry.put(await publish_artifact(h.store, "a", 1), champion=True)
+    h.registry.put(await publish_artifact(h.store, "b", 1), champion=True)
     real_get = h.store.get
 
     async def flaky_get(key: str) -> bytes:

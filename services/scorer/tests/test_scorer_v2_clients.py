@@ -20,7 +20,7 @@ from modelbus_platform.bus import RecordingPublisher
 from modelbus_platform.http import create_app
 from modelbus_platform.metrics import Metrics
 from modelbus_platform.stores import LocalObjectStore
-from modelbus_scorer.adapters import FakeRegistry
+from modelbus_platform.testing import FakeRegistry
 from modelbus_scorer.api import Scoring, build_router, install_fast_routes
 from modelbus_scorer.domain import ModelHolder
 from modelbus_scorer.prediction_log import PredictionLog
@@ -81,7 +81,7 @@ class Served:
 @pytest.fixture
 async def served(tmp_path, publish_artifact):
     s = Served(tmp_path)
-    s.registry.champions["churn"] = await publish_artifact(s.store, "churn", 3)
+    s.registry.put(await publish_artifact(s.store, "churn", 3), champion=True)
     await s.service.sync_all()
     s.start()
     yield s

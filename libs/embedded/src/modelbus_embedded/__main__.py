@@ -1,6 +1,6 @@
 """``python -m modelbus_embedded up|down|status|demo`` — the embedded stack's command line.
 
-``up`` starts the protocol servers and the five services under the data folder (default
+``up`` starts the protocol servers and the six services under the data folder (default
 ``.data``), runs the demo scenario (the whole closed loop, printed as a timeline) and leaves
 everything running. ``down`` stops what ``up`` started.
 """
@@ -66,7 +66,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         stack.stop()
         return 1
     stack.save_state()
-    print("all five services ready:")
+    print(f"all {len(SERVICES)} services ready:")
     for service in SERVICES:
         print(f"  {service:9s} {stack.url(service)}  (API docs: {stack.url(service)}/docs)")
     if args.no_demo:

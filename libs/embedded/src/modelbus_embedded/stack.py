@@ -1,4 +1,4 @@
-"""The embedded stack: the three protocol servers plus the five services as local processes.
+"""The embedded stack: the three protocol servers plus the six services as local processes.
 
 ``make up`` runs ``python -m modelbus_embedded up``: it starts everything under one data folder
 (MongoDB-wire data and the artifact store persist there; the Kafka-protocol broker is memory-only
@@ -23,13 +23,14 @@ import httpx
 
 from .servers import Server, free_port, kafka_server, mongo_server, s3_server, wait_for_port
 
-SERVICES = ("registry", "trainer", "deployer", "scorer", "monitor")
+SERVICES = ("registry", "trainer", "deployer", "scorer", "monitor", "batch")
 DEFAULT_PORTS = {
     "registry": 8001,
     "trainer": 8002,
     "deployer": 8003,
     "scorer": 8004,
     "monitor": 8005,
+    "batch": 8006,
 }
 
 

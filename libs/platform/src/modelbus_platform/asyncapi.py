@@ -7,7 +7,7 @@ headers are the CloudEvents Kafka headers, and the Kafka bindings give the consu
 message key (the model name). Every subscription also gets its ``<topic>.dlq`` channel, because
 the bus dead-letters what a handler cannot process.
 
-``SERVICES`` is the wiring of the five services; ``python -m modelbus_platform.asyncapi OUTDIR``
+``SERVICES`` is the wiring of the six services; ``python -m modelbus_platform.asyncapi OUTDIR``
 writes ``OUTDIR/<service>.yaml`` for each (the committed copies live in ``infra/asyncapi``).
 """
 
@@ -21,6 +21,8 @@ from typing import Any
 
 from modelbus_contracts import Event
 from modelbus_contracts.events import (
+    BatchScoringCompleted,
+    BatchScoringRequested,
     DataQualityAlert,
     DriftDetected,
     LabelObserved,
@@ -114,6 +116,14 @@ SERVICES: dict[str, ServiceSpec] = {
             (DriftDetected, DataQualityAlert),
             _subs("monitor", PredictionMade, LabelObserved)
             + _subs("monitor-control", ModelPromoted, ModelRolledBack),
+        ),
+        ServiceSpec(
+            "batch",
+            "Batch scoring: scores whole CSV or Parquet files in object storage with a model's "
+            "champion or a named version, on request or on a cron schedule (published as "
+            "BatchScoringRequested), and reports each finished job.",
+            (BatchScoringCompleted, BatchScoringRequested),
+            _subs("batch", BatchScoringRequested),
         ),
     )
 }

@@ -1,5 +1,9 @@
-"""Test doubles of the platform's ports, for unit tests (production code never imports this):
-an in-memory outbox and a relay that publishes at once."""
+"""In-memory stand-ins of the platform's ports, for the services' unit tests and benchmarks
+(production code never imports this): the registry, an outbox and a relay that publishes at once.
+
+``FakeRegistry`` is the ``modelbus_platform.registry.Registry`` port in memory: what tests
+``put`` in it is read back through the same methods (and views) as the HTTP client returns.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +12,92 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from modelbus_contracts import Event
+from modelbus_contracts.api import AliasesView, ModelView, RolloutView, VersionView
 
 from .outbox import Pending, Relay, stamped
+from .registry import RegistryUnavailable
+
+
+class FakeRegistry:
+    """The registry in memory.
+
+    ``versions[(name, version)]`` holds the records, ``champions[name]`` the champion's version
+    (None: a model without a champion), ``rollouts[name]`` the live rollout. ``down = True`` makes
+    every read raise ``RegistryUnavailable`` (and ``ping`` answer False); ``calls`` lists the
+    reads, e.g. ``"models"``, ``"champion:churn"``, ``"version:churn:2"``.
+    """
+
+    def __init__(self) -> None:
+        self.versions: dict[tuple[str, int], VersionView] = {}
+        self.champions: dict[str, int | None] = {}
+        self.rollouts: dict[str, RolloutView] = {}
+        self.down = False
+        self.calls: list[str] = []
+
+    # -- arranging ------------------------------------------------------------------------------
+
+    def put(self, view: VersionView, *, champion: bool = False) -> VersionView:
+        """Record a version (replacing one with the same number); ``champion`` also points the
+        model's champion at it."""
+        self.versions[(view.model_name, view.version)] = view
+        self.champions.setdefault(view.model_name, None)
+        if champion:
+            self.champions[view.model_name] = view.version
+        return view
+
+    def add_model(self, name: str) -> None:
+        """A model the registry knows, with no champion (yet)."""
+        self.champions.setdefault(name, None)
+
+    # -- the Registry port ----------------------------------------------------------------------
+
+    async def models(self) -> list[ModelView]:
+        self._check("models")
+        return [self._model_view(name) for name in self._names()]
+
+    async def model_names(self) -> list[str]:
+        self._check("models")
+        return self._names()
+
+    async def model(self, name: str) -> ModelView | None:
+        self._check(f"model:{name}")
+        return self._model_view(name) if name in self._names() else None
+
+    async def champion(self, name: str) -> VersionView | None:
+        self._check(f"champion:{name}")
+        version = self.champions.get(name)
+        return None if version is None else self.versions.get((name, version))
+
+    async def rollout(self, name: str) -> RolloutView | None:
+        self._check(f"rollout:{name}")
+        return self.rollouts.get(name)
+
+    async def version(self, name: str, version: int) -> VersionView | None:
+        self._check(f"version:{name}:{version}")
+        return self.versions.get((name, version))
+
+    async def ping(self) -> bool:
+        return not self.down
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _check(self, call: str) -> None:
+        self.calls.append(call)
+        if self.down:
+            raise RegistryUnavailable("fake registry is down")
+
+    def _names(self) -> list[str]:
+        return sorted({*self.champions, *(name for name, _ in self.versions), *self.rollouts})
+
+    def _model_view(self, name: str) -> ModelView:
+        numbers = [v for (n, v) in self.versions if n == name]
+        return ModelView(
+            name=name,
+            aliases=AliasesView(model_name=name, champion=self.champions.get(name)),
+            rollout=self.rollouts.get(name),
+            latest_version=max(numbers, default=None),
+            version_count=len(numbers),
+        )
 
 
 class MemoryOutbox:

@@ -1,5 +1,6 @@
 """Adapters for the monitor's ports: incidents, detector checkpoints and daily windows in
-MongoDB, the registry over HTTP, and the in-memory fakes unit tests use."""
+MongoDB, and the in-memory fakes unit tests use. (The registry is read through the platform's
+``modelbus_platform.registry.RegistryClient``.)"""
 
 from __future__ import annotations
 
@@ -8,12 +9,10 @@ import json
 from datetime import datetime
 from typing import Any
 
-import httpx
 import structlog
 from pymongo import DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 
-from modelbus_contracts.api import ModelView, VersionView
 from modelbus_platform.stores import mongo_ping
 
 from .domain import Incident
@@ -159,84 +158,3 @@ class MemoryDailyStore:
 
     async def day(self, model_name: str, day: str) -> list[dict]:
         return [d for d in self.docs.values() if (d["model_name"], d["day"]) == (model_name, day)]
-
-
-def _models_payload(payload: Any) -> list[Any]:
-    if isinstance(payload, dict):
-        for key in ("items", "models"):
-            if isinstance(payload.get(key), list):
-                return payload[key]
-        return []
-    return payload if isinstance(payload, list) else []
-
-
-class HttpRegistryClient:
-    """Reads the registry's HTTP API. Errors surface as exceptions; 404 is ``None``."""
-
-    def __init__(
-        self,
-        base_url: str,
-        *,
-        timeout_s: float = 5.0,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        self.client = httpx.AsyncClient(base_url=base_url, timeout=timeout_s, transport=transport)
-
-    async def list_models(self) -> list[ModelView]:
-        response = await self.client.get("/models")
-        response.raise_for_status()
-        return [ModelView.model_validate(m) for m in _models_payload(response.json())]
-
-    async def get_model(self, name: str) -> ModelView | None:
-        response = await self.client.get(f"/models/{name}")
-        if response.status_code == 404:
-            return None
-        response.raise_for_status()
-        return ModelView.model_validate(response.json())
-
-    async def get_version(self, name: str, version: int) -> VersionView | None:
-        response = await self.client.get(f"/models/{name}/versions/{version}")
-        if response.status_code == 404:
-            return None
-        response.raise_for_status()
-        return VersionView.model_validate(response.json())
-
-    async def ping(self) -> bool:
-        try:
-            response = await self.client.get("/health/live")
-            return response.status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    async def close(self) -> None:
-        await self.client.aclose()
-
-
-class FakeRegistry:
-    """In-memory registry for unit tests; ``down=True`` makes every call fail."""
-
-    def __init__(self) -> None:
-        self.models: dict[str, ModelView] = {}
-        self.versions: dict[tuple[str, int], VersionView] = {}
-        self.down = False
-        self.calls = 0
-
-    def _check(self) -> None:
-        self.calls += 1
-        if self.down:
-            raise httpx.ConnectError("registry down")
-
-    async def list_models(self) -> list[ModelView]:
-        self._check()
-        return list(self.models.values())
-
-    async def get_model(self, name: str) -> ModelView | None:
-        self._check()
-        return self.models.get(name)
-
-    async def get_version(self, name: str, version: int) -> VersionView | None:
-        self._check()
-        return self.versions.get((name, version))
-
-    async def ping(self) -> bool:
-        return not self.down

@@ -16,9 +16,10 @@ from fastapi import FastAPI
 
 from modelbus_platform.bus import EventBus
 from modelbus_platform.http import create_app
+from modelbus_platform.registry import RegistryClient
 from modelbus_platform.stores import MongoProcessedEvents, connect_mongo
 
-from .adapters import HttpRegistryClient, MongoDailyStore, MongoIncidentStore, MongoStateStore
+from .adapters import MongoDailyStore, MongoIncidentStore, MongoStateStore
 from .api import router
 from .config import MonitorSettings
 from .daily import Thresholds
@@ -49,7 +50,7 @@ def build_app(
         client, db = connect_mongo(settings)
         processed = MongoProcessedEvents(db)
         incidents = MongoIncidentStore(db)
-        registry = HttpRegistryClient(settings.registry_url, transport=registry_transport)
+        registry = RegistryClient(settings.registry_url, transport=registry_transport)
         bus = EventBus.from_settings(settings, metrics=metrics, processed=processed)
         service = MonitorService(
             detector_config(settings),

@@ -1,11 +1,9 @@
-"""The monitor's ports: where incidents, detector checkpoints and daily windows are kept, and
-how the registry is read."""
+"""The monitor's ports: where incidents, detector checkpoints and daily windows are kept. (The
+registry is the platform's port, ``modelbus_platform.registry.Registry``.)"""
 
 from __future__ import annotations
 
 from typing import Protocol
-
-from modelbus_contracts.api import ModelView, VersionView
 
 from .domain import Incident
 
@@ -21,16 +19,6 @@ class IncidentStore(Protocol):
     async def list(self, model_name: str | None = None, limit: int = 50) -> list[Incident]: ...
 
     async def open_incidents(self) -> list[Incident]: ...
-
-    async def ping(self) -> bool: ...
-
-
-class RegistryClient(Protocol):
-    async def list_models(self) -> list[ModelView]: ...
-
-    async def get_model(self, name: str) -> ModelView | None: ...
-
-    async def get_version(self, name: str, version: int) -> VersionView | None: ...
 
     async def ping(self) -> bool: ...
 

@@ -27,13 +27,14 @@ from modelbus_contracts import (
 )
 from modelbus_contracts.envelope import utcnow
 from modelbus_platform.bus import Publisher
+from modelbus_platform.registry import Registry
 
 from .config import MonitorSettings
 from .daily import DailyFeature, Thresholds, compare, day_of, previous_day
 from .domain import BatchOutcome, DetectorConfig, Incident, ModelMonitor, Outcome
 from .join import PredictionPoint
 from .metrics import MonitorMetrics
-from .ports import DailyStore, IncidentStore, RegistryClient, StateStore
+from .ports import DailyStore, IncidentStore, StateStore
 from .telemetry import LabelBatch, PredictionBatch
 
 log = structlog.get_logger(__name__)
@@ -71,7 +72,7 @@ class MonitorService:
         *,
         publisher: Publisher,
         incidents: IncidentStore,
-        registry: RegistryClient,
+        registry: Registry,
         metrics: MonitorMetrics,
         registry_retry_s: float = 30.0,
         clock: Callable[[], datetime] = utcnow,
@@ -101,7 +102,7 @@ class MonitorService:
     async def rebuild(self) -> None:
         """Learn champions and references from the registry, then reload open incidents."""
         try:
-            models = await self.registry.list_models()
+            models = await self.registry.models()
         except Exception as exc:
             log.warning("monitor.rebuild_registry_unavailable", error=str(exc))
             models = []
@@ -318,7 +319,7 @@ class MonitorService:
         version = monitor.serving_version
         if version is None:
             try:
-                model = await self.registry.get_model(monitor.model_name)
+                model = await self.registry.model(monitor.model_name)
             except Exception as exc:
                 log.warning("registry.unavailable", model=monitor.model_name, error=str(exc))
                 return
@@ -331,7 +332,7 @@ class MonitorService:
 
     async def _reference(self, name: str, version: int) -> dict[str, FeatureStats] | None:
         try:
-            view = await self.registry.get_version(name, version)
+            view = await self.registry.version(name, version)
         except Exception as exc:
             log.warning(
                 "registry.reference_unavailable", model=name, version=version, error=str(exc)

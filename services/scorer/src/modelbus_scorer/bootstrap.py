@@ -25,15 +25,13 @@ from modelbus_contracts import (
 from modelbus_platform.bus import EventBus, MemoryProcessedEvents
 from modelbus_platform.http import create_app
 from modelbus_platform.metrics import Metrics
+from modelbus_platform.registry import Registry, RegistryClient
 from modelbus_platform.stores import ObjectStore, build_object_store
 
-from .adapters import HttpRegistry
 from .api import Scoring, build_router, install_fast_routes
-from .batch_wiring import BatchWiring
 from .config import ScorerSettings
 from .domain import ModelHolder
 from .handlers import resync_on_control, scores_requested
-from .ports import Registry
 from .prediction_log import PredictionLog
 from .service import ScorerService
 from .telemetry import ScorerMetrics
@@ -64,7 +62,7 @@ def build_app(
     object_store = store or build_object_store(settings)
     http_registry = None
     if registry is None:
-        http_registry = HttpRegistry(
+        http_registry = RegistryClient(
             settings.registry_url,
             timeout_s=settings.registry_timeout_s,
             transport=registry_transport,
@@ -95,14 +93,6 @@ def build_app(
     bus.subscribe_batch(  # micro-batches: what arrived together is scored and published together
         ScoringRequested, group=STREAM_GROUP, handler=partial(scores_requested, service=service)
     )
-    batch = BatchWiring(  # batch scoring: its own group, job store and routes
-        settings,
-        bus=bus,
-        scorer=service,
-        store=object_store,
-        metrics=metrics,
-        registry_transport=registry_transport,
-    )
 
     async def readiness() -> dict[str, bool]:
         bus_ok, store_ok, registry_ok = await asyncio.gather(
@@ -120,7 +110,6 @@ def build_app(
         await bus.start()
         await prediction_log.start()
         syncing = asyncio.create_task(sync_forever(service, settings.sync_interval_s))
-        await batch.start()
         log.info("scorer.started", instance=settings.instance_id, registry=settings.registry_url)
         try:
             yield
@@ -128,7 +117,6 @@ def build_app(
             syncing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await syncing
-            await batch.stop()
             await prediction_log.stop()
             await bus.stop()
             if http_registry is not None:
@@ -147,8 +135,6 @@ def build_app(
     app.include_router(build_router(service, readiness))
     if settings.fast_http:
         install_fast_routes(app, Scoring(service))
-    app.include_router(batch.router)
-    app.state.batch = batch
     app.state.service = service
     app.state.bus = bus
     return app

@@ -6,8 +6,6 @@ from pydantic import Field
 
 from modelbus_platform.settings import ServiceSettings
 
-from .schedule import BatchSchedule
-
 
 class ScorerSettings(ServiceSettings):
     service_name: str = Field(default="scorer", description="name in logs, metrics, events")
@@ -42,17 +40,4 @@ class ScorerSettings(ServiceSettings):
     )
     registry_timeout_s: float = Field(
         default=5.0, gt=0, description="timeout of one registry HTTP call"
-    )
-    batch_chunk_rows: int = Field(
-        default=50_000, ge=1, description="rows per chunk of a batch job (one predict per chunk)"
-    )
-    batch_id_column: str = Field(
-        default="id",
-        description="if the batch input has this column, the output keeps only it (plus the "
-        "scores); otherwise every input column; empty: always every column",
-    )
-    batch_schedules: dict[str, BatchSchedule] = Field(
-        default_factory=dict,
-        description='cron batch jobs, JSON: {"<model>": {"cron": "0 2 * * *", "input_uri": '
-        '"...", "output_uri"?: "...", "version"?: n}}',
     )

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from modelbus_ml import ServableModel
+from modelbus_ml.serving import Served
 
 ServedBy = Literal["champion", "fallback", "canary"]
 
@@ -39,32 +39,6 @@ class ModelUnavailable(Exception):
         super().__init__(message)
         self.reason = reason
         self.message = message
-
-
-@dataclass(frozen=True, slots=True)
-class Served:
-    """One loaded, verified and warmed model version."""
-
-    version: int
-    model: ServableModel
-    feature_names: tuple[str, ...]
-    sha256: str
-
-    def score(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Scores and labels for the rows of ``X`` (columns in ``feature_names`` order)."""
-        scores = self.model.predict_proba(X)
-        # NaN fails every comparison, so this also refuses non-finite scores
-        if len(scores) == 1:
-            ok = 0.0 <= scores.item() <= 1.0
-        else:
-            ok = scores.min() >= 0.0 and scores.max() <= 1.0
-        if not ok:
-            raise FloatingPointError("model produced scores outside [0, 1] (or NaN)")
-        labels = (scores >= self.model.threshold).astype(np.int64)
-        return scores, labels
-
-    def same_as(self, version: int, sha256: str) -> bool:
-        return self.version == version and self.sha256 == sha256
 
 
 @dataclass(frozen=True, slots=True)

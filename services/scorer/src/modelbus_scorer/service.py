@@ -28,21 +28,21 @@ from modelbus_contracts import (
     ScoringRequested,
 )
 from modelbus_contracts.api import VersionView
-from modelbus_ml import FORMATS, load_model
+from modelbus_ml.serving import LoadFailed, Served
 from modelbus_platform.bus import Publisher, RawRecord, publish_all, publish_records
-from modelbus_platform.stores import IntegrityError, ObjectNotFound, ObjectStore, get_verified
+from modelbus_platform.registry import Registry, RegistryUnavailable
+from modelbus_platform.serving import load_version
+from modelbus_platform.stores import ObjectStore
 
 from .domain import (
     InvalidInput,
     ModelHolder,
     ModelUnavailable,
     Scored,
-    Served,
     Slots,
     features_to_matrix,
     serving_slots,
 )
-from .ports import Registry, RegistryUnavailable
 from .prediction_log import PredictionBatch, PredictionLog, random_ids
 from .rollout import Challenger, route, shadow_scores
 from .telemetry import ScorerMetrics
@@ -74,10 +74,6 @@ class Outbox:
         failures = [r for r in await publish_all(publisher, self.events) if r is not None]
         if failures:
             raise failures[0]
-
-
-class LoadFailed(Exception):
-    """The version on record cannot be served (integrity, unreadable, missing, warm-up failed)."""
 
 
 @dataclass(slots=True)  # per request: not frozen (a frozen init costs ~2x)
@@ -212,29 +208,7 @@ class ScorerService:
 
     async def load(self, view: VersionView) -> Served:
         """Fetch, verify, parse and warm up one version; ``LoadFailed`` if it cannot serve."""
-        if view.artifact.format not in FORMATS:
-            raise LoadFailed(f"unsupported artifact format {view.artifact.format!r}")
-        try:
-            data = await get_verified(self.store, view.artifact.uri, view.artifact.sha256)
-        except IntegrityError as exc:
-            raise LoadFailed(f"integrity: {exc}") from exc
-        except ObjectNotFound as exc:
-            raise LoadFailed(f"artifact missing: {view.artifact.uri}") from exc
-        try:
-            # verifies the sha256 against the registry record again before parsing/unpickling
-            model = load_model(data, view.artifact.format, view.artifact.sha256)
-            if model.feature_names != tuple(view.feature_names):
-                raise LoadFailed(
-                    f"artifact features {list(model.feature_names)} differ from the registry "
-                    f"record {view.feature_names}"
-                )
-            served = Served(view.version, model, model.feature_names, view.artifact.sha256)
-            served.score(np.zeros((1, len(model.feature_names))))  # warm-up
-        except LoadFailed:
-            raise
-        except Exception as exc:
-            raise LoadFailed(f"{type(exc).__name__}: {exc}") from exc
-        return served
+        return await load_version(self.store, view)
 
     def _swap(self, name: str, served: Served) -> None:
         slots = self.holder.swap(name, served)

@@ -7,6 +7,7 @@ outbox relay. On shutdown in-flight runs are cancelled; they resume at the next 
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from modelbus_contracts import (
@@ -18,11 +19,12 @@ from modelbus_contracts import (
 )
 from modelbus_platform.kit import Kit, Resource, ServiceSpec, Subscription, Task, Wiring
 from modelbus_platform.kit import build_app as build_service_app
+from modelbus_platform.scheduler import CronScheduler
 
 from . import api, handlers
 from .adapters import MongoFeedbackStore, MongoLockStore, MongoRunStore
 from .config import TrainerSettings
-from .scheduler import RetrainScheduler
+from .domain import NAMESPACE
 from .service import TrainerMetrics, TrainerService
 
 TRIGGER_GROUP = "trainer"
@@ -43,8 +45,12 @@ def wire(kit: Kit) -> Wiring:
         events=kit.events(runs.outbox),
         metrics=kit.metrics,  # type: ignore[arg-type]
     )
-    scheduler = RetrainScheduler(
-        settings.schedules, kit.bus, max_sleep_s=settings.schedule_max_sleep_s
+    scheduler = CronScheduler(
+        settings.schedules,
+        partial(handlers.schedule_fired, publisher=kit.bus),
+        namespace=NAMESPACE,
+        max_sleep_s=settings.schedule_max_sleep_s,
+        name="trainer",
     )
     tasks = [Task("resume-runs", service.resume)]
     if settings.schedules:

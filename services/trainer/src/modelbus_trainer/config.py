@@ -4,17 +4,16 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from croniter import croniter
-from pydantic import BaseModel, Field, field_validator
+from pydantic import Field
 
 from modelbus_contracts.events import FiniteJSON
+from modelbus_platform.scheduler import CronSpec
 from modelbus_platform.settings import ServiceSettings
 
 
-class ScheduleSpec(BaseModel):
-    """When and on what data a model is retrained on a schedule."""
+class ScheduleSpec(CronSpec):
+    """When (``cron``, UTC) and on what data a model is retrained on a schedule."""
 
-    cron: str = Field(description="cron expression (UTC), e.g. '0 3 * * *' = nightly at 03:00")
     dataset_uri: str | None = Field(
         default=None, description="CSV in object storage; default: the model's collected feedback"
     )
@@ -22,13 +21,6 @@ class ScheduleSpec(BaseModel):
         default=None, gt=0, description="feedback only from the last N hours (no dataset_uri)"
     )
     params: FiniteJSON = Field(default_factory=dict, description="training params of the run")
-
-    @field_validator("cron")
-    @classmethod
-    def _valid_cron(cls, value: str) -> str:
-        if not croniter.is_valid(value):
-            raise ValueError(f"not a cron expression: {value!r}")
-        return value
 
 
 class TrainerSettings(ServiceSettings):

@@ -9,9 +9,9 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -19,6 +19,10 @@ from modelbus_contracts import DriftDetected, Event, TrainingRequested
 from modelbus_ml import Dataset, DatasetError, evaluate, feature_stats, split_holdout
 from modelbus_ml.families import DEFAULT_FAMILY, FamilyError, get_family, train_family
 from modelbus_ml.flavors import LOGREG_FORMAT
+from modelbus_platform.scheduler import Fire
+
+if TYPE_CHECKING:
+    from .config import ScheduleSpec
 
 # Fixed namespace: run ids and ModelTrained event ids are derived from the trigger, so a
 # re-delivered trigger (or a resumed run) maps onto the same ids.
@@ -60,6 +64,24 @@ def run_id_for(trigger_event_id: uuid.UUID) -> str:
 def trained_event_id(run_id: str) -> uuid.UUID:
     """The ModelTrained event id of a run: stable, so a resumed run's re-publish is deduped."""
     return uuid.uuid5(NAMESPACE, f"{run_id}:model-trained")
+
+
+def scheduled_event(fire: Fire[ScheduleSpec], producer: str = "trainer") -> TrainingRequested:
+    """What a retraining schedule's cron fire publishes (reason ``schedule``). Its event id is the
+    fire's deterministic id (two replicas firing the same time publish one event, deduped by the
+    bus, and that maps onto one run id); without a dataset it trains on the feedback of the last
+    ``since_hours`` before the fire time."""
+    spec = fire.spec
+    since = fire.at - timedelta(hours=spec.since_hours) if spec.since_hours else None
+    return TrainingRequested(
+        event_id=fire.id,
+        producer=producer,
+        model_name=fire.key,
+        reason="schedule",
+        dataset_uri=spec.dataset_uri,
+        params=dict(spec.params),
+        since=since if spec.dataset_uri is None else None,
+    )
 
 
 def dataset_key(model_name: str, sha256: str) -> str:

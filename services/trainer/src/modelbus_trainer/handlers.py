@@ -1,10 +1,15 @@
 """Thin event handlers: each takes the parsed event(s) and calls the service. Their
-subscriptions (and consumer groups) are declared in ``bootstrap.SPEC``."""
+subscriptions (and consumer groups) are declared in ``bootstrap.SPEC``; so is what a retraining
+schedule's cron fire does (publish its TrainingRequested)."""
 
 from __future__ import annotations
 
 from modelbus_contracts import DriftDetected, LabelObserved, PredictionMade, TrainingRequested
+from modelbus_platform.bus import Publisher
+from modelbus_platform.scheduler import Fire
 
+from .config import ScheduleSpec
+from .domain import scheduled_event
 from .service import TrainerService
 
 
@@ -22,3 +27,9 @@ async def training_requested(service: TrainerService, event: TrainingRequested) 
 
 async def drift_detected(service: TrainerService, event: DriftDetected) -> None:
     await service.on_drift(event)
+
+
+async def schedule_fired(fire: Fire[ScheduleSpec], *, publisher: Publisher) -> None:
+    """A retraining schedule's cron fire: publish its TrainingRequested (the trainer consumes it
+    like any other request)."""
+    await publisher.publish(scheduled_event(fire))

@@ -1,9 +1,9 @@
-"""Batch scoring, the pure part: job records, file formats, and chunked vectorised scoring.
+"""Batch scoring, the vectorised core: a file's bytes in, the scored file's bytes out (no I/O).
 
-No network here. A ``ChunkedScorer`` takes the input file's bytes (CSV or Parquet), decodes it
-chunk by chunk (``chunk_rows`` rows per chunk for Parquet, about that many for CSV), turns the
-feature columns into one float matrix per chunk, predicts the whole chunk with numpy, and
-appends ``score``, ``label``, ``model_version`` and ``error`` to an output file built in memory.
+A ``ChunkedScorer`` takes the input file's bytes (CSV or Parquet), decodes it chunk by chunk
+(``chunk_rows`` rows per chunk for Parquet, about that many for CSV), turns the feature columns
+into one float matrix per chunk, predicts the whole chunk with numpy, and appends ``score``,
+``label``, ``model_version`` and ``error`` to an output file built in memory.
 
 Rows are never silently dropped. A row whose feature value is missing, not a number or not
 finite keeps its place in the output with ``score``/``label`` null and ``error`` saying which
@@ -16,134 +16,26 @@ from __future__ import annotations
 
 import csv
 import io
-import re
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pv
 import pyarrow.parquet as pq
-from pydantic import BaseModel, Field
 
-JobState = Literal["queued", "running", "succeeded", "failed"]
-Trigger = Literal["api", "event", "schedule"]
-FileFormat = Literal["csv", "parquet"]
+from .domain import BadJob, FileFormat
 
 SCORE, LABEL, MODEL_VERSION, ERROR = "score", "label", "model_version", "error"
 RESERVED = (SCORE, LABEL, MODEL_VERSION, ERROR)
-EXTENSIONS: dict[str, FileFormat] = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
-MAX_CHUNK_TIMINGS = 500
-MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 NUMBER = r"(?i)^[+-]?((\d+(\.\d*)?|\.\d+)(e[+-]?\d+)?|inf|infinity|nan)$"
-JOB_NAMESPACE = uuid.UUID("6f1d3a52-8c0e-4b7a-9a53-2f6c1b0d9e41")
 
 # per-value codes, in the order their messages appear in ``REASONS``
 OK, MISSING, NOT_A_NUMBER, NON_FINITE = 0, 1, 2, 3
 REASONS = (None, "missing", "not_a_number", "non_finite")
 
 Predict = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
-
-
-class BadJob(ValueError):
-    """A job that cannot run as asked (bad uri, unknown format, input schema); ``reason`` is a
-    short code."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
-
-
-# --- job records -----------------------------------------------------------------------------
-
-
-class ChunkTiming(BaseModel):
-    index: int
-    rows: int
-    failed: int
-    seconds: float
-
-
-class BatchJob(BaseModel):
-    """One batch job as stored and shown by ``GET /batch-jobs/{job_id}``; times are epoch s."""
-
-    job_id: str
-    model_name: str
-    input_uri: str
-    output_uri: str
-    requested_version: int | None = Field(default=None, description="None: the champion")
-    version: int | None = Field(default=None, description="the version that scored")
-    trigger: Trigger
-    state: JobState = "queued"
-    instance: str = ""
-    correlation_id: str
-    causation_id: str | None = None
-    created_at: float
-    started_at: float | None = None
-    finished_at: float | None = None
-    rows_total: int | None = Field(default=None, description="exact for Parquet, estimated CSV")
-    rows_done: int = 0
-    failed_rows: int = 0
-    errors_uri: str | None = None
-    chunks: list[ChunkTiming] = Field(default_factory=list)
-    seconds: float | None = None
-    error: str | None = None
-
-    @property
-    def finished(self) -> bool:
-        return self.state in ("succeeded", "failed")
-
-
-def new_job_id() -> str:
-    return uuid.uuid4().hex
-
-
-def event_job_id(job_id: str, kind: str) -> uuid.UUID:
-    """Deterministic event ids for a job's events: a re-run re-emits the same ids."""
-    return uuid.uuid5(JOB_NAMESPACE, f"{kind}/{job_id}")
-
-
-def check_model_name(name: str) -> None:
-    if not MODEL_NAME.match(name) or len(name) > 200:
-        raise BadJob("bad_model_name", f"invalid model name {name!r}")
-
-
-def object_key(uri: str, bucket: str | None = None) -> str:
-    """Accept a bare key, ``s3://<bucket>/<key>`` or ``/key``, and return the key."""
-    if uri.startswith("s3://"):
-        rest = uri[len("s3://") :]
-        found, _, key = rest.partition("/")
-        if bucket is not None and found != bucket:
-            raise BadJob("bad_uri", f"{uri!r} is not in this scorer's bucket {bucket!r}")
-        uri = key
-    key = uri.lstrip("/")
-    if not key or key.endswith("/") or ".." in key.split("/"):
-        raise BadJob("bad_uri", f"not an object key: {uri!r}")
-    return key
-
-
-def file_format(uri: str) -> FileFormat:
-    lower = uri.lower()
-    for ext, fmt in EXTENSIONS.items():
-        if lower.endswith(ext):
-            return fmt
-    raise BadJob("unknown_format", f"{uri!r}: expected a .csv, .parquet or .pq file")
-
-
-def default_output_uri(input_uri: str) -> str:
-    """``data/in.parquet`` -> ``data/in.scores.parquet`` (next to the input, same format)."""
-    fmt = file_format(input_uri)
-    head, _, _ = input_uri.rpartition(".")
-    return f"{head}.scores.{'csv' if fmt == 'csv' else 'parquet'}"
-
-
-def errors_uri_for(output_uri: str) -> str:
-    head, _, _ = output_uri.rpartition(".")
-    return f"{head}.errors.csv"
 
 
 # --- values ----------------------------------------------------------------------------------

@@ -18,11 +18,15 @@ import pyarrow.parquet as pq
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from modelbus_batch.bootstrap import build_app
+from modelbus_batch.config import BatchSettings
+from modelbus_batch.domain import SCHEDULE_NAMESPACE, BatchSchedule, fire_job_id
+from modelbus_batch.handlers import schedule_fired
 from modelbus_contracts import BatchScoringCompleted, BatchScoringRequested, decode, encode
+from modelbus_platform.scheduler import Fire, fire_id
 from modelbus_platform.stores import build_object_store
-from modelbus_scorer.bootstrap import build_app
-from modelbus_scorer.config import ScorerSettings
-from modelbus_scorer.schedule import BatchSchedule, fire_job_id
+
+from .conftest import version_view
 
 pytestmark = pytest.mark.integration
 
@@ -83,6 +87,15 @@ class Completions:
         await self.consumer.stop()
 
 
+async def ready(client: httpx.AsyncClient, timeout: float = 30.0) -> None:
+    """Wait for readiness: broker, store, registry, MongoDB, and the job store initialised."""
+    async with asyncio.timeout(timeout):
+        while True:
+            if (await client.get("/health/ready")).status_code == 200:
+                return
+            await asyncio.sleep(0.1)
+
+
 def parquet_input(n: int) -> tuple[bytes, np.ndarray]:
     rng = np.random.default_rng(7)
     age, income = rng.normal(size=n), rng.normal(size=n)
@@ -97,14 +110,10 @@ CSV = b"id,age,income\n1,0.5,1\n2,oops,1\n3,,2\n4,1,2\n5,nan,1\n6,2\n7,-1,-1\n"
 async def test_batch_jobs_on_real_servers(infra, service_env, unique, monkeypatch, make_model):
     for key, value in service_env.items():
         monkeypatch.setenv(key, value)
-    settings = ScorerSettings(
-        instance_id=f"batch-it-{unique}", registry_url="http://registry.test", sync_interval_s=60
-    )
+    settings = BatchSettings(instance_id=f"batch-it-{unique}", registry_url="http://registry.test")
     model = f"batch-it-{unique}"
     store = build_object_store(settings)
     registry = Registry(model)
-    from .conftest import version_view
-
     models = {1: make_model(coef=[1.0, 0.0]), 2: make_model(coef=[0.5, -2.0])}
     for version, m in models.items():
         view = version_view(model, version, m.to_bytes())
@@ -122,7 +131,8 @@ async def test_batch_jobs_on_real_servers(infra, service_env, unique, monkeypatc
     await producer.start()
     try:
         async with app.router.lifespan_context(app):
-            client = httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://s")
+            client = httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://b")
+            await ready(client)
 
             # 1. the API: 100k Parquet rows with the champion
             started = time.perf_counter()
@@ -184,14 +194,16 @@ async def test_batch_jobs_on_real_servers(infra, service_env, unique, monkeypatc
             # 3. a cron fire: published as a request, run by the batch consumer
             at = datetime(2026, 1, 1, 2, tzinfo=UTC)
             schedule = BatchSchedule(cron="0 2 * * *", input_uri=f"in/{unique}/small.csv")
-            await app.state.batch.fire(model, schedule, at)
-            await app.state.batch.fire(model, schedule, at)  # a second instance's fire
-            cron = await completions.wait_for(fire_job_id(model, at))
+            fire = Fire(model, schedule, at, fire_id(SCHEDULE_NAMESPACE, model, at))
+            bus, producer_name = app.state.bus, settings.service_name
+            await schedule_fired(fire, publisher=bus, producer=producer_name)
+            await schedule_fired(fire, publisher=bus, producer=producer_name)  # another replica
+            cron = await completions.wait_for(fire_job_id(fire.id))
             assert cron.output_uri == f"in/{unique}/small.scores.csv" and cron.version == 2
 
             await asyncio.sleep(0.5)  # room for a duplicate to show up, if there were one
             ids = [e.job_id for e in completions.events]
-            assert sorted(ids) == sorted([job_id, request.job_id, fire_job_id(model, at)])
+            assert sorted(ids) == sorted([job_id, request.job_id, fire_job_id(fire.id)])
             listed = (await client.get("/batch-jobs", params={"model_name": model})).json()
             assert {j["job_id"] for j in listed} == set(ids)
             assert {j["state"] for j in listed} == {"succeeded"}

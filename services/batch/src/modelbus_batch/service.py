@@ -3,9 +3,10 @@
 A job is accepted once (``job_id`` is unique in the job store: a re-delivered request or a
 repeated POST with the same id is a no-op), then runs as a background task, one job at a time
 per model: resolve the version (champion, or the named one) from the registry, load it the
-verified way (sha256 must match the record; a version the online path already holds is reused),
-read the input, score it chunk by chunk in a worker thread (the event loop keeps serving), write
-the output next to the input, record the outcome and emit BatchScoringCompleted.
+verified way (``modelbus_platform.serving.load_version``: sha256 must match the record; the
+version the previous job of the model loaded is reused), read the input, score it chunk by chunk
+in a worker thread (the event loop keeps serving), write the output next to the input, record
+the outcome and emit BatchScoringCompleted.
 
 States: queued -> running -> succeeded | failed. A job interrupted by a shutdown stays
 ``running`` in its record and is re-run when this instance starts again (the output is written
@@ -27,16 +28,18 @@ from pymongo.errors import PyMongoError
 
 from modelbus_contracts import BatchScoringCompleted, BatchScoringRequested
 from modelbus_contracts.api import VersionView
+from modelbus_ml.serving import Served
 from modelbus_platform.bus import Publisher
 from modelbus_platform.metrics import Metrics
+from modelbus_platform.registry import Registry
+from modelbus_platform.serving import load_version
 from modelbus_platform.stores import ObjectNotFound, ObjectStore
 
-from .batch import (
+from .domain import (
+    CONTENT_TYPES,
     MAX_CHUNK_TIMINGS,
     BadJob,
     BatchJob,
-    BatchOutput,
-    ChunkedScorer,
     ChunkTiming,
     Trigger,
     check_model_name,
@@ -47,35 +50,31 @@ from .batch import (
     new_job_id,
     object_key,
 )
-from .batch_ports import JobStore, JobStoreUnavailable, VersionSource
-from .domain import Served, Slots
-from .ports import Registry
+from .ports import JobStore, JobStoreUnavailable
+from .scoring import BatchOutput, ChunkedScorer
 
 log = structlog.get_logger(__name__)
 
-Loader = Callable[[VersionView], Awaitable[Served]]
-CONTENT_TYPES = {"csv": "text/csv", "parquet": "application/vnd.apache.parquet"}
 INIT_RETRY_MAX_S = 30.0
-READY_WAIT_S = 30.0
 
 
 class BatchMetrics:
     def __init__(self, base: Metrics) -> None:
         r = base.registry
         self.jobs = Counter(
-            "modelbus_scorer_batch_jobs_total",
+            "modelbus_batch_jobs_total",
             "Batch jobs finished, by outcome",
             ["outcome"],
             registry=r,
         )
         self.rows = Counter(
-            "modelbus_scorer_batch_rows_total",
+            "modelbus_batch_rows_total",
             "Batch rows scored, by outcome (ok, failed)",
             ["outcome"],
             registry=r,
         )
         self.seconds = Histogram(
-            "modelbus_scorer_batch_job_seconds",
+            "modelbus_batch_job_seconds",
             "Wall time of one batch job",
             buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600),
             registry=r,
@@ -89,9 +88,6 @@ class BatchService:
         jobs: JobStore,
         store: ObjectStore,
         registry: Registry,
-        versions: VersionSource,
-        load: Loader,
-        serving: Callable[[str], Slots | None],
         publisher: Publisher,
         metrics: BatchMetrics,
         producer: str,
@@ -104,9 +100,6 @@ class BatchService:
         self.jobs = jobs
         self.store = store
         self.registry = registry
-        self.versions = versions
-        self.load = load
-        self.serving = serving
         self.publisher = publisher
         self.metrics = metrics
         self.producer = producer
@@ -119,12 +112,14 @@ class BatchService:
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._active: set[str] = set()  # job ids with a task in this process
+        self._loaded: dict[str, Served] = {}  # per model, the version its last job loaded
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Create the job store's indexes (retried: the online path must not wait on this),
-        then re-run the jobs this instance accepted but did not finish."""
+        """Create the job store's indexes (retried until MongoDB answers; the app starts
+        meanwhile and reports ``jobs`` not ready), then re-run the jobs this instance accepted
+        but did not finish."""
         delay = 0.5
         while True:
             try:
@@ -305,7 +300,7 @@ class BatchService:
 
     async def _execute(self, job: BatchJob) -> BatchOutput:
         view = await self._resolve(job)
-        served = self._reuse(job.model_name, view) or await self.load(view)
+        served = await self._load(job.model_name, view)
         job.version = served.version
         try:
             data = await self.store.get(object_key(job.input_uri, self.bucket))
@@ -353,20 +348,21 @@ class BatchService:
             if view is None:
                 raise BadJob("no_champion", f"model {job.model_name!r} has no champion")
             return view
-        view = await self.versions.version(job.model_name, job.requested_version)
+        view = await self.registry.version(job.model_name, job.requested_version)
         if view is None:
             raise BadJob(
                 "unknown_version", f"{job.model_name!r} has no version {job.requested_version}"
             )
         return view
 
-    def _reuse(self, name: str, view: VersionView) -> Served | None:
-        """A version the online path already verified and holds needs no second load."""
-        slots = self.serving(name)
-        for served in (slots.current, slots.previous) if slots else ():
-            if served is not None and served.same_as(view.version, view.artifact.sha256):
-                return served
-        return None
+    async def _load(self, name: str, view: VersionView) -> Served:
+        """Load and verify ``view``; the version the model's previous job loaded (same number,
+        same sha256) is reused as it is, already verified."""
+        served = self._loaded.get(name)
+        if served is None or not served.same_as(view.version, view.artifact.sha256):
+            served = await load_version(self.store, view)
+            self._loaded[name] = served
+        return served
 
     async def _progress(self, job: BatchJob, timing: ChunkTiming) -> None:
         job.rows_done += timing.rows
@@ -441,13 +437,3 @@ def completed_event(job: BatchJob, producer: str) -> BatchScoringCompleted:
         failed_rows=job.failed_rows,
         seconds=job.seconds or 0.0,
     )
-
-
-async def batch_requested(event: BatchScoringRequested, *, service: BatchService) -> None:
-    """Thin handler (group ``scorer-batch``): accept the job and return; it runs in the
-    background so the consumer never waits on a batch."""
-    try:
-        await asyncio.wait_for(service.ready.wait(), READY_WAIT_S)
-    except TimeoutError as exc:  # raise: the bus retries, the request is not lost
-        raise JobStoreUnavailable("the batch job store is not ready") from exc
-    await service.submit_event(event)

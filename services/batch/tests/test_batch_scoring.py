@@ -10,17 +10,15 @@ import pyarrow.csv as pv
 import pyarrow.parquet as pq
 import pytest
 
-from modelbus_scorer.batch import (
+from modelbus_batch.domain import (
     BadJob,
-    ChunkedScorer,
     default_output_uri,
     errors_uri_for,
     file_format,
     object_key,
-    score_file,
-    to_float,
 )
-from modelbus_scorer.domain import Served
+from modelbus_batch.scoring import ChunkedScorer, score_file, to_float
+from modelbus_ml.serving import Served
 
 from .conftest import tiny_model
 

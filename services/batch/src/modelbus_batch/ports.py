@@ -1,12 +1,12 @@
-"""Ports of batch scoring: where job records live, and how a named version is looked up."""
+"""The batch service's own port: where job records live. The registry
+(``modelbus_platform.registry.Registry``), the object store and the publisher are the
+platform's ports."""
 
 from __future__ import annotations
 
 from typing import Any, Protocol
 
-from modelbus_contracts.api import VersionView
-
-from .batch import BatchJob
+from .domain import BatchJob
 
 
 class JobStoreUnavailable(Exception):
@@ -33,9 +33,3 @@ class JobStore(Protocol):
     async def unfinished(self, instance: str) -> list[BatchJob]:
         """Jobs this instance accepted but did not finish (queued or running)."""
         ...
-
-
-class VersionSource(Protocol):
-    """One named version's registry record (the champion comes from the scorer's Registry)."""
-
-    async def version(self, name: str, version: int) -> VersionView | None: ...

@@ -1,5 +1,5 @@
 """HTTP for batch jobs: ``POST /batch-jobs`` (202 + job id), ``GET /batch-jobs``,
-``GET /batch-jobs/{job_id}``. Errors are ``{"error", "reason"}`` like the scoring API."""
+``GET /batch-jobs/{job_id}``. Errors are ``{"error", "reason"}`` like the scorer's API."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import orjson
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .batch import BadJob, BatchJob
-from .batch_ports import JobStoreUnavailable
-from .batch_service import BatchService
+from .domain import BadJob, BatchJob
+from .ports import JobStoreUnavailable
+from .service import BatchService
 
 
 class BatchJobRequest(BaseModel):
@@ -40,7 +40,7 @@ def _view(job: BatchJob) -> dict:
     return job.model_dump(mode="json")
 
 
-def build_batch_router(service: BatchService) -> APIRouter:
+def build_router(service: BatchService) -> APIRouter:
     router = APIRouter(tags=["batch"])
 
     @router.post("/batch-jobs", status_code=202, summary="Start a batch scoring job")

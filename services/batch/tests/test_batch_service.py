@@ -1,5 +1,5 @@
-"""Batch jobs on fakes: champion vs named version, verified loading, idempotent job ids,
-one job at a time per model, resume after restart, and the HTTP routes."""
+"""Batch jobs on fakes: champion vs named version, verified loading (reused by the next job),
+idempotent job ids, one job at a time per model, resume after restart, and the HTTP routes."""
 
 from __future__ import annotations
 
@@ -13,18 +13,15 @@ import pyarrow.parquet as pq
 import pytest
 from fastapi import FastAPI
 
+from modelbus_batch.api import build_router
+from modelbus_batch.handlers import batch_requested
+from modelbus_batch.service import BatchMetrics, BatchService
+from modelbus_batch.testing import MemoryJobStore
 from modelbus_contracts import BatchScoringCompleted, BatchScoringRequested
 from modelbus_platform.bus import RecordingPublisher
 from modelbus_platform.metrics import Metrics
 from modelbus_platform.stores import LocalObjectStore
-from modelbus_scorer.adapters import FakeRegistry
-from modelbus_scorer.batch_adapters import FakeVersions, MemoryJobStore
-from modelbus_scorer.batch_api import build_batch_router
-from modelbus_scorer.batch_service import BatchMetrics, BatchService, batch_requested
-from modelbus_scorer.domain import ModelHolder
-from modelbus_scorer.prediction_log import PredictionLog
-from modelbus_scorer.service import ScorerService
-from modelbus_scorer.telemetry import ScorerMetrics
+from modelbus_platform.testing import FakeRegistry
 
 from .conftest import tiny_model
 
@@ -35,45 +32,26 @@ class Harness:
     def __init__(self, tmp_path, publish_artifact) -> None:
         self.store = LocalObjectStore(tmp_path / "objects")
         self.registry = FakeRegistry()
-        self.versions = FakeVersions()
         self.jobs = MemoryJobStore()
         self.publisher = RecordingPublisher()
         self.publish_artifact = publish_artifact
-        metrics = ScorerMetrics(Metrics("scorer-test"))
-        self.scorer = ScorerService(
-            holder=ModelHolder(),
-            registry=self.registry,
-            store=self.store,
-            publisher=self.publisher,
-            metrics=metrics,
-            prediction_log=PredictionLog(self.publisher, metrics, producer="s", capacity=5),
-            producer="scorer",
-            instance="scorer-1",
-            max_instances=100,
-        )
         self.batch = self.service()
 
-    def service(self, instance: str = "scorer-1") -> BatchService:
+    def service(self, instance: str = "batch-1") -> BatchService:
         return BatchService(
             jobs=self.jobs,
             store=self.store,
             registry=self.registry,
-            versions=self.versions,
-            load=self.scorer.load,
-            serving=self.scorer.holder.get,
             publisher=self.publisher,
-            metrics=BatchMetrics(Metrics("scorer-batch-test")),
-            producer="scorer",
+            metrics=BatchMetrics(Metrics("batch-test")),
+            producer="batch",
             instance=instance,
             chunk_rows=40,
         )
 
     async def version(self, version: int, coef: list[float], champion: bool = False):
         view = await self.publish_artifact(self.store, MODEL, version, tiny_model(coef=coef))
-        self.versions.records[(MODEL, version)] = view
-        if champion:
-            self.registry.champions[MODEL] = view
-        return view
+        return self.registry.put(view, champion=champion)
 
     async def put_parquet(self, key: str, n: int = 100) -> pa.Table:
         table = pa.table({"id": np.arange(n), "age": np.linspace(-1, 1, n), "income": np.ones(n)})
@@ -130,11 +108,12 @@ async def test_a_named_version_scores_instead_of_the_champion(h):
 
 
 async def test_unknown_version_missing_input_and_bad_artifact_fail_the_job(h):
-    view = await h.version(1, [1.0, 0.0], champion=True)
+    await h.version(1, [1.0, 0.0], champion=True)
     await h.put_parquet("in/day.parquet")
     unknown, _ = await h.batch.submit(model_name=MODEL, input_uri="in/day.parquet", version=9)
     missing, _ = await h.batch.submit(model_name=MODEL, input_uri="in/none.parquet")
     await h.batch.idle()
+    view = await h.version(2, [0.5, 0.0], champion=True)  # not loaded by any job yet
     await h.store.put(view.artifact.uri, b'{"tampered": true}')
     tampered, _ = await h.batch.submit(model_name=MODEL, input_uri="in/day.parquet")
     await h.batch.idle()
@@ -148,14 +127,23 @@ async def test_unknown_version_missing_input_and_bad_artifact_fail_the_job(h):
     assert not await h.store.exists("in/day.scores.parquet")
 
 
-async def test_a_version_the_online_path_holds_is_reused_without_a_second_load(h):
+async def test_the_version_the_previous_job_loaded_is_reused_without_a_second_load(h):
     view = await h.version(1, [1.0, 0.0], champion=True)
-    assert await h.scorer.sync_model(MODEL) == "loaded"
-    await h.store.put(view.artifact.uri, b"gone")  # a fresh load would now fail
     await h.put_parquet("in/day.parquet")
-    job, _ = await h.batch.submit(model_name=MODEL, input_uri="in/day.parquet")
+    first, _ = await h.batch.submit(model_name=MODEL, input_uri="in/day.parquet")
     await h.batch.idle()
-    assert (await h.batch.get(job.job_id)).state == "succeeded"
+    await h.store.put(view.artifact.uri, b"gone")  # a fresh load would now fail
+    second, _ = await h.batch.submit(
+        model_name=MODEL, input_uri="in/day.parquet", output_uri="in/again.parquet"
+    )
+    await h.batch.idle()
+    assert [(await h.batch.get(j.job_id)).state for j in (first, second)] == ["succeeded"] * 2
+    await h.version(2, [1.0, 0.0], champion=True)  # a new champion is loaded afresh
+    third, _ = await h.batch.submit(
+        model_name=MODEL, input_uri="in/day.parquet", output_uri="in/v2.parquet"
+    )
+    await h.batch.idle()
+    assert (await h.batch.get(third.job_id)).version == 2
 
 
 async def test_a_redelivered_request_runs_once_and_completion_is_caused_by_it(h):
@@ -202,7 +190,7 @@ async def test_jobs_left_unfinished_by_this_instance_are_resumed_at_start(h):
     job.state = "running"
     await h.jobs.create(job)
     other = h.batch._record(MODEL, "in/day.parquet", "in/o2.parquet", None, "api", "theirs", None)
-    other.instance = "scorer-2"
+    other.instance = "batch-2"
     await h.jobs.create(other)
     restarted = h.service()
     await restarted.start()
@@ -214,8 +202,8 @@ async def test_jobs_left_unfinished_by_this_instance_are_resumed_at_start(h):
 
 def api_client(h: Harness) -> httpx.AsyncClient:
     app = FastAPI()
-    app.include_router(build_batch_router(h.batch))
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://scorer")
+    app.include_router(build_router(h.batch))
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://batch")
 
 
 async def test_http_routes(h):
