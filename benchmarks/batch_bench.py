@@ -42,9 +42,8 @@ from modelbus_contracts import ArtifactRef, DatasetRef, Lineage
 from modelbus_contracts.api import VersionView
 from modelbus_ml import LogisticModel
 from modelbus_platform.bus import RecordingPublisher
-from modelbus_platform.metrics import Metrics
 from modelbus_platform.stores import LocalObjectStore, sha256_hex
-from modelbus_platform.testing import FakeRegistry
+from modelbus_platform.testing import FakeRegistry, InlineRelay
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "build" / "bench" / "batch.json"
@@ -134,8 +133,8 @@ class BatchPath:
             jobs=self.jobs,
             store=self.store,
             registry=self.registry,
-            publisher=self.publisher,
-            metrics=BatchMetrics(Metrics("bench-batch")),
+            events=InlineRelay([self.jobs.outbox], self.publisher),
+            metrics=BatchMetrics("bench-batch"),
             producer="bench",
             instance="bench",
         )

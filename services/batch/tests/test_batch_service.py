@@ -19,9 +19,8 @@ from modelbus_batch.service import BatchMetrics, BatchService
 from modelbus_batch.testing import MemoryJobStore
 from modelbus_contracts import BatchScoringCompleted, BatchScoringRequested
 from modelbus_platform.bus import RecordingPublisher
-from modelbus_platform.metrics import Metrics
 from modelbus_platform.stores import LocalObjectStore
-from modelbus_platform.testing import FakeRegistry
+from modelbus_platform.testing import FakeRegistry, InlineRelay
 
 from .conftest import tiny_model
 
@@ -42,8 +41,8 @@ class Harness:
             jobs=self.jobs,
             store=self.store,
             registry=self.registry,
-            publisher=self.publisher,
-            metrics=BatchMetrics(Metrics("batch-test")),
+            events=InlineRelay([self.jobs.outbox], self.publisher),
+            metrics=BatchMetrics("batch-test"),
             producer="batch",
             instance=instance,
             chunk_rows=40,
@@ -152,10 +151,10 @@ async def test_a_redelivered_request_runs_once_and_completion_is_caused_by_it(h)
     request = BatchScoringRequested(
         producer="upstream", model_name=MODEL, job_id="job-1", input_uri="in/day.parquet"
     )
-    await batch_requested(request, service=h.batch)
-    await batch_requested(request, service=h.batch)
+    await batch_requested(h.batch, request)
+    await batch_requested(h.batch, request)
     await h.batch.idle()
-    await batch_requested(request, service=h.batch)  # after it finished, too
+    await batch_requested(h.batch, request)  # after it finished, too
     await h.batch.idle()
     [event] = h.publisher.of(BatchScoringCompleted)
     assert event.correlation_id == request.correlation_id
@@ -167,7 +166,7 @@ async def test_a_request_that_cannot_run_is_recorded_as_failed(h):
     request = BatchScoringRequested(
         producer="upstream", model_name=MODEL, job_id="job-bad", input_uri="in/day.json"
     )
-    await batch_requested(request, service=h.batch)
+    await batch_requested(h.batch, request)
     job = await h.batch.get("job-bad")
     assert job.state == "failed" and job.error.startswith("unknown_format")
 

@@ -39,6 +39,7 @@ from .http import ServiceApp, create_app
 from .logging import configure_logging
 from .metrics import Metrics
 from .outbox import OutboxStore, Relay
+from .registry import Registry, RegistryClient
 from .runtime import run
 from .settings import ServiceSettings
 from .stores import (
@@ -212,6 +213,21 @@ class Kit:
             return store
 
         return self.once("store", make)
+
+    def registry(self) -> Registry:
+        """The registry's HTTP API (``registry_url``); tests hand in a ``registry`` or a
+        ``registry_transport``."""
+
+        def make() -> Registry:
+            client = RegistryClient(
+                self.settings.registry_url,
+                timeout_s=self.settings.registry_timeout_s,
+                transport=self.overrides.get("registry_transport"),
+            )
+            self.resources.append(Resource("registry", stop=client.close, ping=client.ping))
+            return client
+
+        return self.once("registry", make)
 
     def events(self, *outboxes: OutboxStore) -> Relay:
         """The service's relay (one per service): publishes the events waiting in

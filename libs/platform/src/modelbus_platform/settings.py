@@ -41,6 +41,9 @@ class ServiceSettings(BaseSettings):
     max_body_bytes: int = Field(default=1_000_000, ge=1, description="HTTP request size limit")
 
     registry_url: str = Field(default="http://127.0.0.1:8001", description="registry HTTP API")
+    registry_timeout_s: float = Field(
+        default=5.0, gt=0, description="timeout of one registry HTTP call"
+    )
 
     log_level: str = "INFO"
     log_json: bool | None = Field(default=None, description="JSON logs; default: when not a tty")

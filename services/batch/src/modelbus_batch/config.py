@@ -12,9 +12,6 @@ from .domain import BatchSchedule
 class BatchSettings(ServiceSettings):
     service_name: str = Field(default="batch", description="name in logs, metrics, events")
     http_port: int = Field(default=8006, ge=0, le=65535, description="HTTP port of the service")
-    registry_timeout_s: float = Field(
-        default=5.0, gt=0, description="timeout of one registry HTTP call"
-    )
     batch_chunk_rows: int = Field(
         default=50_000, ge=1, description="rows per chunk of a batch job (one predict per chunk)"
     )

@@ -20,7 +20,7 @@ BATCH_GROUP = "batch"
 READY_WAIT_S = 30.0
 
 
-async def batch_requested(event: BatchScoringRequested, *, service: BatchService) -> None:
+async def batch_requested(service: BatchService, event: BatchScoringRequested) -> None:
     """Accept the job and return. Raises (so the bus retries, the request is not lost) while
     the job store is not ready."""
     try:

@@ -4,7 +4,10 @@ platform's ports."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol
+
+from modelbus_contracts import Event
 
 from .domain import BatchJob
 
@@ -24,7 +27,11 @@ class JobStore(Protocol):
 
     async def get(self, job_id: str) -> BatchJob | None: ...
 
-    async def update(self, job_id: str, fields: dict[str, Any]) -> None: ...
+    async def update(
+        self, job_id: str, fields: dict[str, Any], *, events: Sequence[Event] = ()
+    ) -> None:
+        """Set ``fields``, with ``events`` in the same write (the outbox)."""
+        ...
 
     async def list(self, model_name: str | None = None, limit: int = 50) -> list[BatchJob]:
         """Newest first."""

@@ -19,18 +19,18 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import structlog
 from prometheus_client import Counter, Histogram
 from pymongo.errors import PyMongoError
 
-from modelbus_contracts import BatchScoringCompleted, BatchScoringRequested
+from modelbus_contracts import BatchScoringCompleted, BatchScoringRequested, Event
 from modelbus_contracts.api import VersionView
 from modelbus_ml.serving import Served
-from modelbus_platform.bus import Publisher
 from modelbus_platform.metrics import Metrics
+from modelbus_platform.outbox import Notifier
 from modelbus_platform.registry import Registry
 from modelbus_platform.serving import load_version
 from modelbus_platform.stores import ObjectNotFound, ObjectStore
@@ -58,9 +58,12 @@ log = structlog.get_logger(__name__)
 INIT_RETRY_MAX_S = 30.0
 
 
-class BatchMetrics:
-    def __init__(self, base: Metrics) -> None:
-        r = base.registry
+class BatchMetrics(Metrics):
+    """The platform's series plus the batch service's own."""
+
+    def __init__(self, service: str = "batch") -> None:
+        super().__init__(service)
+        r = self.registry
         self.jobs = Counter(
             "modelbus_batch_jobs_total",
             "Batch jobs finished, by outcome",
@@ -88,7 +91,7 @@ class BatchService:
         jobs: JobStore,
         store: ObjectStore,
         registry: Registry,
-        publisher: Publisher,
+        events: Notifier,
         metrics: BatchMetrics,
         producer: str,
         instance: str,
@@ -100,7 +103,7 @@ class BatchService:
         self.jobs = jobs
         self.store = store
         self.registry = registry
-        self.publisher = publisher
+        self.events = events
         self.metrics = metrics
         self.producer = producer
         self.instance = instance
@@ -384,8 +387,16 @@ class BatchService:
         job.state, job.finished_at, job.seconds = "succeeded", self.clock(), round(seconds, 6)
         job.rows_done, job.failed_rows = output.rows, output.failed_rows
         await self._save(
-            job, "state", "finished_at", "seconds", "rows_done", "failed_rows", "errors_uri"
+            job,
+            "state",
+            "finished_at",
+            "seconds",
+            "rows_done",
+            "failed_rows",
+            "errors_uri",
+            events=[completed_event(job, self.producer)],
         )
+        await self.events.notify()
         self.metrics.jobs.labels("succeeded").inc()
         self.metrics.rows.labels("ok").inc(output.rows - output.failed_rows)
         self.metrics.rows.labels("failed").inc(output.failed_rows)
@@ -400,7 +411,6 @@ class BatchService:
             seconds=job.seconds,
             output_uri=job.output_uri,
         )
-        await self.publisher.publish(completed_event(job, self.producer))
 
     async def _failed(self, job: BatchJob, exc: Exception, seconds: float) -> None:
         reason = exc.reason if isinstance(exc, BadJob) else type(exc).__name__
@@ -411,11 +421,13 @@ class BatchService:
         self.metrics.jobs.labels("failed").inc()
         log.error("batch.failed", job_id=job.job_id, model=job.model_name, error=job.error)
 
-    async def _save(self, job: BatchJob, *names: str) -> None:
-        """Best effort: a job store hiccup must not fail a job that is scoring fine."""
+    async def _save(self, job: BatchJob, *names: str, events: Sequence[Event] = ()) -> None:
+        """Best effort: a job store hiccup must not fail a job that is scoring fine (a success
+        that could not be recorded leaves the job unfinished: it is re-run at the next start
+        and emits the same event then)."""
         fields = job.model_dump(mode="json", include=set(names))
         try:
-            await self.jobs.update(job.job_id, fields)
+            await self.jobs.update(job.job_id, fields, events=events)
         except PyMongoError as exc:
             log.warning("batch.record_failed", job_id=job.job_id, fields=names, error=str(exc))
 

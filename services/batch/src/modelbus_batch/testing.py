@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from pymongo.errors import PyMongoError
+
+from modelbus_contracts import Event
+from modelbus_platform.testing import MemoryOutbox
 
 from .adapters import UNFINISHED
 from .domain import BatchJob
@@ -13,7 +17,8 @@ from .domain import BatchJob
 class MemoryJobStore:
     """In-memory job records for unit tests (same semantics as ``MongoJobStore``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, outbox: MemoryOutbox | None = None) -> None:
+        self.outbox = outbox or MemoryOutbox()
         self.jobs: dict[str, dict[str, Any]] = {}
         self.down = False
 
@@ -32,9 +37,12 @@ class MemoryJobStore:
         doc = self.jobs.get(job_id)
         return None if doc is None else BatchJob.model_validate(doc)
 
-    async def update(self, job_id: str, fields: dict[str, Any]) -> None:
+    async def update(
+        self, job_id: str, fields: dict[str, Any], *, events: Sequence[Event] = ()
+    ) -> None:
         self._check()
         self.jobs[job_id].update(fields)
+        self.outbox.add(events, doc_id=job_id)
 
     async def list(self, model_name: str | None = None, limit: int = 50) -> list[BatchJob]:
         self._check()
