@@ -1,7 +1,7 @@
 """The HTTP API (native and Open Inference Protocol v2) on fakes, through ASGI.
 
-Every test runs twice: with the scoring routes answered by the fast routes (production) and by
-the FastAPI routes, so both give the same answers."""
+Every test runs twice: with the scoring routes found by the data plane's router (production)
+and by FastAPI's, so both give the same answers."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from modelbus_platform.http import create_app
 from modelbus_platform.metrics import Metrics
 from modelbus_platform.stores import LocalObjectStore
 from modelbus_scorer.adapters import FakeRegistry
-from modelbus_scorer.api import Scoring, build_router, install_fast_routes
+from modelbus_scorer.api import Scoring, build_router, install_hot_routes
 from modelbus_scorer.bootstrap import build_app, control_group
 from modelbus_scorer.config import ScorerSettings
 from modelbus_scorer.domain import ModelHolder, Served
@@ -58,10 +58,10 @@ class Api:
             metrics=self.metrics,
             readiness=readiness,
             max_body_bytes=2000,
+            fast_router=fast,
         )
         app.include_router(build_router(self.service, readiness))
-        if fast:
-            install_fast_routes(app, Scoring(self.service))
+        install_hot_routes(app, Scoring(self.service))
         self.client = httpx.AsyncClient(
             transport=httpx.ASGITransport(app), base_url="http://scorer"
         )
@@ -271,4 +271,8 @@ async def test_v2_version_paths_only_answer_for_the_version_being_served(api):
     assert (await api.client.get("/v2/models/m/versions/7")).status_code == 404
     assert (await api.client.get("/v2/models/m/versions/1/ready")).status_code == 200
     not_ready = await api.client.get("/v2/models/m/versions/7/ready")
-    assert not_ready.status_code == 404 and not_ready.json()["ready"] is False
+    assert not_ready.status_code == 404
+    assert not_ready.json() == {
+        "error": "model 'm' serves version 1",
+        "reason": "version_not_served",
+    }
