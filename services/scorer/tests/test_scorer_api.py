@@ -13,6 +13,7 @@ import orjson
 import pytest
 
 from modelbus_contracts import PredictionMade
+from modelbus_embedded.testing import DocumentedStatuses
 from modelbus_ml import LogisticModel
 from modelbus_platform.bus import RecordingPublisher
 from modelbus_platform.http import create_app
@@ -62,6 +63,7 @@ class Api:
         )
         app.include_router(build_router(self.service, readiness))
         install_hot_routes(app, Scoring(self.service))
+        app.add_middleware(DocumentedStatuses)
         self.client = httpx.AsyncClient(
             transport=httpx.ASGITransport(app), base_url="http://scorer"
         )

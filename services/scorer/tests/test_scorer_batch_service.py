@@ -11,9 +11,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from fastapi import FastAPI
 
 from modelbus_contracts import BatchScoringCompleted, BatchScoringRequested
+from modelbus_embedded.testing import service_app
 from modelbus_platform.bus import RecordingPublisher
 from modelbus_platform.metrics import Metrics
 from modelbus_platform.stores import LocalObjectStore
@@ -213,8 +213,7 @@ async def test_jobs_left_unfinished_by_this_instance_are_resumed_at_start(h):
 
 
 def api_client(h: Harness) -> httpx.AsyncClient:
-    app = FastAPI()
-    app.include_router(build_batch_router(h.batch))
+    app = service_app(build_batch_router(h.batch))
     return httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://scorer")
 
 

@@ -143,10 +143,17 @@ def http_error(exc: HTTPException) -> tuple[int, bytes, Mapping[str, str] | None
 
 
 def error_responses(descriptions: Mapping[int, str]) -> dict[int | str, dict[str, Any]]:
-    """A route's ``responses`` for OpenAPI: each error status, what it means, ``ErrorBody``."""
-    return {
-        status: {"model": ErrorBody, "description": text} for status, text in descriptions.items()
-    }
+    """A route's ``responses`` for OpenAPI: each error status, what it means, ``ErrorBody`` (as
+    JSON, whatever the route's own media type)."""
+    return {status: _error_doc(text) for status, text in descriptions.items()}
+
+
+def json_body(model: type[BaseModel]) -> dict[str, Any]:
+    """``openapi_extra`` documenting a JSON request body a route reads itself (so it chooses how
+    to refuse a bad one): ``model``'s schema, inline (its nested models go to components)."""
+    schema = model.model_json_schema(ref_template=REF_TEMPLATE)
+    content = {"application/json": {"schema": schema}}
+    return {"requestBody": {"required": True, "content": content}}
 
 
 async def send_json(
@@ -526,6 +533,8 @@ def document_chain_errors(doc: dict[str, Any]) -> dict[str, Any]:
     )
     for path_item in doc.get("paths", {}).values():
         for operation in path_item.values():
+            for media in operation.get("requestBody", {}).get("content", {}).values():
+                schemas.update(media.get("schema", {}).pop("$defs", {}))  # from json_body
             responses = operation.setdefault("responses", {})
             if "HTTPValidationError" in json.dumps(responses.get("422", {})):
                 responses["422"] = _error_doc("parameters or body not as documented")
