@@ -8,11 +8,12 @@ import httpx
 import orjson
 import pytest
 import structlog
-from fastapi import HTTPException, Request
+from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel
 from starlette.middleware import Middleware
 
 from modelbus_contracts.api import ErrorBody
+from modelbus_embedded.testing import service_app
 from modelbus_platform.http import (
     ApiError,
     ServiceApp,
@@ -319,3 +320,19 @@ def test_middleware_given_to_the_constructor_goes_in_the_chain_not_to_fastapi():
     gate = Middleware(Gate, seen=[])
     app = ServiceApp(title="t", metrics=Metrics("t"), max_body_bytes=10, middleware=[gate])
     assert app.user_middleware == [] and app.chain_middleware == [gate]
+
+
+async def test_api_tests_fail_an_answer_whose_status_the_route_does_not_document():
+    router = APIRouter()
+
+    @router.get("/tea", responses=error_responses({409: "no tea left"}))
+    async def tea(kind: str = "green") -> dict:
+        if kind == "none":
+            raise ApiError(409, "no tea left", "no_tea")
+        raise ApiError(418, "I'm a teapot", "teapot")
+
+    app = service_app(router)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as c:
+        assert (await c.get("/tea", params={"kind": "none"})).status_code == 409
+        with pytest.raises(AssertionError, match="GET /tea answered 418"):
+            await c.get("/tea")
