@@ -4,11 +4,14 @@ finding the hot route, and with FastAPI's router finding it."""
 
 from __future__ import annotations
 
+import random
+
 import httpx
 import orjson
 import pytest
 import structlog
 from fastapi import APIRouter, HTTPException, Request
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from pydantic import BaseModel
 from starlette.middleware import Middleware
 
@@ -22,7 +25,7 @@ from modelbus_platform.http import (
     error_responses,
     send_json,
 )
-from modelbus_platform.metrics import Metrics
+from modelbus_platform.metrics import LATENCY_BUCKETS, HttpMetrics, Metrics
 
 HOT = "/things/{name}/echo"
 
@@ -336,3 +339,38 @@ async def test_api_tests_fail_an_answer_whose_status_the_route_does_not_document
         assert (await c.get("/tea", params={"kind": "none"})).status_code == 409
         with pytest.raises(AssertionError, match="GET /tea answered 418"):
             await c.get("/tea")
+
+
+def test_request_metrics_expose_what_prometheus_client_would_expose():
+    """``HttpMetrics`` counts in plain numbers; prometheus_client's Counter and Histogram, fed
+    the same requests, are its oracle (the exposition text, bar the _created series)."""
+    fast_registry, reference_registry = CollectorRegistry(), CollectorRegistry()
+    fast = HttpMetrics(fast_registry)
+    requests = Counter(
+        "modelbus_http_requests_total",
+        "HTTP requests",
+        ["method", "route", "status"],
+        registry=reference_registry,
+    )
+    latency = Histogram(
+        "modelbus_http_request_seconds",
+        "HTTP request latency",
+        ["method", "route"],
+        buckets=LATENCY_BUCKETS,
+        registry=reference_registry,
+    )
+    rng = random.Random(9)
+    on_a_bound = [*LATENCY_BUCKETS, 0.0, 60.0]
+    for _ in range(3000):
+        method, route = rng.choice(["GET", "POST"]), rng.choice(["/a/{x}", "unmatched"])
+        status = rng.choice([200, 404, 500])
+        seconds = rng.choice([rng.expovariate(200), rng.choice(on_a_bound)])
+        fast.observe(method, route, status, seconds)
+        requests.labels(method, route, str(status)).inc()
+        latency.labels(method, route).observe(seconds)
+
+    def exposition(registry: CollectorRegistry) -> list[str]:
+        text = generate_latest(registry).decode()
+        return sorted(line for line in text.splitlines() if "_created" not in line)
+
+    assert exposition(fast_registry) == exposition(reference_registry)

@@ -207,9 +207,7 @@ class RequestMetricsMiddleware:
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
-        self.metrics = metrics
-        self._counters: dict[tuple[str, str, int], Any] = {}
-        self._timers: dict[tuple[str, str], Any] = {}
+        self.observe = metrics.http.observe
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -220,22 +218,13 @@ class RequestMetricsMiddleware:
         try:
             await self.app(scope, receive, response)
         finally:
-            self._observe(scope, response.status or 500, time.perf_counter() - started)
-
-    def _observe(self, scope: dict[str, Any], status: int, seconds: float) -> None:
-        method = scope["method"] if scope["method"] in METHODS else "OTHER"
-        template = getattr(scope.get("route"), "path", "unmatched")
-        key = (method, template, status)
-        counter = self._counters.get(key)
-        if counter is None:
-            counter = self.metrics.http_requests.labels(method, template, str(status))
-            self._counters[key] = counter
-        counter.inc()
-        timer = self._timers.get(key[:2])
-        if timer is None:
-            timer = self.metrics.http_seconds.labels(method, template)
-            self._timers[key[:2]] = timer
-        timer.observe(seconds)
+            method = scope["method"]
+            self.observe(
+                method if method in METHODS else "OTHER",
+                getattr(scope.get("route"), "path", "unmatched"),
+                response.status or 500,
+                time.perf_counter() - started,
+            )
 
 
 class ErrorMiddleware:
@@ -250,7 +239,8 @@ class ErrorMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        response = _Response(send)
+        # the metrics layer just outside already notes the status: share its recorder
+        response = send if type(send) is _Response else _Response(send)
         try:
             await self.app(scope, receive, response)
         except Exception as exc:
@@ -276,14 +266,16 @@ class BodyLimitMiddleware:
         self.max_bytes = max_bytes
         self._refuse = _Refuse(max_bytes)
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Awaitable[None]:
+        # it only swaps ``receive``, so it hands back the inner app's awaitable: no coroutine
+        # of its own per request
         if scope["type"] == "http":
             declared = declared_length(scope["headers"])
             if declared is None:
                 receive = _LimitedReceive(receive, self.max_bytes)
             elif declared > self.max_bytes:
                 receive = self._refuse
-        await self.app(scope, receive, send)
+        return self.app(scope, receive, send)
 
 
 class _Refuse:
@@ -405,26 +397,11 @@ class DataPlane:
                 self.routes.setdefault(method, []).append((route.path_regex, route, converted))
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            candidates = self.routes.get(scope["method"])
-            if candidates:
-                path = route_path(scope)
-                for regex, route, converted in candidates:
-                    match = regex.match(path)
-                    if match is not None:
-                        params = match.groupdict()
-                        for name, convertor in converted:
-                            params[name] = convertor.convert(params[name])
-                        scope["route"] = route
-                        scope["path_params"] = params
-                        await self._answer(route.handler, params, scope, receive, send)
-                        return
-        await self.framework(scope, receive, send)
-
-    @staticmethod
-    async def _answer(
-        handler: HotHandler, params: dict[str, Any], scope: dict[str, Any], receive: Any, send: Any
-    ) -> None:
+        # one coroutine per hot request: matching is a plain call, reading and answering inline
+        route = self.match(scope) if scope["type"] == "http" else None
+        if route is None:
+            await self.framework(scope, receive, send)
+            return
         headers = None
         try:
             message = await receive()
@@ -434,10 +411,33 @@ class DataPlane:
                 body += message.get("body", b"")
             if message["type"] == "http.disconnect":
                 return
-            status, payload = handler(params, body, scope["headers"])
+            status, payload = route.handler(scope["path_params"], body, scope["headers"])
         except HTTPException as exc:  # as FastAPI's exception handlers answer its routes
             status, payload, headers = http_error(exc)
-        await send_json(send, status, payload, headers)
+        if headers is None:
+            raw = [JSON_CONTENT_TYPE, (b"content-length", str(len(payload)).encode())]
+            await send({"type": "http.response.start", "status": status, "headers": raw})
+            await send({"type": "http.response.body", "body": payload})
+        else:
+            await send_json(send, status, payload, headers)
+
+    def match(self, scope: dict[str, Any]) -> HotRoute | None:
+        """The hot route of this request, if any, with ``route`` and ``path_params`` put in the
+        scope as FastAPI's router puts them."""
+        candidates = self.routes.get(scope["method"])
+        if not candidates:
+            return None
+        path = route_path(scope)
+        for regex, route, converted in candidates:
+            match = regex.match(path)
+            if match is not None:
+                params = match.groupdict()
+                for name, convertor in converted:
+                    params[name] = convertor.convert(params[name])
+                scope["route"] = route
+                scope["path_params"] = params
+                return route
+        return None
 
 
 def route_path(scope: dict[str, Any]) -> str:
