@@ -92,7 +92,7 @@ class HttpMetrics(Collector):
         yield latency
 
     def describe(self) -> Iterator[Metric]:
-        return iter(())  # names are checked on first collect, as for any custom collector
+        return self.collect()  # the two families' names, checked against the registry's
 
 
 class _HttpSeries:
