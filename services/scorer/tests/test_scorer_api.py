@@ -21,6 +21,7 @@ from modelbus_platform.metrics import Metrics
 from modelbus_platform.stores import LocalObjectStore
 from modelbus_scorer.adapters import FakeRegistry
 from modelbus_scorer.api import Scoring, build_router, install_hot_routes
+from modelbus_scorer.api_models import InferRequest, InferResponse, PredictRequest, PredictResponse
 from modelbus_scorer.bootstrap import build_app, control_group
 from modelbus_scorer.config import ScorerSettings
 from modelbus_scorer.domain import ModelHolder, Served
@@ -278,3 +279,35 @@ async def test_v2_version_paths_only_answer_for_the_version_being_served(api):
         "error": "model 'm' serves version 1",
         "reason": "version_not_served",
     }
+
+
+V2_BODIES = [
+    {
+        "id": "r-1",
+        "inputs": [
+            {"name": "age", "shape": [2], "datatype": "FP64", "data": [1.0, -1.0]},
+            {"name": "income", "shape": [2, 1], "datatype": "INT64", "data": [[1], [0]]},
+        ],
+        "parameters": {"routing_key": "user-1"},
+    },
+    {"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [0.5, 0.5]}]},
+]
+NATIVE_BODIES = [
+    {"instances": [{"age": 1, "income": 1}, {"age": -3, "income": 0}], "request_id": "r"},
+    {"features": {"age": 0.5, "income": 2}, "routing_key": "user-2"},
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "documented_request", "documented_response"),
+    [("/v2/models/m/infer", b, InferRequest, InferResponse) for b in V2_BODIES]
+    + [("/v2/models/m/versions/1/infer", V2_BODIES[1], InferRequest, InferResponse)]
+    + [("/models/m/predict", b, PredictRequest, PredictResponse) for b in NATIVE_BODIES],
+)
+async def test_requests_and_answers_are_what_openapi_documents(
+    api, path, body, documented_request, documented_response
+):
+    documented_request.model_validate(body)
+    response = await api.client.post(path, json=body)
+    assert response.status_code == 200
+    documented_response.model_validate(response.json())

@@ -75,7 +75,7 @@ STATUS_REASONS = {
     500: "internal_error",
     503: "unavailable",
 }
-# FastAPI turns off its built-in OpenTelemetry: it would trace only the routes FastAPI answers;
+# FastAPI's built-in OpenTelemetry stays off: it would trace only the routes FastAPI answers;
 # tracing belongs in the chain (an ASGI tracing middleware added with add_middleware)
 FRAMEWORK_TELEMETRY_OFF = {"tracing": False, "metrics": False, "logs": False}
 
@@ -119,7 +119,14 @@ class BodyTooLarge(ApiError):
 
 
 def reason_of(status: int) -> str:
-    return STATUS_REASONS.get(status) or HTTPStatus(status).phrase.lower().replace(" ", "_")
+    return STATUS_REASONS.get(status) or _phrase(status).lower().replace(" ", "_")
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
 
 
 def error_payload(message: str, reason: str, details: Any = None) -> bytes:
@@ -139,7 +146,7 @@ def http_error(exc: HTTPException) -> tuple[int, bytes, Mapping[str, str] | None
     if isinstance(detail, str):
         return status, error_payload(detail, reason_of(status)), exc.headers
     details = detail if isinstance(detail, list) else [detail]
-    return status, error_payload(HTTPStatus(status).phrase, reason_of(status), details), exc.headers
+    return status, error_payload(_phrase(status), reason_of(status), details), exc.headers
 
 
 def error_responses(descriptions: Mapping[int, str]) -> dict[int | str, dict[str, Any]]:
