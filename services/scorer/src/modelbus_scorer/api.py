@@ -47,6 +47,18 @@ MODEL_ERRORS = {
     503: "not_synced, model_not_loaded",
 }
 
+ROUTING_KEY_HEADER = {
+    "parameters": [
+        {
+            "name": "X-Routing-Key",
+            "in": "header",
+            "required": False,
+            "schema": {"type": "string", "maxLength": 200},
+            "description": "canary routing key (else the body's routing_key, else its id)",
+        }
+    ]
+}
+
 ReadinessCheck = Callable[[], Awaitable[dict[str, bool]]]
 
 
@@ -163,6 +175,7 @@ def install_hot_routes(app: ServiceApp, scoring: Scoring) -> None:
         tags=["v2"],
         summary="Open Inference Protocol infer",
         request_model=InferRequest,
+        openapi_extra=ROUTING_KEY_HEADER,
         response_model=InferResponse,
         responses=error_responses(SCORING_ERRORS),
     )
@@ -174,6 +187,7 @@ def install_hot_routes(app: ServiceApp, scoring: Scoring) -> None:
         tags=["v2"],
         summary="Infer on a given version (404 unless it is the one being served)",
         request_model=InferRequest,
+        openapi_extra=ROUTING_KEY_HEADER,
         response_model=InferResponse,
         responses=error_responses(VERSION_ERRORS),
     )
@@ -185,6 +199,7 @@ def install_hot_routes(app: ServiceApp, scoring: Scoring) -> None:
         tags=["scoring"],
         summary="Score instances",
         request_model=PredictRequest,
+        openapi_extra=ROUTING_KEY_HEADER,
         response_model=PredictResponse,
         responses=error_responses(SCORING_ERRORS),
     )
