@@ -94,9 +94,11 @@ class RegistryServer:
                     status, body = 200, [{"name": n} for n in champions]
                 elif len(parts) == 4 and parts[2:] == ["aliases", "champion"]:
                     view = champions.get(parts[1])
-                    status, body = (200, view) if view else (404, {"detail": "none"})
+                    status, body = (
+                        (200, view) if view else (404, {"error": "not set", "reason": "not_found"})
+                    )
                 else:
-                    status, body = 404, {"detail": "not found"}
+                    status, body = 404, {"error": "not found", "reason": "not_found"}
                 payload = json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("content-type", "application/json")

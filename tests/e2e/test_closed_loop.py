@@ -11,13 +11,16 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import uuid
 from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from prometheus_client.parser import text_string_to_metric_families
 
 from modelbus_contracts import (
     BatchScoringCompleted,
@@ -228,3 +231,63 @@ async def test_the_batch_service_scores_a_file_with_the_champion(
     assert output[0] == '"id","score","label","model_version","error"' and len(output) == 501
     completed = await _collect(stack.kafka_bootstrap, BatchScoringCompleted.topic, model, 3)
     assert [json.loads(r.value)["job_id"] for r in completed] == [job_id]
+
+
+ASYNCAPI = Path(__file__).resolve().parents[2] / "infra" / "asyncapi"
+
+
+def _documented(service: str) -> tuple[set[str], set[tuple[str, str]]]:
+    """From a service's committed AsyncAPI document: the topics it sends, and the (topic,
+    consumer group pattern) it receives."""
+    document = yaml.safe_load((ASYNCAPI / f"{service}.yaml").read_text(encoding="utf-8"))
+    sends, receives = set(), set()
+    for operation in document["operations"].values():
+        channel = document["channels"][operation["channel"]["$ref"].rsplit("/", 1)[-1]]
+        if operation["action"] == "send":
+            sends.add(channel["address"])
+        else:
+            receives.add((channel["address"], operation["x-modelbus-group"]))
+    return sends, receives
+
+
+def _running(text: str) -> tuple[set[str], set[tuple[str, str]]]:
+    """From a service's /metrics: the topics it published, and the (topic, group) its consumers
+    are assigned (the lag gauge covers every assigned topic) or consumed from."""
+    sent, received = set(), set()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = sample.labels
+            if sample.name == "modelbus_events_published_total" and sample.value > 0:
+                sent.add(labels["topic"])
+            elif sample.name in ("modelbus_consumer_lag", "modelbus_events_consumed_total"):
+                received.add((labels["topic"], labels["group"]))
+    return sent, received
+
+
+def _matches(group: str, pattern: str) -> bool:
+    return (
+        re.fullmatch(re.escape(pattern).replace(re.escape("{instance}"), ".+"), group) is not None
+    )
+
+
+async def test_asyncapi_documents_cover_what_the_running_services_send_and_receive(
+    stack: Stack, loop_result: ScenarioResult
+):
+    await asyncio.sleep(6)  # one lag sample after the scorer's restart
+    for service in stack.services:
+        async with httpx.AsyncClient(base_url=stack.url(service), timeout=10) as http:
+            sent, received = _running((await http.get("/metrics")).text)
+        sends, receives = _documented(service)
+        assert sent <= sends, (service, sent - sends)
+        undocumented = {
+            (topic, group)
+            for topic, group in received
+            if not any(t == topic and _matches(group, g) for t, g in receives)
+        }
+        assert not undocumented, (service, undocumented)
+        unsubscribed = {
+            (topic, g)
+            for topic, g in receives
+            if not any(t == topic and _matches(group, g) for t, group in received)
+        }
+        assert not unsubscribed, (service, unsubscribed)

@@ -1,4 +1,5 @@
-"""HTTP API models shared between services (the registry's views, read by scorer and monitor).
+"""HTTP API models shared between services: the registry's views (read by scorer and monitor)
+and the one error body every service answers with.
 
 Views ignore unknown fields so a newer server never breaks an older client.
 """
@@ -90,3 +91,20 @@ class AuditRecord(View):
     event_id: str | None = None
     correlation_id: str | None = None
     details: dict[str, Any] = Field(default_factory=dict)
+
+
+class ErrorBody(View):
+    """The body of every error answer (4xx, 5xx) of every service.
+
+    ``error`` is what the Open Inference Protocol v2 error body requires, so v2 clients
+    (tritonclient) read it; ``reason`` is a short, stable code that clients and metrics can
+    branch on."""
+
+    error: str = Field(description="human-readable message")
+    reason: str = Field(
+        description="short machine code: not_found, validation_error, unknown_model, ..."
+    )
+    details: list[dict[str, Any]] | None = Field(
+        default=None,
+        description="the individual problems, e.g. each failed validation as {loc, msg, type}",
+    )

@@ -1,17 +1,14 @@
-"""Unit tests of the shared plumbing: the bus's safety net and the HTTP shell, on fakes."""
+"""Unit tests of the bus's safety net, on fakes (the HTTP shell: ``test_http.py``)."""
 
 from __future__ import annotations
 
 import uuid
 
-import httpx
-import orjson
 import pytest
 
 from modelbus_contracts import LabelObserved, encode
 from modelbus_embedded.testing import ConsumedRecord
 from modelbus_platform.bus import EventBus, MemoryProcessedEvents
-from modelbus_platform.http import create_app
 from modelbus_platform.metrics import Metrics
 
 
@@ -133,145 +130,6 @@ async def test_wrong_event_type_on_a_topic_is_dead_lettered():
     assert "expected label.observed.v1" in fake.published[0][2]["x-dlq-reason"]
 
 
-def _app(ready: bool = True):
-    metrics = Metrics("svc")
-
-    async def readiness():
-        return {"broker": ready, "mongo": True}
-
-    app = create_app(
-        title="svc", description="d", metrics=metrics, readiness=readiness, max_body_bytes=100
-    )
-
-    @app.post("/echo")
-    async def echo(body: dict) -> dict:
-        return body
-
-    return app
-
-
-async def test_health_ready_and_metrics():
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(_app()), base_url="http://t") as c:
-        assert (await c.get("/health/live")).json() == {"status": "live"}
-        ready = await c.get("/health/ready")
-        assert ready.status_code == 200 and ready.json()["checks"]["broker"] is True
-        await c.post("/echo", json={"a": 1})
-        metrics = (await c.get("/metrics")).text
-        assert (
-            'modelbus_http_requests_total{method="POST",route="/echo",status="200"} 1.0' in metrics
-        )
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(_app(False)), base_url="http://t"
-    ) as c:
-        not_ready = await c.get("/health/ready")
-        assert not_ready.status_code == 503
-        assert not_ready.json()["checks"]["broker"] is False
-
-
-async def test_oversized_body_is_413_and_bad_body_is_422_with_reason():
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(_app()), base_url="http://t") as c:
-        big = await c.post(
-            "/echo", content=b"{" + b" " * 200 + b"}", headers={"content-type": "application/json"}
-        )
-        assert big.status_code == 413
-        assert "100 bytes" in big.json()["detail"]
-
-        async def chunks():
-            yield b'{"a": "'
-            yield b"x" * 200
-            yield b'"}'
-
-        streamed = await c.post(
-            "/echo", content=chunks(), headers={"content-type": "application/json"}
-        )
-        assert streamed.status_code == 413
-        bad = await c.post("/echo", content=b"[1,", headers={"content-type": "application/json"})
-        assert bad.status_code == 422
-        assert bad.json()["detail"]
-
-
 def test_event_ids_are_unique_uuids():
     a, b = (LabelObserved(model_name="m", prediction_id="p", label=0) for _ in range(2))
     assert isinstance(a.event_id, uuid.UUID) and a.event_id != b.event_id
-
-
-def fast_app(max_body_bytes: int = 100):
-    metrics = Metrics("fast")
-
-    async def readiness() -> dict[str, bool]:
-        return {"bus": True}
-
-    app = create_app(
-        title="t",
-        description="t",
-        metrics=metrics,
-        readiness=readiness,
-        max_body_bytes=max_body_bytes,
-    )
-    calls: list[tuple[dict, bytes]] = []
-
-    def echo(params, body, headers):
-        calls.append((params, body))
-        if body == b"boom":
-            raise RuntimeError("broken handler")
-        return 201, orjson.dumps({"name": params["name"], "size": len(body)})
-
-    app.add_fast_route("POST", "/things/{name}/echo", echo)
-
-    @app.post("/things/{name}/other")
-    async def other(name: str) -> dict[str, str]:
-        return {"framework": name}
-
-    client = httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t")
-    return client, metrics, calls
-
-
-def requests_counted(metrics: Metrics, route: str, status: str) -> float:
-    labels = {"method": "POST", "route": route, "status": status}
-    return metrics.registry.get_sample_value("modelbus_http_requests_total", labels) or 0.0
-
-
-async def test_a_fast_route_answers_before_the_framework_with_metrics_and_limits():
-    client, metrics, calls = fast_app()
-    async with client:
-        ok = await client.post("/things/a.b/echo", content=b"12345")
-        other = await client.post("/things/a/other")
-        wrong_method = await client.get("/things/a/echo")
-        too_big = await client.post("/things/a/echo", content=b"x" * 101)
-
-        async def stream():  # no content-length: the limit holds as the body arrives
-            for _ in range(5):
-                yield b"x" * 30
-
-        streamed = await client.post("/things/a/echo", content=stream())
-        boom = await client.post("/things/a/echo", content=b"boom")
-
-    assert (ok.status_code, ok.json()) == (201, {"name": "a.b", "size": 5})
-    assert ok.headers["content-type"] == "application/json"
-    assert other.json() == {"framework": "a"}  # other paths go through FastAPI
-    assert wrong_method.status_code == 404  # another method: the framework answers
-    assert too_big.status_code == 413 and "over 100 bytes" in too_big.json()["detail"]
-    assert streamed.status_code == 413
-    assert boom.status_code == 500 and "broken handler" in boom.json()["error"]
-    assert boom.json()["reason"] == "internal_error"
-    assert [body for _, body in calls] == [b"12345", b"boom"]  # oversized never reach it
-    assert requests_counted(metrics, "/things/{name}/echo", "201") == 1
-    assert requests_counted(metrics, "/things/{name}/echo", "413") == 2
-    assert requests_counted(metrics, "/things/{name}/echo", "500") == 1
-    seconds = metrics.registry.get_sample_value(
-        "modelbus_http_request_seconds_count", {"method": "POST", "route": "/things/{name}/echo"}
-    )
-    assert seconds == 4
-
-
-def test_route_templates_match_one_path_segment_per_parameter():
-    from modelbus_platform.http import compile_template
-
-    pattern = compile_template("/v2/models/{name}/versions/{version}/infer")
-
-    assert pattern.match("/v2/models/churn/versions/3/infer").groupdict() == {
-        "name": "churn",
-        "version": "3",
-    }
-    assert pattern.match("/v2/models/a/b/versions/3/infer") is None
-    assert pattern.match("/v2/models/churn/versions/3/infer/x") is None

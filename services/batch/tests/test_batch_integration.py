@@ -49,7 +49,7 @@ class Registry:
             return httpx.Response(200, json=self.versions[self.champion])
         if parts[:3] == ["models", self.model, "versions"] and int(parts[3]) in self.versions:
             return httpx.Response(200, json=self.versions[int(parts[3])])
-        return httpx.Response(404, json={"detail": "not found"})
+        return httpx.Response(404, json={"error": "not found", "reason": "not_found"})
 
 
 class Completions:

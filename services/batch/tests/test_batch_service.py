@@ -11,13 +11,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from fastapi import FastAPI
 
 from modelbus_batch.api import build_router
 from modelbus_batch.handlers import batch_requested
 from modelbus_batch.service import BatchMetrics, BatchService
 from modelbus_batch.testing import MemoryJobStore
 from modelbus_contracts import BatchScoringCompleted, BatchScoringRequested
+from modelbus_embedded.testing import service_app
 from modelbus_platform.bus import RecordingPublisher
 from modelbus_platform.stores import LocalObjectStore
 from modelbus_platform.testing import FakeRegistry, InlineRelay
@@ -200,8 +200,7 @@ async def test_jobs_left_unfinished_by_this_instance_are_resumed_at_start(h):
 
 
 def api_client(h: Harness) -> httpx.AsyncClient:
-    app = FastAPI()
-    app.include_router(build_router(h.batch))
+    app = service_app(build_router(h.batch))
     return httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://batch")
 
 

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import httpx
-from fastapi import FastAPI
 
 from modelbus_deployer.api import router
 from modelbus_deployer.bootstrap import build_app
 from modelbus_deployer.config import DeployerSettings, ModelPolicy
 from modelbus_deployer.handlers import Deployer
+from modelbus_embedded.testing import service_app
+from modelbus_platform.http import ServiceApp
 
 
-def app_for(service) -> FastAPI:
-    app = FastAPI()
-    app.include_router(router)
-    app.state.context = Deployer(service, None)
-    return app
+def app_for(service) -> ServiceApp:
+    return service_app(router, context=Deployer(service, None))
 
 
 async def test_decisions_newest_first_single_and_404(world):
@@ -45,7 +43,7 @@ async def test_decisions_newest_first_single_and_404(world):
     assert body["published"] is True
     assert body["timings"]["total_ms"] >= 0
     assert missing.status_code == 404
-    assert "no decision for churn v9" in missing.json()["detail"]
+    assert missing.json() == {"error": "no decision for churn v9", "reason": "unknown_decision"}
     assert bad_limit.status_code == 422
     assert bad_name.status_code == 422
 

@@ -8,7 +8,6 @@ import uuid
 
 import httpx
 import pytest
-from fastapi import FastAPI
 
 from modelbus_contracts import (
     LabelObserved,
@@ -24,6 +23,8 @@ from modelbus_deployer.handlers import Deployer
 from modelbus_deployer.live_service import LiveService
 from modelbus_deployer.service import DecisionConflict
 from modelbus_deployer.testing import MemoryLiveStats
+from modelbus_embedded.testing import service_app
+from modelbus_platform.http import ServiceApp
 
 FAST = dict(
     canary_steps=[0.1, 0.5],
@@ -245,11 +246,8 @@ async def test_two_replicas_decide_a_step_once(make_world):
     assert world.decisions.docs[("churn", 2)]["stage"] == 1
 
 
-def app_for(service) -> FastAPI:
-    app = FastAPI()
-    app.include_router(router)
-    app.state.context = Deployer(service, None)
-    return app
+def app_for(service) -> ServiceApp:
+    return service_app(router, context=Deployer(service, None))
 
 
 async def test_human_approval_over_http(make_world):
@@ -267,7 +265,8 @@ async def test_human_approval_over_http(make_world):
     assert approved.status_code == 200, approved.text
     assert approved.json()["decision"] == "canary"
     assert approved.json()["history"][-1]["what"] == "canary"
-    assert again.status_code == 409 and "not pending approval" in again.json()["detail"]
+    assert again.status_code == 409 and "not pending approval" in again.json()["error"]
+    assert again.json()["reason"] == "not_pending"
     assert missing.status_code == 404
     assert anonymous.status_code == 422
     final = world.publisher.of(ModelEvaluated)[-1]

@@ -69,7 +69,7 @@ def registry_transport(model: str) -> httpx.MockTransport:
         }
         if path in routes:
             return httpx.Response(200, json=routes[path])
-        return httpx.Response(404, json={"detail": "not found"})
+        return httpx.Response(404, json={"error": "not found", "reason": "not_found"})
 
     return httpx.MockTransport(handle)
 

@@ -9,7 +9,6 @@ from types import SimpleNamespace
 
 import httpx
 import pytest
-from fastapi import FastAPI
 
 from modelbus_contracts import (
     ArtifactRef,
@@ -25,6 +24,7 @@ from modelbus_contracts import (
     encode,
 )
 from modelbus_contracts.api import VersionView
+from modelbus_embedded.testing import service_app
 from modelbus_monitor.adapters import MemoryIncidentStore
 from modelbus_monitor.api import router
 from modelbus_monitor.config import MonitorSettings
@@ -316,9 +316,7 @@ async def test_eviction_and_ignored_are_counted_in_metrics():
 @pytest.fixture
 async def api_client():
     h = Harness(feature_drift_enabled=False)
-    app = FastAPI()
-    app.include_router(router)
-    app.state.service = h.service
+    app = service_app(router, service=h.service)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as c:
         yield h, c
 

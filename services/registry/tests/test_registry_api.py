@@ -7,8 +7,7 @@ import pytest
 
 from modelbus_contracts import ModelPromoted
 from modelbus_contracts.api import AliasesView, AuditRecord, ModelView, VersionView
-from modelbus_platform.http import create_app
-from modelbus_platform.metrics import Metrics
+from modelbus_embedded.testing import service_app
 from modelbus_registry.api import build_router
 
 MODEL = "fraud"
@@ -16,12 +15,7 @@ MODEL = "fraud"
 
 @pytest.fixture
 async def client(wired):
-    async def ready() -> dict[str, bool]:
-        return {"fake": True}
-
-    app = create_app(title="t", description="t", metrics=Metrics("t"), readiness=ready)
-    app.include_router(build_router(audit_limit=50))
-    app.state.context = wired.service
+    app = service_app(build_router(audit_limit=50), context=wired.service)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://registry") as http:
         yield http
@@ -54,14 +48,15 @@ async def test_models_versions_and_artifact(client, wired, mk):
 async def test_unknown_models_are_404_with_a_reason(client, path):
     response = await client.get(path)
     assert response.status_code == 404
-    assert "nope" in response.json()["detail"]
+    assert response.json()["reason"] == "not_found"
+    assert "nope" in response.json()["error"]
 
 
 async def test_unset_alias_and_unknown_version_are_404(client, wired, mk):
     await register(wired, mk)
     unset = await client.get(f"/models/{MODEL}/aliases/champion")
     assert unset.status_code == 404
-    assert "not set" in unset.json()["detail"]
+    assert unset.json() == {"error": "alias champion of fraud is not set", "reason": "not_found"}
     assert (await client.get(f"/models/{MODEL}/versions/9/artifact")).status_code == 404
     assert (await client.get(f"/models/{MODEL}/aliases/king")).status_code == 422
 
@@ -71,7 +66,8 @@ async def test_tampered_artifact_is_409(client, wired, mk):
     await wired.store.put(registered.artifact.uri, b"{}")
     response = await client.get(f"/models/{MODEL}/versions/1/artifact")
     assert response.status_code == 409
-    assert "does not match" in response.json()["detail"]
+    assert response.json()["reason"] == "artifact_integrity_failed"
+    assert "does not match" in response.json()["error"]
 
 
 async def test_put_alias_cas_and_conflict(client, wired, mk):
@@ -84,7 +80,8 @@ async def test_put_alias_cas_and_conflict(client, wired, mk):
     stale = {"version": 2, "expected_version": None, "reason": "late"}
     conflict = await client.put(f"/models/{MODEL}/aliases/champion", json=stale)
     assert conflict.status_code == 409
-    assert "champion is at version 1" in conflict.json()["detail"]
+    assert conflict.json()["reason"] == "promotion_conflict"
+    assert "champion is at version 1" in conflict.json()["error"]
     target = await client.get(f"/models/{MODEL}/aliases/champion")
     assert VersionView.model_validate(target.json()).version == 1
     assert [e.reason for e in wired.published.of(ModelPromoted)] == ["first"]
@@ -98,6 +95,7 @@ async def test_rollback_and_audit(client, wired, mk):
     await wired.service.record_evaluation(mk.evaluated(MODEL, 1, None))
     no_previous = await client.post(f"/models/{MODEL}/rollback", json={"reason": "x"})
     assert no_previous.status_code == 409
+    assert no_previous.json()["reason"] == "rollback_refused"
     await wired.service.record_evaluation(mk.evaluated(MODEL, 2, 1))
     done = await client.post(f"/models/{MODEL}/rollback", json={"reason": "bad canary"})
     assert done.status_code == 200
@@ -118,3 +116,4 @@ async def test_service_unavailable_before_startup(client, wired):
     client._transport.app.state.context = None
     response = await client.get("/models")
     assert response.status_code == 503
+    assert response.json() == {"error": "registry is starting", "reason": "starting"}

@@ -112,7 +112,8 @@ async def _scenario(http, store, publish, collector, model, mk) -> None:
     stale = {"version": 2, "expected_version": 1, "reason": "stale"}
     conflict = await http.put(f"/models/{model}/aliases/champion", json=stale)
     assert conflict.status_code == 409
-    assert "champion is at version 2" in conflict.json()["detail"]
+    assert conflict.json()["reason"] == "promotion_conflict"
+    assert "champion is at version 2" in conflict.json()["error"]
 
     # 5. an artifact whose bytes do not match its sha256 is rejected: no version, no event
     ref3 = mk.artifact_ref(model, mk.artifact_bytes(seed=2))

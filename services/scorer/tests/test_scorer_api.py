@@ -1,7 +1,7 @@
 """The HTTP API (native and Open Inference Protocol v2) on fakes, through ASGI.
 
-Every test runs twice: with the scoring routes answered by the fast routes (production) and by
-the FastAPI routes, so both give the same answers."""
+Every test runs twice: with the scoring routes found by the data plane's router (production)
+and by FastAPI's, so both give the same answers."""
 
 from __future__ import annotations
 
@@ -13,13 +13,15 @@ import orjson
 import pytest
 
 from modelbus_contracts import PredictionMade
+from modelbus_embedded.testing import DocumentedStatuses
 from modelbus_ml import LogisticModel
 from modelbus_platform.bus import RecordingPublisher
 from modelbus_platform.http import create_app
 from modelbus_platform.metrics import Metrics
 from modelbus_platform.stores import LocalObjectStore
 from modelbus_platform.testing import FakeRegistry
-from modelbus_scorer.api import Scoring, build_router, install_fast_routes
+from modelbus_scorer.api import Scoring, build_router, install_hot_routes
+from modelbus_scorer.api_models import InferRequest, InferResponse, PredictRequest, PredictResponse
 from modelbus_scorer.bootstrap import build_app, control_group
 from modelbus_scorer.config import ScorerSettings
 from modelbus_scorer.domain import ModelHolder, Served
@@ -58,10 +60,11 @@ class Api:
             metrics=self.metrics,
             readiness=readiness,
             max_body_bytes=2000,
+            fast_router=fast,
         )
         app.include_router(build_router(self.service, readiness))
-        if fast:
-            install_fast_routes(app, Scoring(self.service))
+        install_hot_routes(app, Scoring(self.service))
+        app.add_middleware(DocumentedStatuses)
         self.client = httpx.AsyncClient(
             transport=httpx.ASGITransport(app), base_url="http://scorer"
         )
@@ -271,4 +274,40 @@ async def test_v2_version_paths_only_answer_for_the_version_being_served(api):
     assert (await api.client.get("/v2/models/m/versions/7")).status_code == 404
     assert (await api.client.get("/v2/models/m/versions/1/ready")).status_code == 200
     not_ready = await api.client.get("/v2/models/m/versions/7/ready")
-    assert not_ready.status_code == 404 and not_ready.json()["ready"] is False
+    assert not_ready.status_code == 404
+    assert not_ready.json() == {
+        "error": "model 'm' serves version 1",
+        "reason": "version_not_served",
+    }
+
+
+V2_BODIES = [
+    {
+        "id": "r-1",
+        "inputs": [
+            {"name": "age", "shape": [2], "datatype": "FP64", "data": [1.0, -1.0]},
+            {"name": "income", "shape": [2, 1], "datatype": "INT64", "data": [[1], [0]]},
+        ],
+        "parameters": {"routing_key": "user-1"},
+    },
+    {"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [0.5, 0.5]}]},
+]
+NATIVE_BODIES = [
+    {"instances": [{"age": 1, "income": 1}, {"age": -3, "income": 0}], "request_id": "r"},
+    {"features": {"age": 0.5, "income": 2}, "routing_key": "user-2"},
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "documented_request", "documented_response"),
+    [("/v2/models/m/infer", b, InferRequest, InferResponse) for b in V2_BODIES]
+    + [("/v2/models/m/versions/1/infer", V2_BODIES[1], InferRequest, InferResponse)]
+    + [("/models/m/predict", b, PredictRequest, PredictResponse) for b in NATIVE_BODIES],
+)
+async def test_requests_and_answers_are_what_openapi_documents(
+    api, path, body, documented_request, documented_response
+):
+    documented_request.model_validate(body)
+    response = await api.client.post(path, json=body)
+    assert response.status_code == 200
+    documented_response.model_validate(response.json())

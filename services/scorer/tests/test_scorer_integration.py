@@ -48,9 +48,11 @@ class FakeRegistryHttp:
         if len(parts) == 4 and parts[0] == "models" and parts[2:] == ["aliases", "champion"]:
             view = self.champions.get(parts[1])
             if view is None:
-                return httpx.Response(404, json={"detail": "no champion"})
+                return httpx.Response(
+                    404, json={"error": "alias champion is not set", "reason": "not_found"}
+                )
             return httpx.Response(200, json=view)
-        return httpx.Response(404, json={"detail": "not found"})
+        return httpx.Response(404, json={"error": "not found", "reason": "not_found"})
 
 
 async def produce(producer: AIOKafkaProducer, event: Event) -> None:

@@ -9,7 +9,6 @@ import uuid
 import httpx
 import numpy as np
 import pytest
-from fastapi import FastAPI
 
 from modelbus_contracts import (
     ModelLoadFailed,
@@ -19,11 +18,12 @@ from modelbus_contracts import (
     ScoringRequested,
 )
 from modelbus_contracts.api import RolloutView
+from modelbus_embedded.testing import service_app
 from modelbus_platform.bus import RecordingPublisher
 from modelbus_platform.metrics import Metrics
 from modelbus_platform.stores import LocalObjectStore
 from modelbus_platform.testing import FakeRegistry
-from modelbus_scorer.api import build_router
+from modelbus_scorer.api import Scoring, install_hot_routes
 from modelbus_scorer.domain import ModelHolder
 from modelbus_scorer.handlers import resync_on_control, score_requested
 from modelbus_scorer.prediction_log import PredictionLog
@@ -217,12 +217,8 @@ async def test_an_unloadable_challenger_is_announced(h, publish_artifact, make_m
 
 async def test_http_routing_key_header_or_body_pins_the_arm(h, publish_artifact, make_model):
     await h.expose(publish_artifact, make_model, "canary", fraction=0.5)
-    app = FastAPI()
-
-    async def ready() -> dict[str, bool]:
-        return {"ok": True}
-
-    app.include_router(build_router(h.service, ready))
+    app = service_app()
+    install_hot_routes(app, Scoring(h.service))
     canary = next(f"u{i}" for i in range(100) if in_canary(f"u{i}", 0.5))
     stable = next(f"u{i}" for i in range(100) if not in_canary(f"u{i}", 0.5))
     body = {"features": {"age": 1, "income": 1}}

@@ -21,7 +21,7 @@ from modelbus_platform.http import create_app
 from modelbus_platform.metrics import Metrics
 from modelbus_platform.stores import LocalObjectStore
 from modelbus_platform.testing import FakeRegistry
-from modelbus_scorer.api import Scoring, build_router, install_fast_routes
+from modelbus_scorer.api import Scoring, build_router, install_hot_routes
 from modelbus_scorer.domain import ModelHolder
 from modelbus_scorer.prediction_log import PredictionLog
 from modelbus_scorer.service import ScorerService
@@ -59,7 +59,7 @@ class Served:
 
         app = create_app(title="t", description="t", metrics=metrics, readiness=readiness)
         app.include_router(build_router(self.service, readiness))
-        install_fast_routes(app, Scoring(self.service))
+        install_hot_routes(app, Scoring(self.service))
         self.port = free_port()
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_config=None)
         self.server = uvicorn.Server(config)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from fastapi import FastAPI
 from trainer_fixtures import Harness, feedback_events, make_dataset
 
 from modelbus_contracts import TrainingRequested
+from modelbus_embedded.testing import service_app
 from modelbus_trainer import api
 from modelbus_trainer.domain import run_id_for
 
@@ -15,9 +15,7 @@ from modelbus_trainer.domain import run_id_for
 @pytest.fixture
 async def client_and_harness():
     h = Harness()
-    app = FastAPI()
-    app.include_router(api.router)
-    app.state.context = h.service
+    app = service_app(api.router, context=h.service)
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app), base_url="http://trainer"
     ) as client:
@@ -60,21 +58,22 @@ async def test_put_dataset_validates_and_stores(client_and_harness):
 
 
 @pytest.mark.parametrize(
-    ("body", "content_type", "status", "detail"),
+    ("body", "content_type", "status", "reason", "message"),
     [
-        (b"a,b\n1,2\n", "text/csv", 422, "no 'label' column"),
-        (b"a,label\n1,7\n", "text/csv", 422, "label must be 0 or 1"),
-        (b"a,label\n", "text/csv", 422, "no rows"),
-        (b"a,label\n1,1\n", "application/json", 415, "expected text/csv"),
+        (b"a,b\n1,2\n", "text/csv", 422, "bad_dataset", "no 'label' column"),
+        (b"a,label\n1,7\n", "text/csv", 422, "bad_dataset", "label must be 0 or 1"),
+        (b"a,label\n", "text/csv", 422, "bad_dataset", "no rows"),
+        (b"a,label\n1,1\n", "application/json", 415, "unsupported_media_type", "expected text/csv"),
     ],
 )
 async def test_put_dataset_rejects_bad_input_with_a_reason(
-    client_and_harness, body, content_type, status, detail
+    client_and_harness, body, content_type, status, reason, message
 ):
     client, h = client_and_harness
     response = await client.put("/datasets/m", content=body, headers={"content-type": content_type})
     assert response.status_code == status
-    assert detail in response.json()["detail"]
+    assert response.json()["reason"] == reason
+    assert message in response.json()["error"]
     assert h.store.objects == {}
 
 

@@ -10,6 +10,7 @@ import pytest
 from trainer_fixtures import Harness, drift_event, feedback_events, make_dataset
 
 from modelbus_contracts import ModelTrained, TrainingRequested
+from modelbus_embedded.testing import service_app
 from modelbus_ml import load_model
 from modelbus_trainer import api
 from modelbus_trainer.domain import run_id_for
@@ -95,10 +96,11 @@ async def test_reproduce_reports_a_mismatch_and_refuses_what_it_cannot_redo():
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as c:
         assert (await c.post("/runs/nope/reproduce")).status_code == 404
         refused = await c.post(f"/runs/{failed['run_id']}/reproduce")
-        assert refused.status_code == 409 and "failed" in refused.json()["detail"]
+        assert refused.status_code == 409 and "failed" in refused.json()["error"]
+        assert refused.json()["reason"] == "not_reproducible"
         del h.store.objects[run["lineage"]["dataset"]["uri"]]
         missing = await c.post(f"/runs/{run['run_id']}/reproduce")
-        assert missing.status_code == 409 and "missing" in missing.json()["detail"]
+        assert missing.status_code == 409 and "missing" in missing.json()["error"]
 
 
 async def test_reproduce_endpoint_reports_the_match():
@@ -113,12 +115,7 @@ async def test_reproduce_endpoint_reports_the_match():
 
 
 def _app(h: Harness):
-    from fastapi import FastAPI
-
-    app = FastAPI()
-    app.include_router(api.router)
-    app.state.context = h.service
-    return app
+    return service_app(api.router, context=h.service)
 
 
 async def test_family_is_chosen_per_request_over_the_models_setting():

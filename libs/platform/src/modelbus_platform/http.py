@@ -1,213 +1,601 @@
-"""The HTTP shell every service shares: health, readiness, metrics, body limit, request metrics.
+"""The HTTP shell every service shares: one middleware chain for every route, a data plane that
+answers hot routes on raw bytes, the one error body, health, readiness and metrics.
 
-Each service builds its FastAPI app with ``create_app`` and adds its own routers. A route whose
-cost must stay near a bare ASGI app's (the scorer's inference routes) can also be registered as
-a *fast route*: it is answered before the framework's middleware stack and router, with the same
-body limit, the same request metrics and the same error shape, while the FastAPI route of the
-same path stays in the OpenAPI document (and answers when the fast route is not installed).
+Every request goes through the same chain, whichever route answers it::
+
+    RequestMetricsMiddleware   counts and times it by route template (scope["route"].path)
+    ErrorMiddleware            an exception nobody answered: logged, 500 in the error shape
+    BodyLimitMiddleware        a body over max_body_bytes: 413 when the route reads it
+    app.add_middleware(...)    the service's own: authentication, request ids, tracing
+    DataPlane                  a hot route: its handler on raw bytes; anything else: FastAPI
+                               (its exception handlers and router, none of the layers above)
+
+A hot route (``ServiceApp.add_hot_route``) is a FastAPI route as well (``HotRoute``): it is in
+the OpenAPI document with its request and response schemas and its statuses, and FastAPI's
+router answers it the same way when the data plane's router is off (``fast_router=False``).
+The data plane is a faster router behind the chain, never a way around it.
+
+Every error answer is ``ErrorBody`` (``modelbus_contracts.api``): ``{"error", "reason"}`` and
+optional ``details``. Raise ``ApiError`` for one with a reason of its own; a plain
+``HTTPException`` gets the reason of its status. ``error_responses`` documents a route's
+error statuses; the chain's own (413, 422, 500) are added to every route it applies to.
 """
 
 from __future__ import annotations
 
-import re
+import inspect
+import json
 import time
-from collections.abc import Awaitable, Callable
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
-from typing import Any
+from http import HTTPStatus
+from typing import Any, Literal
 
 import orjson
 import structlog
-from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
+from starlette.convertors import FloatConvertor, IntegerConvertor, StringConvertor, UUIDConvertor
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.errors import ServerErrorMiddleware
+from starlette.routing import compile_path
+
+from modelbus_contracts.api import ErrorBody
 
 from .metrics import Metrics
 
 log = structlog.get_logger(__name__)
 
+ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 ReadinessCheck = Callable[[], Awaitable[dict[str, bool]]]
-# a fast route's handler: (path parameters, raw body, request headers) -> (status, JSON bytes)
-FastHandler = Callable[[dict[str, str], bytes, list[tuple[bytes, bytes]]], tuple[int, bytes]]
-JSON_HEADER = (b"content-type", b"application/json")
+Headers = list[tuple[bytes, bytes]]
+# a hot route's handler: (path parameters, raw body, request headers) -> (status, JSON bytes)
+HotHandler = Callable[[dict[str, Any], bytes, Headers], tuple[int, bytes]]
+
+JSON_CONTENT_TYPE = (b"content-type", b"application/json")
+REF_TEMPLATE = "#/components/schemas/{model}"
+ERROR_SCHEMA_REF = REF_TEMPLATE.format(model="ErrorBody")
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# the reason of an error raised without one: its status, as a short code
+STATUS_REASONS = {
+    400: "bad_request",
+    401: "unauthenticated",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "body_too_large",
+    415: "unsupported_media_type",
+    422: "validation_error",
+    500: "internal_error",
+    503: "unavailable",
+}
+# FastAPI's built-in OpenTelemetry stays off: it would trace only the routes FastAPI answers;
+# tracing belongs in the chain (an ASGI tracing middleware added with add_middleware)
+FRAMEWORK_TELEMETRY_OFF = {"tracing": False, "metrics": False, "logs": False}
 
 
-@dataclass(frozen=True, slots=True)
-class FastRoute:
-    method: str
-    template: str  # the route template, as the metrics label it
-    pattern: re.Pattern[str]
-    handler: FastHandler
+# -- the error body ----------------------------------------------------------------------------
 
 
-def compile_template(template: str) -> re.Pattern[str]:
-    """``/v2/models/{name}/infer`` -> a regex with one named group per parameter (no slash)."""
-    parts = re.split(r"\{(\w+)\}", template)
-    regex = "".join(
-        f"(?P<{part}>[^/]+)" if i % 2 else re.escape(part) for i, part in enumerate(parts)
-    )
-    return re.compile(f"^{regex}$")
+class ApiError(HTTPException):
+    """An error answer: ``ErrorBody(error=message, reason=reason, details=details)``. Raise it in
+    a route, a dependency or a middleware; the status's own reason if none is given."""
 
-
-class ServiceApp(FastAPI):
-    """FastAPI plus fast routes, tried before the framework for plain HTTP requests."""
-
-    def __init__(self, *args: Any, metrics: Metrics, max_body_bytes: int, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.fast_routes: list[FastRoute] = []
-        self._metrics = metrics
-        self._max_body_bytes = max_body_bytes
-        self._counters: dict[tuple[str, str, int], Any] = {}
-        self._timers: dict[tuple[str, str], Any] = {}
-
-    def add_fast_route(self, method: str, template: str, handler: FastHandler) -> None:
-        self.fast_routes.append(FastRoute(method, template, compile_template(template), handler))
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and self.fast_routes:
-            method, path = scope["method"], scope["path"]
-            for route in self.fast_routes:
-                if route.method == method:
-                    match = route.pattern.match(path)
-                    if match is not None:
-                        await self._serve_fast(route, match.groupdict(), scope, receive, send)
-                        return
-        await super().__call__(scope, receive, send)
-
-    async def _serve_fast(
-        self, route: FastRoute, params: dict[str, str], scope: Any, receive: Any, send: Any
+    def __init__(
+        self,
+        status_code: int,
+        message: str,
+        reason: str | None = None,
+        *,
+        details: list[dict[str, Any]] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
-        started = time.perf_counter()
-        headers = scope["headers"]
-        body = await self._read_body(headers, receive)
-        if body is None:
-            status = 413
-            payload = orjson.dumps(too_big(self._max_body_bytes))
-        else:
-            try:
-                status, payload = route.handler(params, body, headers)
-            except Exception as exc:  # a bug must still answer, with a reason, and be logged
-                log.exception("http.fast_route_failed", route=route.template)
-                status = 500
-                error = f"{type(exc).__name__}: {exc}"[:500]
-                payload = orjson.dumps({"error": error, "reason": "internal_error"})
-        await _send_payload(send, status, payload)
-        self._observe(route, status, time.perf_counter() - started)
+        super().__init__(status_code, detail=message, headers=headers)
+        self.reason = reason or reason_of(status_code)
+        self.details = details
 
-    async def _read_body(self, headers: list[tuple[bytes, bytes]], receive: Any) -> bytes | None:
-        """The whole body, or None when it is over the limit (by its length or as it comes)."""
-        limit = self._max_body_bytes
-        if declared_over(headers, limit):
-            return None
-        message = await receive()
-        body = message.get("body", b"")
-        while message.get("more_body", False):
-            message = await receive()
-            body += message.get("body", b"")
-            if len(body) > limit:
-                return None
-        return body if len(body) <= limit else None
-
-    def _observe(self, route: FastRoute, status: int, seconds: float) -> None:
-        key = (route.method, route.template, status)
-        counter = self._counters.get(key)
-        if counter is None:
-            counter = self._metrics.http_requests.labels(route.method, route.template, str(status))
-            self._counters[key] = counter
-        counter.inc()
-        timer = self._timers.get(key[:2])
-        if timer is None:
-            timer = self._metrics.http_seconds.labels(route.method, route.template)
-            self._timers[key[:2]] = timer
-        timer.observe(seconds)
+    @classmethod
+    def invalid(
+        cls, errors: Iterable[Mapping[str, Any]], reason: str = "validation_error"
+    ) -> ApiError:
+        """422 from pydantic's errors: each as ``{loc, msg, type}`` (never the input itself)."""
+        details = [
+            {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+            for e in errors
+        ]
+        message = "; ".join(f"{'.'.join(map(str, d['loc']))}: {d['msg']}" for d in details)
+        return cls(422, message or "invalid request", reason, details=details)
 
 
-class BodyLimitMiddleware:
-    """Reject request bodies over ``max_bytes`` with 413 before the app reads them."""
-
-    def __init__(self, app: Any, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        if declared_over(scope.get("headers", []), self.max_bytes):
-            await _send_json(send, 413, too_big(self.max_bytes))
-            return
-        received = 0
-
-        async def limited_receive() -> dict:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    # an HTTPException passes through FastAPI's body parsing and its exception
-                    # middleware turns it into the 413 response
-                    raise HTTPException(413, too_big(self.max_bytes)["detail"])
-            return message
-
-        await self.app(scope, limited_receive, send)
+class BodyTooLarge(ApiError):
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body over {limit} bytes", "body_too_large")
 
 
-def declared_over(headers: list[tuple[bytes, bytes]], limit: int) -> bool:
-    """Whether the request's ``content-length`` says its body is over ``limit`` bytes."""
-    for name, value in headers:
-        if name == b"content-length":
-            try:
-                return int(value) > limit
-            except ValueError:
-                return False
-    return False
+def reason_of(status: int) -> str:
+    return STATUS_REASONS.get(status) or _phrase(status).lower().replace(" ", "_")
 
 
-def too_big(limit: int) -> dict[str, str]:
-    return {"detail": f"request body over {limit} bytes"}
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
 
 
-async def _send_json(send: Callable, status: int, body: dict) -> None:
-    await _send_payload(send, status, orjson.dumps(body))
+def error_payload(message: str, reason: str, details: Any = None) -> bytes:
+    """``ErrorBody`` as JSON without pydantic (hot routes answer errors with it too)."""
+    body: dict[str, Any] = {"error": message, "reason": reason}
+    if details is not None:
+        body["details"] = details
+    return orjson.dumps(body)
 
 
-async def _send_payload(send: Callable, status: int, payload: bytes) -> None:
-    headers = [JSON_HEADER, (b"content-length", str(len(payload)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
+def http_error(exc: HTTPException) -> tuple[int, bytes, Mapping[str, str] | None]:
+    """The answer to an ``HTTPException``: status, ``ErrorBody`` JSON, headers (e.g. Allow)."""
+    status = exc.status_code
+    if isinstance(exc, ApiError):
+        return status, error_payload(exc.detail, exc.reason, exc.details), exc.headers
+    detail: Any = exc.detail
+    if isinstance(detail, str):
+        return status, error_payload(detail, reason_of(status)), exc.headers
+    details = detail if isinstance(detail, list) else [detail]
+    return status, error_payload(_phrase(status), reason_of(status), details), exc.headers
+
+
+def error_responses(descriptions: Mapping[int, str]) -> dict[int | str, dict[str, Any]]:
+    """A route's ``responses`` for OpenAPI: each error status, what it means, ``ErrorBody`` (as
+    JSON, whatever the route's own media type)."""
+    return {status: _error_doc(text) for status, text in descriptions.items()}
+
+
+def json_body(model: type[BaseModel]) -> dict[str, Any]:
+    """``openapi_extra`` documenting a JSON request body a route reads itself (so it chooses how
+    to refuse a bad one): ``model``'s schema, inline (its nested models go to components)."""
+    schema = model.model_json_schema(ref_template=REF_TEMPLATE)
+    content = {"application/json": {"schema": schema}}
+    return {"requestBody": {"required": True, "content": content}}
+
+
+async def send_json(
+    send: Callable[[dict[str, Any]], Awaitable[None]],
+    status: int,
+    payload: bytes,
+    headers: Mapping[str, str] | None = None,
+) -> None:
+    raw = [JSON_CONTENT_TYPE, (b"content-length", str(len(payload)).encode())]
+    if headers:
+        raw.extend((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items())
+    await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": payload})
 
 
+async def _http_exception_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    status, payload, headers = http_error(exc)
+    if status in (204, 304):
+        return Response(status_code=status, headers=headers)
+    return Response(payload, status_code=status, headers=headers, media_type="application/json")
+
+
+async def _validation_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    return await _http_exception_handler(request, ApiError.invalid(exc.errors()))
+
+
+# -- the chain ---------------------------------------------------------------------------------
+
+
+class _Response:
+    """Wraps ``send`` to note the response's status once it starts. It hands back the inner
+    ``send``'s awaitable rather than awaiting it: no coroutine of its own per message."""
+
+    __slots__ = ("send", "status")
+
+    def __init__(self, send: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+        self.send = send
+        self.status: int | None = None
+
+    def __call__(self, message: dict[str, Any]) -> Awaitable[None]:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+        return self.send(message)
+
+
 class RequestMetricsMiddleware:
-    """Count and time requests by route template (not raw path, to bound label cardinality)."""
+    """Count and time every request by method, route template and status (the template, not
+    the raw path, bounds the label values; so does mapping unknown methods to OTHER)."""
 
-    def __init__(self, app: Any, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
-        self.metrics = metrics
+        self.observe = metrics.http.observe
 
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        status = 500
-
-        async def send_wrapper(message: dict) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        response = _Response(send)
         try:
-            await self.app(scope, receive, send_wrapper)
+            await self.app(scope, receive, response)
         finally:
-            route = scope.get("route")
-            template = getattr(route, "path", "unmatched")
-            method = scope.get("method", "GET")
-            self.metrics.http_requests.labels(method, template, str(status)).inc()
-            self.metrics.http_seconds.labels(method, template).observe(
-                time.perf_counter() - started
+            method = scope["method"]
+            self.observe(
+                method if method in METHODS else "OTHER",
+                getattr(scope.get("route"), "path", "unmatched"),
+                response.status or 500,
+                time.perf_counter() - started,
             )
+
+
+class ErrorMiddleware:
+    """Answer what nothing inside answered: an ``HTTPException`` (one raised by a middleware)
+    in the error shape, any other exception as 500 ``internal_error``, logged with its
+    traceback. After the response has started there is nothing left to answer: re-raised."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        # the metrics layer just outside already notes the status: share its recorder
+        response = send if type(send) is _Response else _Response(send)
+        try:
+            await self.app(scope, receive, response)
+        except Exception as exc:
+            if response.status is not None:
+                raise
+            if isinstance(exc, HTTPException):
+                status, payload, headers = http_error(exc)
+            else:
+                route = getattr(scope.get("route"), "path", "unmatched")
+                log.exception("http.unhandled_error", method=scope["method"], route=route)
+                message = f"internal error ({type(exc).__name__}), logged by the service"
+                status, payload, headers = 500, error_payload(message, "internal_error"), None
+            await send_json(send, status, payload, headers)
+
+
+SHELL_PATHS = frozenset(
+    {"/health/live", "/health/ready", "/metrics", "/openapi.json", "/docs", "/redoc"}
+)
+
+
+class StartingGate:
+    """Until the service is started (the kit sets ``app.state.context`` once its resources,
+    consumers and tasks run), every route but the shell's (health, metrics, docs) answers 503
+    ``starting``: no route reaches a store or client that is not connected yet."""
+
+    def __init__(self, app: ASGIApp, service: str) -> None:
+        self.app = app
+        self.payload = error_payload(f"the {service} is starting", "starting")
+
+    def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Awaitable[None]:
+        if (
+            scope["type"] == "http"
+            and scope["app"].state.context is None
+            and route_path(scope) not in SHELL_PATHS
+        ):
+            return send_json(send, 503, self.payload, {"retry-after": "1"})
+        return self.app(scope, receive, send)
+
+
+class BodyLimitMiddleware:
+    """Refuse a body over ``max_bytes`` with 413 when the route reads it (so the 413 is counted
+    under the route's template): at once if its ``content-length`` says so, else as it comes.
+    A body declared within the limit is left alone: the server holds it to its length."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self._refuse = _Refuse(max_bytes)
+
+    def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Awaitable[None]:
+        # it only swaps ``receive``, so it hands back the inner app's awaitable: no coroutine
+        # of its own per request
+        if scope["type"] == "http":
+            declared = declared_length(scope["headers"])
+            if declared is None:
+                receive = _LimitedReceive(receive, self.max_bytes)
+            elif declared > self.max_bytes:
+                receive = self._refuse
+        return self.app(scope, receive, send)
+
+
+class _Refuse:
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+
+    async def __call__(self) -> dict[str, Any]:
+        raise BodyTooLarge(self.limit)
+
+
+class _LimitedReceive:
+    __slots__ = ("limit", "receive", "received")
+
+    def __init__(self, receive: Callable[[], Awaitable[dict[str, Any]]], limit: int) -> None:
+        self.receive = receive
+        self.limit = limit
+        self.received = 0
+
+    async def __call__(self) -> dict[str, Any]:
+        message = await self.receive()
+        if message["type"] == "http.request":
+            self.received += len(message.get("body", b""))
+            if self.received > self.limit:
+                raise BodyTooLarge(self.limit)
+        return message
+
+
+def declared_length(headers: Headers) -> int | None:
+    """The request's ``content-length``, or None if it has none (or not a number)."""
+    for name, value in headers:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+# -- the data plane ----------------------------------------------------------------------------
+
+_PARAMETER_TYPES: dict[type, type] = {
+    StringConvertor: str,
+    IntegerConvertor: int,
+    FloatConvertor: float,
+    UUIDConvertor: uuid.UUID,
+}
+
+
+class HotRoute(APIRoute):
+    """A route answered on raw bytes by ``handler(path params, body, headers) -> (status, JSON
+    bytes)``, with no pydantic per request. ``request_model``, ``response_model`` and
+    ``responses`` only document it: nothing parses or validates with them."""
+
+    def __init__(
+        self,
+        path: str,
+        handler: HotHandler,
+        *,
+        methods: list[str],
+        request_model: type[BaseModel] | None = None,
+        **route_options: Any,
+    ) -> None:
+        self.handler = handler
+        route_options.setdefault("name", getattr(handler, "__name__", None))
+        endpoint = _documentation_endpoint(path, request_model)
+        super().__init__(path, endpoint, methods=methods, **route_options)
+
+    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+        """How FastAPI's router answers it (the data plane's router off): the same handler."""
+        handler = self.handler
+
+        async def answer(request: Request) -> Response:
+            body = await request.body()
+            status, payload = handler(request.path_params, body, request.scope["headers"])
+            return Response(payload, status_code=status, media_type="application/json")
+
+        return answer
+
+
+def _documentation_endpoint(path: str, request_model: type[BaseModel] | None) -> Callable:
+    """An endpoint FastAPI reads only for its signature: the path parameters with their types
+    and the body's model, which is what OpenAPI shows. HotRoute never calls it."""
+    _, _, convertors = compile_path(path)
+    parameters = [
+        inspect.Parameter(
+            name,
+            inspect.Parameter.KEYWORD_ONLY,
+            annotation=_PARAMETER_TYPES.get(type(convertor), str),
+        )
+        for name, convertor in convertors.items()
+    ]
+    if request_model is not None:
+        parameters.append(
+            inspect.Parameter("body", inspect.Parameter.KEYWORD_ONLY, annotation=request_model)
+        )
+
+    async def endpoint(**_: Any) -> None:
+        raise AssertionError("a HotRoute is answered by its handler")
+
+    endpoint.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    return endpoint
+
+
+class DataPlane:
+    """The innermost layer: a request for a hot route (same method, same path template as
+    Starlette compiles it) is answered by its handler on raw bytes; every other request goes
+    to FastAPI. The route and its path parameters go into the scope as FastAPI puts them."""
+
+    def __init__(self, routes: Iterable[HotRoute], framework: ASGIApp) -> None:
+        self.framework = framework
+        self.routes: dict[str, list[tuple[Any, HotRoute, tuple[tuple[str, Any], ...]]]] = {}
+        for route in routes:
+            converted = tuple(
+                (name, convertor)
+                for name, convertor in route.param_convertors.items()
+                if not isinstance(convertor, StringConvertor)
+            )
+            for method in route.methods or ():
+                self.routes.setdefault(method, []).append((route.path_regex, route, converted))
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        # one coroutine per hot request: matching is a plain call, reading and answering inline
+        route = self.match(scope) if scope["type"] == "http" else None
+        if route is None:
+            await self.framework(scope, receive, send)
+            return
+        headers = None
+        try:
+            message = await receive()
+            body = message.get("body", b"")
+            while message.get("more_body", False):
+                message = await receive()
+                body += message.get("body", b"")
+            if message["type"] == "http.disconnect":
+                return
+            status, payload = route.handler(scope["path_params"], body, scope["headers"])
+        except HTTPException as exc:  # as FastAPI's exception handlers answer its routes
+            status, payload, headers = http_error(exc)
+        if headers is None:
+            raw = [JSON_CONTENT_TYPE, (b"content-length", str(len(payload)).encode())]
+            await send({"type": "http.response.start", "status": status, "headers": raw})
+            await send({"type": "http.response.body", "body": payload})
+        else:
+            await send_json(send, status, payload, headers)
+
+    def match(self, scope: dict[str, Any]) -> HotRoute | None:
+        """The hot route of this request, if any, with ``route`` and ``path_params`` put in the
+        scope as FastAPI's router puts them."""
+        candidates = self.routes.get(scope["method"])
+        if not candidates:
+            return None
+        path = route_path(scope)
+        for regex, route, converted in candidates:
+            match = regex.match(path)
+            if match is not None:
+                params = match.groupdict()
+                for name, convertor in converted:
+                    params[name] = convertor.convert(params[name])
+                scope["route"] = route
+                scope["path_params"] = params
+                return route
+        return None
+
+
+def route_path(scope: dict[str, Any]) -> str:
+    """The path routes match: without the root path (as Starlette routes see it)."""
+    path: str = scope["path"]
+    root = scope.get("root_path")
+    if root and path.startswith(root) and path[len(root) : len(root) + 1] == "/":
+        return path[len(root) :]
+    return path
+
+
+# -- the application ---------------------------------------------------------------------------
+
+
+class ServiceApp(FastAPI):
+    """FastAPI behind the service's one middleware chain, with hot routes in front of its
+    router. Routers, dependencies, exception handlers, ``state``, OpenAPI: FastAPI's own."""
+
+    def __init__(
+        self,
+        *args: Any,
+        metrics: Metrics,
+        max_body_bytes: int,
+        fast_router: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        chain = list(kwargs.pop("middleware", None) or [])
+        kwargs.setdefault("telemetry", FRAMEWORK_TELEMETRY_OFF)
+        super().__init__(*args, **kwargs)
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+        self.fast_router = fast_router
+        self.hot_routes: list[HotRoute] = []
+        self.chain_middleware: list[Middleware] = chain
+        self.chain: ASGIApp | None = None
+        self.gated = False
+        self.exception_handlers[HTTPException] = _http_exception_handler
+        self.exception_handlers[RequestValidationError] = _validation_handler
+
+    def add_middleware(self, middleware_class: Any, *args: Any, **kwargs: Any) -> None:
+        """Put a middleware in the chain, where it sees every request, hot route or not: inside
+        the body limit, outside the data plane; the last one added runs first (as in Starlette).
+        ``@app.middleware("http")`` comes here too."""
+        if self.chain is not None:
+            raise RuntimeError("Cannot add middleware after an application has started")
+        self.chain_middleware.insert(0, Middleware(middleware_class, *args, **kwargs))
+
+    def gate_until_started(self, service: str) -> None:
+        """Answer 503 ``starting`` on every route but the shell's until ``state.context`` is
+        set (``StartingGate``); documented on every such route."""
+        self.state.context = None
+        self.gated = True
+        self.add_middleware(StartingGate, service=service)
+
+    def add_hot_route(
+        self, method: str, path: str, handler: HotHandler, **route_options: Any
+    ) -> HotRoute:
+        """Answer ``method path`` with ``handler`` on raw bytes. ``route_options`` document it
+        (``request_model``, ``response_model``, ``responses``, ``summary``, ``tags``, ...)."""
+        if self.chain is not None:
+            raise RuntimeError("Cannot add a hot route after an application has started")
+        route = HotRoute(path, handler, methods=[method], **route_options)
+        self.router.routes.append(route)
+        self.hot_routes.append(route)
+        self.openapi_schema = None
+        return route
+
+    def build_chain(self) -> ASGIApp:
+        framework = super().__call__
+        app: ASGIApp = DataPlane(self.hot_routes if self.fast_router else (), framework)
+        for cls, args, kwargs in reversed(self.chain_middleware):
+            app = cls(app, *args, **kwargs)
+        app = BodyLimitMiddleware(app, self.max_body_bytes)
+        app = ErrorMiddleware(app)
+        return RequestMetricsMiddleware(app, self.metrics)
+
+    def build_middleware_stack(self) -> ASGIApp:
+        """FastAPI's own stack, minus its ServerErrorMiddleware: an error no handler answers
+        goes up the chain to ErrorMiddleware (one 500, in the error shape, logged once). It has
+        no user middleware: ``add_middleware`` puts them in the chain."""
+        stack = super().build_middleware_stack()
+        return stack.app if isinstance(stack, ServerErrorMiddleware) else stack
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        scope["app"] = self
+        if self.chain is None:
+            self.chain = self.build_chain()
+        await self.chain(scope, receive, send)
+
+    def openapi(self) -> dict[str, Any]:
+        return document_chain_errors(super().openapi(), gated=self.gated)
+
+
+def document_chain_errors(doc: dict[str, Any], *, gated: bool = False) -> dict[str, Any]:
+    """Add to an OpenAPI document the errors the chain answers on any route it applies to, in
+    ``ErrorBody``: 500 everywhere, 413 where there is a request body, and the 422 FastAPI
+    documents for a route with parameters (its own body shape replaced). Idempotent."""
+    schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+    schemas.setdefault(
+        "ErrorBody", ErrorBody.model_json_schema(ref_template=REF_TEMPLATE, mode="serialization")
+    )
+    for path, path_item in doc.get("paths", {}).items():
+        for operation in path_item.values():
+            for media in operation.get("requestBody", {}).get("content", {}).values():
+                schemas.update(media.get("schema", {}).pop("$defs", {}))  # from json_body
+            responses = operation.setdefault("responses", {})
+            if "HTTPValidationError" in json.dumps(responses.get("422", {})):
+                responses["422"] = _error_doc("parameters or body not as documented")
+            if "requestBody" in operation:
+                responses.setdefault("413", _error_doc("request body over the service's limit"))
+            responses.setdefault("500", _error_doc("unexpected error (logged by the service)"))
+            if gated and path not in SHELL_PATHS:
+                responses.setdefault("503", _error_doc("starting: the service is not started yet"))
+    if "HTTPValidationError" not in json.dumps(doc.get("paths", {})):
+        schemas.pop("HTTPValidationError", None)
+        schemas.pop("ValidationError", None)
+    return doc
+
+
+def _error_doc(description: str) -> dict[str, Any]:
+    schema = {"$ref": ERROR_SCHEMA_REF}
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "not ready"]
+    checks: dict[str, bool] = {}
 
 
 def create_app(
@@ -219,6 +607,7 @@ def create_app(
     lifespan: Callable[[FastAPI], AbstractAsyncContextManager[Any]] | None = None,
     max_body_bytes: int = 1_000_000,
     version: str = "0.1.0",
+    fast_router: bool = True,
 ) -> ServiceApp:
     app = ServiceApp(
         title=title,
@@ -227,32 +616,33 @@ def create_app(
         lifespan=lifespan,
         metrics=metrics,
         max_body_bytes=max_body_bytes,
+        fast_router=fast_router,
     )
-    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [
-            {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
-            for e in exc.errors()
-        ]
-        return JSONResponse(status_code=422, content={"detail": errors})
 
     @app.get("/health/live", tags=["health"], summary="The process is up")
     async def live() -> dict[str, str]:
         return {"status": "live"}
 
-    @app.get("/health/ready", tags=["health"], summary="Broker and stores answer")
+    @app.get(
+        "/health/ready",
+        tags=["health"],
+        summary="Broker and stores answer",
+        response_model=Readiness,
+        responses={503: {"model": Readiness, "description": "a check failed (see checks)"}},
+    )
     async def ready() -> Response:
         checks = await readiness()
         ok = all(checks.values())
-        return JSONResponse(
-            status_code=200 if ok else 503,
-            content={"status": "ready" if ok else "not ready", "checks": checks},
-        )
+        body = {"status": "ready" if ok else "not ready", "checks": checks}
+        return Response(orjson.dumps(body), 200 if ok else 503, media_type="application/json")
 
-    @app.get("/metrics", tags=["health"], summary="Prometheus metrics")
+    @app.get(
+        "/metrics",
+        tags=["health"],
+        summary="Prometheus metrics",
+        response_class=Response,
+        responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {}}}},
+    )
     async def prometheus() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 

@@ -346,7 +346,7 @@ def build_app(
         app.include_router(router)
     if wiring.configure_app is not None:
         wiring.configure_app(app)
-    app.state.context = None
+    app.gate_until_started(spec.name)
     app.state.kit = kit
     app.state.bus = kit.bus
     return app

@@ -1,11 +1,13 @@
 """HTTP for batch jobs: ``POST /batch-jobs`` (202 + job id), ``GET /batch-jobs``,
-``GET /batch-jobs/{job_id}``. Errors are ``{"error", "reason"}`` like the scorer's API."""
+``GET /batch-jobs/{job_id}``. Errors are ``ErrorBody`` with a reason, like every route."""
 
 from __future__ import annotations
 
 import orjson
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from modelbus_platform.http import error_payload, error_responses, json_body
 
 from .domain import BadJob, BatchJob
 from .ports import JobStoreUnavailable
@@ -33,7 +35,12 @@ def _json(content: object, status: int) -> Response:
 
 
 def _error(reason: str, message: str, status: int) -> Response:
-    return _json({"error": message, "reason": reason}, status)
+    return Response(
+        error_payload(message, reason), status_code=status, media_type="application/json"
+    )
+
+
+STORE_DOWN = {503: "batch_store_unavailable: MongoDB does not answer"}
 
 
 def _view(job: BatchJob) -> dict:
@@ -43,7 +50,22 @@ def _view(job: BatchJob) -> dict:
 def build_router(service: BatchService) -> APIRouter:
     router = APIRouter(tags=["batch"])
 
-    @router.post("/batch-jobs", status_code=202, summary="Start a batch scoring job")
+    @router.post(
+        "/batch-jobs",
+        status_code=202,
+        summary="Start a batch scoring job",
+        response_model=BatchJob,
+        openapi_extra=json_body(BatchJobRequest),
+        responses={
+            200: {"model": BatchJob, "description": "the existing job of this job_id"},
+            **error_responses(
+                {
+                    **STORE_DOWN,
+                    422: "bad_request, unknown_format, bad_uri, bad_model_name",
+                }
+            ),
+        },
+    )
     async def create_job(request: Request) -> Response:
         """202 with the job (``job_id``, ``state``); 200 with the existing job if ``job_id``
         was already used."""
@@ -67,7 +89,12 @@ def build_router(service: BatchService) -> APIRouter:
             return _error("batch_store_unavailable", str(exc), 503)
         return _json(_view(job), 202 if created else 200)
 
-    @router.get("/batch-jobs", summary="Batch jobs, newest first")
+    @router.get(
+        "/batch-jobs",
+        summary="Batch jobs, newest first",
+        response_model=list[BatchJob],
+        responses=error_responses(STORE_DOWN),
+    )
     async def list_jobs(model_name: str | None = None, limit: int = 50) -> Response:
         try:
             jobs = await service.list(model_name, max(1, min(limit, 500)))
@@ -75,7 +102,12 @@ def build_router(service: BatchService) -> APIRouter:
             return _error("batch_store_unavailable", str(exc), 503)
         return _json([_view(job) for job in jobs], 200)
 
-    @router.get("/batch-jobs/{job_id}", summary="One batch job: state and progress")
+    @router.get(
+        "/batch-jobs/{job_id}",
+        summary="One batch job: state and progress",
+        response_model=BatchJob,
+        responses=error_responses({**STORE_DOWN, 404: "unknown_job"}),
+    )
     async def get_job(job_id: str) -> Response:
         try:
             job = await service.get(job_id)

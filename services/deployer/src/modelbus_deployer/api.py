@@ -1,19 +1,23 @@
 """The deployer's HTTP API: its decisions (the audit trail), human approval of pending decisions,
-and the effective promotion and rollout policy."""
+and the effective promotion and rollout policy. Refusals are ``ErrorBody``: 404
+``unknown_decision``, 409 ``not_pending``."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any, Literal
 
-from fastapi import APIRouter, Body, HTTPException, Path, Query, Request
+from fastapi import APIRouter, Body, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from modelbus_contracts import DatasetRef, GateResult
+from modelbus_platform.http import ApiError, error_responses
 
 from .service import DecisionConflict, DeployerService
 
 MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
+UNKNOWN = {404: "unknown_decision: no decision on this model version"}
+HUMAN = {**UNKNOWN, 409: "not_pending: the decision is not (or no longer) pending approval"}
 
 
 class DecisionView(BaseModel):
@@ -86,10 +90,7 @@ router = APIRouter(tags=["deployer"])
 
 
 def _service(request: Request) -> DeployerService:
-    context = request.app.state.context
-    if context is None:
-        raise HTTPException(503, "the deployer is starting")
-    return context.decisions
+    return request.app.state.context.decisions
 
 
 @router.get("/decisions", summary="Decisions, newest first")
@@ -102,7 +103,11 @@ async def list_decisions(
     return [DecisionView.model_validate(d) for d in docs]
 
 
-@router.get("/decisions/{model_name}/{version}", summary="The decision on one model version")
+@router.get(
+    "/decisions/{model_name}/{version}",
+    summary="The decision on one model version",
+    responses=error_responses(UNKNOWN),
+)
 async def get_decision(
     request: Request,
     model_name: str = Path(max_length=200, pattern=MODEL_NAME),
@@ -110,7 +115,7 @@ async def get_decision(
 ) -> DecisionView:
     doc = await _service(request).get_decision(model_name, version)
     if doc is None:
-        raise HTTPException(404, f"no decision for {model_name} v{version}")
+        raise ApiError(404, f"no decision for {model_name} v{version}", "unknown_decision")
     return DecisionView.model_validate(doc)
 
 
@@ -128,15 +133,16 @@ async def _human(request: Request, model_name: str, version: int, body: HumanDec
     try:
         doc = await call(model_name, version, body.actor, body.reason)
     except LookupError as exc:
-        raise HTTPException(404, str(exc)) from exc
+        raise ApiError(404, str(exc), "unknown_decision") from exc
     except DecisionConflict as exc:
-        raise HTTPException(409, exc.reason) from exc
+        raise ApiError(409, exc.reason, "not_pending") from exc
     return DecisionView.model_validate(doc)
 
 
 @router.post(
     "/decisions/{model_name}/{version}/approve",
     summary="Approve a pending decision: its rollout starts (or it is promoted)",
+    responses=error_responses(HUMAN),
 )
 async def approve(
     request: Request,
@@ -147,7 +153,11 @@ async def approve(
     return await _human(request, model_name, version, body, "approve")
 
 
-@router.post("/decisions/{model_name}/{version}/reject", summary="Reject a pending decision")
+@router.post(
+    "/decisions/{model_name}/{version}/reject",
+    summary="Reject a pending decision",
+    responses=error_responses(HUMAN),
+)
 async def reject(
     request: Request,
     model_name: str = Path(max_length=200, pattern=MODEL_NAME),

@@ -1,30 +1,37 @@
 """The monitor's HTTP API: per-model status, daily windows, the HTML report and the incident
-log."""
+log. Refusals are ``ErrorBody``: 404 ``not_monitored`` / ``unknown_incident``, 422 ``bad_day``."""
 
 from __future__ import annotations
 
 from datetime import date
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
+
+from modelbus_platform.http import ApiError, error_responses
 
 from .adapters import incident_view
 from .report import render_report
 from .service import MonitorService
 
 router = APIRouter(tags=["monitor"])
+NOT_MONITORED = {404: "not_monitored: no event of this model seen"}
 
 
 def _service(request: Request) -> MonitorService:
     return request.app.state.service
 
 
-@router.get("/models/{name}/status", summary="Serving version, detectors and open incident")
+@router.get(
+    "/models/{name}/status",
+    summary="Serving version, detectors and open incident",
+    responses=error_responses(NOT_MONITORED),
+)
 async def model_status(name: str, request: Request) -> dict[str, Any]:
     status = _service(request).status(name)
     if status is None:
-        raise HTTPException(404, detail=f"model {name!r} is not monitored (no events seen)")
+        raise ApiError(404, f"model {name!r} is not monitored (no events seen)", "not_monitored")
     return status
 
 
@@ -38,15 +45,23 @@ async def list_incidents(
     return [incident_view(i) for i in incidents]
 
 
-@router.get("/incidents/{incident_id}", summary="One incident with its evidence")
+@router.get(
+    "/incidents/{incident_id}",
+    summary="One incident with its evidence",
+    responses=error_responses({404: "unknown_incident"}),
+)
 async def get_incident(incident_id: str, request: Request) -> dict[str, Any]:
     incident = await _service(request).get_incident(incident_id)
     if incident is None:
-        raise HTTPException(404, detail=f"incident {incident_id!r} not found")
+        raise ApiError(404, f"incident {incident_id!r} not found", "unknown_incident")
     return incident_view(incident)
 
 
-@router.get("/models/{name}/daily", summary="Yesterday vs today per feature (PSI, KS)")
+@router.get(
+    "/models/{name}/daily",
+    summary="Yesterday vs today per feature (PSI, KS)",
+    responses=error_responses({**NOT_MONITORED, 422: "bad_day: not YYYY-MM-DD"}),
+)
 async def model_daily(
     name: str,
     request: Request,
@@ -56,23 +71,26 @@ async def model_daily(
         try:
             day = date.fromisoformat(day).isoformat()
         except ValueError:
-            raise HTTPException(422, detail=f"day must be YYYY-MM-DD, got {day!r}") from None
+            raise ApiError(422, f"day must be YYYY-MM-DD, got {day!r}", "bad_day") from None
     service = _service(request)
     report = await service.daily_report(name, day)
     if not report["features"] and service.status(name) is None:
-        raise HTTPException(404, detail=f"model {name!r} is not monitored (no events seen)")
+        raise ApiError(404, f"model {name!r} is not monitored (no events seen)", "not_monitored")
     return report
 
 
 @router.get(
-    "/models/{name}/report", summary="Human-readable HTML report", response_class=HTMLResponse
+    "/models/{name}/report",
+    summary="Human-readable HTML report",
+    response_class=HTMLResponse,
+    responses=error_responses(NOT_MONITORED),
 )
 async def model_report(name: str, request: Request) -> HTMLResponse:
     service = _service(request)
     status = service.status(name)
     incidents = [incident_view(i) for i in await service.list_incidents(name, 20)]
     if status is None and not incidents:
-        raise HTTPException(404, detail=f"model {name!r} is not monitored (no events seen)")
+        raise ApiError(404, f"model {name!r} is not monitored (no events seen)", "not_monitored")
     if status is not None:
         status["history"] = service.history(name)
     daily = await service.daily_report(name)

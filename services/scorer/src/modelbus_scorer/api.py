@@ -1,8 +1,9 @@
 """HTTP scoring: the native API and the Open Inference Protocol v2 REST paths.
 
-The hot path is lean on purpose: raw body -> orjson -> numpy -> orjson, no pydantic per row.
-Errors carry a reason: 400 malformed JSON, 422 invalid input, 404 unknown model, 503 nothing
-loaded (413 for oversized bodies comes from the platform middleware).
+The scoring routes are hot routes (``install_hot_routes``): raw body -> orjson -> numpy ->
+orjson, no pydantic per request, behind the same middleware chain as every route. Errors are
+``ErrorBody`` with a reason: 400 malformed JSON, 422 invalid input, 404 unknown model or
+version not served, 503 nothing loaded (413 for oversized bodies comes from the chain).
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 
-from modelbus_platform.http import ServiceApp
+from modelbus_platform.http import Headers, ServiceApp, error_payload, error_responses
 
+from .api_models import InferRequest, InferResponse, PredictRequest, PredictResponse
 from .domain import InvalidInput, ModelUnavailable, Served, parse_native, parse_v2
 from .service import ScoreResult, ScorerService
 
@@ -28,6 +30,34 @@ UNAVAILABLE_STATUS = {
     "predict_failed": 503,
     "version_not_served": 404,
 }
+SCORING_ERRORS = {
+    400: "invalid_json: the body is not JSON (NaN and Infinity literals included)",
+    404: "unknown_model",
+    422: "bad_request, bad_shape, bad_datatype, length_mismatch, feature_mismatch, "
+    "not_a_number, non_finite, empty_batch, too_many_instances",
+    503: "not_synced (no registry sync yet), model_not_loaded, predict_failed",
+}
+VERSION_ERRORS = {
+    **SCORING_ERRORS,
+    404: "unknown_model, version_not_served (the version is not the one being served)",
+    422: SCORING_ERRORS[422] + "; bad_version (not an integer)",
+}
+MODEL_ERRORS = {
+    404: "unknown_model, version_not_served",
+    503: "not_synced, model_not_loaded",
+}
+
+ROUTING_KEY_HEADER = {
+    "parameters": [
+        {
+            "name": "X-Routing-Key",
+            "in": "header",
+            "required": False,
+            "schema": {"type": "string", "maxLength": 200},
+            "description": "canary routing key (else the body's routing_key, else its id)",
+        }
+    ]
+}
 
 ReadinessCheck = Callable[[], Awaitable[dict[str, bool]]]
 
@@ -37,11 +67,9 @@ def json_response(content: Any, status: int = 200) -> Response:
 
 
 def error_response(reason: str, message: str, status: int) -> Response:
-    return json_response({"error": message, "reason": reason}, status)
-
-
-def error_payload(reason: str, message: str, status: int) -> tuple[int, bytes]:
-    return status, orjson.dumps({"error": message, "reason": reason})
+    return Response(
+        error_payload(message, reason), status_code=status, media_type="application/json"
+    )
 
 
 def parse_json(body: bytes) -> Any:
@@ -65,7 +93,7 @@ def routing_key(header: str | None, body: Any) -> str | None:
     return key[:200] if isinstance(key, str) and key else None
 
 
-def header_value(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
+def header_value(headers: Headers, name: bytes) -> str | None:
     for key, value in headers:
         if key == name:
             return value.decode("latin-1")
@@ -73,8 +101,7 @@ def header_value(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
 
 
 class Scoring:
-    """The scoring routes' logic on raw bytes: one implementation behind both the FastAPI
-    routes (documented in OpenAPI) and the fast routes that answer them in production."""
+    """The scoring routes' handlers: (path parameters, raw body, headers) -> (status, JSON)."""
 
     def __init__(self, service: ScorerService) -> None:
         self.service = service
@@ -83,7 +110,7 @@ class Scoring:
         self,
         name: str,
         body: bytes,
-        routing_header: str | None,
+        headers: Headers,
         parser: Any,
         version: int | None = None,
     ) -> ScoreResult | tuple[int, bytes]:
@@ -93,18 +120,19 @@ class Scoring:
                 name,
                 lambda names, limit: parser(doc, names, limit),
                 version=version,
-                routing_key=routing_key(routing_header, doc),
+                routing_key=routing_key(header_value(headers, b"x-routing-key"), doc),
             )
         except InvalidInput as exc:
             if exc.reason == "invalid_json":
                 self.service.metrics.rejected.labels(exc.reason, "http").inc()
-                return error_payload(exc.reason, exc.message, 400)
-            return error_payload(exc.reason, exc.message, 422)
+                return 400, error_payload(exc.message, exc.reason)
+            return 422, error_payload(exc.message, exc.reason)
         except ModelUnavailable as exc:
-            return error_payload(exc.reason, exc.message, UNAVAILABLE_STATUS[exc.reason])
+            return UNAVAILABLE_STATUS[exc.reason], error_payload(exc.message, exc.reason)
 
-    def native(self, name: str, body: bytes, routing_header: str | None) -> tuple[int, bytes]:
-        result = self.run(name, body, routing_header, _native)
+    def predict(self, params: dict[str, Any], body: bytes, headers: Headers) -> tuple[int, bytes]:
+        name = params["name"]
+        result = self.run(name, body, headers, _native)
         if isinstance(result, tuple):
             return result
         scored = result.scored
@@ -123,74 +151,73 @@ class Scoring:
         }
         return 200, orjson.dumps(payload)
 
-    def v2(
-        self, name: str, body: bytes, routing_header: str | None, version: int | None = None
-    ) -> tuple[int, bytes]:
-        result = self.run(name, body, routing_header, _v2, version)
-        if isinstance(result, tuple):
-            return result
-        return 200, orjson.dumps(v2_response(result))
-
-    # -- the fast routes: (path parameters, body, headers) -> (status, JSON) ----------------
-
-    def fast_native(
-        self, params: dict[str, str], body: bytes, headers: list[tuple[bytes, bytes]]
-    ) -> tuple[int, bytes]:
-        return self.native(params["name"], body, header_value(headers, b"x-routing-key"))
-
-    def fast_v2(
-        self, params: dict[str, str], body: bytes, headers: list[tuple[bytes, bytes]]
-    ) -> tuple[int, bytes]:
+    def infer(self, params: dict[str, Any], body: bytes, headers: Headers) -> tuple[int, bytes]:
         version = None
         if "version" in params:
             try:
                 version = int(params["version"])
             except ValueError:
                 message = f"version must be an integer, got {params['version']!r}"
-                return error_payload("bad_version", message, 422)
-        return self.v2(params["name"], body, header_value(headers, b"x-routing-key"), version)
+                return 422, error_payload(message, "bad_version")
+        result = self.run(params["name"], body, headers, _v2, version)
+        if isinstance(result, tuple):
+            return result
+        return 200, orjson.dumps(v2_response(result))
 
 
-def install_fast_routes(app: ServiceApp, scoring: Scoring) -> None:
-    """Answer the scoring routes before the framework (same paths, same answers)."""
-    app.add_fast_route("POST", "/v2/models/{name}/infer", scoring.fast_v2)
-    app.add_fast_route("POST", "/v2/models/{name}/versions/{version}/infer", scoring.fast_v2)
-    app.add_fast_route("POST", "/models/{name}/predict", scoring.fast_native)
+def install_hot_routes(app: ServiceApp, scoring: Scoring) -> None:
+    """The scoring routes, answered on raw bytes by the data plane (documented in OpenAPI)."""
+    app.add_hot_route(
+        "POST",
+        "/v2/models/{name}/infer",
+        scoring.infer,
+        name="infer_v2",
+        tags=["v2"],
+        summary="Open Inference Protocol infer",
+        request_model=InferRequest,
+        openapi_extra=ROUTING_KEY_HEADER,
+        response_model=InferResponse,
+        responses=error_responses(SCORING_ERRORS),
+    )
+    app.add_hot_route(
+        "POST",
+        "/v2/models/{name}/versions/{version}/infer",
+        scoring.infer,
+        name="infer_v2_version",
+        tags=["v2"],
+        summary="Infer on a given version (404 unless it is the one being served)",
+        request_model=InferRequest,
+        openapi_extra=ROUTING_KEY_HEADER,
+        response_model=InferResponse,
+        responses=error_responses(VERSION_ERRORS),
+    )
+    app.add_hot_route(
+        "POST",
+        "/models/{name}/predict",
+        scoring.predict,
+        name="predict_native",
+        tags=["scoring"],
+        summary="Score instances",
+        request_model=PredictRequest,
+        openapi_extra=ROUTING_KEY_HEADER,
+        response_model=PredictResponse,
+        responses=error_responses(SCORING_ERRORS),
+    )
 
 
 def build_router(service: ScorerService, readiness: ReadinessCheck) -> APIRouter:
+    """The scorer's other routes (metadata, readiness); the scoring routes are hot routes."""
     router = APIRouter()
-    scoring = Scoring(service)
-
-    def respond(answer: tuple[int, bytes]) -> Response:
-        return Response(answer[1], status_code=answer[0], media_type="application/json")
-
-    @router.post("/models/{name}/predict", tags=["scoring"], summary="Score instances")
-    async def predict_native(name: str, request: Request) -> Response:
-        """Body ``{"instances": [{feature: number, ...}], "request_id"?}`` or
-        ``{"features": {...}}``."""
-        body = await request.body()
-        return respond(scoring.native(name, body, request.headers.get("x-routing-key")))
-
-    @router.post("/v2/models/{name}/infer", tags=["v2"], summary="Open Inference Protocol infer")
-    async def infer_v2(name: str, request: Request) -> Response:
-        body = await request.body()
-        return respond(scoring.v2(name, body, request.headers.get("x-routing-key")))
-
-    @router.post(
-        "/v2/models/{name}/versions/{version}/infer",
-        tags=["v2"],
-        summary="Infer on a given version (404 unless it is the one being served)",
-    )
-    async def infer_v2_version(name: str, version: int, request: Request) -> Response:
-        body = await request.body()
-        return respond(scoring.v2(name, body, request.headers.get("x-routing-key"), version))
 
     @router.get("/v2/health/live", tags=["v2"])
     async def v2_live() -> Response:
         return json_response({"live": True})
 
-    @router.get("/v2/health/ready", tags=["v2"])
+    @router.get(
+        "/v2/health/ready",
+        tags=["v2"],
+        responses={503: {"description": "not ready: {ready: false, checks}"}},
+    )
     async def v2_ready() -> Response:
         checks = await readiness()
         ok = all(checks.values())
@@ -228,12 +255,17 @@ def build_router(service: ScorerService, readiness: ReadinessCheck) -> APIRouter
         try:
             current = loaded(name, version)
         except ModelUnavailable as exc:
-            body = {"name": name, "ready": False, "reason": exc.reason, "error": exc.message}
-            return json_response(body, UNAVAILABLE_STATUS[exc.reason])
+            return error_response(exc.reason, exc.message, UNAVAILABLE_STATUS[exc.reason])
         return json_response({"name": name, "ready": True, "version": current.version})
 
+    model_errors = error_responses(MODEL_ERRORS)
     router.add_api_route(
-        "/v2/models/{name}", metadata, methods=["GET"], tags=["v2"], summary="Model metadata"
+        "/v2/models/{name}",
+        metadata,
+        methods=["GET"],
+        tags=["v2"],
+        summary="Model metadata",
+        responses=model_errors,
     )
     router.add_api_route(
         "/v2/models/{name}/versions/{version}",
@@ -241,16 +273,23 @@ def build_router(service: ScorerService, readiness: ReadinessCheck) -> APIRouter
         methods=["GET"],
         tags=["v2"],
         summary="Metadata of a version (404 unless it is the one being served)",
+        responses=model_errors,
     )
     router.add_api_route(
-        "/v2/models/{name}/ready", model_ready, methods=["GET"], tags=["v2"], summary="Model ready"
+        "/v2/models/{name}/ready",
+        model_ready,
+        methods=["GET"],
+        tags=["v2"],
+        summary="Model ready (200) or why not",
+        responses=model_errors,
     )
     router.add_api_route(
         "/v2/models/{name}/versions/{version}/ready",
         model_ready,
         methods=["GET"],
         tags=["v2"],
-        summary="Version ready",
+        summary="Version ready (200) or why not",
+        responses=model_errors,
     )
     return router
 

@@ -28,7 +28,7 @@ from modelbus_platform.metrics import Metrics
 from modelbus_platform.registry import Registry, RegistryClient
 from modelbus_platform.stores import ObjectStore, build_object_store
 
-from .api import Scoring, build_router, install_fast_routes
+from .api import Scoring, build_router, install_hot_routes
 from .config import ScorerSettings
 from .domain import ModelHolder
 from .handlers import resync_on_control, scores_requested
@@ -131,10 +131,10 @@ def build_app(
         readiness=readiness,
         lifespan=lifespan,
         max_body_bytes=settings.max_body_bytes,
+        fast_router=settings.fast_http,
     )
     app.include_router(build_router(service, readiness))
-    if settings.fast_http:
-        install_fast_routes(app, Scoring(service))
+    install_hot_routes(app, Scoring(service))
     app.state.service = service
     app.state.bus = bus
     return app

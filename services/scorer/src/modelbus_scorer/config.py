@@ -34,9 +34,9 @@ class ScorerSettings(ServiceSettings):
     )
     fast_http: bool = Field(
         default=True,
-        description="answer the scoring routes (v2 infer, native predict) before the "
-        "framework's middleware and router, same answers at a fraction of the cost; false "
-        "serves them through FastAPI",
+        description="route the scoring routes (v2 infer, native predict) with the data plane's "
+        "own router, before FastAPI's; false lets FastAPI's router find them. Same middleware "
+        "chain and same answers either way, at a fraction of the cost",
     )
     registry_timeout_s: float = Field(
         default=5.0, gt=0, description="timeout of one registry HTTP call"

@@ -1,15 +1,17 @@
-"""The trainer's HTTP API: request training, upload datasets, inspect runs and feedback."""
+"""The trainer's HTTP API: request training, upload datasets, inspect runs and feedback.
+Refusals are ``ErrorBody`` with a reason (``bad_dataset``, ``unknown_run``, ...)."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Path, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.encoders import jsonable_encoder
 from pydantic import BaseModel, Field, ValidationError
 
 from modelbus_contracts.events import FiniteJSON
 from modelbus_ml import DatasetError
+from modelbus_platform.http import ApiError, error_responses
 
 from .domain import run_id_for
 from .reproduce import ReproduceFailed
@@ -18,6 +20,14 @@ from .service import TrainerService
 MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
 ModelName = Annotated[str, Path(min_length=1, max_length=200, pattern=MODEL_NAME)]
 CSV_TYPES = ("text/csv", "application/csv", "text/plain")
+CSV_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {t: {"schema": {"type": "string"}} for t in CSV_TYPES},
+        "description": "CSV with a header row, numeric feature columns and a 0/1 label column",
+    }
+}
+UNKNOWN_RUN = {404: "unknown_run"}
 
 router = APIRouter(tags=["trainer"])
 
@@ -48,10 +58,7 @@ class FeedbackCount(BaseModel):
 
 
 def _service(request: Request) -> TrainerService:
-    service = request.app.state.context
-    if service is None:
-        raise HTTPException(503, "the trainer is starting")
-    return service
+    return request.app.state.context
 
 
 @router.post(
@@ -59,6 +66,7 @@ def _service(request: Request) -> TrainerService:
     status_code=202,
     response_model=TrainAccepted,
     summary="Publish a TrainingRequested for this model",
+    responses=error_responses({422: "validation_error: a bad name, body or params"}),
 )
 async def train(name: ModelName, body: TrainRequest, request: Request) -> TrainAccepted:
     try:
@@ -66,7 +74,7 @@ async def train(name: ModelName, body: TrainRequest, request: Request) -> TrainA
             name, dataset_uri=body.dataset_uri, params=body.params, seed=body.seed
         )
     except ValidationError as exc:
-        raise HTTPException(422, detail=str(exc)) from exc
+        raise ApiError.invalid(exc.errors()) from exc
     return TrainAccepted(
         event_id=str(event.event_id),
         correlation_id=str(event.correlation_id),
@@ -78,15 +86,23 @@ async def train(name: ModelName, body: TrainRequest, request: Request) -> TrainA
     "/datasets/{name}",
     response_model=DatasetStored,
     summary="Validate a labelled CSV and store it content-addressed",
+    openapi_extra=CSV_BODY,
+    responses=error_responses(
+        {
+            415: "unsupported_media_type: not a CSV content type",
+            422: "bad_dataset: no label column, labels other than 0/1, no rows, ...",
+        }
+    ),
 )
 async def put_dataset(name: ModelName, request: Request) -> DatasetStored:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type not in CSV_TYPES:
-        raise HTTPException(415, detail=f"expected text/csv, got {content_type or 'nothing'}")
+        message = f"expected text/csv, got {content_type or 'nothing'}"
+        raise ApiError(415, message, "unsupported_media_type")
     try:
         stored = await _service(request).put_dataset(name, await request.body())
     except DatasetError as exc:
-        raise HTTPException(422, detail=f"bad dataset: {exc}") from exc
+        raise ApiError(422, f"bad dataset: {exc}", "bad_dataset") from exc
     return DatasetStored(**stored)
 
 
@@ -99,25 +115,28 @@ async def list_runs(
     return jsonable_encoder(await _service(request).list_runs(model_name, limit))
 
 
-@router.get("/runs/{run_id}", summary="One training run")
+@router.get("/runs/{run_id}", summary="One training run", responses=error_responses(UNKNOWN_RUN))
 async def get_run(run_id: str, request: Request) -> dict[str, Any]:
     run = await _service(request).get_run(run_id)
     if run is None:
-        raise HTTPException(404, detail=f"no run {run_id}")
+        raise ApiError(404, f"no run {run_id}", "unknown_run")
     return jsonable_encoder(run)
 
 
 @router.post(
     "/runs/{run_id}/reproduce",
     summary="Redo a succeeded run from its lineage; report whether the sha256 matched",
+    responses=error_responses(
+        {**UNKNOWN_RUN, 409: "not_reproducible: the run did not succeed, or its inputs are gone"}
+    ),
 )
 async def reproduce_run(run_id: str, request: Request) -> dict[str, Any]:
     try:
         outcome = await _service(request).reproduce(run_id)
     except ReproduceFailed as exc:
-        raise HTTPException(409, detail=f"cannot reproduce: {exc}") from exc
+        raise ApiError(409, f"cannot reproduce: {exc}", "not_reproducible") from exc
     if outcome is None:
-        raise HTTPException(404, detail=f"no run {run_id}")
+        raise ApiError(404, f"no run {run_id}", "unknown_run")
     return outcome
 
 
