@@ -1,4 +1,4 @@
-"""The five services' HTTP contract, read from each app's OpenAPI document: every route documents
+"""Every service's HTTP contract, read from each app's OpenAPI document: every route documents
 a success and its error statuses, every error answer is the one ``ErrorBody``, and the scoring
 routes show their request and response schemas. (The API tests of each service check the other
 half: every status a route answers is one its operation documents.)"""
@@ -7,18 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from modelbus_deployer.bootstrap import build_app as deployer_app
-from modelbus_deployer.config import DeployerSettings
-from modelbus_monitor.bootstrap import build_app as monitor_app
-from modelbus_monitor.config import MonitorSettings
-from modelbus_platform.stores import LocalObjectStore
-from modelbus_registry.bootstrap import build_app as registry_app
-from modelbus_registry.config import RegistrySettings
-from modelbus_scorer.adapters import FakeRegistry
-from modelbus_scorer.bootstrap import build_app as scorer_app
-from modelbus_scorer.config import ScorerSettings
-from modelbus_trainer.bootstrap import build_app as trainer_app
-from modelbus_trainer.config import TrainerSettings
+from modelbus_platform.kit import build_app, load_specs
 
 NOWHERE = {"kafka_bootstrap": "127.0.0.1:1", "mongo_uri": "mongodb://127.0.0.1:1"}
 ERROR = {"$ref": "#/components/schemas/ErrorBody"}
@@ -26,17 +15,7 @@ ERROR = {"$ref": "#/components/schemas/ErrorBody"}
 PROBES = {("/health/ready", "503"), ("/v2/health/ready", "503")}
 
 
-def build(service: str, tmp_path):
-    if service == "registry":
-        return registry_app(RegistrySettings(**NOWHERE))
-    if service == "trainer":
-        return trainer_app(TrainerSettings(**NOWHERE))
-    if service == "deployer":
-        return deployer_app(DeployerSettings(**NOWHERE))
-    if service == "monitor":
-        return monitor_app(MonitorSettings(**NOWHERE))
-    settings = ScorerSettings(**NOWHERE)
-    return scorer_app(settings, registry=FakeRegistry(), store=LocalObjectStore(tmp_path))
+SPECS = load_specs()
 
 
 def operations(doc: dict):
@@ -45,15 +24,23 @@ def operations(doc: dict):
             yield f"{method.upper()} {path}", path, operation
 
 
-@pytest.fixture(params=["registry", "trainer", "deployer", "scorer", "monitor"])
-def openapi(request, tmp_path) -> dict:
-    return build(request.param, tmp_path).openapi()
+@pytest.fixture(params=sorted(SPECS))
+def app(request):
+    spec = SPECS[request.param]
+    return build_app(spec, spec.settings(**NOWHERE))
 
 
-def test_every_route_documents_its_statuses_and_errors_in_the_one_error_body(openapi):
+@pytest.fixture
+def openapi(app) -> dict:
+    return app.openapi()
+
+
+def test_every_route_documents_its_statuses_and_errors_in_the_one_error_body(app, openapi):
     assert "HTTPValidationError" not in openapi["components"]["schemas"]
     for name, path, operation in operations(openapi):
         responses = operation["responses"]
+        if path not in app.gated:  # 503 starting: the service has not started yet
+            assert "503" in responses, name
         assert any(status.startswith("2") for status in responses), name
         assert "500" in responses, name
         if "requestBody" in operation:
@@ -69,8 +56,9 @@ def test_every_route_documents_its_statuses_and_errors_in_the_one_error_body(ope
                 assert response["description"], (name, status)
 
 
-def test_the_scoring_routes_show_their_bodies_and_every_status(tmp_path):
-    doc = build("scorer", tmp_path).openapi()
+def test_the_scoring_routes_show_their_bodies_and_every_status():
+    spec = SPECS["scorer"]
+    doc = build_app(spec, spec.settings(**NOWHERE)).openapi()
     routes = {
         "/v2/models/{name}/infer": ("InferRequest", "InferResponse"),
         "/v2/models/{name}/versions/{version}/infer": ("InferRequest", "InferResponse"),

@@ -13,7 +13,6 @@ import orjson
 
 from modelbus_contracts import PredictionMade, ScoringRequested, decode, encode
 from modelbus_platform.bus import RecordingPublisher
-from modelbus_platform.metrics import Metrics
 from modelbus_scorer.prediction_log import (
     PredictionBatch,
     PredictionLog,
@@ -156,7 +155,7 @@ class FailingPublisher(RecordingPublisher):
 
 
 async def test_a_failed_publish_is_counted_and_the_log_keeps_running():
-    metrics = ScorerMetrics(Metrics("scorer-log-test"))
+    metrics = ScorerMetrics("scorer-log-test")
     log = PredictionLog(FailingPublisher(), metrics, producer="scorer", capacity=100)
     await log.start()
 
@@ -170,7 +169,7 @@ async def test_a_failed_publish_is_counted_and_the_log_keeps_running():
 
 async def test_queued_batches_are_published_together_on_stop():
     publisher = RecordingPublisher()
-    metrics = ScorerMetrics(Metrics("scorer-log-test-2"))
+    metrics = ScorerMetrics("scorer-log-test-2")
     log = PredictionLog(publisher, metrics, producer="scorer", capacity=1000)
     batches = [batch(2) for _ in range(70)]
     await log.start()
@@ -194,7 +193,7 @@ class CountingPublisher(RecordingPublisher):
 
 async def test_the_log_lingers_so_predictions_arriving_together_share_one_publish():
     publisher = CountingPublisher()
-    metrics = ScorerMetrics(Metrics("scorer-log-test-3"))
+    metrics = ScorerMetrics("scorer-log-test-3")
     log = PredictionLog(publisher, metrics, producer="scorer", capacity=100, linger_s=0.05)
     await log.start()
 

@@ -20,12 +20,11 @@ from modelbus_contracts import (
 from modelbus_contracts.api import RolloutView
 from modelbus_embedded.testing import service_app
 from modelbus_platform.bus import RecordingPublisher
-from modelbus_platform.metrics import Metrics
 from modelbus_platform.stores import LocalObjectStore
 from modelbus_platform.testing import FakeRegistry
 from modelbus_scorer.api import Scoring, install_hot_routes
 from modelbus_scorer.domain import ModelHolder
-from modelbus_scorer.handlers import resync_on_control, score_requested
+from modelbus_scorer.handlers import resync_on_control, scores_requested
 from modelbus_scorer.prediction_log import PredictionLog
 from modelbus_scorer.rollout import in_canary, routing_point
 from modelbus_scorer.service import ScorerService
@@ -51,7 +50,7 @@ class Harness:
         self.store = LocalObjectStore(tmp_path / "objects")
         self.registry = FakeRegistry()
         self.publisher = RecordingPublisher()
-        metrics = self.metrics = ScorerMetrics(Metrics("scorer-rollout-test"))
+        metrics = self.metrics = ScorerMetrics("scorer-rollout-test")
         self.log = PredictionLog(self.publisher, metrics, producer="scorer", capacity=10_000)
         self.service = ScorerService(
             holder=ModelHolder(),
@@ -122,8 +121,8 @@ async def test_stream_shadow_predictions_have_deterministic_ids(h, publish_artif
     await h.expose(publish_artifact, make_model, "shadow")
     request = ScoringRequested(model_name="m", request_id="r-1", features={"age": 1, "income": 0})
 
-    await score_requested(request, service=h.service)
-    await score_requested(request, service=h.service)
+    await scores_requested(h.service, [request])
+    await scores_requested(h.service, [request])
 
     first, shadow, again, shadow_again = h.publisher.of(PredictionMade)
     assert (first.served_by, shadow.served_by) == ("champion", "shadow")
@@ -164,8 +163,8 @@ async def test_a_raising_shadow_is_reported_and_never_affects_the_answer(
 
     result = h.service.score("m", rows(2))
     request = ScoringRequested(model_name="m", request_id="r-7", features={"age": 1, "income": 0})
-    await score_requested(request, service=h.service)
-    await score_requested(request, service=h.service)  # a redelivery: the same report
+    await scores_requested(h.service, [request])
+    await scores_requested(h.service, [request])  # a redelivery: the same report
     await h.log.stop()
 
     assert (result.scored.served_by, result.scored.served.version) == ("champion", 1)
@@ -179,7 +178,7 @@ async def test_a_raising_shadow_is_reported_and_never_affects_the_answer(
     assert "FloatingPointError: bad shadow" in http_failed.error
     assert (stream_failed.request_id, stream_failed.causation_id) == ("r-7", request.event_id)
     assert stream_again.event_id == stream_failed.event_id
-    failures = h.metrics.base.registry.get_sample_value(
+    failures = h.metrics.registry.get_sample_value(
         "modelbus_scorer_shadow_failures_total", {"model": "m", "version": "2"}
     )
     assert failures == 3
@@ -193,11 +192,11 @@ async def test_rollout_follows_the_registry(h, publish_artifact, make_model):
         mode="canary", version=2, champion_version=1, fraction=0.5
     )
     changed = ModelRolloutChanged(model_name="m", version=2, mode="canary", fraction=0.5)
-    await resync_on_control(changed, service=h.service)
+    await resync_on_control(h.service, changed)
     assert h.service.challengers["m"].fraction == 0.5
 
     h.registry.rollouts["m"] = RolloutView(mode="none")
-    await resync_on_control(ModelRolloutChanged(model_name="m", mode="none"), service=h.service)
+    await resync_on_control(h.service, ModelRolloutChanged(model_name="m", mode="none"))
     assert "m" not in h.service.challengers
     assert h.service.score("m", rows(1), routing_key="x").scored.served_by == "champion"
 

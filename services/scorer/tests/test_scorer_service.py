@@ -17,13 +17,12 @@ from modelbus_contracts import (
     ScoringRequested,
 )
 from modelbus_platform.bus import RecordingPublisher
-from modelbus_platform.metrics import Metrics
 from modelbus_platform.registry import RegistryUnavailable
 from modelbus_platform.stores import LocalObjectStore
 from modelbus_platform.testing import FakeRegistry
 from modelbus_scorer.bootstrap import sync_forever
 from modelbus_scorer.domain import ModelHolder
-from modelbus_scorer.handlers import resync_on_control, score_requested
+from modelbus_scorer.handlers import resync_on_control, scores_requested
 from modelbus_scorer.prediction_log import PredictionLog
 from modelbus_scorer.service import ScorerService
 from modelbus_scorer.telemetry import ScorerMetrics
@@ -34,7 +33,7 @@ class Harness:
         self.store = LocalObjectStore(tmp_path / "objects")
         self.registry = FakeRegistry()
         self.publisher = RecordingPublisher()
-        self.metrics = ScorerMetrics(Metrics("scorer-test"))
+        self.metrics = ScorerMetrics("scorer-test")
         self.log = PredictionLog(self.publisher, self.metrics, producer="scorer", capacity=5)
         self.service = ScorerService(
             holder=ModelHolder(),
@@ -49,7 +48,7 @@ class Harness:
         )
 
     def value(self, name: str, labels: dict | None = None) -> float:
-        return self.metrics.base.registry.get_sample_value(name, labels or {}) or 0.0
+        return self.metrics.registry.get_sample_value(name, labels or {}) or 0.0
 
 
 @pytest.fixture
@@ -84,7 +83,7 @@ async def test_promotion_swaps_and_keeps_the_last_good_warm(h, publish_artifact,
     await h.service.sync_all()
     v2 = await publish_artifact(h.store, "m", 2, make_model(coef=[2.0, 2.0]))
     h.registry.put(v2, champion=True)
-    await resync_on_control(promoted("m", v1), service=h.service)  # event's version is ignored
+    await resync_on_control(h.service, promoted("m", v1))  # event's version is ignored
     slots = h.service.holder.get("m")
     assert (slots.current.version, slots.previous.version) == (2, 1)
 
@@ -108,7 +107,7 @@ async def test_rollback_reuses_the_warm_previous_without_reading_the_store(
         feature_names=v1.feature_names,
         reason="regression",
     )
-    await resync_on_control(event, service=h.service)
+    await resync_on_control(h.service, event)
     slots = h.service.holder.get("m")
     assert (slots.current.version, slots.previous.version) == (1, 2)
     assert h.publisher.of(ModelLoadFailed) == []
@@ -133,7 +132,7 @@ async def test_load_failure_keeps_serving_and_announces_it(h, publish_artifact, 
         bad = bad.model_copy(update={"feature_names": ["age", "income"]})
     h.registry.put(bad, champion=True)
     event = promoted("m", bad)
-    await resync_on_control(event, service=h.service)  # does not raise
+    await resync_on_control(h.service, event)  # does not raise
 
     assert h.service.holder.get("m").current.version == 1
     [failed] = h.publisher.of(ModelLoadFailed)
@@ -144,7 +143,7 @@ async def test_load_failure_keeps_serving_and_announces_it(h, publish_artifact, 
     assert h.value("modelbus_scorer_model_load_failures_total", {"model": "m"}) == 1
     result = h.service.score("m", lambda names, limit: (_zeros(names), None))
     assert result.scored.served.version == 1
-    await resync_on_control(event, service=h.service)  # a redelivery: the same announcement
+    await resync_on_control(h.service, event)  # a redelivery: the same announcement
     assert h.publisher.of(ModelLoadFailed)[1].event_id == failed.event_id
 
 
@@ -194,14 +193,14 @@ async def test_stream_scoring_publishes_a_prediction_caused_by_the_request(h, pu
     h.registry.put(await publish_artifact(h.store, "m", 1), champion=True)
     await h.service.sync_all()
     request = ScoringRequested(model_name="m", request_id="r-1", features={"age": 1, "income": 0})
-    await score_requested(request, service=h.service)
+    await scores_requested(h.service, [request])
     [made] = h.publisher.of(PredictionMade)
     assert (made.request_id, made.version, made.source) == ("r-1", 1, "stream")
     assert made.correlation_id == request.correlation_id
     assert made.causation_id == request.event_id
     assert made.features == {"age": 1.0, "income": 0.0}
     # a redelivered request makes the very same prediction (same ids): downstream dedupes it
-    await score_requested(request, service=h.service)
+    await scores_requested(h.service, [request])
     again = h.publisher.of(PredictionMade)[1]
     assert (again.event_id, again.prediction_id) == (made.event_id, made.prediction_id)
     labels = {"model": "m", "version": "1", "served_by": "champion", "source": "stream"}
@@ -222,7 +221,7 @@ async def test_bad_stream_requests_become_scoring_failed(
     h.registry.put(await publish_artifact(h.store, "m", 1), champion=True)
     await h.service.sync_all()
     request = ScoringRequested(model_name=model, request_id="r-2", features=features)
-    await score_requested(request, service=h.service)  # returns normally
+    await scores_requested(h.service, [request])  # returns normally
     [failed] = h.publisher.of(ScoringFailed)
     assert failed.request_id == "r-2"
     assert failed.error.startswith(reason)
@@ -267,7 +266,7 @@ async def test_a_full_prediction_log_drops_and_counts(h, publish_artifact):
 async def test_a_stream_request_racing_the_start_up_sync_waits_for_it(h, publish_artifact):
     h.registry.put(await publish_artifact(h.store, "m", 1), champion=True)
     request = ScoringRequested(model_name="m", request_id="early", features={"age": 1, "income": 1})
-    scoring = asyncio.create_task(score_requested(request, service=h.service))
+    scoring = asyncio.create_task(scores_requested(h.service, [request]))
     await asyncio.sleep(0.05)
     assert not scoring.done()
     await h.service.sync_all()
@@ -279,7 +278,7 @@ async def test_a_stream_request_racing_the_start_up_sync_waits_for_it(h, publish
 async def test_before_any_sync_an_unknown_model_is_not_synced(h):
     h.service.first_sync_wait_s = 0.01
     request = ScoringRequested(model_name="m", request_id="r", features={"age": 1, "income": 1})
-    await score_requested(request, service=h.service)
+    await scores_requested(h.service, [request])
     [failed] = h.publisher.of(ScoringFailed)
     assert failed.error.startswith("not_synced")
 

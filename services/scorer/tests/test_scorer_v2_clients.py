@@ -18,7 +18,6 @@ import uvicorn
 from modelbus_embedded.servers import free_port
 from modelbus_platform.bus import RecordingPublisher
 from modelbus_platform.http import create_app
-from modelbus_platform.metrics import Metrics
 from modelbus_platform.stores import LocalObjectStore
 from modelbus_platform.testing import FakeRegistry
 from modelbus_scorer.api import Scoring, build_router, install_hot_routes
@@ -38,8 +37,7 @@ class Served:
         self.store = LocalObjectStore(tmp_path)
         self.registry = FakeRegistry()
         self.publisher = RecordingPublisher()
-        metrics = Metrics("scorer-v2-clients")
-        scorer_metrics = ScorerMetrics(metrics)
+        metrics = scorer_metrics = ScorerMetrics("scorer-v2-clients")
         self.service = ScorerService(
             holder=ModelHolder(),
             registry=self.registry,

@@ -273,15 +273,16 @@ class StartingGate:
     consumers and tasks run), every route but the shell's (health, metrics, docs) answers 503
     ``starting``: no route reaches a store or client that is not connected yet."""
 
-    def __init__(self, app: ASGIApp, service: str) -> None:
+    def __init__(self, app: ASGIApp, service: str, open_paths: Iterable[str] = ()) -> None:
         self.app = app
+        self.open_paths = SHELL_PATHS | set(open_paths)
         self.payload = error_payload(f"the {service} is starting", "starting")
 
     def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Awaitable[None]:
         if (
             scope["type"] == "http"
             and scope["app"].state.context is None
-            and route_path(scope) not in SHELL_PATHS
+            and route_path(scope) not in self.open_paths
         ):
             return send_json(send, 503, self.payload, {"retry-after": "1"})
         return self.app(scope, receive, send)
@@ -504,7 +505,7 @@ class ServiceApp(FastAPI):
         self.hot_routes: list[HotRoute] = []
         self.chain_middleware: list[Middleware] = chain
         self.chain: ASGIApp | None = None
-        self.gated = False
+        self.gated: frozenset[str] | None = None  # the ungated paths, when gated
         self.exception_handlers[HTTPException] = _http_exception_handler
         self.exception_handlers[RequestValidationError] = _validation_handler
 
@@ -516,12 +517,12 @@ class ServiceApp(FastAPI):
             raise RuntimeError("Cannot add middleware after an application has started")
         self.chain_middleware.insert(0, Middleware(middleware_class, *args, **kwargs))
 
-    def gate_until_started(self, service: str) -> None:
-        """Answer 503 ``starting`` on every route but the shell's until ``state.context`` is
-        set (``StartingGate``); documented on every such route."""
+    def gate_until_started(self, service: str, open_paths: Iterable[str] = ()) -> None:
+        """Answer 503 ``starting`` on every route but the shell's (and ``open_paths``) until
+        ``state.context`` is set (``StartingGate``); documented on every such route."""
         self.state.context = None
-        self.gated = True
-        self.add_middleware(StartingGate, service=service)
+        self.gated = frozenset(SHELL_PATHS | set(open_paths))
+        self.add_middleware(StartingGate, service=service, open_paths=open_paths)
 
     def add_hot_route(
         self, method: str, path: str, handler: HotHandler, **route_options: Any
@@ -562,7 +563,9 @@ class ServiceApp(FastAPI):
         return document_chain_errors(super().openapi(), gated=self.gated)
 
 
-def document_chain_errors(doc: dict[str, Any], *, gated: bool = False) -> dict[str, Any]:
+def document_chain_errors(
+    doc: dict[str, Any], *, gated: frozenset[str] | None = None
+) -> dict[str, Any]:
     """Add to an OpenAPI document the errors the chain answers on any route it applies to, in
     ``ErrorBody``: 500 everywhere, 413 where there is a request body, and the 422 FastAPI
     documents for a route with parameters (its own body shape replaced). Idempotent."""
@@ -580,7 +583,7 @@ def document_chain_errors(doc: dict[str, Any], *, gated: bool = False) -> dict[s
             if "requestBody" in operation:
                 responses.setdefault("413", _error_doc("request body over the service's limit"))
             responses.setdefault("500", _error_doc("unexpected error (logged by the service)"))
-            if gated and path not in SHELL_PATHS:
+            if gated is not None and path not in gated:
                 responses.setdefault("503", _error_doc("starting: the service is not started yet"))
     if "HTTPValidationError" not in json.dumps(doc.get("paths", {})):
         schemas.pop("HTTPValidationError", None)

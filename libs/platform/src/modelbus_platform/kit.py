@@ -132,6 +132,7 @@ class Wiring:
     tasks: list[Task] = field(default_factory=list)
     outboxes: list[OutboxStore] = field(default_factory=list)
     configure_app: Callable[[ServiceApp], None] | None = None
+    ungated: tuple[str, ...] = ()  # routes that answer before the service has started
 
 
 @dataclass(frozen=True)
@@ -174,6 +175,13 @@ class Kit:
         self._made: dict[str, Any] = {}
         self._outboxes: list[OutboxStore] = []
         self.relay: Relay | None = None
+        self.lifecycle: Lifecycle | None = None
+
+    async def readiness(self) -> dict[str, bool]:
+        """The service's readiness checks (what ``/health/ready`` answers)."""
+        if self.lifecycle is None:
+            return {"bus": False}
+        return await self.lifecycle.readiness()
 
     def override(self, name: str, default: Callable[[], T]) -> T:
         """The test's replacement for ``name`` if one was given, else ``default()``."""
@@ -207,27 +215,28 @@ class Kit:
         return self.once("mongo", make)
 
     def object_store(self) -> ObjectStore:
-        def make() -> ObjectStore:
-            store = build_object_store(self.settings)
+        if "store" not in self._made:
+            store = self.once("store", lambda: build_object_store(self.settings))
             self.resources.append(Resource("object_store", ping=store.ping))
-            return store
-
-        return self.once("store", make)
+        return self._made["store"]
 
     def registry(self) -> Registry:
         """The registry's HTTP API (``registry_url``); tests hand in a ``registry`` or a
         ``registry_transport``."""
 
-        def make() -> Registry:
-            client = RegistryClient(
-                self.settings.registry_url,
-                timeout_s=self.settings.registry_timeout_s,
-                transport=self.overrides.get("registry_transport"),
+        if "registry" not in self._made:
+            registry = self.once(
+                "registry",
+                lambda: RegistryClient(
+                    self.settings.registry_url,
+                    timeout_s=self.settings.registry_timeout_s,
+                    transport=self.overrides.get("registry_transport"),
+                ),
             )
-            self.resources.append(Resource("registry", stop=client.close, ping=client.ping))
-            return client
-
-        return self.once("registry", make)
+            self.resources.append(
+                Resource("registry", stop=getattr(registry, "close", None), ping=registry.ping)
+            )
+        return self._made["registry"]
 
     def events(self, *outboxes: OutboxStore) -> Relay:
         """The service's relay (one per service): publishes the events waiting in
@@ -322,7 +331,7 @@ def build_app(
     kit = Kit(spec, settings, overrides)
     wiring = spec.wire(kit)
     kit.bind(wiring)
-    lifecycle = Lifecycle(kit, wiring)
+    lifecycle = kit.lifecycle = Lifecycle(kit, wiring)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -338,7 +347,7 @@ def build_app(
         title=spec.title,
         description=spec.description,
         metrics=kit.metrics,
-        readiness=lifecycle.readiness,
+        readiness=kit.readiness,
         lifespan=lifespan,
         max_body_bytes=settings.max_body_bytes,
     )
@@ -346,7 +355,7 @@ def build_app(
         app.include_router(router)
     if wiring.configure_app is not None:
         wiring.configure_app(app)
-    app.gate_until_started(spec.name)
+    app.gate_until_started(spec.name, open_paths=wiring.ungated)
     app.state.kit = kit
     app.state.bus = kit.bus
     return app

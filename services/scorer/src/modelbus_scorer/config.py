@@ -38,6 +38,3 @@ class ScorerSettings(ServiceSettings):
         "own router, before FastAPI's; false lets FastAPI's router find them. Same middleware "
         "chain and same answers either way, at a fraction of the cost",
     )
-    registry_timeout_s: float = Field(
-        default=5.0, gt=0, description="timeout of one registry HTTP call"
-    )

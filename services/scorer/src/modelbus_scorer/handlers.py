@@ -22,7 +22,7 @@ log = structlog.get_logger(__name__)
 
 
 async def resync_on_control(
-    event: ModelPromoted | ModelRolledBack | ModelRolloutChanged, *, service: ScorerService
+    service: ScorerService, event: ModelPromoted | ModelRolledBack | ModelRolloutChanged
 ) -> None:
     """The registry is the truth: the event only says *which* model to re-read."""
     outcome = await service.sync_model(event.model_name, cause=event)
@@ -35,9 +35,6 @@ async def resync_on_control(
     )
 
 
-async def score_requested(event: ScoringRequested, *, service: ScorerService) -> None:
-    await service.score_event(event)
-
-
-async def scores_requested(events: list[ScoringRequested], *, service: ScorerService) -> None:
+async def scores_requested(service: ScorerService, events: list[ScoringRequested]) -> None:
+    """A micro-batch: what arrived together is scored and published together."""
     await service.score_events(events)

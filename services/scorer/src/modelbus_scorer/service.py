@@ -361,15 +361,6 @@ class ScorerService:
             self._score_event(event, out)
         await out.flush(self.publisher)
 
-    async def score_event(self, event: ScoringRequested) -> None:
-        """Stream scoring of one request: PredictionMade caused by the request, or ScoringFailed
-        with the reason. Never raises for bad input, so a bad record does not loop into the
-        DLQ."""
-        await self._first_sync()
-        out = Outbox()
-        self._score_event(event, out)
-        await out.flush(self.publisher)
-
     async def _first_sync(self) -> None:
         """A request that races the start-up sync waits for it (up to ``first_sync_wait_s``)."""
         if not self.synced.is_set():

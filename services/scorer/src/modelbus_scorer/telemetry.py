@@ -1,4 +1,4 @@
-"""The scorer's own Prometheus metrics, registered on the service's ``Metrics`` registry."""
+"""The scorer's Prometheus metrics: the platform's series plus the scorer's own."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from prometheus_client import Counter, Gauge
 from modelbus_platform.metrics import Metrics
 
 
-class ScorerMetrics:
-    def __init__(self, base: Metrics) -> None:
-        r = base.registry
-        self.base = base
+class ScorerMetrics(Metrics):
+    def __init__(self, service: str = "scorer") -> None:
+        super().__init__(service)
+        r = self.registry
         self._prediction_children: dict[tuple[str, int, str, str], Any] = {}
         self.predictions = Counter(
             "modelbus_scorer_predictions_total",
