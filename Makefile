@@ -31,7 +31,13 @@ down: ## Stop everything `make up` started
 status: ## Show the embedded services' readiness
 	$(UV) run --frozen python -m modelbus_embedded status
 
-test: install ## Run the whole test suite (starts and stops the servers it needs)
+browser: ## Install Debian's Chromium for the report test, if missing (root with apt-get only)
+	@if ! command -v chromium >/dev/null && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		echo "installing chromium (headless report test)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
+	fi
+
+test: install browser ## Run the whole test suite (starts and stops the servers it needs)
 	$(UV) run --frozen pytest $(PYTEST_ARGS)
 
 test-unit: install ## Only the fast tests (no servers)
@@ -65,4 +71,4 @@ bench-scaling: install ## Scaling curve: one scorer's online load curve, 1 vs 2 
 clean: down ## Remove the embedded stack's data folder
 	rm -rf .data
 
-.PHONY: help install up up-only down status test test-unit lint schemas bench bench-batch bench-monitor bench-scaling clean
+.PHONY: help install browser up up-only down status test test-unit lint schemas bench bench-batch bench-monitor bench-scaling clean
