@@ -16,7 +16,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from modelbus_contracts.api import ModelView, VersionView
 from modelbus_platform.stores import mongo_ping
 
-from .domain import Incident
+from .policy import Incident
 
 log = structlog.get_logger(__name__)
 

@@ -7,7 +7,7 @@ from typing import Protocol
 
 from modelbus_contracts.api import ModelView, VersionView
 
-from .domain import Incident
+from .policy import Incident
 
 
 class IncidentStore(Protocol):
