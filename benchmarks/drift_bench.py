@@ -48,7 +48,7 @@ from river import drift
 from river.drift import binary
 
 from modelbus_monitor.detectors import ERROR_STREAM
-from modelbus_monitor.domain import DetectorConfig
+from modelbus_monitor.config import DetectorConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "build" / "bench" / "drift.json"
