@@ -132,10 +132,11 @@ def odd_features(rng: random.Random, changed: bool) -> dict[str, float]:
     return features
 
 
-def batches(events: list[Event], rng: random.Random) -> list[list[tuple[int, Event]]]:
-    """Runs of the same kind of event, cut at random lengths (a promotion stands alone)."""
+def batches(events: list[Event], limits: random.Random | int) -> list[list[tuple[int, Event]]]:
+    """Runs of the same kind of event, each cut at a random length (or at most ``limits``); a
+    promotion stands alone."""
     out: list[list[tuple[int, Event]]] = []
-    limit = rng.choice([1, 7, 50, 400])
+    limit = 0
     for at, event in enumerate(events):
         last = out[-1] if out else None
         if (
@@ -145,7 +146,7 @@ def batches(events: list[Event], rng: random.Random) -> list[list[tuple[int, Eve
             or len(last) >= limit
         ):
             out.append([])
-            limit = rng.choice([1, 3, 7, 50, 400])
+            limit = limits if isinstance(limits, int) else limits.choice([1, 3, 7, 50, 400])
         out[-1].append((at, event))
     return out
 
@@ -342,19 +343,54 @@ def test_the_same_stream_in_batches_of_one_and_of_everything():
     config = DetectorConfig(join_max_wait_s=60, feature_min_observations=100, join_max_pending=12)
     events = stream(seed=11, n=1500)
     for limit in (1, 10_000):
-        cut: list[list[tuple[int, Event]]] = []
-        for at, event in enumerate(events):
-            if (
-                not cut
-                or type(cut[-1][-1][1]) is not type(event)
-                or isinstance(event, Promotion)
-                or len(cut[-1]) >= limit
-            ):
-                cut.append([])
-            cut[-1].append((at, event))
+        cut = batches(events, limit)
         kernel, fast = run_kernel(config, cut)
         ref, slow = run_reference(config, cut)
         assert (fast.ignored, fast.joined, fast.issues) == (slow.ignored, slow.joined, slow.issues)
         assert (fast.alarms, fast.per_batch) == (slow.alarms, slow.per_batch)
         assert_same_state(kernel, ref)
         assert ref.joiner.evicted["prediction_overflow"] and ref.joiner.evicted["label_overflow"]
+
+
+def test_alarms_come_out_in_point_order_across_the_error_and_feature_streams():
+    """One prediction batch completes pairs whose labels were waiting (error alarms early in
+    the batch) and shifts a feature later in it (feature alarms later): the kernel must give
+    the per-point order, not 'all feature alarms, then the error alarms'."""
+    rng = random.Random(1)
+    now = T0
+    events: list[Event] = []
+
+    def predictions(n: int, x_mean: float, start: int) -> list[Prediction]:
+        return [
+            Prediction(
+                f"p{start + i}",
+                1,
+                "champion",
+                0,
+                {"x": rng.gauss(x_mean, 1.0), "y": rng.gauss(10.0, 2.0), "z": 5.0},
+                str(uuid.uuid4()),
+                now,
+            )
+            for i in range(n)
+        ]
+
+    calm = predictions(1000, 0.0, 0)
+    events += calm
+    events += [
+        Label(p.prediction_id, int(rng.random() < 0.1), str(uuid.uuid4()), now) for p in calm
+    ]
+    now += timedelta(seconds=1)
+    drifting = predictions(200, 0.0, 1000) + predictions(200, 2.0, 1200)
+    events += [
+        Label(p.prediction_id, int(rng.random() < 0.7), str(uuid.uuid4()), now) for p in drifting
+    ]
+    events += drifting
+    runs = batches(events, len(events))
+    config = DetectorConfig(error_min_observations=50, feature_min_observations=100)
+    kernel, fast = run_kernel(config, runs)
+    ref, slow = run_reference(config, runs)
+    last_batch = {at for at, _ in runs[-1]}
+    kinds = [alarm.kind for at, alarm, _ in slow.alarms if at in last_batch]
+    assert kinds[0] == "error" and "mean" in kinds, kinds
+    assert fast.alarms == slow.alarms
+    assert_same_state(kernel, ref)
