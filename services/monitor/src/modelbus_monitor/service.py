@@ -1,5 +1,7 @@
-"""The monitor's service layer: feeds events into per-model state, persists incidents, publishes.
+"""The monitor's service layer: feeds batches of telemetry (as columns) into per-model state
+(``domain.ModelMonitor``: the signal kernel and the policy), persists incidents, publishes.
 
+Telemetry enters only through ``on_prediction_batch`` and ``on_label_batch``, split by model.
 Per-model work is serialised with a lock. A new incident (or a re-emission of an open one) is
 saved before its DriftDetected is published and marked published after; an unpublished incident
 (a failed publish) is published again by the next event for that model, the next tick or at
@@ -371,7 +373,8 @@ class MonitorService:
         outcome: BatchOutcome,
         alarms: Counter[tuple[str, str, str]],
     ) -> None:
-        """Metrics for a whole batch at once (label look-ups are not free)."""
+        """Metrics for a whole batch at once: one labelled-metric look-up per batch, not per
+        event."""
         m, name = self.metrics, monitor.model_name
         if outcome.joined:
             m.joined_pairs.labels(name).inc(outcome.joined)
