@@ -19,10 +19,6 @@ Check = Literal["schema", "missing", "non_finite", "out_of_range", "outlier"]
 CHECKS: tuple[Check, ...] = ("schema", "missing", "non_finite", "out_of_range", "outlier")
 
 
-def standardise(value: float, stats: FeatureStats) -> float:
-    return (value - stats.mean) / (stats.std if stats.std > 0 else 1.0)
-
-
 @dataclass(frozen=True)
 class QualityIssue:
     check: Check
