@@ -1,7 +1,10 @@
 """Pure data-quality checks of one prediction's features against the serving version's reference:
 schema violations (unexpected or non-numeric features), missing values, non-finite values, values
 outside the widened training range ``[min - 3 std, max + 3 std]`` and outliers (robust z-score
-against the reference median and inter-quartile range above ``outlier_z``)."""
+against the reference median and inter-quartile range above ``outlier_z``).
+
+``quality_issues`` is the definition, one prediction at a time; the signal kernel runs it only on
+the rows ``BatchScreen`` flags in a batch's feature matrix (a vectorised superset)."""
 
 from __future__ import annotations
 
