@@ -47,8 +47,8 @@ import river
 from river import drift
 from river.drift import binary
 
+from modelbus_monitor.config import DetectorConfig
 from modelbus_monitor.detectors import ERROR_STREAM
-from modelbus_monitor.domain import DetectorConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "build" / "bench" / "drift.json"

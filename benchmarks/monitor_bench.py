@@ -20,8 +20,12 @@ Baselines (one process, values already parsed into Python floats):
                             ADWIN on |z|; kept as the heavier River reference)
 
 Service and River runs are interleaved (best of ``--repeat`` each), so on a shared host both see
-the same load. Also reported: the handlers alone on pre-decoded columns, and decode alone
-(columnar vs one pydantic event per record).
+the same load. Also reported: the handlers alone on pre-decoded columns, decode alone (columnar
+vs one pydantic event per record), and each step of the signal kernel alone on the same batches
+(``us_per_prediction_by_kernel_step``: the join with eligibility and the error stream, i.e. the
+kernel without a reference; building the feature matrix; ADWIN on z; the variance CUSUMs; the
+quality screen; the daily windows; the error stream alone). Those figures are where the
+handler time goes; the code says why it is shaped as it is, this bench says how much it costs.
 
 Results: build/bench/monitor.json and a printed table.
 Run: ``uv run python benchmarks/monitor_bench.py`` (about a minute; ``--n`` to change the size).
@@ -32,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import platform
 import sys
@@ -58,8 +63,12 @@ from modelbus_contracts import (
 from modelbus_contracts.api import VersionView
 from modelbus_monitor.adapters import MemoryIncidentStore
 from modelbus_monitor.config import MonitorSettings
+from modelbus_monitor.daily import DailyBook
+from modelbus_monitor.detectors import update_columns
 from modelbus_monitor.handlers import GROUP, subscribe
+from modelbus_monitor.kernel import SignalKernel
 from modelbus_monitor.metrics import MonitorMetrics
+from modelbus_monitor.quality import BatchScreen, bounds_for, feature_matrix
 from modelbus_monitor.service import MonitorService, detector_config
 from modelbus_monitor.telemetry import (
     LabelBatch,
@@ -212,6 +221,97 @@ async def run_service_predecoded(batches: list[PredictionBatch | LabelBatch]) ->
     return time.perf_counter() - started
 
 
+def kernel_stages(batches: list[PredictionBatch | LabelBatch], repeat: int) -> dict[str, float]:
+    """Where the handler time goes: each step of the signal kernel alone, on the same
+    pre-decoded batches, with fresh state per run (best of ``repeat``); seconds per step."""
+    config = detector_config(MonitorSettings())
+    reference = fake_registry().versions[(MODEL, 1)].reference
+    names = sorted(reference)
+    means = np.array([reference[n].mean for n in names])
+    stds = np.array([reference[n].std for n in names])
+    predictions = [b for b in batches if isinstance(b, PredictionBatch)]
+    labels = [b for b in batches if isinstance(b, LabelBatch)]
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    matrices = [feature_matrix(b.features, names) for b in predictions]
+    zs = [(m - means) / stds for m in matrices]
+    predicted = {
+        pid: p for b in predictions for pid, p in zip(b.prediction_ids, b.labels, strict=True)
+    }
+    errors = [
+        [
+            float(predicted[pid] != label)
+            for pid, label in zip(b.prediction_ids, b.labels, strict=True)
+        ]
+        for b in labels
+    ]
+
+    def join_and_error_stream() -> None:  # the kernel without a reference: no feature work
+        kernel = SignalKernel(MODEL, config)
+        kernel.reset(1)
+        for p, lab in zip(predictions, labels, strict=True):
+            kernel.predictions(
+                now,
+                prediction_ids=p.prediction_ids,
+                versions=p.versions,
+                served_by=p.served_by,
+                labels=p.labels,
+                features=p.features,
+                event_ids=p.event_ids,
+            )
+            kernel.labels(
+                now, prediction_ids=lab.prediction_ids, labels=lab.labels, event_ids=lab.event_ids
+            )
+
+    def matrix() -> None:
+        for b in predictions:
+            feature_matrix(b.features, names)
+
+    def adwin_on_z() -> None:
+        streams = [config.stream(MODEL, n, "mean") for n in names]
+        for z in zs:
+            for stream, column in zip(streams, z.T.tolist(), strict=True):
+                stream.update_many(column)
+
+    def variance_cusum() -> None:
+        streams = [config.stream(MODEL, n, "scale") for n in names]
+        for z in zs:
+            update_columns(streams, np.abs(z))
+
+    def quality_screen() -> None:
+        screen = BatchScreen(names, bounds_for(reference), config.outlier_z)
+        for m in matrices:
+            screen.flagged(m)
+
+    def daily_windows() -> None:
+        book = DailyBook(MODEL, reference)
+        for m in matrices:
+            book.add(names, m, now)
+
+    def error_stream() -> None:
+        stream = config.stream(MODEL, "__error__", "error")
+        for column in errors:
+            stream.update_many(column)
+
+    steps = (
+        join_and_error_stream,
+        matrix,
+        adwin_on_z,
+        variance_cusum,
+        quality_screen,
+        daily_windows,
+        error_stream,
+    )
+    out = {}
+    for step in steps:
+        best = math.inf
+        for _ in range(repeat):
+            started = time.perf_counter()
+            step()
+            best = min(best, time.perf_counter() - started)
+        out[step.__name__] = best
+    return out
+
+
 def decode_only(batches: list[list[Raw]], columnar: bool) -> float:
     """Decode every record: with the monitor's columnar decoder, or one pydantic event each."""
     from modelbus_contracts import decode
@@ -271,6 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     best = min(service_runs, key=lambda r: r["seconds"])
     columns = decoded(batches)
     handler_s = min(asyncio.run(run_service_predecoded(columns)) for _ in range(args.repeat))
+    stages = kernel_stages(columns, args.repeat)
     columnar_s = min(decode_only(batches, columnar=True) for _ in range(args.repeat))
     pydantic_s = min(decode_only(batches, columnar=False) for _ in range(args.repeat))
     n = args.n
@@ -303,6 +404,7 @@ def main(argv: list[str] | None = None) -> int:
         "ratio_handlers_vs_river_same_detectors": round(
             rate["service_handlers_only_predecoded"] / rate["river_same_detectors"], 3
         ),
+        "us_per_prediction_by_kernel_step": {k: round(1e6 * v / n, 2) for k, v in stages.items()},
         "service_run": best,
         "target_ratio": 0.3,
     }
@@ -312,6 +414,9 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in rate.items():
         unit = "records/s" if key.startswith("decode_only") else ""
         print(f"{key:36} {value:14,.0f} {1e6 / value:14.2f} {unit}")
+    print("signal kernel, each step alone (us per prediction and its label):")
+    for key, value in report["us_per_prediction_by_kernel_step"].items():
+        print(f"  {key:34} {value:14.2f}")
     print(
         "ratio service / river ADWIN per feature: "
         f"{report['ratio_service_vs_river_adwin_per_feature']}; "

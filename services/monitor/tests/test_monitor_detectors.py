@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from modelbus_monitor.config import DetectorConfig
 from modelbus_monitor.detectors import (
     ERROR_STREAM,
     Stream,
@@ -15,7 +16,6 @@ from modelbus_monitor.detectors import (
     proportion_test,
     update_columns,
 )
-from modelbus_monitor.domain import DetectorConfig
 
 
 def normal(seed: int, n: int, mean: float = 0.0, std: float = 1.0) -> list[float]:

@@ -13,6 +13,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
 from modelbus_contracts import DataQualityAlert, FeatureStats
@@ -22,7 +23,7 @@ from modelbus_monitor.api import router
 from modelbus_monitor.daily import DailyFeature, Thresholds, psi, reference_bins, status
 from modelbus_monitor.quality import bounds_for, quality_issues
 
-from .test_monitor_service import Harness, prediction, version_view
+from .test_monitor_service import Harness, prediction, send, version_view
 
 Q = {"p01": -2.33, "p05": -1.64, "p25": -0.67, "p50": 0.0, "p75": 0.67, "p95": 1.64, "p99": 2.33}
 STD_NORMAL = FeatureStats(count=5000, mean=0.0, std=1.0, min=-4.0, max=4.0, quantiles=Q)
@@ -46,7 +47,7 @@ async def feed(h: Harness, n: int, x_mean: float = 0.0, y_scale: float = 1.0) ->
         event.features["y"] = h.rng.gauss(0.0, y_scale)
         events.append(event)
     for start in range(0, n, 100):
-        await h.service.on_predictions(events[start : start + 100])
+        await send(h.service, *events[start : start + 100])
 
 
 # -- daily windows -----------------------------------------------------------------------------
@@ -109,8 +110,7 @@ async def test_daily_windows_survive_a_restart():
 def test_daily_feature_roundtrips_through_its_document():
     edges, shares = reference_bins(STD_NORMAL)
     window = DailyFeature("m", "2026-03-01", "x", edges, shares, list(range(len(edges))))
-    for v in (0.1, -3.0, 5.0, None, float("nan")):
-        window.add(v)
+    window.add_many(np.array([0.1, -3.0, 5.0, np.nan, np.inf]))
     doc = window.doc()
     again = DailyFeature.from_doc(doc)
     assert (again.count, again.missing, again.hist) == (3, 2, window.hist)
@@ -149,7 +149,7 @@ async def test_quality_alert_counts_every_check_with_examples():
     h = harness(outlier_z=3.5, cooldown_s=0)
     await feed(h, 50)
     bad = prediction("churn", "bad-1", 1, x=3.6)  # an outlier; y is missing
-    await h.service.on_predictions([bad])
+    await send(h.service, bad)
     [alert] = h.publisher.of(DataQualityAlert)
     assert alert.count == 2 and "missing=1" in alert.detail and "outlier=1" in alert.detail
     assert {e["check"] for e in alert.examples} == {"missing", "outlier"}

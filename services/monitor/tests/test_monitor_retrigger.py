@@ -8,9 +8,9 @@ from datetime import timedelta
 
 from modelbus_contracts import DriftDetected
 from modelbus_monitor.adapters import MemoryStateStore
-from modelbus_monitor.domain import DetectorConfig
+from modelbus_monitor.config import DetectorConfig
 
-from .test_monitor_service import Harness, prediction, promoted, register
+from .test_monitor_service import Harness, prediction, promoted, register, send
 
 
 class FlakyPublisher:
@@ -121,7 +121,7 @@ async def test_checkpoint_restores_the_windows_after_a_restart():
     await h.service.rebuild()
     for i in range(1200):
         h.clock.now += timedelta(milliseconds=10)
-        await h.service.on_prediction(_pred(i, h.rng.gauss(0.0, 1.0)))
+        await send(h.service, _pred(i, h.rng.gauss(0.0, 1.0)))
     await h.stream("churn", 800, 0.10)
     assert await h.service.checkpoint() == 1
     before = h.service.status("churn")["detectors"]
@@ -146,7 +146,7 @@ async def test_checkpoint_restores_the_windows_after_a_restart():
     # confirmed against the restored reference, without a new warm-up of min_observations points
     for i in range(400):
         h.clock.now += timedelta(milliseconds=10)
-        await restarted.on_prediction(_pred(10_000 + i, h.rng.gauss(1.0, 1.0)))
+        await send(restarted, _pred(10_000 + i, h.rng.gauss(1.0, 1.0)))
     assert monitor.incident is not None and monitor.incident.evidence["feature"] == "x"
 
 

@@ -27,10 +27,11 @@ from modelbus_contracts.api import VersionView
 from modelbus_embedded.testing import service_app
 from modelbus_monitor.adapters import MemoryIncidentStore
 from modelbus_monitor.api import router
-from modelbus_monitor.config import MonitorSettings
-from modelbus_monitor.domain import DetectorConfig, Incident
+from modelbus_monitor.config import DetectorConfig, MonitorSettings
 from modelbus_monitor.metrics import MonitorMetrics
+from modelbus_monitor.policy import Incident
 from modelbus_monitor.service import MonitorService, detector_config
+from modelbus_monitor.telemetry import LabelBatch, PredictionBatch
 from modelbus_platform.bus import RecordingPublisher
 from modelbus_platform.testing import FakeRegistry
 
@@ -67,6 +68,21 @@ def register(registry: FakeRegistry, name: str, champion: int) -> None:
     registry.put(version_view(name, champion), champion=True)
 
 
+async def send(service: MonitorService, *events: PredictionMade | LabelObserved) -> None:
+    """Events through the service's batch entry points: one batch per run of the same type."""
+    runs: list[list[PredictionMade | LabelObserved]] = []
+    for event in events:
+        if runs and type(runs[-1][-1]) is type(event):
+            runs[-1].append(event)
+        else:
+            runs.append([event])
+    for run in runs:
+        if isinstance(run[0], PredictionMade):
+            await service.on_prediction_batch(PredictionBatch.of(run))
+        else:
+            await service.on_label_batch(LabelBatch.of(run))
+
+
 class Harness:
     def __init__(self, **config) -> None:
         self.clock = Clock()
@@ -94,9 +110,10 @@ class Harness:
             predicted = int(self.rng.random() < 0.5)
             truth = 1 - predicted if self.rng.random() < error_rate else predicted
             pid = uuid.uuid4().hex
-            await self.service.on_prediction(prediction(name, pid, predicted, version))
-            await self.service.on_label(
-                LabelObserved(model_name=name, prediction_id=pid, label=truth)
+            await send(
+                self.service,
+                prediction(name, pid, predicted, version),
+                LabelObserved(model_name=name, prediction_id=pid, label=truth),
             )
 
     def metric(self, name: str, **labels) -> float:
@@ -229,22 +246,22 @@ async def test_feature_detectors_wait_for_the_reference_and_retry_the_registry()
     h = Harness(feature_min_observations=100)
     h.registry.down = True
     await h.service.rebuild()
-    await h.service.on_prediction(prediction("churn", "p0", 1))
+    await send(h.service, prediction("churn", "p0", 1))
     assert h.service.status("churn")["serving_version"] is None
     calls = len(h.registry.calls)
-    await h.service.on_prediction(prediction("churn", "p1", 1))
+    await send(h.service, prediction("churn", "p1", 1))
     assert len(h.registry.calls) == calls  # rate limited
     h.registry.down = False
     register(h.registry, "churn", 1)
     h.clock.now += timedelta(seconds=31)
-    await h.service.on_prediction(prediction("churn", "p2", 1))
+    await send(h.service, prediction("churn", "p2", 1))
     status = h.service.status("churn")
     assert status["serving_version"] == 1
     assert status["reference_features"] == ["x"]
     for i in range(600):
         h.clock.now += timedelta(milliseconds=10)
         x = h.rng.gauss(0.0 if i < 300 else 1.0, 1.0)
-        await h.service.on_prediction(prediction("churn", f"q{i}", 1, x=x))
+        await send(h.service, prediction("churn", f"q{i}", 1, x=x))
     [event] = h.publisher.of(DriftDetected)
     assert event.feature == "x"
     assert (
@@ -287,8 +304,8 @@ async def test_quality_alert_is_published_and_counted():
     h = Harness()
     register(h.registry, "churn", 1)
     await h.service.rebuild()
-    await h.service.on_prediction(prediction("churn", "p1", 1, x=100.0))
-    await h.service.on_prediction(prediction("churn", "p2", 1, x=100.0))
+    await send(h.service, prediction("churn", "p1", 1, x=100.0))
+    await send(h.service, prediction("churn", "p2", 1, x=100.0))
     [alert] = h.publisher.of(DataQualityAlert)
     assert (alert.check, alert.feature, alert.count) == ("out_of_range", "x", 1)
     assert alert.examples[0]["value"] == 100.0
@@ -302,10 +319,8 @@ async def test_eviction_and_ignored_are_counted_in_metrics():
     register(h.registry, "churn", 1)
     await h.service.rebuild()
     for i in range(8):
-        await h.service.on_label(LabelObserved(model_name="churn", prediction_id=f"l{i}", label=1))
-    await h.service.on_prediction(
-        prediction("churn", "s1", 1).model_copy(update={"served_by": "shadow"})
-    )
+        await send(h.service, LabelObserved(model_name="churn", prediction_id=f"l{i}", label=1))
+    await send(h.service, prediction("churn", "s1", 1).model_copy(update={"served_by": "shadow"}))
     assert (
         h.metric("modelbus_monitor_evicted_pending_total", model="churn", reason="label_overflow")
         == 3

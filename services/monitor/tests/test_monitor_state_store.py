@@ -16,7 +16,7 @@ from modelbus_monitor.adapters import (
     MongoIncidentStore,
     MongoStateStore,
 )
-from modelbus_monitor.domain import DetectorConfig
+from modelbus_monitor.config import DetectorConfig
 from modelbus_platform.settings import ServiceSettings
 from modelbus_platform.stores import connect_mongo
 

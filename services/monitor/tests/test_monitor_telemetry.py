@@ -22,7 +22,7 @@ from modelbus_contracts import (
 from modelbus_contracts.api import VersionView
 from modelbus_embedded.testing import ConsumedRecord
 from modelbus_monitor.adapters import MemoryIncidentStore
-from modelbus_monitor.domain import DetectorConfig
+from modelbus_monitor.config import DetectorConfig
 from modelbus_monitor.handlers import GROUP, subscribe
 from modelbus_monitor.metrics import MonitorMetrics
 from modelbus_monitor.service import MonitorService
@@ -292,9 +292,9 @@ async def test_the_service_ends_in_the_same_state_on_either_path():
         await fast.on_prediction_batch(decode_predictions(preds)[0])
         await fast.on_label_batch(decode_labels([raw_of(e) for e in labels[chunk]])[0])
         for event in predictions[chunk]:
-            await slow.on_prediction(event)
+            await slow.on_prediction_batch(PredictionBatch.of([event]))
         for event in labels[chunk]:
-            await slow.on_label(event)
+            await slow.on_label_batch(LabelBatch.of([event]))
     a, b = fast.status("churn"), slow.status("churn")
     assert a is not None and b is not None
     opened = a.pop("open_incident"), b.pop("open_incident")

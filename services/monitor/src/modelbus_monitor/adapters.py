@@ -15,7 +15,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from modelbus_platform.stores import mongo_ping
 
-from .domain import Incident
+from .policy import Incident
 
 log = structlog.get_logger(__name__)
 

@@ -1,15 +1,23 @@
-"""The monitor's settings: detectors, confirmation tests, thresholds, cooldowns, re-triggering,
-checkpoints, daily windows and the join buffer."""
+"""The monitor's settings (detectors, confirmation tests, thresholds, cooldowns, re-triggering,
+checkpoints, daily windows, the join buffer) and the per-model configuration built from them."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from pydantic import Field, field_validator
 
 from modelbus_platform.settings import ServiceSettings
 
-from .detectors import DETECTORS_ERROR, DETECTORS_INPUT, ERROR_STREAM
+from .detectors import (
+    DETECTORS_ERROR,
+    DETECTORS_INPUT,
+    ERROR_STREAM,
+    Kind,
+    Stream,
+    StreamConfig,
+)
 
 
 class MonitorSettings(ServiceSettings):
@@ -109,3 +117,60 @@ class MonitorSettings(ServiceSettings):
                 if name not in allowed:
                     raise ValueError(f"{model}/{feature}: detector {name!r} not in {allowed}")
         return value
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """What one model's monitor runs with (``service.detector_config`` builds it from the
+    settings): the kernel's detectors, join, quality and daily windows, and the policy's
+    cooldown and re-trigger period."""
+
+    delta: float = 0.002
+    error_min_observations: int = 100
+    feature_drift_enabled: bool = True
+    feature_min_observations: int = 300
+    cooldown_s: float = 60.0
+    join_max_pending: int = 100_000
+    join_max_wait_s: float = 3600.0
+    producer: str = "monitor"
+    feature_detector: str = "adwin"
+    error_detector: str = "adwin"
+    scale_drift_enabled: bool = True
+    scale_detector: str = "cusum"
+    overrides: dict[str, dict[str, str]] = field(default_factory=dict)
+    alpha: float = 0.001
+    reference_size: int = 1000
+    window_size: int = 2000
+    confirm_patience: int = 1000
+    retrigger_s: float = 120.0
+    outlier_z: float = 6.0
+    quality_max_examples: int = 5
+    daily_enabled: bool = True
+
+    def detector_for(self, model: str, feature: str) -> str:
+        """Per model and feature: ``overrides[model][feature]``, then ``overrides[model]["*"]``
+        (inputs only), then the service default."""
+        chosen = self.overrides.get(model, {})
+        if feature == ERROR_STREAM:
+            return chosen.get(ERROR_STREAM, self.error_detector)
+        return chosen.get(feature, chosen.get("*", self.feature_detector))
+
+    def stream(self, model: str, feature: str, kind: Kind) -> Stream:
+        base = StreamConfig(
+            delta=self.delta,
+            alpha=self.alpha,
+            reference_size=self.reference_size,
+            window_size=self.window_size,
+            confirm_patience=self.confirm_patience,
+        )
+        if kind == "error":
+            cfg = replace(
+                base,
+                detector=self.detector_for(model, ERROR_STREAM),
+                min_observations=self.error_min_observations,
+                direction="up",
+            )
+        else:
+            detector = self.scale_detector if kind == "scale" else self.detector_for(model, feature)
+            cfg = replace(base, detector=detector, min_observations=self.feature_min_observations)
+        return Stream(feature, kind, cfg)

@@ -2,7 +2,12 @@
 quantile bins and a bounded random sample per (model, day, feature), and the comparisons between
 two days or a day and the reference: PSI (thresholds 0.1 warn / 0.25 drift, as in Evidently) and
 a Kolmogorov-Smirnov test (two-sample between days; one-sample against the reference CDF
-interpolated through its quantiles)."""
+interpolated through its quantiles).
+
+Part of the signal kernel: a window takes a batch's column at once (sums, bins and reservoir
+slots for the whole column; a batch with no missing value sums all columns together). The
+kernel's oracle keeps the same windows one value at a time; they agree exactly (the sums up to
+the rounding of a different summation order)."""
 
 from __future__ import annotations
 
@@ -83,9 +88,6 @@ class DailyFeature:
         key = f"{self.model_name}|{self.day}|{self.feature}".encode()
         self._rng = np.random.default_rng(zlib.crc32(key) + self.count)
         self._edges = np.asarray(self.edges, dtype=float)
-
-    def add(self, value: float | None) -> None:
-        self.add_many(np.array([np.nan if value is None else value], dtype=float))
 
     def add_many(self, values: np.ndarray) -> None:
         """Add a column of values (NaN or infinite = missing), vectorised; the sample is a

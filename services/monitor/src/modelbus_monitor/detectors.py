@@ -12,6 +12,12 @@ stream. The test is retried every ``confirm_every`` points while the change is p
 change is dismissed after ``confirm_patience`` points.
 Streams keep their reference sample and a bounded window of recent values, which is what a
 checkpoint stores: restoring replays the window into fresh detectors (JSON, no pickling).
+
+Part of the signal kernel, so the batch paths are optimised, openly: ``Stream.update_many``
+(ADWIN fed through ``any(map(...))`` up to the next change), ``VarianceCusum.first_change`` (a
+batch of CUSUM steps as numpy cumulative sums) and ``update_columns`` (the variance CUSUMs of
+many features in one 2-D pass). Each has a per-value reference, ``Stream.update`` and
+``VarianceCusum.update``, and is tested to give the same alarms and state.
 """
 
 from __future__ import annotations
@@ -324,9 +330,11 @@ class StreamingDetector:
     def first_change(self, values: list[float] | np.ndarray) -> int | None:
         """Feed ``values`` until the detector signals a change: the index of that value (the
         rest is not fed), or None when all were fed without one. Same detector state and
-        result as ``river.update`` per value; for ADWIN the loop runs in C over River's Rust
-        core (``any`` over ``map`` stops at the first change) instead of a Python call and a
-        property read per value."""
+        result as ``river.update`` per value (the reference; tested). Optimised for ADWIN: the
+        values go straight to River's compiled ADWIN core through ``any(map(...))``, which
+        stops right after the first change, so no Python frame runs per value; this relies on
+        River's private ``_helper``, ``_reset`` and ``_drift_detected`` and falls back to
+        ``update`` per value when they are not there."""
         river = self.river
         if self.name == "cusum":
             return river.first_change(values)
@@ -413,10 +421,11 @@ class Stream:
         return self._after(self.detector.update(value))
 
     def update_many(self, values: list[float] | np.ndarray) -> list[tuple[int, DriftAlarm]]:
-        """Feed a batch; returns (index in ``values``, alarm) pairs. Same result as calling
-        ``update`` per value, but the common case (no change, nothing pending) runs in a tight
-        loop with the buffers extended in bulk. An array goes to a vectorised detector as it
-        is; the buffers always hold Python floats."""
+        """Feed a batch; returns (index in ``values``, alarm) pairs. Same result and state as
+        ``update`` per value (the reference; tested), but while nothing is pending the values
+        go to the detector's ``first_change`` up to the next change and the buffers are
+        extended in bulk. An array goes to a vectorised detector as it is; the buffers always
+        hold Python floats."""
         array = values if isinstance(values, np.ndarray) and self.detector.vectorised else None
         if isinstance(values, np.ndarray):
             values = values.tolist()

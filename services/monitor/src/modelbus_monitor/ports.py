@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from .domain import Incident
+from .policy import Incident
 
 
 class IncidentStore(Protocol):

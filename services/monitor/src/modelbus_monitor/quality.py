@@ -1,7 +1,10 @@
 """Pure data-quality checks of one prediction's features against the serving version's reference:
 schema violations (unexpected or non-numeric features), missing values, non-finite values, values
 outside the widened training range ``[min - 3 std, max + 3 std]`` and outliers (robust z-score
-against the reference median and inter-quartile range above ``outlier_z``)."""
+against the reference median and inter-quartile range above ``outlier_z``).
+
+``quality_issues`` is the definition, one prediction at a time; the signal kernel runs it only on
+the rows ``BatchScreen`` flags in a batch's feature matrix (a vectorised superset)."""
 
 from __future__ import annotations
 
@@ -17,10 +20,6 @@ from modelbus_contracts import FeatureStats
 
 Check = Literal["schema", "missing", "non_finite", "out_of_range", "outlier"]
 CHECKS: tuple[Check, ...] = ("schema", "missing", "non_finite", "out_of_range", "outlier")
-
-
-def standardise(value: float, stats: FeatureStats) -> float:
-    return (value - stats.mean) / (stats.std if stats.std > 0 else 1.0)
 
 
 @dataclass(frozen=True)
@@ -59,8 +58,14 @@ def bounds_for(reference: dict[str, FeatureStats]) -> dict[str, Bounds]:
 
 
 class BatchScreen:
-    """Vectorised pre-check of a batch: which rows have any issue at all. Only those rows go
-    through ``quality_issues`` for the details (the common case: none)."""
+    """Vectorised pre-check of a batch's feature matrix: the rows that may have an issue. Only
+    those rows go through ``quality_issues`` for the details (the usual batch: none).
+
+    It flags a superset of the rows ``quality_issues`` finds an issue in (a non-numeric value
+    must already be NaN in the matrix, as ``feature_matrix`` makes it; an unexpected feature is
+    the caller's to flag): the outlier limit is lowered by a relative 1e-9 because the screen
+    compares ``|x - median| > scale * z`` where the per-row check computes ``|x - median| /
+    scale > z``, and the two roundings may disagree right at the limit."""
 
     def __init__(self, names: list[str], bounds: dict[str, Bounds], outlier_z: float) -> None:
         self.names = names
@@ -68,7 +73,7 @@ class BatchScreen:
         self.high = np.array([bounds[n].high for n in names])
         self.median = np.array([bounds[n].median for n in names])
         scale = [bounds[n].robust_scale or np.nan for n in names]
-        self.limit = np.array(scale) * outlier_z
+        self.limit = np.array(scale) * outlier_z * (1 - 1e-9)
 
     def flagged(self, matrix: np.ndarray) -> np.ndarray:
         """Row indices with a missing, non-finite, out-of-range or outlying value."""
@@ -84,7 +89,7 @@ def feature_matrix(rows: list[dict[str, Any]], names: list[str]) -> np.ndarray:
     try:
         if not names:
             return np.empty((len(rows), 0))
-        values = map(itemgetter(*names), rows)  # the common case: C loops only
+        values = map(itemgetter(*names), rows)  # every row has every feature: no Python loop
         if len(names) > 1:
             values = chain.from_iterable(values)
         size = len(rows) * len(names)
@@ -102,7 +107,7 @@ def _number(value: Any) -> float:
 def quality_issues(
     features: dict[str, Any], bounds: dict[str, Bounds], outlier_z: float = 6.0
 ) -> list[QualityIssue]:
-    """Every issue of one feature vector; the fast path (all fine) allocates nothing."""
+    """Every issue of one feature vector (the definition ``BatchScreen`` is checked against)."""
     issues: list[QualityIssue] = []
     for name, b in bounds.items():
         value = features.get(name)

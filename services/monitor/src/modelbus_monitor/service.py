@@ -1,5 +1,7 @@
-"""The monitor's service layer: feeds events into per-model state, persists incidents, publishes.
+"""The monitor's service layer: feeds batches of telemetry (as columns) into per-model state
+(``domain.ModelMonitor``: the signal kernel and the policy), persists incidents, publishes.
 
+Telemetry enters only through ``on_prediction_batch`` and ``on_label_batch``, split by model.
 Per-model work is serialised with a lock. A new incident (or a re-emission of an open one) is
 saved before its DriftDetected is published and marked published after; an unpublished incident
 (a failed publish) is published again by the next event for that model, the next tick or at
@@ -11,33 +13,49 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from datetime import datetime, timedelta
-from itertools import repeat
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import structlog
 
-from modelbus_contracts import (
-    FeatureStats,
-    LabelObserved,
-    ModelPromoted,
-    ModelRolledBack,
-    PredictionMade,
-)
+from modelbus_contracts import FeatureStats, ModelPromoted, ModelRolledBack
 from modelbus_contracts.envelope import utcnow
 from modelbus_platform.bus import Publisher
 from modelbus_platform.registry import Registry
 
-from .config import MonitorSettings
+from .config import DetectorConfig, MonitorSettings
 from .daily import DailyFeature, Thresholds, compare, day_of, previous_day
-from .domain import BatchOutcome, DetectorConfig, Incident, ModelMonitor, Outcome
-from .join import PredictionPoint
+from .domain import BatchOutcome, ModelMonitor, RowOutcome
 from .metrics import MonitorMetrics
+from .policy import Incident
 from .ports import DailyStore, IncidentStore, StateStore
-from .telemetry import LabelBatch, PredictionBatch
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
+
+
+class PredictionColumns(Protocol):
+    """A batch of PredictionMade as one list per field, as the columnar decoder hands it over
+    (ids as strings)."""
+
+    model_names: list[str]
+    prediction_ids: list[str]
+    versions: list[int]
+    served_by: list[str]
+    labels: list[int]
+    features: list[dict[str, float]]
+    event_ids: list[str]
+    correlation_ids: list[str]
+
+
+class LabelColumns(Protocol):
+    """A batch of LabelObserved as one list per field."""
+
+    model_names: list[str]
+    prediction_ids: list[str]
+    labels: list[int]
+    event_ids: list[str]
 
 
 def detector_config(settings: MonitorSettings) -> DetectorConfig:
@@ -122,48 +140,36 @@ class MonitorService:
 
     # -- events -------------------------------------------------------------------------------
 
-    async def on_prediction(self, event: PredictionMade) -> None:
-        await self.on_predictions([event])
-
-    async def on_label(self, event: LabelObserved) -> None:
-        await self.on_labels([event])
-
-    async def on_predictions(self, events: list[PredictionMade]) -> None:
-        await self.on_prediction_batch(PredictionBatch.of(events))
-
-    async def on_labels(self, events: list[LabelObserved]) -> None:
-        await self.on_label_batch(LabelBatch.of(events))
-
-    async def on_prediction_batch(self, batch: PredictionBatch) -> None:
-        """A batch of predictions (columns): one lock, one registry check and one metrics update
-        per model."""
-        for name, part in batch.by_model().items():
+    async def on_prediction_batch(self, batch: PredictionColumns) -> None:
+        """A batch of predictions: per model, one lock, one registry check, one kernel pass and
+        one metrics update."""
+        for name, rows in _rows_by_model(batch.model_names).items():
             async with self._lock(name):
                 monitor = await self._prepare(name)
-                now = self.clock()
-                rows = zip(
-                    part.prediction_ids,
-                    part.versions,
-                    part.served_by,
-                    part.labels,
-                    part.features,
-                    part.event_ids,
-                    repeat(now, len(part)),
-                    strict=True,
+                outcome = monitor.observe_predictions(
+                    self.clock(),
+                    prediction_ids=_pick(batch.prediction_ids, rows),
+                    versions=_pick(batch.versions, rows),
+                    served_by=_pick(batch.served_by, rows),
+                    labels=_pick(batch.labels, rows),
+                    features=_pick(batch.features, rows),
+                    event_ids=_pick(batch.event_ids, rows),
+                    correlation_ids=_pick(batch.correlation_ids, rows),
                 )
-                points = _points(PredictionPoint, rows)
-                result = monitor.observe_prediction_batch(points, now, part.correlation_ids)
-                await self._apply_batch(monitor, result)
+                await self._apply_batch(monitor, outcome)
                 await self._retrigger(monitor)
 
-    async def on_label_batch(self, batch: LabelBatch) -> None:
-        for name, part in batch.by_model().items():
+    async def on_label_batch(self, batch: LabelColumns) -> None:
+        for name, rows in _rows_by_model(batch.model_names).items():
             async with self._lock(name):
                 monitor = await self._prepare(name)
-                result = monitor.observe_label_batch(
-                    part.prediction_ids, part.labels, part.event_ids, self.clock()
+                outcome = monitor.observe_labels(
+                    self.clock(),
+                    prediction_ids=_pick(batch.prediction_ids, rows),
+                    labels=_pick(batch.labels, rows),
+                    event_ids=_pick(batch.event_ids, rows),
                 )
-                await self._apply_batch(monitor, result)
+                await self._apply_batch(monitor, outcome)
                 await self._retrigger(monitor)
 
     # -- background work ----------------------------------------------------------------------
@@ -340,42 +346,44 @@ class MonitorService:
             return None
         return dict(view.reference) if view else None
 
-    async def _apply_batch(self, monitor: ModelMonitor, result: BatchOutcome) -> None:
-        tally = Tally()
-        tally.joined = result.joined
-        tally.ignored.update(result.ignored)
-        tally.evicted.update(result.evicted)
-        for outcome in result.notable():
-            await self._apply(monitor, outcome, tally)
-        self._flush_tally(monitor, tally)
+    async def _apply_batch(self, monitor: ModelMonitor, outcome: BatchOutcome) -> None:
+        alarms: Counter[tuple[str, str, str]] = Counter()
+        for row in outcome.notable():
+            for alarm, disposition in row.alarms:
+                alarms[(alarm.detector, alarm.feature, disposition)] += 1
+            await self._apply(monitor, row)
+        self._count(monitor, outcome, alarms)
 
-    async def _apply(self, monitor: ModelMonitor, outcome: Outcome, tally: Tally) -> None:
+    async def _apply(self, monitor: ModelMonitor, row: RowOutcome) -> None:
         name = monitor.model_name
-        tally.add(outcome)
-        for alarm, disposition in outcome.alarms:
+        for alarm, disposition in row.alarms:
             if disposition != "opened":
                 log.info("drift.suppressed", model=name, feature=alarm.feature, why=disposition)
-        if outcome.opened is not None:
-            await self._open(monitor, outcome.opened)
-        elif monitor.incident is not None and any(
-            d == "suppressed_open" for _, d in outcome.alarms
-        ):
+        if row.opened is not None:
+            await self._open(monitor, row.opened)
+        elif monitor.incident is not None and any(d == "suppressed_open" for _, d in row.alarms):
             await self.incidents.save(monitor.incident)
-        if outcome.quality is not None:
-            await self.publisher.publish(outcome.quality)
-            self.metrics.quality_alerts.labels(name, outcome.quality.check).inc()
-            log.warning("quality.alert", model=name, check=outcome.quality.check)
+        if row.quality is not None:
+            await self.publisher.publish(row.quality)
+            self.metrics.quality_alerts.labels(name, row.quality.check).inc()
+            log.warning("quality.alert", model=name, check=row.quality.check)
 
-    def _flush_tally(self, monitor: ModelMonitor, tally: Tally) -> None:
-        """Metrics for a whole batch at once (label look-ups are not free)."""
+    def _count(
+        self,
+        monitor: ModelMonitor,
+        outcome: BatchOutcome,
+        alarms: Counter[tuple[str, str, str]],
+    ) -> None:
+        """Metrics for a whole batch at once: one labelled-metric look-up per batch, not per
+        event."""
         m, name = self.metrics, monitor.model_name
-        if tally.joined:
-            m.joined_pairs.labels(name).inc(tally.joined)
-        for reason, n in tally.ignored.items():
+        if outcome.joined:
+            m.joined_pairs.labels(name).inc(outcome.joined)
+        for reason, n in outcome.ignored.items():
             m.ignored.labels(name, reason).inc(n)
-        for reason, n in tally.evicted.items():
+        for reason, n in outcome.evicted.items():
             m.evicted_pending.labels(name, reason).inc(n)
-        for (detector, feature, disposition), n in tally.alarms.items():
+        for (detector, feature, disposition), n in alarms.items():
             m.drift_alarms.labels(name, detector, feature, disposition).inc(n)
             if disposition != "opened":
                 m.suppressed_alarms.labels(name, disposition.removeprefix("suppressed_")).inc(n)
@@ -436,26 +444,15 @@ class MonitorService:
         await self.incidents.save(incident)
 
 
-class Tally:
-    """Per-batch counts for the metrics."""
-
-    def __init__(self) -> None:
-        self.joined = 0
-        self.ignored: Counter[str] = Counter()
-        self.evicted: Counter[str] = Counter()
-        self.alarms: Counter[tuple[str, str, str]] = Counter()
-
-    def add(self, outcome: Outcome) -> None:
-        if outcome.joined is not None:
-            self.joined += 1
-        if outcome.ignored is not None:
-            self.ignored[outcome.ignored] += 1
-        if outcome.evicted:
-            self.evicted.update(outcome.evicted)
-        for alarm, disposition in outcome.alarms:
-            self.alarms[(alarm.detector, alarm.feature, disposition)] += 1
+def _rows_by_model(model_names: list[str]) -> dict[str, list[int] | None]:
+    """The rows of each model, models in the order they first appear; None: every row."""
+    if len(set(model_names)) <= 1:
+        return {model_names[0]: None} if model_names else {}
+    rows: dict[str, list[int]] = {}
+    for i, name in enumerate(model_names):
+        rows.setdefault(name, []).append(i)
+    return dict(rows)
 
 
-def _points(cls: type[PredictionPoint], rows: Iterable[tuple[Any, ...]]) -> list[PredictionPoint]:
-    """Named tuples from field tuples in one C loop (``cls(*row)`` runs Python code per row)."""
-    return list(map(tuple.__new__, repeat(cls), rows))  # type: ignore[arg-type]
+def _pick(column: list[T], rows: list[int] | None) -> list[T]:
+    return column if rows is None else [column[i] for i in rows]
