@@ -61,11 +61,10 @@ from modelbus_contracts import (
     encode,
 )
 from modelbus_contracts.api import VersionView
-from modelbus_monitor.adapters import MemoryIncidentStore
+from modelbus_monitor.bootstrap import GROUP, SPEC
 from modelbus_monitor.config import MonitorSettings
 from modelbus_monitor.daily import DailyBook
 from modelbus_monitor.detectors import update_columns
-from modelbus_monitor.handlers import GROUP, subscribe
 from modelbus_monitor.kernel import SignalKernel
 from modelbus_monitor.metrics import MonitorMetrics
 from modelbus_monitor.quality import BatchScreen, bounds_for, feature_matrix
@@ -76,8 +75,10 @@ from modelbus_monitor.telemetry import (
     decode_labels,
     decode_predictions,
 )
+from modelbus_monitor.testing import MemoryIncidentStore
 from modelbus_platform.bus import EventBus, MemoryProcessedEvents, RecordingPublisher
-from modelbus_platform.testing import FakeRegistry
+from modelbus_platform.kit import bind
+from modelbus_platform.testing import FakeRegistry, InlineRelay
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "build" / "bench" / "monitor.json"
@@ -163,10 +164,12 @@ async def run_service(batches: list[list[Raw]]) -> dict[str, Any]:
     settings = MonitorSettings()
     metrics = MonitorMetrics("monitor-bench")
     publisher = RecordingPublisher()
+    incidents = MemoryIncidentStore()
     service = MonitorService(
         detector_config(settings),
         publisher=publisher,
-        incidents=MemoryIncidentStore(),
+        events=InlineRelay([incidents.outbox], publisher),
+        incidents=incidents,
         registry=fake_registry(),
         metrics=metrics,
     )
@@ -174,7 +177,7 @@ async def run_service(batches: list[list[Raw]]) -> dict[str, Any]:
     bus = EventBus(
         "127.0.0.1:1", service="monitor-bench", metrics=metrics, processed=MemoryProcessedEvents()
     )
-    subscribe(bus, service)
+    bind(bus, SPEC, service, MonitorSettings())
     routes = bus._groups[GROUP]  # the monitor's real batch routes
     started = time.perf_counter()
     for batch in batches:
@@ -204,10 +207,12 @@ def decoded(batches: list[list[Raw]]) -> list[PredictionBatch | LabelBatch]:
 async def run_service_predecoded(batches: list[PredictionBatch | LabelBatch]) -> float:
     """The handler path alone (records already decoded into columns): where the time goes."""
     settings = MonitorSettings()
+    publisher, incidents = RecordingPublisher(), MemoryIncidentStore()
     service = MonitorService(
         detector_config(settings),
-        publisher=RecordingPublisher(),
-        incidents=MemoryIncidentStore(),
+        publisher=publisher,
+        events=InlineRelay([incidents.outbox], publisher),
+        incidents=incidents,
         registry=fake_registry(),
         metrics=MonitorMetrics(f"monitor-bench-{uuid.uuid4().hex[:6]}"),
     )

@@ -6,8 +6,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from modelbus_monitor.adapters import MemoryIncidentStore, MongoIncidentStore
+from modelbus_monitor.adapters import MongoIncidentStore
 from modelbus_monitor.policy import Incident
+from modelbus_monitor.testing import MemoryIncidentStore
 from modelbus_platform.settings import ServiceSettings
 from modelbus_platform.stores import connect_mongo
 

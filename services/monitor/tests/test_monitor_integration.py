@@ -32,6 +32,7 @@ from modelbus_platform.bus import EventBus, MemoryProcessedEvents, RecordingPubl
 from modelbus_platform.metrics import Metrics
 from modelbus_platform.registry import RegistryClient
 from modelbus_platform.stores import connect_mongo
+from modelbus_platform.testing import InlineRelay
 
 pytestmark = pytest.mark.integration
 
@@ -225,6 +226,7 @@ async def restart_knows_the_incident_and_promotion_closes_it(
     service = MonitorService(
         detector_config(settings),
         publisher=publisher,
+        events=InlineRelay([store.outbox], publisher),
         incidents=store,
         registry=registry,
         metrics=MonitorMetrics(),

@@ -18,10 +18,10 @@ import pytest
 
 from modelbus_contracts import DataQualityAlert, FeatureStats
 from modelbus_embedded.testing import service_app
-from modelbus_monitor.adapters import MemoryDailyStore
 from modelbus_monitor.api import router
 from modelbus_monitor.daily import DailyFeature, Thresholds, psi, reference_bins, status
 from modelbus_monitor.quality import bounds_for, quality_issues
+from modelbus_monitor.testing import MemoryDailyStore
 
 from .test_monitor_service import Harness, prediction, send, version_view
 
@@ -120,7 +120,7 @@ def test_daily_feature_roundtrips_through_its_document():
 async def test_daily_api_validates_the_day_and_404s_unknown_models():
     h = harness()
     await feed(h, 300)
-    app = service_app(router, service=h.service)
+    app = service_app(router, context=h.service)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as c:
         ok = await c.get("/models/churn/daily", params={"day": "2026-03-01"})
         assert ok.status_code == 200 and ok.json()["features"]["x"]["count"] == 300
@@ -199,7 +199,7 @@ async def report_html() -> tuple[Harness, str]:
     await feed(h, 1500)
     await h.stream("churn", 1200, 0.1)  # no y: counted as missing by the quality checks
     await feed(h, 800, x_mean=1.5)
-    app = service_app(router, service=h.service)
+    app = service_app(router, context=h.service)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as c:
         response = await c.get("/models/churn/report")
     assert response.status_code == 200

@@ -7,8 +7,9 @@ import uuid
 from datetime import timedelta
 
 from modelbus_contracts import DriftDetected
-from modelbus_monitor.adapters import MemoryStateStore
 from modelbus_monitor.config import DetectorConfig
+from modelbus_monitor.testing import MemoryStateStore
+from modelbus_platform.testing import InlineRelay
 
 from .test_monitor_service import Harness, prediction, promoted, register, send
 
@@ -20,11 +21,11 @@ class FlakyPublisher:
         self.inner = inner
         self.fail = 0
 
-    async def publish(self, event) -> None:
+    async def publish_record(self, record) -> None:
         if self.fail:
             self.fail -= 1
             raise ConnectionError("broker down")
-        await self.inner.publish(event)
+        await self.inner.publish_record(record)
 
 
 async def drifted(**config) -> Harness:
@@ -81,20 +82,18 @@ async def test_no_re_emission_once_the_stream_is_back_to_normal():
     assert h.service.models["churn"].counts["retrigger_skipped"] == 1
 
 
-async def test_a_failed_re_emission_is_published_later_with_the_same_event_id():
+async def test_a_re_emission_during_a_broker_outage_is_published_when_it_answers():
     h = await drifted()
     flaky = FlakyPublisher(h.publisher)
-    h.service.publisher = flaky
+    relay = h.service.events = InlineRelay([h.store.outbox], flaky)
     flaky.fail = 1
     h.clock.now += timedelta(seconds=121)
-    try:
-        await h.service.tick()
-    except ConnectionError:
-        pass
+    await h.service.tick()  # the re-emission is written with the incident; the publish fails
     incident = h.service.models["churn"].incident
-    assert incident is not None and not incident.published and incident.attempts == 2
+    assert incident is not None and incident.attempts == 2
     pending_id = incident.event["event_id"]
-    await h.service.tick()
+    assert [e.attempt for e in h.publisher.of(DriftDetected)] == [1]
+    await relay.drain()  # the broker answers again
     events = h.publisher.of(DriftDetected)
     assert [e.attempt for e in events] == [1, 2]
     assert str(events[1].event_id) == pending_id

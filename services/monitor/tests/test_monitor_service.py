@@ -25,15 +25,17 @@ from modelbus_contracts import (
 )
 from modelbus_contracts.api import VersionView
 from modelbus_embedded.testing import service_app
-from modelbus_monitor.adapters import MemoryIncidentStore
 from modelbus_monitor.api import router
+from modelbus_monitor.bootstrap import SPEC
 from modelbus_monitor.config import DetectorConfig, MonitorSettings
 from modelbus_monitor.metrics import MonitorMetrics
 from modelbus_monitor.policy import Incident
 from modelbus_monitor.service import MonitorService, detector_config
 from modelbus_monitor.telemetry import LabelBatch, PredictionBatch
+from modelbus_monitor.testing import MemoryIncidentStore
 from modelbus_platform.bus import RecordingPublisher
-from modelbus_platform.testing import FakeRegistry
+from modelbus_platform.kit import bind
+from modelbus_platform.testing import FakeRegistry, InlineRelay
 
 SHA = "0" * 64
 REFERENCE = {"x": FeatureStats(count=1000, mean=0.0, std=1.0, min=-4.0, max=4.0)}
@@ -97,6 +99,7 @@ class Harness:
         return MonitorService(
             config,
             publisher=self.publisher,
+            events=InlineRelay([self.store.outbox], self.publisher),
             incidents=self.store,
             registry=self.registry,
             metrics=self.metrics,
@@ -217,29 +220,28 @@ async def test_restart_restores_the_open_incident_and_keeps_suppressing():
     assert len(h.publisher.of(DriftDetected)) == 1
 
 
-async def test_failed_publish_is_retried_with_the_same_event():
+async def test_an_incident_opened_during_a_broker_outage_is_published_when_it_answers():
     h = Harness(feature_drift_enabled=False)
     register(h.registry, "churn", 1)
     await h.service.rebuild()
-    real_publish = h.publisher.publish
+    real_publish = h.publisher.publish_record
     failures = []
 
-    async def flaky(event):
-        if isinstance(event, DriftDetected) and not failures:
-            failures.append(event)
+    async def flaky(record):
+        if record.topic == DriftDetected.topic and not failures:
+            failures.append(record)
             raise ConnectionError("broker down")
-        await real_publish(event)
+        await real_publish(record)
 
-    h.publisher.publish = flaky
+    h.publisher.publish_record = flaky
     await h.stream("churn", 1500, 0.1)
-    with pytest.raises(ConnectionError):
-        await h.stream("churn", 1500, 0.5)
+    await h.stream("churn", 1500, 0.5)  # the incident opens; consuming goes on
     [stored] = await h.store.open_incidents()
-    assert not stored.published
-    await h.stream("churn", 1, 0.1)  # the next event (or the bus's retry) publishes it
+    assert h.publisher.of(DriftDetected) == [] and failures
+    await h.service.events.drain()  # the relay's next attempt
     [event] = h.publisher.of(DriftDetected)
-    assert event.event_id == failures[0].event_id
-    assert (await h.store.get(stored.incident_id)).published
+    assert str(event.event_id) == stored.event["event_id"]
+    assert await h.store.outbox.pending(10) == []
 
 
 async def test_feature_detectors_wait_for_the_reference_and_retry_the_registry():
@@ -331,7 +333,7 @@ async def test_eviction_and_ignored_are_counted_in_metrics():
 @pytest.fixture
 async def api_client():
     h = Harness(feature_drift_enabled=False)
-    app = service_app(router, service=h.service)
+    app = service_app(router, context=h.service)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as c:
         yield h, c
 
@@ -388,11 +390,11 @@ class SubscriptionRecorder:
         self.subscriptions: list[tuple[str, str]] = []
         self.handlers: dict[str, object] = {}
 
-    def subscribe(self, event_cls, *, group: str, handler) -> None:
+    def subscribe(self, event_cls, *, group: str, handler, **options) -> None:
         self.subscriptions.append((event_cls.topic, group))
         self.handlers[event_cls.topic] = handler
 
-    def subscribe_batch(self, event_cls, *, group: str, handler, decoder) -> None:
+    def subscribe_batch(self, event_cls, *, group: str, handler, decoder, **options) -> None:
         """Like the bus: the records are decoded by the subscription's decoder."""
         self.subscriptions.append((event_cls.topic, f"{group} (batch)"))
 
@@ -417,12 +419,10 @@ def _raw(record, offset: int):
     )
 
 
-async def test_handlers_subscribe_telemetry_in_batches_and_control_events_singly():
-    from modelbus_monitor import handlers
-
+async def test_the_spec_subscribes_telemetry_in_batches_and_control_events_singly():
     h = Harness(feature_drift_enabled=False)
     bus = SubscriptionRecorder()
-    handlers.subscribe(bus, h.service)  # type: ignore[arg-type]
+    bind(bus, SPEC, h.service, MonitorSettings())
     assert sorted(bus.subscriptions) == sorted(
         [(cls.topic, "monitor (batch)") for cls in (PredictionMade, LabelObserved)]
         + [(cls.topic, "monitor-control") for cls in (ModelPromoted, ModelRolledBack)]
@@ -441,8 +441,8 @@ def test_entrypoint_builds_an_app_without_connecting():
     from modelbus_monitor import __main__ as entry
     from modelbus_monitor.bootstrap import build_app
 
+    assert entry.SPEC is SPEC
     app = build_app(MonitorSettings(mongo_uri="mongodb://127.0.0.1:1"))
     paths = set(app.openapi()["paths"])
     assert {"/models/{name}/status", "/incidents", "/incidents/{incident_id}"} <= paths
     assert {"/health/live", "/health/ready", "/metrics"} <= paths
-    assert callable(entry.main)

@@ -9,16 +9,15 @@ import pytest
 
 from modelbus_contracts import DriftDetected
 from modelbus_monitor.adapters import (
-    MemoryDailyStore,
-    MemoryIncidentStore,
-    MemoryStateStore,
     MongoDailyStore,
     MongoIncidentStore,
     MongoStateStore,
 )
 from modelbus_monitor.config import DetectorConfig
+from modelbus_monitor.testing import MemoryDailyStore, MemoryIncidentStore, MemoryStateStore
 from modelbus_platform.settings import ServiceSettings
 from modelbus_platform.stores import connect_mongo
+from modelbus_platform.testing import InlineRelay
 
 from .test_monitor_report import REFERENCE, feed
 from .test_monitor_service import Harness, version_view
@@ -66,6 +65,7 @@ async def test_restart_keeps_windows_incident_attempts_and_daily_counts(stores):
     def service(h: Harness):
         built = h.build(DetectorConfig(retrigger_s=120, feature_min_observations=100))
         built.states, built.daily, built.incidents = states, daily, incidents
+        built.events = InlineRelay([incidents.outbox], h.publisher)
         return built
 
     h = Harness()

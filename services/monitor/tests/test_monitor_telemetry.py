@@ -21,9 +21,8 @@ from modelbus_contracts import (
 )
 from modelbus_contracts.api import VersionView
 from modelbus_embedded.testing import ConsumedRecord
-from modelbus_monitor.adapters import MemoryIncidentStore
-from modelbus_monitor.config import DetectorConfig
-from modelbus_monitor.handlers import GROUP, subscribe
+from modelbus_monitor.bootstrap import GROUP, SPEC
+from modelbus_monitor.config import DetectorConfig, MonitorSettings
 from modelbus_monitor.metrics import MonitorMetrics
 from modelbus_monitor.service import MonitorService
 from modelbus_monitor.telemetry import (
@@ -34,8 +33,10 @@ from modelbus_monitor.telemetry import (
     decode_predictions,
     decode_predictions_by_record,
 )
+from modelbus_monitor.testing import MemoryIncidentStore
 from modelbus_platform.bus import EventBus, MemoryProcessedEvents, RecordingPublisher
-from modelbus_platform.testing import FakeRegistry
+from modelbus_platform.kit import bind
+from modelbus_platform.testing import FakeRegistry, InlineRelay
 
 T0 = datetime(2026, 3, 1, 12, tzinfo=UTC)
 
@@ -231,10 +232,12 @@ def make_service() -> MonitorService:
         VersionView.model_construct(model_name="churn", version=1, reference=REFERENCE),
         champion=True,
     )
+    publisher, incidents = RecordingPublisher(), MemoryIncidentStore()
     return MonitorService(
         DetectorConfig(feature_min_observations=50, error_min_observations=50),
-        publisher=RecordingPublisher(),
-        incidents=MemoryIncidentStore(),
+        publisher=publisher,
+        events=InlineRelay([incidents.outbox], publisher),
+        incidents=incidents,
         registry=registry,
         metrics=MonitorMetrics(f"t-{uuid.uuid4().hex[:6]}"),
         clock=lambda: T0,
@@ -253,7 +256,7 @@ async def test_bad_records_reach_the_dlq_with_their_reason_and_good_ones_the_mon
     )
     broker = FakeBroker()
     bus.broker = broker  # type: ignore[assignment]
-    subscribe(bus, service)
+    bind(bus, SPEC, service, MonitorSettings())
     raws = bad_and_odd_predictions()
     labels = [raw_of(label(pid), 100 + i) for i, pid in enumerate(("ok1", "ok2", "ints"))]
     labels.append(raw_of(label("ok1"), 200, label=7))

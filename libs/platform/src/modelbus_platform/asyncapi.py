@@ -7,126 +7,44 @@ headers are the CloudEvents Kafka headers, and the Kafka bindings give the consu
 message key (the model name). Every subscription also gets its ``<topic>.dlq`` channel, because
 the bus dead-letters what a handler cannot process.
 
-``SERVICES`` is the wiring of the six services; ``python -m modelbus_platform.asyncapi OUTDIR``
-writes ``OUTDIR/<service>.yaml`` for each (the committed copies live in ``infra/asyncapi``).
+``document_for(spec)`` makes the document of a declared service (``kit.ServiceSpec``: its
+publications and subscriptions are the ones the running service has, since the bus refuses to
+publish anything else); ``python -m modelbus_platform.asyncapi OUTDIR`` writes
+``OUTDIR/<service>.yaml`` for every installed service (entry point ``modelbus.services``; the
+committed copies live in ``infra/asyncapi``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from modelbus_contracts import Event
-from modelbus_contracts.events import (
-    BatchScoringCompleted,
-    BatchScoringRequested,
-    DataQualityAlert,
-    DriftDetected,
-    LabelObserved,
-    ModelEvaluated,
-    ModelLoadFailed,
-    ModelPromoted,
-    ModelRegistered,
-    ModelRollbackRequested,
-    ModelRolledBack,
-    ModelRolloutChanged,
-    ModelTrained,
-    PredictionMade,
-    ScoringFailed,
-    ScoringRequested,
-    TrainingRequested,
-)
 from modelbus_contracts.schema import data_schema, generator_main, headers_schema, write_files
 
 from .bus import dlq_topic
+from .kit import INSTANCE_PLACEHOLDER, ServiceSpec, load_specs
 from .settings import ServiceSettings
 
 ASYNCAPI_VERSION = "3.0.0"
 KAFKA_BINDING_VERSION = "0.5.0"
-INSTANCE = "{instance}"
+INSTANCE = INSTANCE_PLACEHOLDER
 REF_TEMPLATE = "#/components/schemas/{model}"
 DEAD_LETTER = "DeadLetter"
 
 
-@dataclass(frozen=True)
-class Subscription:
+class Receive(NamedTuple):
     """``event`` consumed in consumer ``group``; ``{instance}`` in the group means per replica."""
 
     event: type[Event]
     group: str
 
 
-@dataclass(frozen=True)
-class ServiceSpec:
-    name: str
-    description: str
-    publishes: tuple[type[Event], ...]
-    subscribes: tuple[Subscription, ...] = field(default_factory=tuple)
-
-
-def _subs(group: str, *events: type[Event]) -> tuple[Subscription, ...]:
-    return tuple(Subscription(event, group) for event in events)
-
-
-SERVICES: dict[str, ServiceSpec] = {
-    spec.name: spec
-    for spec in (
-        ServiceSpec(
-            "registry",
-            "Model registry: registers trained versions after verifying their artifact, moves "
-            "the champion alias by compare-and-set on the deployer's verdict, rolls back.",
-            (ModelRegistered, ModelPromoted, ModelRolledBack, ModelRolloutChanged),
-            _subs("registry", ModelTrained, ModelEvaluated, ModelRollbackRequested),
-        ),
-        ServiceSpec(
-            "trainer",
-            "Trainer: trains a version on request or after drift, on uploaded data or on the "
-            "feedback it collects by joining predictions with their labels.",
-            (ModelTrained,),
-            _subs("trainer", TrainingRequested, DriftDetected)
-            + _subs("trainer-feedback", PredictionMade, LabelObserved),
-        ),
-        ServiceSpec(
-            "deployer",
-            "Deployer: judges each registered challenger against the champion on the "
-            "challenger's hold-out and publishes the verdict with every gate's numbers.",
-            (ModelEvaluated, ModelRollbackRequested),
-            _subs("deployer", ModelRegistered)
-            + _subs(
-                "deployer-watch", PredictionMade, LabelObserved, ModelLoadFailed, ScoringFailed
-            ),
-        ),
-        ServiceSpec(
-            "scorer",
-            "Scorer: serves the champion over HTTP and the stream, swaps models atomically on "
-            "promotion or rollback, and publishes every prediction.",
-            (PredictionMade, ScoringFailed, ModelLoadFailed),
-            _subs("scorer", ScoringRequested)
-            + _subs(
-                f"scorer-control-{INSTANCE}", ModelPromoted, ModelRolledBack, ModelRolloutChanged
-            ),
-        ),
-        ServiceSpec(
-            "monitor",
-            "Monitor: joins labels with predictions, runs streaming drift detectors on the "
-            "error stream and every feature, and opens incidents.",
-            (DriftDetected, DataQualityAlert),
-            _subs("monitor", PredictionMade, LabelObserved)
-            + _subs("monitor-control", ModelPromoted, ModelRolledBack),
-        ),
-        ServiceSpec(
-            "batch",
-            "Batch scoring: scores whole CSV or Parquet files in object storage with a model's "
-            "champion or a named version, on request or on a cron schedule (published as "
-            "BatchScoringRequested), and reports each finished job.",
-            (BatchScoringCompleted, BatchScoringRequested),
-            _subs("batch", BatchScoringRequested),
-        ),
-    )
-}
+def receives(spec: ServiceSpec) -> list[Receive]:
+    """What a service consumes, with its groups as the document shows them."""
+    return [Receive(s.event, s.documented_group(spec.settings)) for s in spec.subscriptions]
 
 
 # --- building blocks ----------------------------------------------------------------------------
@@ -243,7 +161,7 @@ def build_asyncapi(
     service: str,
     *,
     publishes: Iterable[type[Event]],
-    subscribes: Iterable[Subscription],
+    subscribes: Iterable[Receive],
     description: str = "",
     bootstrap: str = "kafka:9092",
 ) -> dict[str, Any]:
@@ -314,10 +232,11 @@ def build_asyncapi(
 
 
 def document_for(spec: ServiceSpec) -> dict[str, Any]:
+    """The document of a declared service: what its spec publishes and subscribes to."""
     return build_asyncapi(
         spec.name,
         publishes=spec.publishes,
-        subscribes=spec.subscribes,
+        subscribes=receives(spec),
         description=spec.description,
     )
 
@@ -332,8 +251,8 @@ def to_yaml(document: dict[str, Any]) -> str:
 
 
 def render() -> dict[str, str]:
-    """Every service's document: file name -> exact YAML text."""
-    return {f"{name}.yaml": to_yaml(document_for(spec)) for name, spec in SERVICES.items()}
+    """Every installed service's document (``kit.load_specs``): file name -> exact YAML."""
+    return {f"{name}.yaml": to_yaml(document_for(spec)) for name, spec in load_specs().items()}
 
 
 def write(outdir: Path) -> list[Path]:

@@ -34,7 +34,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from modelbus_contracts import Event
 
-from .bus import EventBus, MemoryProcessedEvents
+from .bus import BatchDecoder, EventBus, MemoryProcessedEvents
 from .http import ServiceApp, create_app
 from .logging import configure_logging
 from .metrics import Metrics
@@ -71,6 +71,7 @@ class Subscription:
     batch: bool = False
     dedupe: bool = True
     offset_reset: Literal["earliest", "latest"] = "earliest"
+    decoder: BatchDecoder | None = None  # a batch subscription's own decoding of raw records
 
     def group_for(self, settings: ServiceSettings) -> str:
         return self.group.format_map(_SettingsFields(settings))
@@ -249,25 +250,35 @@ class Kit:
     # -- building ---------------------------------------------------------------------------
 
     def bind(self, wiring: Wiring) -> None:
-        for sub in self.spec.subscriptions:
-            handler = functools.partial(sub.handler, wiring.context)
-            group = sub.group_for(self.settings)
-            if sub.batch:
-                self.bus.subscribe_batch(
-                    sub.event, group=group, handler=handler, offset_reset=sub.offset_reset
-                )
-            else:
-                self.bus.subscribe(
-                    sub.event,
-                    group=group,
-                    handler=handler,
-                    offset_reset=sub.offset_reset,
-                    dedupe=sub.dedupe,
-                )
+        bind(self.bus, self.spec, wiring.context, self.settings)
         stores = [*self._outboxes, *wiring.outboxes]
         if stores:
             relay = self.events()
             relay.stores.extend(s for s in stores if s not in relay.stores)
+
+
+def bind(bus: Any, spec: ServiceSpec, context: Any, settings: ServiceSettings) -> None:
+    """Subscribe ``spec``'s handlers, bound to ``context``, on ``bus`` (the kit does it for the
+    service's own bus; benchmarks and tests hand in theirs)."""
+    for sub in spec.subscriptions:
+        handler = functools.partial(sub.handler, context)
+        group = sub.group_for(settings)
+        if sub.batch:
+            bus.subscribe_batch(
+                sub.event,
+                group=group,
+                handler=handler,
+                offset_reset=sub.offset_reset,
+                decoder=sub.decoder,
+            )
+        else:
+            bus.subscribe(
+                sub.event,
+                group=group,
+                handler=handler,
+                offset_reset=sub.offset_reset,
+                dedupe=sub.dedupe,
+            )
 
 
 class Lifecycle:

@@ -1,19 +1,10 @@
-"""``python -m modelbus_monitor``: read settings, configure logging, serve."""
+"""``python -m modelbus_monitor``: run the monitor service."""
 
 from __future__ import annotations
 
-from modelbus_platform.logging import configure_logging
-from modelbus_platform.runtime import run
+from modelbus_platform.kit import run_service
 
-from .bootstrap import build_app
-from .config import MonitorSettings
-
-
-def main() -> None:
-    settings = MonitorSettings()
-    configure_logging(settings.service_name, settings.log_level, settings.log_json)
-    run(build_app(settings), settings.http_host, settings.http_port)
-
+from .bootstrap import SPEC
 
 if __name__ == "__main__":
-    main()
+    run_service(SPEC)

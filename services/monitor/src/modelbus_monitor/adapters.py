@@ -5,14 +5,16 @@ MongoDB, and the in-memory fakes unit tests use. (The registry is read through t
 from __future__ import annotations
 
 import dataclasses
-import json
-from datetime import datetime
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
 from pymongo import DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 
+from modelbus_contracts import Event
+from modelbus_platform.outbox import MongoOutbox, outbox_set
 from modelbus_platform.stores import mongo_ping
 
 from .policy import Incident
@@ -22,12 +24,24 @@ log = structlog.get_logger(__name__)
 INCIDENT_FIELDS = {f.name for f in dataclasses.fields(Incident)}
 
 
-def incident_to_doc(incident: Incident) -> dict[str, Any]:
-    return {"_id": incident.incident_id, **dataclasses.asdict(incident)}
+INCIDENT_TIMES = ("opened_at", "closed_at", "last_emitted_at")
 
 
 def incident_from_doc(doc: dict[str, Any]) -> Incident:
-    return Incident(**{k: v for k, v in doc.items() if k in INCIDENT_FIELDS})
+    """The incident as saved. Values written by ``$set`` come back loosely typed from the
+    MongoDB-wire server (datetimes as naive ISO strings, booleans as 0/1): typed again here."""
+    fields = {k: v for k, v in doc.items() if k in INCIDENT_FIELDS}
+    for name in INCIDENT_TIMES:
+        value = fields.get(name)
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value)
+        if isinstance(value, datetime) and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        if name in fields:
+            fields[name] = value
+    if "published" in fields:
+        fields["published"] = bool(fields["published"])
+    return Incident(**fields)
 
 
 def incident_view(incident: Incident) -> dict[str, Any]:
@@ -42,15 +56,17 @@ class MongoIncidentStore:
     def __init__(self, db: AsyncDatabase, collection: str = "incidents") -> None:
         self.db = db
         self.col = db[collection]
+        self.outbox = MongoOutbox(self.col)
 
     async def init(self) -> None:
         await self.col.create_index([("model_name", 1), ("status", 1)])
         await self.col.create_index([("opened_at", DESCENDING)])
+        await self.outbox.init()
 
-    async def save(self, incident: Incident) -> None:
-        await self.col.replace_one(
-            {"_id": incident.incident_id}, incident_to_doc(incident), upsert=True
-        )
+    async def save(self, incident: Incident, *, events: Sequence[Event] = ()) -> None:
+        # $set, not a replace: events still waiting in the document's outbox stay there
+        fields = {**dataclasses.asdict(incident), **outbox_set(events)}
+        await self.col.update_one({"_id": incident.incident_id}, {"$set": fields}, upsert=True)
 
     async def get(self, incident_id: str) -> Incident | None:
         doc = await self.col.find_one({"_id": incident_id})
@@ -69,32 +85,6 @@ class MongoIncidentStore:
         return await mongo_ping(self.db)
 
 
-class MemoryIncidentStore:
-    def __init__(self) -> None:
-        self.docs: dict[str, Incident] = {}
-        self.saves = 0
-
-    async def init(self) -> None:
-        return None
-
-    async def save(self, incident: Incident) -> None:
-        self.saves += 1
-        self.docs[incident.incident_id] = dataclasses.replace(incident)
-
-    async def get(self, incident_id: str) -> Incident | None:
-        return self.docs.get(incident_id)
-
-    async def list(self, model_name: str | None = None, limit: int = 50) -> list[Incident]:
-        found = [i for i in self.docs.values() if model_name in (None, i.model_name)]
-        return sorted(found, key=lambda i: i.opened_at, reverse=True)[:limit]
-
-    async def open_incidents(self) -> list[Incident]:
-        return [i for i in self.docs.values() if i.status == "open"]
-
-    async def ping(self) -> bool:
-        return True
-
-
 class MongoStateStore:
     """Collection ``monitor_state``: one JSON checkpoint per model (floats and lists only)."""
 
@@ -109,22 +99,6 @@ class MongoStateStore:
 
     async def load(self, model_name: str) -> dict | None:
         return await self.col.find_one({"_id": model_name})
-
-
-class MemoryStateStore:
-    def __init__(self) -> None:
-        self.docs: dict[str, dict] = {}
-        self.saves = 0
-
-    async def init(self) -> None:
-        return None
-
-    async def save(self, snapshot: dict) -> None:
-        self.saves += 1
-        self.docs[snapshot["_id"]] = json.loads(json.dumps(snapshot))  # JSON round trip
-
-    async def load(self, model_name: str) -> dict | None:
-        return self.docs.get(model_name)
 
 
 class MongoDailyStore:
@@ -143,18 +117,3 @@ class MongoDailyStore:
     async def day(self, model_name: str, day: str) -> list[dict]:
         cursor = self.col.find({"model_name": model_name, "day": day})
         return [doc async for doc in cursor]
-
-
-class MemoryDailyStore:
-    def __init__(self) -> None:
-        self.docs: dict[str, dict] = {}
-
-    async def init(self) -> None:
-        return None
-
-    async def save(self, docs: list[dict]) -> None:
-        for doc in docs:
-            self.docs[doc["_id"]] = json.loads(json.dumps(doc))
-
-    async def day(self, model_name: str, day: str) -> list[dict]:
-        return [d for d in self.docs.values() if (d["model_name"], d["day"]) == (model_name, day)]

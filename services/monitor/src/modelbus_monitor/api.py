@@ -20,7 +20,7 @@ NOT_MONITORED = {404: "not_monitored: no event of this model seen"}
 
 
 def _service(request: Request) -> MonitorService:
-    return request.app.state.service
+    return request.app.state.context
 
 
 @router.get(

@@ -1,41 +1,26 @@
-"""Thin event handlers: every subscription of the monitor and its consumer groups."""
+"""Thin event handlers: each takes the parsed event(s) and calls the service. Their
+subscriptions (and consumer groups) are declared in ``bootstrap.SPEC``: telemetry
+(predictions, labels) in batches decoded into columns; promotions and rollbacks one by one. The
+join ignores re-delivered predictions and labels, so the telemetry needs no ledger lookup."""
 
 from __future__ import annotations
 
-from modelbus_contracts import LabelObserved, ModelPromoted, ModelRolledBack, PredictionMade
-from modelbus_platform.bus import EventBus
+from modelbus_contracts import ModelPromoted, ModelRolledBack
 
-from .service import MonitorService
-from .telemetry import LabelBatch, PredictionBatch, decode_labels, decode_predictions
-
-GROUP = "monitor"
-CONTROL_GROUP = "monitor-control"
+from .service import LabelColumns, MonitorService, PredictionColumns
 
 
-def subscribe(
-    bus: EventBus, service: MonitorService, group: str = GROUP, control_group: str = CONTROL_GROUP
-) -> None:
-    """Telemetry (predictions, labels) in batches in ``group``; promotions and rollbacks one by
-    one in ``control_group``. The join ignores re-delivered predictions and labels, so the
-    telemetry needs no per-event ledger lookup. The telemetry is decoded into columns
-    (``telemetry``): no pydantic model per event, bad records dead-lettered with the
-    contract's reason."""
+async def predictions_made(service: MonitorService, batch: PredictionColumns) -> None:
+    await service.on_prediction_batch(batch)
 
-    async def predictions_made(batch: PredictionBatch) -> None:
-        await service.on_prediction_batch(batch)
 
-    async def labels_observed(batch: LabelBatch) -> None:
-        await service.on_label_batch(batch)
+async def labels_observed(service: MonitorService, batch: LabelColumns) -> None:
+    await service.on_label_batch(batch)
 
-    async def model_promoted(event: ModelPromoted) -> None:
-        await service.on_promoted(event)
 
-    async def model_rolled_back(event: ModelRolledBack) -> None:
-        await service.on_rolled_back(event)
+async def model_promoted(service: MonitorService, event: ModelPromoted) -> None:
+    await service.on_promoted(event)
 
-    bus.subscribe_batch(
-        PredictionMade, group=group, handler=predictions_made, decoder=decode_predictions
-    )
-    bus.subscribe_batch(LabelObserved, group=group, handler=labels_observed, decoder=decode_labels)
-    bus.subscribe(ModelPromoted, group=control_group, handler=model_promoted)
-    bus.subscribe(ModelRolledBack, group=control_group, handler=model_rolled_back)
+
+async def model_rolled_back(service: MonitorService, event: ModelRolledBack) -> None:
+    await service.on_rolled_back(event)

@@ -3,7 +3,10 @@ registry is the platform's port, ``modelbus_platform.registry.Registry``.)"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
+
+from modelbus_contracts import Event
 
 from .policy import Incident
 
@@ -11,8 +14,9 @@ from .policy import Incident
 class IncidentStore(Protocol):
     async def init(self) -> None: ...
 
-    async def save(self, incident: Incident) -> None:
-        """Insert or replace the incident (idempotent on incident_id)."""
+    async def save(self, incident: Incident, *, events: Sequence[Event] = ()) -> None:
+        """Insert or update the incident (idempotent on incident_id), with ``events`` in the
+        same write (the outbox)."""
 
     async def get(self, incident_id: str) -> Incident | None: ...
 

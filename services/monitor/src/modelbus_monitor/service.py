@@ -3,10 +3,9 @@
 
 Telemetry enters only through ``on_prediction_batch`` and ``on_label_batch``, split by model.
 Per-model work is serialised with a lock. A new incident (or a re-emission of an open one) is
-saved before its DriftDetected is published and marked published after; an unpublished incident
-(a failed publish) is published again by the next event for that model, the next tick or at
-start-up, always with the same event id. ``tick()`` (run periodically by the composition root)
-re-emits persisting incidents, checkpoints detector windows and stores the daily windows.
+saved with its DriftDetected in the same write (the outbox), and the relay publishes it.
+``tick()`` (run periodically) re-emits persisting incidents, checkpoints detector windows and
+stores the daily windows.
 """
 
 from __future__ import annotations
@@ -22,6 +21,7 @@ import structlog
 from modelbus_contracts import FeatureStats, ModelPromoted, ModelRolledBack
 from modelbus_contracts.envelope import utcnow
 from modelbus_platform.bus import Publisher
+from modelbus_platform.outbox import Notifier
 from modelbus_platform.registry import Registry
 
 from .config import DetectorConfig, MonitorSettings
@@ -89,6 +89,7 @@ class MonitorService:
         config: DetectorConfig,
         *,
         publisher: Publisher,
+        events: Notifier,
         incidents: IncidentStore,
         registry: Registry,
         metrics: MonitorMetrics,
@@ -101,6 +102,7 @@ class MonitorService:
     ) -> None:
         self.config = config
         self.publisher = publisher
+        self.events = events
         self.incidents = incidents
         self.registry = registry
         self.metrics = metrics
@@ -135,7 +137,7 @@ class MonitorService:
             if monitor.incident is None:
                 monitor.restore_incident(incident)
                 self.metrics.open_incidents.labels(incident.model_name).set(1)
-                await self._flush(monitor)
+                await self._emit(monitor)  # one saved by an older version before it published
         log.info("monitor.rebuilt", models=len(self.models), open_incidents=self.open_count())
 
     # -- events -------------------------------------------------------------------------------
@@ -180,10 +182,9 @@ class MonitorService:
             async with self._lock(name):
                 monitor = self.models[name]
                 try:
-                    await self._flush(monitor)
                     await self._retrigger(monitor)
-                except Exception as exc:  # published on a later tick, same event id
-                    log.warning("incident.publish_failed", model=name, error=str(exc))
+                except Exception as exc:  # retried on a later tick
+                    log.warning("incident.retrigger_failed", model=name, error=str(exc))
         now = self.clock()
         due = self._next_checkpoint is None or now >= self._next_checkpoint
         if self.checkpoint_every is not None and due:
@@ -261,7 +262,6 @@ class MonitorService:
     ) -> None:
         async with self._lock(name):
             monitor = self._monitor(name)
-            await self._flush(monitor)
             reference = await self._reference(name, version)
             closed = monitor.serve(
                 version,
@@ -310,7 +310,6 @@ class MonitorService:
 
     async def _prepare(self, name: str) -> ModelMonitor:
         monitor = self._monitor(name)
-        await self._flush(monitor)
         await self._sync(monitor)
         return monitor
 
@@ -396,7 +395,7 @@ class MonitorService:
         if event is None:
             return
         assert monitor.incident is not None
-        await self.incidents.save(monitor.incident)
+        await self._emit(monitor)
         self.metrics.incidents.labels(monitor.model_name, "retriggered").inc()
         log.warning(
             "incident.retriggered",
@@ -404,7 +403,6 @@ class MonitorService:
             incident_id=monitor.incident.incident_id,
             attempt=event.attempt,
         )
-        await self._flush(monitor)
 
     async def _restore(self, monitor: ModelMonitor) -> None:
         """Replay the detector checkpoint and resume today's daily windows."""
@@ -423,7 +421,7 @@ class MonitorService:
             monitor.daily.resume(day, [DailyFeature.from_doc(d) for d in docs])
 
     async def _open(self, monitor: ModelMonitor, incident: Incident) -> None:
-        await self.incidents.save(incident)
+        await self._emit(monitor)
         self.metrics.incidents.labels(monitor.model_name, "opened").inc()
         self.metrics.open_incidents.labels(monitor.model_name).set(1)
         log.warning(
@@ -432,16 +430,16 @@ class MonitorService:
             incident_id=incident.incident_id,
             **incident.evidence,
         )
-        await self._flush(monitor)
 
-    async def _flush(self, monitor: ModelMonitor) -> None:
-        """Publish the open incident's DriftDetected if that has not happened yet."""
+    async def _emit(self, monitor: ModelMonitor) -> None:
+        """Save the open incident with its due DriftDetected (opened or re-emitted): the state
+        and the event are one write; the relay publishes it."""
         incident = monitor.incident
         if incident is None or incident.published:
             return
-        await self.publisher.publish(incident.drift_event())
-        incident.published = True
-        await self.incidents.save(incident)
+        incident.published = True  # emitted: it is in the outbox with the incident
+        await self.incidents.save(incident, events=[incident.drift_event()])
+        await self.events.notify()
 
 
 def _rows_by_model(model_names: list[str]) -> dict[str, list[int] | None]:
