@@ -144,10 +144,10 @@ def decode(
     try:
         return event_cls.from_parts(envelope, data)
     except ValidationError as exc:
-        raise ContractError(_summarise(exc)) from exc
+        raise ContractError(summarise(exc)) from exc
 
 
-def _summarise(exc: ValidationError) -> str:
+def summarise(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors()[:10]:
         where = ".".join(str(p) for p in err["loc"]) or "<root>"
