@@ -116,7 +116,21 @@ VALUES: list[Any] = [
     {"a": [[[[[1]]]]]},
 ]
 # deeper in the data: one value of each kind, and the odd numbers only where a number was
-NESTED_VALUES: list[Any] = [None, True, 1, 1.5, 2**64, "", "x", "a\nb", "0" * 64, [], [1], {}, {"a": 1}]
+NESTED_VALUES: list[Any] = [
+    None,
+    True,
+    1,
+    1.5,
+    2**64,
+    "",
+    "x",
+    "a\nb",
+    "0" * 64,
+    [],
+    [1],
+    {},
+    {"a": 1},
+]
 # numbers as JSON text, some of them not JSON at all
 NUMBERS = [
     "1e400",
@@ -223,8 +237,9 @@ def data_mutations(event: Event) -> Iterator[tuple[str, bytes]]:
     yield "two objects", dumps(data) + b"," + dumps(data)
     yield "trailing space", dumps(data) + b" "
     yield "byte order mark", b"\xef\xbb\xbf" + dumps(data)
-    yield "invalid UTF-8 in a string", dumps({**data, "model_name": "\x01"}).replace(
-        b"\\u0001", b"\xff"
+    yield (
+        "invalid UTF-8 in a string",
+        dumps({**data, "model_name": "\x01"}).replace(b"\\u0001", b"\xff"),
     )
     yield "no model_name (subject)", dumps({k: v for k, v in data.items() if k != "model_name"})
 
@@ -329,7 +344,9 @@ json_values = st.recursive(
     | st.integers()
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3)
+    ),
     max_leaves=6,
 )
 
@@ -366,7 +383,9 @@ def test_random_data_is_decoded_as_pydantic_does(event_cls, data):
     score=st.one_of(st.floats(allow_nan=False), st.integers(), json_values),
     label=st.one_of(st.integers(), st.booleans(), st.floats(allow_nan=False)),
     served_by=st.one_of(st.sampled_from(["champion", "fallback", "shadow", "canary"]), st.text()),
-    model_name=st.one_of(st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,5}", fullmatch=True), st.text()),
+    model_name=st.one_of(
+        st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,5}", fullmatch=True), st.text()
+    ),
 )
 def test_random_predictions_are_decoded_as_pydantic_does(
     features, score, label, served_by, model_name
