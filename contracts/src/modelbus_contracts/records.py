@@ -4,9 +4,9 @@ records (binary mode, what ``encode`` writes), without a pydantic model per even
 ``encode_batch(PredictionMade, producer=..., shared={...}, rows={...})`` builds row ``i``'s
 event from the values every row shares and row ``i`` of each column; the records decode to
 exactly the events pydantic would build from the same values (``event_cls(**values)``), and a
-row pydantic rejects raises ``ContractError`` with its reason. Each record's JSON is checked by
-the event's derived struct (``codec``, what consumers decode with); a row it does not take
-(a value pydantic coerces, say) is built and encoded by pydantic instead.
+row pydantic rejects raises ``ContractError`` with its reason. Each row's values are checked by
+the event's derived struct (``codec``); a row it does not take (a value pydantic coerces, a
+model instead of a dict) is built and encoded by pydantic instead.
 """
 
 from __future__ import annotations
@@ -19,11 +19,12 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
+import msgspec
 import orjson
 from pydantic import ValidationError
 
 from .cloudevents import JSON, SPECVERSION, ContractError, encode, summarise
-from .codec import data_decoder
+from .codec import data_struct
 from .envelope import Event
 
 # key, value, headers: a Kafka record ready to publish
@@ -50,7 +51,8 @@ def encode_batch(
     occurred_at: datetime | None = None,
 ) -> list[RawRecord]:
     """One record per row. ``shared``: data values every row has; ``rows``: one sequence (a
-    list, a 1-D array, ``DictRows``) per data field that varies. ``event_ids`` default to fresh
+    list, a 1-D array, ``DictRows``) per data field that varies (none: one row per event id,
+    or one row). ``event_ids`` default to fresh
     uuid4s; without a ``correlation_id`` each event starts its own chain (its correlation id
     is its event id); ``occurred_at`` defaults to now (to the millisecond)."""
     return BatchEncoder.of(event_cls, producer).encode(
@@ -71,7 +73,7 @@ class BatchEncoder:
             raise ContractError("invalid event: producer: must not be empty")
         self.event_cls = event_cls
         self.producer = producer
-        self._decode = data_decoder(event_cls).decode
+        self._struct = data_struct(event_cls)
         self._prefixes: dict[str, tuple[tuple[str, bytes], ...]] = {}
 
     @classmethod
@@ -89,7 +91,7 @@ class BatchEncoder:
         causation_id: str | None = None,
         occurred_at: datetime | None = None,
     ) -> list[RawRecord]:
-        datas = _datas(shared, rows)
+        datas = _datas(shared, rows, 1 if event_ids is None else len(event_ids))
         ids = _event_ids(event_ids, len(datas))
         correlation = None if correlation_id is None else _canonical(correlation_id)
         causation = None if causation_id is None else _canonical(causation_id)
@@ -106,24 +108,22 @@ class BatchEncoder:
         return out
 
     def _values(self, datas: list[dict[str, Any]]) -> list[bytes | None]:
-        """The JSON of each row, or None for a row the derived struct does not take as it is."""
-        decode, dumps = self._decode, orjson.dumps
+        """The JSON of each row, or None for a row the derived struct does not take as it is.
+        The struct checks the Python values (``convert``) rather than the JSON written: orjson
+        writes NaN as null."""
+        convert, struct, dumps = msgspec.convert, self._struct, orjson.dumps
         try:
-            values = list(map(dumps, datas))
-            for value in values:
-                decode(value)
-            return values  # type: ignore[return-value]
+            convert(datas, list[struct])  # type: ignore[valid-type]
+            return list(map(dumps, datas))
         except Exception:  # some row is unusual: row by row
             pass
         out: list[bytes | None] = []
         for data in datas:
             try:
-                value = dumps(data)
-                decode(value)
+                convert(data, struct)
+                out.append(dumps(data))
             except Exception:
                 out.append(None)
-            else:
-                out.append(value)
         return out
 
     def _prefix(self, model_name: str) -> tuple[tuple[str, bytes], ...]:
@@ -140,10 +140,10 @@ class BatchEncoder:
         return prefix
 
 
-def _datas(shared: Mapping[str, Any], rows: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Each row's data: the shared values and the row's."""
+def _datas(shared: Mapping[str, Any], rows: Mapping[str, Any], n: int) -> list[dict[str, Any]]:
+    """Each row's data: the shared values and the row's (``n`` rows if no column varies)."""
     if not rows:
-        raise ValueError("no per-row column: how many rows?")
+        return [dict(shared) for _ in range(n)]
     if not shared.keys().isdisjoint(rows):
         raise ValueError(f"both shared and per row: {sorted(set(shared) & set(rows))}")
     names = tuple(rows)
