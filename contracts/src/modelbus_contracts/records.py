@@ -74,6 +74,7 @@ class BatchEncoder:
         self.event_cls = event_cls
         self.producer = producer
         self._struct = data_struct(event_cls)
+        self._structs = list[self._struct]  # type: ignore[name-defined]
         self._prefixes: dict[str, tuple[tuple[str, bytes], ...]] = {}
 
     @classmethod
@@ -113,7 +114,7 @@ class BatchEncoder:
         writes NaN as null."""
         convert, struct, dumps = msgspec.convert, self._struct, orjson.dumps
         try:
-            convert(datas, list[struct])  # type: ignore[valid-type]
+            convert(datas, self._structs)
             return list(map(dumps, datas))
         except Exception:  # some row is unusual: row by row
             pass

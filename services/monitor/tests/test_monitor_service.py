@@ -22,6 +22,7 @@ from modelbus_contracts import (
     ModelPromoted,
     ModelRolledBack,
     PredictionMade,
+    decode_batch,
     encode,
 )
 from modelbus_contracts.api import AliasesView, ModelView, VersionView
@@ -381,13 +382,14 @@ class SubscriptionRecorder:
         self.subscriptions.append((event_cls.topic, group))
         self.handlers[event_cls.topic] = handler
 
-    def subscribe_batch(self, event_cls, *, group: str, handler, decoder) -> None:
-        """Like the bus: the records are decoded by the subscription's decoder."""
+    def subscribe_batch(self, event_cls, *, group: str, handler, columns: bool) -> None:
+        """Like the bus: the records are decoded into columns by the contracts."""
+        assert columns
         self.subscriptions.append((event_cls.topic, f"{group} (batch)"))
 
         async def decoded(events) -> None:
             raws = [_raw(encode(e), offset) for offset, e in enumerate(events)]
-            payload, accepted, rejected = decoder(raws)
+            payload, accepted, rejected = decode_batch(event_cls, raws)
             assert (len(accepted), rejected) == (len(events), [])
             await handler(payload)
 

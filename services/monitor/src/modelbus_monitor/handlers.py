@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from modelbus_contracts import LabelObserved, ModelPromoted, ModelRolledBack, PredictionMade
+from modelbus_contracts import (
+    Columns,
+    LabelObserved,
+    ModelPromoted,
+    ModelRolledBack,
+    PredictionMade,
+)
 from modelbus_platform.bus import EventBus
 
 from .service import MonitorService
-from .telemetry import LabelBatch, PredictionBatch, decode_labels, decode_predictions
 
 GROUP = "monitor"
 CONTROL_GROUP = "monitor-control"
@@ -17,14 +22,14 @@ def subscribe(
 ) -> None:
     """Telemetry (predictions, labels) in batches in ``group``; promotions and rollbacks one by
     one in ``control_group``. The join ignores re-delivered predictions and labels, so the
-    telemetry needs no per-event ledger lookup. The telemetry is decoded into columns
-    (``telemetry``): no pydantic model per event, bad records dead-lettered with the
+    telemetry needs no per-event ledger lookup. The telemetry comes as columns (the
+    contracts' batch decoder): no pydantic model per event, bad records dead-lettered with the
     contract's reason."""
 
-    async def predictions_made(batch: PredictionBatch) -> None:
+    async def predictions_made(batch: Columns[PredictionMade]) -> None:
         await service.on_prediction_batch(batch)
 
-    async def labels_observed(batch: LabelBatch) -> None:
+    async def labels_observed(batch: Columns[LabelObserved]) -> None:
         await service.on_label_batch(batch)
 
     async def model_promoted(event: ModelPromoted) -> None:
@@ -33,9 +38,7 @@ def subscribe(
     async def model_rolled_back(event: ModelRolledBack) -> None:
         await service.on_rolled_back(event)
 
-    bus.subscribe_batch(
-        PredictionMade, group=group, handler=predictions_made, decoder=decode_predictions
-    )
-    bus.subscribe_batch(LabelObserved, group=group, handler=labels_observed, decoder=decode_labels)
+    bus.subscribe_batch(PredictionMade, group=group, handler=predictions_made, columns=True)
+    bus.subscribe_batch(LabelObserved, group=group, handler=labels_observed, columns=True)
     bus.subscribe(ModelPromoted, group=control_group, handler=model_promoted)
     bus.subscribe(ModelRolledBack, group=control_group, handler=model_rolled_back)

@@ -19,6 +19,7 @@ from typing import Any
 import structlog
 
 from modelbus_contracts import (
+    Columns,
     FeatureStats,
     LabelObserved,
     ModelPromoted,
@@ -34,7 +35,6 @@ from .domain import BatchOutcome, DetectorConfig, Incident, ModelMonitor, Outcom
 from .join import PredictionPoint
 from .metrics import MonitorMetrics
 from .ports import DailyStore, IncidentStore, RegistryClient, StateStore
-from .telemetry import LabelBatch, PredictionBatch
 
 log = structlog.get_logger(__name__)
 
@@ -128,12 +128,12 @@ class MonitorService:
         await self.on_labels([event])
 
     async def on_predictions(self, events: list[PredictionMade]) -> None:
-        await self.on_prediction_batch(PredictionBatch.of(events))
+        await self.on_prediction_batch(Columns[PredictionMade].of(events))
 
     async def on_labels(self, events: list[LabelObserved]) -> None:
-        await self.on_label_batch(LabelBatch.of(events))
+        await self.on_label_batch(Columns[LabelObserved].of(events))
 
-    async def on_prediction_batch(self, batch: PredictionBatch) -> None:
+    async def on_prediction_batch(self, batch: Columns[PredictionMade]) -> None:
         """A batch of predictions (columns): one lock, one registry check and one metrics update
         per model."""
         for name, part in batch.by_model().items():
@@ -141,26 +141,26 @@ class MonitorService:
                 monitor = await self._prepare(name)
                 now = self.clock()
                 rows = zip(
-                    part.prediction_ids,
-                    part.versions,
+                    part.prediction_id,
+                    part.version,
                     part.served_by,
-                    part.labels,
+                    part.label,
                     part.features,
-                    part.event_ids,
+                    part.event_id,
                     repeat(now, len(part)),
                     strict=True,
                 )
                 points = _points(PredictionPoint, rows)
-                result = monitor.observe_prediction_batch(points, now, part.correlation_ids)
+                result = monitor.observe_prediction_batch(points, now, part.correlation_id)
                 await self._apply_batch(monitor, result)
                 await self._retrigger(monitor)
 
-    async def on_label_batch(self, batch: LabelBatch) -> None:
+    async def on_label_batch(self, batch: Columns[LabelObserved]) -> None:
         for name, part in batch.by_model().items():
             async with self._lock(name):
                 monitor = await self._prepare(name)
                 result = monitor.observe_label_batch(
-                    part.prediction_ids, part.labels, part.event_ids, self.clock()
+                    part.prediction_id, part.label, part.event_id, self.clock()
                 )
                 await self._apply_batch(monitor, result)
                 await self._retrigger(monitor)
