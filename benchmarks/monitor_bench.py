@@ -4,11 +4,11 @@ path vs River's detectors alone on the same values, pre-parsed, in one process.
 Service path (what is measured): encoded CloudEvents Kafka records (binary mode: ce_* headers +
 JSON value, exactly what ``modelbus_contracts.encode`` produces) are fed to the real
 ``EventBus.process_batch`` with the monitor's real subscriptions (``handlers.subscribe``), in
-batches of 1,000 records like the Kafka consumer gives them: the monitor's columnar decoder
-(CloudEvents headers, JSON, contract checks per column; pydantic only for records that are not
-plainly valid) -> the batch handler -> per-model lock -> join with the label -> standardisation ->
-per feature ADWIN on z, and the variance CUSUM on |z| of all features in one numpy pass
-(+ confirmation tests when a detector fires) -> quality
+batches of 1,000 records like the Kafka consumer gives them: the contracts' batch decoder
+(CloudEvents headers per column, the JSON by the event's derived msgspec struct; pydantic only
+for records that are not plainly valid) -> the batch handler -> per-model lock -> join with
+the label -> standardisation -> per feature ADWIN on z, and the variance CUSUM on |z| of all
+features in one numpy pass (+ confirmation tests when a detector fires) -> quality
 checks (missing, schema, range, robust outliers) -> daily windows -> error stream. Every
 prediction is followed by its label (also decoded and joined). No broker and no database: the
 registry, incident store and publisher are the in-memory fakes, so this is CPU cost only.
@@ -21,7 +21,7 @@ Baselines (one process, values already parsed into Python floats):
 
 Service and River runs are interleaved (best of ``--repeat`` each), so on a shared host both see
 the same load. Also reported: the handlers alone on pre-decoded columns, and decode alone
-(columnar vs one pydantic event per record).
+(the contracts' batch decoder vs one pydantic event per record).
 
 Results: build/bench/monitor.json and a printed table.
 Run: ``uv run python benchmarks/monitor_bench.py`` (about a minute; ``--n`` to change the size).
@@ -48,11 +48,13 @@ from river import drift
 
 from modelbus_contracts import (
     ArtifactRef,
+    Columns,
     DatasetRef,
     FeatureStats,
     LabelObserved,
     Lineage,
     PredictionMade,
+    decode_batch,
     encode,
 )
 from modelbus_contracts.api import AliasesView, ModelView, VersionView
@@ -61,12 +63,6 @@ from modelbus_monitor.config import MonitorSettings
 from modelbus_monitor.handlers import GROUP, subscribe
 from modelbus_monitor.metrics import MonitorMetrics
 from modelbus_monitor.service import MonitorService, detector_config
-from modelbus_monitor.telemetry import (
-    LabelBatch,
-    PredictionBatch,
-    decode_labels,
-    decode_predictions,
-)
 from modelbus_platform.bus import EventBus, MemoryProcessedEvents, RecordingPublisher
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -182,18 +178,18 @@ async def run_service(batches: list[list[Raw]]) -> dict[str, Any]:
     }
 
 
-def decoded(batches: list[list[Raw]]) -> list[PredictionBatch | LabelBatch]:
-    """The batches as the monitor's columnar decoder hands them to the handlers."""
-    out: list[PredictionBatch | LabelBatch] = []
+def decoded(batches: list[list[Raw]]) -> list[Columns]:
+    """The batches as the contracts' batch decoder hands them to the handlers."""
+    out: list[Columns] = []
     for batch in batches:
-        decoder = decode_predictions if batch[0].topic == PredictionMade.topic else decode_labels
-        payload, accepted, rejected = decoder(batch)
+        event_cls = PredictionMade if batch[0].topic == PredictionMade.topic else LabelObserved
+        payload, accepted, rejected = decode_batch(event_cls, batch)
         assert len(accepted) == len(batch) and not rejected
         out.append(payload)
     return out
 
 
-async def run_service_predecoded(batches: list[PredictionBatch | LabelBatch]) -> float:
+async def run_service_predecoded(batches: list[Columns]) -> float:
     """The handler path alone (records already decoded into columns): where the time goes."""
     settings = MonitorSettings()
     service = MonitorService(
@@ -206,7 +202,7 @@ async def run_service_predecoded(batches: list[PredictionBatch | LabelBatch]) ->
     await service.rebuild()
     started = time.perf_counter()
     for batch in batches:
-        if isinstance(batch, PredictionBatch):
+        if isinstance(batch, Columns[PredictionMade]):
             await service.on_prediction_batch(batch)
         else:
             await service.on_label_batch(batch)
@@ -214,7 +210,7 @@ async def run_service_predecoded(batches: list[PredictionBatch | LabelBatch]) ->
 
 
 def decode_only(batches: list[list[Raw]], columnar: bool) -> float:
-    """Decode every record: with the monitor's columnar decoder, or one pydantic event each."""
+    """Decode every record: with the contracts' batch decoder, or one pydantic event each."""
     from modelbus_contracts import decode
 
     started = time.perf_counter()

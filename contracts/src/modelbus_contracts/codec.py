@@ -80,6 +80,26 @@ def data_decoder(event_cls: type[Event]) -> msgspec.json.Decoder[Any]:
 
 
 @functools.cache
+def batch_decoder(event_cls: type[Event]) -> tuple[msgspec.json.Decoder[Any], dict[str, Any]]:
+    """A decoder for batches: ``data_struct`` without the patterns of the top-level fields,
+    and those fields' exact types, to check each distinct value of a column once (a model
+    name, say, is the same in most records of a batch)."""
+    fields = data_fields(event_cls)
+    loose = _struct(
+        f"{event_cls.__name__}BatchData",
+        event_cls,
+        fields,
+        optional=("model_name",),
+        patterns_apart=True,
+    )
+    strict = {f.name: f.type for f in msgspec.structs.fields(data_struct(event_cls))}
+    apart = {
+        f.name: strict[f.name] for f in msgspec.structs.fields(loose) if f.type != strict[f.name]
+    }
+    return msgspec.json.Decoder(loose), apart
+
+
+@functools.cache
 def to_values(event_cls: type[Event]) -> dict[str, Convert | None]:
     """Per data field: how a decoded struct value becomes the event's value (nested structs
     become the contract models, built without validating again); None where it is the same."""
@@ -112,13 +132,20 @@ def _check_model(model: type[BaseModel], skip: tuple[str, ...] = ()) -> None:
 
 
 def _struct(
-    name: str, model: type[BaseModel], fields: tuple[str, ...], optional: tuple[str, ...] = ()
+    name: str,
+    model: type[BaseModel],
+    fields: tuple[str, ...],
+    optional: tuple[str, ...] = (),
+    patterns_apart: bool = False,
 ) -> type[msgspec.Struct]:
     specs: list[tuple[str, Any, Any]] = []
     checks: dict[str, Convert] = {}
     for field_name in fields:
         info = model.model_fields[field_name]
-        annotation, check = _derive(info.annotation, info.metadata)
+        metadata = info.metadata
+        if patterns_apart:
+            metadata = [m for m in metadata if not _is_pattern(m)]
+        annotation, check = _derive(info.annotation, metadata)
         if check is not None:
             checks[field_name] = check
         if field_name in optional:
@@ -167,6 +194,10 @@ def _derive(annotation: Any, metadata: list[Any] = ()) -> tuple[Any, Convert | N
     for validator in validators:
         check = _then(check, validator)
     return ms_type, check
+
+
+def _is_pattern(item: Any) -> bool:
+    return type(item).__name__ == "_PydanticGeneralMetadata" and "pattern" in vars(item)
 
 
 def _collect(item: Any, constraints: dict[str, Any], validators: list[Convert]) -> None:
@@ -386,6 +417,7 @@ def _model_builder(model: type[BaseModel]) -> Convert:
 
 __all__ = [
     "DATETIME_PATTERN",
+    "batch_decoder",
     "data_decoder",
     "data_fields",
     "data_struct",

@@ -26,12 +26,14 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, NamedTuple, Self, Type
 import msgspec
 
 from .cloudevents import ContractError, decode
-from .codec import data_decoder, data_fields, data_struct, to_values
+from .codec import batch_decoder, data_decoder, data_fields, data_struct, to_values
 from .envelope import ENVELOPE_FIELDS, Event
 from .headers import Envelope, envelope_columns, record_envelope
 
 E = TypeVar("E", bound=Event)
 _IDS = ("event_id", "correlation_id")
+_UNCHECKED = frozenset({None, msgspec.UNSET})
+_value_of = attrgetter("value")
 
 
 class Columns(Generic[E]):
@@ -153,6 +155,7 @@ class _Decoding(Generic[E]):
         self.event_type = event_cls.event_type.encode()
         self.columns = columns_class(event_cls)
         self.decoder = data_decoder(event_cls)
+        self.batch_decoder, self.distinct_checks = batch_decoder(event_cls)
         self.fields = data_fields(event_cls)
         self.getters = tuple(map(attrgetter, self.fields))
         self.to_values = to_values(event_cls)
@@ -164,7 +167,7 @@ class _Decoding(Generic[E]):
         envelope = envelope_columns(raws, self.event_type)
         if envelope is not None:
             try:
-                structs = list(map(self.decoder.decode, [raw.value for raw in raws]))
+                structs = list(map(self.batch_decoder.decode, map(_value_of, raws)))
             except Exception:  # a record the struct refuses: record by record
                 structs = None
             if structs is not None:
@@ -179,6 +182,12 @@ class _Decoding(Generic[E]):
             column = list(map(get, structs))
             convert = self.to_values[name]
             data[name] = column if convert is None else list(map(convert, column))
+        for name, exact in self.distinct_checks.items():
+            try:
+                for value in set(data[name]) - _UNCHECKED:
+                    msgspec.convert(value, exact)
+            except msgspec.ValidationError:
+                return None
         names = data["model_name"]
         if msgspec.UNSET in names:
             subjects = [
@@ -198,9 +207,9 @@ class _Decoding(Generic[E]):
         )
 
     @functools.lru_cache(maxsize=256)  # noqa: B019 - one instance per event class, kept anyway
-    def _subject(self, subject: bytes | None) -> str | None:
+    def _subject(self, subject: Any) -> str | None:
         """The model name a subject header supplies, if the contract accepts it as one."""
-        if not subject:
+        if type(subject) is not bytes or not subject:
             return None
         try:
             return msgspec.convert(subject.decode(), self.name_type)  # type: ignore[no-any-return]
