@@ -14,7 +14,9 @@ from typing import Annotated, Any
 
 import msgspec
 import pytest
-from pydantic import AfterValidator, Field, field_validator
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import AfterValidator, Field, ValidationError, field_validator
 
 from modelbus_contracts import (
     ALL_EVENTS,
@@ -31,6 +33,7 @@ from modelbus_contracts import (
 )
 from modelbus_contracts import columns as columns_module
 from modelbus_contracts.codec import data_fields, data_struct
+from modelbus_contracts.envelope import is_model_name
 from modelbus_contracts.testing import DROP, Record, assert_as_pydantic, record_of, typed
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -505,3 +508,14 @@ def test_model_trained_nested_models_come_back_as_models():
         and type(got.columns.lineage[0]).__name__ == "Lineage"
     )
     assert got.columns.reference == [event.reference]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.text(max_size=8), st.sampled_from(["churn", "churn\n", "a" * 200, "a" * 201])))
+def test_is_model_name_agrees_with_the_contract(name):
+    try:
+        LabelObserved(model_name=name, prediction_id="p", label=0)
+        valid = True
+    except ValidationError:
+        valid = False
+    assert is_model_name(name) == valid

@@ -4,16 +4,15 @@ and the effective promotion and rollout policy."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import APIRouter, Body, HTTPException, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from modelbus_contracts import DatasetRef, GateResult
+from modelbus_contracts import DatasetRef, Decision, GateResult
+from modelbus_contracts.envelope import MODEL_NAME_MAX_LENGTH, MODEL_NAME_PATTERN
 
 from .service import DecisionConflict, DeployerService
-
-MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
 
 
 class DecisionView(BaseModel):
@@ -23,7 +22,7 @@ class DecisionView(BaseModel):
 
     model_name: str
     version: int
-    decision: Literal["promote", "reject", "pending_approval", "shadow", "canary"]
+    decision: Decision
     stage: int = 0
     live: str = Field(default="none", description="shadow | canary | watch | none")
     rollout: dict[str, Any] | None = None
@@ -93,7 +92,9 @@ def _service(request: Request) -> DeployerService:
 @router.get("/decisions", summary="Decisions, newest first")
 async def list_decisions(
     request: Request,
-    model_name: str | None = Query(default=None, max_length=200, pattern=MODEL_NAME),
+    model_name: str | None = Query(
+        default=None, max_length=MODEL_NAME_MAX_LENGTH, pattern=MODEL_NAME_PATTERN
+    ),
     limit: int = Query(default=50, ge=1, le=500),
 ) -> list[DecisionView]:
     docs = await _service(request).list_decisions(model_name, limit)
@@ -103,7 +104,7 @@ async def list_decisions(
 @router.get("/decisions/{model_name}/{version}", summary="The decision on one model version")
 async def get_decision(
     request: Request,
-    model_name: str = Path(max_length=200, pattern=MODEL_NAME),
+    model_name: str = Path(max_length=MODEL_NAME_MAX_LENGTH, pattern=MODEL_NAME_PATTERN),
     version: int = Path(ge=1),
 ) -> DecisionView:
     doc = await _service(request).get_decision(model_name, version)
@@ -115,7 +116,9 @@ async def get_decision(
 @router.get("/policy", summary="Effective promotion policy: defaults and per-model overrides")
 async def policy(
     request: Request,
-    model_name: str | None = Query(default=None, max_length=200, pattern=MODEL_NAME),
+    model_name: str | None = Query(
+        default=None, max_length=MODEL_NAME_MAX_LENGTH, pattern=MODEL_NAME_PATTERN
+    ),
 ) -> PolicyView:
     return PolicyView.model_validate(_service(request).policies(model_name))
 
@@ -138,7 +141,7 @@ async def _human(request: Request, model_name: str, version: int, body: HumanDec
 )
 async def approve(
     request: Request,
-    model_name: str = Path(max_length=200, pattern=MODEL_NAME),
+    model_name: str = Path(max_length=MODEL_NAME_MAX_LENGTH, pattern=MODEL_NAME_PATTERN),
     version: int = Path(ge=1),
     body: HumanDecision = Body(),
 ) -> DecisionView:
@@ -148,7 +151,7 @@ async def approve(
 @router.post("/decisions/{model_name}/{version}/reject", summary="Reject a pending decision")
 async def reject(
     request: Request,
-    model_name: str = Path(max_length=200, pattern=MODEL_NAME),
+    model_name: str = Path(max_length=MODEL_NAME_MAX_LENGTH, pattern=MODEL_NAME_PATTERN),
     version: int = Path(ge=1),
     body: HumanDecision = Body(),
 ) -> DecisionView:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import io
-import re
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -29,6 +28,8 @@ import pyarrow.csv as pv
 import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
+from modelbus_contracts.envelope import is_model_name
+
 JobState = Literal["queued", "running", "succeeded", "failed"]
 Trigger = Literal["api", "event", "schedule"]
 FileFormat = Literal["csv", "parquet"]
@@ -37,7 +38,6 @@ SCORE, LABEL, MODEL_VERSION, ERROR = "score", "label", "model_version", "error"
 RESERVED = (SCORE, LABEL, MODEL_VERSION, ERROR)
 EXTENSIONS: dict[str, FileFormat] = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 MAX_CHUNK_TIMINGS = 500
-MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 NUMBER = r"(?i)^[+-]?((\d+(\.\d*)?|\.\d+)(e[+-]?\d+)?|inf|infinity|nan)$"
 JOB_NAMESPACE = uuid.UUID("6f1d3a52-8c0e-4b7a-9a53-2f6c1b0d9e41")
 
@@ -108,7 +108,7 @@ def event_job_id(job_id: str, kind: str) -> uuid.UUID:
 
 
 def check_model_name(name: str) -> None:
-    if not MODEL_NAME.match(name) or len(name) > 200:
+    if not is_model_name(name):
         raise BadJob("bad_model_name", f"invalid model name {name!r}")
 
 
