@@ -24,7 +24,7 @@ import orjson
 from pydantic import ValidationError
 
 from .cloudevents import JSON, SPECVERSION, ContractError, encode, summarise
-from .codec import data_struct
+from .codec import batch_decoder, data_struct
 from .envelope import Event
 
 # key, value, headers: a Kafka record ready to publish
@@ -74,8 +74,10 @@ class BatchEncoder:
         self.event_cls = event_cls
         self.producer = producer
         self._struct = data_struct(event_cls)
-        self._structs = list[self._struct]  # type: ignore[name-defined]
-        self._prefixes: dict[str, tuple[tuple[str, bytes], ...]] = {}
+        loose, self._distinct = batch_decoder(event_cls)
+        self._loose = loose.type
+        self._checked: dict[tuple[str, Any], bool] = {}  # distinct values checked already
+        self._prefixes: dict[str, tuple[bytes, tuple[tuple[str, bytes], ...]]] = {}
 
     @classmethod
     @functools.cache
@@ -93,42 +95,74 @@ class BatchEncoder:
         occurred_at: datetime | None = None,
     ) -> list[RawRecord]:
         datas = _datas(shared, rows, 1 if event_ids is None else len(event_ids))
-        ids = _event_ids(event_ids, len(datas))
-        correlation = None if correlation_id is None else _canonical(correlation_id)
+        if event_ids is None:
+            ids = [random_uuid() for _ in datas]
+        else:
+            ids = _event_ids(event_ids, len(datas))
+        correlation = None if correlation_id is None else _canonical(correlation_id).encode()
         causation = None if causation_id is None else _canonical(causation_id)
-        when = _now() if occurred_at is None else _rfc3339(occurred_at)
+        when = (_now() if occurred_at is None else _rfc3339(occurred_at)).encode()
+        caused = () if causation is None else (("ce_causationid", causation.encode()),)
+        prefixes = self._prefixes
         out: list[RawRecord] = []
         for data, value, event_id in zip(datas, self._values(datas), ids, strict=True):
-            envelope = (event_id, when, correlation or event_id, causation)
-            name = data.get("model_name")
-            if value is None or type(name) is not str:  # not for the derived struct: pydantic
+            if value is None:  # not for the derived struct: pydantic builds and encodes it
+                envelope = (event_id, when.decode(), correlation, causation)
                 out.append(_pydantic_record(self.event_cls, self.producer, envelope, data))
                 continue
-            prefix = self._prefixes.get(name) or self._prefix(name)
-            out.append((name.encode(), value, _headers(prefix, envelope)))
+            name = data["model_name"]
+            key, prefix = prefixes.get(name) or self._prefix(name)
+            eid = event_id.encode()
+            headers = [
+                *prefix,
+                ("ce_id", eid),
+                ("ce_time", when),
+                ("ce_correlationid", correlation or eid),
+                *caused,
+            ]
+            out.append((key, value, headers))
         return out
 
     def _values(self, datas: list[dict[str, Any]]) -> list[bytes | None]:
         """The JSON of each row, or None for a row the derived struct does not take as it is.
         The struct checks the Python values (``convert``) rather than the JSON written: orjson
-        writes NaN as null."""
-        convert, struct, dumps = msgspec.convert, self._struct, orjson.dumps
+        writes NaN as null. Patterns are checked once per distinct value (``batch_decoder``),
+        and a row must name its model (pydantic has no subject header to take it from)."""
+        dumps, convert, loose = orjson.dumps, msgspec.convert, self._loose
         try:
-            convert(datas, self._structs)
-            return list(map(dumps, datas))
+            for data in datas:  # one by one: msgspec prepares list[...] again on every call
+                convert(data, loose)
+            if self._distinct_ok(datas):
+                return list(map(dumps, datas))
         except Exception:  # some row is unusual: row by row
             pass
         out: list[bytes | None] = []
         for data in datas:
             try:
-                convert(data, struct)
+                msgspec.convert(data, self._struct)
+                if type(data.get("model_name")) is not str:
+                    raise ValueError("no model name")
                 out.append(dumps(data))
             except Exception:
                 out.append(None)
         return out
 
-    def _prefix(self, model_name: str) -> tuple[tuple[str, bytes], ...]:
-        """The headers all events of this type, model and producer share, encoded once."""
+    def _distinct_ok(self, datas: list[dict[str, Any]]) -> bool:
+        checked = self._checked
+        for name, exact in self._distinct.items():
+            for value in {d.get(name, msgspec.UNSET) for d in datas}:
+                ok = checked.get((name, value))
+                if ok is None:
+                    ok = _exact(value, exact) and (name != "model_name" or type(value) is str)
+                    if len(checked) < 4096:
+                        checked[name, value] = ok
+                if not ok:
+                    return False
+        return True
+
+    def _prefix(self, model_name: str) -> tuple[bytes, tuple[tuple[str, bytes], ...]]:
+        """The key and the headers all events of this type, model and producer share, encoded
+        once."""
         prefix = (
             ("ce_specversion", SPECVERSION.encode()),
             ("ce_type", self.event_cls.event_type.encode()),
@@ -137,8 +171,8 @@ class BatchEncoder:
             ("ce_source", self.producer.encode()),
         )
         if len(self._prefixes) < 4096:
-            self._prefixes[model_name] = prefix
-        return prefix
+            self._prefixes[model_name] = (model_name.encode(), prefix)
+        return model_name.encode(), prefix
 
 
 def _datas(shared: Mapping[str, Any], rows: Mapping[str, Any], n: int) -> list[dict[str, Any]]:
@@ -170,9 +204,13 @@ def _column(values: Any) -> list[Any]:
 
 
 def _pydantic_record(
-    event_cls: type[Event], producer: str, envelope: tuple[str, str, str, str | None], data: dict
+    event_cls: type[Event],
+    producer: str,
+    envelope: tuple[str, str, bytes | None, str | None],
+    data: dict[str, Any],
 ) -> RawRecord:
-    event_id, when, correlation, causation = envelope
+    event_id, when, correlation_id, causation = envelope
+    correlation = event_id if correlation_id is None else correlation_id.decode()
     try:
         event = event_cls.model_validate(
             {
@@ -193,19 +231,14 @@ def _pydantic_record(
 # -- the envelope --------------------------------------------------------------------------------
 
 
-def _headers(
-    prefix: tuple[tuple[str, bytes], ...], envelope: tuple[str, str, str, str | None]
-) -> list[tuple[str, bytes]]:
-    event_id, when, correlation, causation = envelope
-    headers = [
-        *prefix,
-        ("ce_id", event_id.encode()),
-        ("ce_time", when.encode()),
-        ("ce_correlationid", correlation.encode()),
-    ]
-    if causation is not None:
-        headers.append(("ce_causationid", causation.encode()))
-    return headers
+def _exact(value: Any, exact: Any) -> bool:
+    if value is None or value is msgspec.UNSET:
+        return True
+    try:
+        msgspec.convert(value, exact)
+    except msgspec.ValidationError:
+        return False
+    return True
 
 
 def _event_ids(given: Sequence[str] | None, n: int) -> list[str]:
