@@ -45,16 +45,16 @@ def encode_batch(
     producer: str,
     shared: Mapping[str, Any],
     rows: Mapping[str, Any],
-    event_ids: Sequence[str] | None = None,
-    correlation_id: str | None = None,
-    causation_id: str | None = None,
+    event_ids: Sequence[str | uuid.UUID] | None = None,
+    correlation_id: str | uuid.UUID | None = None,
+    causation_id: str | uuid.UUID | None = None,
     occurred_at: datetime | None = None,
 ) -> list[RawRecord]:
     """One record per row. ``shared``: data values every row has; ``rows``: one sequence (a
     list, a 1-D array, ``DictRows``) per data field that varies (none: one row per event id,
-    or one row). ``event_ids`` default to fresh
-    uuid4s; without a ``correlation_id`` each event starts its own chain (its correlation id
-    is its event id); ``occurred_at`` defaults to now (to the millisecond)."""
+    or one row). ``event_ids`` default to fresh uuid4s; without a ``correlation_id`` each
+    event starts its own chain (its correlation id is its event id); ``occurred_at`` defaults
+    to now (to the millisecond). Ids may be ``UUID`` objects or strings."""
     return BatchEncoder.of(event_cls, producer).encode(
         shared,
         rows,
@@ -89,9 +89,9 @@ class BatchEncoder:
         shared: Mapping[str, Any],
         rows: Mapping[str, Any],
         *,
-        event_ids: Sequence[str] | None = None,
-        correlation_id: str | None = None,
-        causation_id: str | None = None,
+        event_ids: Sequence[str | uuid.UUID] | None = None,
+        correlation_id: str | uuid.UUID | None = None,
+        causation_id: str | uuid.UUID | None = None,
         occurred_at: datetime | None = None,
     ) -> list[RawRecord]:
         datas = _datas(shared, rows, 1 if event_ids is None else len(event_ids))
@@ -241,7 +241,7 @@ def _exact(value: Any, exact: Any) -> bool:
     return True
 
 
-def _event_ids(given: Sequence[str] | None, n: int) -> list[str]:
+def _event_ids(given: Sequence[str | uuid.UUID] | None, n: int) -> list[str]:
     if given is None:
         return [random_uuid() for _ in range(n)]
     if len(given) != n:
@@ -251,6 +251,8 @@ def _event_ids(given: Sequence[str] | None, n: int) -> list[str]:
 
 def _canonical(value: str | uuid.UUID) -> str:
     """A UUID as pydantic gives it back (lowercase, hyphenated)."""
+    if type(value) is uuid.UUID:
+        return str(value)
     text = str(value)
     try:
         return str(uuid.UUID(text))

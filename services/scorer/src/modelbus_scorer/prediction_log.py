@@ -87,11 +87,11 @@ class PredictionBatch:
             shared,
             rows,
             event_ids=[
-                str(uuid.uuid5(cause.event_id, f"{PredictionMade.event_type}/{pid}"))
+                uuid.uuid5(cause.event_id, f"{PredictionMade.event_type}/{pid}")
                 for pid in self.prediction_ids
             ],
-            correlation_id=str(cause.correlation_id),
-            causation_id=str(cause.event_id),
+            correlation_id=cause.correlation_id,
+            causation_id=cause.event_id,
             occurred_at=self.occurred_at,
         )
 
