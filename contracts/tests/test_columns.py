@@ -112,8 +112,26 @@ class _WithMultipleOf(Event):
     x: int = Field(multiple_of=2)
 
 
+class _WithUnicodeClass(Event):
+    event_type = "test.digits.v1"
+    x: str = Field(pattern=r"^\d+$")  # Rust's and Python's Unicode tables may differ
+
+
+class _WithInnerDollar(Event):
+    event_type = "test.dollar.v1"
+    x: str = Field(pattern=r"^a$|^b$")
+
+
 @pytest.mark.parametrize(
-    "event_cls", [_WithValidator, _WithUnion, _WithInfoValidator, _WithMultipleOf]
+    "event_cls",
+    [
+        _WithValidator,
+        _WithUnion,
+        _WithInfoValidator,
+        _WithMultipleOf,
+        _WithUnicodeClass,
+        _WithInnerDollar,
+    ],
 )
 def test_what_cannot_be_derived_exactly_is_refused_when_the_struct_is_built(event_cls):
     with pytest.raises(TypeError):

@@ -333,9 +333,14 @@ def _annotated(tp: Any, meta: dict[str, Any]) -> Any:
 
 
 def _python_pattern(pattern: str) -> str:
-    """pydantic's (Rust) semantics in Python's ``re``: ``$`` at the end matches only at the end."""
-    if pattern.endswith("$") and not pattern.endswith("\\$"):
-        pattern = pattern[:-1] + r"\Z"
+    """pydantic's (Rust) semantics in Python's ``re``: ``$`` at the end matches only at the end.
+    What may differ between the two engines otherwise (``$`` elsewhere, the Unicode classes
+    ``\\d``, ``\\w``, ``\\s``, ``\\b``) is refused."""
+    body = pattern[:-1] if pattern.endswith("$") and not pattern.endswith("\\$") else pattern
+    if re.search(r"(?<!\\)\$|\\[dDwWsSbB]", body):
+        raise TypeError(f"pattern {pattern!r} is not derivable exactly")
+    if body is not pattern:
+        pattern = body + r"\Z"
     re.compile(pattern)
     return pattern
 
