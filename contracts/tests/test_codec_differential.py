@@ -131,6 +131,21 @@ NESTED_VALUES: list[Any] = [
     {},
     {"a": 1},
 ]
+# and where a string was: the forms of ids, hashes and odd characters
+NESTED_STRINGS = [
+    U,
+    U.upper(),
+    U.replace("-", ""),
+    f"urn:uuid:{U}",
+    f"{{{U}}}",
+    U + "\n",
+    U[:-1] + "\u0661",
+    "A" * 64,
+    "0" * 63,
+    "0" * 64 + "\n",
+    "x\n",
+    "\x00",
+]
 # numbers as JSON text, some of them not JSON at all
 NUMBERS = [
     "1e400",
@@ -218,12 +233,14 @@ def data_mutations(event: Event) -> Iterator[tuple[str, bytes]]:
         if isinstance(container, dict):
             yield f"extra beside {path}", dumps(changed(data, (*parent, "surprise"), 1))
         nested = len(path) > 1
-        for value in NESTED_VALUES if nested else VALUES:
+        was = container[path[-1]]
+        odd = VALUES if not nested else NESTED_VALUES + (NESTED_STRINGS if type(was) is str else [])
+        for value in odd:
             mutated = changed(data, path, value)
             yield f"{path} = {value!r}", dumps(mutated)
             if isinstance(value, str) and value.isascii() is False and "\ud800" not in value:
                 yield f"{path} = {value!r} (raw UTF-8)", dumps(mutated, ascii_only=False)
-        if nested and type(container[path[-1]]) not in (int, float):
+        if nested and type(was) not in (int, float):
             continue
         numbered = dumps(changed(data, path, NUMBER))
         for number in NUMBERS:

@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from itertools import repeat
 from typing import Any, NamedTuple
 
 import msgspec
@@ -150,7 +151,8 @@ class BatchEncoder:
     def _distinct_ok(self, datas: list[dict[str, Any]]) -> bool:
         checked = self._checked
         for name, exact in self._distinct.items():
-            for value in {d.get(name, msgspec.UNSET) for d in datas}:
+            values = [datas[0].get(name, msgspec.UNSET)] if len(datas) == 1 else None
+            for value in values or {d.get(name, msgspec.UNSET) for d in datas}:
                 ok = checked.get((name, value))
                 if ok is None:
                     ok = _exact(value, exact) and (name != "model_name" or type(value) is str)
@@ -175,6 +177,17 @@ class BatchEncoder:
         return model_name.encode(), prefix
 
 
+def _exact(value: Any, exact: Any) -> bool:
+    """Whether a value (absent and None aside) has the field's exact type."""
+    if value is None or value is msgspec.UNSET:
+        return True
+    try:
+        msgspec.convert(value, exact)
+    except msgspec.ValidationError:
+        return False
+    return True
+
+
 def _datas(shared: Mapping[str, Any], rows: Mapping[str, Any], n: int) -> list[dict[str, Any]]:
     """Each row's data: the shared values and the row's (``n`` rows if no column varies)."""
     if not rows:
@@ -183,7 +196,7 @@ def _datas(shared: Mapping[str, Any], rows: Mapping[str, Any], n: int) -> list[d
         raise ValueError(f"both shared and per row: {sorted(set(shared) & set(rows))}")
     names = tuple(rows)
     columns = [values if type(values) is list else _column(values) for values in rows.values()]
-    copy = dict(shared).copy
+    copy = shared.copy if type(shared) is dict else dict(shared).copy
     datas = []
     for values in zip(*columns, strict=True):
         data = copy()
@@ -193,14 +206,15 @@ def _datas(shared: Mapping[str, Any], rows: Mapping[str, Any], n: int) -> list[d
 
 
 def _column(values: Any) -> list[Any]:
-    if isinstance(values, DictRows):
+    if type(values) is DictRows:
         keys = tuple(values.keys)
-        tolist = getattr(values.values, "tolist", None)
-        return [
-            dict(zip(keys, row, strict=True)) for row in (tolist() if tolist else values.values)
-        ]
-    tolist = getattr(values, "tolist", None)  # numpy: Python ints and floats
-    return tolist() if tolist is not None else list(values)  # type: ignore[no-any-return]
+        matrix = values.values
+        if hasattr(matrix, "tolist"):  # numpy: one row of Python floats per dict
+            if matrix.ndim != 2 or matrix.shape[1] != len(keys):
+                raise ValueError(f"{matrix.shape} values for {len(keys)} keys")
+            return list(map(dict, map(zip, repeat(keys), matrix.tolist())))
+        return [dict(zip(keys, row, strict=True)) for row in matrix]
+    return values.tolist() if hasattr(values, "tolist") else list(values)  # type: ignore[no-any-return]
 
 
 def _pydantic_record(
@@ -229,16 +243,6 @@ def _pydantic_record(
 
 
 # -- the envelope --------------------------------------------------------------------------------
-
-
-def _exact(value: Any, exact: Any) -> bool:
-    if value is None or value is msgspec.UNSET:
-        return True
-    try:
-        msgspec.convert(value, exact)
-    except msgspec.ValidationError:
-        return False
-    return True
 
 
 def _event_ids(given: Sequence[str | uuid.UUID] | None, n: int) -> list[str]:
