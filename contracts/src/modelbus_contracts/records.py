@@ -17,7 +17,6 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from itertools import repeat
 from typing import Any, NamedTuple
 
 import msgspec
@@ -66,6 +65,10 @@ def encode_batch(
     )
 
 
+class _Unusual(Exception):
+    """A row for the exact checks."""
+
+
 class BatchEncoder:
     """``encode_batch`` for one event class and producer, with what it derives kept."""
 
@@ -77,7 +80,7 @@ class BatchEncoder:
         self._struct = data_struct(event_cls)
         loose, self._distinct = batch_decoder(event_cls)
         self._loose = loose.type
-        self._checked: dict[tuple[str, Any], bool] = {}  # distinct values checked already
+        self._checked: dict[tuple[str, Any], bool] = {}  # values found exact already
         self._prefixes: dict[str, tuple[bytes, tuple[tuple[str, bytes], ...]]] = {}
 
     @classmethod
@@ -95,24 +98,45 @@ class BatchEncoder:
         causation_id: str | uuid.UUID | None = None,
         occurred_at: datetime | None = None,
     ) -> list[RawRecord]:
-        datas = _datas(shared, rows, 1 if event_ids is None else len(event_ids))
-        if event_ids is None:
-            ids = [random_uuid() for _ in datas]
-        else:
-            ids = _event_ids(event_ids, len(datas))
+        base = shared if type(shared) is dict else dict(shared)
+        if base and not base.keys().isdisjoint(rows):
+            raise ValueError(f"both shared and per row: {sorted(base.keys() & rows.keys())}")
+        names = tuple(rows)
+        columns = []
+        for values in rows.values():  # each a list of the rows' values
+            kind = type(values)
+            if kind is not list:
+                values = _dicts(values) if kind is DictRows else _listed(values)
+            columns.append(values)
+        if columns:
+            n = len(columns[0])
+            row_values: Any = zip(*columns, strict=True)
+        else:  # every value shared: one event per given id, or one
+            n = 1 if event_ids is None else len(event_ids)
+            row_values = [()] * n
+        ids = None if event_ids is None else _event_ids(event_ids, n)
         correlation = None if correlation_id is None else _canonical(correlation_id).encode()
         causation = None if causation_id is None else _canonical(causation_id)
         when = (_now() if occurred_at is None else _rfc3339(occurred_at)).encode()
         caused = () if causation is None else (("ce_causationid", causation.encode()),)
-        prefixes = self._prefixes
+        convert, dumps, loose, distinct = msgspec.convert, orjson.dumps, self._loose, self._distinct
+        checked, prefixes = self._checked, self._prefixes
         out: list[RawRecord] = []
-        for data, value, event_id in zip(datas, self._values(datas), ids, strict=True):
-            if value is None:  # not for the derived struct: pydantic builds and encodes it
-                envelope = (event_id, when.decode(), correlation, causation)
-                out.append(_pydantic_record(self.event_cls, self.producer, envelope, data))
+        for i, values in enumerate(row_values):
+            data = base.copy()
+            data.update(zip(names, values, strict=False))  # one value per name, by construction
+            event_id = random_uuid() if ids is None else ids[i]
+            try:  # the derived struct, its patterns once per distinct value
+                convert(data, loose)
+                for name in distinct:
+                    if not checked.get((name, data.get(name))):
+                        raise _Unusual
+                value = dumps(data)
+            except Exception:
+                out.append(self._unusual(data, event_id, (when, correlation, causation)))
                 continue
-            name = data["model_name"]
-            key, prefix = prefixes.get(name) or self._prefix(name)
+            model_name = data["model_name"]
+            key, prefix = prefixes.get(model_name) or self._prefix(model_name)
             eid = event_id.encode()
             headers = [
                 *prefix,
@@ -124,43 +148,37 @@ class BatchEncoder:
             out.append((key, value, headers))
         return out
 
-    def _values(self, datas: list[dict[str, Any]]) -> list[bytes | None]:
-        """The JSON of each row, or None for a row the derived struct does not take as it is.
-        The struct checks the Python values (``convert``) rather than the JSON written: orjson
-        writes NaN as null. Patterns are checked once per distinct value (``batch_decoder``),
-        and a row must name its model (pydantic has no subject header to take it from)."""
-        dumps, convert, loose = orjson.dumps, msgspec.convert, self._loose
+    def _unusual(
+        self, data: dict[str, Any], event_id: str, envelope: tuple[bytes, bytes | None, str | None]
+    ) -> RawRecord:
+        """A row the loose struct refused, or with a value not seen yet in a checked field:
+        checked exactly (and remembered), else built and encoded by pydantic. The struct checks
+        the Python values rather than the JSON written: orjson writes NaN as null. A row must
+        name its model (pydantic has no subject header to take it from)."""
+        when, correlation, causation = envelope
         try:
-            for data in datas:  # one by one: msgspec prepares list[...] again on every call
-                convert(data, loose)
-            if self._distinct_ok(datas):
-                return list(map(dumps, datas))
-        except Exception:  # some row is unusual: row by row
-            pass
-        out: list[bytes | None] = []
-        for data in datas:
-            try:
-                msgspec.convert(data, self._struct)
-                if type(data.get("model_name")) is not str:
-                    raise ValueError("no model name")
-                out.append(dumps(data))
-            except Exception:
-                out.append(None)
-        return out
-
-    def _distinct_ok(self, datas: list[dict[str, Any]]) -> bool:
-        checked = self._checked
-        for name, exact in self._distinct.items():
-            values = [datas[0].get(name, msgspec.UNSET)] if len(datas) == 1 else None
-            for value in values or {d.get(name, msgspec.UNSET) for d in datas}:
-                ok = checked.get((name, value))
-                if ok is None:
-                    ok = _exact(value, exact) and (name != "model_name" or type(value) is str)
-                    if len(checked) < 4096:
-                        checked[name, value] = ok
-                if not ok:
-                    return False
-        return True
+            msgspec.convert(data, self._struct)
+            name = data.get("model_name")
+            if type(name) is not str:
+                raise _Unusual
+            for field in self._distinct:
+                if len(self._checked) < 4096:
+                    self._checked[field, data.get(field)] = True
+            value = orjson.dumps(data)
+        except Exception:
+            pydantic_envelope = (event_id, when.decode(), correlation, causation)
+            return _pydantic_record(self.event_cls, self.producer, pydantic_envelope, data)
+        key, prefix = self._prefixes.get(name) or self._prefix(name)
+        eid = event_id.encode()
+        caused = () if causation is None else (("ce_causationid", causation.encode()),)
+        headers = [
+            *prefix,
+            ("ce_id", eid),
+            ("ce_time", when),
+            ("ce_correlationid", correlation or eid),
+            *caused,
+        ]
+        return key, value, headers
 
     def _prefix(self, model_name: str) -> tuple[bytes, tuple[tuple[str, bytes], ...]]:
         """The key and the headers all events of this type, model and producer share, encoded
@@ -177,43 +195,17 @@ class BatchEncoder:
         return model_name.encode(), prefix
 
 
-def _exact(value: Any, exact: Any) -> bool:
-    """Whether a value (absent and None aside) has the field's exact type."""
-    if value is None or value is msgspec.UNSET:
-        return True
-    try:
-        msgspec.convert(value, exact)
-    except msgspec.ValidationError:
-        return False
-    return True
+def _dicts(values: DictRows) -> list[dict[str, Any]]:
+    keys = tuple(values.keys)
+    matrix = values.values
+    if hasattr(matrix, "tolist"):  # numpy: one row of Python floats per dict
+        if matrix.ndim != 2 or matrix.shape[1] != len(keys):
+            raise ValueError(f"{matrix.shape} values for {len(keys)} keys")
+        return [dict(zip(keys, row, strict=False)) for row in matrix.tolist()]
+    return [dict(zip(keys, row, strict=True)) for row in matrix]
 
 
-def _datas(shared: Mapping[str, Any], rows: Mapping[str, Any], n: int) -> list[dict[str, Any]]:
-    """Each row's data: the shared values and the row's (``n`` rows if no column varies)."""
-    if not rows:
-        return [dict(shared) for _ in range(n)]
-    if not shared.keys().isdisjoint(rows):
-        raise ValueError(f"both shared and per row: {sorted(set(shared) & set(rows))}")
-    names = tuple(rows)
-    columns = [values if type(values) is list else _column(values) for values in rows.values()]
-    copy = shared.copy if type(shared) is dict else dict(shared).copy
-    datas = []
-    for values in zip(*columns, strict=True):
-        data = copy()
-        data.update(zip(names, values, strict=False))  # one value per name, by construction
-        datas.append(data)
-    return datas
-
-
-def _column(values: Any) -> list[Any]:
-    if type(values) is DictRows:
-        keys = tuple(values.keys)
-        matrix = values.values
-        if hasattr(matrix, "tolist"):  # numpy: one row of Python floats per dict
-            if matrix.ndim != 2 or matrix.shape[1] != len(keys):
-                raise ValueError(f"{matrix.shape} values for {len(keys)} keys")
-            return list(map(dict, map(zip, repeat(keys), matrix.tolist())))
-        return [dict(zip(keys, row, strict=True)) for row in matrix]
+def _listed(values: Any) -> list[Any]:
     return values.tolist() if hasattr(values, "tolist") else list(values)  # type: ignore[no-any-return]
 
 
@@ -264,18 +256,26 @@ def _canonical(value: str | uuid.UUID) -> str:
         raise ContractError(f"invalid event: not a UUID: {text!r}") from exc
 
 
-def _now() -> str:
-    """Now, as an RFC 3339 UTC time to the millisecond; formatted once per millisecond."""
-    global _last_milli, _last_now
-    milli = int(time.time() * 1000)
-    if milli != _last_milli:
-        second, rest = divmod(milli, 1000)
-        stamp = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-        _last_milli, _last_now = milli, f"{stamp}.{rest:03d}Z"
-    return _last_now
+class _Clock:
+    """Now, as an RFC 3339 UTC time to the millisecond: the date and time of day formatted
+    once a second, the whole once a millisecond (events in the same millisecond share it)."""
+
+    def __init__(self) -> None:
+        self._second = self._milli = -1
+        self._prefix = self._text = ""
+
+    def now(self) -> str:
+        milli = int(time.time() * 1000)
+        if milli != self._milli:
+            second, rest = divmod(milli, 1000)
+            if second != self._second:
+                self._prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+                self._second = second
+            self._milli, self._text = milli, f"{self._prefix}.{rest:03d}Z"
+        return self._text
 
 
-_last_milli, _last_now = -1, ""
+_now = _Clock().now
 
 
 def _rfc3339(moment: datetime) -> str:
