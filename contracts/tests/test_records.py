@@ -165,7 +165,7 @@ def test_every_odd_value_is_encoded_as_pydantic_builds_it(event_cls):
     assert_encodes_as_pydantic(event_cls, event, {**plain, "surprise": 1})
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, derandomize=True)
 @given(
     features=st.dictionaries(
         st.text(max_size=5), st.one_of(st.floats(), st.integers(), st.booleans()), max_size=5
