@@ -4,11 +4,11 @@ path vs River's detectors alone on the same values, pre-parsed, in one process.
 Service path (what is measured): encoded CloudEvents Kafka records (binary mode: ce_* headers +
 JSON value, exactly what ``modelbus_contracts.encode`` produces) are fed to the real
 ``EventBus.process_batch`` with the monitor's real subscriptions (``handlers.subscribe``), in
-batches of 1,000 records like the Kafka consumer gives them: the monitor's columnar decoder
-(CloudEvents headers, JSON, contract checks per column; pydantic only for records that are not
-plainly valid) -> the batch handler -> per-model lock -> join with the label -> standardisation ->
-per feature ADWIN on z, and the variance CUSUM on |z| of all features in one numpy pass
-(+ confirmation tests when a detector fires) -> quality
+batches of 1,000 records like the Kafka consumer gives them: the contracts' batch decoder
+(CloudEvents headers per column, the JSON by the event's derived msgspec struct; pydantic only
+for records that are not plainly valid) -> the batch handler -> per-model lock -> join with
+the label -> standardisation -> per feature ADWIN on z, and the variance CUSUM on |z| of all
+features in one numpy pass (+ confirmation tests when a detector fires) -> quality
 checks (missing, schema, range, robust outliers) -> daily windows -> error stream. Every
 prediction is followed by its label (also decoded and joined). No broker and no database: the
 registry, incident store and publisher are the in-memory fakes, so this is CPU cost only.
@@ -20,12 +20,13 @@ Baselines (one process, values already parsed into Python floats):
                             ADWIN on |z|; kept as the heavier River reference)
 
 Service and River runs are interleaved (best of ``--repeat`` each), so on a shared host both see
-the same load. Also reported: the handlers alone on pre-decoded columns, decode alone (columnar
-vs one pydantic event per record), and each step of the signal kernel alone on the same batches
-(``us_per_prediction_by_kernel_step``: the join with eligibility and the error stream, i.e. the
-kernel without a reference; building the feature matrix; ADWIN on z; the variance CUSUMs; the
-quality screen; the daily windows; the error stream alone). Those figures are where the
-handler time goes; the code says why it is shaped as it is, this bench says how much it costs.
+the same load. Also reported: the handlers alone on pre-decoded columns, decode alone (the
+contracts' batch decoder vs one pydantic event per record), and each step of the signal kernel
+alone on the same batches (``us_per_prediction_by_kernel_step``: the join with eligibility and
+the error stream, i.e. the kernel without a reference; building the feature matrix; ADWIN on z;
+the variance CUSUMs; the quality screen; the daily windows; the error stream alone). Those
+figures are where the handler time goes; the code says why it is shaped as it is, this bench
+says how much it costs.
 
 Results: build/bench/monitor.json and a printed table.
 Run: ``uv run python benchmarks/monitor_bench.py`` (about a minute; ``--n`` to change the size).
@@ -53,11 +54,13 @@ from river import drift
 
 from modelbus_contracts import (
     ArtifactRef,
+    Columns,
     DatasetRef,
     FeatureStats,
     LabelObserved,
     Lineage,
     PredictionMade,
+    decode_batch,
     encode,
 )
 from modelbus_contracts.api import VersionView
@@ -69,12 +72,6 @@ from modelbus_monitor.kernel import SignalKernel
 from modelbus_monitor.metrics import MonitorMetrics
 from modelbus_monitor.quality import BatchScreen, bounds_for, feature_matrix
 from modelbus_monitor.service import MonitorService, detector_config
-from modelbus_monitor.telemetry import (
-    LabelBatch,
-    PredictionBatch,
-    decode_labels,
-    decode_predictions,
-)
 from modelbus_monitor.testing import MemoryIncidentStore
 from modelbus_platform.bus import EventBus, MemoryProcessedEvents, RecordingPublisher
 from modelbus_platform.kit import bind
@@ -193,18 +190,18 @@ async def run_service(batches: list[list[Raw]]) -> dict[str, Any]:
     }
 
 
-def decoded(batches: list[list[Raw]]) -> list[PredictionBatch | LabelBatch]:
-    """The batches as the monitor's columnar decoder hands them to the handlers."""
-    out: list[PredictionBatch | LabelBatch] = []
+def decoded(batches: list[list[Raw]]) -> list[Columns]:
+    """The batches as the contracts' batch decoder hands them to the handlers."""
+    out: list[Columns] = []
     for batch in batches:
-        decoder = decode_predictions if batch[0].topic == PredictionMade.topic else decode_labels
-        payload, accepted, rejected = decoder(batch)
+        event_cls = PredictionMade if batch[0].topic == PredictionMade.topic else LabelObserved
+        payload, accepted, rejected = decode_batch(event_cls, batch)
         assert len(accepted) == len(batch) and not rejected
         out.append(payload)
     return out
 
 
-async def run_service_predecoded(batches: list[PredictionBatch | LabelBatch]) -> float:
+async def run_service_predecoded(batches: list[Columns]) -> float:
     """The handler path alone (records already decoded into columns): where the time goes."""
     settings = MonitorSettings()
     publisher, incidents = RecordingPublisher(), MemoryIncidentStore()
@@ -219,14 +216,14 @@ async def run_service_predecoded(batches: list[PredictionBatch | LabelBatch]) ->
     await service.rebuild()
     started = time.perf_counter()
     for batch in batches:
-        if isinstance(batch, PredictionBatch):
+        if isinstance(batch, Columns[PredictionMade]):
             await service.on_prediction_batch(batch)
         else:
             await service.on_label_batch(batch)
     return time.perf_counter() - started
 
 
-def kernel_stages(batches: list[PredictionBatch | LabelBatch], repeat: int) -> dict[str, float]:
+def kernel_stages(batches: list[Columns], repeat: int) -> dict[str, float]:
     """Where the handler time goes: each step of the signal kernel alone, on the same
     pre-decoded batches, with fresh state per run (best of ``repeat``); seconds per step."""
     config = detector_config(MonitorSettings())
@@ -234,18 +231,18 @@ def kernel_stages(batches: list[PredictionBatch | LabelBatch], repeat: int) -> d
     names = sorted(reference)
     means = np.array([reference[n].mean for n in names])
     stds = np.array([reference[n].std for n in names])
-    predictions = [b for b in batches if isinstance(b, PredictionBatch)]
-    labels = [b for b in batches if isinstance(b, LabelBatch)]
+    predictions = [b for b in batches if isinstance(b, Columns[PredictionMade])]
+    labels = [b for b in batches if isinstance(b, Columns[LabelObserved])]
     now = datetime(2026, 1, 1, tzinfo=UTC)
     matrices = [feature_matrix(b.features, names) for b in predictions]
     zs = [(m - means) / stds for m in matrices]
     predicted = {
-        pid: p for b in predictions for pid, p in zip(b.prediction_ids, b.labels, strict=True)
+        pid: p for b in predictions for pid, p in zip(b.prediction_id, b.label, strict=True)
     }
     errors = [
         [
             float(predicted[pid] != label)
-            for pid, label in zip(b.prediction_ids, b.labels, strict=True)
+            for pid, label in zip(b.prediction_id, b.label, strict=True)
         ]
         for b in labels
     ]
@@ -256,15 +253,15 @@ def kernel_stages(batches: list[PredictionBatch | LabelBatch], repeat: int) -> d
         for p, lab in zip(predictions, labels, strict=True):
             kernel.predictions(
                 now,
-                prediction_ids=p.prediction_ids,
-                versions=p.versions,
+                prediction_ids=p.prediction_id,
+                versions=p.version,
                 served_by=p.served_by,
-                labels=p.labels,
+                labels=p.label,
                 features=p.features,
-                event_ids=p.event_ids,
+                event_ids=p.event_id,
             )
             kernel.labels(
-                now, prediction_ids=lab.prediction_ids, labels=lab.labels, event_ids=lab.event_ids
+                now, prediction_ids=lab.prediction_id, labels=lab.label, event_ids=lab.event_id
             )
 
     def matrix() -> None:
@@ -318,7 +315,7 @@ def kernel_stages(batches: list[PredictionBatch | LabelBatch], repeat: int) -> d
 
 
 def decode_only(batches: list[list[Raw]], columnar: bool) -> float:
-    """Decode every record: with the monitor's columnar decoder, or one pydantic event each."""
+    """Decode every record: with the contracts' batch decoder, or one pydantic event each."""
     from modelbus_contracts import decode
 
     started = time.perf_counter()

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .events import ArtifactRef, DatasetRef, FeatureStats, Lineage
+from .events import ArtifactRef, DatasetRef, FeatureStats, Lineage, RolloutMode
 
 Alias = Literal["champion", "challenger", "previous"]
 
@@ -48,7 +48,7 @@ class AliasesView(View):
 class RolloutView(View):
     """The live exposure of a challenger (scorers serve it in shadow or as a canary)."""
 
-    mode: Literal["none", "shadow", "canary"] = "none"
+    mode: RolloutMode = "none"
     version: int | None = None
     champion_version: int | None = None
     fraction: float = 0.0

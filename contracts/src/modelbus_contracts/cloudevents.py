@@ -60,37 +60,6 @@ def encode(event: Event) -> KafkaRecord:
     return KafkaRecord(event.topic, event.key, value, headers)
 
 
-class BinaryHeaders:
-    """The binary-mode headers ``encode`` writes, built from already formatted strings: the
-    fast path for telemetry encoded without a pydantic model per event. The attributes that do
-    not change between events of one producer (type, subject, source) are encoded once."""
-
-    __slots__ = ("_prefix",)
-
-    def __init__(self, event_type: str, *, subject: str, source: str) -> None:
-        self._prefix: tuple[tuple[str, bytes], ...] = (
-            ("ce_specversion", SPECVERSION.encode()),
-            ("ce_type", event_type.encode()),
-            ("ce_subject", subject.encode()),
-            ("content-type", JSON.encode()),
-            ("ce_source", source.encode()),
-        )
-
-    def build(
-        self, *, event_id: str, time: str, correlation_id: str, causation_id: str | None = None
-    ) -> list[tuple[str, bytes]]:
-        """``time`` is RFC 3339; ids are UUID strings."""
-        headers = [
-            *self._prefix,
-            ("ce_id", event_id.encode()),
-            ("ce_time", time.encode()),
-            ("ce_correlationid", correlation_id.encode()),
-        ]
-        if causation_id is not None:
-            headers.append(("ce_causationid", causation_id.encode()))
-        return headers
-
-
 def _text_headers(headers: Mapping[str, Any] | list[tuple[str, Any]] | None) -> dict[str, str]:
     items = headers.items() if isinstance(headers, Mapping) else (headers or [])
     out: dict[str, str] = {}
@@ -144,10 +113,10 @@ def decode(
     try:
         return event_cls.from_parts(envelope, data)
     except ValidationError as exc:
-        raise ContractError(_summarise(exc)) from exc
+        raise ContractError(summarise(exc)) from exc
 
 
-def _summarise(exc: ValidationError) -> str:
+def summarise(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors()[:10]:
         where = ".".join(str(p) for p in err["loc"]) or "<root>"

@@ -8,6 +8,7 @@ travel as CloudEvents Kafka headers (binary content mode); the remaining fields 
 from __future__ import annotations
 
 import math
+import re
 import uuid
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Self, TypeVar
@@ -22,6 +23,10 @@ ENVELOPE_FIELDS = (
     "causation_id",
 )
 
+
+# what a model name may be (the Kafka key and subject of every event, a path segment in the APIs)
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
+MODEL_NAME_MAX_LENGTH = 200
 
 E = TypeVar("E", bound="Event")
 
@@ -64,7 +69,9 @@ class Event(Frozen):
     correlation_id: uuid.UUID = Field(default_factory=uuid.uuid4)
     causation_id: uuid.UUID | None = None
 
-    model_name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    model_name: str = Field(
+        min_length=1, max_length=MODEL_NAME_MAX_LENGTH, pattern=MODEL_NAME_PATTERN
+    )
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -100,4 +107,20 @@ class Event(Frozen):
         return cls.model_validate({**data, **envelope})
 
 
-__all__ = ["ENVELOPE_FIELDS", "Event", "Frozen", "reject_non_finite", "utcnow"]
+def is_model_name(value: str) -> bool:
+    """Whether ``value`` is a model name the contract accepts (as pydantic matches it)."""
+    return 1 <= len(value) <= MODEL_NAME_MAX_LENGTH and _MODEL_NAME.fullmatch(value) is not None
+
+
+_MODEL_NAME = re.compile(MODEL_NAME_PATTERN.removeprefix("^").removesuffix("$"))
+
+__all__ = [
+    "ENVELOPE_FIELDS",
+    "MODEL_NAME_MAX_LENGTH",
+    "MODEL_NAME_PATTERN",
+    "Event",
+    "Frozen",
+    "is_model_name",
+    "reject_non_finite",
+    "utcnow",
+]

@@ -20,6 +20,14 @@ FiniteJSON = Annotated[dict[str, Any], AfterValidator(reject_non_finite)]
 Features = dict[str, float]
 Metrics = dict[str, float]
 
+# The enumerations of the contract: every service imports these, none spells them again.
+TrainingReason = Literal["manual", "api", "schedule", "drift"]
+RolloutMode = Literal["none", "shadow", "canary"]
+Decision = Literal["promote", "reject", "pending_approval", "shadow", "canary"]
+ServedBy = Literal["champion", "fallback", "shadow", "canary"]  # who answered a prediction
+FailedArm = Literal["champion", "shadow", "canary"]  # which arm of a request failed
+PredictionSource = Literal["http", "stream", "batch"]
+
 
 class ArtifactRef(Frozen):
     """Where a model artifact lives in object storage and the hash it must have."""
@@ -83,7 +91,7 @@ class TrainingRequested(Event):
 
     event_type = "training.requested.v1"
 
-    reason: Literal["manual", "api", "schedule", "drift"] = "manual"
+    reason: TrainingReason = "manual"
     dataset_uri: str | None = Field(
         default=None, description="labelled CSV in object storage; default: collected feedback"
     )
@@ -129,9 +137,6 @@ class GateResult(Frozen):
     detail: str = ""
 
 
-RolloutMode = Literal["none", "shadow", "canary"]
-
-
 class Rollout(Frozen):
     """How a challenger is exposed to live traffic next to the champion."""
 
@@ -155,7 +160,7 @@ class ModelEvaluated(Event):
 
     version: int = Field(ge=1)
     champion_version: int | None
-    decision: Literal["promote", "reject", "pending_approval", "shadow", "canary"]
+    decision: Decision
     reasons: list[str]
     gates: list[GateResult]
     holdout: DatasetRef
@@ -242,11 +247,11 @@ class PredictionMade(Event):
     features: Features
     score: float = Field(ge=0, le=1)
     label: int
-    served_by: Literal["champion", "fallback", "shadow", "canary"] = "champion"
+    served_by: ServedBy = "champion"
     shadow_of: str | None = Field(
         default=None, description="for served_by=shadow: the prediction_id it mirrors"
     )
-    source: Literal["http", "stream", "batch"] = "http"
+    source: PredictionSource = "http"
     latency_ms: float = Field(ge=0)
 
 
@@ -258,7 +263,7 @@ class ScoringFailed(Event):
     request_id: str
     error: str
     version: int | None = Field(default=None, ge=1, description="the version that failed")
-    served_by: Literal["champion", "shadow", "canary"] | None = Field(
+    served_by: FailedArm | None = Field(
         default=None,
         description="the arm that failed (shadow: the caller still got the champion's answer); "
         "None: the request itself was bad",

@@ -175,20 +175,20 @@ async def test_batch_subscription_gets_events_in_batches_and_dead_letters_bad_on
 async def test_pre_encoded_records_reach_consumers_in_order_on_the_keys_partition(infra, unique):
     """``publish_records`` packs records into batches per partition: a consumer decodes them
     as events, in order, on the partition ``publish`` picks for the same key."""
-    from modelbus_contracts import BinaryHeaders
+    from modelbus_contracts.records import encode_batch
 
     model = f"r-{unique}"
     bus = await _bus(infra, f"db4_{unique}")
     await bus.start()
-    template = BinaryHeaders(LabelObserved.event_type, subject=model, source="test")
-    records = []
-    for i in range(3000):  # several record batches' worth
-        value = f'{{"model_name":"{model}","prediction_id":"p{i}","label":{i % 2}}}'.encode()
-        event_id = str(uuid.uuid4())
-        headers = template.build(
-            event_id=event_id, time="2026-12-01T00:00:00.000Z", correlation_id=event_id
-        )
-        records.append((model.encode(), value, headers))
+    records = encode_batch(  # several record batches' worth
+        LabelObserved,
+        producer="test",
+        shared={"model_name": model},
+        rows={
+            "prediction_id": [f"p{i}" for i in range(3000)],
+            "label": [i % 2 for i in range(3000)],
+        },
+    )
     consumer = AIOKafkaConsumer(
         LabelObserved.topic,
         bootstrap_servers=infra.kafka_bootstrap,

@@ -12,6 +12,7 @@ import pytest
 
 from modelbus_contracts import (
     ArtifactRef,
+    Columns,
     DataQualityAlert,
     DatasetRef,
     DriftDetected,
@@ -21,6 +22,7 @@ from modelbus_contracts import (
     ModelPromoted,
     ModelRolledBack,
     PredictionMade,
+    decode_batch,
     encode,
 )
 from modelbus_contracts.api import VersionView
@@ -31,7 +33,6 @@ from modelbus_monitor.config import DetectorConfig, MonitorSettings
 from modelbus_monitor.metrics import MonitorMetrics
 from modelbus_monitor.policy import Incident
 from modelbus_monitor.service import MonitorService, detector_config
-from modelbus_monitor.telemetry import LabelBatch, PredictionBatch
 from modelbus_monitor.testing import MemoryIncidentStore
 from modelbus_platform.bus import RecordingPublisher
 from modelbus_platform.kit import bind
@@ -80,9 +81,9 @@ async def send(service: MonitorService, *events: PredictionMade | LabelObserved)
             runs.append([event])
     for run in runs:
         if isinstance(run[0], PredictionMade):
-            await service.on_prediction_batch(PredictionBatch.of(run))
+            await service.on_prediction_batch(Columns[PredictionMade].of(run))
         else:
-            await service.on_label_batch(LabelBatch.of(run))
+            await service.on_label_batch(Columns[LabelObserved].of(run))
 
 
 class Harness:
@@ -394,13 +395,14 @@ class SubscriptionRecorder:
         self.subscriptions.append((event_cls.topic, group))
         self.handlers[event_cls.topic] = handler
 
-    def subscribe_batch(self, event_cls, *, group: str, handler, decoder, **options) -> None:
-        """Like the bus: the records are decoded by the subscription's decoder."""
+    def subscribe_batch(self, event_cls, *, group: str, handler, columns: bool, **options) -> None:
+        """Like the bus: the records are decoded into columns by the contracts."""
+        assert columns
         self.subscriptions.append((event_cls.topic, f"{group} (batch)"))
 
         async def decoded(events) -> None:
             raws = [_raw(encode(e), offset) for offset, e in enumerate(events)]
-            payload, accepted, rejected = decoder(raws)
+            payload, accepted, rejected = decode_batch(event_cls, raws)
             assert (len(accepted), rejected) == (len(events), [])
             await handler(payload)
 

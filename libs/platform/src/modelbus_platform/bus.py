@@ -10,6 +10,7 @@ with the reason in its headers, and the partition keeps flowing.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
@@ -26,7 +27,16 @@ from aiokafka.partitioner import DefaultPartitioner
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker, KafkaMessage
 
-from modelbus_contracts import ALL_EVENTS, ContractError, Event, KafkaRecord, decode, encode
+from modelbus_contracts import (
+    ALL_EVENTS,
+    Columns,
+    ContractError,
+    Event,
+    KafkaRecord,
+    decode,
+    decode_batch,
+    encode,
+)
 
 from .metrics import Metrics
 
@@ -138,8 +148,8 @@ class RecordingPublisher:
 
 
 BatchHandler = Callable[[list[E]], Awaitable[None]]
-# Decodes a batch of raw records of one topic itself (a columnar fast path): returns the payload
-# for the handler, the accepted records (in order) and the rejected ones with their reason
+# Decodes a batch of raw records of one topic (the contracts' columnar decoder): returns the
+# payload for the handler, the accepted records (in order) and the rejected ones with the reason
 BatchDecoder = Callable[[list[Any]], tuple[Any, list[Any], list[tuple[Any, str]]]]
 
 
@@ -338,17 +348,17 @@ class EventBus:
         event_cls: type[E],
         *,
         group: str,
-        handler: BatchHandler[E],
+        handler: BatchHandler[E] | Callable[[Columns[E]], Awaitable[None]],
         offset_reset: str = "earliest",
-        decoder: BatchDecoder | None = None,
+        columns: bool = False,
     ) -> None:
         """Register a handler that takes the events of ``event_cls`` in batches (high-volume
         telemetry: predictions, labels). The handler must be idempotent itself (no ledger:
         one lookup per event would cost more than the work). A group is either all-batch or
         all-single. Invalid messages are dead-lettered one by one; a batch whose handler keeps
-        failing is dead-lettered whole, with the reason. With ``decoder`` the raw records of
-        the topic are decoded by it (the handler gets its payload instead of a list of events);
-        the records it rejects are dead-lettered one by one with its reason."""
+        failing is dead-lettered whole, with the reason. With ``columns`` the handler gets the
+        batch as ``Columns[event_cls]`` (the contracts' batch decoder, no pydantic model per
+        event) instead of a list of events."""
         if self._started:
             raise RuntimeError("subscribe before start()")
         routes = self._groups.setdefault(group, {})
@@ -356,6 +366,7 @@ class EventBus:
             raise ValueError(f"group {group} already has single-event subscriptions")
         if event_cls.topic in routes:
             raise ValueError(f"group {group} already handles {event_cls.topic}")
+        decoder = functools.partial(decode_batch, event_cls) if columns else None
         routes[event_cls.topic] = _Route(event_cls, handler, False, batch=True, decoder=decoder)
         self._offset_reset[group] = offset_reset
 

@@ -34,7 +34,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from modelbus_contracts import Event
 
-from .bus import BatchDecoder, EventBus, MemoryProcessedEvents
+from .bus import EventBus, MemoryProcessedEvents
 from .http import ServiceApp, create_app
 from .logging import configure_logging
 from .metrics import Metrics
@@ -71,7 +71,7 @@ class Subscription:
     batch: bool = False
     dedupe: bool = True
     offset_reset: Literal["earliest", "latest"] = "earliest"
-    decoder: BatchDecoder | None = None  # a batch subscription's own decoding of raw records
+    columns: bool = False  # a batch as the contract's columns (``Columns[event]``), not events
 
     def group_for(self, settings: ServiceSettings) -> str:
         return self.group.format_map(_SettingsFields(settings))
@@ -269,7 +269,7 @@ def bind(bus: Any, spec: ServiceSpec, context: Any, settings: ServiceSettings) -
                 group=group,
                 handler=handler,
                 offset_reset=sub.offset_reset,
-                decoder=sub.decoder,
+                columns=sub.columns,
             )
         else:
             bus.subscribe(

@@ -9,13 +9,13 @@ job derive from them deterministically, so a re-run or a second replica changes 
 
 from __future__ import annotations
 
-import re
 import uuid
 from typing import Literal
 
 from pydantic import BaseModel, Field
 
 from modelbus_contracts import BatchScoringRequested
+from modelbus_contracts.envelope import is_model_name
 from modelbus_platform.scheduler import CronSpec, Fire
 
 JobState = Literal["queued", "running", "succeeded", "failed"]
@@ -28,7 +28,6 @@ CONTENT_TYPES: dict[FileFormat, str] = {
     "parquet": "application/vnd.apache.parquet",
 }
 MAX_CHUNK_TIMINGS = 500
-MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 JOB_NAMESPACE = uuid.UUID("6f1d3a52-8c0e-4b7a-9a53-2f6c1b0d9e41")
 SCHEDULE_NAMESPACE = uuid.UUID("0b6c8e2e-3f0c-4a51-9c1e-5d0a8f7b2c93")
 
@@ -93,7 +92,7 @@ def event_job_id(job_id: str, kind: str) -> uuid.UUID:
 
 
 def check_model_name(name: str) -> None:
-    if not MODEL_NAME.match(name) or len(name) > 200:
+    if not is_model_name(name):
         raise BadJob("bad_model_name", f"invalid model name {name!r}")
 
 

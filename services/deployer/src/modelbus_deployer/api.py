@@ -5,17 +5,17 @@ and the effective promotion and rollout policy. Refusals are ``ErrorBody``: 404
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import APIRouter, Body, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from modelbus_contracts import DatasetRef, GateResult
+from modelbus_contracts import DatasetRef, Decision, GateResult
+from modelbus_contracts.envelope import MODEL_NAME_MAX_LENGTH, MODEL_NAME_PATTERN
 from modelbus_platform.http import ApiError, error_responses
 
 from .service import DecisionConflict, DeployerService
 
-MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
 UNKNOWN = {404: "unknown_decision: no decision on this model version"}
 HUMAN = {**UNKNOWN, 409: "not_pending: the decision is not (or no longer) pending approval"}
 
@@ -27,7 +27,7 @@ class DecisionView(BaseModel):
 
     model_name: str
     version: int
-    decision: Literal["promote", "reject", "pending_approval", "shadow", "canary"]
+    decision: Decision
     stage: int = 0
     live: str = Field(default="none", description="shadow | canary | watch | none")
     rollout: dict[str, Any] | None = None
@@ -96,7 +96,9 @@ def _service(request: Request) -> DeployerService:
 @router.get("/decisions", summary="Decisions, newest first")
 async def list_decisions(
     request: Request,
-    model_name: str | None = Query(default=None, max_length=200, pattern=MODEL_NAME),
+    model_name: str | None = Query(
+        default=None, max_length=MODEL_NAME_MAX_LENGTH, pattern=MODEL_NAME_PATTERN
+    ),
     limit: int = Query(default=50, ge=1, le=500),
 ) -> list[DecisionView]:
     docs = await _service(request).list_decisions(model_name, limit)
@@ -110,7 +112,7 @@ async def list_decisions(
 )
 async def get_decision(
     request: Request,
-    model_name: str = Path(max_length=200, pattern=MODEL_NAME),
+    model_name: str = Path(max_length=MODEL_NAME_MAX_LENGTH, pattern=MODEL_NAME_PATTERN),
     version: int = Path(ge=1),
 ) -> DecisionView:
     doc = await _service(request).get_decision(model_name, version)
@@ -122,7 +124,9 @@ async def get_decision(
 @router.get("/policy", summary="Effective promotion policy: defaults and per-model overrides")
 async def policy(
     request: Request,
-    model_name: str | None = Query(default=None, max_length=200, pattern=MODEL_NAME),
+    model_name: str | None = Query(
+        default=None, max_length=MODEL_NAME_MAX_LENGTH, pattern=MODEL_NAME_PATTERN
+    ),
 ) -> PolicyView:
     return PolicyView.model_validate(_service(request).policies(model_name))
 
@@ -146,7 +150,7 @@ async def _human(request: Request, model_name: str, version: int, body: HumanDec
 )
 async def approve(
     request: Request,
-    model_name: str = Path(max_length=200, pattern=MODEL_NAME),
+    model_name: str = Path(max_length=MODEL_NAME_MAX_LENGTH, pattern=MODEL_NAME_PATTERN),
     version: int = Path(ge=1),
     body: HumanDecision = Body(),
 ) -> DecisionView:
@@ -160,7 +164,7 @@ async def approve(
 )
 async def reject(
     request: Request,
-    model_name: str = Path(max_length=200, pattern=MODEL_NAME),
+    model_name: str = Path(max_length=MODEL_NAME_MAX_LENGTH, pattern=MODEL_NAME_PATTERN),
     version: int = Path(ge=1),
     body: HumanDecision = Body(),
 ) -> DecisionView:

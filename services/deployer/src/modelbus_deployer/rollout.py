@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from modelbus_contracts import GateResult, Rollout
+from modelbus_contracts import Decision, GateResult, Rollout
 
 from .domain import Policy
 
@@ -36,7 +36,7 @@ NOISE_Z = 2.0  # live vs hold-out accuracy: only a gap beyond ~2 standard errors
 class Next:
     """What a decision leads to: the ModelEvaluated decision and the rollout it starts."""
 
-    decision: Literal["promote", "reject", "pending_approval", "shadow", "canary"]
+    decision: Decision
     rollout: Rollout | None = None
 
     @property

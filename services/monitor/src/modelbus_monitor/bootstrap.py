@@ -31,7 +31,6 @@ from .config import MonitorSettings
 from .daily import Thresholds
 from .metrics import MonitorMetrics
 from .service import MonitorService, detector_config
-from .telemetry import decode_labels, decode_predictions
 
 log = structlog.get_logger(__name__)
 
@@ -105,12 +104,8 @@ SPEC = ServiceSpec(
     wire=wire,
     publishes=(DriftDetected, DataQualityAlert),
     subscriptions=(
-        Subscription(
-            PredictionMade, GROUP, handlers.predictions_made, batch=True, decoder=decode_predictions
-        ),
-        Subscription(
-            LabelObserved, GROUP, handlers.labels_observed, batch=True, decoder=decode_labels
-        ),
+        Subscription(PredictionMade, GROUP, handlers.predictions_made, batch=True, columns=True),
+        Subscription(LabelObserved, GROUP, handlers.labels_observed, batch=True, columns=True),
         Subscription(ModelPromoted, CONTROL_GROUP, handlers.model_promoted),
         Subscription(ModelRolledBack, CONTROL_GROUP, handlers.model_rolled_back),
     ),

@@ -5,16 +5,22 @@ join ignores re-delivered predictions and labels, so the telemetry needs no ledg
 
 from __future__ import annotations
 
-from modelbus_contracts import ModelPromoted, ModelRolledBack
+from modelbus_contracts import (
+    Columns,
+    LabelObserved,
+    ModelPromoted,
+    ModelRolledBack,
+    PredictionMade,
+)
 
-from .service import LabelColumns, MonitorService, PredictionColumns
+from .service import MonitorService
 
 
-async def predictions_made(service: MonitorService, batch: PredictionColumns) -> None:
+async def predictions_made(service: MonitorService, batch: Columns[PredictionMade]) -> None:
     await service.on_prediction_batch(batch)
 
 
-async def labels_observed(service: MonitorService, batch: LabelColumns) -> None:
+async def labels_observed(service: MonitorService, batch: Columns[LabelObserved]) -> None:
     await service.on_label_batch(batch)
 
 

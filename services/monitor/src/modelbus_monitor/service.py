@@ -14,11 +14,18 @@ import asyncio
 from collections import Counter
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import structlog
 
-from modelbus_contracts import FeatureStats, ModelPromoted, ModelRolledBack
+from modelbus_contracts import (
+    Columns,
+    FeatureStats,
+    LabelObserved,
+    ModelPromoted,
+    ModelRolledBack,
+    PredictionMade,
+)
 from modelbus_contracts.envelope import utcnow
 from modelbus_platform.bus import Publisher
 from modelbus_platform.outbox import Notifier
@@ -33,29 +40,6 @@ from .ports import DailyStore, IncidentStore, StateStore
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
-
-
-class PredictionColumns(Protocol):
-    """A batch of PredictionMade as one list per field, as the columnar decoder hands it over
-    (ids as strings)."""
-
-    model_names: list[str]
-    prediction_ids: list[str]
-    versions: list[int]
-    served_by: list[str]
-    labels: list[int]
-    features: list[dict[str, float]]
-    event_ids: list[str]
-    correlation_ids: list[str]
-
-
-class LabelColumns(Protocol):
-    """A batch of LabelObserved as one list per field."""
-
-    model_names: list[str]
-    prediction_ids: list[str]
-    labels: list[int]
-    event_ids: list[str]
 
 
 def detector_config(settings: MonitorSettings) -> DetectorConfig:
@@ -142,34 +126,34 @@ class MonitorService:
 
     # -- events -------------------------------------------------------------------------------
 
-    async def on_prediction_batch(self, batch: PredictionColumns) -> None:
+    async def on_prediction_batch(self, batch: Columns[PredictionMade]) -> None:
         """A batch of predictions: per model, one lock, one registry check, one kernel pass and
         one metrics update."""
-        for name, rows in _rows_by_model(batch.model_names).items():
+        for name, rows in _rows_by_model(batch.model_name).items():
             async with self._lock(name):
                 monitor = await self._prepare(name)
                 outcome = monitor.observe_predictions(
                     self.clock(),
-                    prediction_ids=_pick(batch.prediction_ids, rows),
-                    versions=_pick(batch.versions, rows),
+                    prediction_ids=_pick(batch.prediction_id, rows),
+                    versions=_pick(batch.version, rows),
                     served_by=_pick(batch.served_by, rows),
-                    labels=_pick(batch.labels, rows),
+                    labels=_pick(batch.label, rows),
                     features=_pick(batch.features, rows),
-                    event_ids=_pick(batch.event_ids, rows),
-                    correlation_ids=_pick(batch.correlation_ids, rows),
+                    event_ids=_pick(batch.event_id, rows),
+                    correlation_ids=_pick(batch.correlation_id, rows),
                 )
                 await self._apply_batch(monitor, outcome)
                 await self._retrigger(monitor)
 
-    async def on_label_batch(self, batch: LabelColumns) -> None:
-        for name, rows in _rows_by_model(batch.model_names).items():
+    async def on_label_batch(self, batch: Columns[LabelObserved]) -> None:
+        for name, rows in _rows_by_model(batch.model_name).items():
             async with self._lock(name):
                 monitor = await self._prepare(name)
                 outcome = monitor.observe_labels(
                     self.clock(),
-                    prediction_ids=_pick(batch.prediction_ids, rows),
-                    labels=_pick(batch.labels, rows),
-                    event_ids=_pick(batch.event_ids, rows),
+                    prediction_ids=_pick(batch.prediction_id, rows),
+                    labels=_pick(batch.label, rows),
+                    event_ids=_pick(batch.event_id, rows),
                 )
                 await self._apply_batch(monitor, outcome)
                 await self._retrigger(monitor)

@@ -11,13 +11,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
+from modelbus_contracts import ServedBy
 from modelbus_ml.serving import Served
-
-ServedBy = Literal["champion", "fallback", "canary"]
 
 V2_DATATYPES = {"FP32": float, "FP64": float, "INT32": int, "INT64": int}
 _NUMBER_TYPES = frozenset({int, float})

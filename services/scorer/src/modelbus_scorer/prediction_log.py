@@ -1,29 +1,27 @@
 """Every prediction becomes a PredictionMade event, published off the hot path.
 
 HTTP handlers hand a whole scored batch to ``PredictionLog.submit`` (no await, no pydantic),
-which encodes it straight into CloudEvents Kafka records (orjson, no pydantic model per event:
-the values were validated when the request was parsed and scored); a background task publishes
-the queued records packed into Kafka record batches, one round trip for everything that queued
-up meanwhile. The queue is bounded in predictions: when full, the batch is dropped and counted
-rather than making a request wait on Kafka. ``stop`` flushes what is queued.
+which encodes it straight into CloudEvents Kafka records with the contracts' batch encoder (no
+pydantic model per event; the records decode to the events pydantic would build); a background
+task publishes the queued records packed into Kafka record batches, one round trip for
+everything that queued up meanwhile. The queue is bounded in predictions: when full, the batch
+is dropped and counted rather than making a request wait on Kafka. ``stop`` flushes what is
+queued.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import os
-import time
 import uuid
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import datetime
 
 import numpy as np
-import orjson
 import structlog
 
-from modelbus_contracts import BinaryHeaders, Event, PredictionMade
+from modelbus_contracts import Event, PredictionMade, PredictionSource, ServedBy
+from modelbus_contracts.records import BatchEncoder, DictRows, random_hex
 from modelbus_platform.bus import Publisher, RawRecord, publish_all, publish_records
 
 from .telemetry import ScorerMetrics
@@ -34,65 +32,9 @@ PUBLISH_CHUNK = 2048  # records per publish_records call (one round trip each)
 TOPIC = PredictionMade.topic
 
 
-class _Ids:
-    """Random 128-bit ids from a per-process pool refilled from ``os.urandom`` 4,096 at a time:
-    ids are unique (122 random bits in a UUID), handed out at a fraction of ``uuid4``'s cost."""
-
-    POOL = 4096
-
-    def __init__(self) -> None:
-        self._hex = ""
-        self._next = self._end = 0
-
-    def hex(self) -> str:
-        """32 hex digits (the format of ``uuid4().hex``)."""
-        if self._next == self._end:
-            self._hex = os.urandom(16 * self.POOL).hex()
-            self._next, self._end = 0, 32 * self.POOL
-        i = self._next
-        self._next = i + 32
-        return self._hex[i : i + 32]
-
-    def uuid(self) -> str:
-        """A version 4 UUID string."""
-        h = self.hex()
-        return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
-
-
-_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
-_ids = _Ids()
-random_uuid = _ids.uuid
-
-
 def random_ids(n: int) -> list[str]:
     """``n`` random 128-bit ids as 32 hex digits (the format of ``uuid4().hex``)."""
-    return [_ids.hex() for _ in range(n)]
-
-
-class _Clock:
-    """RFC 3339 UTC timestamps with microseconds; the date part is formatted once a second and
-    the whole string once a millisecond (requests in the same millisecond share it)."""
-
-    def __init__(self) -> None:
-        self._second = -1
-        self._prefix = ""
-        self._milli = -1
-        self._text = ""
-
-    def format(self, epoch_s: float) -> str:
-        milli = int(epoch_s * 1000)
-        if milli == self._milli:
-            return self._text
-        second = milli // 1000
-        if second != self._second:
-            self._prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-            self._second = second
-        self._milli = milli
-        self._text = f"{self._prefix}.{milli % 1000:03d}Z"
-        return self._text
-
-
-rfc3339 = _Clock().format
+    return [random_hex() for _ in range(n)]
 
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass costs ~2x to build on the hot path
@@ -107,72 +49,55 @@ class PredictionBatch:
     labels: np.ndarray
     prediction_ids: list[str]
     request_id: str | None
-    served_by: str
-    source: str
+    served_by: ServedBy
+    source: PredictionSource
     latency_ms: float
     cause: Event | None = None
     shadow_of: list[str] | None = None  # served_by=shadow: the champion predictions mirrored
-    occurred_at: float = field(default_factory=time.time)  # epoch seconds
+    occurred_at: datetime | None = None  # None: when encoded
 
     @property
     def size(self) -> int:
         return len(self.prediction_ids)
 
     def records(self, producer: str) -> list[RawRecord]:
-        """The batch as PredictionMade Kafka records (CloudEvents binary mode), built without a
-        pydantic model per prediction; they decode to the events pydantic would build (tested).
-        A caused batch derives each event id from its cause, so a redelivered request makes
-        the same events."""
-        key = self.model_name.encode()
-        template = _headers(self.model_name, producer)
-        when = rfc3339(self.occurred_at)
+        """The batch as PredictionMade Kafka records. A caused batch derives each event id
+        from its cause, so a redelivered request makes the same events; an uncaused one starts
+        a chain per prediction."""
+        rows = {
+            "prediction_id": self.prediction_ids,
+            "features": DictRows(self.feature_names, self.X),
+            "score": self.scores,
+            "label": self.labels,
+        }
+        if self.shadow_of is not None:
+            rows["shadow_of"] = self.shadow_of
+        shared = {
+            "model_name": self.model_name,
+            "version": self.version,
+            "request_id": self.request_id,
+            "served_by": self.served_by,
+            "source": self.source,
+            "latency_ms": self.latency_ms,
+        }
         cause = self.cause
-        correlation = str(cause.correlation_id) if cause is not None else None
-        causation = str(cause.event_id) if cause is not None else None
-        mirrored = self.shadow_of or [None] * self.size
-        names = self.feature_names
-        out: list[RawRecord] = []
-        for pid, row, score, label, shadow_of in zip(
-            self.prediction_ids,
-            self.X.tolist(),
-            self.scores.tolist(),
-            self.labels.tolist(),
-            mirrored,
-            strict=True,
-        ):
-            value = orjson.dumps(
-                {
-                    "model_name": self.model_name,
-                    "prediction_id": pid,
-                    "request_id": self.request_id,
-                    "version": self.version,
-                    "features": dict(zip(names, row, strict=True)),
-                    "score": score,
-                    "label": label,
-                    "served_by": self.served_by,
-                    "shadow_of": shadow_of,
-                    "source": self.source,
-                    "latency_ms": self.latency_ms,
-                }
-            )
-            if cause is not None:
-                event_id = str(uuid.uuid5(cause.event_id, f"{PredictionMade.event_type}/{pid}"))
-            else:
-                event_id = random_uuid()
-            headers = template.build(
-                event_id=event_id,
-                time=when,
-                # an uncaused prediction starts its own chain: its correlation id is its id
-                correlation_id=correlation or event_id,
-                causation_id=causation,
-            )
-            out.append((key, value, headers))
-        return out
+        if cause is None:
+            return _encoder(producer).encode(shared, rows, occurred_at=self.occurred_at)
+        return _encoder(producer).encode(
+            shared,
+            rows,
+            event_ids=[
+                uuid.uuid5(cause.event_id, f"{PredictionMade.event_type}/{pid}")
+                for pid in self.prediction_ids
+            ],
+            correlation_id=cause.correlation_id,
+            causation_id=cause.event_id,
+            occurred_at=self.occurred_at,
+        )
 
 
-@functools.cache
-def _headers(model_name: str, producer: str) -> BinaryHeaders:
-    return BinaryHeaders(PredictionMade.event_type, subject=model_name, source=producer)
+def _encoder(producer: str) -> BatchEncoder:
+    return BatchEncoder.of(PredictionMade, producer)
 
 
 class PredictionLog:

@@ -14,13 +14,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 
+from modelbus_contracts import RolloutMode
+
 from .domain import Scored, Served, Slots, predict, project
 
-Mode = Literal["shadow", "canary"]
 HASH_SPACE = float(2**64)
 
 
@@ -29,7 +29,7 @@ class Challenger:
     """A loaded challenger and how it meets live traffic."""
 
     served: Served
-    mode: Mode
+    mode: RolloutMode  # shadow or canary
     fraction: float
     champion_version: int | None
 

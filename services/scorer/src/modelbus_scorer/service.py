@@ -24,6 +24,7 @@ from modelbus_contracts import (
     Event,
     ModelLoadFailed,
     PredictionMade,
+    PredictionSource,
     ScoringFailed,
     ScoringRequested,
 )
@@ -174,7 +175,7 @@ class ScorerService:
                 self.challengers.pop(name, None)
                 await self._load_failed(name, view, str(exc), cause)
                 return
-        mode = "shadow" if rollout.mode == "shadow" else "canary"
+        mode = rollout.mode
         self.challengers[name] = Challenger(
             served, mode, rollout.fraction, rollout.champion_version
         )
@@ -262,7 +263,7 @@ class ScorerService:
         parse: Parser,
         *,
         version: int | None = None,
-        source: str = "http",
+        source: PredictionSource = "http",
         routing_key: str | None = None,
     ) -> ScoreResult:
         """The hot path: read the serving pair once, parse against its features, predict,
@@ -418,7 +419,7 @@ class ScorerService:
         X: np.ndarray,
         ids: list[str],
         request_id: str | None,
-        source: str,
+        source: PredictionSource,
         latency_ms: float,
         cause: Event | None = None,
     ) -> PredictionBatch:

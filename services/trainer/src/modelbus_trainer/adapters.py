@@ -16,12 +16,12 @@ from pymongo import ASCENDING, DESCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
-from modelbus_contracts import Event, LabelObserved, PredictionMade
+from modelbus_contracts import Event, LabelObserved, PredictionMade, ServedBy
 from modelbus_platform.outbox import FIELD, PENDING, MongoOutbox, outbox_set
 
 from .domain import ACTIVE_STATES, RunState
 
-COUNTED_SERVERS = ("champion", "fallback")
+COUNTED_SERVERS: tuple[ServedBy, ...] = ("champion", "fallback")
 RUN_TIMES = ("created_at", "started_at", "data_ready_at", "finished_at")
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Path, Query, Request
 from fastapi.encoders import jsonable_encoder
 from pydantic import BaseModel, Field, ValidationError
 
+from modelbus_contracts.envelope import MODEL_NAME_MAX_LENGTH, MODEL_NAME_PATTERN
 from modelbus_contracts.events import FiniteJSON
 from modelbus_ml import DatasetError
 from modelbus_platform.http import ApiError, error_responses
@@ -17,8 +18,9 @@ from .domain import run_id_for
 from .reproduce import ReproduceFailed
 from .service import TrainerService
 
-MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
-ModelName = Annotated[str, Path(min_length=1, max_length=200, pattern=MODEL_NAME)]
+ModelName = Annotated[
+    str, Path(min_length=1, max_length=MODEL_NAME_MAX_LENGTH, pattern=MODEL_NAME_PATTERN)
+]
 CSV_TYPES = ("text/csv", "application/csv", "text/plain")
 CSV_BODY = {
     "requestBody": {
