@@ -83,6 +83,11 @@ async def test_a_champion_moved_while_the_broker_is_down_is_followed_once_it_is_
         for seed in (1, 2):
             assert await registry.state.context.register(await trained(store, name, seed))
 
+        async def scorer_synced() -> bool:  # after its first full sync it only follows events
+            return scorer.state.context.last_sync_ok
+
+        await until(scorer_synced)
+
         async def serving(version: int) -> bool:
             meta = await sc.get(f"/v2/models/{name}")
             status = await mon.get(f"/models/{name}/status")
