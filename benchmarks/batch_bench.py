@@ -41,9 +41,8 @@ from modelbus_batch.testing import MemoryJobStore
 from modelbus_contracts import ArtifactRef, DatasetRef, Lineage
 from modelbus_contracts.api import VersionView
 from modelbus_ml import LogisticModel
-from modelbus_platform.bus import RecordingPublisher
 from modelbus_platform.stores import LocalObjectStore, sha256_hex
-from modelbus_platform.testing import FakeRegistry, InlineRelay
+from modelbus_platform.testing import FakeRegistry, InlineRelay, RecordingPublisher
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "build" / "bench" / "batch.json"

@@ -73,9 +73,9 @@ from modelbus_monitor.metrics import MonitorMetrics
 from modelbus_monitor.quality import BatchScreen, bounds_for, feature_matrix
 from modelbus_monitor.service import MonitorService, detector_config
 from modelbus_monitor.testing import MemoryIncidentStore
-from modelbus_platform.bus import EventBus, MemoryProcessedEvents, RecordingPublisher
+from modelbus_platform.bus import EventBus, MemoryProcessedEvents
 from modelbus_platform.kit import bind
-from modelbus_platform.testing import FakeRegistry, InlineRelay
+from modelbus_platform.testing import FakeRegistry, InlineRelay, RecordingPublisher
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "build" / "bench" / "monitor.json"

@@ -16,12 +16,16 @@ import pytest
 from modelbus_contracts import ArtifactRef, DatasetRef, Lineage, ModelTrained
 from modelbus_contracts.api import AliasUpdate, VersionView
 from modelbus_ml import LogisticModel
-from modelbus_platform.bus import RecordingPublisher
 from modelbus_platform.http import create_app
 from modelbus_platform.metrics import Metrics
 from modelbus_platform.registry import Registry, RegistryClient, RegistryUnavailable
-from modelbus_platform.stores import MemoryObjectStore, sha256_hex
-from modelbus_platform.testing import FakeRegistry, InlineRelay
+from modelbus_platform.stores import sha256_hex
+from modelbus_platform.testing import (
+    FakeRegistry,
+    InlineRelay,
+    MemoryObjectStore,
+    RecordingPublisher,
+)
 from modelbus_registry.api import build_router
 from modelbus_registry.service import RegistryService
 from modelbus_registry.testing import MemoryRegistryRepository

@@ -8,12 +8,12 @@ import pytest
 from modelbus_platform.stores import (
     IntegrityError,
     LocalObjectStore,
-    MemoryObjectStore,
     ObjectNotFound,
     S3ObjectStore,
     get_verified,
     sha256_hex,
 )
+from modelbus_platform.testing import MemoryObjectStore
 
 
 @pytest.fixture(params=["memory", "local", "s3"])

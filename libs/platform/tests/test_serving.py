@@ -13,7 +13,8 @@ from modelbus_contracts.api import VersionView
 from modelbus_ml import LogisticModel
 from modelbus_ml.serving import LoadFailed, serve_artifact
 from modelbus_platform.serving import load_version
-from modelbus_platform.stores import MemoryObjectStore, sha256_hex
+from modelbus_platform.stores import sha256_hex
+from modelbus_platform.testing import MemoryObjectStore
 
 FEATURES = ("age", "income")
 

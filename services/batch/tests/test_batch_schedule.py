@@ -21,8 +21,8 @@ from modelbus_batch.domain import (
 )
 from modelbus_batch.handlers import schedule_fired
 from modelbus_contracts import BatchScoringRequested
-from modelbus_platform.bus import RecordingPublisher
 from modelbus_platform.scheduler import Fire, fire_id
+from modelbus_platform.testing import RecordingPublisher
 
 NIGHTLY = BatchSchedule(cron="0 2 * * *", input_uri="in/churn.parquet", version=3)
 

@@ -13,9 +13,8 @@ from modelbus_deployer.config import DeployerSettings
 from modelbus_deployer.service import DeployerService
 from modelbus_deployer.testing import MemoryDecisionStore
 from modelbus_ml import Dataset, LogisticModel, train_logreg
-from modelbus_platform.bus import RecordingPublisher
-from modelbus_platform.stores import MemoryObjectStore, sha256_hex
-from modelbus_platform.testing import InlineRelay
+from modelbus_platform.stores import sha256_hex
+from modelbus_platform.testing import InlineRelay, MemoryObjectStore, RecordingPublisher
 
 FEATURES = ("x1", "x2", "x3")
 

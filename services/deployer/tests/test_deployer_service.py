@@ -12,9 +12,8 @@ from modelbus_deployer.adapters import ObjectStoreModels
 from modelbus_deployer.config import DeployerSettings, ModelPolicy
 from modelbus_deployer.service import DeployerService
 from modelbus_deployer.testing import MemoryDecisionStore
-from modelbus_platform.bus import RecordingPublisher
-from modelbus_platform.stores import MemoryObjectStore, sha256_hex
-from modelbus_platform.testing import InlineRelay
+from modelbus_platform.stores import sha256_hex
+from modelbus_platform.testing import InlineRelay, MemoryObjectStore, RecordingPublisher
 
 
 async def test_same_event_twice_gives_one_decision_and_one_event(world):

@@ -22,9 +22,9 @@ from modelbus_monitor.config import DetectorConfig, MonitorSettings
 from modelbus_monitor.metrics import MonitorMetrics
 from modelbus_monitor.service import MonitorService
 from modelbus_monitor.testing import MemoryIncidentStore
-from modelbus_platform.bus import EventBus, MemoryProcessedEvents, RecordingPublisher
+from modelbus_platform.bus import EventBus, MemoryProcessedEvents
 from modelbus_platform.kit import bind
-from modelbus_platform.testing import FakeRegistry, InlineRelay
+from modelbus_platform.testing import FakeRegistry, InlineRelay, RecordingPublisher
 
 T0 = datetime(2026, 3, 1, 12, tzinfo=UTC)
 REFERENCE = {

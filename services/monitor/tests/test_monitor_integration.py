@@ -28,11 +28,11 @@ from modelbus_monitor.bootstrap import build_app
 from modelbus_monitor.config import MonitorSettings
 from modelbus_monitor.metrics import MonitorMetrics
 from modelbus_monitor.service import MonitorService, detector_config
-from modelbus_platform.bus import EventBus, MemoryProcessedEvents, RecordingPublisher
+from modelbus_platform.bus import EventBus, MemoryProcessedEvents
 from modelbus_platform.metrics import Metrics
 from modelbus_platform.registry import RegistryClient
 from modelbus_platform.stores import connect_mongo
-from modelbus_platform.testing import InlineRelay
+from modelbus_platform.testing import InlineRelay, RecordingPublisher
 
 pytestmark = pytest.mark.integration
 

@@ -34,9 +34,8 @@ from modelbus_monitor.metrics import MonitorMetrics
 from modelbus_monitor.policy import Incident
 from modelbus_monitor.service import MonitorService, detector_config
 from modelbus_monitor.testing import MemoryIncidentStore
-from modelbus_platform.bus import RecordingPublisher
 from modelbus_platform.kit import bind
-from modelbus_platform.testing import FakeRegistry, InlineRelay
+from modelbus_platform.testing import FakeRegistry, InlineRelay, RecordingPublisher
 
 SHA = "0" * 64
 REFERENCE = {"x": FeatureStats(count=1000, mean=0.0, std=1.0, min=-4.0, max=4.0)}

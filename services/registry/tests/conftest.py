@@ -19,9 +19,8 @@ from modelbus_contracts import (
     ModelTrained,
 )
 from modelbus_ml import from_rows, train_logreg
-from modelbus_platform.bus import RecordingPublisher
 from modelbus_platform.stores import LocalObjectStore, ObjectStore, sha256_hex
-from modelbus_platform.testing import InlineRelay
+from modelbus_platform.testing import InlineRelay, RecordingPublisher
 from modelbus_registry.service import RegistryService
 from modelbus_registry.testing import MemoryRegistryRepository
 

@@ -12,7 +12,7 @@ import numpy as np
 import orjson
 
 from modelbus_contracts import PredictionMade, ScoringRequested, decode, encode
-from modelbus_platform.bus import RecordingPublisher
+from modelbus_platform.testing import RecordingPublisher
 from modelbus_scorer.prediction_log import PredictionBatch, PredictionLog, random_ids
 from modelbus_scorer.telemetry import ScorerMetrics
 

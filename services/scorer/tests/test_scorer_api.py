@@ -15,10 +15,9 @@ import pytest
 from modelbus_contracts import PredictionMade
 from modelbus_embedded.testing import DocumentedStatuses
 from modelbus_ml import LogisticModel
-from modelbus_platform.bus import RecordingPublisher
 from modelbus_platform.http import create_app
 from modelbus_platform.stores import LocalObjectStore
-from modelbus_platform.testing import FakeRegistry
+from modelbus_platform.testing import FakeRegistry, RecordingPublisher
 from modelbus_scorer.api import Scoring, build_router, install_hot_routes
 from modelbus_scorer.api_models import InferRequest, InferResponse, PredictRequest, PredictResponse
 from modelbus_scorer.bootstrap import build_app, control_group

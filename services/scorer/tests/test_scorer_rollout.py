@@ -19,9 +19,8 @@ from modelbus_contracts import (
 )
 from modelbus_contracts.api import RolloutView
 from modelbus_embedded.testing import service_app
-from modelbus_platform.bus import RecordingPublisher
 from modelbus_platform.stores import LocalObjectStore
-from modelbus_platform.testing import FakeRegistry
+from modelbus_platform.testing import FakeRegistry, RecordingPublisher
 from modelbus_scorer.api import Scoring, install_hot_routes
 from modelbus_scorer.domain import ModelHolder
 from modelbus_scorer.handlers import resync_on_control, scores_requested

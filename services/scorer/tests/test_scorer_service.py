@@ -16,10 +16,9 @@ from modelbus_contracts import (
     ScoringFailed,
     ScoringRequested,
 )
-from modelbus_platform.bus import RecordingPublisher
 from modelbus_platform.registry import RegistryUnavailable
 from modelbus_platform.stores import LocalObjectStore
-from modelbus_platform.testing import FakeRegistry
+from modelbus_platform.testing import FakeRegistry, RecordingPublisher
 from modelbus_scorer.bootstrap import sync_forever
 from modelbus_scorer.domain import ModelHolder
 from modelbus_scorer.handlers import resync_on_control, scores_requested

@@ -16,10 +16,9 @@ import pytest
 import uvicorn
 
 from modelbus_embedded.servers import free_port
-from modelbus_platform.bus import RecordingPublisher
 from modelbus_platform.http import create_app
 from modelbus_platform.stores import LocalObjectStore
-from modelbus_platform.testing import FakeRegistry
+from modelbus_platform.testing import FakeRegistry, RecordingPublisher
 from modelbus_scorer.api import Scoring, build_router, install_hot_routes
 from modelbus_scorer.domain import ModelHolder
 from modelbus_scorer.prediction_log import PredictionLog

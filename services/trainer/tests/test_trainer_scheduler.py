@@ -13,8 +13,8 @@ from pydantic import ValidationError
 from trainer_fixtures import T0, Clock
 
 from modelbus_contracts import TrainingRequested
-from modelbus_platform.bus import RecordingPublisher
 from modelbus_platform.scheduler import CronScheduler, Fire, fire_id
+from modelbus_platform.testing import RecordingPublisher
 from modelbus_trainer.config import ScheduleSpec, TrainerSettings
 from modelbus_trainer.domain import NAMESPACE, scheduled_event
 from modelbus_trainer.handlers import schedule_fired

@@ -9,9 +9,7 @@ import numpy as np
 
 from modelbus_contracts import DriftDetected, LabelObserved, PredictionMade
 from modelbus_ml import Dataset
-from modelbus_platform.bus import RecordingPublisher
-from modelbus_platform.stores import MemoryObjectStore
-from modelbus_platform.testing import InlineRelay
+from modelbus_platform.testing import InlineRelay, MemoryObjectStore, RecordingPublisher
 from modelbus_trainer.config import TrainerSettings
 from modelbus_trainer.service import TrainerService
 from modelbus_trainer.testing import (

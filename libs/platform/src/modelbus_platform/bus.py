@@ -63,7 +63,19 @@ def all_topics() -> list[str]:
 
 
 class Publisher(Protocol):
+    """What publishes events: the bus, or a test's recording double."""
+
     async def publish(self, event: Event) -> None: ...
+
+    async def publish_record(self, record: KafkaRecord) -> None:
+        """One already encoded event (what the outbox relay sends)."""
+
+    async def publish_many(self, events: list[Event]) -> list[BaseException | None]:
+        """Several events pipelined; None or the exception per event, in order."""
+
+    async def publish_records(self, topic: str, records: list[RawRecord]) -> None:
+        """Pre-encoded records of one topic, in as few requests as possible; raises unless
+        all are acknowledged."""
 
 
 class UndeclaredEvent(RuntimeError):
@@ -94,57 +106,6 @@ class MemoryProcessedEvents:
         self._seen[(group, event_id)] = None
         if len(self._seen) > self.capacity:
             del self._seen[next(iter(self._seen))]
-
-
-async def publish_all(publisher: Publisher, events: list[Event]) -> list[BaseException | None]:
-    """Publish ``events`` through ``publisher``, pipelined when it can (``EventBus``); returns
-    None or the exception per event, so callers can count failures without losing order."""
-    many = getattr(publisher, "publish_many", None)
-    if many is not None:
-        return list(await many(events))
-    results = await asyncio.gather(*(publisher.publish(e) for e in events), return_exceptions=True)
-    return [r if isinstance(r, BaseException) else None for r in results]
-
-
-async def publish_records(publisher: Publisher, topic: str, records: list[RawRecord]) -> None:
-    """Publish pre-encoded records through ``publisher``: packed into record batches when it
-    can (``EventBus``), else decoded back into events and published one by one (fakes).
-    Raises if the records are not all acknowledged."""
-    bulk = getattr(publisher, "publish_records", None)
-    if bulk is not None:
-        await bulk(topic, records)
-        return
-    for _, value, headers in records:
-        await publisher.publish(decode(headers, value))
-
-
-class RecordingPublisher:
-    """A fake publisher for unit tests: keeps what was published, in order."""
-
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-
-    async def publish(self, event: Event) -> None:
-        encode(event)  # the real publisher would fail on an unencodable event; so do we
-        self.events.append(event)
-
-    async def publish_record(self, record: KafkaRecord) -> None:
-        event = decode(record.headers, record.value)
-        if event.topic != record.topic:
-            raise ValueError(f"{event.event_type} record sent to topic {record.topic}")
-        self.events.append(event)
-
-    async def publish_records(self, topic: str, records: list[RawRecord]) -> None:
-        """Pre-encoded records are decoded as a consumer would (so a record that breaks the
-        contract fails here, as it would fail the real consumers)."""
-        for _, value, headers in records:
-            event = decode(headers, value)
-            if event.topic != topic:
-                raise ValueError(f"{event.event_type} record sent to topic {topic}")
-            self.events.append(event)
-
-    def of(self, event_cls: type[E]) -> list[E]:
-        return [e for e in self.events if isinstance(e, event_cls)]
 
 
 BatchHandler = Callable[[list[E]], Awaitable[None]]

@@ -199,36 +199,6 @@ class LocalObjectStore:
         return True
 
 
-class MemoryObjectStore:
-    """An in-memory object store: the fake for unit tests (same contract as the adapters);
-    counts puts so tests can see that content-addressed writes are not repeated."""
-
-    def __init__(self) -> None:
-        self.objects: dict[str, bytes] = {}
-        self.puts = 0
-
-    async def put(
-        self, key: str, data: bytes, content_type: str = "application/octet-stream"
-    ) -> None:
-        self.puts += 1
-        self.objects[key] = bytes(data)
-
-    async def get(self, key: str) -> bytes:
-        try:
-            return self.objects[key]
-        except KeyError as exc:
-            raise ObjectNotFound(key) from exc
-
-    async def exists(self, key: str) -> bool:
-        return key in self.objects
-
-    async def list(self, prefix: str = "") -> list[str]:
-        return sorted(k for k in self.objects if k.startswith(prefix))
-
-    async def ping(self) -> bool:
-        return True
-
-
 def build_object_store(settings: ServiceSettings) -> ObjectStore:
     if settings.object_store == "local":
         return LocalObjectStore(settings.local_store_dir)

@@ -1,5 +1,6 @@
 """In-memory stand-ins of the platform's ports, for the services' unit tests and benchmarks
-(production code never imports this): the registry, an outbox and a relay that publishes at once.
+(production code never imports this): a recording publisher, an object store, the registry, an
+outbox and a relay that publishes at once.
 
 ``FakeRegistry`` is the ``modelbus_platform.registry.Registry`` port in memory: what tests
 ``put`` in it is read back through the same methods (and views) as the HTTP client returns.
@@ -9,13 +10,83 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
-from modelbus_contracts import Event
+from modelbus_contracts import Event, KafkaRecord, decode, encode
 from modelbus_contracts.api import AliasesView, ModelView, RolloutView, VersionView
 
+from .bus import RawRecord
 from .outbox import Pending, Relay, stamped
 from .registry import RegistryUnavailable
+from .stores import ObjectNotFound
+
+E = TypeVar("E", bound=Event)
+
+
+class RecordingPublisher:
+    """The publisher port in memory: keeps what was published, in order. It fails like the
+    bus on what the consumers would refuse (an unencodable event, a record that breaks the
+    contract), because it decodes what it is given as a consumer would."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    async def publish(self, event: Event) -> None:
+        encode(event)
+        self.events.append(event)
+
+    async def publish_record(self, record: KafkaRecord) -> None:
+        event = decode(record.headers, record.value)
+        if event.topic != record.topic:
+            raise ValueError(f"{event.event_type} record sent to topic {record.topic}")
+        self.events.append(event)
+
+    async def publish_many(self, events: list[Event]) -> list[BaseException | None]:
+        outcome: list[BaseException | None] = []
+        for event in events:
+            try:
+                await self.publish(event)
+                outcome.append(None)
+            except Exception as exc:
+                outcome.append(exc)
+        return outcome
+
+    async def publish_records(self, topic: str, records: list[RawRecord]) -> None:
+        for key, value, headers in records:
+            await self.publish_record(KafkaRecord(topic, key, value, dict(headers)))
+
+    def of(self, event_cls: type[E]) -> list[E]:
+        return [e for e in self.events if isinstance(e, event_cls)]
+
+
+class MemoryObjectStore:
+    """An in-memory object store: the fake for unit tests (same contract as the adapters);
+    counts puts so tests can see that content-addressed writes are not repeated."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, bytes] = {}
+        self.puts = 0
+
+    async def put(
+        self, key: str, data: bytes, content_type: str = "application/octet-stream"
+    ) -> None:
+        self.puts += 1
+        self.objects[key] = bytes(data)
+
+    async def get(self, key: str) -> bytes:
+        try:
+            return self.objects[key]
+        except KeyError as exc:
+            raise ObjectNotFound(key) from exc
+
+    async def exists(self, key: str) -> bool:
+        return key in self.objects
+
+    async def list(self, prefix: str = "") -> list[str]:
+        return sorted(k for k in self.objects if k.startswith(prefix))
+
+    async def ping(self) -> bool:
+        return True
 
 
 class FakeRegistry:

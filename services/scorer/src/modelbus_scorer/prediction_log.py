@@ -22,7 +22,7 @@ import structlog
 
 from modelbus_contracts import Event, PredictionMade, PredictionSource, ServedBy
 from modelbus_contracts.records import BatchEncoder, DictRows, random_hex
-from modelbus_platform.bus import Publisher, RawRecord, publish_all, publish_records
+from modelbus_platform.bus import Publisher, RawRecord
 
 from .telemetry import ScorerMetrics
 
@@ -209,13 +209,13 @@ class PredictionLog:
 
     async def publish_records(self, records: list[RawRecord]) -> None:
         try:
-            await publish_records(self.publisher, TOPIC, records)
+            await self.publisher.publish_records(TOPIC, records)
         except Exception as exc:
             self.metrics.log_errors.inc(len(records))
             log.warning("prediction_log.publish_failed", count=len(records), error=str(exc))
 
     async def publish_events(self, events: list[Event]) -> None:
-        failed = [r for r in await publish_all(self.publisher, events) if r is not None]
+        failed = [r for r in await self.publisher.publish_many(events) if r is not None]
         if failed:
             self.metrics.log_errors.inc(len(failed))
             log.warning("prediction_log.publish_failed", count=len(failed), error=str(failed[0]))

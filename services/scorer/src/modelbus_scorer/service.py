@@ -30,7 +30,7 @@ from modelbus_contracts import (
 )
 from modelbus_contracts.api import VersionView
 from modelbus_ml.serving import LoadFailed, Served
-from modelbus_platform.bus import Publisher, RawRecord, publish_all, publish_records
+from modelbus_platform.bus import Publisher, RawRecord
 from modelbus_platform.registry import Registry, RegistryUnavailable
 from modelbus_platform.serving import load_version
 from modelbus_platform.stores import ObjectStore
@@ -71,8 +71,8 @@ class Outbox:
     async def flush(self, publisher: Publisher) -> None:
         """Publish everything; raise the first failure (so the consumer retries the batch)."""
         if self.records:
-            await publish_records(publisher, PredictionMade.topic, self.records)
-        failures = [r for r in await publish_all(publisher, self.events) if r is not None]
+            await publisher.publish_records(PredictionMade.topic, self.records)
+        failures = [r for r in await publisher.publish_many(self.events) if r is not None]
         if failures:
             raise failures[0]
 
