@@ -27,8 +27,8 @@ from typing import Any
 import httpx
 import numpy as np
 
-from modelbus_contracts import ArtifactRef, DatasetRef, Lineage
 from modelbus_contracts.api import VersionView
+from modelbus_embedded import testing
 from modelbus_embedded.servers import (
     Server,
     free_port,
@@ -38,7 +38,7 @@ from modelbus_embedded.servers import (
     wait_for_port,
 )
 from modelbus_ml import LogisticModel
-from modelbus_platform.stores import S3ObjectStore, sha256_hex
+from modelbus_platform.stores import S3ObjectStore
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "build" / "bench"
@@ -79,20 +79,7 @@ def v2_body(request_id: str = "bench") -> bytes:
 
 
 def version_view(name: str, version: int, data: bytes) -> VersionView:
-    digest = sha256_hex(data)
-    ref = DatasetRef(uri=f"datasets/{name}/{ZERO_SHA}.csv", sha256=ZERO_SHA, rows=10)
-    return VersionView(
-        model_name=name,
-        version=version,
-        run_id=f"bench-run-{version}",
-        artifact=ArtifactRef(
-            uri=f"artifacts/{name}/{digest}.json", sha256=digest, size_bytes=len(data)
-        ),
-        feature_names=list(FEATURES),
-        lineage=Lineage(dataset=ref, holdout=ref, seed=0, code_version="bench", trigger="manual"),
-        status="champion",
-        created_at=datetime.now(UTC),
-    )
+    return testing.version_view(name, version, data, FEATURES)
 
 
 # --- fake registry -----------------------------------------------------------------------------

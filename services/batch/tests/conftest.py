@@ -1,53 +1,26 @@
-"""Fixtures for the batch tests: tiny models, their artifacts in a store, registry records."""
+"""Fixtures for the batch tests: tiny models, artifacts in a store, registry records (the
+shared helpers of ``modelbus_embedded.testing``)."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from functools import partial
 
-import numpy as np
 import pytest
 
-from modelbus_contracts import ArtifactRef, DatasetRef, Lineage
 from modelbus_contracts.api import VersionView
+from modelbus_embedded import testing
 from modelbus_ml import LogisticModel
-from modelbus_platform.stores import ObjectStore, sha256_hex
+from modelbus_platform.stores import ObjectStore
 
 FEATURES = ("age", "income")
-ZERO_SHA = "0" * 64
+version_view = partial(testing.version_view, names=FEATURES)
 
 
 def tiny_model(
     names: tuple[str, ...] = FEATURES, coef: list[float] | None = None, intercept: float = 0.0
 ) -> LogisticModel:
-    k = len(names)
-    return LogisticModel(
-        feature_names=names,
-        coef=np.asarray(coef if coef is not None else [1.0] * k, dtype=np.float64),
-        intercept=intercept,
-        mean=np.zeros(k),
-        scale=np.ones(k),
-        threshold=0.5,
-    )
-
-
-def version_view(
-    name: str, version: int, data: bytes, names: tuple[str, ...] = FEATURES
-) -> VersionView:
-    digest = sha256_hex(data)
-    ref = DatasetRef(uri=f"datasets/{name}/{ZERO_SHA}.csv", sha256=ZERO_SHA, rows=10)
-    return VersionView(
-        model_name=name,
-        version=version,
-        run_id=f"run-{version}",
-        artifact=ArtifactRef(
-            uri=f"artifacts/{name}/{digest}.json", sha256=digest, size_bytes=len(data)
-        ),
-        feature_names=list(names),
-        lineage=Lineage(dataset=ref, holdout=ref, seed=0, code_version="test", trigger="manual"),
-        status="champion",
-        created_at=datetime.now(UTC),
-    )
+    return testing.tiny_model(names, coef, intercept)
 
 
 Publish = Callable[..., Awaitable[VersionView]]
@@ -58,12 +31,17 @@ def publish_artifact() -> Publish:
     """Put a model's artifact in ``store`` and return the registry record that points at it."""
 
     async def put(
-        store: ObjectStore, name: str, version: int, model: LogisticModel | None = None
+        store: ObjectStore,
+        name: str,
+        version: int,
+        model: LogisticModel | None = None,
+        *,
+        data: bytes | None = None,
+        sha: str | None = None,
     ) -> VersionView:
-        payload = (model or tiny_model()).to_bytes()
-        view = version_view(name, version, payload)
-        await store.put(view.artifact.uri, payload)
-        return view
+        return await testing.put_version(
+            store, name, version, model or tiny_model(), data=data, sha=sha
+        )
 
     return put
 

@@ -1,7 +1,7 @@
 """Test helpers shared by the suites: publish events as an upstream system would, watch what
 services publish on the broker, hand the bus records shaped like the ones aiokafka gives it,
-and run a service's routes in the platform's HTTP shell, failing any answer whose status its
-route does not document."""
+run a service's routes in the platform's HTTP shell (failing any answer whose status its route
+does not document), and tiny models with their artifacts and registry records."""
 
 from __future__ import annotations
 
@@ -9,14 +9,19 @@ import asyncio
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from fastapi import APIRouter
 
-from modelbus_contracts import Event, decode, encode
+from modelbus_contracts import ArtifactRef, DatasetRef, Event, Lineage, decode, encode
+from modelbus_contracts.api import VersionView
+from modelbus_ml import LogisticModel
 from modelbus_platform.http import ServiceApp, create_app
 from modelbus_platform.metrics import Metrics
+from modelbus_platform.stores import ObjectStore, sha256_hex
 
 
 async def publish(bootstrap: str, *events: Event) -> None:
@@ -135,3 +140,60 @@ def service_app(*routers: APIRouter, max_body_bytes: int = 1_000_000, **state: A
         setattr(app.state, name, value)
     app.add_middleware(DocumentedStatuses)
     return app
+
+
+# -- tiny models, their artifacts and registry records ------------------------------------------
+
+ZERO_SHA = "0" * 64
+
+
+def tiny_model(
+    names: tuple[str, ...], coef: list[float] | None = None, intercept: float = 0.0
+) -> LogisticModel:
+    """A logistic model over ``names`` with no scaling (coefficients 1 unless given)."""
+    k = len(names)
+    return LogisticModel(
+        feature_names=names,
+        coef=np.asarray(coef if coef is not None else [1.0] * k, dtype=np.float64),
+        intercept=intercept,
+        mean=np.zeros(k),
+        scale=np.ones(k),
+        threshold=0.5,
+    )
+
+
+def version_view(
+    name: str, version: int, data: bytes, names: tuple[str, ...], sha: str | None = None
+) -> VersionView:
+    """The registry's record of ``version`` whose artifact is ``data`` (``sha``: a record that
+    claims another hash, for integrity tests)."""
+    digest = sha or sha256_hex(data)
+    ref = DatasetRef(uri=f"datasets/{name}/{ZERO_SHA}.csv", sha256=ZERO_SHA, rows=10)
+    return VersionView(
+        model_name=name,
+        version=version,
+        run_id=f"run-{version}",
+        artifact=ArtifactRef(
+            uri=f"artifacts/{name}/{digest}.json", sha256=digest, size_bytes=len(data)
+        ),
+        feature_names=list(names),
+        lineage=Lineage(dataset=ref, holdout=ref, seed=0, code_version="test", trigger="manual"),
+        status="champion",
+        created_at=datetime.now(UTC),
+    )
+
+
+async def put_version(
+    store: ObjectStore,
+    name: str,
+    version: int,
+    model: LogisticModel,
+    *,
+    data: bytes | None = None,
+    sha: str | None = None,
+) -> VersionView:
+    """Put ``model``'s artifact (or ``data``) in ``store``; the registry record pointing at it."""
+    payload = data if data is not None else model.to_bytes()
+    view = version_view(name, version, payload, model.feature_names, sha=sha)
+    await store.put(view.artifact.uri, payload)
+    return view
