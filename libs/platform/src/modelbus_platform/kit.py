@@ -131,7 +131,6 @@ class Wiring:
     routers: list[APIRouter] = field(default_factory=list)
     resources: list[Resource] = field(default_factory=list)
     tasks: list[Task] = field(default_factory=list)
-    outboxes: list[OutboxStore] = field(default_factory=list)
     configure_app: Callable[[ServiceApp], None] | None = None
     ungated: tuple[str, ...] = ()  # routes that answer before the service has started
 
@@ -146,9 +145,6 @@ class ServiceSpec:
     publishes: tuple[type[Event], ...] = ()
     subscriptions: tuple[Subscription, ...] = ()
     metrics: type[Metrics] = Metrics
-
-    def settings_from_env(self) -> ServiceSettings:
-        return self.settings()
 
 
 class Kit:
@@ -174,7 +170,6 @@ class Kit:
             publishes=[cls.topic for cls in spec.publishes],
         )
         self._made: dict[str, Any] = {}
-        self._outboxes: list[OutboxStore] = []
         self.relay: Relay | None = None
         self.lifecycle: Lifecycle | None = None
 
@@ -243,18 +238,14 @@ class Kit:
         """The service's relay (one per service): publishes the events waiting in
         ``outboxes`` (the stores' own outboxes, whose indexes the stores create)."""
         if self.relay is None:
-            self.relay = self.override("relay", lambda: Relay([], self.bus, metrics=self.metrics))
-        self._outboxes.extend(outboxes)
+            self.relay = Relay([], self.bus, metrics=self.metrics)
+        self.relay.stores.extend(outboxes)
         return self.relay
 
     # -- building ---------------------------------------------------------------------------
 
     def bind(self, wiring: Wiring) -> None:
         bind(self.bus, self.spec, wiring.context, self.settings)
-        stores = [*self._outboxes, *wiring.outboxes]
-        if stores:
-            relay = self.events()
-            relay.stores.extend(s for s in stores if s not in relay.stores)
 
 
 def bind(bus: Any, spec: ServiceSpec, context: Any, settings: ServiceSettings) -> None:
@@ -300,7 +291,9 @@ class Lifecycle:
                 await resource.start()
         await self.kit.bus.start()
         for task in self.tasks:
-            self._running.append((task, asyncio.create_task(task.run(), name=task.name)))
+            running = asyncio.create_task(task.run(), name=task.name)
+            running.add_done_callback(_report_failure)
+            self._running.append((task, running))
         self.started = True
         log.info(f"{self.kit.spec.name}.started", port=self.kit.settings.http_port)
 
@@ -334,11 +327,18 @@ class Lifecycle:
         return dict(zip(names, (bool(r) for r in results), strict=True))
 
 
+def _report_failure(task: asyncio.Task[Any]) -> None:
+    """A background task that died is logged (it would fail silently otherwise)."""
+    if not task.cancelled() and task.exception() is not None:
+        exc = task.exception()
+        log.error("task.failed", task=task.get_name(), error=f"{type(exc).__name__}: {exc}")
+
+
 def build_app(
     spec: ServiceSpec, settings: ServiceSettings | None = None, **overrides: Any
 ) -> ServiceApp:
     """The service's ASGI app: wired, its consumer groups bound, its lifespan ready."""
-    settings = settings or spec.settings_from_env()
+    settings = settings or spec.settings()
     kit = Kit(spec, settings, overrides)
     wiring = spec.wire(kit)
     kit.bind(wiring)
@@ -374,7 +374,7 @@ def build_app(
 
 def run_service(spec: ServiceSpec) -> None:
     """``python -m modelbus_<service>``: settings from the environment, logging, serve."""
-    settings = spec.settings_from_env()
+    settings = spec.settings()
     configure_logging(settings.service_name, settings.log_level, settings.log_json)
     run(build_app(spec, settings), settings.http_host, settings.http_port)
 
