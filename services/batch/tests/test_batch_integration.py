@@ -23,10 +23,9 @@ from modelbus_batch.config import BatchSettings
 from modelbus_batch.domain import SCHEDULE_NAMESPACE, BatchSchedule, fire_job_id
 from modelbus_batch.handlers import schedule_fired
 from modelbus_contracts import BatchScoringCompleted, BatchScoringRequested, decode, encode
+from modelbus_embedded.testing import version_view
 from modelbus_platform.scheduler import Fire, fire_id
 from modelbus_platform.stores import build_object_store
-
-from .conftest import version_view
 
 pytestmark = pytest.mark.integration
 

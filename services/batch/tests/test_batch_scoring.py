@@ -18,9 +18,8 @@ from modelbus_batch.domain import (
     object_key,
 )
 from modelbus_batch.scoring import ChunkedScorer, score_file, to_float
+from modelbus_embedded.testing import tiny_model
 from modelbus_ml.serving import Served
-
-from .conftest import tiny_model
 
 FEATURES = ("age", "income")
 

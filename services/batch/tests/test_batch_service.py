@@ -17,11 +17,9 @@ from modelbus_batch.handlers import batch_requested
 from modelbus_batch.service import BatchMetrics, BatchService
 from modelbus_batch.testing import MemoryJobStore
 from modelbus_contracts import BatchScoringCompleted, BatchScoringRequested
-from modelbus_embedded.testing import service_app
+from modelbus_embedded.testing import service_app, tiny_model
 from modelbus_platform.stores import LocalObjectStore
 from modelbus_platform.testing import FakeRegistry, InlineRelay, RecordingPublisher
-
-from .conftest import tiny_model
 
 MODEL = "churn"
 

@@ -145,10 +145,11 @@ def service_app(*routers: APIRouter, max_body_bytes: int = 1_000_000, **state: A
 # -- tiny models, their artifacts and registry records ------------------------------------------
 
 ZERO_SHA = "0" * 64
+FEATURES = ("age", "income")
 
 
 def tiny_model(
-    names: tuple[str, ...], coef: list[float] | None = None, intercept: float = 0.0
+    names: tuple[str, ...] = FEATURES, coef: list[float] | None = None, intercept: float = 0.0
 ) -> LogisticModel:
     """A logistic model over ``names`` with no scaling (coefficients 1 unless given)."""
     k = len(names)
@@ -163,7 +164,11 @@ def tiny_model(
 
 
 def version_view(
-    name: str, version: int, data: bytes, names: tuple[str, ...], sha: str | None = None
+    name: str,
+    version: int,
+    data: bytes,
+    names: tuple[str, ...] = FEATURES,
+    sha: str | None = None,
 ) -> VersionView:
     """The registry's record of ``version`` whose artifact is ``data`` (``sha``: a record that
     claims another hash, for integrity tests)."""
@@ -187,12 +192,13 @@ async def put_version(
     store: ObjectStore,
     name: str,
     version: int,
-    model: LogisticModel,
+    model: LogisticModel | None = None,
     *,
     data: bytes | None = None,
     sha: str | None = None,
 ) -> VersionView:
     """Put ``model``'s artifact (or ``data``) in ``store``; the registry record pointing at it."""
+    model = model or tiny_model()
     payload = data if data is not None else model.to_bytes()
     view = version_view(name, version, payload, model.feature_names, sha=sha)
     await store.put(view.artifact.uri, payload)
