@@ -184,7 +184,13 @@ def serving_stack(name: str, policy: ModelPolicy, db: str):
     over ASGI, each with databases of its own."""
     registry = build_registry(RegistrySettings(mongo_db=f"reg_{db}"))
     deployer = build_deployer(
-        DeployerSettings(mongo_db=f"dep_{db}", min_primary_metric=0.0, policies={name: policy})
+        DeployerSettings(
+            mongo_db=f"dep_{db}",
+            # v1 (a bad model) only has to exist: judged by AUC against no minimum
+            primary_metric="auc",
+            min_primary_metric=0.0,
+            policies={name: policy},
+        )
     )
     scorer = build_scorer(
         ScorerSettings(registry_url="http://registry", instance_id=f"it-{db}"),
@@ -223,7 +229,9 @@ async def test_a_regressing_champion_is_rolled_back_once(infra, service_env, uni
     deployer = build_deployer(
         DeployerSettings(
             mongo_db=f"dep_{unique}",
-            min_primary_metric=0.0,  # v1 (a bad model) only has to exist; v2 beats it
+            # v1 (a bad model) only has to exist (AUC, no minimum); v2 beats it
+            primary_metric="auc",
+            min_primary_metric=0.0,
             min_live_predictions=100,
         )
     )

@@ -57,11 +57,12 @@ async def test_policy_view(make_world):
         named = await client.get("/policy", params={"model_name": "churn"})
 
     body = response.json()
-    assert body["default"]["primary_metric"] == "auc"
+    assert body["default"]["primary_metric"] == "log_loss"
     assert body["default"]["latency_budget_ms"] == 5.0
     assert body["models"]["fraud"]["primary_metric"] == "brier"
     assert body["models"]["fraud"]["higher_is_better"] is False
-    assert named.json()["models"]["churn"]["promotion_margin"] == 0.01
+    assert named.json()["models"]["churn"]["promotion_margin"] == 0.0
+    assert named.json()["models"]["churn"]["significance"] == 0.05
 
 
 async def test_built_app_connects_nothing_until_its_lifespan_runs():

@@ -1,4 +1,5 @@
-"""Unit tests of the promotion gates: pure functions, fake clocks, no servers."""
+"""Unit tests of the promotion gates: pure functions, fake clocks, no servers. The default
+policy (log loss, paired test) and the margin-only policies (AUC, accuracy) alike."""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ from modelbus_deployer.domain import (
     judge,
     load_failure,
 )
-from modelbus_ml import evaluate
+from modelbus_ml import Dataset, LogisticModel, evaluate
 
 POLICY = Policy()
+AUC = Policy(primary_metric="auc", promotion_margin=0.01)
 
 
 def gate(verdict, name: str) -> GateResult:
@@ -36,8 +38,8 @@ class ConstantModel:
         return np.full(X.shape[0], self.value)
 
 
-def test_promotes_a_challenger_better_by_the_margin(models, fast_clock):
-    verdict = judge(models.good, models.holdout, POLICY, models.bad, 1, fast_clock)
+def test_auc_promotes_a_challenger_better_by_the_margin(models, fast_clock):
+    verdict = judge(models.good, models.holdout, AUC, models.bad, 1, fast_clock)
 
     assert verdict.decision == "promote"
     assert [g.name for g in verdict.gates] == [
@@ -62,16 +64,19 @@ def test_rejects_a_challenger_worse_than_the_champion(models, fast_clock):
     verdict = judge(models.bad, models.holdout, POLICY, models.good, 3, fast_clock)
 
     assert verdict.decision == "reject"
-    delta = gate(verdict, "champion_delta")
-    assert not delta.passed
+    delta, paired = gate(verdict, "champion_delta"), gate(verdict, "paired_test")
+    assert not delta.passed and not paired.passed
     assert delta.observed is not None and delta.observed < 0
-    assert verdict.reasons == [f"champion_delta failed: {delta.detail}"]
-    assert "vs champion v3" in delta.detail
+    assert verdict.reasons == [
+        f"champion_delta failed: {delta.detail}",
+        f"paired_test failed: {paired.detail}",
+    ]
+    assert "of champion v3" in delta.detail
     assert verdict.champion_metrics["auc"] > 0.9
 
 
-def test_rejects_a_challenger_within_the_margin(models, fast_clock):
-    verdict = judge(models.good, models.holdout, POLICY, models.good, 1, fast_clock)
+def test_auc_rejects_a_challenger_within_the_margin(models, fast_clock):
+    verdict = judge(models.good, models.holdout, AUC, models.good, 1, fast_clock)
 
     assert verdict.decision == "reject"
     delta = gate(verdict, "champion_delta")
@@ -80,7 +85,7 @@ def test_rejects_a_challenger_within_the_margin(models, fast_clock):
 
 
 def test_reason_sentence_carries_the_numbers():
-    result = champion_delta_gate({"auc": 0.912}, {"auc": 0.701}, 4, 750, POLICY)
+    result = champion_delta_gate({"auc": 0.912}, {"auc": 0.701}, 4, 750, AUC)
 
     assert result.passed
     assert result.detail == (
@@ -89,13 +94,13 @@ def test_reason_sentence_carries_the_numbers():
 
 
 def test_exactly_the_margin_is_enough_despite_float_error():
-    assert champion_delta_gate({"auc": 0.71}, {"auc": 0.70}, 1, 500, POLICY).passed
-    assert not champion_delta_gate({"auc": 0.7099}, {"auc": 0.70}, 1, 500, POLICY).passed
+    assert champion_delta_gate({"auc": 0.71}, {"auc": 0.70}, 1, 500, AUC).passed
+    assert not champion_delta_gate({"auc": 0.7099}, {"auc": 0.70}, 1, 500, AUC).passed
 
 
-def test_first_model_is_held_to_the_absolute_threshold(models, fast_clock):
-    good = judge(models.good, models.holdout, POLICY, clock=fast_clock)
-    bad = judge(models.bad, models.holdout, POLICY, clock=fast_clock)
+def test_auc_holds_a_first_model_to_the_absolute_threshold(models, fast_clock):
+    good = judge(models.good, models.holdout, AUC, clock=fast_clock)
+    bad = judge(models.bad, models.holdout, AUC, clock=fast_clock)
 
     assert good.decision == "promote"
     assert gate(good, "absolute_quality").passed
@@ -151,31 +156,94 @@ def test_model_that_raises_is_rejected(models, fast_clock):
     assert not gate(verdict, "latency_budget").passed
 
 
-def test_lower_is_better_metric_flips_the_sign(models, fast_clock):
-    policy = Policy(primary_metric="log_loss", promotion_margin=0.05, min_primary_metric=0.5)
-
-    better = judge(models.good, models.holdout, policy, models.bad, 1, fast_clock)
-    worse = judge(models.bad, models.holdout, policy, models.good, 1, fast_clock)
-    first = judge(models.good, models.holdout, policy, clock=fast_clock)
+def test_log_loss_is_judged_row_by_row_with_a_paired_test(models, fast_clock):
+    better = judge(models.good, models.holdout, POLICY, models.bad, 1, fast_clock)
 
     assert better.decision == "promote"
-    delta = gate(better, "champion_delta")
+    assert [g.name for g in better.gates][-2:] == ["champion_delta", "paired_test"]
+    delta, paired = gate(better, "champion_delta"), gate(better, "paired_test")
     assert delta.observed == pytest.approx(
         better.champion_metrics["log_loss"] - better.challenger_metrics["log_loss"]
     )
-    assert delta.observed > 0.05
-    assert "(lower is better)" in delta.detail
-    assert worse.decision == "reject"
-    assert gate(worse, "champion_delta").observed < 0
-    assert first.decision == "promote"
-    assert "<= maximum 0.5" in gate(first, "absolute_quality").detail
+    assert (delta.threshold, paired.threshold) == (0.0, 0.05)
+    assert paired.observed < 1e-6
+    assert "(lower is better); beside it: auc" in delta.detail  # every other metric reported
+    assert "one-sided paired test" in paired.detail and "over 300 rows" in paired.detail
 
 
-def test_brier_within_margin_is_rejected():
-    policy = Policy(primary_metric="brier", promotion_margin=0.01)
+def moved_boundary(rows: int, seed: int, shift: float) -> Dataset:
+    """Labels from the rule x1 > shift: the decision boundary has moved by ``shift``."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(rows, 3))
+    y = (X[:, 0] + 0.1 * rng.normal(size=rows) > shift).astype(np.int8)
+    return Dataset(("x1", "x2", "x3"), X, y)
 
-    assert not champion_delta_gate({"brier": 0.195}, {"brier": 0.2}, 1, 200, policy).passed
-    assert champion_delta_gate({"brier": 0.15}, {"brier": 0.2}, 1, 200, policy).passed
+
+def boundary_model(at: float) -> LogisticModel:
+    """A sharp logistic model of the rule x1 > ``at``."""
+    return LogisticModel(
+        feature_names=("x1", "x2", "x3"),
+        coef=np.array([8.0, 0.0, 0.0]),
+        intercept=-8.0 * at,
+        mean=np.zeros(3),
+        scale=np.ones(3),
+        threshold=0.5,
+    )
+
+
+def test_a_moved_threshold_cannot_hide_behind_auc(fast_clock):
+    """The champion learned x1 > 0; the world now says x1 > 0.5. Both rank the rows alike (the
+    same AUC), so the AUC gate sees nothing; log loss row by row does."""
+    holdout = moved_boundary(400, seed=7, shift=0.5)
+    champion, challenger = boundary_model(0.0), boundary_model(0.5)
+
+    by_auc = judge(challenger, holdout, AUC, champion, 1, fast_clock)
+    by_default = judge(challenger, holdout, POLICY, champion, 1, fast_clock)
+
+    assert by_auc.challenger_metrics["auc"] == pytest.approx(by_auc.champion_metrics["auc"])
+    assert by_auc.decision == "reject"
+    assert by_default.decision == "promote"
+    assert by_default.challenger_metrics["accuracy"] > by_default.champion_metrics["accuracy"]
+
+
+class FixedScores:
+    """A model that answers the given score for each row (rows in hold-out order)."""
+
+    feature_names = ("x1", "x2", "x3")
+    threshold = 0.5
+
+    def __init__(self, scores: np.ndarray) -> None:
+        self.scores = scores
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        return self.scores if len(X) == len(self.scores) else self.scores[: len(X)]
+
+
+def test_noise_cannot_promote(fast_clock):
+    """Challenger and champion equally good by construction (the same true logit, each with
+    its own noise): the paired test promotes at most about its level, 5% of the time."""
+    rng = np.random.default_rng(11)
+    promoted, trials = 0, 200
+    for _ in range(trials):
+        logit = rng.normal(0, 2, size=300)
+        y = (rng.random(300) < 1 / (1 + np.exp(-logit))).astype(np.int8)
+        holdout = Dataset(("x1", "x2", "x3"), rng.normal(size=(300, 3)), y)
+        champion, challenger = (
+            FixedScores(1 / (1 + np.exp(-(logit + rng.normal(0, 0.5, size=300))))) for _ in range(2)
+        )
+        verdict = judge(challenger, holdout, POLICY, champion, 1, fast_clock)
+        promoted += verdict.decision == "promote"
+    assert promoted / trials <= 0.09, promoted
+
+
+def test_a_first_model_must_beat_the_base_rate_significantly(models, fast_clock):
+    good = judge(models.good, models.holdout, POLICY, clock=fast_clock)
+    knows_nothing = judge(ConstantModel(0.5), models.holdout, POLICY, clock=fast_clock)
+
+    assert good.decision == "promote"
+    assert "of the hold-out's base rate" in gate(good, "champion_delta").detail
+    assert knows_nothing.decision == "reject"
+    assert not gate(knows_nothing, "paired_test").passed
 
 
 def test_small_holdout_is_rejected(models, fast_clock):

@@ -135,8 +135,10 @@ async def test_promote_first_then_reject_a_worse_challenger(
         "holdout_size",
         "output_sanity",
         "latency_budget",
-        "absolute_quality",
+        "champion_delta",
+        "paired_test",
     }
+    assert "of the hold-out's base rate" in first.reasons[3]
     assert first.challenger_metrics["auc"] > 0.9
     assert rejected.causation_id == v2.event_id
     assert rejected.champion_version == 1

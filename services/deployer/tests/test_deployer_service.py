@@ -78,8 +78,9 @@ async def test_worse_challenger_is_rejected_with_the_champion_metrics(world):
     assert evaluated.champion_version == 1
     assert evaluated.champion_metrics["auc"] > 0.9
     assert evaluated.challenger_metrics["auc"] < 0.5
-    assert evaluated.reasons[0].startswith("champion_delta failed: auc ")
-    assert "vs champion v1" in evaluated.reasons[0]
+    assert evaluated.reasons[0].startswith("champion_delta failed: log_loss ")
+    assert evaluated.reasons[1].startswith("paired_test failed: ")
+    assert "of champion v1" in evaluated.reasons[0]
     gates = {g.name: g for g in evaluated.gates}
     assert not gates["champion_delta"].passed
     assert gates["holdout_size"].passed
@@ -126,7 +127,7 @@ async def test_unreadable_champion_and_missing_holdout_are_rejects(world):
 
 
 async def test_per_model_policy_override_is_applied(models, make_world):
-    settings = DeployerSettings(policies={"churn": ModelPolicy(promotion_margin=1.5)})
+    settings = DeployerSettings(policies={"churn": ModelPolicy(promotion_margin=5.0)})
     world = make_world(settings)
     event = await world.registered(models.good, version=2, champion=(models.bad, 1))
 
@@ -134,13 +135,13 @@ async def test_per_model_policy_override_is_applied(models, make_world):
 
     [evaluated] = world.publisher.of(ModelEvaluated)
     assert evaluated.decision == "reject"
-    assert "margin 1.5" in evaluated.reasons[0]
-    assert world.decisions.docs[("churn", 2)]["policy"]["promotion_margin"] == 1.5
+    assert "margin 5" in evaluated.reasons[0]
+    assert world.decisions.docs[("churn", 2)]["policy"]["promotion_margin"] == 5.0
 
 
 async def test_policies_view_merges_defaults_and_overrides():
     settings = DeployerSettings(
-        policies={"fraud": ModelPolicy(primary_metric="log_loss", latency_budget_ms=2.0)}
+        policies={"fraud": ModelPolicy(primary_metric="auc", latency_budget_ms=2.0)}
     )
     service = DeployerService(
         settings=settings,
@@ -151,11 +152,12 @@ async def test_policies_view_merges_defaults_and_overrides():
 
     view = service.policies("churn")
 
-    assert view["default"]["primary_metric"] == "auc"
-    assert view["models"]["fraud"]["primary_metric"] == "log_loss"
-    assert view["models"]["fraud"]["higher_is_better"] is False
+    assert view["default"]["primary_metric"] == "log_loss"
+    assert view["default"]["higher_is_better"] is False
+    assert view["models"]["fraud"]["primary_metric"] == "auc"
+    assert view["models"]["fraud"]["higher_is_better"] is True
     assert view["models"]["fraud"]["latency_budget_ms"] == 2.0
-    assert view["models"]["fraud"]["promotion_margin"] == 0.01
+    assert view["models"]["fraud"]["promotion_margin"] == 0.0
     assert view["models"]["churn"] == view["default"]
 
 
@@ -167,4 +169,4 @@ def test_policies_come_from_json_in_the_environment(monkeypatch):
 
     assert settings.policy_for("fraud").promotion_margin == 0.03
     assert settings.policy_for("fraud").primary_metric == "brier"
-    assert settings.policy_for("other").promotion_margin == 0.01
+    assert settings.policy_for("other").promotion_margin == 0.0

@@ -2,7 +2,7 @@
 datasets and metrics (no I/O)."""
 
 from .dataset import Dataset, DatasetError, feature_stats, from_csv_bytes, from_rows, split_holdout
-from .evaluation import evaluate, roc_auc
+from .evaluation import PROPER_SCORING_RULES, evaluate, roc_auc, row_losses, scores_of
 from .families import FAMILIES, FamilyError, Trained, get_family, train_family
 from .flavors import (
     FORMATS,
@@ -17,6 +17,7 @@ __all__ = [
     "FAMILIES",
     "FORMAT",
     "FORMATS",
+    "PROPER_SCORING_RULES",
     "ArtifactError",
     "ArtifactIntegrityError",
     "Dataset",
@@ -33,6 +34,8 @@ __all__ = [
     "get_family",
     "load_model",
     "roc_auc",
+    "row_losses",
+    "scores_of",
     "split_holdout",
     "train_family",
     "train_logreg",

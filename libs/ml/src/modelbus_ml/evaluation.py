@@ -28,17 +28,34 @@ def roc_auc(y: np.ndarray, score: np.ndarray) -> float:
     return float((ranks[y == 1].sum() - pos * (pos + 1) / 2.0) / (pos * neg))
 
 
+PROPER_SCORING_RULES = ("log_loss", "brier")  # per row, lower is better
+EPS = 1e-12
+
+
+def row_losses(y: np.ndarray, score: np.ndarray, rule: str) -> np.ndarray:
+    """Each row's loss under a proper scoring rule (``log_loss`` or ``brier``) of the predicted
+    probability ``score`` of class 1 for the label ``y`` (0/1): their mean is the metric."""
+    y = np.asarray(y, dtype=np.float64)
+    if rule == "log_loss":
+        clipped = np.clip(score, EPS, 1 - EPS)
+        return -(y * np.log(clipped) + (1 - y) * np.log(1 - clipped))
+    if rule == "brier":
+        return (np.asarray(score, dtype=np.float64) - y) ** 2
+    raise ValueError(f"not a proper scoring rule: {rule!r}")
+
+
+def scores_of(model: ServableModel, ds: Dataset) -> np.ndarray:
+    """``model``'s probability of class 1 for every row of ``ds`` (its features, its order)."""
+    return model.predict_proba(ds.X[:, [ds.feature_names.index(n) for n in model.feature_names]])
+
+
 def evaluate(model: ServableModel, ds: Dataset) -> dict[str, float]:
     """auc, accuracy, log_loss, brier and row count of ``model`` (any family) on ``ds``."""
-    X = ds.X[:, [ds.feature_names.index(n) for n in model.feature_names]]
-    score = model.predict_proba(X)
+    score = scores_of(model, ds)
     y = ds.y.astype(np.float64)
-    eps = 1e-12
-    clipped = np.clip(score, eps, 1 - eps)
     return {
         "auc": roc_auc(ds.y, score),
         "accuracy": float(((score >= getattr(model, "threshold", 0.5)) == (y == 1)).mean()),
-        "log_loss": float(-(y * np.log(clipped) + (1 - y) * np.log(1 - clipped)).mean()),
-        "brier": float(((score - y) ** 2).mean()),
+        **{rule: float(row_losses(y, score, rule).mean()) for rule in PROPER_SCORING_RULES},
         "rows": float(ds.rows),
     }

@@ -53,6 +53,7 @@ class PolicyEntry(BaseModel):
     primary_metric: str
     higher_is_better: bool
     promotion_margin: float
+    significance: float
     min_primary_metric: float
     min_holdout_rows: int
     latency_budget_ms: float

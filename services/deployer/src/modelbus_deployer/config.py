@@ -1,7 +1,7 @@
 """The deployer's settings: promotion policy defaults plus per-model overrides.
 
 Built once at start-up from ``MODELBUS_*`` environment variables; ``MODELBUS_POLICIES`` is JSON,
-e.g. ``{"churn": {"promotion_margin": 0.02, "primary_metric": "log_loss"}}``.
+e.g. ``{"churn": {"promotion_margin": 0.02, "primary_metric": "auc"}}``.
 """
 
 from __future__ import annotations
@@ -27,6 +27,13 @@ class ModelPolicy(BaseModel):
     )
     promotion_margin: float | None = Field(
         default=None, ge=0, description="improvement over the champion required to promote"
+    )
+    significance: float | None = Field(
+        default=None,
+        gt=0,
+        lt=1,
+        description="one-sided level of the paired test (log_loss, brier): the challenger's "
+        "gain must be significant at it",
     )
     min_primary_metric: float | None = Field(
         default=None,
@@ -90,20 +97,28 @@ class DeployerSettings(ServiceSettings):
         default="deployer", description="Kafka consumer group for ModelRegistered"
     )
     primary_metric: MetricName = Field(
-        default="auc",
-        description="metric that decides promotion; auc/accuracy higher is better, "
-        "log_loss/brier lower is better",
+        default="log_loss",
+        description="metric that decides promotion. log_loss/brier (proper scoring rules, "
+        "lower is better) are compared row by row on the same hold-out by a one-sided paired "
+        "test, against the champion or, for a first model, against the hold-out's base rate; "
+        "auc/accuracy (higher is better) by the margin alone (set one when you choose them)",
     )
     promotion_margin: float = Field(
-        default=0.01,
+        default=0.0,
         ge=0,
         description="the challenger must beat the champion by at least this on the primary "
         "metric, on the same hold-out",
     )
+    significance: float = Field(
+        default=0.05,
+        gt=0,
+        lt=1,
+        description="one-sided level of the paired test on log_loss/brier: noise must not promote",
+    )
     min_primary_metric: float = Field(
         default=0.6,
-        description="absolute threshold on the primary metric for a first model (no champion); "
-        "a maximum when the metric is lower-is-better",
+        description="auc/accuracy only: absolute minimum for a first model (no champion); with "
+        "log_loss/brier a first model must beat the hold-out's base rate by the paired test",
     )
     min_holdout_rows: int = Field(
         default=100, ge=1, description="smallest hold-out a promotion decision may rest on"
@@ -199,6 +214,7 @@ class DeployerSettings(ServiceSettings):
         return Policy(
             primary_metric=self.primary_metric,
             promotion_margin=self.promotion_margin,
+            significance=self.significance,
             min_primary_metric=self.min_primary_metric,
             min_holdout_rows=self.min_holdout_rows,
             latency_budget_ms=self.latency_budget_ms,

@@ -4,6 +4,13 @@ No I/O here. Everything is computed on ONE hold-out (the challenger's), so the c
 challenger are compared on the same rows. Each gate is a ``GateResult`` carrying the observed
 value, the threshold and a sentence with the numbers; the decision is promote iff every gate
 passes. The clock used for the latency gate is injected so tests can simulate a slow model.
+
+The default primary metric is a proper scoring rule (log loss; Brier selectable): it sees a
+moved decision threshold, which a ranking metric such as AUC cannot. With a proper rule the
+challenger is compared row by row with the champion (or, for a first model, with the base rate
+of the hold-out) by a one-sided paired test: it must be better by at least the margin and
+significantly so, so that noise cannot promote. AUC and accuracy stay selectable, judged on the
+margin alone.
 """
 
 from __future__ import annotations
@@ -18,12 +25,12 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from modelbus_contracts import GateResult
-from modelbus_ml import Dataset, evaluate
+from modelbus_ml import PROPER_SCORING_RULES, Dataset, evaluate, row_losses, scores_of
 
 MetricName = Literal["auc", "accuracy", "log_loss", "brier"]
 Decision = Literal["promote", "reject"]
 RolloutPolicy = Literal["immediate", "shadow", "canary"]
-LOWER_IS_BETTER: frozenset[str] = frozenset({"log_loss", "brier"})
+LOWER_IS_BETTER: frozenset[str] = frozenset(PROPER_SCORING_RULES)
 EPSILON = 1e-12  # float slack so "better by exactly the margin" passes
 
 Clock = Callable[[], float]
@@ -42,8 +49,9 @@ class Scorable(Protocol):
 class Policy:
     """The effective promotion policy for one model."""
 
-    primary_metric: MetricName = "auc"
-    promotion_margin: float = 0.01
+    primary_metric: MetricName = "log_loss"
+    promotion_margin: float = 0.0
+    significance: float = 0.05
     min_primary_metric: float = 0.6
     min_holdout_rows: int = 100
     latency_budget_ms: float = 5.0
@@ -65,6 +73,11 @@ class Policy:
     @property
     def higher_is_better(self) -> bool:
         return self.primary_metric not in LOWER_IS_BETTER
+
+    @property
+    def paired(self) -> bool:
+        """A per-row proper scoring rule: judged by a paired test, not by the margin alone."""
+        return self.primary_metric in PROPER_SCORING_RULES
 
     def with_overrides(self, overrides: dict[str, Any]) -> Policy:
         if "canary_steps" in overrides:
@@ -254,6 +267,78 @@ def champion_delta_gate(
     return _gate("champion_delta", passed, gain, margin, detail)
 
 
+@dataclass(frozen=True)
+class PairedTest:
+    """Row-by-row comparison of two models' losses on the same rows (``gain`` > 0: the
+    challenger's loss is lower). One-sided: is the mean gain above zero? Normal approximation
+    of the paired t statistic (a hold-out has at least ``min_holdout_rows`` rows)."""
+
+    gain: float  # mean loss of the other model minus the challenger's
+    z: float
+    p_value: float
+    rows: int
+
+    @classmethod
+    def of(cls, other: np.ndarray, challenger: np.ndarray) -> PairedTest:
+        diff = np.asarray(other, dtype=np.float64) - np.asarray(challenger, dtype=np.float64)
+        n = int(diff.size)
+        gain = float(diff.mean()) if n else 0.0
+        spread = float(diff.std(ddof=1)) if n > 1 else 0.0
+        if spread == 0.0:  # identical predictions (or a constant difference)
+            z = math.inf if gain > 0 else (-math.inf if gain < 0 else 0.0)
+        else:
+            z = gain / (spread / math.sqrt(n))
+        p_value = 0.5 * math.erfc(z / math.sqrt(2.0))  # P(Z >= z)
+        return cls(gain, z, p_value, n)
+
+
+def paired_gates(
+    test: PairedTest,
+    policy: Policy,
+    *,
+    ours: float,
+    rival: str,
+    theirs: float,
+    others: str = "",
+) -> list[GateResult]:
+    """The two halves of a paired judgement on the primary (proper) metric: better by at least
+    the margin, and significantly so."""
+    metric, margin, alpha = policy.primary_metric, policy.promotion_margin, policy.significance
+    better = test.gain >= margin - EPSILON
+    significant = test.p_value < alpha
+    also = f"; beside it: {others}" if others else ""
+    return [
+        _gate(
+            "champion_delta",
+            better,
+            test.gain,
+            margin,
+            f"{metric} {_num(ours)} vs {_num(theirs)} of {rival} on the same {test.rows}-row "
+            f"hold-out: improvement {test.gain:+.4f} {'>=' if better else '<'} margin "
+            f"{margin:g} (lower is better){also}",
+        ),
+        _gate(
+            "paired_test",
+            significant,
+            test.p_value,
+            alpha,
+            f"{metric} row by row, challenger vs {rival}: one-sided paired test z "
+            f"{test.z:.2f}, p {test.p_value:.3g} {'<' if significant else '>='} {alpha:g} "
+            f"over {test.rows} rows",
+        ),
+    ]
+
+
+def beside(challenger: dict[str, float], other: dict[str, float], primary: str) -> str:
+    """Every other metric of both models, for the record."""
+    names = [m for m in ("auc", "accuracy", "log_loss", "brier") if m != primary]
+    return ", ".join(
+        f"{m} {_num(challenger.get(m))} vs {_num(other.get(m))}"
+        for m in names
+        if m in challenger or m in other
+    )
+
+
 # --- the verdict -----------------------------------------------------------------------------
 
 
@@ -287,11 +372,13 @@ def judge(
     challenger_metrics = _metrics_of(challenger, holdout) if sanity.passed else {}
     latency, stats = latency_gate(challenger, holdout, policy, clock)
     gates = [holdout_size_gate(holdout.rows, policy), sanity, latency]
-    champion_metrics: dict[str, float] = {}
-    if champion is None:
+    champion_metrics = _metrics_of(champion, holdout) if champion is not None else {}
+    if policy.paired:
+        metrics = (challenger_metrics, champion_metrics)
+        gates += _paired(challenger, holdout, policy, champion, champion_version, metrics)
+    elif champion is None:
         gates.append(absolute_quality_gate(challenger_metrics, holdout.rows, policy))
     else:
-        champion_metrics = _metrics_of(champion, holdout)
         gates.append(
             champion_delta_gate(
                 challenger_metrics, champion_metrics, champion_version or 0, holdout.rows, policy
@@ -299,6 +386,52 @@ def judge(
         )
     decision, reasons = decide(gates)
     return Verdict(decision, reasons, gates, challenger_metrics, champion_metrics, stats)
+
+
+def _paired(
+    challenger: Scorable,
+    holdout: Dataset,
+    policy: Policy,
+    champion: Scorable | None,
+    champion_version: int | None,
+    metrics: tuple[dict[str, float], dict[str, float]],
+) -> list[GateResult]:
+    """The paired gates: the challenger against the champion, or (a first model) against the
+    hold-out's base rate, the model that knows nothing but how often the label is 1."""
+    metric, y = policy.primary_metric, holdout.y
+    ours = _row_losses(challenger, holdout, metric) if metrics[0] else None
+    if champion is None:
+        rate = float(np.mean(y)) if holdout.rows else 0.5
+        theirs = row_losses(y, np.full(holdout.rows, rate), metric)
+        rival = f"the hold-out's base rate {rate:.3f}"
+        others = ""
+    else:
+        theirs = _row_losses(champion, holdout, metric)
+        rival = f"champion v{champion_version or 0}"
+        others = beside(*metrics, metric)
+    if ours is None or theirs is None:
+        who = "challenger" if ours is None else rival
+        detail = f"{metric} could not be computed for the {who} on the {holdout.rows}-row hold-out"
+        return [_gate("champion_delta", False, None, policy.promotion_margin, detail)]
+    test = PairedTest.of(theirs, ours)
+    return paired_gates(
+        test,
+        policy,
+        ours=float(ours.mean()) if ours.size else math.nan,
+        rival=rival,
+        theirs=float(theirs.mean()) if theirs.size else math.nan,
+        others=others,
+    )
+
+
+def _row_losses(model: Scorable, holdout: Dataset, metric: str) -> np.ndarray | None:
+    if missing_features(model, holdout):
+        return None
+    try:
+        losses = row_losses(holdout.y, scores_of(model, holdout), metric)  # type: ignore[arg-type]
+    except Exception:  # untrusted model code: a crash is a verdict
+        return None
+    return losses if np.isfinite(losses).all() else None
 
 
 def load_failure(what: str, error: str) -> Verdict:
