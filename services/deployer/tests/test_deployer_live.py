@@ -127,7 +127,7 @@ async def test_canary_regression_is_a_reject_with_the_numbers(make_world):
 
 
 async def test_shadow_agreement_and_labels_are_joined(make_world):
-    world = make_world(DeployerSettings(rollout="shadow", min_labels=50, **FAST))
+    world = make_world(DeployerSettings(rollout="shadow", min_labels=50, min_agreement=0.9, **FAST))
     _, live = await decided(world)
     assert decisions(world) == [("shadow", 0.0)]
     served = [prediction(1, label=1) for _ in range(200)]

@@ -67,7 +67,7 @@ class ModelPolicy(BaseModel):
         default=None, ge=1, description="live predictions before a rate or p99 rule may fire"
     )
     min_agreement: float | None = Field(
-        default=None, ge=0, le=1, description="shadow label agreement with the champion, minimum"
+        default=None, ge=0, le=1, description="shadow label agreement with the champion, floor"
     )
     max_shadow_error_rate: float | None = Field(
         default=None, ge=0, le=1, description="shadow exceptions over compared + failed, max"
@@ -152,7 +152,12 @@ class DeployerSettings(ServiceSettings):
         default=100, ge=1, description="live predictions before a rate or p99 rule may fire"
     )
     min_agreement: float = Field(
-        default=0.9, ge=0, le=1, description="shadow label agreement with the champion, minimum"
+        default=0.5,
+        ge=0,
+        le=1,
+        description="shadow label agreement with the champion: a floor that catches a broken "
+        "model, not a quality signal (a better model disagrees where the champion is wrong); "
+        "quality is judged on labelled live accuracy against the champion's",
     )
     max_shadow_error_rate: float = Field(
         default=0.01,

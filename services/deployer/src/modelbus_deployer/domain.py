@@ -62,7 +62,7 @@ class Policy:
     canary_steps: tuple[float, ...] = (0.1, 0.5)
     canary_step_predictions: int = 500
     min_live_predictions: int = 100
-    min_agreement: float = 0.9
+    min_agreement: float = 0.5
     max_shadow_error_rate: float = 0.01
     max_fallback_rate: float = 0.05
     live_latency_p99_ms: float = 250.0

@@ -307,17 +307,49 @@ def live_gates(
             f" - sampling noise {noise:.3f}"
         )
         gates.append(_gate("live_accuracy", ok, accuracy, floor, detail))
+    if stage in ("shadow", "canary"):
+        gates.extend(_against_champion(window, policy, who))
     agreement = window.agreement
     if stage == "shadow" and window.compared >= minimum and agreement is not None:
+        # a floor that catches a broken model, not a quality signal: a better model disagrees
+        # with the champion exactly where the champion is wrong
         ok = agreement >= policy.min_agreement
         detail = (
             f"shadow agrees with the champion on {agreement:.3f} of {window.compared} requests "
-            f"{'>=' if ok else '<'} minimum {policy.min_agreement:g}"
+            f"{'>=' if ok else '<'} floor {policy.min_agreement:g}"
         )
         gates.append(_gate("shadow_agreement", ok, agreement, policy.min_agreement, detail))
     if stage == "shadow":
         gates.extend(_shadow_errors(window, policy, who))
     return gates
+
+
+def _against_champion(window: LiveWindow, policy: Policy, who: str) -> list[GateResult]:
+    """Labelled live performance, the challenger against the champion on the same live
+    traffic: fails only when the challenger is significantly worse (one-sided two-proportion
+    test at ``significance``); absent until both have ``min_labels`` labels."""
+    arm, champion = window.arm, window.baseline
+    ours, theirs = arm.accuracy, champion.accuracy
+    if arm.labelled < policy.min_labels or champion.labelled < policy.min_labels:
+        return []
+    if ours is None or theirs is None:
+        return []
+    pooled = (arm.correct + champion.correct) / (arm.labelled + champion.labelled)
+    spread = math.sqrt(pooled * (1 - pooled) * (1 / arm.labelled + 1 / champion.labelled))
+    z = (
+        (ours - theirs) / spread
+        if spread > 0
+        else (0.0 if ours == theirs else math.copysign(math.inf, ours - theirs))
+    )
+    p_worse = 0.5 * math.erfc(-z / math.sqrt(2.0))  # P(Z <= z): how unlikely if not worse
+    ok = p_worse >= policy.significance
+    detail = (
+        f"live accuracy of {who} {ours:.3f} on {arm.labelled} labels vs the champion's "
+        f"{theirs:.3f} on {champion.labelled} labels of the same traffic: z {z:.2f}, "
+        f"{'not significantly worse' if ok else 'significantly worse'} (p {p_worse:.3g}, "
+        f"level {policy.significance:g})"
+    )
+    return [_gate("live_vs_champion", ok, ours - theirs, 0.0, detail)]
 
 
 def _shadow_errors(window: LiveWindow, policy: Policy, who: str) -> list[GateResult]:
