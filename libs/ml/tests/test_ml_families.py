@@ -29,6 +29,7 @@ FAMILY_PARAMS = {
     "logreg": {"family": "logreg"},
     "river": {"family": "river", "passes": 2},
     "python": {"family": "python", "entry_point": NB},
+    "sklearn": {"family": "sklearn"},
 }
 
 
@@ -142,3 +143,98 @@ def test_river_scoring_speed_is_recorded():
     model.predict_proba(ds.X)
     rows_per_s = ds.rows / (time.perf_counter() - started)
     assert rows_per_s > 5_000, rows_per_s
+
+
+def xor_dataset(seed: int = 3, rows: int = 2000) -> Dataset:
+    """A non-linear concept over features five orders of magnitude apart (age, salary)."""
+    rng = np.random.default_rng(seed)
+    X = np.c_[rng.uniform(18, 80, rows), rng.uniform(1e4, 2e5, rows)]
+    y = ((X[:, 0] > 45) ^ (X[:, 1] > 1e5)).astype(np.int8)
+    return Dataset(("age", "salary"), X, y)
+
+
+@pytest.mark.parametrize(
+    "estimator", ["gradient_boosting", "random_forest", "extra_trees", "logistic_regression"]
+)
+def test_sklearn_estimators_are_served_through_onnx_with_sklearns_probabilities(estimator):
+    train, holdout = split_holdout(xor_dataset(), 0.25, seed=1)
+    fitted = get_family("sklearn").estimator(
+        {**get_family("sklearn").default_params, "estimator": estimator}, 1
+    )
+    fitted.fit(train.X, train.y.astype(np.int64))
+    trained = train_family(train, {"family": "sklearn", "estimator": estimator}, seed=1)
+    assert trained.format == "modelbus.onnx.v1"
+    loaded = load_model(trained.artifact, trained.format, sha(trained.artifact))
+    # ONNX runs in float32: the probabilities agree with scikit-learn's to float32 precision
+    np.testing.assert_allclose(
+        loaded.predict_proba(holdout.X), fitted.predict_proba(holdout.X)[:, 1], atol=1e-4
+    )
+    info = describe_artifact(trained.artifact, trained.format, sha(trained.artifact))
+    assert info.family == "sklearn" and info.feature_names == ("age", "salary")
+    assert info.header["estimator"] == f'"{estimator}"'
+
+
+def test_onnx_artifacts_are_checked_and_refused_with_a_reason():
+    trained = train_family(make_dataset(), {"family": "sklearn", "n_estimators": 5}, seed=1)
+    with pytest.raises(ArtifactIntegrityError):
+        load_model(trained.artifact, trained.format, "0" * 64)
+    garbage = b"not a protobuf" * 10
+    with pytest.raises(ArtifactError, match="ONNX"):
+        load_model(garbage, trained.format, sha(garbage))
+    # a logreg JSON artifact claimed to be ONNX is refused, not misread
+    logreg = train_family(make_dataset(), {"family": "logreg"}, seed=1).artifact
+    with pytest.raises(ArtifactError):
+        load_model(logreg, trained.format, sha(logreg))
+
+
+@pytest.mark.parametrize(
+    "params, reason",
+    [
+        ({"n_estimators": 10**6}, "n_estimators must be within"),
+        ({"max_depth": 0}, "max_depth must be within"),
+        ({"learning_rate": "fast"}, "learning_rate must be a number"),
+        ({"estimator": "svm"}, "unknown sklearn estimator"),
+    ],
+)
+def test_sklearn_params_are_bounded(params, reason):
+    with pytest.raises(ValueError, match=reason):
+        train_family(make_dataset(), {"family": "sklearn", **params}, seed=1)
+
+
+def test_auto_learns_a_non_linear_concept_and_records_the_choice():
+    train, holdout = split_holdout(xor_dataset(), 0.25, seed=2)
+    trained = train_family(train, {}, seed=2)
+    selection = trained.selection
+    assert selection is not None and selection["chosen"] == "sklearn"
+    scores = {c["family"]: c["log_loss"] for c in selection["candidates"]}
+    assert scores["sklearn"] < scores["logreg"]
+    assert evaluate(trained.model, holdout)["accuracy"] > 0.95
+    # the same data, params and seed: the same choice and the same bytes
+    assert train_family(train, {}, seed=2).artifact == trained.artifact
+
+
+def test_auto_keeps_the_linear_model_on_a_linear_concept():
+    train, _ = split_holdout(make_dataset(rows=3000), 0.25, seed=2)
+    trained = train_family(train, {}, seed=2)
+    assert trained.selection["chosen"] == "logreg", trained.selection
+    assert trained.format == "modelbus.logreg.v1"
+
+
+def test_auto_is_configurable_and_refuses_what_it_cannot_do():
+    ds = xor_dataset(rows=400)
+    only = train_family(ds, {"candidates": ["logreg"]}, seed=1)
+    assert only.selection["chosen"] == "logreg" and only.selection["candidates"] == []
+    forest = {"candidate_params": {"sklearn": {"estimator": "random_forest", "n_estimators": 20}}}
+    chosen = train_family(ds, forest, seed=1)
+    assert (
+        describe_artifact(chosen.artifact, chosen.format, sha(chosen.artifact)).header["estimator"]
+        == '"random_forest"'
+    )
+    with pytest.raises(FamilyError, match="cannot be an auto candidate"):
+        train_family(ds, {"candidates": ["python"]}, seed=1)
+    with pytest.raises(FamilyError, match="unknown model family"):
+        train_family(ds, {"candidates": ["xgboost9"]}, seed=1)
+    with pytest.raises(FamilyError, match="does not take"):
+        train_family(ds, {"epochs": 3}, seed=1)
+    tiny = xor_dataset(rows=20)
+    assert "too few" in train_family(tiny, {}, seed=1).selection["reason"]

@@ -32,7 +32,8 @@ def test_run_id_is_a_function_of_the_trigger_event_id():
 
 
 def test_new_run_uses_request_params_over_defaults_and_round_trips_the_trigger():
-    event = TrainingRequested(model_name="m", params={"epochs": 5}, seed=7, reason="api")
+    params = {"family": "logreg", "epochs": 5}
+    event = TrainingRequested(model_name="m", params=params, seed=7, reason="api")
     run = new_run(event, default_seed=42, now=T0)
     assert run["state"] == "pending"
     assert run["trigger"] == "api"

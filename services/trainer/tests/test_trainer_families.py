@@ -18,7 +18,9 @@ from modelbus_trainer.reproduce import redo
 
 NB = "modelbus_ml.examples:train_gaussian_nb"
 FAMILIES = {
-    "logreg": ({}, "modelbus.logreg.v1", "json"),
+    "auto": ({}, None, None),
+    "logreg": ({"family": "logreg"}, "modelbus.logreg.v1", "json"),
+    "sklearn": ({"family": "sklearn"}, "modelbus.onnx.v1", "onnx"),
     "river": ({"family": "river"}, "modelbus.river.v1", "pkl"),
     "python": ({"family": "python", "entry_point": NB}, "modelbus.pickle.v1", "pkl"),
 }
@@ -46,6 +48,11 @@ async def test_each_family_trains_deterministically_and_reproduces(family):
     assert all(r["state"] == "succeeded" for r in runs), [r["reason"] for r in runs]
     assert runs[0]["artifact"]["sha256"] == runs[1]["artifact"]["sha256"]
     trained = h.publisher.of(ModelTrained)[0]
+    if family == "auto":  # the choice is recorded, and the artifact is the chosen family's
+        selection = trained.lineage.params["model_selection"]
+        assert selection == runs[0]["selection"]
+        assert [c["family"] for c in selection["candidates"]] == ["logreg", "sklearn"]
+        fmt, ext = FAMILIES[selection["chosen"]][1:]
     assert trained.artifact.format == fmt
     assert trained.artifact.uri == f"artifacts/m/{trained.artifact.sha256}.{ext}"
     assert trained.lineage.params["family"] == family
@@ -83,7 +90,8 @@ async def test_a_drift_run_is_redone_from_object_storage_alone_byte_identically(
 async def test_reproduce_reports_a_mismatch_and_refuses_what_it_cannot_redo():
     h = Harness()
     uri = await _put(h, "m")
-    run = await _train(h, TrainingRequested(model_name="m", dataset_uri=uri))
+    params = {"family": "logreg"}
+    run = await _train(h, TrainingRequested(model_name="m", dataset_uri=uri, params=params))
     # someone "retrained" with other params under the same record: the redo must notice
     run["lineage"]["params"]["epochs"] = 7
     await h.runs.update(run["run_id"], {"lineage": run["lineage"]})

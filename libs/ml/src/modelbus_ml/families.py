@@ -1,6 +1,13 @@
 """The trainer-side registry of model families: name -> how to train it and serialise it.
 
+- ``auto`` (the default): model choice. Every candidate family (``candidates``, by default
+  ``logreg`` and ``sklearn``'s gradient boosting) is fitted on an inner split of the training
+  rows and scored by log loss on the rest; the best is refitted on all training rows. The
+  candidates, their scores and the choice are the ``selection`` of the result.
 - ``logreg`` (built-in): numpy logistic regression, canonical JSON artifact.
+- ``sklearn``: a scikit-learn estimator (``estimator``: ``gradient_boosting``,
+  ``random_forest``, ``extra_trees`` or ``logistic_regression``), converted to ONNX by skl2onnx
+  and served by ONNX Runtime: loading it runs no Python code.
 - ``river``: ``StandardScaler | LogisticRegression`` from River, trained online with
   ``learn_one`` over the rows in the dataset's order (``passes`` times); no randomness.
 - ``python``: a user-supplied entry point ``"package.module:function"`` given in
@@ -28,15 +35,24 @@ from typing import Any, Protocol
 import numpy as np
 
 from .dataset import Dataset
-from .flavors import PICKLE_FORMAT, RIVER_FORMAT, ServableModel, dump_pickled, load_model, sha256_of
+from .flavors import (
+    ONNX_FORMAT,
+    PICKLE_FORMAT,
+    RIVER_FORMAT,
+    ServableModel,
+    dump_pickled,
+    load_model,
+    sha256_of,
+)
 from .logreg import DEFAULT_PARAMS as LOGREG_DEFAULTS
 from .logreg import FORMAT as LOGREG_FORMAT
-from .logreg import train_logreg
+from .logreg import ArtifactError, train_logreg
 
-DEFAULT_FAMILY = "logreg"
+DEFAULT_FAMILY = "auto"
 # Keys of a run's params that choose the family or record the run's data (hold-out share, drift
-# data window) rather than tune the fit: recorded in the lineage, never passed to a fit.
-META_KEYS = ("family", "entry_point", "holdout_fraction", "data_window")
+# data window, model selection) rather than tune the fit: recorded in the lineage, never passed to
+# a fit.
+META_KEYS = ("family", "entry_point", "holdout_fraction", "data_window", "model_selection")
 
 
 class FamilyError(ValueError):
@@ -45,11 +61,13 @@ class FamilyError(ValueError):
 
 @dataclass(frozen=True)
 class Trained:
-    """A fitted model with its artifact bytes and format."""
+    """A fitted model with its artifact bytes and format; ``selection`` says how ``auto``
+    chose it (candidates, their validation scores, the choice), ``None`` for a fixed family."""
 
     model: ServableModel
     artifact: bytes
     format: str
+    selection: dict[str, Any] | None = None
 
 
 class Family(Protocol):
@@ -169,7 +187,191 @@ class PythonFamily:
         return Trained(model, data, self.format)
 
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (LogregFamily(), RiverFamily(), PythonFamily())}
+def _bounded(params: dict[str, Any], key: str, kind: type, low: float, high: float) -> Any:
+    """``params[key]`` as ``kind`` within [low, high], else ValueError with the reason (a run's
+    params come from the bus and the API: a huge forest is refused, not trained)."""
+    value = params[key]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{key} must be a number, got {value!r}")
+    if kind is int and value != int(value):
+        raise ValueError(f"{key} must be an integer, got {value!r}")
+    if not low <= value <= high:
+        raise ValueError(f"{key} must be within [{low}, {high}], got {value!r}")
+    return kind(value)
+
+
+SKLEARN_ESTIMATORS = ("gradient_boosting", "random_forest", "extra_trees", "logistic_regression")
+
+
+class SklearnFamily:
+    name = "sklearn"
+    format = ONNX_FORMAT
+    default_params: dict[str, Any] = {
+        "estimator": "gradient_boosting",
+        "n_estimators": 150,
+        "max_depth": 3,
+        "learning_rate": 0.1,
+        "subsample": 1.0,
+        "min_samples_leaf": 5,
+        "C": 1.0,
+        "threshold": 0.5,
+    }
+
+    def estimator(self, p: dict[str, Any], seed: int) -> Any:
+        from sklearn.ensemble import (
+            ExtraTreesClassifier,
+            GradientBoostingClassifier,
+            RandomForestClassifier,
+        )
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        kind = str(p["estimator"])
+        trees = _bounded(p, "n_estimators", int, 1, 2000)
+        depth = _bounded(p, "max_depth", int, 1, 32)
+        leaf = _bounded(p, "min_samples_leaf", int, 1, 100_000)
+        if kind == "gradient_boosting":
+            return GradientBoostingClassifier(
+                n_estimators=trees,
+                max_depth=depth,
+                learning_rate=_bounded(p, "learning_rate", float, 1e-6, 1.0),
+                subsample=_bounded(p, "subsample", float, 0.01, 1.0),
+                min_samples_leaf=leaf,
+                random_state=seed % 2**32,
+            )
+        if kind in ("random_forest", "extra_trees"):
+            cls = RandomForestClassifier if kind == "random_forest" else ExtraTreesClassifier
+            return cls(
+                n_estimators=trees,
+                max_depth=depth,
+                min_samples_leaf=leaf,
+                random_state=seed % 2**32,
+                n_jobs=1,
+            )
+        if kind == "logistic_regression":
+            C = _bounded(p, "C", float, 1e-9, 1e9)
+            return make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=1000))
+        raise ValueError(f"unknown sklearn estimator {kind!r}; known: {list(SKLEARN_ESTIMATORS)}")
+
+    def train(self, ds: Dataset, params: dict[str, Any], seed: int) -> Trained:
+        import sklearn
+
+        from .onnx import to_onnx_artifact
+
+        _check_both_classes(ds)
+        p = {**self.default_params, **fit_params(params)}
+        threshold = _bounded(p, "threshold", float, 0.0, 1.0)
+        estimator = self.estimator(p, seed)
+        estimator.fit(ds.X, ds.y.astype(np.int64))
+        meta = {
+            "estimator": str(p["estimator"]),
+            "libraries": {"scikit-learn": sklearn.__version__},
+        }
+        data = to_onnx_artifact(
+            estimator,
+            family=self.name,
+            feature_names=ds.feature_names,
+            threshold=threshold,
+            meta=meta,
+        )
+        return Trained(load_model(data, self.format, sha256_of(data)), data, self.format)
+
+
+class AutoFamily:
+    """Model choice: fit every candidate on an inner split of the training rows, keep the one
+    with the lowest validation log loss (ties: the earlier candidate, so the simpler one when
+    listed first) and refit it on all training rows. Deterministic: same data, params, seed ->
+    same choice and same bytes."""
+
+    name = "auto"
+    format = "by candidate"
+    default_params: dict[str, Any] = {
+        "candidates": ["logreg", "sklearn"],
+        "validation_fraction": 0.25,
+        "candidate_params": {},
+    }
+    MIN_ROWS = 40  # below this a validation split says nothing: the first candidate is used
+
+    def candidates(self, p: dict[str, Any]) -> list[str]:
+        names = p.get("candidates")
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+            raise FamilyError("auto needs candidates: a non-empty list of family names")
+        if len(names) > 8:
+            raise FamilyError("auto takes at most 8 candidates")
+        for name in names:
+            if name in ("auto", "python"):
+                raise FamilyError(f"{name!r} cannot be an auto candidate")
+            get_family(name)
+        return names
+
+    SHARED = ("threshold",)  # passed on to every candidate
+
+    def train(self, ds: Dataset, params: dict[str, Any], seed: int) -> Trained:
+        from .dataset import split_holdout
+        from .evaluation import evaluate
+
+        _check_both_classes(ds)
+        p = {**self.default_params, **fit_params(params)}
+        unknown = sorted(set(p) - set(self.default_params) - set(self.SHARED))
+        if unknown:
+            raise FamilyError(
+                f"auto does not take {unknown}: name a family to tune it, or give a candidate's "
+                "params in candidate_params"
+            )
+        names = self.candidates(p)
+        overrides = p.get("candidate_params") or {}
+        if not isinstance(overrides, dict):
+            raise FamilyError("candidate_params must map a family name to its params")
+        fraction = _bounded(p, "validation_fraction", float, 0.05, 0.5)
+
+        shared = {k: p[k] for k in self.SHARED if k in p}
+
+        def params_of(name: str) -> dict[str, Any]:
+            return {**shared, **dict(overrides.get(name) or {}), "family": name}
+
+        scored: list[dict[str, Any]] = []
+        chosen = names[0]
+        inner, validation = split_holdout(ds, fraction, seed)
+        usable = (
+            ds.rows >= self.MIN_ROWS
+            and len(set(inner.y.tolist())) == 2
+            and len(set(validation.y.tolist())) == 2
+        )
+        if usable and len(names) > 1:
+            for name in names:
+                try:
+                    model = get_family(name).train(inner, params_of(name), seed).model
+                    metrics = evaluate(model, validation)
+                    scored.append({"family": name, **metrics})
+                except (ValueError, ArtifactError) as exc:
+                    scored.append({"family": name, "error": str(exc)})
+            ok = [c for c in scored if "error" not in c]
+            if not ok:
+                raise FamilyError(f"no auto candidate could be trained: {scored}")
+            chosen = min(ok, key=lambda c: c["log_loss"])["family"]
+        trained = get_family(chosen).train(ds, params_of(chosen), seed)
+        selection = {
+            "metric": "log_loss",
+            "validation_fraction": fraction,
+            "validation_rows": validation.rows if usable else 0,
+            "candidates": scored,
+            "chosen": chosen,
+            "reason": (
+                f"lowest validation log loss among {names}"
+                if scored
+                else f"{ds.rows} rows: too few to compare candidates, the first is used"
+                if len(names) > 1
+                else "one candidate"
+            ),
+        }
+        return Trained(trained.model, trained.artifact, trained.format, selection)
+
+
+FAMILIES: dict[str, Family] = {
+    f.name: f
+    for f in (AutoFamily(), LogregFamily(), SklearnFamily(), RiverFamily(), PythonFamily())
+}
 
 
 def get_family(name: str) -> Family:
@@ -180,7 +382,7 @@ def get_family(name: str) -> Family:
 
 
 def train_family(ds: Dataset, params: dict[str, Any], seed: int) -> Trained:
-    """Train the family named by ``params["family"]`` (default ``logreg``)."""
+    """Train the family named by ``params["family"]`` (default ``auto``)."""
     return get_family(str(params.get("family", DEFAULT_FAMILY))).train(ds, params, seed)
 
 

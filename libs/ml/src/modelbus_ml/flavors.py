@@ -5,6 +5,8 @@ Formats (recorded in ``ArtifactRef.format``):
 - ``modelbus.logreg.v1``: canonical JSON (the built-in family); loading cannot execute code.
 - ``modelbus.river.v1``: a River online model, pickled.
 - ``modelbus.pickle.v1``: a user model from a ``python`` training entry point, pickled.
+- ``modelbus.onnx.v1``: an ONNX graph (scikit-learn estimators and pipelines, converted by
+  skl2onnx) run by ONNX Runtime; loading it cannot execute Python code.
 
 A pickled artifact is ``MAGIC`` + one canonical JSON header line (format, family, feature names,
 threshold, library versions) + the pickle. Unpickling runs code, so ``load_model`` ALWAYS checks
@@ -26,11 +28,14 @@ import numpy as np
 
 from .logreg import FORMAT as LOGREG_FORMAT
 from .logreg import ArtifactError, LogisticModel
+from .onnx import ONNX_FORMAT, load_onnx
 
 RIVER_FORMAT = "modelbus.river.v1"
 PICKLE_FORMAT = "modelbus.pickle.v1"
 PICKLED_FORMATS = (RIVER_FORMAT, PICKLE_FORMAT)
-FORMATS = (LOGREG_FORMAT, *PICKLED_FORMATS)
+FORMATS = (LOGREG_FORMAT, ONNX_FORMAT, *PICKLED_FORMATS)
+# Formats whose loading runs no Python code from the artifact (no unpickling).
+CODE_FREE_FORMATS = (LOGREG_FORMAT, ONNX_FORMAT)
 MAGIC = b"MODELBUS-PICKLE-1\n"
 PICKLE_PROTOCOL = 5
 
@@ -150,6 +155,10 @@ def describe_artifact(data: bytes, format: str, sha256: str) -> ArtifactInfo:
     if format == LOGREG_FORMAT:
         model = LogisticModel.from_bytes(data)
         return ArtifactInfo(format, "logreg", model.feature_names)
+    if format == ONNX_FORMAT:
+        onnx_model = load_onnx(data)
+        info = dict(onnx_model.header)
+        return ArtifactInfo(format, onnx_model.family, onnx_model.feature_names, info)
     if format in PICKLED_FORMATS:
         header, _ = _split_pickled(data, format)
         names = tuple(header["feature_names"])
@@ -162,6 +171,8 @@ def load_model(data: bytes, format: str, sha256: str) -> ServableModel:
     verify_sha256(data, sha256)
     if format == LOGREG_FORMAT:
         return LogisticModel.from_bytes(data)
+    if format == ONNX_FORMAT:
+        return load_onnx(data)
     if format not in PICKLED_FORMATS:
         raise ArtifactError(f"unsupported artifact format {format!r}")
     header, payload = _split_pickled(data, format)
@@ -179,8 +190,10 @@ def load_model(data: bytes, format: str, sha256: str) -> ServableModel:
 
 
 __all__ = [
+    "CODE_FREE_FORMATS",
     "FORMATS",
     "LOGREG_FORMAT",
+    "ONNX_FORMAT",
     "PICKLED_FORMATS",
     "PICKLE_FORMAT",
     "RIVER_FORMAT",
