@@ -325,6 +325,11 @@ class DriftDetected(Event):
         description="1 when the incident opens; n for its (n-1)-th re-emission while it stays "
         "open and the drift persists (same correlation id, new event id)",
     )
+    onset_at: datetime | None = Field(
+        default=None,
+        description="when the incident was first detected (the same on every re-emission): a "
+        "retrain takes the labelled rows predicted since then, a growing window per attempt",
+    )
 
 
 class DataQualityAlert(Event):

@@ -13,7 +13,7 @@ from modelbus_contracts import FeatureStats
 from modelbus_monitor.config import DetectorConfig
 from modelbus_monitor.detectors import ERROR_STREAM, StreamConfig
 from modelbus_monitor.detectors import Stream as DriftStream
-from modelbus_monitor.domain import BatchOutcome, ModelMonitor
+from modelbus_monitor.domain import Advance, BatchOutcome, ModelMonitor
 from modelbus_monitor.policy import Incident
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -25,7 +25,8 @@ REFERENCE = {
 
 class Feed:
     """Feeds one model monitor predictions and their labels at a given error rate, ``batch``
-    predictions (then their labels, or the labels first) at a time."""
+    predictions (then their labels, or the labels first) at a time; after each batch, like the
+    service, the incident's DriftDetected goes out and the incident is moved on (``steps``)."""
 
     def __init__(self, monitor: ModelMonitor, seed: int = 7, batch: int = 25) -> None:
         self.monitor = monitor
@@ -33,6 +34,7 @@ class Feed:
         self.batch = batch
         self.now = T0
         self.sent: list[tuple[list[str], BatchOutcome]] = []  # (event ids, outcome) per batch
+        self.steps: list[Advance] = []
 
     def run(
         self,
@@ -57,6 +59,24 @@ class Feed:
             self.predictions(ids, predicted, features, version=version, served_by=served_by)
             if not label_first:
                 self.labels(ids, truth)
+            self.advance()
+
+    def advance(self) -> Advance:
+        """What the service does after a batch: emit (mark published) and move on."""
+        incident = self.monitor.incident
+        if incident is not None and not incident.published:
+            incident.emitted(self.now)
+        step = self.monitor.advance(self.now)
+        if step.event is not None and self.monitor.incident is not None:
+            self.monitor.incident.emitted(self.now)
+        self.steps.append(step)
+        return step
+
+    def events(self) -> list:
+        return [s.event for s in self.steps if s.event is not None]
+
+    def closed(self) -> list[Incident]:
+        return [s.closed for s in self.steps if s.closed is not None]
 
     def predictions(
         self,
@@ -192,25 +212,35 @@ def test_feature_detectors_stay_off_without_a_reference():
     assert [i.evidence["feature"] for i in feed.opened()] == ["x"]
 
 
-def test_promotion_closes_the_incident_resets_and_starts_a_cooldown():
+def test_promotion_moves_the_incident_to_recovering_and_recovery_closes_it():
     m = monitor(feature_drift_enabled=False, cooldown_s=600)
     feed = Feed(m, seed=3)
     feed.run(2000, 0.10)
     feed.run(2000, 0.5)
     [incident] = feed.opened()
-    closed = m.serve(2, REFERENCE, feed.now, event_id="evt-1", occurred_at=feed.now)
-    assert closed is incident
-    assert (closed.status, closed.closed_by_version, closed.closed_by_event_id) == (
-        "closed",
-        2,
-        "evt-1",
-    )
-    assert m.incident is None
+    assert incident.baseline_accuracy == pytest.approx(0.9, abs=0.03)
+    assert incident.state == "retraining"
+    assert m.serve(2, REFERENCE, feed.now, event_id="evt-1", occurred_at=feed.now) is None
+    assert m.incident is incident
+    assert (incident.state, incident.live_version, incident.status) == ("recovering", 2, "open")
     assert (m.serving_version, m.kernel.error.observations) == (2, 0)
     # old-version predictions no longer reach the detectors
     feed.run(200, 0.9, version=1)
     assert m.kernel.error.observations == 0
     assert m.counts["ignored_not_serving_version"] == 200
+    feed.run(275, 0.05, version=2)
+    assert feed.closed() == [], "judged on recovery_min_points (300) labelled points"
+    feed.run(25, 0.05, version=2)
+    [closed] = feed.closed()
+    assert closed is incident and m.incident is None
+    assert (closed.status, closed.state, closed.closed_by_version) == ("closed", "recovered", 2)
+    assert [t["state"] for t in closed.transitions] == [
+        "detected",
+        "retraining",
+        "recovering",
+        "recovered",
+    ]
+    assert closed.live_points == 300 and closed.live_accuracy >= closed.baseline_accuracy - 0.03
     # v2 drifts inside the cooldown: counted, not opened
     feed.run(2000, 0.05, version=2)
     feed.run(2000, 0.6, version=2)
@@ -228,7 +258,83 @@ def test_drift_after_cooldown_opens_a_new_incident():
     feed.run(2000, 0.6, version=2)
     first, second = feed.opened()
     assert first.incident_id != second.incident_id
+    assert first.state == "recovered"
     assert second.version == 2
+
+
+def test_a_new_version_that_does_not_recover_is_followed_by_a_larger_retrain():
+    m = monitor(feature_drift_enabled=False, incident_max_attempts=3)
+    feed = Feed(m, seed=3)
+    feed.run(2000, 0.10)
+    feed.run(2000, 0.5)
+    [incident] = feed.opened()
+    first = incident.drift_event()
+    assert first.onset_at == first.detected_at and first.attempt == 1
+    m.serve(2, REFERENCE, feed.now)
+    feed.run(300, 0.4, version=2)  # v2 is better than v1 after the drift, not good enough
+    [second] = feed.events()
+    assert (second.attempt, second.version, second.onset_at) == (2, 2, first.onset_at)
+    assert second.correlation_id == first.correlation_id
+    assert second.causation_id == first.event_id
+    assert (
+        incident.state == "retraining"
+        and "below the pre-drift" in (incident.transitions[-1]["reason"])
+    )
+    m.serve(3, REFERENCE, feed.now)
+    feed.run(300, 0.3, version=3)
+    [_, third] = feed.events()
+    assert third.attempt == 3 and third.onset_at == first.onset_at
+    m.serve(4, REFERENCE, feed.now)
+    feed.run(600, 0.3, version=4)
+    assert len(feed.events()) == 2, "attempts ran out: nothing more is requested"
+    assert incident.state == "needs_human" and incident.status == "open"
+    assert incident.transitions[-1]["live_accuracy"] == pytest.approx(0.7, abs=0.05)
+    # a human's model that brings accuracy back still closes it
+    m.serve(5, REFERENCE, feed.now)
+    feed.run(300, 0.08, version=5)
+    [closed] = feed.closed()
+    assert closed is incident and closed.state == "recovered"
+
+
+def test_a_rejected_retrain_is_retried_once_new_data_arrived_and_not_without():
+    m = monitor(feature_drift_enabled=False, retrigger_s=120)
+    feed = Feed(m, seed=3)
+    feed.run(2000, 0.10)
+    feed.run(1000, 0.5)
+    [incident] = feed.opened()
+    # no verdict for retrigger_s: re-requested once (data did arrive since the first request);
+    # then, with no more traffic, never again however long it waits
+    feed.now += timedelta(seconds=121)
+    assert feed.advance().event is not None
+    for _ in range(3):
+        feed.now += timedelta(days=1)
+        assert feed.advance().event is None
+    mark = m.kernel.error.observations
+    assert m.policy.on_rejected(incident.incident_id, 2, ["paired_test failed"], feed.now)
+    assert incident.transitions[-1]["reason"] == "v2 rejected"
+    feed.run(275, 0.5)
+    assert len(feed.events()) == 1, "the next rung waits for recovery_min_points new points"
+    feed.run(25, 0.5)
+    [_, event] = feed.events()
+    assert event.attempt == 3 and incident.mark == mark + 300
+    assert incident.verdict_at is None
+
+
+def test_without_labels_before_the_drift_a_promotion_resolves_the_incident():
+    m = monitor(feature_drift_enabled=True)
+    feed = Feed(m, seed=4)
+    feed.run(1500, 0.1, x_mean=0.0, label_first=True)
+    m.kernel.error.reference.clear()  # as if no label had ever arrived
+    feed.run(1500, 0.1, x_mean=2.0)
+    [incident] = feed.opened()
+    assert incident.baseline_accuracy is None
+    closed = m.serve(2, REFERENCE, feed.now, event_id="evt-2")
+    assert closed is incident
+    assert (closed.state, closed.status, closed.closed_by_event_id) == (
+        "resolved",
+        "closed",
+        "evt-2",
+    )
 
 
 def test_stale_promotion_does_not_close_a_newer_incident():

@@ -13,6 +13,7 @@ from aiokafka import AIOKafkaConsumer
 
 from modelbus_contracts import (
     ArtifactRef,
+    Columns,
     DatasetRef,
     DriftDetected,
     Event,
@@ -80,7 +81,9 @@ def settings_for(service_env: dict[str, str]) -> MonitorSettings:
     return MonitorSettings(**env, handler_backoff_s=0.01, log_json=False)
 
 
-def traffic(model: str, n: int, error_rate: float, rng: random.Random) -> list[Event]:
+def traffic(
+    model: str, n: int, error_rate: float, rng: random.Random, version: int = 1
+) -> list[Event]:
     events: list[Event] = []
     for _ in range(n):
         pid = uuid.uuid4().hex
@@ -91,7 +94,7 @@ def traffic(model: str, n: int, error_rate: float, rng: random.Random) -> list[E
             PredictionMade(
                 model_name=model,
                 prediction_id=pid,
-                version=1,
+                version=version,
                 features=features,
                 score=0.5,
                 label=predicted,
@@ -202,7 +205,7 @@ async def test_concept_change_opens_one_incident_end_to_end(infra, service_env, 
             assert "modelbus_monitor_joined_pairs_total" in metrics
             assert 'outcome="duplicate"' in metrics
 
-        await restart_knows_the_incident_and_promotion_closes_it(settings, model, drift.incident_id)
+        await restart_knows_the_incident_and_recovery_closes_it(settings, model, drift.incident_id)
     finally:
         await producer.stop()
 
@@ -212,10 +215,11 @@ async def _has(status, predicate) -> dict | None:
     return current if current and predicate(current) else None
 
 
-async def restart_knows_the_incident_and_promotion_closes_it(
+async def restart_knows_the_incident_and_recovery_closes_it(
     settings: MonitorSettings, model: str, incident_id: str
 ) -> None:
-    """A restarted service layer on the same Mongo knows the incident; v2 closes it.
+    """A restarted service layer on the same Mongo knows the incident; v2 serving puts it in
+    ``recovering``, and v2's live accuracy back at the pre-drift level closes it.
 
     (Service layer with the real adapters: a re-joining consumer group takes ~20 s to rebalance
     on this broker, and the bus path for promotions is already exercised above.)"""
@@ -246,10 +250,23 @@ async def restart_knows_the_incident_and_promotion_closes_it(
         correlation_id=uuid.UUID(incident_id),
     )
     await service.on_promoted(v2)
+    incident = await store.get(incident_id)  # as the MongoDB-wire server gives it back
+    assert incident is not None
+    assert (incident.status, incident.state, incident.live_version) == ("open", "recovering", 2)
+    assert [t["state"] for t in incident.transitions] == ["detected", "retraining", "recovering"]
+    assert incident.baseline_accuracy is not None and incident.baseline_accuracy > 0.9
+    events = traffic(model, 300, 0.05, random.Random(3), version=2)
+    await service.on_prediction_batch(Columns[PredictionMade].of(events[0::2]))
+    await service.on_label_batch(Columns[LabelObserved].of(events[1::2]))
     incident = await store.get(incident_id)
     assert incident is not None
-    assert (incident.status, incident.closed_by_version) == ("closed", 2)
-    assert incident.closed_by_event_id == str(v2.event_id)
+    assert (incident.status, incident.state, incident.closed_by_version) == (
+        "closed",
+        "recovered",
+        2,
+    )
+    assert incident.live_points == 300 and incident.live_accuracy is not None
+    assert incident.live_accuracy >= incident.baseline_accuracy - 0.03
     assert all(i.model_name != model for i in await store.open_incidents())
     await registry.close()
     await client.close()

@@ -73,13 +73,16 @@ async def test_re_emission_also_happens_on_traffic_and_stops_at_promotion():
     assert [e.attempt for e in h.publisher.of(DriftDetected)] == [1, 2]
 
 
-async def test_no_re_emission_once_the_stream_is_back_to_normal():
+async def test_no_re_emission_once_accuracy_is_back_to_normal_the_incident_recovers():
     h = await drifted()
+    [event] = h.publisher.of(DriftDetected)
     await h.stream("churn", 1500, 0.10)
     h.clock.now += timedelta(seconds=121)
     await h.service.tick()
     assert len(h.publisher.of(DriftDetected)) == 1
-    assert h.service.models["churn"].counts["retrigger_skipped"] == 1
+    closed = await h.store.get(event.incident_id)
+    assert (closed.status, closed.state, closed.closed_by_version) == ("closed", "recovered", 1)
+    assert h.service.models["churn"].counts["incidents_recovered"] == 1
 
 
 async def test_a_re_emission_during_a_broker_outage_is_published_when_it_answers():

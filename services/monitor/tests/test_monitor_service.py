@@ -19,6 +19,7 @@ from modelbus_contracts import (
     FeatureStats,
     LabelObserved,
     Lineage,
+    ModelEvaluated,
     ModelPromoted,
     ModelRolledBack,
     PredictionMade,
@@ -193,15 +194,21 @@ async def test_drift_opens_one_incident_publishes_once_and_promotion_closes_it()
     register(h.registry, "churn", 2)
     cause = promoted("churn", 2, correlation_id=event.correlation_id)
     await h.service.on_promoted(cause)
-    closed = await h.store.get(event.incident_id)
-    assert (closed.status, closed.closed_by_version) == ("closed", 2)
-    assert closed.closed_by_event_id == str(cause.event_id)
-    status = h.service.status("churn")
-    assert (status["serving_version"], status["observations"], status["open_incident"]) == (
+    recovering = await h.store.get(event.incident_id)
+    assert (recovering.status, recovering.state, recovering.live_version) == (
+        "open",
+        "recovering",
         2,
-        0,
-        None,
     )
+    status = h.service.status("churn")
+    assert (status["serving_version"], status["observations"]) == (2, 0)
+    await h.stream("churn", 299, 0.05, version=2)
+    assert (await h.store.get(event.incident_id)).status == "open", "judged on 300 points"
+    await h.stream("churn", 1, 0.05, version=2)
+    closed = await h.store.get(event.incident_id)
+    assert (closed.status, closed.state, closed.closed_by_version) == ("closed", "recovered", 2)
+    assert h.service.status("churn")["open_incident"] is None
+    assert h.metric("modelbus_monitor_incidents_total", model="churn", action="closed") == 1
 
 
 async def test_restart_restores_the_open_incident_and_keeps_suppressing():
@@ -297,9 +304,12 @@ async def test_rollback_closes_the_incident_too():
             reason="regression",
         )
     )
+    recovering = await h.store.get(event.incident_id)
+    assert recovering.state == "recovering"
+    assert recovering.transitions[-1]["reason"].startswith("v1 serves (rolled back: regression)")
+    await h.stream("churn", 300, 0.05, version=1)
     closed = await h.store.get(event.incident_id)
-    assert (closed.status, closed.closed_by_version) == ("closed", 1)
-    assert closed.close_reason == "rolled back: regression"
+    assert (closed.status, closed.state, closed.closed_by_version) == ("closed", "recovered", 1)
 
 
 async def test_quality_alert_is_published_and_counted():
@@ -426,7 +436,10 @@ async def test_the_spec_subscribes_telemetry_in_batches_and_control_events_singl
     bind(bus, SPEC, h.service, MonitorSettings())
     assert sorted(bus.subscriptions) == sorted(
         [(cls.topic, "monitor (batch)") for cls in (PredictionMade, LabelObserved)]
-        + [(cls.topic, "monitor-control") for cls in (ModelPromoted, ModelRolledBack)]
+        + [
+            (cls.topic, "monitor-control")
+            for cls in (ModelPromoted, ModelRolledBack, ModelEvaluated)
+        ]
     )
     register(h.registry, "churn", 3)
     await bus.handlers[ModelPromoted.topic](promoted("churn", 3))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from datetime import timedelta
 
 import httpx
@@ -87,7 +88,7 @@ async def test_bad_or_missing_dataset_fails_the_run_with_the_reason():
 async def test_same_data_params_and_seed_give_a_byte_identical_artifact():
     h = Harness()
     uri = await _put(h, "m")
-    params = {"epochs": 150, "l2": 0.01}
+    params = {"family": "logreg", "epochs": 150, "l2": 0.01}
     shas = []
     for _ in range(2):
         run = await _train(h, TrainingRequested(model_name="m", dataset_uri=uri, params=params))
@@ -312,3 +313,38 @@ async def test_build_app_connects_nothing_until_its_lifespan_runs():
         assert (await c.get("/health/live")).status_code == 200
     assert response.status_code == 503
     assert response.json()["checks"] == {"bus": False, "mongo": False, "object_store": False}
+
+
+async def test_an_incidents_later_attempts_take_a_growing_window_from_its_onset():
+    """The ladder: attempt n waits for n * drift_min_rows rows since the incident's onset and
+    trains on all of them (the newest drift_max_rows); the cooldown applies to a new incident
+    only, the monitor paces an incident's attempts."""
+    clock = Clock()
+    h = Harness(clock, drift_min_rows=30, drift_cooldown_s=600, drift_wait_timeout_s=0.2)
+    onset = clock.now
+    await h.add_feedback(feedback_events("m", 45, onset + timedelta(seconds=1), seed=2))
+    first = drift_event("m", onset)
+    await h.service.on_drift(first)
+    await h.service.drain(10)
+    clock.advance(5)
+    second = first.model_copy(
+        update={"event_id": uuid.uuid4(), "attempt": 2, "detected_at": clock.now, "onset_at": onset}
+    )
+    run = await h.service.on_drift(second)
+    assert run["state"] == "pending", "an incident's next attempt is not in the cooldown"
+    await h.service.drain(10)
+    failed = await h.runs.get(run["run_id"])
+    assert failed["state"] == "failed" and "45 < 60" in failed["reason"]
+    await h.add_feedback(feedback_events("m", 20, clock.now + timedelta(seconds=1), seed=3))
+    third = second.model_copy(update={"event_id": uuid.uuid4(), "detected_at": clock.now})
+    run = await h.service.on_drift(third)
+    await h.service.drain(10)
+    done = await h.runs.get(run["run_id"])
+    assert done["state"] == "succeeded", done["reason"]
+    assert done["dataset"]["rows"] == 65  # every row since the onset, not since this attempt
+    window = done["data_window"]
+    assert (window["attempt"], window["needed_rows"], window["after_rows"]) == (2, 60, 65)
+    assert window["onset_at"] == onset.isoformat()
+    # a new incident within the cooldown is still skipped
+    other = await h.service.on_drift(drift_event("m", clock.now))
+    assert other["state"] == "skipped" and "cooldown" in other["reason"]

@@ -24,7 +24,7 @@ log = structlog.get_logger(__name__)
 INCIDENT_FIELDS = {f.name for f in dataclasses.fields(Incident)}
 
 
-INCIDENT_TIMES = ("opened_at", "closed_at", "last_emitted_at")
+INCIDENT_TIMES = ("opened_at", "closed_at", "last_emitted_at", "verdict_at")
 
 
 def incident_from_doc(doc: dict[str, Any]) -> Incident:

@@ -17,6 +17,7 @@ from modelbus_contracts import (
     DataQualityAlert,
     DriftDetected,
     LabelObserved,
+    ModelEvaluated,
     ModelPromoted,
     ModelRolledBack,
     PredictionMade,
@@ -108,6 +109,7 @@ SPEC = ServiceSpec(
         Subscription(LabelObserved, GROUP, handlers.labels_observed, batch=True, columns=True),
         Subscription(ModelPromoted, CONTROL_GROUP, handlers.model_promoted),
         Subscription(ModelRolledBack, CONTROL_GROUP, handlers.model_rolled_back),
+        Subscription(ModelEvaluated, CONTROL_GROUP, handlers.model_evaluated),
     ),
 )
 

@@ -88,8 +88,27 @@ class MonitorSettings(ServiceSettings):
     incident_retrigger_s: float = Field(
         default=120.0,
         ge=0,
-        description="re-emit an open incident's DriftDetected this often while the drift "
-        "persists (0 = never)",
+        description="an open incident's next retrain is requested at most this long after the "
+        "last when no verdict came (sooner after a rejection); without labelled pre-drift data, "
+        "its DriftDetected is re-emitted this often while the drift persists (0 = never)",
+    )
+    recovery_tolerance: float = Field(
+        default=0.03,
+        ge=0,
+        le=1,
+        description="an incident is recovered when the serving model's live accuracy is within "
+        "this of its pre-drift accuracy",
+    )
+    recovery_min_points: int = Field(
+        default=300,
+        ge=30,
+        description="labelled points a serving version is judged on for recovery; also the new "
+        "labelled points an incident's next retrain waits for (the ladder's step)",
+    )
+    incident_max_attempts: int = Field(
+        default=5,
+        ge=1,
+        description="retrains of one incident before it needs a human (no more are requested)",
     )
     outlier_z: float = Field(
         default=6.0,
@@ -143,6 +162,9 @@ class DetectorConfig:
     window_size: int = 2000
     confirm_patience: int = 1000
     retrigger_s: float = 120.0
+    recovery_tolerance: float = 0.03
+    recovery_min_points: int = 300
+    incident_max_attempts: int = 5
     outlier_z: float = 6.0
     quality_max_examples: int = 5
     daily_enabled: bool = True

@@ -13,9 +13,9 @@ from modelbus_contracts import DataQualityAlert, DriftDetected, FeatureStats
 
 from .config import DetectorConfig
 from .daily import DailyBook
-from .detectors import DriftAlarm
+from .detectors import ERROR_STREAM, DriftAlarm
 from .kernel import SignalKernel, Signals
-from .policy import Disposition, Incident, IncidentPolicy, QualityAlerts
+from .policy import Disposition, Incident, IncidentPolicy, QualityAlerts, RecoveryRules
 
 
 @dataclass
@@ -25,6 +25,16 @@ class RowOutcome:
     alarms: list[tuple[DriftAlarm, Disposition]] = field(default_factory=list)
     opened: Incident | None = None
     quality: DataQualityAlert | None = None
+
+
+@dataclass
+class Advance:
+    """What the incident's progress check led to: a DriftDetected to emit (the next attempt),
+    the incident it closed (recovered), or only a change of state to save (needs a human)."""
+
+    event: DriftDetected | None = None
+    closed: Incident | None = None
+    changed: Incident | None = None
 
 
 @dataclass
@@ -56,6 +66,12 @@ class ModelMonitor:
             producer=config.producer,
             cooldown_s=config.cooldown_s,
             retrigger_s=config.retrigger_s,
+            rules=RecoveryRules(
+                tolerance=config.recovery_tolerance,
+                min_points=config.recovery_min_points,
+                ladder_points=config.recovery_min_points,
+                max_attempts=config.incident_max_attempts,
+            ),
         )
         self.quality = QualityAlerts(
             model_name,
@@ -180,23 +196,79 @@ class ModelMonitor:
         version = self.serving_version
         for row, alarm, cause in signals.alarms:
             assert version is not None  # only monitored predictions reach the detectors
-            disposition, opened = self.policy.on_alarm(alarm, cause, now, version)
+            disposition, opened = self.policy.on_alarm(
+                alarm, cause, now, version, self.baseline(alarm)
+            )
+            if opened is not None:  # live points of the incident count from here
+                opened.mark = self.kernel.error.observations
             at = outcome.at(row)
             at.alarms.append((alarm, disposition))
             at.opened = opened or at.opened
         return outcome
 
-    # -- re-emission ----------------------------------------------------------------------------
+    # -- recovery -------------------------------------------------------------------------------
 
-    def retrigger(self, now: datetime) -> DriftDetected | None:
-        """The open incident's DriftDetected again, if it is due and its drift persists."""
-        incident = self.policy.due_for_reemission(now, self.serving_version)
+    def baseline(self, alarm: DriftAlarm) -> tuple[float | None, int]:
+        """The serving model's pre-drift accuracy and on how many labelled points: its error
+        stream's reference (its first labelled points since it started serving) up to where
+        the alarm's changed window begins. An error-stream alarm's own test already compared
+        the points before its change point: its reference value is the pre-drift error rate."""
+        error = self.kernel.error
+        before = max(0, error.observations - 2 * alarm.window_size)  # the test used every 2nd
+        points = min(len(error.reference), before)
+        if alarm.feature == ERROR_STREAM:
+            return 1.0 - alarm.reference_value, points
+        if points == 0:
+            return None, 0
+        return 1.0 - sum(error.reference[:points]) / points, points
+
+    def live(self, incident: Incident) -> tuple[float | None, int]:
+        """The serving version's accuracy now: over its newest ``recovery_min_points`` labelled
+        points since the incident's mark (its opening, last attempt or the new version's
+        start), and how many points there are since the mark."""
+        error, mark = self.kernel.error, incident.mark
+        # fewer observations than the mark: the stream restarted since (no checkpoint)
+        points = error.observations - mark if error.observations >= mark else error.observations
+        newest = min(points, len(error.recent), self.policy.rules.min_points)
+        recent = list(error.recent)[-newest:] if newest else []
+        if not recent:
+            return None, points
+        return 1.0 - sum(recent) / len(recent), points
+
+    def advance(self, now: datetime) -> Advance:
+        """Move the open incident on: closed when live accuracy recovered, the next attempt's
+        DriftDetected when one is due, ``needs_human`` when attempts ran out; without a
+        pre-drift accuracy, the re-emission of a persisting drift every ``retrigger_s``."""
+        incident = self.policy.incident
         if incident is None:
-            return None
-        stream = self.kernel.stream_of(*incident.stream_key())
+            return Advance()
+        if incident.baseline_accuracy is not None:
+            accuracy, points = self.live(incident)
+            verdict, touched, why = self.policy.on_live(now, self.serving_version, accuracy, points)
+            if verdict == "recovered":
+                return Advance(closed=touched)
+            if verdict == "needs_human":
+                return Advance(changed=touched)
+            if verdict == "next":
+                error = self.kernel.error
+                event = self.policy.next_attempt(
+                    incident,
+                    now,
+                    None,
+                    error.observations,
+                    why,
+                    version=self.serving_version,
+                    mark=error.observations,
+                )
+                return Advance(event=event)
+            return Advance()
+        due = self.policy.due_for_reemission(now, self.serving_version)
+        if due is None:
+            return Advance()
+        stream = self.kernel.stream_of(*due.stream_key())
         test = stream.recent_test() if stream else None
         observations = stream.observations if stream else 0
-        return self.policy.reemit(incident, now, test, observations)
+        return Advance(event=self.policy.reemit(due, now, test, observations))
 
     # -- state ----------------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from modelbus_contracts import (
     Columns,
     LabelObserved,
+    ModelEvaluated,
     ModelPromoted,
     ModelRolledBack,
     PredictionMade,
@@ -30,3 +31,7 @@ async def model_promoted(service: MonitorService, event: ModelPromoted) -> None:
 
 async def model_rolled_back(service: MonitorService, event: ModelRolledBack) -> None:
     await service.on_rolled_back(event)
+
+
+async def model_evaluated(service: MonitorService, event: ModelEvaluated) -> None:
+    await service.on_evaluated(event)

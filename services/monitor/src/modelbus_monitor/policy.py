@@ -10,11 +10,21 @@ module decides what they mean:
   version are monitored.
 - Incidents: at most one open incident per model. An alarm opens one unless one is already open
   (the alarm is recorded on it: "suppressed, open") or the last one closed less than
-  ``cooldown_s`` ago ("suppressed, cooldown": counted only). A promotion or rollback closes the
-  open incident and starts the cooldown; one that happened before the incident opened is a replay
-  and changes nothing. While an incident stays open, its DriftDetected is emitted again every
-  ``retrigger_s`` if its stream still differs from the reference (a rejected challenger must not
-  stall the retraining loop).
+  ``cooldown_s`` ago ("suppressed, cooldown": counted only). One that happened before the
+  incident opened is a replay and changes nothing.
+- Recovery, not one shot. An incident remembers the serving model's pre-drift accuracy (its
+  error stream's reference) and moves through states: ``detected`` -> ``retraining`` (its
+  DriftDetected is out) -> ``recovering`` (a new version serves; its live accuracy is being
+  measured) -> ``recovered`` (live accuracy over ``min_points`` labelled points is back within
+  ``tolerance`` of the pre-drift level: the incident closes). A new version that does not bring
+  accuracy back, or a retrain that was rejected (or never came) while accuracy stays low, leads
+  to the next attempt: the DriftDetected again, same incident, ``attempt`` + 1, the same
+  ``onset_at`` (so the trainer takes a larger window), once ``ladder_points`` new labelled points
+  arrived since the last one. After ``max_attempts`` the incident ``needs_human``: nothing more
+  is emitted, and it still closes if accuracy recovers. Without labelled pre-drift data there is
+  nothing to recover to: a promotion or rollback closes the incident (``resolved``), as does, for
+  a persisting feature drift, nothing but a new version (its DriftDetected is re-emitted every
+  ``retrigger_s`` while its stream still differs from the reference).
 - Quality alerts: at most one per model per ``cooldown_s``, carrying the counts since the last.
 
 Pure: no I/O; the service saves and publishes what these objects return.
@@ -35,6 +45,21 @@ from .quality import QualityIssue, QualityTally
 
 MONITORED_SERVERS = frozenset({"champion", "fallback"})
 Disposition = Literal["opened", "suppressed_open", "suppressed_cooldown"]
+IncidentState = Literal[
+    "detected", "retraining", "recovering", "recovered", "needs_human", "resolved"
+]
+INCIDENT_STATES: tuple[str, ...] = IncidentState.__args__  # type: ignore[attr-defined]
+MIN_BASELINE_POINTS = 30  # fewer labelled pre-drift points say nothing about accuracy
+
+
+@dataclass(frozen=True)
+class RecoveryRules:
+    """When an incident counts as recovered, and how its retrains are paced and bounded."""
+
+    tolerance: float = 0.03
+    min_points: int = 300
+    ladder_points: int = 300
+    max_attempts: int = 5
 
 
 def ineligibility(version: int, served_by: str, serving_version: int | None) -> str | None:
@@ -69,6 +94,23 @@ class Incident:
     attempts: int = 1
     last_emitted_at: datetime | None = None
     emitted_event_ids: list[str] = field(default_factory=list)
+    state: str = "detected"
+    baseline_accuracy: float | None = None
+    baseline_points: int = 0
+    live_accuracy: float | None = None
+    live_points: int = 0
+    live_version: int | None = None
+    mark: int = 0  # the error stream's observations when the live points started counting
+    rejections: int = 0
+    verdict_at: datetime | None = None  # a rejection of this incident's retrain, not acted on
+    transitions: list[dict[str, Any]] = field(default_factory=list)
+
+    def move(self, state: str, now: datetime, reason: str, **numbers: Any) -> None:
+        """Change state, recording why (the audit trail of the incident)."""
+        self.state = state
+        self.transitions.append(
+            {"at": now.isoformat(), "state": state, "reason": reason, **numbers}
+        )
 
     def close(self, now: datetime, version: int, event_id: str | None, reason: str) -> None:
         self.status = "closed"
@@ -76,6 +118,12 @@ class Incident:
         self.closed_by_version = version
         self.closed_by_event_id = event_id
         self.close_reason = reason
+
+    def emitted(self, now: datetime) -> None:
+        """Its DriftDetected is in the outbox: a retrain is requested."""
+        self.published = True
+        if self.state == "detected":
+            self.move("retraining", now, f"DriftDetected attempt {self.attempts} emitted")
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -87,6 +135,10 @@ class Incident:
             "published": self.published,
             "attempts": self.attempts,
             "last_emitted_at": self.last_emitted_at,
+            "state": self.state,
+            "baseline_accuracy": self.baseline_accuracy,
+            "live_accuracy": self.live_accuracy,
+            "live_points": self.live_points,
         }
 
     def drift_event(self) -> DriftDetected:
@@ -103,20 +155,33 @@ class IncidentPolicy:
     """One model's incident: opened, suppressed, cooled down, re-emitted, closed."""
 
     def __init__(
-        self, model_name: str, *, producer: str, cooldown_s: float, retrigger_s: float
+        self,
+        model_name: str,
+        *,
+        producer: str,
+        cooldown_s: float,
+        retrigger_s: float,
+        rules: RecoveryRules | None = None,
     ) -> None:
         self.model_name = model_name
         self.producer = producer
         self.cooldown = timedelta(seconds=cooldown_s)
         self.retrigger_s = retrigger_s
+        self.rules = rules or RecoveryRules()
         self.incident: Incident | None = None
         self.cooldown_until: datetime | None = None
         self.counts: Counter[str] = Counter()
 
     def on_alarm(
-        self, alarm: DriftAlarm, causation_id: str, now: datetime, version: int
+        self,
+        alarm: DriftAlarm,
+        causation_id: str,
+        now: datetime,
+        version: int,
+        baseline: tuple[float | None, int] = (None, 0),
     ) -> tuple[Disposition, Incident | None]:
-        """What a confirmed alarm does: open an incident (returned) or be suppressed."""
+        """What a confirmed alarm does: open an incident (returned) or be suppressed.
+        ``baseline``: the serving model's pre-drift accuracy and its labelled points."""
         if self.incident is not None:
             self.incident.suppressed_alarms += 1
             self.counts["suppressed_alarms"] += 1
@@ -124,9 +189,18 @@ class IncidentPolicy:
         if self.cooldown_until is not None and now < self.cooldown_until:
             self.counts["suppressed_alarms"] += 1
             return "suppressed_cooldown", None
-        self.incident = self._open(alarm, causation_id, now, version)
+        self.incident = incident = self._open(alarm, causation_id, now, version)
+        accuracy, points = baseline
+        if accuracy is not None and points >= MIN_BASELINE_POINTS:
+            incident.baseline_accuracy, incident.baseline_points = accuracy, points
+        incident.move(
+            "detected",
+            now,
+            f"{alarm.detector} on {alarm.feature}, confirmed by the batch test",
+            baseline_accuracy=incident.baseline_accuracy,
+        )
         self.counts["incidents_opened"] += 1
-        return "opened", self.incident
+        return "opened", incident
 
     def _open(self, alarm: DriftAlarm, causation_id: str, now: datetime, version: int) -> Incident:
         """A new incident and its first DriftDetected: the incident id is the correlation id,
@@ -140,6 +214,7 @@ class IncidentPolicy:
             version=version,
             incident_id=str(incident_id),
             detected_at=now,
+            onset_at=now,
             **alarm.evidence(),
         )
         return Incident(
@@ -172,17 +247,119 @@ class IncidentPolicy:
         self.counts["promotions"] += 1
         if incident is None:
             return True, None
+        if incident.baseline_accuracy is None:
+            incident.move(
+                "resolved",
+                now,
+                f"v{version} serves ({reason}); no labelled pre-drift "
+                "accuracy to judge recovery by",
+            )
+            return True, self._close(now, version, event_id, reason)
+        incident.live_version, incident.mark = version, 0  # the new version's points, from 0
+        incident.live_accuracy, incident.live_points, incident.verdict_at = None, 0, None
+        incident.move(
+            "recovering",
+            now,
+            f"v{version} serves ({reason}); measuring its live accuracy",
+            version=version,
+        )
+        return True, None
+
+    def _close(
+        self, now: datetime, version: int, event_id: str | None, reason: str
+    ) -> Incident | None:
+        incident = self.incident
+        if incident is None:
+            return None
         incident.close(now, version, event_id, reason)
         self.cooldown_until = now + self.cooldown
         self.incident = None
-        return True, incident
+        return incident
+
+    def on_rejected(
+        self, incident_id: str, version: int, reasons: list[str], now: datetime
+    ) -> bool:
+        """The deployer rejected a retrain of the open incident: the next attempt may go out as
+        soon as enough new labelled data arrived (no need to wait ``retrigger_s``)."""
+        incident = self.incident
+        if incident is None or incident.incident_id != incident_id:
+            return False
+        incident.rejections += 1
+        incident.verdict_at = now
+        incident.transitions.append(
+            {
+                "at": now.isoformat(),
+                "state": incident.state,
+                "reason": f"v{version} rejected",
+                "details": reasons[:5],
+            }
+        )
+        return True
+
+    def on_live(
+        self, now: datetime, serving_version: int | None, accuracy: float | None, points: int
+    ) -> tuple[str, Incident | None, str]:
+        """The serving version's live accuracy over the ``points`` labelled since the mark:
+        ``("recovered", closed incident, why)``, ``("next", incident, why)`` when another
+        attempt is due, ``("needs_human", incident, why)`` when attempts ran out, else
+        ``("wait", None, "")``."""
+        incident, rules = self.incident, self.rules
+        if incident is None or not incident.published or incident.baseline_accuracy is None:
+            return "wait", None, ""
+        if accuracy is None or points < rules.min_points:
+            return "wait", None, ""
+        incident.live_accuracy, incident.live_points = accuracy, points
+        incident.live_version = serving_version
+        target = incident.baseline_accuracy - rules.tolerance
+        numbers = {
+            "live_accuracy": accuracy,
+            "live_points": points,
+            "baseline_accuracy": incident.baseline_accuracy,
+            "tolerance": rules.tolerance,
+            "version": serving_version,
+        }
+        if accuracy >= target:
+            incident.move(
+                "recovered",
+                now,
+                f"live accuracy {accuracy:.3f} of v{serving_version} over {points} points is "
+                f"within {rules.tolerance} of the pre-drift {incident.baseline_accuracy:.3f}",
+                **numbers,
+            )
+            self.counts["incidents_recovered"] += 1
+            closed = self._close(now, int(serving_version or incident.version), None, "recovered")
+            return "recovered", closed, incident.transitions[-1]["reason"]
+        if incident.state == "needs_human":
+            return "wait", None, ""
+        since = (now - (incident.last_emitted_at or incident.opened_at)).total_seconds()
+        due = (
+            incident.state == "recovering"  # the new version did not bring accuracy back
+            or incident.verdict_at is not None  # the retrain was rejected
+            or (self.retrigger_s > 0 and since >= self.retrigger_s)  # it never came
+        )
+        if not due or points < rules.ladder_points:
+            return "wait", None, ""
+        why = (
+            f"live accuracy {accuracy:.3f} of v{serving_version} over {points} points is below "
+            f"the pre-drift {incident.baseline_accuracy:.3f} - {rules.tolerance}"
+        )
+        if incident.attempts >= rules.max_attempts:
+            incident.move(
+                "needs_human", now, f"{why} after {incident.attempts} attempts", **numbers
+            )
+            self.counts["incidents_need_human"] += 1
+            return "needs_human", incident, why
+        return "next", incident, why
 
     def due_for_reemission(self, now: datetime, serving_version: int | None) -> Incident | None:
-        """The open incident, when its DriftDetected is due again: it has been published, it is
-        of the serving version and ``retrigger_s`` passed since the last emission (or check)."""
+        """Without a pre-drift accuracy to recover to: the open incident, when its DriftDetected
+        is due again: it has been published, it is of the serving version and ``retrigger_s``
+        passed since the last emission (or check)."""
         incident = self.incident
         if incident is None or not incident.published or self.retrigger_s <= 0:
             return None
+        if incident.baseline_accuracy is not None:
+            return None  # paced by live accuracy: ``on_live``
         last = incident.last_emitted_at or incident.opened_at
         if (now - last).total_seconds() < self.retrigger_s:
             return None
@@ -201,7 +378,34 @@ class IncidentPolicy:
         if test is None or not test.rejects:
             self.counts["retrigger_skipped"] += 1
             return None
+        return self.next_attempt(incident, now, test, observations, "the drift persists")
+
+    def next_attempt(
+        self,
+        incident: Incident,
+        now: datetime,
+        test: TestResult | None,
+        observations: int,
+        reason: str,
+        *,
+        version: int | None = None,
+        mark: int | None = None,
+    ) -> DriftDetected:
+        """The incident's DriftDetected again: same correlation, incident id and onset, new
+        event id, ``attempt`` + 1, caused by the previous emission; the current numbers when a
+        stream test is given; of the serving ``version`` when given."""
         previous = incident.drift_event()
+        numbers = (
+            {
+                "statistic": test.statistic,
+                "threshold": test.threshold,
+                "reference_value": test.reference_value,
+                "current_value": test.current_value,
+                "window_size": test.n_current,
+            }
+            if test is not None
+            else {}
+        )
         event = DriftDetected(
             **(
                 previous.model_dump(exclude={"event_id", "occurred_at", "causation_id"})
@@ -209,19 +413,22 @@ class IncidentPolicy:
                     "causation_id": previous.event_id,
                     "attempt": incident.attempts + 1,
                     "detected_at": now,
-                    "statistic": test.statistic,
-                    "threshold": test.threshold,
-                    "reference_value": test.reference_value,
-                    "current_value": test.current_value,
-                    "window_size": test.n_current,
+                    "onset_at": previous.onset_at or incident.opened_at,
                     "observations": observations,
+                    "version": version or previous.version,
+                    **numbers,
                 }
             )
         )
         incident.attempts += 1
         incident.event = event.model_dump(mode="json")
         incident.published = False
+        incident.last_emitted_at = now
+        incident.verdict_at = None
+        if mark is not None:
+            incident.mark = mark
         incident.emitted_event_ids.append(str(event.event_id))
+        incident.move("retraining", now, reason, attempt=incident.attempts)
         self.counts["retriggers"] += 1
         return event
 

@@ -114,17 +114,22 @@ def _incidents(incidents: list[dict[str, Any]]) -> str:
             [
                 escape(str(i["incident_id"])[:8]),
                 f'<span class="{escape(i["status"])}">{escape(i["status"])}</span>',
+                escape(str(i.get("state", "-"))),
                 fmt(i.get("opened_at")),
                 escape(str(ev.get("feature"))),
                 escape(str(ev.get("detector"))),
                 f"{ev['p_value']:.2e}" if isinstance(ev.get("p_value"), float) else "-",
                 fmt(i.get("attempts")),
+                fmt(i.get("baseline_accuracy")),
+                fmt(i.get("live_accuracy")),
                 fmt(i.get("suppressed_alarms")),
                 fmt(i.get("closed_by_version")),
+                escape(str((i.get("transitions") or [{}])[-1].get("reason", ""))),
             ]
         )
-    headers = ["incident", "status", "opened", "feature", "detector", "p-value", "attempts"]
-    return _table([*headers, "suppressed", "closed by v"], rows, "incident-table")
+    headers = ["incident", "status", "state", "opened", "feature", "detector", "p-value"]
+    headers += ["attempts", "pre-drift acc.", "live acc.", "suppressed", "closed by v", "why"]
+    return _table(headers, rows, "incident-table")
 
 
 def render_report(
@@ -140,7 +145,9 @@ def render_report(
     incident = status.get("open_incident")
     headline = (
         f'<p class="open" id="open-incident">open incident {escape(incident["incident_id"])} '
-        f"(attempt {fmt(incident.get('attempts'))})</p>"
+        f"({escape(str(incident.get('state')))}, attempt {fmt(incident.get('attempts'))}, "
+        f"live accuracy {fmt(incident.get('live_accuracy'))} vs pre-drift "
+        f"{fmt(incident.get('baseline_accuracy'))})</p>"
         if incident
         else '<p class="ok" id="open-incident">no open incident</p>'
     )

@@ -22,6 +22,7 @@ from modelbus_contracts import (
     Columns,
     FeatureStats,
     LabelObserved,
+    ModelEvaluated,
     ModelPromoted,
     ModelRolledBack,
     PredictionMade,
@@ -62,6 +63,9 @@ def detector_config(settings: MonitorSettings) -> DetectorConfig:
         window_size=settings.window_size,
         confirm_patience=settings.confirm_patience,
         retrigger_s=settings.incident_retrigger_s,
+        recovery_tolerance=settings.recovery_tolerance,
+        recovery_min_points=settings.recovery_min_points,
+        incident_max_attempts=settings.incident_max_attempts,
         outlier_z=settings.outlier_z,
         daily_enabled=settings.daily_enabled,
     )
@@ -143,7 +147,7 @@ class MonitorService:
                     correlation_ids=_pick(batch.correlation_id, rows),
                 )
                 await self._apply_batch(monitor, outcome)
-                await self._retrigger(monitor)
+                await self._advance(monitor)
 
     async def on_label_batch(self, batch: Columns[LabelObserved]) -> None:
         for name, rows in _rows_by_model(batch.model_name).items():
@@ -156,7 +160,7 @@ class MonitorService:
                     event_ids=_pick(batch.event_id, rows),
                 )
                 await self._apply_batch(monitor, outcome)
-                await self._retrigger(monitor)
+                await self._advance(monitor)
 
     # -- background work ----------------------------------------------------------------------
 
@@ -166,7 +170,7 @@ class MonitorService:
             async with self._lock(name):
                 monitor = self.models[name]
                 try:
-                    await self._retrigger(monitor)
+                    await self._advance(monitor)
                 except Exception as exc:  # retried on a later tick
                     log.warning("incident.retrigger_failed", model=name, error=str(exc))
         now = self.clock()
@@ -238,6 +242,27 @@ class MonitorService:
     async def on_promoted(self, event: ModelPromoted) -> None:
         await self._serve(event.model_name, event.version, event, f"promoted: {event.reason}")
 
+    async def on_evaluated(self, event: ModelEvaluated) -> None:
+        """A rejected retrain of an open incident: its next attempt need not wait
+        ``retrigger_s`` (it still waits for new labelled data)."""
+        if event.decision != "reject":
+            return
+        name = event.model_name
+        async with self._lock(name):
+            monitor = self.models.get(name)
+            if monitor is None or monitor.incident is None:
+                return
+            incident = monitor.incident
+            if not monitor.policy.on_rejected(
+                str(event.correlation_id), event.version, event.reasons, self.clock()
+            ):
+                return
+            await self.incidents.save(incident)
+            log.info(
+                "incident.retrain_rejected", incident_id=incident.incident_id, version=event.version
+            )
+            await self._advance(monitor)
+
     async def on_rolled_back(self, event: ModelRolledBack) -> None:
         await self._serve(event.model_name, event.to_version, event, f"rolled back: {event.reason}")
 
@@ -257,10 +282,12 @@ class MonitorService:
             )
             self._next_sync.pop(name, None)
             if closed is not None:
-                await self.incidents.save(closed)
-                self.metrics.incidents.labels(name, "closed").inc()
-                self.metrics.open_incidents.labels(name).set(0)
-                log.info("incident.closed", incident_id=closed.incident_id, by_version=version)
+                await self._closed(name, closed)
+            elif monitor.incident is not None and monitor.incident.state == "recovering":
+                await self.incidents.save(monitor.incident)
+                log.info(
+                    "incident.recovering", incident_id=monitor.incident.incident_id, version=version
+                )
             log.info("monitor.serving", model=name, version=version, reference=bool(reference))
 
     # -- queries ------------------------------------------------------------------------------
@@ -374,18 +401,45 @@ class MonitorService:
         if rate is not None:
             m.error_rate.labels(name).set(rate)
 
-    async def _retrigger(self, monitor: ModelMonitor) -> None:
-        event = monitor.retrigger(self.clock())
-        if event is None:
-            return
-        assert monitor.incident is not None
-        await self._emit(monitor)
-        self.metrics.incidents.labels(monitor.model_name, "retriggered").inc()
-        log.warning(
-            "incident.retriggered",
-            model=monitor.model_name,
-            incident_id=monitor.incident.incident_id,
-            attempt=event.attempt,
+    async def _advance(self, monitor: ModelMonitor) -> None:
+        """The open incident's progress: the next attempt emitted, a recovery closed, or a
+        change of state saved."""
+        name = monitor.model_name
+        step = monitor.advance(self.clock())
+        if step.closed is not None:
+            await self._closed(name, step.closed)
+        elif step.changed is not None:
+            await self.incidents.save(step.changed)
+            log.warning(
+                "incident.needs_human",
+                model=name,
+                incident_id=step.changed.incident_id,
+                attempts=step.changed.attempts,
+                live_accuracy=step.changed.live_accuracy,
+                baseline_accuracy=step.changed.baseline_accuracy,
+            )
+        elif step.event is not None:
+            assert monitor.incident is not None
+            await self._emit(monitor)
+            self.metrics.incidents.labels(name, "retriggered").inc()
+            log.warning(
+                "incident.retriggered",
+                model=name,
+                incident_id=monitor.incident.incident_id,
+                attempt=step.event.attempt,
+                reason=monitor.incident.transitions[-1]["reason"],
+            )
+
+    async def _closed(self, name: str, incident: Incident) -> None:
+        await self.incidents.save(incident)
+        self.metrics.incidents.labels(name, "closed").inc()
+        self.metrics.open_incidents.labels(name).set(0)
+        log.info(
+            "incident.closed",
+            incident_id=incident.incident_id,
+            state=incident.state,
+            by_version=incident.closed_by_version,
+            reason=incident.transitions[-1]["reason"] if incident.transitions else None,
         )
 
     async def _restore(self, monitor: ModelMonitor) -> None:
@@ -421,7 +475,7 @@ class MonitorService:
         incident = monitor.incident
         if incident is None or incident.published:
             return
-        incident.published = True  # emitted: it is in the outbox with the incident
+        incident.emitted(self.clock())  # it is in the outbox with the incident
         await self.incidents.save(incident, events=[incident.drift_event()])
         await self.events.notify()
 

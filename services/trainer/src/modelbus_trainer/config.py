@@ -34,12 +34,14 @@ class TrainerSettings(ServiceSettings):
     drift_cooldown_s: float = Field(
         default=60.0,
         ge=0,
-        description="minimum seconds between two drift-triggered runs of the same model",
+        description="minimum seconds between two drift incidents' first runs for one model (an "
+        "incident's later attempts are paced by the monitor)",
     )
     drift_min_rows: int = Field(
         default=300,
         ge=2,
-        description="labelled feedback rows needed after a drift before retraining",
+        description="labelled feedback rows since an incident's onset needed before its first "
+        "retrain; its n-th attempt waits for n times as many (a ladder of growing windows)",
     )
     drift_max_rows: int = Field(
         default=5000, ge=2, description="newest labelled feedback rows used by a drift retrain"
@@ -62,11 +64,12 @@ class TrainerSettings(ServiceSettings):
     )
     drift_window: Literal["after_detection", "adwin"] = Field(
         default="after_detection",
-        description="drift retrain data: rows predicted after detected_at, or ('adwin') also the "
-        "newest DriftDetected.window_size rows before it, which ADWIN attributes to the new regime",
+        description="drift retrain data: rows predicted since the incident's onset_at, or "
+        "('adwin') also the newest DriftDetected.window_size rows before it, which ADWIN "
+        "attributes to the new regime",
     )
     drift_window_back_max_rows: int = Field(
-        default=2000, ge=0, description="cap on the rows taken from before detected_at ('adwin')"
+        default=2000, ge=0, description="cap on the rows taken from before onset_at ('adwin')"
     )
     model_params: dict[str, dict[str, Any]] = Field(
         default_factory=dict,

@@ -18,7 +18,7 @@ import numpy as np
 from modelbus_contracts import DriftDetected, Event, TrainingRequested
 from modelbus_ml import Dataset, DatasetError, evaluate, feature_stats, split_holdout
 from modelbus_ml.families import DEFAULT_FAMILY, FamilyError, get_family, train_family
-from modelbus_ml.flavors import LOGREG_FORMAT
+from modelbus_ml.flavors import LOGREG_FORMAT, ONNX_FORMAT
 from modelbus_platform.scheduler import Fire
 
 if TYPE_CHECKING:
@@ -88,9 +88,13 @@ def dataset_key(model_name: str, sha256: str) -> str:
     return f"datasets/{model_name}/{sha256}.csv"
 
 
+ARTIFACT_SUFFIX = {LOGREG_FORMAT: "json", ONNX_FORMAT: "onnx"}
+
+
 def artifact_key(model_name: str, sha256: str, format: str = LOGREG_FORMAT) -> str:
-    """JSON artifacts end in ``.json``, pickled ones (River, user models) in ``.pkl``."""
-    return f"artifacts/{model_name}/{sha256}.{'json' if format == LOGREG_FORMAT else 'pkl'}"
+    """JSON artifacts end in ``.json``, ONNX ones in ``.onnx``, pickled ones (River, user
+    models) in ``.pkl``."""
+    return f"artifacts/{model_name}/{sha256}.{ARTIFACT_SUFFIX.get(format, 'pkl')}"
 
 
 def artifact_content_type(format: str) -> str:
@@ -190,6 +194,7 @@ def new_run(
         "metrics": None,
         "data_window": None,
         "lineage": None,
+        "selection": None,
     }
 
 
@@ -228,6 +233,18 @@ def feedback_dataset(rows: list[dict[str, Any]]) -> Dataset:
 DRIFT_WINDOW_MODES = ("after_detection", "adwin")
 
 
+def drift_onset(event: DriftDetected) -> datetime:
+    """Where an incident's new-regime data starts: its first detection (``onset_at``, the same
+    on every re-emission), so each attempt's window holds every row of the ones before."""
+    return event.onset_at or event.detected_at
+
+
+def ladder_rows(event: DriftDetected, min_rows: int, max_rows: int) -> int:
+    """Rows an incident's retrain waits for: ``min_rows`` times the attempt (a ladder of
+    growing windows: 300, 600, 900, ... by default), capped by the window size."""
+    return max(2, min(min_rows * int(event.attempt), max_rows))
+
+
 def drift_back_rows(event: DriftDetected, mode: str, cap: int) -> int:
     """How many feedback rows from just before ``detected_at`` a drift retrain may use.
 
@@ -257,6 +274,8 @@ def window_record(
     times = [r["predicted_at"] for r in rows]
     return {
         "mode": mode,
+        "attempt": int(event.attempt),
+        "onset_at": drift_onset(event).isoformat(),
         "detected_at": event.detected_at.isoformat(),
         "adwin_window_size": int(event.window_size),
         "extended_back_rows": back,
@@ -268,13 +287,16 @@ def window_record(
     }
 
 
-def lineage_params(run: dict[str, Any]) -> dict[str, Any]:
+def lineage_params(run: dict[str, Any], selection: dict[str, Any] | None = None) -> dict[str, Any]:
     """The params recorded in the lineage: the run's params plus, for drift runs, the data
-    window (``data_window``). Reserved keys (family, entry_point, holdout_fraction,
-    data_window) are never passed to a fit."""
+    window (``data_window``) and, when ``auto`` chose the family, the choice
+    (``model_selection``). Reserved keys (family, entry_point, holdout_fraction, data_window,
+    model_selection) are never passed to a fit."""
     params = dict(run["params"])
     if run.get("data_window"):
         params["data_window"] = run["data_window"]
+    if selection:
+        params["model_selection"] = selection
     return params
 
 
@@ -292,6 +314,7 @@ class TrainingResult:
     metrics: dict[str, float]
     reference: dict[str, dict]
     timings: dict[str, float] = field(default_factory=dict)
+    selection: dict[str, Any] | None = None
 
     @property
     def training_seconds(self) -> float:
@@ -362,4 +385,5 @@ def train_snapshot(
         metrics=metrics,
         reference=reference,
         timings=timings,
+        selection=trained.selection,
     )

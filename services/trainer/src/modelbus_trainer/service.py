@@ -45,9 +45,11 @@ from .domain import (
     cooldown_remaining,
     dataset_key,
     drift_back_rows,
+    drift_onset,
     drift_skip_reason,
     drift_window_rows,
     feedback_dataset,
+    ladder_rows,
     lineage_params,
     new_run,
     object_key,
@@ -164,7 +166,7 @@ class TrainerService:
         if await self.runs.get(run["run_id"]) is not None:
             log.info("run.duplicate_trigger", run_id=run["run_id"])
             return None
-        reason = await self._drift_skip_reason(event.model_name, run["created_at"])
+        reason = await self._drift_skip_reason(event, run["created_at"])
         if reason is not None:
             run.update(state=RunState.SKIPPED.value, reason=reason, finished_at=run["created_at"])
         if not await self.runs.create(run):
@@ -177,10 +179,14 @@ class TrainerService:
         self.schedule(run["run_id"])
         return run
 
-    async def _drift_skip_reason(self, model_name: str, now: datetime) -> str | None:
-        in_flight = await self._in_flight_run(model_name, now)
-        last = await self.runs.last_drift_run_created(model_name)
-        left = cooldown_remaining(last, now, self.settings.drift_cooldown_s)
+    async def _drift_skip_reason(self, event: DriftDetected, now: datetime) -> str | None:
+        """In flight, or (for a new incident only: an incident's later attempts are paced by
+        the monitor) within the drift cooldown."""
+        in_flight = await self._in_flight_run(event.model_name, now)
+        left = 0.0
+        if event.attempt == 1:
+            last = await self.runs.last_drift_run_created(event.model_name)
+            left = cooldown_remaining(last, now, self.settings.drift_cooldown_s)
         return drift_skip_reason(in_flight, left)
 
     async def _in_flight_run(self, model_name: str, now: datetime) -> str | None:
@@ -340,6 +346,7 @@ class TrainerService:
             timings=timings,
             artifact=event.artifact.model_dump(),
             metrics=result.metrics,
+            selection=result.selection,
             dataset=event.lineage.dataset.model_dump(),
             holdout=event.lineage.holdout.model_dump(),
             lineage=event.lineage.model_dump(mode="json"),
@@ -356,6 +363,7 @@ class TrainerService:
             artifact_format=event.artifact.format,
             dataset_sha256=event.lineage.dataset.sha256,
             metrics=result.metrics,
+            family=(result.selection or {}).get("chosen", run["params"].get("family")),
             **{k: round(v, 6) for k, v in timings.items()},
         )
 
@@ -384,7 +392,8 @@ class TrainerService:
     async def _drift_feedback(self, run: dict[str, Any], event: DriftDetected) -> Dataset:
         """Wait for enough new-regime feedback, then take the drift data window (see
         ``domain.drift_back_rows``) and record it on the run."""
-        s, model, at = self.settings, event.model_name, event.detected_at
+        s, model, at = self.settings, event.model_name, drift_onset(event)
+        needed = ladder_rows(event, s.drift_min_rows, s.drift_max_rows)
         back = drift_back_rows(event, s.drift_window, s.drift_window_back_max_rows)
         deadline = refreshed = time.monotonic()
         deadline += s.drift_wait_timeout_s
@@ -394,13 +403,13 @@ class TrainerService:
             return min(before, back) + await self.feedback.count_complete(model, at)
 
         count = await available()
-        while count < s.drift_min_rows:
+        while count < needed:
             if time.monotonic() - refreshed > s.lock_ttl_s / 4:
                 await self._refresh_lock(run)
                 refreshed = time.monotonic()
             if time.monotonic() > deadline:
                 raise RunFailed(
-                    f"not enough feedback after the drift: {count} < {s.drift_min_rows} rows "
+                    f"not enough feedback after the drift: {count} < {needed} rows "
                     f"within {s.drift_wait_timeout_s:.0f}s"
                 )
             await asyncio.sleep(s.drift_poll_interval_s)
@@ -409,6 +418,7 @@ class TrainerService:
         before = await self.feedback.complete_rows(model, None, back, until=at) if back else []
         rows, used_back = drift_window_rows(before, after, s.drift_max_rows)
         window = window_record(event, s.drift_window, rows, used_back, s.drift_max_rows)
+        window["needed_rows"] = needed
         await self._set(run, data_window=window)
         return feedback_dataset(rows)
 
@@ -441,7 +451,7 @@ class TrainerService:
             lineage=Lineage(
                 dataset=dataset,
                 holdout=holdout,
-                params=lineage_params(run),
+                params=lineage_params(run, result.selection),
                 seed=run["seed"],
                 code_version=self.settings.code_version,
                 parent_version=run["parent_version"],
