@@ -238,6 +238,29 @@ async def test_oversized_bodies_are_413_under_their_route(service):
     assert service.counted("POST", "/things/{name}/other", 413) == 2
 
 
+async def test_upload_routes_take_the_upload_limit_and_only_they():
+    svc = Service(max_body_bytes=100)
+    svc.app.max_upload_bytes = 1000
+    svc.app.allow_uploads(r"/things/[^/]+/echo")
+
+    async def chunks(n: int):
+        for _ in range(n):
+            yield b"x" * 100
+
+    async with svc.client() as client:
+        upload = await client.post("/things/a/echo", content=b"x" * 900)
+        streamed = await client.post("/things/a/echo", content=chunks(9))
+        too_big = await client.post("/things/a/echo", content=b"x" * 1001)
+        too_big_streamed = await client.post("/things/a/echo", content=chunks(11))
+        elsewhere = await client.post("/things/a/other", content=b'{"size": 1' + b" " * 200 + b"}")
+
+    assert (upload.status_code, streamed.status_code) == (201, 201)
+    for response in (too_big, too_big_streamed):
+        assert "over 1000 bytes" in assert_error(response, 413, "body_too_large")["error"]
+    assert "over 100 bytes" in assert_error(elsewhere, 413, "body_too_large")["error"]
+    assert svc.calls == [b"x" * 900, b"x" * 900]
+
+
 async def test_hot_route_path_parameters_are_converted_as_starlette_does(service):
     async with service.client() as client:
         number = await client.get("/things/42")

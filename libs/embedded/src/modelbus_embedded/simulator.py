@@ -170,6 +170,7 @@ class Upstream:
         self.result = ScenarioResult(config.model_name)
         self.truth: dict[str, int] = {}
         self.concept = BEFORE
+        self.features: tuple[str, ...] = FEATURES
         self.t0 = time.monotonic()
         self.champion_version = 0
         self.first_champion: int | None = None
@@ -279,10 +280,14 @@ class Upstream:
     def _sample(self, n: int) -> np.ndarray:
         return self.rng.normal(0.0, 1.0, size=(n, len(FEATURES)))
 
-    async def _train_first_model(self) -> None:
+    def first_dataset(self) -> tuple[np.ndarray, np.ndarray]:
+        """The labelled rows the first model is trained on (columns in ``self.features``)."""
         X = self._sample(self.cfg.initial_rows)
-        y = BEFORE.labels(X, self.rng)
-        header = ",".join((*FEATURES, "label"))
+        return X, BEFORE.labels(X, self.rng)
+
+    async def _train_first_model(self) -> None:
+        X, y = self.first_dataset()
+        header = ",".join((*self.features, "label"))
         body = (
             "\n".join(
                 [

@@ -1,11 +1,14 @@
 """Models served through ONNX Runtime: the artifact is an ONNX graph, so loading it runs no
 Python code (no unpickling), whatever trained it.
 
-An ONNX artifact (format ``modelbus.onnx.v1``) is the serialised ONNX model converted by
-skl2onnx, with the modelbus header in its metadata properties (``modelbus.*``: format, family,
-feature names, threshold, library versions). ``OnnxModel`` serves it behind the
-``ServableModel`` interface: one float32 input of shape (n, features) in feature order, the
-probability of class 1 read from the ``probabilities`` output.
+An ONNX artifact (format ``modelbus.onnx.v1``) is a serialised ONNX model with the modelbus
+header in its metadata properties (``modelbus.*``: format, family, feature names, threshold,
+the probabilities output, library versions). It is either converted by skl2onnx from a model the
+trainer fitted (``to_onnx_artifact``) or a classifier trained elsewhere and imported through the
+registry (``import_onnx``: any converter, any framework, checked and given the header).
+``OnnxModel`` serves it behind the ``ServableModel`` interface: one float input of shape
+(n, features) in feature order, the probability of class 1 read from the probabilities output
+(a float tensor of shape (n, 2)).
 """
 
 from __future__ import annotations
@@ -69,28 +72,108 @@ class OnnxModel:
     session: Any = field(repr=False, compare=False)
     input_name: str = "X"
     header: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
+    output_name: str = PROBABILITIES
+    input_dtype: Any = np.float32
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        rows = np.asarray(X, dtype=np.float32).reshape(-1, len(self.feature_names))
-        (probabilities,) = self.session.run([PROBABILITIES], {self.input_name: rows})
+        rows = np.asarray(X, dtype=self.input_dtype).reshape(-1, len(self.feature_names))
+        (probabilities,) = self.session.run([self.output_name], {self.input_name: rows})
         p = np.asarray(probabilities, dtype=np.float64)
         if p.ndim != 2 or p.shape[0] != rows.shape[0] or p.shape[1] < 2:
             raise ArtifactError(f"ONNX probabilities of shape {p.shape} for {rows.shape[0]} rows")
         return p[:, 1]
 
 
-def onnx_header(data: bytes) -> tuple[dict[str, str], Any]:
-    """The modelbus header of an ONNX artifact and a session over it (parsing builds no
-    Python objects from the artifact: the graph runs in ONNX Runtime only)."""
+def _session(data: bytes) -> Any:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1  # one request, one core: predictable latency
     options.inter_op_num_threads = 1
     try:
-        session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
     except Exception as exc:
         raise ArtifactError(f"not an ONNX model ONNX Runtime can run: {exc}") from exc
+
+
+INPUT_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64}
+
+
+def _probabilities_output(session: Any) -> str:
+    """The name of the output holding class probabilities: a float tensor of shape (n, 2)."""
+    candidates = []
+    for output in session.get_outputs():
+        shape = list(output.shape or [])
+        if output.type in INPUT_TYPES and len(shape) == 2 and shape[1] in (2, "2"):
+            candidates.append(output.name)
+    if PROBABILITIES in candidates:
+        return PROBABILITIES
+    if len(candidates) == 1:
+        return candidates[0]
+    described = [(o.name, o.type, o.shape) for o in session.get_outputs()]
+    raise ArtifactError(
+        "the ONNX model needs exactly one float tensor output of shape (n, 2) with the class "
+        f"probabilities (skl2onnx: options={{'zipmap': False}}); its outputs: {described}"
+    )
+
+
+def import_onnx(data: bytes, *, feature_names: tuple[str, ...], threshold: float = 0.5) -> bytes:
+    """A binary classifier trained elsewhere, exported to ONNX by any converter, as a modelbus
+    ONNX artifact: checked (one float input of shape (n, len(feature_names)), one probabilities
+    output of shape (n, 2), a warm-up prediction of valid probabilities) and given the header.
+    ``ArtifactError`` with the reason otherwise. Parsing builds no Python objects from the
+    bytes: the protobuf is read by ``onnx`` and the graph runs in ONNX Runtime only."""
+    import onnx
+
+    if not feature_names or len(set(feature_names)) != len(feature_names):
+        raise ArtifactError("feature_names must be distinct and not empty")
+    if not 0.0 <= threshold <= 1.0:
+        raise ArtifactError(f"threshold must be within [0, 1], got {threshold}")
+    session = _session(data)
+    inputs = session.get_inputs()
+    if len(inputs) != 1:
+        raise ArtifactError(f"the ONNX model has {len(inputs)} inputs, expected one matrix")
+    (entry,) = inputs
+    dtype = INPUT_TYPES.get(entry.type)
+    shape = list(entry.shape or [])
+    if dtype is None or len(shape) != 2:
+        raise ArtifactError(f"the ONNX input is {entry.type} {shape}, expected a float matrix")
+    if isinstance(shape[1], int) and shape[1] != len(feature_names):
+        raise ArtifactError(
+            f"the ONNX input takes {shape[1]} features, {len(feature_names)} feature names given"
+        )
+    output = _probabilities_output(session)
+    try:
+        (p,) = session.run([output], {entry.name: np.zeros((2, len(feature_names)), dtype)})
+    except Exception as exc:
+        raise ArtifactError(f"the ONNX model fails on a warm-up batch: {exc}") from exc
+    p = np.asarray(p, dtype=np.float64)
+    if p.shape != (2, 2) or not np.all((p >= 0) & (p <= 1)):
+        raise ArtifactError(f"the ONNX model's probabilities are not in [0, 1]: {p.tolist()}")
+    try:
+        model = onnx.load_from_string(data)
+    except Exception as exc:
+        raise ArtifactError(f"unreadable ONNX protobuf: {exc}") from exc
+    kept = [p for p in model.metadata_props if not p.key.startswith(PREFIX)]
+    del model.metadata_props[:]
+    header = {
+        "format": ONNX_FORMAT,
+        "family": "onnx",
+        "feature_names": json.dumps([str(n) for n in feature_names]),
+        "threshold": repr(float(threshold)),
+        "probabilities_output": output,
+    }
+    for prop in kept:
+        model.metadata_props.add(key=prop.key, value=prop.value)
+    for key, value in sorted(header.items()):
+        model.metadata_props.add(key=PREFIX + key, value=value)
+    return bytes(model.SerializeToString())
+
+
+def onnx_header(data: bytes) -> tuple[dict[str, str], Any]:
+    """The modelbus header of an ONNX artifact and a session over it (parsing builds no
+    Python objects from the artifact: the graph runs in ONNX Runtime only)."""
+    session = _session(data)
     props = session.get_modelmeta().custom_metadata_map
     header = {k[len(PREFIX) :]: v for k, v in props.items() if k.startswith(PREFIX)}
     if header.get("format") != ONNX_FORMAT:
@@ -108,10 +191,12 @@ def load_onnx(data: bytes) -> OnnxModel:
     if not names or not all(isinstance(n, str) for n in names):
         raise ArtifactError("ONNX artifact header has no feature names")
     inputs = session.get_inputs()
-    if len(inputs) != 1:
-        raise ArtifactError(f"ONNX model has {len(inputs)} inputs, expected one matrix")
+    if len(inputs) != 1 or inputs[0].type not in INPUT_TYPES:
+        raise ArtifactError(f"ONNX model has {len(inputs)} inputs, expected one float matrix")
+    output = header.get("probabilities_output", PROBABILITIES)
     outputs = {o.name for o in session.get_outputs()}
-    if PROBABILITIES not in outputs:
-        raise ArtifactError(f"ONNX model has no {PROBABILITIES!r} output: {sorted(outputs)}")
+    if output not in outputs:
+        raise ArtifactError(f"ONNX model has no {output!r} output: {sorted(outputs)}")
     family = str(header.get("family", ""))
-    return OnnxModel(names, threshold, family, session, inputs[0].name, header)
+    dtype = INPUT_TYPES[inputs[0].type]
+    return OnnxModel(names, threshold, family, session, inputs[0].name, header, output, dtype)

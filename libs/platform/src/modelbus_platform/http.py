@@ -25,16 +25,17 @@ from __future__ import annotations
 
 import inspect
 import json
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
 from http import HTTPStatus
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import orjson
 import structlog
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Path, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -46,10 +47,16 @@ from starlette.middleware.errors import ServerErrorMiddleware
 from starlette.routing import compile_path
 
 from modelbus_contracts.api import ErrorBody
+from modelbus_contracts.envelope import MODEL_NAME_MAX_LENGTH, MODEL_NAME_PATTERN
 
 from .metrics import Metrics
 
 log = structlog.get_logger(__name__)
+
+# A model name in a route's path: the contracts' rule, refused with 422 otherwise.
+ModelName = Annotated[
+    str, Path(min_length=1, max_length=MODEL_NAME_MAX_LENGTH, pattern=MODEL_NAME_PATTERN)
+]
 
 ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 ReadinessCheck = Callable[[], Awaitable[dict[str, bool]]]
@@ -293,20 +300,32 @@ class BodyLimitMiddleware:
     under the route's template): at once if its ``content-length`` says so, else as it comes.
     A body declared within the limit is left alone: the server holds it to its length."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        uploads: re.Pattern[str] | None = None,
+        upload_max_bytes: int | None = None,
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self._refuse = _Refuse(max_bytes)
+        self.uploads = uploads  # the upload routes' paths: ``upload_max_bytes`` instead
+        self.upload_max_bytes = upload_max_bytes or max_bytes
 
     def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Awaitable[None]:
         # it only swaps ``receive``, so it hands back the inner app's awaitable: no coroutine
         # of its own per request
         if scope["type"] == "http":
+            limit, refuse = self.max_bytes, self._refuse
+            if self.uploads is not None and self.uploads.fullmatch(scope["path"]):
+                limit = self.upload_max_bytes
+                refuse = _Refuse(limit)
             declared = declared_length(scope["headers"])
             if declared is None:
-                receive = _LimitedReceive(receive, self.max_bytes)
-            elif declared > self.max_bytes:
-                receive = self._refuse
+                receive = _LimitedReceive(receive, limit)
+            elif declared > limit:
+                receive = refuse
         return self.app(scope, receive, send)
 
 
@@ -494,6 +513,7 @@ class ServiceApp(FastAPI):
         metrics: Metrics,
         max_body_bytes: int,
         fast_router: bool = True,
+        max_upload_bytes: int | None = None,
         **kwargs: Any,
     ) -> None:
         chain = list(kwargs.pop("middleware", None) or [])
@@ -501,6 +521,8 @@ class ServiceApp(FastAPI):
         super().__init__(*args, **kwargs)
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        self.max_upload_bytes = max_upload_bytes or max_body_bytes
+        self.upload_paths: list[str] = []
         self.fast_router = fast_router
         self.hot_routes: list[HotRoute] = []
         self.chain_middleware: list[Middleware] = chain
@@ -524,6 +546,13 @@ class ServiceApp(FastAPI):
         self.gated = frozenset(SHELL_PATHS | set(open_paths))
         self.add_middleware(StartingGate, service=service, open_paths=open_paths)
 
+    def allow_uploads(self, *path_patterns: str) -> None:
+        """Requests whose path fully matches one of these regular expressions (dataset and
+        artifact uploads) may carry up to ``max_upload_bytes`` instead of ``max_body_bytes``."""
+        if self.chain is not None:
+            raise RuntimeError("Cannot allow uploads after an application has started")
+        self.upload_paths.extend(path_patterns)
+
     def add_hot_route(
         self, method: str, path: str, handler: HotHandler, **route_options: Any
     ) -> HotRoute:
@@ -542,7 +571,10 @@ class ServiceApp(FastAPI):
         app: ASGIApp = DataPlane(self.hot_routes if self.fast_router else (), framework)
         for cls, args, kwargs in reversed(self.chain_middleware):
             app = cls(app, *args, **kwargs)
-        app = BodyLimitMiddleware(app, self.max_body_bytes)
+        uploads = re.compile("|".join(f"(?:{p})" for p in self.upload_paths))
+        app = BodyLimitMiddleware(
+            app, self.max_body_bytes, uploads if self.upload_paths else None, self.max_upload_bytes
+        )
         app = ErrorMiddleware(app)
         return RequestMetricsMiddleware(app, self.metrics)
 
@@ -611,6 +643,7 @@ def create_app(
     max_body_bytes: int = 1_000_000,
     version: str = "0.1.0",
     fast_router: bool = True,
+    max_upload_bytes: int | None = None,
 ) -> ServiceApp:
     app = ServiceApp(
         title=title,
@@ -620,6 +653,7 @@ def create_app(
         metrics=metrics,
         max_body_bytes=max_body_bytes,
         fast_router=fast_router,
+        max_upload_bytes=max_upload_bytes,
     )
 
     @app.get("/health/live", tags=["health"], summary="The process is up")

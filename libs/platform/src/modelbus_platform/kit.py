@@ -361,6 +361,7 @@ def build_app(
         readiness=kit.readiness,
         lifespan=lifespan,
         max_body_bytes=settings.max_body_bytes,
+        max_upload_bytes=settings.max_upload_bytes,
     )
     for router in wiring.routers:
         app.include_router(router)

@@ -39,6 +39,11 @@ class ServiceSettings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8000, ge=0, le=65535)
     max_body_bytes: int = Field(default=1_000_000, ge=1, description="HTTP request size limit")
+    max_upload_bytes: int = Field(
+        default=256_000_000,
+        ge=1,
+        description="size limit of an upload route's request (a dataset, a model artifact)",
+    )
 
     registry_url: str = Field(default="http://127.0.0.1:8001", description="registry HTTP API")
     registry_timeout_s: float = Field(

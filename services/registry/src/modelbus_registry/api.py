@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi.responses import JSONResponse
 
 from modelbus_contracts.api import (
     Alias,
@@ -19,12 +20,24 @@ from modelbus_contracts.api import (
     RollbackRequest,
     VersionView,
 )
-from modelbus_platform.http import ApiError, error_responses
+from modelbus_ml.flavors import LOGREG_FORMAT
+from modelbus_platform.http import ApiError, ModelName, error_responses
 
-from .domain import Conflict, NotFound
+from .domain import ArtifactRejected, Conflict, NotFound
 from .service import API_ACTOR, RegistryService
 
 ARTIFACT_MEDIA_TYPE = "application/json"
+BINARY = "application/octet-stream"
+IMPORT_UPLOADS = r"/models/[^/]+/versions"  # up to max_upload_bytes, not max_body_bytes
+ONNX_TYPES = ("application/octet-stream", "application/onnx", "application/x-onnx")
+ONNX_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {t: {"schema": {"type": "string", "format": "binary"}} for t in ONNX_TYPES},
+        "description": "an ONNX binary classifier: one float input (n, features), one float "
+        "output (n, 2) with the class probabilities (skl2onnx: options={'zipmap': False})",
+    }
+}
 
 
 def get_service(request: Request) -> RegistryService:
@@ -42,6 +55,12 @@ Limit = Annotated[int, Query(ge=1, description="most records to return (capped b
 STARTING = {503: "starting: the service is not wired yet"}
 UNKNOWN = {**STARTING, 404: "not_found: no such model (or version, alias, artifact)"}
 ARTIFACT = {**UNKNOWN, 409: "artifact_integrity_failed: the stored bytes do not match sha256"}
+IMPORT = {
+    **STARTING,
+    415: "unsupported_media_type: not an ONNX body",
+    422: "import_rejected: not a usable ONNX classifier, features that do not match, no "
+    "hold-out for a first model, a bad hold-out, ...",
+}
 CHANGE = {
     **UNKNOWN,
     409: "the state forbids it or moved: promotion_conflict, alias_conflict, promotion_refused, "
@@ -79,6 +98,57 @@ def build_router(audit_limit: int = 1000) -> APIRouter:
     async def get_model(name: str, service: Service) -> ModelView:
         return await _guard(service.get_model(name))
 
+    @router.post(
+        "/models/{name}/versions",
+        response_model=VersionView,
+        status_code=201,
+        summary="Register a model trained elsewhere (ONNX); the deployer judges it as any other",
+        openapi_extra=ONNX_BODY,
+        responses=error_responses(
+            {**IMPORT, 200: "these very bytes were imported before: that version"}
+        ),
+    )
+    async def import_version(
+        name: ModelName,
+        request: Request,
+        service: Service,
+        feature_names: Annotated[
+            list[str],
+            Query(min_length=1, max_length=10_000, description="the input's columns, in order"),
+        ],
+        threshold: Annotated[float, Query(ge=0, le=1, description="P(1) >= threshold: 1")] = 0.5,
+        holdout_uri: Annotated[
+            str | None,
+            Query(
+                max_length=1000,
+                description="a labelled CSV in the object store to judge it on (the trainer's "
+                "PUT /datasets/{name} answers its uri); default: the champion's hold-out",
+            ),
+        ] = None,
+        source: Annotated[str, Query(max_length=200, description="where it comes from")] = "",
+        actor: Actor = API_ACTOR,
+    ) -> Response:
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type not in ONNX_TYPES:
+            raise ApiError(
+                415,
+                f"expected an ONNX body, got {content_type or 'nothing'}",
+                "unsupported_media_type",
+            )
+        try:
+            view, created = await service.import_model(
+                name,
+                await request.body(),
+                feature_names=feature_names,
+                threshold=threshold,
+                holdout_uri=holdout_uri,
+                source=source,
+                actor=actor,
+            )
+        except ArtifactRejected as exc:
+            raise ApiError(422, exc.reason, "import_rejected") from exc
+        return JSONResponse(view.model_dump(mode="json"), status_code=201 if created else 200)
+
     @router.get(
         "/models/{name}/versions",
         response_model=list[VersionView],
@@ -101,13 +171,18 @@ def build_router(audit_limit: int = 1000) -> APIRouter:
         response_class=Response,
         summary="Artifact bytes, sha256-verified (409 if the stored bytes do not match)",
         responses={
-            200: {"content": {ARTIFACT_MEDIA_TYPE: {}}, "description": "the artifact"},
+            200: {
+                "content": {ARTIFACT_MEDIA_TYPE: {}, BINARY: {}},
+                "description": "the artifact (JSON for logreg, else bytes)",
+            },
             **error_responses(ARTIFACT),
         },
     )
     async def get_artifact(name: str, version: int, service: Service) -> Response:
+        view = await _guard(service.get_version(name, version))
         data = await _guard(service.artifact(name, version))
-        return Response(content=data, media_type=ARTIFACT_MEDIA_TYPE)
+        json_artifact = view.artifact.format == LOGREG_FORMAT
+        return Response(data, media_type=ARTIFACT_MEDIA_TYPE if json_artifact else BINARY)
 
     @router.get(
         "/models/{name}/aliases",

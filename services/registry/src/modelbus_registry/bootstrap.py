@@ -24,7 +24,7 @@ from modelbus_platform.metrics import Metrics
 
 from . import handlers
 from .adapters import MongoRegistryRepository
-from .api import build_router
+from .api import IMPORT_UPLOADS, build_router
 from .config import RegistrySettings
 from .service import RegistryService
 
@@ -55,6 +55,7 @@ def wire(kit: Kit) -> Wiring:
     return Wiring(
         context=service,
         routers=[build_router(settings.audit_page_limit)],
+        configure_app=lambda app: app.allow_uploads(IMPORT_UPLOADS),
         resources=[Resource("registry-indexes", start=repo.init)],
     )
 

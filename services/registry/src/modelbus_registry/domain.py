@@ -8,7 +8,16 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from modelbus_contracts import ArtifactRef, Event, ModelEvaluated, ModelSummary, ModelTrained
+from modelbus_contracts import (
+    ArtifactRef,
+    DatasetRef,
+    Event,
+    FeatureStats,
+    Lineage,
+    ModelEvaluated,
+    ModelSummary,
+    ModelTrained,
+)
 from modelbus_contracts.api import AliasesView, AuditRecord, ModelView, RolloutView, VersionView
 from modelbus_ml import ArtifactError, describe_artifact
 from modelbus_ml.flavors import ArtifactInfo
@@ -219,6 +228,46 @@ def follow_up_id(cause: Event, event_type: str) -> uuid.UUID:
     """A deterministic id for the event ``cause`` leads to, so a retried handler re-emits the
     same event (consumers dedupe it) instead of a second one."""
     return uuid.uuid5(cause.event_id, event_type)
+
+
+IMPORT_NAMESPACE = uuid.UUID("0b5c7f1e-3d2a-4c6b-9e8f-7a1d2c3b4e5f")
+IMPORT_TRIGGER = "import"
+
+
+def imported_event(
+    name: str,
+    artifact: ArtifactRef,
+    feature_names: list[str],
+    *,
+    metrics: dict[str, float],
+    holdout: DatasetRef,
+    reference: dict[str, FeatureStats],
+    params: dict[str, Any],
+    actor: str,
+) -> ModelTrained:
+    """The ModelTrained of a model trained elsewhere: its run id (and event id) derive from the
+    artifact's sha256, so importing the same bytes twice registers one version. The data it was
+    trained on is unknown: the lineage names the hold-out it is judged on, and says so."""
+    run_id = f"import-{artifact.sha256[:32]}"
+    return ModelTrained(
+        event_id=uuid.uuid5(IMPORT_NAMESPACE, f"{name}:{run_id}"),
+        producer=actor,
+        model_name=name,
+        run_id=run_id,
+        artifact=artifact,
+        feature_names=feature_names,
+        metrics=metrics,
+        lineage=Lineage(
+            dataset=holdout,
+            holdout=holdout,
+            params={**params, "imported": True, "training_data": "unknown (trained elsewhere)"},
+            seed=0,
+            code_version="external",
+            trigger=IMPORT_TRIGGER,
+        ),
+        reference=reference,
+        training_seconds=0.0,
+    )
 
 
 def version_doc(event: ModelTrained, version: int, now: datetime) -> dict[str, Any]:

@@ -9,6 +9,7 @@ write that changes the state (the repository's ``events``), and the relay publis
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -16,7 +17,10 @@ from typing import Any
 import structlog
 
 from modelbus_contracts import (
+    ArtifactRef,
+    DatasetRef,
     Event,
+    FeatureStats,
     ModelEvaluated,
     ModelPromoted,
     ModelRegistered,
@@ -35,8 +39,23 @@ from modelbus_contracts.api import (
     VersionView,
 )
 from modelbus_contracts.envelope import utcnow
+from modelbus_ml import (
+    ArtifactError,
+    Dataset,
+    DatasetError,
+    evaluate,
+    feature_stats,
+    from_csv_bytes,
+)
+from modelbus_ml.onnx import ONNX_FORMAT, import_onnx, load_onnx
 from modelbus_platform.outbox import Notifier
-from modelbus_platform.stores import IntegrityError, ObjectNotFound, ObjectStore, get_verified
+from modelbus_platform.stores import (
+    IntegrityError,
+    ObjectNotFound,
+    ObjectStore,
+    get_verified,
+    sha256_hex,
+)
 
 from . import domain
 from .domain import AliasMove, ArtifactRejected, Conflict, NotFound, RegistryError
@@ -140,6 +159,103 @@ class RegistryService:
             return None
         doc = await self.repo.get_version(name, champion)
         return domain.summary(doc) if doc else None
+
+    # -- a model trained elsewhere -------------------------------------------------------------
+
+    async def import_model(
+        self,
+        name: str,
+        data: bytes,
+        *,
+        feature_names: list[str],
+        threshold: float = 0.5,
+        holdout_uri: str | None = None,
+        source: str = "",
+        actor: str = API_ACTOR,
+    ) -> tuple[VersionView, bool]:
+        """Register a binary classifier exported to ONNX by any tool: checked and given the
+        modelbus header (no code runs), stored content-addressed, evaluated on the hold-out
+        (``holdout_uri``, a labelled CSV already in the object store, e.g. from the trainer's
+        ``PUT /datasets/{name}``; else the champion's hold-out) and registered like a trained
+        version, so the deployer judges it with the same gates. (the version, whether it is
+        new); ``ArtifactRejected`` with the reason."""
+        names = tuple(feature_names)
+        try:
+            artifact = await asyncio.to_thread(
+                import_onnx, data, feature_names=names, threshold=threshold
+            )
+        except ArtifactError as exc:
+            raise ArtifactRejected(f"not an importable ONNX classifier: {exc}") from exc
+        digest = sha256_hex(artifact)
+        uri = f"artifacts/{name}/{digest}.onnx"
+        if not await self.store.exists(uri):
+            await self.store.put(uri, artifact, "application/octet-stream")
+        holdout_ref, holdout = await self._import_holdout(name, holdout_uri, names)
+        model = load_onnx(artifact)
+        try:
+            metrics = evaluate(model, holdout)
+        except (ValueError, ArtifactError) as exc:
+            raise ArtifactRejected(f"the model fails on its hold-out: {exc}") from exc
+        reference = {k: FeatureStats(**v) for k, v in feature_stats(holdout).items()}
+        ref = ArtifactRef(uri=uri, sha256=digest, size_bytes=len(artifact), format=ONNX_FORMAT)
+        params = {"family": "onnx", "threshold": threshold, "source": source[:200]}
+        event = domain.imported_event(
+            name,
+            ref,
+            list(names),
+            metrics=metrics,
+            holdout=holdout_ref,
+            reference=reference,
+            params=params,
+            actor=actor,
+        )
+        existing = await self.repo.find_version_by_run(name, event.run_id)
+        if existing is not None:
+            return domain.version_view(existing), False
+        registered = await self.register(event)
+        if registered is None:
+            raced = await self.repo.find_version_by_run(name, event.run_id)
+            if raced is None:
+                raise ArtifactRejected("the imported artifact was refused (see the audit log)")
+            return domain.version_view(raced), False
+        return await self.get_version(name, registered.version), True
+
+    async def _import_holdout(
+        self, name: str, uri: str | None, names: tuple[str, ...]
+    ) -> tuple[DatasetRef, Dataset]:
+        """The hold-out an import is judged on, with its reference, restricted to the model's
+        features: the given object, else the champion's hold-out."""
+        if uri:
+            key = uri.split("/", 3)[3] if uri.startswith("s3://") else uri.lstrip("/")
+            try:
+                data = await self.store.get(key)
+            except ObjectNotFound as exc:
+                raise ArtifactRejected(f"hold-out {uri!r} not found in the object store") from exc
+            digest = sha256_hex(data)
+        else:
+            champion = await self._champion_summary(name, exclude=0)
+            if champion is None:
+                raise ArtifactRejected(
+                    "a first model needs a hold-out to be judged on: upload a labelled CSV "
+                    "(the trainer's PUT /datasets/{name}) and give its uri as holdout_uri"
+                )
+            doc = await self.repo.get_version(name, champion.version)
+            ref = DatasetRef.model_validate((doc or {})["lineage"]["holdout"])
+            key, digest = ref.uri, ref.sha256
+            try:
+                data = await get_verified(self.store, key, digest)
+            except (ObjectNotFound, IntegrityError) as exc:
+                raise ArtifactRejected(f"the champion's hold-out is unusable: {exc}") from exc
+        try:
+            ds = await asyncio.to_thread(from_csv_bytes, data)
+        except DatasetError as exc:
+            raise ArtifactRejected(f"bad hold-out: {exc}") from exc
+        missing = [n for n in names if n not in ds.feature_names]
+        if missing:
+            raise ArtifactRejected(f"the hold-out has no column for the features {missing}")
+        columns = [ds.feature_names.index(n) for n in names]
+        holdout = Dataset(names, ds.X[:, columns], ds.y)
+        return DatasetRef(uri=key, sha256=digest, rows=ds.rows), holdout
 
     # -- ModelEvaluated -------------------------------------------------------------------------
 

@@ -5,22 +5,18 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.encoders import jsonable_encoder
 from pydantic import BaseModel, Field, ValidationError
 
-from modelbus_contracts.envelope import MODEL_NAME_MAX_LENGTH, MODEL_NAME_PATTERN
 from modelbus_contracts.events import FiniteJSON
 from modelbus_ml import DatasetError
-from modelbus_platform.http import ApiError, error_responses
+from modelbus_platform.http import ApiError, ModelName, error_responses
 
 from .domain import run_id_for
 from .reproduce import ReproduceFailed
 from .service import TrainerService
 
-ModelName = Annotated[
-    str, Path(min_length=1, max_length=MODEL_NAME_MAX_LENGTH, pattern=MODEL_NAME_PATTERN)
-]
 CSV_TYPES = ("text/csv", "application/csv", "text/plain")
 CSV_BODY = {
     "requestBody": {
@@ -30,6 +26,7 @@ CSV_BODY = {
     }
 }
 UNKNOWN_RUN = {404: "unknown_run"}
+DATASET_UPLOADS = r"/datasets/[^/]+"  # up to max_upload_bytes, not max_body_bytes
 
 router = APIRouter(tags=["trainer"])
 

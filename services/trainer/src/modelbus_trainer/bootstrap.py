@@ -58,6 +58,7 @@ def wire(kit: Kit) -> Wiring:
     return Wiring(
         context=service,
         routers=[api.router],
+        configure_app=lambda app: app.allow_uploads(api.DATASET_UPLOADS),
         resources=[
             Resource("runs", start=runs.init, stop=service.stop),
             Resource("feedback", start=feedback.init),

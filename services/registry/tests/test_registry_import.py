@@ -1,0 +1,166 @@
+"""Bring your own model: a classifier trained elsewhere, exported to ONNX, registered through
+the registry's API; checked without running code, judged on a hold-out, then a version like any
+other (ModelRegistered, so the deployer's gates apply)."""
+
+from __future__ import annotations
+
+import httpx
+import numpy as np
+import pytest
+from skl2onnx import to_onnx
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from modelbus_contracts import ModelRegistered
+from modelbus_contracts.api import VersionView
+from modelbus_embedded.testing import service_app
+from modelbus_ml import Dataset, load_model
+from modelbus_platform.stores import sha256_hex
+from modelbus_registry.api import build_router
+
+MODEL = "byo"
+NAMES = ["age", "salary", "visits"]
+ONNX = {"content-type": "application/octet-stream"}
+
+
+def data(rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    X = np.c_[rng.uniform(18, 80, rows), rng.uniform(1e4, 2e5, rows), rng.poisson(3, rows)]
+    y = ((X[:, 0] > 45) ^ (X[:, 1] > 1e5)).astype(np.int64)
+    return X, y
+
+
+def exported(estimator, zipmap: bool = False, rows: int = 600) -> tuple[bytes, object]:
+    X, y = data(rows, 1)
+    estimator.fit(X, y)
+    graph = to_onnx(
+        estimator, X[:1].astype(np.float32), options={id(estimator): {"zipmap": zipmap}}
+    )
+    return graph.SerializeToString(), estimator
+
+
+async def put_holdout(store, rows: int = 300, seed: int = 2, names=NAMES) -> str:
+    X, y = data(rows, seed)
+    csv = Dataset(tuple(names), X.astype(np.float64), y.astype(np.int8)).to_csv_bytes()
+    key = f"datasets/{MODEL}/{sha256_hex(csv)}.csv"
+    await store.put(key, csv, "text/csv")
+    return key
+
+
+@pytest.fixture
+async def client(wired):
+    app = service_app(build_router(audit_limit=50), context=wired.service)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://r") as http:
+        yield http
+
+
+def query(**extra) -> dict:
+    return {"feature_names": NAMES, **extra}
+
+
+async def test_an_onnx_model_is_registered_judged_and_served_like_a_trained_one(client, wired):
+    body, forest = exported(RandomForestClassifier(n_estimators=20, random_state=0))
+    holdout = await put_holdout(wired.store)
+    response = await client.post(
+        f"/models/{MODEL}/versions",
+        content=body,
+        headers={**ONNX, "X-Actor": "alice"},
+        params=query(holdout_uri=f"s3://modelbus/{holdout}", source="notebook 42"),
+    )
+    assert response.status_code == 201, response.text
+    view = VersionView.model_validate(response.json())
+    assert (view.version, view.artifact.format, view.feature_names) == (
+        1,
+        "modelbus.onnx.v1",
+        NAMES,
+    )
+    assert view.lineage.trigger == "import" and view.lineage.params["imported"] is True
+    assert view.lineage.holdout.uri == holdout and view.lineage.holdout.rows == 300
+    assert view.metrics["auc"] > 0.95 and view.metrics["rows"] == 300
+    assert set(view.reference) == set(NAMES)
+    [registered] = wired.published.of(ModelRegistered)
+    assert registered.version == 1 and registered.artifact == view.artifact
+    # what is served is the same model: same probabilities as the estimator that was exported
+    stored = await wired.store.get(view.artifact.uri)
+    model = load_model(stored, view.artifact.format, view.artifact.sha256)
+    X, _ = data(50, 9)
+    np.testing.assert_allclose(
+        model.predict_proba(X), forest.predict_proba(X.astype(np.float32))[:, 1], atol=1e-5
+    )
+    artifact = await client.get(f"/models/{MODEL}/versions/1/artifact")
+    assert artifact.headers["content-type"] == "application/octet-stream"
+    assert artifact.content == stored
+    audit = [r.action for r in await wired.service.audit(MODEL, 10)]
+    assert "registered" in audit
+
+    again = await client.post(
+        f"/models/{MODEL}/versions", content=body, headers=ONNX, params=query(holdout_uri=holdout)
+    )
+    assert again.status_code == 200 and again.json()["version"] == 1
+    assert len(wired.published.of(ModelRegistered)) == 1, "the same bytes: one version"
+
+
+async def test_a_later_import_is_judged_on_the_champions_holdout(client, wired, mk):
+    body, _ = exported(make_pipeline(StandardScaler(), LogisticRegression()))
+    holdout = await put_holdout(wired.store)
+    first = await client.post(
+        f"/models/{MODEL}/versions", content=body, headers=ONNX, params=query(holdout_uri=holdout)
+    )
+    assert first.status_code == 201
+    await wired.service.record_evaluation(mk.evaluated(MODEL, 1, None))
+    body2, _ = exported(RandomForestClassifier(n_estimators=10, random_state=1))
+    second = await client.post(
+        f"/models/{MODEL}/versions", content=body2, headers=ONNX, params=query()
+    )
+    assert second.status_code == 201, second.text
+    view = VersionView.model_validate(second.json())
+    assert view.version == 2 and view.lineage.holdout.uri == holdout
+    [_, registered] = wired.published.of(ModelRegistered)
+    assert registered.champion is not None and registered.champion.version == 1
+
+
+@pytest.mark.parametrize(
+    "case, status, reason, words",
+    [
+        ("zipmap", 422, "import_rejected", "zipmap"),
+        ("garbage", 422, "import_rejected", "ONNX"),
+        ("features", 422, "import_rejected", "3 features, 2 feature names"),
+        ("first_without_holdout", 422, "import_rejected", "first model needs a hold-out"),
+        ("holdout_missing", 422, "import_rejected", "not found"),
+        ("holdout_columns", 422, "import_rejected", "no column for the features ['visits']"),
+        ("content_type", 415, "unsupported_media_type", "ONNX"),
+        ("bad_name", 422, "validation_error", "name"),
+        ("no_features", 422, "validation_error", "feature_names"),
+    ],
+)
+async def test_bad_imports_are_refused_with_a_reason(client, wired, case, status, reason, words):
+    body, _ = exported(RandomForestClassifier(n_estimators=5, random_state=0), rows=200)
+    holdout = await put_holdout(wired.store)
+    name, headers, params = MODEL, ONNX, query(holdout_uri=holdout)
+    if case == "zipmap":
+        body, _ = exported(RandomForestClassifier(n_estimators=5), zipmap=True, rows=200)
+    elif case == "garbage":
+        body = b"\x08\x07not really an onnx graph" * 20
+    elif case == "features":
+        params = {"feature_names": NAMES[:2], "holdout_uri": holdout}
+    elif case == "first_without_holdout":
+        params = query()
+    elif case == "holdout_missing":
+        params = query(holdout_uri="datasets/byo/none.csv")
+    elif case == "holdout_columns":
+        params = query(holdout_uri=await put_holdout(wired.store, names=["age", "salary", "v"]))
+    elif case == "content_type":
+        headers = {"content-type": "application/json"}
+    elif case == "bad_name":
+        name = "bad name!"
+    elif case == "no_features":
+        params = {"holdout_uri": holdout}
+    response = await client.post(
+        f"/models/{name}/versions", content=body, headers=headers, params=params
+    )
+    assert response.status_code == status, response.text
+    assert response.json()["reason"] == reason
+    assert words in response.text
+    assert wired.published.of(ModelRegistered) == []
