@@ -332,6 +332,18 @@ class DriftDetected(Event):
     )
 
 
+class ModelPolicyChanged(Event):
+    """A model's policy has a new revision in the registry (``GET /models/{name}/policy``):
+    the trainer, the deployer and the monitor read it again. It names the revision only; the
+    registry holds the policy."""
+
+    event_type = "model.policy_changed.v1"
+
+    revision: int = Field(ge=1)
+    actor: str = Field(max_length=200)
+    reason: str = Field(default="", max_length=2000)
+
+
 class DataQualityAlert(Event):
     event_type = "data_quality.alert.v1"
 
@@ -361,6 +373,7 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     BatchScoringCompleted,
     DriftDetected,
     DataQualityAlert,
+    ModelPolicyChanged,
 )
 
 EVENTS_BY_TYPE: dict[str, type[Event]] = {cls.event_type: cls for cls in ALL_EVENTS}

@@ -12,8 +12,14 @@ from modelbus_deployer.adapters import ObjectStoreModels
 from modelbus_deployer.config import DeployerSettings, ModelPolicy
 from modelbus_deployer.service import DeployerService
 from modelbus_deployer.testing import MemoryDecisionStore
+from modelbus_platform.policies import Policies
 from modelbus_platform.stores import sha256_hex
-from modelbus_platform.testing import InlineRelay, MemoryObjectStore, RecordingPublisher
+from modelbus_platform.testing import (
+    FakeRegistry,
+    InlineRelay,
+    MemoryObjectStore,
+    RecordingPublisher,
+)
 
 
 async def test_same_event_twice_gives_one_decision_and_one_event(world):
@@ -143,14 +149,16 @@ async def test_policies_view_merges_defaults_and_overrides():
     settings = DeployerSettings(
         policies={"fraud": ModelPolicy(primary_metric="auc", latency_budget_ms=2.0)}
     )
+    registry = FakeRegistry()
     service = DeployerService(
         settings=settings,
         decisions=MemoryDecisionStore(),
         models=ObjectStoreModels(MemoryObjectStore()),
         events=InlineRelay([], RecordingPublisher()),
+        live_policies=Policies(registry, ttl_s=0),
     )
 
-    view = service.policies("churn")
+    view = await service.policies("churn")
 
     assert view["default"]["primary_metric"] == "log_loss"
     assert view["default"]["higher_is_better"] is False
@@ -159,6 +167,15 @@ async def test_policies_view_merges_defaults_and_overrides():
     assert view["models"]["fraud"]["latency_budget_ms"] == 2.0
     assert view["models"]["fraud"]["promotion_margin"] == 0.0
     assert view["models"]["churn"] == view["default"]
+
+    # the live policy (registry) goes over the settings, field by field, without a restart
+    registry.set_policy("fraud", {"promotion": {"latency_budget_ms": 9.0, "rollout": "shadow"}})
+    live = (await service.policies("fraud"))["models"]["fraud"]
+    assert (live["latency_budget_ms"], live["rollout"], live["primary_metric"]) == (
+        9.0,
+        "shadow",
+        "auc",
+    )
 
 
 def test_policies_come_from_json_in_the_environment(monkeypatch):

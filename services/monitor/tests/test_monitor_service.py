@@ -20,6 +20,7 @@ from modelbus_contracts import (
     LabelObserved,
     Lineage,
     ModelEvaluated,
+    ModelPolicyChanged,
     ModelPromoted,
     ModelRolledBack,
     PredictionMade,
@@ -36,6 +37,7 @@ from modelbus_monitor.policy import Incident
 from modelbus_monitor.service import MonitorService, detector_config
 from modelbus_monitor.testing import MemoryIncidentStore
 from modelbus_platform.kit import bind
+from modelbus_platform.policies import Policies
 from modelbus_platform.testing import FakeRegistry, InlineRelay, RecordingPublisher
 
 SHA = "0" * 64
@@ -97,6 +99,7 @@ class Harness:
         self.service = self.build(DetectorConfig(**config))
 
     def build(self, config: DetectorConfig) -> MonitorService:
+        self.policies = Policies(self.registry, ttl_s=3600)
         return MonitorService(
             config,
             publisher=self.publisher,
@@ -106,6 +109,7 @@ class Harness:
             metrics=self.metrics,
             registry_retry_s=30,
             clock=self.clock,
+            policies=self.policies,
         )
 
     async def stream(self, name: str, n: int, error_rate: float, version: int = 1) -> None:
@@ -438,7 +442,7 @@ async def test_the_spec_subscribes_telemetry_in_batches_and_control_events_singl
         [(cls.topic, "monitor (batch)") for cls in (PredictionMade, LabelObserved)]
         + [
             (cls.topic, "monitor-control")
-            for cls in (ModelPromoted, ModelRolledBack, ModelEvaluated)
+            for cls in (ModelPromoted, ModelRolledBack, ModelEvaluated, ModelPolicyChanged)
         ]
     )
     register(h.registry, "churn", 3)
@@ -460,3 +464,30 @@ def test_entrypoint_builds_an_app_without_connecting():
     paths = set(app.openapi()["paths"])
     assert {"/models/{name}/status", "/incidents", "/incidents/{incident_id}"} <= paths
     assert {"/health/live", "/health/ready", "/metrics"} <= paths
+
+
+async def test_the_live_monitoring_policy_applies_without_a_restart():
+    h = Harness(feature_drift_enabled=False)
+    register(h.registry, "churn", 1)
+    await h.service.rebuild()
+    await h.stream("churn", 1500, 0.1)
+    await h.stream("churn", 1500, 0.45)
+    [event] = h.publisher.of(DriftDetected)
+    revision = h.registry.set_policy(
+        "churn",
+        {"monitoring": {"recovery_min_points": 100, "detectors": {"__error__": "ddm"}}},
+    ).revision
+    await h.service.on_policy_changed(
+        ModelPolicyChanged(model_name="churn", revision=revision, actor="alice")
+    )
+    monitor = h.service.models["churn"]
+    assert (monitor.policy_revision, monitor.policy.rules.min_points) == (1, 100)
+    assert h.service.status("churn")["detectors"]["__error__"]["detector"] == "adwin", (
+        "the running streams keep their detectors"
+    )
+    register(h.registry, "churn", 2)
+    await h.service.on_promoted(promoted("churn", 2, correlation_id=event.correlation_id))
+    assert h.service.status("churn")["detectors"]["__error__"]["detector"] == "ddm"
+    await h.stream("churn", 100, 0.05, version=2)
+    closed = await h.store.get(event.incident_id)
+    assert (closed.state, closed.live_points) == ("recovered", 100)

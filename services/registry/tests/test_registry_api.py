@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from modelbus_contracts import ModelPromoted
+from modelbus_contracts import ModelPolicyChanged, ModelPromoted
 from modelbus_contracts.api import AliasesView, AuditRecord, ModelView, VersionView
 from modelbus_embedded.testing import service_app
 from modelbus_registry.api import build_router
@@ -117,3 +117,57 @@ async def test_service_unavailable_before_startup(client, wired):
     response = await client.get("/models")
     assert response.status_code == 503
     assert response.json() == {"error": "registry is starting", "reason": "starting"}
+
+
+async def test_a_policy_is_versioned_compare_and_set_audited_and_announced(client, wired):
+    empty = (await client.get(f"/models/{MODEL}/policy")).json()
+    assert (empty["revision"], empty["policy"]["training"]["family"]) == (0, None)
+    body = {
+        "policy": {
+            "training": {"family": "sklearn", "params": {"estimator": "random_forest"}},
+            "promotion": {"rollout": "shadow", "significance": 0.01},
+            "monitoring": {"detectors": {"*": "kswin"}, "recovery_tolerance": 0.02},
+        },
+        "expected_revision": 0,
+        "reason": "forests, shadowed",
+    }
+    first = await client.put(f"/models/{MODEL}/policy", json=body, headers={"X-Actor": "alice"})
+    assert first.status_code == 200, first.text
+    assert (first.json()["revision"], first.json()["updated_by"]) == (1, "alice")
+    stale = await client.put(f"/models/{MODEL}/policy", json=body)
+    assert stale.status_code == 409 and stale.json()["reason"] == "policy_conflict"
+    assert "revision 1, not 0" in stale.json()["error"]
+    second = await client.put(
+        f"/models/{MODEL}/policy",
+        json={**body, "expected_revision": 1, "policy": {"promotion": {"rollout": "canary"}}},
+    )
+    assert second.status_code == 200 and second.json()["revision"] == 2
+    current = (await client.get(f"/models/{MODEL}/policy")).json()
+    assert current["policy"]["promotion"]["rollout"] == "canary"
+    assert current["policy"]["training"]["family"] is None  # a PUT replaces the whole policy
+    revisions = (await client.get(f"/models/{MODEL}/policy/revisions")).json()
+    assert [r["revision"] for r in revisions] == [2, 1]
+    changed = wired.published.of(ModelPolicyChanged)
+    assert [(e.revision, e.actor) for e in changed] == [(1, "alice"), (2, "registry-api")]
+    audit = (await client.get(f"/models/{MODEL}/audit")).json()
+    policy_records = [r for r in audit if r["action"] == "policy_changed"]
+    assert [r["details"]["revision"] for r in policy_records] == [2, 1]
+    assert policy_records[1]["details"]["policy"]["training"]["family"] == "sklearn"
+
+
+@pytest.mark.parametrize(
+    "policy, where",
+    [
+        ({"promotion": {"rollout": "sideways"}}, "rollout"),
+        ({"monitoring": {"recovery_min_points": 5}}, "recovery_min_points"),
+        ({"monitoring": {"detectors": {"x": "magic"}}}, "detectors"),
+        ({"training": {"family": "auto", "epochs": 3}}, "epochs"),
+        ({"surprise": {}}, "surprise"),
+    ],
+)
+async def test_a_bad_policy_is_refused_with_the_field(client, wired, policy, where):
+    body = {"policy": policy, "expected_revision": 0, "reason": "r"}
+    response = await client.put(f"/models/{MODEL}/policy", json=body)
+    assert response.status_code == 422 and response.json()["reason"] == "validation_error"
+    assert where in response.text
+    assert wired.published.of(ModelPolicyChanged) == []

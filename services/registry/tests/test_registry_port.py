@@ -143,3 +143,16 @@ async def test_rollout_state_is_stored_on_the_model(repo):
     model = await repo.get_model("r")
     assert model["rollout"] == rollout
     assert await repo.get_model("missing") is None
+
+
+async def test_policy_revisions_are_unique_and_listed_newest_first(repo, unique):
+    model = f"p-{unique}"
+    assert await repo.latest_policy(model) is None
+    for revision in (1, 2):
+        doc = {"model_name": model, "revision": revision, "policy": {"training": {}}, "at": NOW}
+        assert await repo.insert_policy(doc)
+    assert not await repo.insert_policy({"model_name": model, "revision": 2, "policy": {}})
+    assert (await repo.latest_policy(model))["revision"] == 2
+    assert [p["revision"] for p in await repo.list_policies(model, 10)] == [2, 1]
+    assert [p["revision"] for p in await repo.list_policies(model, 1)] == [2]
+    assert await repo.latest_policy(f"other-{unique}") is None

@@ -212,3 +212,39 @@ async def test_adwin_window_respects_max_rows_dropping_the_oldest_first():
     await h.service.drain(10)
     window = (await h.runs.get(run["run_id"]))["data_window"]
     assert (window["extended_back_rows"], window["after_rows"], window["rows"]) == (20, 40, 60)
+
+
+async def test_the_live_training_policy_chooses_the_family_without_a_restart():
+    h = Harness(python_entry_points=[])
+    uri = await _put(h, "m")
+    before = await _train(h, TrainingRequested(model_name="m", dataset_uri=uri))
+    assert before["params"]["family"] == "auto" and before["policy_revision"] == 0
+    h.registry.set_policy(
+        "m", {"training": {"family": "sklearn", "params": {"estimator": "extra_trees"}}}
+    )
+    h.policies.invalidate("m")  # what ModelPolicyChanged does
+    after = await _train(h, TrainingRequested(model_name="m", dataset_uri=uri))
+    assert after["state"] == "succeeded", after["reason"]
+    assert after["policy_revision"] == 1
+    assert after["params"]["family"] == "sklearn"
+    assert after["params"]["estimator"] == "extra_trees"
+    assert after["artifact"]["format"] == "modelbus.onnx.v1"
+    # a request's own params still win over the policy
+    asked = await _train(
+        h, TrainingRequested(model_name="m", dataset_uri=uri, params={"family": "logreg"})
+    )
+    assert asked["params"]["family"] == "logreg"
+    # a policy cannot allow code: a python entry point still needs python_entry_points
+    h.registry.set_policy("m", {"training": {"family": "python", "params": {"entry_point": NB}}})
+    h.policies.invalidate("m")
+    refused = await _train(h, TrainingRequested(model_name="m", dataset_uri=uri))
+    assert refused["state"] == "failed" and "not allowed" in refused["reason"]
+
+
+async def test_an_unreachable_registry_leaves_the_settings():
+    h = Harness(model_params={"m": {"family": "logreg", "epochs": 50}})
+    h.registry.down = True
+    uri = await _put(h, "m")
+    run = await _train(h, TrainingRequested(model_name="m", dataset_uri=uri))
+    assert run["state"] == "succeeded" and run["params"]["epochs"] == 50
+    assert run["policy_revision"] == 0

@@ -290,6 +290,7 @@ def test_the_service_subscribes_every_event_with_its_group():
         "LabelObserved": "trainer-feedback (batch)",
         "TrainingRequested": "trainer",
         "DriftDetected": "trainer",
+        "ModelPolicyChanged": "trainer-policies",
     }
 
 

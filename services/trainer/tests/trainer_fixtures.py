@@ -9,7 +9,13 @@ import numpy as np
 
 from modelbus_contracts import DriftDetected, LabelObserved, PredictionMade
 from modelbus_ml import Dataset
-from modelbus_platform.testing import InlineRelay, MemoryObjectStore, RecordingPublisher
+from modelbus_platform.policies import Policies
+from modelbus_platform.testing import (
+    FakeRegistry,
+    InlineRelay,
+    MemoryObjectStore,
+    RecordingPublisher,
+)
 from modelbus_trainer.config import TrainerSettings
 from modelbus_trainer.service import TrainerService
 from modelbus_trainer.testing import (
@@ -96,6 +102,8 @@ class Harness:
         self.store = MemoryObjectStore()
         self.publisher = RecordingPublisher()
         self.clock = clock or Clock()
+        self.registry = FakeRegistry()
+        self.policies = Policies(self.registry, ttl_s=3600)
         self.service = TrainerService(
             self.settings,
             runs=self.runs,
@@ -105,6 +113,7 @@ class Harness:
             publisher=self.publisher,
             events=InlineRelay([self.runs.outbox], self.publisher),
             clock=self.clock,
+            policies=self.policies,
         )
 
     async def add_feedback(self, pairs: list[tuple[PredictionMade, LabelObserved]]) -> None:

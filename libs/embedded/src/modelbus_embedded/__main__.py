@@ -19,12 +19,6 @@ import httpx
 from .simulator import ScenarioConfig, Upstream
 from .stack import SERVICES, Stack, build_stack, port_in_use, stop_recorded
 
-DEMO_ENV = {
-    # react in seconds, as a streaming loop should (production defaults are more conservative)
-    "MODELBUS_DRIFT_COOLDOWN_S": "30",
-    "MODELBUS_DRIFT_MIN_ROWS": "500",
-}
-
 
 def _data_dir(args: argparse.Namespace) -> Path:
     return Path(args.data_dir or os.environ.get("MODELBUS_DATA_DIR", ".data")).resolve()
@@ -58,7 +52,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"ports in use: {', '.join(busy)} - stop what uses them (or `make down`)")
         return 1
     print(f"starting the embedded stack under {data} ...")
-    stack = build_stack(data, object_store=args.store, extra_env=DEMO_ENV)
+    stack = build_stack(data, object_store=args.store)  # the defaults, nothing tuned
     try:
         stack.start()
     except Exception as exc:

@@ -39,6 +39,7 @@ from .http import ServiceApp, create_app
 from .logging import configure_logging
 from .metrics import Metrics
 from .outbox import OutboxStore, Relay
+from .policies import Policies
 from .registry import Registry, RegistryClient
 from .runtime import run
 from .settings import ServiceSettings
@@ -233,6 +234,25 @@ class Kit:
                 Resource("registry", stop=getattr(registry, "close", None), ping=registry.ping)
             )
         return self._made["registry"]
+
+    def policies(self) -> Policies:
+        """Each model's live policy, read from the registry (``policy_ttl_s``); the service's
+        readiness does not depend on it (a policy that cannot be read leaves the settings).
+        Tests hand in a ``registry`` (or ``policies``)."""
+
+        def make() -> Policies:
+            registry = self.overrides.get("registry") or self._made.get("registry")
+            if registry is None:
+                client = RegistryClient(
+                    self.settings.registry_url,
+                    timeout_s=self.settings.registry_timeout_s,
+                    transport=self.overrides.get("registry_transport"),
+                )
+                self.resources.append(Resource("policy-registry", stop=client.close))
+                registry = client
+            return Policies(registry, ttl_s=self.settings.policy_ttl_s)
+
+        return self.once("policies", make)
 
     def events(self, *outboxes: OutboxStore) -> Relay:
         """The service's relay (one per service): publishes the events waiting in

@@ -23,6 +23,7 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from modelbus_contracts.api import ModelView, RolloutView, VersionView
+from modelbus_contracts.policy import PolicyView
 
 V = TypeVar("V", bound=BaseModel)
 PING_TIMEOUT_S = 2.0
@@ -58,6 +59,10 @@ class Registry(Protocol):
         ...
 
     async def version(self, name: str, version: int) -> VersionView | None: ...
+
+    async def policy(self, name: str) -> PolicyView:
+        """The model's newest policy revision (revision 0: none set)."""
+        ...
 
     async def ping(self) -> bool:
         """True when the registry answers at all."""
@@ -104,6 +109,10 @@ class RegistryClient:
 
     async def version(self, name: str, version: int) -> VersionView | None:
         return await self._view(f"/models/{_segment(name)}/versions/{int(version)}", VersionView)
+
+    async def policy(self, name: str) -> PolicyView:
+        found = await self._view(f"/models/{_segment(name)}/policy", PolicyView)
+        return found or PolicyView(model_name=name, revision=0)
 
     async def ping(self) -> bool:
         try:

@@ -46,6 +46,12 @@ class ServiceSettings(BaseSettings):
     )
 
     registry_url: str = Field(default="http://127.0.0.1:8001", description="registry HTTP API")
+    policy_ttl_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="how long a model's policy read from the registry is used before it is "
+        "read again (a ModelPolicyChanged makes it at once)",
+    )
     registry_timeout_s: float = Field(
         default=5.0, gt=0, description="timeout of one registry HTTP call"
     )

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 from modelbus_contracts import Event, KafkaRecord, decode, encode
 from modelbus_contracts.api import AliasesView, ModelView, RolloutView, VersionView
+from modelbus_contracts.policy import ModelPolicyDoc, PolicyView
 
 from .bus import RawRecord
 from .outbox import Pending, Relay, stamped
@@ -102,6 +103,7 @@ class FakeRegistry:
         self.versions: dict[tuple[str, int], VersionView] = {}
         self.champions: dict[str, int | None] = {}
         self.rollouts: dict[str, RolloutView] = {}
+        self.policies: dict[str, PolicyView] = {}
         self.down = False
         self.calls: list[str] = []
 
@@ -138,6 +140,17 @@ class FakeRegistry:
         self._check(f"champion:{name}")
         version = self.champions.get(name)
         return None if version is None else self.versions.get((name, version))
+
+    async def policy(self, name: str) -> PolicyView:
+        self._check(f"policy:{name}")
+        return self.policies.get(name) or PolicyView(model_name=name, revision=0)
+
+    def set_policy(self, name: str, policy: ModelPolicyDoc | dict) -> PolicyView:
+        """Store the next revision of ``name``'s policy (as a ``PUT`` would)."""
+        doc = ModelPolicyDoc.model_validate(policy)
+        revision = (self.policies[name].revision if name in self.policies else 0) + 1
+        self.policies[name] = PolicyView(model_name=name, revision=revision, policy=doc)
+        return self.policies[name]
 
     async def rollout(self, name: str) -> RolloutView | None:
         self._check(f"rollout:{name}")

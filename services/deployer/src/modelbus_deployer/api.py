@@ -129,7 +129,7 @@ async def policy(
         default=None, max_length=MODEL_NAME_MAX_LENGTH, pattern=MODEL_NAME_PATTERN
     ),
 ) -> PolicyView:
-    return PolicyView.model_validate(_service(request).policies(model_name))
+    return PolicyView.model_validate(await _service(request).policies(model_name))
 
 
 async def _human(request: Request, model_name: str, version: int, body: HumanDecision, verb: str):

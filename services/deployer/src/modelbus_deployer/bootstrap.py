@@ -16,6 +16,7 @@ from modelbus_contracts import (
     LabelObserved,
     ModelEvaluated,
     ModelLoadFailed,
+    ModelPolicyChanged,
     ModelRegistered,
     ModelRollbackRequested,
     PredictionMade,
@@ -59,6 +60,7 @@ def wire(kit: Kit) -> Wiring:
         models=models,
         events=relay,
         on_decision=lambda decision: metrics.decisions.labels(decision).inc(),
+        live_policies=kit.policies(),
     )
     live = LiveService(
         settings=settings, decisions=decisions, events=relay, deployer=service, stats=stats
@@ -89,6 +91,7 @@ SPEC = ServiceSpec(
     publishes=(ModelEvaluated, ModelRollbackRequested),
     subscriptions=(
         Subscription(ModelRegistered, "{consumer_group}", handlers.model_registered),
+        Subscription(ModelPolicyChanged, "{consumer_group}-policies", handlers.policy_changed),
         *(
             Subscription(event, "{watch_group}", handlers.telemetry, batch=True)
             for event in (PredictionMade, LabelObserved, ModelLoadFailed, ScoringFailed)

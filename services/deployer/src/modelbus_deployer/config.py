@@ -6,87 +6,14 @@ e.g. ``{"churn": {"promotion_margin": 0.02, "primary_metric": "auc"}}``.
 
 from __future__ import annotations
 
-from typing import Annotated
+from pydantic import Field
 
-from pydantic import BaseModel, ConfigDict, Field
-
+from modelbus_contracts.policy import Fraction, MetricName, PromotionPolicy, RolloutPolicy
 from modelbus_platform.settings import ServiceSettings
 
-from .domain import MetricName, Policy, RolloutPolicy
+from .domain import Policy
 
-Fraction = Annotated[float, Field(gt=0, lt=1)]
-
-
-class ModelPolicy(BaseModel):
-    """Per-model overrides; a field left unset takes the service-wide default."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    primary_metric: MetricName | None = Field(
-        default=None, description="metric that decides promotion (auc, accuracy, log_loss, brier)"
-    )
-    promotion_margin: float | None = Field(
-        default=None, ge=0, description="improvement over the champion required to promote"
-    )
-    significance: float | None = Field(
-        default=None,
-        gt=0,
-        lt=1,
-        description="one-sided level of the paired test (log_loss, brier): the challenger's "
-        "gain must be significant at it",
-    )
-    min_primary_metric: float | None = Field(
-        default=None,
-        description="absolute threshold for a first model (a maximum if lower-is-better)",
-    )
-    min_holdout_rows: int | None = Field(
-        default=None, ge=1, description="smallest hold-out a decision may rest on"
-    )
-    latency_budget_ms: float | None = Field(
-        default=None, gt=0, description="p99 budget for a single-row prediction, milliseconds"
-    )
-    latency_samples: int | None = Field(
-        default=None, ge=1, description="single-row predictions timed for the latency gate"
-    )
-    require_approval: bool | None = Field(
-        default=None, description="a passing verdict waits for a human approve/reject"
-    )
-    rollout: RolloutPolicy | None = Field(
-        default=None, description="immediate | shadow | canary exposure before promotion"
-    )
-    shadow_min_predictions: int | None = Field(
-        default=None, ge=1, description="shadow predictions before shadow vs champion is judged"
-    )
-    canary_steps: list[Fraction] | None = Field(
-        default=None, min_length=1, description="canary traffic fractions, in order"
-    )
-    canary_step_predictions: int | None = Field(
-        default=None, ge=1, description="canary predictions each step is held for"
-    )
-    min_live_predictions: int | None = Field(
-        default=None, ge=1, description="live predictions before a rate or p99 rule may fire"
-    )
-    min_agreement: float | None = Field(
-        default=None, ge=0, le=1, description="shadow label agreement with the champion, floor"
-    )
-    max_shadow_error_rate: float | None = Field(
-        default=None, ge=0, le=1, description="shadow exceptions over compared + failed, max"
-    )
-    max_fallback_rate: float | None = Field(
-        default=None, ge=0, le=1, description="fallback (exception) share of live traffic, max"
-    )
-    live_latency_p99_ms: float | None = Field(
-        default=None, gt=0, description="p99 of live latency_ms, maximum"
-    )
-    min_labels: int | None = Field(
-        default=None, ge=1, description="labels before live accuracy is judged"
-    )
-    accuracy_tolerance: float | None = Field(
-        default=None, ge=0, le=1, description="live accuracy may trail hold-out accuracy by this"
-    )
-    rollback_watch_predictions: int | None = Field(
-        default=None, ge=1, description="champion predictions watched after a promotion"
-    )
+ModelPolicy = PromotionPolicy  # the per-model overrides (MODELBUS_POLICIES), in contracts
 
 
 class DeployerSettings(ServiceSettings):
@@ -239,10 +166,11 @@ class DeployerSettings(ServiceSettings):
             rollback_watch_predictions=self.rollback_watch_predictions,
         )
 
-    def policy_for(self, model_name: str) -> Policy:
-        """The effective policy for one model: defaults overlaid with its overrides."""
-        base = self.default_policy()
-        override = self.policies.get(model_name)
-        if override is None:
-            return base
-        return base.with_overrides(override.model_dump(exclude_none=True))
+    def policy_for(self, model_name: str, live: PromotionPolicy | None = None) -> Policy:
+        """The effective policy for one model: the defaults, overlaid with its settings
+        overrides (``MODELBUS_POLICIES``), overlaid with its live policy from the registry."""
+        policy = self.default_policy()
+        for override in (self.policies.get(model_name), live):
+            if override is not None:
+                policy = policy.with_overrides(override.model_dump(exclude_none=True))
+        return policy

@@ -25,11 +25,10 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from modelbus_contracts import GateResult
+from modelbus_contracts.policy import MetricName, RolloutPolicy
 from modelbus_ml import PROPER_SCORING_RULES, Dataset, evaluate, row_losses, scores_of
 
-MetricName = Literal["auc", "accuracy", "log_loss", "brier"]
 Decision = Literal["promote", "reject"]
-RolloutPolicy = Literal["immediate", "shadow", "canary"]
 LOWER_IS_BETTER: frozenset[str] = frozenset(PROPER_SCORING_RULES)
 EPSILON = 1e-12  # float slack so "better by exactly the margin" passes
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from modelbus_contracts import Event, ModelRegistered
+from modelbus_contracts import Event, ModelPolicyChanged, ModelRegistered
 
 from .live_service import LiveService
 from .service import DeployerService
@@ -26,3 +26,9 @@ async def model_registered(deployer: Deployer, event: ModelRegistered) -> None:
 async def telemetry(deployer: Deployer, events: list[Event]) -> None:
     """PredictionMade, LabelObserved, ModelLoadFailed and ScoringFailed batches."""
     await deployer.live.handle(events)
+
+
+async def policy_changed(deployer: Deployer, event: ModelPolicyChanged) -> None:
+    """The model's live policy has a new revision: the next decision reads it."""
+    if deployer.decisions.live_policies is not None:
+        deployer.decisions.live_policies.invalidate(event.model_name)

@@ -153,7 +153,7 @@ class LiveService:
         stage = await self.active(model_name)
         if stage is None or stage.key not in self.tracker.windows:
             return "idle"
-        policy = self.settings.policy_for(model_name)
+        policy = await self.deployer.policy_for(model_name)
         window = self.tracker.windows[stage.key]
         verdict = judge_live(
             window, policy, stage.stage, stage.holdout_accuracy, stage.who, stage.holdout_rows
@@ -173,7 +173,7 @@ class LiveService:
     async def _step(self, stage: ActiveStage, verdict: LiveVerdict) -> str:
         doc = stage.doc
         if verdict.outcome == "pass":
-            policy = self.settings.policy_for(stage.model_name)
+            policy = await self.deployer.policy_for(stage.model_name)
             nxt = after_pass(policy, Rollout.model_validate(doc["rollout"]))
         else:
             nxt = Next("reject")

@@ -20,6 +20,7 @@ import structlog
 from modelbus_contracts import GateResult, ModelEvaluated, ModelRegistered
 from modelbus_contracts.envelope import utcnow
 from modelbus_platform.outbox import Notifier
+from modelbus_platform.policies import Policies
 
 from .config import DeployerSettings
 from .domain import Clock, Policy, Verdict, judge, load_failure
@@ -97,8 +98,10 @@ class DeployerService:
         clock: Clock = time.perf_counter,
         now: Callable[[], datetime] = utcnow,
         on_decision: Callable[[str], None] | None = None,
+        live_policies: Policies | None = None,
     ) -> None:
         self.settings = settings
+        self.live_policies = live_policies
         self.decisions = decisions
         self.models = models
         self.events = events
@@ -106,6 +109,13 @@ class DeployerService:
         self.now = now
         self.on_decision = on_decision
         self.on_stage: Callable[[dict[str, Any]], None] | None = None  # the live watcher
+
+    async def policy_for(self, model_name: str) -> Policy:
+        """The model's effective policy now: settings, then its live policy (registry)."""
+        if self.live_policies is None:
+            return self.settings.policy_for(model_name)
+        live = await self.live_policies.get(model_name)
+        return self.settings.policy_for(model_name, live.promotion)
 
     # -- commands ---------------------------------------------------------------------------
 
@@ -143,7 +153,7 @@ class DeployerService:
     # -- evaluation -------------------------------------------------------------------------
 
     async def _decide(self, event: ModelRegistered) -> tuple[dict[str, Any], ModelEvaluated]:
-        policy = self.settings.policy_for(event.model_name)
+        policy = await self.policy_for(event.model_name)
         started = time.perf_counter()
         timings: dict[str, float] = {}
         try:
@@ -251,7 +261,7 @@ class DeployerService:
     async def approve(self, model_name: str, version: int, actor: str, reason: str) -> dict:
         """A human approves a pending decision: its rollout starts, or it is promoted."""
         doc = await self._pending(model_name, version)
-        policy = self.settings.policy_for(model_name)
+        policy = await self.policy_for(model_name)
         nxt = first_stage(policy, doc["champion_version"] is not None, approved=True)
         return await self._human(doc, nxt, actor, f"approved by {actor}: {reason}")
 
@@ -338,14 +348,15 @@ class DeployerService:
     async def get_decision(self, model_name: str, version: int) -> dict[str, Any] | None:
         return await self.decisions.get(model_name, version)
 
-    def policies(self, model_name: str | None = None) -> dict[str, Any]:
-        """The default policy and the effective policy of every overridden (or named) model."""
+    async def policies(self, model_name: str | None = None) -> dict[str, Any]:
+        """The default policy and the effective policy of every overridden (or named) model,
+        its live policy (registry) included."""
         names = set(self.settings.policies)
         if model_name:
             names.add(model_name)
         return {
             "default": self.settings.default_policy().as_dict(),
-            "models": {n: self.settings.policy_for(n).as_dict() for n in sorted(names)},
+            "models": {n: (await self.policy_for(n)).as_dict() for n in sorted(names)},
         }
 
 

@@ -18,6 +18,7 @@ from modelbus_contracts import (
     DriftDetected,
     LabelObserved,
     ModelEvaluated,
+    ModelPolicyChanged,
     ModelPromoted,
     ModelRolledBack,
     PredictionMade,
@@ -56,6 +57,7 @@ def wire(kit: Kit) -> Wiring:
         daily=daily,
         checkpoint_s=settings.checkpoint_s,
         thresholds=Thresholds(psi_warn=settings.psi_warn, psi_drift=settings.psi_drift),
+        policies=kit.policies(),
     )
 
     async def rebuild() -> None:
@@ -110,6 +112,7 @@ SPEC = ServiceSpec(
         Subscription(ModelPromoted, CONTROL_GROUP, handlers.model_promoted),
         Subscription(ModelRolledBack, CONTROL_GROUP, handlers.model_rolled_back),
         Subscription(ModelEvaluated, CONTROL_GROUP, handlers.model_evaluated),
+        Subscription(ModelPolicyChanged, CONTROL_GROUP, handlers.policy_changed),
     ),
 )
 

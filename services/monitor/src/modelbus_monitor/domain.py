@@ -5,11 +5,12 @@ batch at a time, and turns the outcome into writes, events and metrics."""
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 from modelbus_contracts import DataQualityAlert, DriftDetected, FeatureStats
+from modelbus_contracts.policy import MonitoringPolicy
 
 from .config import DetectorConfig
 from .daily import DailyBook
@@ -25,6 +26,15 @@ class RowOutcome:
     alarms: list[tuple[DriftAlarm, Disposition]] = field(default_factory=list)
     opened: Incident | None = None
     quality: DataQualityAlert | None = None
+
+
+def recovery_rules(config: DetectorConfig) -> RecoveryRules:
+    return RecoveryRules(
+        tolerance=config.recovery_tolerance,
+        min_points=config.recovery_min_points,
+        ladder_points=config.recovery_min_points,
+        max_attempts=config.incident_max_attempts,
+    )
 
 
 @dataclass
@@ -59,19 +69,15 @@ class ModelMonitor:
 
     def __init__(self, model_name: str, config: DetectorConfig) -> None:
         self.model_name = model_name
-        self.config = config
+        self.base_config = self.config = config
+        self.policy_revision = 0
         self.kernel = SignalKernel(model_name, config)
         self.policy = IncidentPolicy(
             model_name,
             producer=config.producer,
             cooldown_s=config.cooldown_s,
             retrigger_s=config.retrigger_s,
-            rules=RecoveryRules(
-                tolerance=config.recovery_tolerance,
-                min_points=config.recovery_min_points,
-                ladder_points=config.recovery_min_points,
-                max_attempts=config.incident_max_attempts,
-            ),
+            rules=recovery_rules(config),
         )
         self.quality = QualityAlerts(
             model_name,
@@ -103,6 +109,35 @@ class ModelMonitor:
     @property
     def counts(self) -> Counter[str]:
         return Counter({**self.kernel.counts, **self.policy.counts, **self.quality.counts})
+
+    # -- live policy ----------------------------------------------------------------------------
+
+    def apply_policy(self, revision: int, monitoring: MonitoringPolicy) -> bool:
+        """The model's live monitoring policy (registry) over the service's settings: the
+        recovery rules apply at once, the detectors from the next serving version (the streams
+        running now keep theirs). False when this revision is already applied."""
+        if revision == self.policy_revision:
+            return False
+        base = self.base_config
+        overrides = dict(base.overrides)
+        if monitoring.detectors:
+            overrides[self.model_name] = {
+                **base.overrides.get(self.model_name, {}),
+                **monitoring.detectors,
+            }
+        changes = {
+            k: v
+            for k, v in (
+                ("recovery_tolerance", monitoring.recovery_tolerance),
+                ("recovery_min_points", monitoring.recovery_min_points),
+                ("incident_max_attempts", monitoring.incident_max_attempts),
+            )
+            if v is not None
+        }
+        self.config = self.kernel.config = replace(base, overrides=overrides, **changes)
+        self.policy.rules = recovery_rules(self.config)
+        self.policy_revision = revision
+        return True
 
     # -- serving version ------------------------------------------------------------------------
 

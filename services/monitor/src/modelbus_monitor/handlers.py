@@ -9,6 +9,7 @@ from modelbus_contracts import (
     Columns,
     LabelObserved,
     ModelEvaluated,
+    ModelPolicyChanged,
     ModelPromoted,
     ModelRolledBack,
     PredictionMade,
@@ -35,3 +36,7 @@ async def model_rolled_back(service: MonitorService, event: ModelRolledBack) -> 
 
 async def model_evaluated(service: MonitorService, event: ModelEvaluated) -> None:
     await service.on_evaluated(event)
+
+
+async def policy_changed(service: MonitorService, event: ModelPolicyChanged) -> None:
+    await service.on_policy_changed(event)

@@ -23,6 +23,7 @@ from modelbus_contracts import (
     FeatureStats,
     LabelObserved,
     ModelEvaluated,
+    ModelPolicyChanged,
     ModelPromoted,
     ModelRolledBack,
     PredictionMade,
@@ -30,6 +31,7 @@ from modelbus_contracts import (
 from modelbus_contracts.envelope import utcnow
 from modelbus_platform.bus import Publisher
 from modelbus_platform.outbox import Notifier
+from modelbus_platform.policies import Policies
 from modelbus_platform.registry import Registry
 
 from .config import DetectorConfig, MonitorSettings
@@ -87,8 +89,10 @@ class MonitorService:
         daily: DailyStore | None = None,
         checkpoint_s: float = 60.0,
         thresholds: Thresholds | None = None,
+        policies: Policies | None = None,
     ) -> None:
         self.config = config
+        self.policies = policies
         self.publisher = publisher
         self.events = events
         self.incidents = incidents
@@ -322,7 +326,25 @@ class MonitorService:
     async def _prepare(self, name: str) -> ModelMonitor:
         monitor = self._monitor(name)
         await self._sync(monitor)
+        await self._apply_policy(monitor)
         return monitor
+
+    async def _apply_policy(self, monitor: ModelMonitor) -> None:
+        """The model's live monitoring policy, when it has a new revision (read through the
+        cache: a registry read at most every ``policy_ttl_s``, or after ModelPolicyChanged)."""
+        if self.policies is None:
+            return
+        view = await self.policies.view(monitor.model_name)
+        if monitor.apply_policy(view.revision, view.policy.monitoring):
+            log.info("monitor.policy_applied", model=monitor.model_name, revision=view.revision)
+
+    async def on_policy_changed(self, event: ModelPolicyChanged) -> None:
+        if self.policies is None:
+            return
+        self.policies.invalidate(event.model_name)
+        if event.model_name in self.models:
+            async with self._lock(event.model_name):
+                await self._apply_policy(self.models[event.model_name])
 
     async def _sync(self, monitor: ModelMonitor) -> None:
         """Fill a missing serving version or reference from the registry, rate-limited."""

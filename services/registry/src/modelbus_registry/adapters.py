@@ -32,7 +32,12 @@ class MongoRegistryRepository:
         self.versions = db["versions"]
         self.audit = db["audit"]
         self.counters = db["counters"]
-        self.outboxes = [MongoOutbox(self.models), MongoOutbox(self.versions)]
+        self.policies = db["policies"]
+        self.outboxes = [
+            MongoOutbox(self.models),
+            MongoOutbox(self.versions),
+            MongoOutbox(self.policies),
+        ]
 
     async def init(self) -> None:
         await self.models.create_index([("name", ASCENDING)], unique=True)
@@ -41,6 +46,9 @@ class MongoRegistryRepository:
         )
         await self.versions.create_index(
             [("model_name", ASCENDING), ("run_id", ASCENDING)], unique=True
+        )
+        await self.policies.create_index(
+            [("model_name", ASCENDING), ("revision", ASCENDING)], unique=True
         )
         await self.audit.create_index([("seq", ASCENDING)], unique=True)
         await self.audit.create_index([("model_name", ASCENDING), ("seq", DESCENDING)])
@@ -131,6 +139,22 @@ class MongoRegistryRepository:
 
     async def update_version(self, name: str, version: int, fields: dict[str, Any]) -> None:
         await self.versions.update_one({"model_name": name, "version": version}, {"$set": fields})
+
+    async def latest_policy(self, name: str) -> dict[str, Any] | None:
+        cursor = self.policies.find({"model_name": name}, NO_ID).sort("revision", DESCENDING)
+        found = await cursor.limit(1).to_list(1)
+        return found[0] if found else None
+
+    async def insert_policy(self, doc: dict[str, Any], *, events: Sequence[Event] = ()) -> bool:
+        try:
+            await self.policies.insert_one({**doc, **outbox_doc(events)})
+            return True
+        except DuplicateKeyError:
+            return False
+
+    async def list_policies(self, name: str, limit: int) -> list[dict[str, Any]]:
+        cursor = self.policies.find({"model_name": name}, NO_ID).sort("revision", DESCENDING)
+        return await cursor.limit(limit).to_list(limit)
 
     async def append_audit(self, record: dict[str, Any]) -> int:
         counter = await self.counters.find_one_and_update(

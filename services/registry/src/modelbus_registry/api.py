@@ -20,6 +20,7 @@ from modelbus_contracts.api import (
     RollbackRequest,
     VersionView,
 )
+from modelbus_contracts.policy import PolicyUpdate, PolicyView
 from modelbus_ml.flavors import LOGREG_FORMAT
 from modelbus_platform.http import ApiError, ModelName, error_responses
 
@@ -222,6 +223,40 @@ def build_router(audit_limit: int = 1000) -> APIRouter:
         name: str, body: RollbackRequest, service: Service, actor: Actor = API_ACTOR
     ) -> AliasesView:
         return await _guard(service.rollback(name, body, actor=actor))
+
+    @router.get(
+        "/models/{name}/policy",
+        response_model=PolicyView,
+        summary="The model's policy, newest revision (revision 0: none set, defaults apply)",
+        responses=error_responses(STARTING),
+    )
+    async def get_policy(name: ModelName, service: Service) -> PolicyView:
+        return await service.policy(name)
+
+    @router.put(
+        "/models/{name}/policy",
+        response_model=PolicyView,
+        summary="Set the model's policy (compare-and-set on the revision): the trainer, the "
+        "deployer and the monitor apply it without a restart",
+        responses=error_responses(
+            {**STARTING, 409: "policy_conflict: expected_revision is not the newest"}
+        ),
+    )
+    async def put_policy(
+        name: ModelName, body: PolicyUpdate, service: Service, actor: Actor = API_ACTOR
+    ) -> PolicyView:
+        return await _guard(service.put_policy(name, body, actor=actor))
+
+    @router.get(
+        "/models/{name}/policy/revisions",
+        response_model=list[PolicyView],
+        summary="Every revision of the model's policy, newest first",
+        responses=error_responses(STARTING),
+    )
+    async def policy_revisions(
+        name: ModelName, service: Service, limit: Limit = 100
+    ) -> list[PolicyView]:
+        return await service.policy_revisions(name, min(limit, audit_limit))
 
     @router.get(
         "/models/{name}/audit",

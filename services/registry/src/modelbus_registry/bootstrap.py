@@ -11,6 +11,7 @@ from prometheus_client import Counter
 
 from modelbus_contracts import (
     ModelEvaluated,
+    ModelPolicyChanged,
     ModelPromoted,
     ModelRegistered,
     ModelRollbackRequested,
@@ -72,7 +73,13 @@ SPEC = ServiceSpec(
     settings=RegistrySettings,
     metrics=RegistryMetrics,
     wire=wire,
-    publishes=(ModelRegistered, ModelPromoted, ModelRolledBack, ModelRolloutChanged),
+    publishes=(
+        ModelRegistered,
+        ModelPromoted,
+        ModelRolledBack,
+        ModelRolloutChanged,
+        ModelPolicyChanged,
+    ),
     subscriptions=(
         Subscription(ModelTrained, "{consumer_group}", handlers.model_trained),
         Subscription(ModelEvaluated, "{consumer_group}", handlers.model_evaluated),

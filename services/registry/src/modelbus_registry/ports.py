@@ -66,6 +66,18 @@ class RegistryRepository(Protocol):
 
     async def update_version(self, name: str, version: int, fields: dict[str, Any]) -> None: ...
 
+    # -- policies -----------------------------------------------------------------------------
+
+    async def latest_policy(self, name: str) -> dict[str, Any] | None:
+        """The model's newest policy revision, or None."""
+
+    async def insert_policy(self, doc: dict[str, Any], *, events: Sequence[Event] = ()) -> bool:
+        """Store a revision; False if (model_name, revision) exists already (then nothing is
+        emitted): two writers of the same revision, one wins."""
+
+    async def list_policies(self, name: str, limit: int) -> list[dict[str, Any]]:
+        """Newest revision first."""
+
     # -- audit --------------------------------------------------------------------------------
 
     async def append_audit(self, record: dict[str, Any]) -> int:

@@ -22,6 +22,7 @@ from modelbus_contracts import (
     Event,
     FeatureStats,
     ModelEvaluated,
+    ModelPolicyChanged,
     ModelPromoted,
     ModelRegistered,
     ModelRollbackRequested,
@@ -39,6 +40,7 @@ from modelbus_contracts.api import (
     VersionView,
 )
 from modelbus_contracts.envelope import utcnow
+from modelbus_contracts.policy import PolicyUpdate, PolicyView
 from modelbus_ml import (
     ArtifactError,
     Dataset,
@@ -256,6 +258,62 @@ class RegistryService:
         columns = [ds.feature_names.index(n) for n in names]
         holdout = Dataset(names, ds.X[:, columns], ds.y)
         return DatasetRef(uri=key, sha256=digest, rows=ds.rows), holdout
+
+    # -- policies -------------------------------------------------------------------------------
+
+    async def policy(self, name: str) -> PolicyView:
+        """The model's newest policy revision (revision 0 and an empty policy: none set)."""
+        doc = await self.repo.latest_policy(name)
+        return PolicyView.model_validate(doc) if doc else PolicyView(model_name=name, revision=0)
+
+    async def policy_revisions(self, name: str, limit: int) -> list[PolicyView]:
+        return [PolicyView.model_validate(d) for d in await self.repo.list_policies(name, limit)]
+
+    async def put_policy(self, name: str, update: PolicyUpdate, *, actor: str) -> PolicyView:
+        """Store the next revision if ``expected_revision`` is still the newest (else Conflict
+        ``policy_conflict`` with the current one), with its audit record and a
+        ModelPolicyChanged in the same write."""
+        current = await self.policy(name)
+        if current.revision != update.expected_revision:
+            raise Conflict(
+                f"policy of {name} is at revision {current.revision}, not "
+                f"{update.expected_revision}",
+                action="policy_conflict",
+            )
+        revision = current.revision + 1
+        view = PolicyView(
+            model_name=name,
+            revision=revision,
+            policy=update.policy,
+            updated_at=self.clock(),
+            updated_by=actor,
+            reason=update.reason,
+        )
+        changed = ModelPolicyChanged(
+            producer=EVENT_ACTOR,
+            model_name=name,
+            revision=revision,
+            actor=actor,
+            reason=update.reason,
+        )
+        if not await self.repo.insert_policy(view.model_dump(), events=[changed]):
+            raise Conflict(
+                f"policy of {name} moved past revision {current.revision}", action="policy_conflict"
+            )
+        await self.events.notify()
+        await self._audit(
+            name,
+            "policy_changed",
+            actor=actor,
+            reason=update.reason,
+            details={
+                "revision": revision,
+                "previous_revision": current.revision,
+                "policy": update.policy.model_dump(mode="json", exclude_defaults=True),
+            },
+        )
+        log.info("policy.changed", model=name, revision=revision, actor=actor)
+        return view
 
     # -- ModelEvaluated -------------------------------------------------------------------------
 

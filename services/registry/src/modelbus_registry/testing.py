@@ -22,6 +22,7 @@ class MemoryRegistryRepository:
         self.models: dict[str, dict[str, Any]] = {}
         self.versions: dict[tuple[str, int], dict[str, Any]] = {}
         self.audit: list[dict[str, Any]] = []
+        self.policies: dict[tuple[str, int], dict[str, Any]] = {}
 
     async def init(self) -> None:
         return None
@@ -101,6 +102,22 @@ class MemoryRegistryRepository:
         doc = self.versions.get((name, version))
         if doc is not None:
             doc.update(copy.deepcopy(fields))
+
+    async def latest_policy(self, name: str) -> dict[str, Any] | None:
+        revisions = [r for (n, r) in self.policies if n == name]
+        return copy.deepcopy(self.policies[(name, max(revisions))]) if revisions else None
+
+    async def insert_policy(self, doc: dict[str, Any], *, events: Sequence[Event] = ()) -> bool:
+        key = (doc["model_name"], doc["revision"])
+        if key in self.policies:
+            return False
+        self.policies[key] = copy.deepcopy(doc)
+        self.outbox.add(events)
+        return True
+
+    async def list_policies(self, name: str, limit: int) -> list[dict[str, Any]]:
+        revisions = sorted((r for (n, r) in self.policies if n == name), reverse=True)
+        return [copy.deepcopy(self.policies[(name, r)]) for r in revisions[:limit]]
 
     async def append_audit(self, record: dict[str, Any]) -> int:
         seq = len(self.audit) + 1

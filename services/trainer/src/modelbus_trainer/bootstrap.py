@@ -13,6 +13,7 @@ from typing import Any
 from modelbus_contracts import (
     DriftDetected,
     LabelObserved,
+    ModelPolicyChanged,
     ModelTrained,
     PredictionMade,
     TrainingRequested,
@@ -29,6 +30,7 @@ from .service import TrainerMetrics, TrainerService
 
 TRIGGER_GROUP = "trainer"
 FEEDBACK_GROUP = "trainer-feedback"
+POLICY_GROUP = "trainer-policies"
 
 
 def wire(kit: Kit) -> Wiring:
@@ -44,6 +46,7 @@ def wire(kit: Kit) -> Wiring:
         publisher=kit.bus,
         events=kit.events(runs.outbox),
         metrics=kit.metrics,  # type: ignore[arg-type]
+        policies=kit.policies(),
     )
     scheduler = CronScheduler(
         settings.schedules,
@@ -84,6 +87,7 @@ SPEC = ServiceSpec(
         Subscription(DriftDetected, TRIGGER_GROUP, handlers.drift_detected),
         Subscription(PredictionMade, FEEDBACK_GROUP, handlers.predictions_made, batch=True),
         Subscription(LabelObserved, FEEDBACK_GROUP, handlers.labels_observed, batch=True),
+        Subscription(ModelPolicyChanged, POLICY_GROUP, handlers.policy_changed),
     ),
 )
 

@@ -38,10 +38,11 @@ class TrainerSettings(ServiceSettings):
         "incident's later attempts are paced by the monitor)",
     )
     drift_min_rows: int = Field(
-        default=300,
+        default=400,
         ge=2,
         description="labelled feedback rows since an incident's onset needed before its first "
-        "retrain; its n-th attempt waits for n times as many (a ladder of growing windows)",
+        "retrain; its n-th attempt waits for n times as many (a ladder of growing windows). "
+        "400 rows hold out 100 (holdout_fraction 0.25): the deployer's min_holdout_rows",
     )
     drift_max_rows: int = Field(
         default=5000, ge=2, description="newest labelled feedback rows used by a drift retrain"

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from modelbus_contracts import DriftDetected, Event, TrainingRequested
+from modelbus_contracts.policy import TrainingPolicy
 from modelbus_ml import Dataset, DatasetError, evaluate, feature_stats, split_holdout
 from modelbus_ml.families import DEFAULT_FAMILY, FamilyError, get_family, train_family
 from modelbus_ml.flavors import LOGREG_FORMAT, ONNX_FORMAT
@@ -129,6 +130,20 @@ def merge_params(
         **requested,
         "family": family,
     }
+
+
+def training_defaults(
+    configured: dict[str, Any] | None, live: TrainingPolicy | None
+) -> dict[str, Any] | None:
+    """A model's default run params: its live training policy (family, params) over the
+    settings' ``model_params``; the configured params are kept only for the same family. An
+    entry point is never allowed by a policy: only ``python_entry_points`` allow one."""
+    if live is None or (live.family is None and not live.params):
+        return configured
+    configured = dict(configured or {})
+    same = live.family is None or live.family == configured.get("family")
+    family = {"family": live.family} if live.family else {}
+    return {**(configured if same else {}), **family, **live.params}
 
 
 def check_family(params: dict[str, Any], allowed_entry_points: set[str]) -> None:

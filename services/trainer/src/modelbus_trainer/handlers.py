@@ -4,7 +4,13 @@ schedule's cron fire does (publish its TrainingRequested)."""
 
 from __future__ import annotations
 
-from modelbus_contracts import DriftDetected, LabelObserved, PredictionMade, TrainingRequested
+from modelbus_contracts import (
+    DriftDetected,
+    LabelObserved,
+    ModelPolicyChanged,
+    PredictionMade,
+    TrainingRequested,
+)
 from modelbus_platform.bus import Publisher
 from modelbus_platform.scheduler import Fire
 
@@ -27,6 +33,11 @@ async def training_requested(service: TrainerService, event: TrainingRequested) 
 
 async def drift_detected(service: TrainerService, event: DriftDetected) -> None:
     await service.on_drift(event)
+
+
+async def policy_changed(service: TrainerService, event: ModelPolicyChanged) -> None:
+    if service.policies is not None:
+        service.policies.invalidate(event.model_name)
 
 
 async def schedule_fired(fire: Fire[ScheduleSpec], *, publisher: Publisher) -> None:

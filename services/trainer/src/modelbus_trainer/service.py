@@ -29,6 +29,7 @@ from modelbus_ml import Dataset, DatasetError, from_csv_bytes
 from modelbus_platform.bus import Publisher
 from modelbus_platform.metrics import Metrics
 from modelbus_platform.outbox import Notifier
+from modelbus_platform.policies import Policies
 from modelbus_platform.stores import ObjectNotFound, ObjectStore, sha256_hex
 
 from .adapters import COUNTED_SERVERS
@@ -57,6 +58,7 @@ from .domain import (
     run_id_for,
     train_snapshot,
     trained_event_id,
+    training_defaults,
     window_record,
 )
 from .ports import FeedbackStore, LockStore, RunStore
@@ -99,8 +101,10 @@ class TrainerService:
         events: Notifier,
         metrics: TrainerMetrics | None = None,
         clock: Callable[[], datetime] = utcnow,
+        policies: Policies | None = None,
     ) -> None:
         self.settings = settings
+        self.policies = policies
         self.runs = runs
         self.feedback = feedback
         self.locks = locks
@@ -115,14 +119,22 @@ class TrainerService:
             str(e) for e in configured if e
         }
 
-    def _new_run(self, event: Event) -> dict[str, Any]:
-        return new_run(
+    async def _new_run(self, event: Event) -> dict[str, Any]:
+        """The run for a trigger, with the model's training policy as it is now (the live
+        policy's family and params over the settings' ``model_params``)."""
+        name = event.model_name
+        live = await self.policies.view(name) if self.policies else None
+        run = new_run(
             event,
             default_seed=self.settings.default_seed,
             now=self.clock(),
-            model_defaults=self.settings.model_params.get(event.model_name),
+            model_defaults=training_defaults(
+                self.settings.model_params.get(name), live.policy.training if live else None
+            ),
             holdout_fraction=self.settings.holdout_fraction,
         )
+        run["policy_revision"] = live.revision if live else 0
+        return run
 
     # -- feedback -----------------------------------------------------------------------------
 
@@ -153,7 +165,7 @@ class TrainerService:
     # -- triggers -----------------------------------------------------------------------------
 
     async def on_training_requested(self, event: TrainingRequested) -> dict[str, Any] | None:
-        run = self._new_run(event)
+        run = await self._new_run(event)
         if not await self.runs.create(run):
             log.info("run.duplicate_trigger", run_id=run["run_id"])
             return None
@@ -162,7 +174,7 @@ class TrainerService:
         return run
 
     async def on_drift(self, event: DriftDetected) -> dict[str, Any] | None:
-        run = self._new_run(event)
+        run = await self._new_run(event)
         if await self.runs.get(run["run_id"]) is not None:
             log.info("run.duplicate_trigger", run_id=run["run_id"])
             return None

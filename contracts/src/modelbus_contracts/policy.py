@@ -1,0 +1,171 @@
+"""Per-model policies: what the trainer, the deployer and the monitor do for one model.
+
+A policy is stored and versioned by the registry (``GET``/``PUT /models/{name}/policy``, each
+change a new revision with an audit record and a ``ModelPolicyChanged`` event) and read by the
+services without a restart. Every field is optional: unset, the service's own setting (its
+``MODELBUS_*`` environment variable) applies. Defined once here; the registry validates a
+``PUT`` against it and the services read it with it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+MetricName = Literal["auc", "accuracy", "log_loss", "brier"]
+RolloutPolicy = Literal["immediate", "shadow", "canary"]
+FeatureDetector = Literal["adwin", "kswin", "page_hinkley"]
+ErrorDetector = Literal["adwin", "ddm"]
+Fraction = Annotated[float, Field(gt=0, lt=1)]
+ERROR_STREAM = "__error__"
+
+
+class PromotionPolicy(BaseModel):
+    """The deployer's gates and rollout for one model; a field left unset takes the
+    service-wide default (``MODELBUS_*`` settings)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    primary_metric: MetricName | None = Field(
+        default=None, description="metric that decides promotion (auc, accuracy, log_loss, brier)"
+    )
+    promotion_margin: float | None = Field(
+        default=None, ge=0, description="improvement over the champion required to promote"
+    )
+    significance: float | None = Field(
+        default=None,
+        gt=0,
+        lt=1,
+        description="one-sided level of the paired test (log_loss, brier): the challenger's "
+        "gain must be significant at it",
+    )
+    min_primary_metric: float | None = Field(
+        default=None,
+        description="absolute threshold for a first model (a maximum if lower-is-better)",
+    )
+    min_holdout_rows: int | None = Field(
+        default=None, ge=1, description="smallest hold-out a decision may rest on"
+    )
+    latency_budget_ms: float | None = Field(
+        default=None, gt=0, description="p99 budget for a single-row prediction, milliseconds"
+    )
+    latency_samples: int | None = Field(
+        default=None, ge=1, description="single-row predictions timed for the latency gate"
+    )
+    require_approval: bool | None = Field(
+        default=None, description="a passing verdict waits for a human approve/reject"
+    )
+    rollout: RolloutPolicy | None = Field(
+        default=None, description="immediate | shadow | canary exposure before promotion"
+    )
+    shadow_min_predictions: int | None = Field(
+        default=None, ge=1, description="shadow predictions before shadow vs champion is judged"
+    )
+    canary_steps: list[Fraction] | None = Field(
+        default=None, min_length=1, description="canary traffic fractions, in order"
+    )
+    canary_step_predictions: int | None = Field(
+        default=None, ge=1, description="canary predictions each step is held for"
+    )
+    min_live_predictions: int | None = Field(
+        default=None, ge=1, description="live predictions before a rate or p99 rule may fire"
+    )
+    min_agreement: float | None = Field(
+        default=None, ge=0, le=1, description="shadow label agreement with the champion, floor"
+    )
+    max_shadow_error_rate: float | None = Field(
+        default=None, ge=0, le=1, description="shadow exceptions over compared + failed, max"
+    )
+    max_fallback_rate: float | None = Field(
+        default=None, ge=0, le=1, description="fallback (exception) share of live traffic, max"
+    )
+    live_latency_p99_ms: float | None = Field(
+        default=None, gt=0, description="p99 of live latency_ms, maximum"
+    )
+    min_labels: int | None = Field(
+        default=None, ge=1, description="labels before live accuracy is judged"
+    )
+    accuracy_tolerance: float | None = Field(
+        default=None, ge=0, le=1, description="live accuracy may trail hold-out accuracy by this"
+    )
+    rollback_watch_predictions: int | None = Field(
+        default=None, ge=1, description="champion predictions watched after a promotion"
+    )
+
+
+class TrainingPolicy(BaseModel):
+    """How the model is (re)trained: the family and its params (as a run's ``params``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    family: str | None = Field(
+        default=None,
+        max_length=100,
+        description="auto (model choice, the default), logreg, sklearn, river or python",
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description='the family\'s params, e.g. {"estimator": "random_forest"}',
+    )
+
+
+class MonitoringPolicy(BaseModel):
+    """How drift is watched and when an incident counts as recovered."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    detectors: dict[str, FeatureDetector | ErrorDetector] | None = Field(
+        default=None,
+        max_length=1000,
+        description='per feature, "*" for every input feature, "__error__" for the error '
+        "stream; applies from the next serving version",
+    )
+    recovery_tolerance: float | None = Field(default=None, ge=0, le=1)
+    recovery_min_points: int | None = Field(default=None, ge=30)
+    incident_max_attempts: int | None = Field(default=None, ge=1)
+
+    @field_validator("detectors")
+    @classmethod
+    def _detector_fits_its_stream(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        for stream, detector in (value or {}).items():
+            error = stream == ERROR_STREAM
+            allowed = ErrorDetector.__args__ if error else FeatureDetector.__args__  # type: ignore[attr-defined]
+            if detector not in allowed:
+                kind = "the error stream" if error else f"feature {stream!r}"
+                raise ValueError(f"{detector!r} cannot watch {kind}: one of {list(allowed)}")
+        return value
+
+
+class ModelPolicyDoc(BaseModel):
+    """One model's policy, as stored and as ``PUT``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    training: TrainingPolicy = Field(default_factory=TrainingPolicy)
+    promotion: PromotionPolicy = Field(default_factory=PromotionPolicy)
+    monitoring: MonitoringPolicy = Field(default_factory=MonitoringPolicy)
+
+
+class PolicyUpdate(BaseModel):
+    """Compare-and-set: the new policy replaces revision ``expected_revision`` (0: none yet)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    policy: ModelPolicyDoc
+    expected_revision: int = Field(ge=0, description="the revision it replaces (0: none yet)")
+    reason: str = Field(min_length=1, max_length=2000)
+
+
+class PolicyView(BaseModel):
+    """A stored revision of a model's policy (revision 0: none set, every default applies)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    model_name: str
+    revision: int = Field(ge=0)
+    policy: ModelPolicyDoc = Field(default_factory=ModelPolicyDoc)
+    updated_at: datetime | None = None
+    updated_by: str | None = None
+    reason: str = ""
