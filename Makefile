@@ -51,12 +51,20 @@ schemas: install ## Regenerate JSON Schemas and AsyncAPI documents
 	$(UV) run --frozen python -m modelbus_contracts.schema contracts/schemas
 	$(UV) run --frozen python -m modelbus_platform.asyncapi infra/asyncapi
 
-bench: install ## Serving benchmarks: online v2 infer, stream, hot swap (build/bench/{online,stream,hotswap}.json)
+bench-mlserver-venv: install ## MLServer 1.7 and its scikit-learn runtime in a throwaway venv (build/mlserver-venv), the serving benches' baseline
+	@[ -x build/mlserver-venv/bin/python ] && build/mlserver-venv/bin/python -c 'import mlserver_sklearn' 2>/dev/null || { $(UV) venv -q --allow-existing build/mlserver-venv && $(UV) pip install -q --python build/mlserver-venv 'mlserver==1.7.*' 'mlserver-sklearn==1.7.*' numpy; } || echo "MLServer 1.7 not installed: the benches skip it"
+
+bench: install bench-mlserver-venv ## Serving benchmarks: online v2 infer, stream, hot swap (build/bench/{online,stream,hotswap}.json)
 	@command -v wrk >/dev/null || echo "wrk not installed (apt-get install -y wrk): using the asyncio load generator"
-	@[ -x build/mlserver-venv/bin/mlserver ] || { $(UV) venv -q build/mlserver-venv && $(UV) pip install -q --python build/mlserver-venv 'mlserver==1.7.*' numpy; } || echo "MLServer 1.7 not installed: the online bench skips it"
 	$(UV) run --frozen python benchmarks/online_bench.py
 	$(UV) run --frozen python benchmarks/stream_bench.py
 	$(UV) run --frozen python benchmarks/hotswap_bench.py
+
+bench-sklearn: install bench-mlserver-venv ## A scikit-learn model online: the scorer through ONNX Runtime vs MLServer's scikit-learn runtime (build/bench/sklearn_online.json)
+	$(UV) run --frozen python benchmarks/sklearn_online_bench.py $(BENCH_ARGS)
+
+bench-loop: install ## The loop on drift scenarios through the public interfaces, default settings, vs never/nightly retrain (build/bench/loop.json; BENCH_ARGS=--quick)
+	$(UV) run --frozen python benchmarks/loop_bench.py $(BENCH_ARGS)
 
 bench-batch: install ## Batch scoring rows/s: the batch service's job path vs a bare pyarrow+numpy script (build/bench/batch.json)
 	$(UV) run --frozen python benchmarks/batch_bench.py $(BENCH_ARGS)
@@ -71,4 +79,4 @@ bench-scaling: install ## Scaling curve: one scorer's online load curve, 1 vs 2 
 clean: down ## Remove the embedded stack's data folder
 	rm -rf .data
 
-.PHONY: help install browser up up-only down status test test-unit lint schemas bench bench-batch bench-monitor bench-scaling clean
+.PHONY: help install browser up up-only down status test test-unit lint schemas bench bench-mlserver-venv bench-sklearn bench-loop bench-batch bench-monitor bench-scaling clean

@@ -291,3 +291,68 @@ async def test_asyncapi_documents_cover_what_the_running_services_send_and_recei
             if not any(t == topic and _matches(group, g) for t, group in received)
         }
         assert not unsubscribed, (service, unsubscribed)
+
+
+async def test_a_model_trained_elsewhere_is_imported_judged_and_served(stack: Stack):
+    """Bring your own model on the real stack: a scikit-learn pipeline exported to ONNX, a
+    hold-out uploaded through the trainer, the import through the registry's API; the deployer
+    promotes it on its gates and the scorer serves it through ONNX Runtime."""
+    import numpy as np
+    from skl2onnx import to_onnx
+    from sklearn.ensemble import GradientBoostingClassifier
+
+    model = f"byo-{uuid.uuid4().hex[:8]}"
+    rng = np.random.default_rng(3)
+    X = np.c_[rng.uniform(18, 80, 1600), rng.uniform(1e4, 2e5, 1600)]
+    y = ((X[:, 0] > 45) ^ (X[:, 1] > 1e5)).astype(int)
+    estimator = GradientBoostingClassifier(random_state=0).fit(X[:1200], y[:1200])
+    onnx_bytes = to_onnx(
+        estimator, X[:1].astype(np.float32), options={id(estimator): {"zipmap": False}}
+    ).SerializeToString()
+    csv = "age,salary,label\n" + "".join(
+        f"{float(a)!r},{float(s)!r},{int(t)}\n"
+        for (a, s), t in zip(X[1200:], y[1200:], strict=True)
+    )
+    async with httpx.AsyncClient(timeout=30) as http:
+        stored = await http.put(
+            f"{stack.url('trainer')}/datasets/{model}",
+            content=csv,
+            headers={"content-type": "text/csv"},
+        )
+        assert stored.status_code == 200, stored.text
+        imported = await http.post(
+            f"{stack.url('registry')}/models/{model}/versions",
+            content=onnx_bytes,
+            headers={"content-type": "application/octet-stream", "X-Actor": "e2e"},
+            params={"feature_names": ["age", "salary"], "holdout_uri": stored.json()["uri"]},
+        )
+        assert imported.status_code == 201, imported.text
+        assert imported.json()["artifact"]["format"] == "modelbus.onnx.v1"
+        for _ in range(300):
+            aliases = (await http.get(f"{stack.url('registry')}/models/{model}/aliases")).json()
+            if aliases.get("champion") == 1:
+                break
+            await asyncio.sleep(0.1)
+        assert aliases.get("champion") == 1, aliases
+        decision = (await http.get(f"{stack.url('deployer')}/decisions/{model}/1")).json()
+        assert decision["decision"] == "promote", decision
+        for _ in range(300):
+            ready = await http.get(f"{stack.url('scorer')}/v2/models/{model}/ready")
+            if ready.status_code == 200:
+                break
+            await asyncio.sleep(0.1)
+        row = X[1300]
+        answer = await http.post(
+            f"{stack.url('scorer')}/v2/models/{model}/infer",
+            json={
+                "inputs": [
+                    {"name": n, "shape": [1], "datatype": "FP64", "data": [float(v)]}
+                    for n, v in zip(("age", "salary"), row, strict=True)
+                ]
+            },
+        )
+    assert answer.status_code == 200, answer.text
+    outputs = {o["name"]: o["data"] for o in answer.json()["outputs"]}
+    expected = estimator.predict_proba(row.astype(np.float32).reshape(1, -1))[0, 1]
+    score = next(v for k, v in outputs.items() if "score" in k or "prob" in k)[0]
+    assert abs(score - expected) < 1e-4

@@ -71,7 +71,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         stack.kafka_bootstrap,
         stack.url("trainer"),
         stack.url("scorer"),
-        ScenarioConfig(model_name=model),
+        ScenarioConfig(model_name=model, monitor_url=stack.url("monitor")),
     )
     result = asyncio.run(upstream.run())
     loop_s = result.seconds("drift_onset", "new_champion_serving")
@@ -84,6 +84,13 @@ def cmd_up(args: argparse.Namespace) -> int:
         )
     else:
         print("the loop did not complete; see the service logs in", data / "logs")
+    recovered = [m for m in result.marks if m.startswith("incident_")]
+    if recovered:
+        state = recovered[0].removeprefix("incident_")
+        print(
+            f"incident {state} {result.marks[recovered[0]] - result.marks['drift_onset']:.1f}s "
+            "after the drift onset"
+        )
     print(f"{result.requests_sent} scoring requests, {result.labels_sent} labels published")
     print("\nthe stack keeps running; `make down` stops it. Try:")
     print(f"  curl {stack.url('registry')}/models/{model}/audit")

@@ -59,7 +59,7 @@ WATCHED = (
 
 @dataclass(frozen=True)
 class Concept:
-    """label = 1 if w.x + b + noise > 0: the relation the model has to learn."""
+    """label = 1 if w.x + b + noise > 0: a linear relation."""
 
     weights: tuple[float, ...]
     bias: float = 0.0
@@ -70,8 +70,27 @@ class Concept:
         return (z > 0).astype(np.int8)
 
 
-BEFORE = Concept((1.6, -1.1, 0.9, 0.0))
-AFTER = Concept((-1.4, 1.2, 0.9, 1.3))  # customers now churn for other reasons
+@dataclass(frozen=True)
+class Rule:
+    """A non-linear relation: customers churn when ``rule`` says so (columns: tenure,
+    monthly_charges, support_calls, usage_drop, standardised), ``flip`` of the labels noisy. No
+    linear model learns it: the default model choice has to find a tree ensemble."""
+
+    name: str
+    flip: float = 0.03
+
+    def labels(self, X: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        tenure, charges, calls, drop = X.T
+        if self.name == "before":  # new customers on expensive plans, or many support calls
+            churn = ((tenure < -0.2) & (charges > 0.2)) | (calls > 1.2)
+        else:  # now: long-standing customers whose usage drops, on cheap plans too
+            churn = ((tenure > 0.3) & (drop > 0.0)) | ((charges < -0.8) & (calls > 0.0))
+        y = churn.astype(np.int8)
+        return np.where(rng.random(len(y)) < self.flip, 1 - y, y).astype(np.int8)
+
+
+BEFORE = Rule("before")
+AFTER = Rule("after")  # customers now churn for other reasons
 
 
 @dataclass
@@ -82,6 +101,8 @@ class ScenarioConfig:
     drift_after_requests: int = 2000
     timeout_s: float = 240.0
     seed: int = 7
+    monitor_url: str | None = None  # given: keep streaming until the incident is closed
+    recovery_timeout_s: float = 180.0
 
 
 @dataclass
@@ -108,11 +129,16 @@ def describe(event: Event) -> str | None:
         case TrainingRequested():
             return f"training requested ({event.reason})"
         case ModelTrained():
-            m = event.metrics
+            m, params = event.metrics, event.lineage.params
+            chosen = (params.get("model_selection") or {}).get("chosen")
+            family = f"{params.get('family')} -> {chosen}" if chosen else params.get("family")
+            window = params.get("data_window") or {}
+            rung = f", attempt {window['attempt']}" if window.get("attempt", 1) > 1 else ""
             return (
                 f"trained    run {event.run_id[:8]} on {event.lineage.dataset.rows} rows "
-                f"(trigger {event.lineage.trigger}): hold-out auc {m.get('auc', math.nan):.3f}, "
-                f"accuracy {m.get('accuracy', math.nan):.3f} in {event.training_seconds:.2f}s"
+                f"(trigger {event.lineage.trigger}{rung}, family {family}): hold-out auc "
+                f"{m.get('auc', math.nan):.3f}, accuracy {m.get('accuracy', math.nan):.3f} in "
+                f"{event.training_seconds:.2f}s"
             )
         case ModelRegistered():
             champ = f", champion is v{event.champion.version}" if event.champion else ""
@@ -132,6 +158,11 @@ def describe(event: Event) -> str | None:
             return f"rolled back v{event.from_version} -> v{event.to_version}: {event.reason}"
         case ModelLoadFailed():
             return f"LOAD FAILED v{event.version} on {event.instance}: {event.error}"
+        case DriftDetected() if event.attempt > 1:
+            return (
+                f"retrain    incident {event.incident_id[:8]}, attempt {event.attempt}: "
+                f"accuracy not back to its pre-drift level yet, a larger window"
+            )
         case DriftDetected():
             return (
                 f"drift      on {event.feature} ({event.detector}): "
@@ -192,6 +223,8 @@ class Upstream:
                 await self._train_first_model()
                 await self._stream_until_new_champion_serves()
             self.result.completed = True
+            if self.cfg.monitor_url:
+                await self._stream_until_the_incident_closes()
         except TimeoutError:
             self.line(f"TIMEOUT after {self.cfg.timeout_s}s: the loop did not complete")
         finally:
@@ -326,6 +359,49 @@ class Upstream:
         self.first_champion = self.champion_version
         self.mark("first_champion_serving")
         self.line(f"serving    v{self.first_champion} (scorer reports the model ready)")
+
+    async def _stream_until_the_incident_closes(self) -> None:
+        """Recovery, not one shot: keep the traffic going and show the incident's states
+        (monitor API) until it is closed (recovered) or needs a human."""
+        seen: set[tuple[str, str]] = set()
+        deadline = time.monotonic() + self.cfg.recovery_timeout_s
+        async with httpx.AsyncClient(base_url=self.cfg.monitor_url or "", timeout=5) as http:
+            while time.monotonic() < deadline:
+                await self._stream_batches(max(1, int(self.cfg.rate_per_s / 20)))
+                response = await http.get("/incidents", params={"model_name": self.cfg.model_name})
+                incidents = response.json() if response.status_code == 200 else []
+                if not incidents:
+                    continue
+                incident = incidents[0]
+                for step in incident.get("transitions", []):
+                    key = (step["at"], step["state"])
+                    if key not in seen:
+                        seen.add(key)
+                        self.line(f"incident   {step['state']:11s} {step['reason']}")
+                if incident["status"] == "closed" or incident.get("state") == "needs_human":
+                    self.mark(f"incident_{incident.get('state')}")
+                    return
+        self.line(f"incident   still open after {self.cfg.recovery_timeout_s:.0f}s")
+
+    async def _stream_batches(self, batches: int) -> None:
+        """``batches`` times 20 requests at the configured rate (about one second's worth)."""
+        interval = 20 / self.cfg.rate_per_s
+        for _ in range(batches):
+            X = self._sample(20)
+            y = self.concept.labels(X, self.rng)
+            for row, label in zip(X, y, strict=True):
+                request_id = uuid.uuid4().hex
+                self.truth[request_id] = int(label)
+                await self._send(
+                    ScoringRequested(
+                        model_name=self.cfg.model_name,
+                        request_id=request_id,
+                        features=dict(zip(self.features, map(float, row), strict=True)),
+                        producer="upstream-simulator",
+                    )
+                )
+                self.result.requests_sent += 1
+            await asyncio.sleep(interval)
 
     async def _stream_until_new_champion_serves(self) -> None:
         interval = 20 / self.cfg.rate_per_s

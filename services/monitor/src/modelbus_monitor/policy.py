@@ -251,7 +251,7 @@ class IncidentPolicy:
             incident.move(
                 "resolved",
                 now,
-                f"v{version} serves ({reason}); no labelled pre-drift "
+                f"v{version} serves ({_short(reason)}); no labelled pre-drift "
                 "accuracy to judge recovery by",
             )
             return True, self._close(now, version, event_id, reason)
@@ -260,7 +260,7 @@ class IncidentPolicy:
         incident.move(
             "recovering",
             now,
-            f"v{version} serves ({reason}); measuring its live accuracy",
+            f"v{version} serves ({_short(reason)}); measuring its live accuracy",
             version=version,
         )
         return True, None
@@ -431,6 +431,11 @@ class IncidentPolicy:
         incident.move("retraining", now, reason, attempt=incident.attempts)
         self.counts["retriggers"] += 1
         return event
+
+
+def _short(text: str, limit: int = 120) -> str:
+    """A promotion's reason (every gate's numbers) cut down for an incident's transition."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class QualityAlerts:
