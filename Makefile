@@ -37,10 +37,16 @@ browser: ## Install Debian's Chromium for the report test, if missing (root with
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
 	fi
 
-test: install browser ## Run the whole test suite (starts and stops the servers it needs)
+system-libs: ## Install the system libraries wheels expect (libgomp1 for LightGBM), if missing (root with apt-get only)
+	@if ! ldconfig -p 2>/dev/null | grep -q 'libgomp.so.1' && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		echo "installing libgomp1 (LightGBM)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libgomp1 >/dev/null; \
+	fi
+
+test: install system-libs browser ## Run the whole test suite (starts and stops the servers it needs)
 	$(UV) run --frozen pytest $(PYTEST_ARGS)
 
-test-unit: install ## Only the fast tests (no servers)
+test-unit: install system-libs ## Only the fast tests (no servers)
 	$(UV) run --frozen pytest -m "not integration and not e2e" $(PYTEST_ARGS)
 
 lint: install ## ruff check + format check
@@ -79,4 +85,4 @@ bench-scaling: install ## Scaling curve: one scorer's online load curve, 1 vs 2 
 clean: down ## Remove the embedded stack's data folder
 	rm -rf .data
 
-.PHONY: help install browser up up-only down status test test-unit lint schemas bench bench-mlserver-venv bench-sklearn bench-loop bench-batch bench-monitor bench-scaling clean
+.PHONY: help install system-libs browser up up-only down status test test-unit lint schemas bench bench-mlserver-venv bench-sklearn bench-loop bench-batch bench-monitor bench-scaling clean

@@ -30,6 +30,8 @@ FAMILY_PARAMS = {
     "river": {"family": "river", "passes": 2},
     "python": {"family": "python", "entry_point": NB},
     "sklearn": {"family": "sklearn"},
+    "lightgbm": {"family": "lightgbm", "n_estimators": 50},
+    "xgboost": {"family": "xgboost", "n_estimators": 50},
 }
 
 
@@ -238,3 +240,24 @@ def test_auto_is_configurable_and_refuses_what_it_cannot_do():
         train_family(ds, {"epochs": 3}, seed=1)
     tiny = xor_dataset(rows=20)
     assert "too few" in train_family(tiny, {}, seed=1).selection["reason"]
+
+
+@pytest.mark.parametrize("family", ["lightgbm", "xgboost"])
+def test_boosting_families_serve_through_onnx_with_their_own_probabilities(family):
+    train, holdout = split_holdout(xor_dataset(), 0.25, seed=1)
+    trained = train_family(train, {"family": family}, seed=1)
+    assert trained.format == "modelbus.onnx.v1"
+    booster = get_family(family).estimator({**get_family(family).default_params}, 1)
+    booster.fit(train.X.astype(np.float32), train.y.astype(np.int64))
+    loaded = load_model(trained.artifact, trained.format, sha(trained.artifact))
+    np.testing.assert_allclose(
+        loaded.predict_proba(holdout.X),
+        booster.predict_proba(holdout.X.astype(np.float32))[:, 1],
+        atol=1e-4,
+    )
+    assert evaluate(loaded, holdout)["accuracy"] > 0.95  # the non-linear concept is learned
+    assert describe_artifact(trained.artifact, trained.format, sha(trained.artifact)).family == (
+        family
+    )
+    with pytest.raises(ValueError, match="n_estimators must be within"):
+        train_family(train, {"family": family, "n_estimators": 10**7}, seed=1)

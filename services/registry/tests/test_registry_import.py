@@ -164,3 +164,40 @@ async def test_bad_imports_are_refused_with_a_reason(client, wired, case, status
     assert response.json()["reason"] == reason
     assert words in response.text
     assert wired.published.of(ModelRegistered) == []
+
+
+@pytest.mark.parametrize("library", ["lightgbm", "xgboost"])
+async def test_lightgbm_and_xgboost_models_converted_by_onnxmltools_are_imported(
+    client, wired, library
+):
+    import onnxmltools
+    from onnxmltools.convert.common.data_types import FloatTensorType
+
+    X, y = data(600, 1)
+    initial = [("input", FloatTensorType([None, 3]))]
+    if library == "lightgbm":
+        from lightgbm import LGBMClassifier
+
+        model = LGBMClassifier(n_estimators=30, verbose=-1).fit(X.astype(np.float32), y)
+        graph = onnxmltools.convert_lightgbm(model, initial_types=initial, zipmap=False)
+    else:
+        from xgboost import XGBClassifier
+
+        model = XGBClassifier(n_estimators=30, max_depth=4).fit(X.astype(np.float32), y)
+        graph = onnxmltools.convert_xgboost(model, initial_types=initial)
+    holdout = await put_holdout(wired.store)
+    response = await client.post(
+        f"/models/{MODEL}/versions",
+        content=graph.SerializeToString(),
+        headers=ONNX,
+        params=query(holdout_uri=holdout, source=library),
+    )
+    assert response.status_code == 201, response.text
+    view = VersionView.model_validate(response.json())
+    stored = await wired.store.get(view.artifact.uri)
+    served = load_model(stored, view.artifact.format, view.artifact.sha256)
+    Xt, _ = data(40, 5)
+    np.testing.assert_allclose(
+        served.predict_proba(Xt), model.predict_proba(Xt.astype(np.float32))[:, 1], atol=1e-4
+    )
+    assert view.metrics["accuracy"] > 0.9

@@ -21,6 +21,8 @@ FAMILIES = {
     "auto": ({}, None, None),
     "logreg": ({"family": "logreg"}, "modelbus.logreg.v1", "json"),
     "sklearn": ({"family": "sklearn"}, "modelbus.onnx.v1", "onnx"),
+    "lightgbm": ({"family": "lightgbm", "n_estimators": 40}, "modelbus.onnx.v1", "onnx"),
+    "xgboost": ({"family": "xgboost", "n_estimators": 40}, "modelbus.onnx.v1", "onnx"),
     "river": ({"family": "river"}, "modelbus.river.v1", "pkl"),
     "python": ({"family": "python", "entry_point": NB}, "modelbus.pickle.v1", "pkl"),
 }

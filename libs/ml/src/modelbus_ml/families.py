@@ -8,6 +8,8 @@
 - ``sklearn``: a scikit-learn estimator (``estimator``: ``gradient_boosting``,
   ``random_forest``, ``extra_trees`` or ``logistic_regression``), converted to ONNX by skl2onnx
   and served by ONNX Runtime: loading it runs no Python code.
+- ``lightgbm`` / ``xgboost``: gradient-boosted trees from LightGBM / XGBoost, converted to ONNX
+  by onnxmltools, served the same way.
 - ``river``: ``StandardScaler | LogisticRegression`` from River, trained online with
   ``learn_one`` over the rows in the dataset's order (``passes`` times); no randomness.
 - ``python``: a user-supplied entry point ``"package.module:function"`` given in
@@ -278,6 +280,80 @@ class SklearnFamily:
         return Trained(load_model(data, self.format, sha256_of(data)), data, self.format)
 
 
+class BoostingFamily:
+    """Gradient-boosted trees from LightGBM or XGBoost, converted by onnxmltools and served by
+    ONNX Runtime like the ``sklearn`` family (no code runs on load). Single-threaded and
+    seeded: the same data, params and seed give the same bytes."""
+
+    format = ONNX_FORMAT
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.default_params: dict[str, Any] = {
+            "n_estimators": 200,
+            "learning_rate": 0.1,
+            "max_depth": 6 if name == "xgboost" else -1,
+            "num_leaves": 31,
+            "min_child_samples": 20,
+            "subsample": 1.0,
+            "threshold": 0.5,
+        }
+
+    def estimator(self, p: dict[str, Any], seed: int) -> Any:
+        trees = _bounded(p, "n_estimators", int, 1, 5000)
+        rate = _bounded(p, "learning_rate", float, 1e-6, 1.0)
+        subsample = _bounded(p, "subsample", float, 0.01, 1.0)
+        if self.name == "lightgbm":
+            from lightgbm import LGBMClassifier
+
+            return LGBMClassifier(
+                n_estimators=trees,
+                learning_rate=rate,
+                max_depth=_bounded(p, "max_depth", int, -1, 64),
+                num_leaves=_bounded(p, "num_leaves", int, 2, 4096),
+                min_child_samples=_bounded(p, "min_child_samples", int, 1, 100_000),
+                subsample=subsample,
+                subsample_freq=1 if subsample < 1 else 0,
+                random_state=seed % 2**31,
+                n_jobs=1,
+                deterministic=True,
+                force_row_wise=True,
+                verbose=-1,
+            )
+        from xgboost import XGBClassifier
+
+        return XGBClassifier(
+            n_estimators=trees,
+            learning_rate=rate,
+            max_depth=_bounded(p, "max_depth", int, 1, 64),
+            subsample=subsample,
+            random_state=seed % 2**31,
+            n_jobs=1,
+            tree_method="hist",
+            verbosity=0,
+        )
+
+    def train(self, ds: Dataset, params: dict[str, Any], seed: int) -> Trained:
+        from .onnx import to_onnx_artifact
+
+        _check_both_classes(ds)
+        p = {**self.default_params, **fit_params(params)}
+        threshold = _bounded(p, "threshold", float, 0.0, 1.0)
+        estimator = self.estimator(p, seed)
+        estimator.fit(np.ascontiguousarray(ds.X, dtype=np.float32), ds.y.astype(np.int64))
+        library = __import__(self.name)
+        meta = {"libraries": {self.name: library.__version__}}
+        data = to_onnx_artifact(
+            estimator,
+            family=self.name,
+            feature_names=ds.feature_names,
+            threshold=threshold,
+            meta=meta,
+            converter=self.name,
+        )
+        return Trained(load_model(data, self.format, sha256_of(data)), data, self.format)
+
+
 class AutoFamily:
     """Model choice: fit every candidate on an inner split of the training rows, keep the one
     with the lowest validation log loss (ties: the earlier candidate, so the simpler one when
@@ -370,7 +446,15 @@ class AutoFamily:
 
 FAMILIES: dict[str, Family] = {
     f.name: f
-    for f in (AutoFamily(), LogregFamily(), SklearnFamily(), RiverFamily(), PythonFamily())
+    for f in (
+        AutoFamily(),
+        LogregFamily(),
+        SklearnFamily(),
+        BoostingFamily("lightgbm"),
+        BoostingFamily("xgboost"),
+        RiverFamily(),
+        PythonFamily(),
+    )
 }
 
 

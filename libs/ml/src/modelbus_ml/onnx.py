@@ -25,6 +25,34 @@ ONNX_FORMAT = "modelbus.onnx.v1"
 PREFIX = "modelbus."
 PROBABILITIES = "probabilities"
 TARGET_OPSET = 17
+ONNXMLTOOLS_OPSET = 15  # the highest onnxmltools 1.16 converts to
+
+
+CONVERTERS = ("skl2onnx", "lightgbm", "xgboost")
+
+
+def _convert(estimator: Any, features: int, converter: str) -> Any:
+    """The ONNX graph of a fitted classifier: scikit-learn through skl2onnx, LightGBM and
+    XGBoost through onnxmltools; probabilities as a float (n, 2) tensor, no zipmap."""
+    if converter == "skl2onnx":
+        from skl2onnx import to_onnx
+
+        sample = np.zeros((1, features), dtype=np.float32)
+        options = {id(estimator): {"zipmap": False}}
+        return to_onnx(estimator, sample, options=options, target_opset=TARGET_OPSET)
+    import onnxmltools
+    from onnxmltools.convert.common.data_types import FloatTensorType
+
+    initial = [("X", FloatTensorType([None, features]))]
+    if converter == "lightgbm":
+        return onnxmltools.convert_lightgbm(
+            estimator, initial_types=initial, zipmap=False, target_opset=ONNXMLTOOLS_OPSET
+        )
+    if converter == "xgboost":
+        return onnxmltools.convert_xgboost(
+            estimator, initial_types=initial, target_opset=ONNXMLTOOLS_OPSET
+        )
+    raise ArtifactError(f"unknown ONNX converter {converter!r}; known: {list(CONVERTERS)}")
 
 
 def to_onnx_artifact(
@@ -34,26 +62,25 @@ def to_onnx_artifact(
     feature_names: tuple[str, ...],
     threshold: float,
     meta: dict[str, Any] | None = None,
+    converter: str = "skl2onnx",
 ) -> bytes:
-    """A fitted scikit-learn classifier (or pipeline) as ONNX bytes with the modelbus header.
-    Deterministic: the same fitted estimator gives the same bytes."""
-    from skl2onnx import to_onnx
-
-    sample = np.zeros((1, len(feature_names)), dtype=np.float32)
+    """A fitted classifier (a scikit-learn estimator or pipeline, a LightGBM or XGBoost model)
+    as ONNX bytes with the modelbus header. Deterministic: the same fitted estimator gives the
+    same bytes."""
     try:
-        graph = to_onnx(
-            estimator,
-            sample,
-            options={id(estimator): {"zipmap": False}},
-            target_opset=TARGET_OPSET,
-        )
-    except Exception as exc:  # an estimator skl2onnx cannot convert
+        graph = _convert(estimator, len(feature_names), converter)
+    except ArtifactError:
+        raise
+    except Exception as exc:  # an estimator the converter cannot convert
         raise ArtifactError(f"cannot convert {type(estimator).__name__} to ONNX: {exc}") from exc
+    graph.graph.name = f"modelbus-{family}"  # onnxmltools names it with a random uuid
+    output = _probabilities_output(_session(graph.SerializeToString()))
     header = {
         "format": ONNX_FORMAT,
         "family": family,
         "feature_names": json.dumps([str(n) for n in feature_names]),
         "threshold": repr(float(threshold)),
+        "probabilities_output": output,
         **{k: json.dumps(v, sort_keys=True) for k, v in (meta or {}).items()},
     }
     for key, value in sorted(header.items()):
