@@ -27,6 +27,12 @@ Decision = Literal["promote", "reject", "pending_approval", "shadow", "canary"]
 ServedBy = Literal["champion", "fallback", "shadow", "canary"]  # who answered a prediction
 FailedArm = Literal["champion", "shadow", "canary"]  # which arm of a request failed
 PredictionSource = Literal["http", "stream", "batch"]
+# An incident's states (the monitor): a retrain is requested (retraining), a new version serves
+# and is measured (recovering), live accuracy is back (recovered), attempts ran out
+# (needs_human), or a new version serves with no labelled pre-drift accuracy to judge (resolved).
+IncidentState = Literal[
+    "detected", "retraining", "recovering", "recovered", "needs_human", "resolved"
+]
 
 
 class ArtifactRef(Frozen):
@@ -344,6 +350,25 @@ class ModelPolicyChanged(Event):
     reason: str = Field(default="", max_length=2000)
 
 
+class IncidentUpdated(Event):
+    """A drift incident changed state, with the numbers behind the change. Its correlation id
+    is the incident id (the whole loop's); ``attempt`` counts the retrains requested so far."""
+
+    event_type = "incident.updated.v1"
+
+    incident_id: str = Field(max_length=200)
+    version: int | None = Field(default=None, ge=1, description="the serving version then")
+    state: IncidentState
+    attempt: int = Field(ge=1)
+    reason: str = Field(max_length=2000)
+    baseline_accuracy: float | None = Field(
+        default=None, ge=0, le=1, description="the serving model's accuracy before the drift"
+    )
+    live_accuracy: float | None = Field(default=None, ge=0, le=1)
+    live_points: int = Field(default=0, ge=0, description="labelled points live_accuracy is on")
+    open: bool = Field(description="false once the incident is closed (recovered, resolved)")
+
+
 class DataQualityAlert(Event):
     event_type = "data_quality.alert.v1"
 
@@ -374,6 +399,7 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     DriftDetected,
     DataQualityAlert,
     ModelPolicyChanged,
+    IncidentUpdated,
 )
 
 EVENTS_BY_TYPE: dict[str, type[Event]] = {cls.event_type: cls for cls in ALL_EVENTS}

@@ -17,6 +17,7 @@ from modelbus_contracts import (
     DatasetRef,
     DriftDetected,
     FeatureStats,
+    IncidentUpdated,
     LabelObserved,
     Lineage,
     ModelEvaluated,
@@ -213,6 +214,17 @@ async def test_drift_opens_one_incident_publishes_once_and_promotion_closes_it()
     assert (closed.status, closed.state, closed.closed_by_version) == ("closed", "recovered", 2)
     assert h.service.status("churn")["open_incident"] is None
     assert h.metric("modelbus_monitor_incidents_total", model="churn", action="closed") == 1
+    # every state change went out as an IncidentUpdated, in order, with its numbers
+    updates = h.publisher.of(IncidentUpdated)
+    assert [(u.state, u.open) for u in updates] == [
+        ("detected", True),
+        ("retraining", True),
+        ("recovering", True),
+        ("recovered", False),
+    ]
+    assert all(u.correlation_id == event.correlation_id for u in updates)
+    assert updates[-1].live_points == 300 and updates[-1].version == 2
+    assert updates[-1].live_accuracy >= updates[-1].baseline_accuracy - 0.03
 
 
 async def test_restart_restores_the_open_incident_and_keeps_suppressing():

@@ -16,6 +16,7 @@ import structlog
 from modelbus_contracts import (
     DataQualityAlert,
     DriftDetected,
+    IncidentUpdated,
     LabelObserved,
     ModelEvaluated,
     ModelPolicyChanged,
@@ -105,7 +106,7 @@ SPEC = ServiceSpec(
     settings=MonitorSettings,
     metrics=MonitorMetrics,
     wire=wire,
-    publishes=(DriftDetected, DataQualityAlert),
+    publishes=(DriftDetected, DataQualityAlert, IncidentUpdated),
     subscriptions=(
         Subscription(PredictionMade, GROUP, handlers.predictions_made, batch=True, columns=True),
         Subscription(LabelObserved, GROUP, handlers.labels_observed, batch=True, columns=True),

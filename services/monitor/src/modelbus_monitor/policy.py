@@ -38,16 +38,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from modelbus_contracts import DataQualityAlert, DriftDetected
+from modelbus_contracts import DataQualityAlert, DriftDetected, IncidentUpdated
+from modelbus_contracts.events import IncidentState
 
 from .detectors import ERROR_STREAM, DriftAlarm, TestResult
 from .quality import QualityIssue, QualityTally
 
 MONITORED_SERVERS = frozenset({"champion", "fallback"})
 Disposition = Literal["opened", "suppressed_open", "suppressed_cooldown"]
-IncidentState = Literal[
-    "detected", "retraining", "recovering", "recovered", "needs_human", "resolved"
-]
 INCIDENT_STATES: tuple[str, ...] = IncidentState.__args__  # type: ignore[attr-defined]
 MIN_BASELINE_POINTS = 30  # fewer labelled pre-drift points say nothing about accuracy
 
@@ -104,6 +102,7 @@ class Incident:
     rejections: int = 0
     verdict_at: datetime | None = None  # a rejection of this incident's retrain, not acted on
     transitions: list[dict[str, Any]] = field(default_factory=list)
+    announced: int = 0  # transitions already published as IncidentUpdated
 
     def move(self, state: str, now: datetime, reason: str, **numbers: Any) -> None:
         """Change state, recording why (the audit trail of the incident)."""
@@ -118,6 +117,31 @@ class Incident:
         self.closed_by_version = version
         self.closed_by_event_id = event_id
         self.close_reason = reason
+
+    def updates(self, producer: str) -> list[IncidentUpdated]:
+        """The IncidentUpdated of every state change not published yet (saved with the
+        incident, so published by the relay exactly when the change is stored)."""
+        fresh = [t for t in self.transitions[self.announced :] if t["state"] in INCIDENT_STATES]
+        self.announced = len(self.transitions)
+        cause = self.emitted_event_ids[-1] if self.emitted_event_ids else None
+        return [
+            IncidentUpdated(
+                producer=producer,
+                correlation_id=uuid.UUID(self.incident_id),
+                causation_id=uuid.UUID(cause) if cause else None,
+                model_name=self.model_name,
+                incident_id=self.incident_id,
+                version=step.get("version") or self.live_version or self.version,
+                state=step["state"],
+                attempt=self.attempts,
+                reason=str(step["reason"])[:2000],
+                baseline_accuracy=self.baseline_accuracy,
+                live_accuracy=step.get("live_accuracy"),
+                live_points=int(step.get("live_points") or 0),
+                open=step["state"] not in ("recovered", "resolved"),
+            )
+            for step in fresh
+        ]
 
     def emitted(self, now: datetime) -> None:
         """Its DriftDetected is in the outbox: a retrain is requested."""

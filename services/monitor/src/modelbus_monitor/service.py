@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -20,6 +20,7 @@ import structlog
 
 from modelbus_contracts import (
     Columns,
+    Event,
     FeatureStats,
     LabelObserved,
     ModelEvaluated,
@@ -261,7 +262,7 @@ class MonitorService:
                 str(event.correlation_id), event.version, event.reasons, self.clock()
             ):
                 return
-            await self.incidents.save(incident)
+            await self._save(incident)
             log.info(
                 "incident.retrain_rejected", incident_id=incident.incident_id, version=event.version
             )
@@ -288,7 +289,7 @@ class MonitorService:
             if closed is not None:
                 await self._closed(name, closed)
             elif monitor.incident is not None and monitor.incident.state == "recovering":
-                await self.incidents.save(monitor.incident)
+                await self._save(monitor.incident)
                 log.info(
                     "incident.recovering", incident_id=monitor.incident.incident_id, version=version
                 )
@@ -394,7 +395,7 @@ class MonitorService:
         if row.opened is not None:
             await self._open(monitor, row.opened)
         elif monitor.incident is not None and any(d == "suppressed_open" for _, d in row.alarms):
-            await self.incidents.save(monitor.incident)
+            await self._save(monitor.incident)
         if row.quality is not None:
             await self.publisher.publish(row.quality)
             self.metrics.quality_alerts.labels(name, row.quality.check).inc()
@@ -431,7 +432,7 @@ class MonitorService:
         if step.closed is not None:
             await self._closed(name, step.closed)
         elif step.changed is not None:
-            await self.incidents.save(step.changed)
+            await self._save(step.changed)
             log.warning(
                 "incident.needs_human",
                 model=name,
@@ -453,7 +454,7 @@ class MonitorService:
             )
 
     async def _closed(self, name: str, incident: Incident) -> None:
-        await self.incidents.save(incident)
+        await self._save(incident)
         self.metrics.incidents.labels(name, "closed").inc()
         self.metrics.open_incidents.labels(name).set(0)
         log.info(
@@ -491,6 +492,14 @@ class MonitorService:
             **incident.evidence,
         )
 
+    async def _save(self, incident: Incident, *, events: Sequence[Event] = ()) -> None:
+        """Save the incident with ``events`` and an IncidentUpdated per state change not yet
+        published: one write, published by the relay."""
+        updates = incident.updates(self.config.producer)
+        await self.incidents.save(incident, events=[*events, *updates])
+        if updates and not events:
+            await self.events.notify()
+
     async def _emit(self, monitor: ModelMonitor) -> None:
         """Save the open incident with its due DriftDetected (opened or re-emitted): the state
         and the event are one write; the relay publishes it."""
@@ -498,7 +507,7 @@ class MonitorService:
         if incident is None or incident.published:
             return
         incident.emitted(self.clock())  # it is in the outbox with the incident
-        await self.incidents.save(incident, events=[incident.drift_event()])
+        await self._save(incident, events=[incident.drift_event()])
         await self.events.notify()
 
 
