@@ -95,8 +95,28 @@ class PromotionPolicy(BaseModel):
     )
 
 
+class TrainingSchedule(BaseModel):
+    """When (``cron``, UTC) and on what data a model is retrained on a schedule."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cron: str = Field(
+        max_length=200, description="cron expression in UTC, e.g. '0 3 * * *' = daily at 03:00"
+    )
+    dataset_uri: str | None = Field(
+        default=None,
+        max_length=1000,
+        description="CSV in object storage; default: the model's collected feedback",
+    )
+    since_hours: float | None = Field(
+        default=None, gt=0, description="feedback only from the last N hours (no dataset_uri)"
+    )
+    params: dict[str, Any] = Field(default_factory=dict, description="training params of the run")
+
+
 class TrainingPolicy(BaseModel):
-    """How the model is (re)trained: the family and its params (as a run's ``params``)."""
+    """How the model is (re)trained: the family and its params (as a run's ``params``), and
+    its retraining schedule."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -108,6 +128,9 @@ class TrainingPolicy(BaseModel):
     params: dict[str, Any] = Field(
         default_factory=dict,
         description='the family\'s params, e.g. {"estimator": "random_forest"}',
+    )
+    schedule: TrainingSchedule | None = Field(
+        default=None, description="retrain on this schedule (over MODELBUS_SCHEDULES)"
     )
 
 

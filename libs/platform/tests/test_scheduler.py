@@ -136,3 +136,23 @@ async def test_without_schedules_the_loop_returns_at_once():
     clock = Clock(T0)
     await scheduler({}, Recorder(), clock=clock, sleep=clock.sleep).run()
     assert clock.slept == []
+
+
+async def test_a_live_scheduler_takes_schedules_set_changed_and_removed_while_it_runs():
+    fired, clock = Recorder(), Clock(at(1, 30))
+    s = scheduler({}, fired, clock=clock, max_sleep_s=0.01, retry_s=0.01, live=True)
+    task = asyncio.create_task(s.run())
+    await asyncio.sleep(0.05)
+    assert not task.done(), "a live scheduler keeps running with no schedule"
+    assert s.set("churn", Spec(cron="0 2 * * *"), clock.now)
+    assert not s.set("churn", Spec(cron="0 2 * * *"), clock.now), "the same spec: no change"
+    assert s.next_at == {"churn": at(2)}
+    assert [(f.key, f.at) for f in await s.fire_due(at(2))] == [("churn", at(2))]
+    assert s.set("churn", Spec(cron="30 * * * *", what="y"), at(2, 5))
+    assert s.next_at == {"churn": at(2, 30)}
+    assert s.set("churn", None, at(2, 10))
+    assert (s.schedules, s.next_at) == ({}, {})
+    assert await s.fire_due(at(9)) == []
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task

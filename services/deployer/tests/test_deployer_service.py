@@ -145,6 +145,22 @@ async def test_per_model_policy_override_is_applied(models, make_world):
     assert world.decisions.docs[("churn", 2)]["policy"]["promotion_margin"] == 5.0
 
 
+async def test_a_live_policy_changes_the_next_decision_and_is_recorded(models, make_world):
+    world = make_world(DeployerSettings())
+    registry = FakeRegistry()
+    service = world.service()
+    service.live_policies = Policies(registry, ttl_s=0)
+    registry.set_policy("churn", {"promotion": {"promotion_margin": 5.0}})
+    event = await world.registered(models.good, version=2, champion=(models.bad, 1))
+
+    await service.handle_registered(event)
+
+    [evaluated] = world.publisher.of(ModelEvaluated)
+    assert evaluated.decision == "reject" and "margin 5" in evaluated.reasons[0]
+    doc = world.decisions.docs[("churn", 2)]
+    assert (doc["policy"]["promotion_margin"], doc["policy_revision"]) == (5.0, 1)
+
+
 async def test_policies_view_merges_defaults_and_overrides():
     settings = DeployerSettings(
         policies={"fraud": ModelPolicy(primary_metric="auc", latency_budget_ms=2.0)}

@@ -171,3 +171,18 @@ async def test_a_bad_policy_is_refused_with_the_field(client, wired, policy, whe
     assert response.status_code == 422 and response.json()["reason"] == "validation_error"
     assert where in response.text
     assert wired.published.of(ModelPolicyChanged) == []
+
+
+async def test_every_models_policy_is_listed_and_a_bad_schedule_is_refused(client, wired):
+    for name in ("b-model", "a-model"):
+        body = {"policy": {"training": {"family": "logreg"}}, "expected_revision": 0, "reason": "r"}
+        assert (await client.put(f"/models/{name}/policy", json=body)).status_code == 200
+    schedule = {"schedule": {"cron": "61 * * * *"}}
+    bad = await client.put(
+        "/models/a-model/policy",
+        json={"policy": {"training": schedule}, "expected_revision": 1, "reason": "r"},
+    )
+    assert bad.status_code == 422 and bad.json()["reason"] == "bad_policy"
+    assert "not a cron expression" in bad.json()["error"]
+    listed = (await client.get("/policies")).json()
+    assert [(p["model_name"], p["revision"]) for p in listed] == [("a-model", 1), ("b-model", 1)]

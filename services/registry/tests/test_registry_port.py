@@ -156,3 +156,6 @@ async def test_policy_revisions_are_unique_and_listed_newest_first(repo, unique)
     assert [p["revision"] for p in await repo.list_policies(model, 10)] == [2, 1]
     assert [p["revision"] for p in await repo.list_policies(model, 1)] == [2]
     assert await repo.latest_policy(f"other-{unique}") is None
+    await repo.insert_policy({"model_name": f"a-{unique}", "revision": 1, "policy": {}})
+    mine = [p for p in await repo.latest_policies() if p["model_name"] in (model, f"a-{unique}")]
+    assert [(p["model_name"], p["revision"]) for p in mine] == [(f"a-{unique}", 1), (model, 2)]

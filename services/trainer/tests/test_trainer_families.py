@@ -9,7 +9,7 @@ import httpx
 import pytest
 from trainer_fixtures import Harness, drift_event, feedback_events, make_dataset
 
-from modelbus_contracts import ModelTrained, TrainingRequested
+from modelbus_contracts import ModelPolicyChanged, ModelTrained, TrainingRequested
 from modelbus_embedded.testing import service_app
 from modelbus_ml import load_model
 from modelbus_trainer import api
@@ -250,3 +250,38 @@ async def test_an_unreachable_registry_leaves_the_settings():
     run = await _train(h, TrainingRequested(model_name="m", dataset_uri=uri))
     assert run["state"] == "succeeded" and run["params"]["epochs"] == 50
     assert run["policy_revision"] == 0
+
+
+async def test_a_policy_schedule_is_set_on_the_running_scheduler_and_fires():
+    from functools import partial
+
+    from modelbus_platform.scheduler import CronScheduler
+    from modelbus_trainer import handlers
+    from modelbus_trainer.config import ScheduleSpec
+    from modelbus_trainer.domain import NAMESPACE
+
+    h = Harness(schedules={"other": ScheduleSpec(cron="0 4 * * *")})
+    fire = partial(handlers.schedule_fired, publisher=h.publisher)
+    h.service.scheduler = scheduler = CronScheduler(
+        h.settings.schedules, fire, namespace=NAMESPACE, live=True
+    )
+    scheduler.start_from(h.clock.now)
+    schedule = {"cron": "*/5 * * * *", "since_hours": 2, "params": {"family": "logreg"}}
+    h.registry.set_policy("m", {"training": {"schedule": schedule}})
+    await h.service.load_schedules()
+    assert scheduler.schedules["m"].cron == "*/5 * * * *"
+    assert set(scheduler.schedules) == {"m", "other"}, "the settings' schedules stay"
+    fired = await scheduler.fire_due(h.clock.now + timedelta(minutes=5))
+    [requested] = h.publisher.of(TrainingRequested)
+    assert [f.key for f in fired] == ["m"]
+    assert (requested.model_name, requested.reason, requested.params) == (
+        "m",
+        "schedule",
+        {"family": "logreg"},
+    )
+    # a new revision without a schedule removes it (the model has none in the settings)
+    h.registry.set_policy("m", {"training": {"family": "logreg"}})
+    await handlers.policy_changed(
+        h.service, ModelPolicyChanged(model_name="m", revision=2, actor="alice")
+    )
+    assert set(scheduler.schedules) == {"other"}

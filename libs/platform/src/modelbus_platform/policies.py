@@ -63,6 +63,15 @@ class Policies:
     async def get(self, name: str) -> ModelPolicyDoc:
         return (await self.view(name)).policy
 
+    async def load_all(self) -> list[PolicyView]:
+        """Every model's policy at once (start-up: what must run before any model is used,
+        like a schedule); RegistryError when the registry cannot be reached."""
+        views = await self.registry.all_policies()
+        now = self.clock()
+        for view in views:
+            self._views[view.model_name], self._read_at[view.model_name] = view, now
+        return views
+
     def invalidate(self, name: str) -> None:
         """A new revision exists: the next read goes to the registry."""
         self._read_at.pop(name, None)

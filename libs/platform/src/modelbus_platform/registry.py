@@ -64,6 +64,10 @@ class Registry(Protocol):
         """The model's newest policy revision (revision 0: none set)."""
         ...
 
+    async def all_policies(self) -> list[PolicyView]:
+        """The newest policy revision of every model that has one."""
+        ...
+
     async def ping(self) -> bool:
         """True when the registry answers at all."""
         ...
@@ -113,6 +117,13 @@ class RegistryClient:
     async def policy(self, name: str) -> PolicyView:
         found = await self._view(f"/models/{_segment(name)}/policy", PolicyView)
         return found or PolicyView(model_name=name, revision=0)
+
+    async def all_policies(self) -> list[PolicyView]:
+        listing = await self._json("/policies")
+        try:
+            return [PolicyView.model_validate(item) for item in listed_items(listing)]
+        except ValidationError as exc:
+            raise RegistryUnavailable(f"GET /policies: not a list of PolicyView: {exc}") from exc
 
     async def ping(self) -> bool:
         try:

@@ -33,6 +33,11 @@ from pydantic import BaseModel, Field, field_validator
 log = structlog.get_logger(__name__)
 
 
+def is_cron(expression: str) -> bool:
+    """A cron expression the scheduler can run."""
+    return bool(croniter.is_valid(expression))
+
+
 class CronSpec(BaseModel):
     """When a schedule fires; services subclass it with what the fire is about."""
 
@@ -41,7 +46,7 @@ class CronSpec(BaseModel):
     @field_validator("cron")
     @classmethod
     def _valid_cron(cls, value: str) -> str:
-        if not croniter.is_valid(value):
+        if not is_cron(value):
             raise ValueError(f"not a cron expression: {value!r}")
         return value
 
@@ -84,8 +89,10 @@ class CronScheduler(Generic[S]):
         max_sleep_s: float = 30.0,
         retry_s: float = 0.5,
         name: str = "schedule",
+        live: bool = False,
     ) -> None:
         self.schedules = dict(schedules)
+        self.live = live  # schedules may be set while it runs (``set``): keep running
         self.fire = fire
         self.namespace = namespace
         self.clock = clock
@@ -99,11 +106,31 @@ class CronScheduler(Generic[S]):
         """Next fire times counted from ``now``: nothing before it is caught up."""
         self.next_at = {key: next_fire(spec.cron, now) for key, spec in self.schedules.items()}
 
+    def set(self, key: str, spec: S | None, now: datetime) -> bool:
+        """Add, change (``spec``) or remove (None) one schedule while running; its next fire
+        is counted from ``now``. False when nothing changed."""
+        if self.schedules.get(key) == spec:
+            return False
+        if spec is None:
+            self.schedules.pop(key, None)
+            self.next_at.pop(key, None)
+        else:
+            self.schedules[key] = spec
+            self.next_at[key] = next_fire(spec.cron, now)
+        log.info(
+            "schedule.changed",
+            scheduler=self.name,
+            key=key,
+            cron=spec.cron if spec else None,
+            next_at=self.next_at[key].isoformat() if key in self.next_at else None,
+        )
+        return True
+
     async def fire_due(self, now: datetime) -> list[Fire[S]]:
         """Fire every schedule whose time has come (once, for its latest passed fire time);
         returns the fires that succeeded. A failed fire keeps its schedule due."""
         fired = []
-        for key, spec in self.schedules.items():
+        for key, spec in list(self.schedules.items()):
             due = self.next_at.get(key)
             if due is None or due > now:
                 continue
@@ -144,8 +171,9 @@ class CronScheduler(Generic[S]):
         return min(self.max_sleep_s, max(self.retry_s, wait))
 
     async def run(self) -> None:
-        """Fire schedules until cancelled; returns at once if there are none."""
-        if not self.schedules:
+        """Fire schedules until cancelled; returns at once if there are none (and none can be
+        set while it runs)."""
+        if not self.schedules and not self.live:
             return
         self.start_from(self.clock())
         log.info(

@@ -145,6 +145,10 @@ class FakeRegistry:
         self._check(f"policy:{name}")
         return self.policies.get(name) or PolicyView(model_name=name, revision=0)
 
+    async def all_policies(self) -> list[PolicyView]:
+        self._check("policies")
+        return [self.policies[name] for name in sorted(self.policies)]
+
     def set_policy(self, name: str, policy: ModelPolicyDoc | dict) -> PolicyView:
         """Store the next revision of ``name``'s policy (as a ``PUT`` would)."""
         doc = ModelPolicyDoc.model_validate(policy)

@@ -40,6 +40,9 @@ class DecisionView(BaseModel):
     challenger_metrics: dict[str, float] = Field(default_factory=dict)
     champion_metrics: dict[str, float] = Field(default_factory=dict)
     policy: dict[str, Any] = Field(default_factory=dict)
+    policy_revision: int = Field(
+        default=0, description="the revision of the model's live policy (registry) it used"
+    )
     latency: dict[str, float] | None = None
     timings: dict[str, float] = Field(default_factory=dict)
     event_id: str

@@ -110,6 +110,11 @@ class DeployerService:
         self.on_decision = on_decision
         self.on_stage: Callable[[dict[str, Any]], None] | None = None  # the live watcher
 
+    def policy_revision(self, model_name: str) -> int:
+        """The revision of the model's live policy the last decision read (0: none)."""
+        known = self.live_policies.known(model_name) if self.live_policies else None
+        return known.revision if known else 0
+
     async def policy_for(self, model_name: str) -> Policy:
         """The model's effective policy now: settings, then its live policy (registry)."""
         if self.live_policies is None:
@@ -245,6 +250,7 @@ class DeployerService:
             "challenger_artifact": event.artifact.model_dump(mode="json"),
             "champion_artifact": champion.artifact.model_dump(mode="json") if champion else None,
             "policy": policy.as_dict(),
+            "policy_revision": self.policy_revision(event.model_name),
             "latency": verdict.latency.as_dict() if verdict.latency else None,
             "timings": timings,
             "event_id": data["event_id"],

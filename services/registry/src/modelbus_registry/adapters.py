@@ -156,6 +156,11 @@ class MongoRegistryRepository:
         cursor = self.policies.find({"model_name": name}, NO_ID).sort("revision", DESCENDING)
         return await cursor.limit(limit).to_list(limit)
 
+    async def latest_policies(self) -> list[dict[str, Any]]:
+        names = sorted(await self.policies.distinct("model_name"))
+        latest = [await self.latest_policy(name) for name in names]
+        return [doc for doc in latest if doc is not None]
+
     async def append_audit(self, record: dict[str, Any]) -> int:
         counter = await self.counters.find_one_and_update(
             {"_id": "audit_seq"},

@@ -24,7 +24,7 @@ from modelbus_contracts.policy import PolicyUpdate, PolicyView
 from modelbus_ml.flavors import LOGREG_FORMAT
 from modelbus_platform.http import ApiError, ModelName, error_responses
 
-from .domain import ArtifactRejected, Conflict, NotFound
+from .domain import ArtifactRejected, Conflict, NotFound, PolicyRejected
 from .service import API_ACTOR, RegistryService
 
 ARTIFACT_MEDIA_TYPE = "application/json"
@@ -239,13 +239,29 @@ def build_router(audit_limit: int = 1000) -> APIRouter:
         summary="Set the model's policy (compare-and-set on the revision): the trainer, the "
         "deployer and the monitor apply it without a restart",
         responses=error_responses(
-            {**STARTING, 409: "policy_conflict: expected_revision is not the newest"}
+            {
+                **STARTING,
+                409: "policy_conflict: expected_revision is not the newest",
+                422: "validation_error / bad_policy: a field the schema or the service refuses",
+            }
         ),
     )
     async def put_policy(
         name: ModelName, body: PolicyUpdate, service: Service, actor: Actor = API_ACTOR
     ) -> PolicyView:
-        return await _guard(service.put_policy(name, body, actor=actor))
+        try:
+            return await _guard(service.put_policy(name, body, actor=actor))
+        except PolicyRejected as exc:
+            raise ApiError(422, exc.reason, "bad_policy") from exc
+
+    @router.get(
+        "/policies",
+        response_model=list[PolicyView],
+        summary="The newest policy revision of every model that has one",
+        responses=error_responses(STARTING),
+    )
+    async def all_policies(service: Service) -> list[PolicyView]:
+        return await service.all_policies()
 
     @router.get(
         "/models/{name}/policy/revisions",

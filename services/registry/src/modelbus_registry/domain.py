@@ -55,6 +55,10 @@ class ArtifactRejected(RegistryError):
     pass
 
 
+class PolicyRejected(RegistryError):
+    """A policy the schema accepts but that cannot work (a cron expression that is not one)."""
+
+
 # --- artifacts ---------------------------------------------------------------------------------
 
 

@@ -78,6 +78,9 @@ class RegistryRepository(Protocol):
     async def list_policies(self, name: str, limit: int) -> list[dict[str, Any]]:
         """Newest revision first."""
 
+    async def latest_policies(self) -> list[dict[str, Any]]:
+        """The newest revision of every model's policy, by model name."""
+
     # -- audit --------------------------------------------------------------------------------
 
     async def append_audit(self, record: dict[str, Any]) -> int:

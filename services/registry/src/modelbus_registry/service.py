@@ -51,6 +51,7 @@ from modelbus_ml import (
 )
 from modelbus_ml.onnx import ONNX_FORMAT, import_onnx, load_onnx
 from modelbus_platform.outbox import Notifier
+from modelbus_platform.scheduler import is_cron
 from modelbus_platform.stores import (
     IntegrityError,
     ObjectNotFound,
@@ -60,7 +61,14 @@ from modelbus_platform.stores import (
 )
 
 from . import domain
-from .domain import AliasMove, ArtifactRejected, Conflict, NotFound, RegistryError
+from .domain import (
+    AliasMove,
+    ArtifactRejected,
+    Conflict,
+    NotFound,
+    PolicyRejected,
+    RegistryError,
+)
 from .ports import RegistryRepository
 
 log = structlog.get_logger(__name__)
@@ -266,6 +274,10 @@ class RegistryService:
         doc = await self.repo.latest_policy(name)
         return PolicyView.model_validate(doc) if doc else PolicyView(model_name=name, revision=0)
 
+    async def all_policies(self) -> list[PolicyView]:
+        """The newest revision of every model's policy."""
+        return [PolicyView.model_validate(d) for d in await self.repo.latest_policies()]
+
     async def policy_revisions(self, name: str, limit: int) -> list[PolicyView]:
         return [PolicyView.model_validate(d) for d in await self.repo.list_policies(name, limit)]
 
@@ -273,6 +285,11 @@ class RegistryService:
         """Store the next revision if ``expected_revision`` is still the newest (else Conflict
         ``policy_conflict`` with the current one), with its audit record and a
         ModelPolicyChanged in the same write."""
+        schedule = update.policy.training.schedule
+        if schedule is not None and not is_cron(schedule.cron):
+            raise PolicyRejected(
+                f"training.schedule.cron is not a cron expression: {schedule.cron!r}"
+            )
         current = await self.policy(name)
         if current.revision != update.expected_revision:
             raise Conflict(

@@ -115,6 +115,10 @@ class MemoryRegistryRepository:
         self.outbox.add(events)
         return True
 
+    async def latest_policies(self) -> list[dict[str, Any]]:
+        names = sorted({n for (n, _) in self.policies})
+        return [doc for n in names if (doc := await self.latest_policy(n)) is not None]
+
     async def list_policies(self, name: str, limit: int) -> list[dict[str, Any]]:
         revisions = sorted((r for (n, r) in self.policies if n == name), reverse=True)
         return [copy.deepcopy(self.policies[(name, r)]) for r in revisions[:limit]]

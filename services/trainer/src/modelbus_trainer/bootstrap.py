@@ -54,10 +54,14 @@ def wire(kit: Kit) -> Wiring:
         namespace=NAMESPACE,
         max_sleep_s=settings.schedule_max_sleep_s,
         name="trainer",
+        live=True,  # a model's policy may set or change its schedule while it runs
     )
-    tasks = [Task("resume-runs", service.resume)]
-    if settings.schedules:
-        tasks.append(Task("retrain-schedules", scheduler.run))
+    service.scheduler = scheduler
+    tasks = [
+        Task("resume-runs", service.resume),
+        Task("retrain-schedules", scheduler.run),
+        Task("policy-schedules", service.load_schedules),
+    ]
     return Wiring(
         context=service,
         routers=[api.router],

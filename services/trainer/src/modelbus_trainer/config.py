@@ -6,21 +6,13 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from modelbus_contracts.events import FiniteJSON
+from modelbus_contracts.policy import TrainingSchedule
 from modelbus_platform.scheduler import CronSpec
 from modelbus_platform.settings import ServiceSettings
 
 
-class ScheduleSpec(CronSpec):
-    """When (``cron``, UTC) and on what data a model is retrained on a schedule."""
-
-    dataset_uri: str | None = Field(
-        default=None, description="CSV in object storage; default: the model's collected feedback"
-    )
-    since_hours: float | None = Field(
-        default=None, gt=0, description="feedback only from the last N hours (no dataset_uri)"
-    )
-    params: FiniteJSON = Field(default_factory=dict, description="training params of the run")
+class ScheduleSpec(TrainingSchedule, CronSpec):
+    """A retraining schedule (the contract's ``TrainingSchedule``), its cron checked."""
 
 
 class TrainerSettings(ServiceSettings):

@@ -36,8 +36,11 @@ async def drift_detected(service: TrainerService, event: DriftDetected) -> None:
 
 
 async def policy_changed(service: TrainerService, event: ModelPolicyChanged) -> None:
+    """Read the model's policy again: its family and params for the next run, its schedule
+    at once."""
     if service.policies is not None:
         service.policies.invalidate(event.model_name)
+        await service.apply_schedule(event.model_name)
 
 
 async def schedule_fired(fire: Fire[ScheduleSpec], *, publisher: Publisher) -> None:

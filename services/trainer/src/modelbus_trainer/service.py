@@ -11,6 +11,7 @@ from typing import Any
 
 import structlog
 from prometheus_client import Counter, Histogram
+from pydantic import ValidationError
 
 from modelbus_contracts import (
     ArtifactRef,
@@ -30,10 +31,12 @@ from modelbus_platform.bus import Publisher
 from modelbus_platform.metrics import Metrics
 from modelbus_platform.outbox import Notifier
 from modelbus_platform.policies import Policies
+from modelbus_platform.registry import RegistryError
+from modelbus_platform.scheduler import CronScheduler
 from modelbus_platform.stores import ObjectNotFound, ObjectStore, sha256_hex
 
 from .adapters import COUNTED_SERVERS
-from .config import TrainerSettings
+from .config import ScheduleSpec, TrainerSettings
 from .domain import (
     ACTIVE_STATES,
     RunFailed,
@@ -102,9 +105,11 @@ class TrainerService:
         metrics: TrainerMetrics | None = None,
         clock: Callable[[], datetime] = utcnow,
         policies: Policies | None = None,
+        scheduler: CronScheduler[ScheduleSpec] | None = None,
     ) -> None:
         self.settings = settings
         self.policies = policies
+        self.scheduler = scheduler
         self.runs = runs
         self.feedback = feedback
         self.locks = locks
@@ -118,6 +123,39 @@ class TrainerService:
         self.allowed_entry_points = set(settings.python_entry_points) | {
             str(e) for e in configured if e
         }
+
+    # -- live schedules ---------------------------------------------------------------------
+
+    async def apply_schedule(self, name: str) -> bool:
+        """The model's retraining schedule: its live policy's (registry), else
+        ``MODELBUS_SCHEDULES``'; set on the running scheduler. True when it changed."""
+        if self.scheduler is None or self.policies is None:
+            return False
+        view = await self.policies.view(name)
+        live = view.policy.training.schedule
+        spec = self.settings.schedules.get(name)
+        if live is not None:
+            try:
+                spec = ScheduleSpec.model_validate(live.model_dump())
+            except ValidationError as exc:  # the registry checks it; an older one may not
+                log.warning("schedule.refused", model=name, revision=view.revision, error=str(exc))
+        return self.scheduler.set(name, spec, self.clock())
+
+    async def load_schedules(self, retry_s: float = 5.0) -> None:
+        """Start-up: every model's live schedule (a background task: it waits for the
+        registry, retrying every ``retry_s``, while the settings' schedules already run)."""
+        if self.scheduler is None or self.policies is None:
+            return
+        while True:
+            try:
+                views = await self.policies.load_all()
+                break
+            except RegistryError as exc:
+                log.warning("schedule.policies_unavailable", error=str(exc), retry_in_s=retry_s)
+                await asyncio.sleep(retry_s)
+        for view in views:
+            await self.apply_schedule(view.model_name)
+        log.info("schedule.policies_loaded", models=len(views))
 
     async def _new_run(self, event: Event) -> dict[str, Any]:
         """The run for a trigger, with the model's training policy as it is now (the live
