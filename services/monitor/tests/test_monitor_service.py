@@ -503,3 +503,27 @@ async def test_the_live_monitoring_policy_applies_without_a_restart():
     await h.stream("churn", 100, 0.05, version=2)
     closed = await h.store.get(event.incident_id)
     assert (closed.state, closed.live_points) == ("recovered", 100)
+
+
+async def test_an_operator_resolves_an_incident_by_hand():
+    h = Harness(feature_drift_enabled=False)
+    register(h.registry, "churn", 1)
+    await h.service.rebuild()
+    await h.stream("churn", 1500, 0.1)
+    await h.stream("churn", 1500, 0.45)
+    [event] = h.publisher.of(DriftDetected)
+    app = service_app(router, context=h.service)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://m") as c:
+        url = f"/incidents/{event.incident_id}/resolve"
+        body = {"actor": "alice", "reason": "the source system was fixed upstream"}
+        assert (await c.post(url, json={"actor": "alice"})).status_code == 422
+        done = await c.post(url, json=body)
+        assert done.status_code == 200, done.text
+        assert (done.json()["status"], done.json()["state"]) == ("closed", "resolved")
+        again = await c.post(url, json=body)
+        assert again.status_code == 409 and again.json()["reason"] == "incident_not_open"
+        missing = await c.post("/incidents/nope/resolve", json=body)
+        assert missing.status_code == 404 and missing.json()["reason"] == "unknown_incident"
+    [update] = [u for u in h.publisher.of(IncidentUpdated) if u.state == "resolved"]
+    assert not update.open and "alice" in update.reason
+    assert h.service.status("churn")["open_incident"] is None

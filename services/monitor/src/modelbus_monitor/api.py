@@ -8,6 +8,7 @@ from typing import Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
+from pydantic import BaseModel, ConfigDict, Field
 
 from modelbus_platform.http import ApiError, error_responses
 
@@ -43,6 +44,32 @@ async def list_incidents(
 ) -> list[dict[str, Any]]:
     incidents = await _service(request).list_incidents(model_name, limit)
     return [incident_view(i) for i in incidents]
+
+
+class Resolution(BaseModel):
+    """Who closes an incident by hand, and why (both go into its transitions and event)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    actor: str = Field(min_length=1, max_length=200)
+    reason: str = Field(min_length=1, max_length=2000)
+
+
+@router.post(
+    "/incidents/{incident_id}/resolve",
+    summary="Close an open incident by hand (e.g. one that needs a human)",
+    responses=error_responses(
+        {404: "unknown_incident", 409: "incident_not_open: closed already, or not open here"}
+    ),
+)
+async def resolve_incident(incident_id: str, body: Resolution, request: Request) -> dict[str, Any]:
+    try:
+        incident = await _service(request).resolve_incident(incident_id, body.actor, body.reason)
+    except LookupError as exc:
+        raise ApiError(404, f"incident {incident_id!r} not found", "unknown_incident") from exc
+    except ValueError as exc:
+        raise ApiError(409, str(exc), "incident_not_open") from exc
+    return incident_view(incident)
 
 
 @router.get(

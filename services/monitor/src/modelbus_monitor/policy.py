@@ -300,6 +300,17 @@ class IncidentPolicy:
         self.incident = None
         return incident
 
+    def resolve(self, incident_id: str, now: datetime, actor: str, reason: str) -> Incident | None:
+        """A human closes the open incident (``resolved``), e.g. one that ``needs_human``; the
+        cooldown starts as after a recovery. None when it is not this model's open incident."""
+        incident = self.incident
+        if incident is None or incident.incident_id != incident_id:
+            return None
+        incident.move("resolved", now, f"resolved by {actor}: {reason}", actor=actor)
+        self.counts["incidents_resolved_by_hand"] += 1
+        version = incident.live_version or incident.version
+        return self._close(now, version, None, f"resolved by {actor}")
+
     def on_rejected(
         self, incident_id: str, version: int, reasons: list[str], now: datetime
     ) -> bool:

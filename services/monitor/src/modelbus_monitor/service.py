@@ -268,6 +268,24 @@ class MonitorService:
             )
             await self._advance(monitor)
 
+    async def resolve_incident(self, incident_id: str, actor: str, reason: str) -> Incident:
+        """An operator closes an open incident (``resolved``, with who and why): saved with its
+        IncidentUpdated. ``LookupError`` if unknown, ``ValueError`` if not open here."""
+        stored = await self.incidents.get(incident_id)
+        if stored is None:
+            raise LookupError(incident_id)
+        async with self._lock(stored.model_name):
+            monitor = self.models.get(stored.model_name)
+            closed = None
+            if monitor is not None:
+                closed = monitor.policy.resolve(incident_id, self.clock(), actor, reason)
+            if closed is None:
+                raise ValueError(
+                    f"incident {incident_id} is {stored.status}, not open on this monitor"
+                )
+            await self._closed(stored.model_name, closed)
+            return closed
+
     async def on_rolled_back(self, event: ModelRolledBack) -> None:
         await self._serve(event.model_name, event.to_version, event, f"rolled back: {event.reason}")
 
