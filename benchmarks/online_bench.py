@@ -49,10 +49,22 @@ def start_bare(env: h.Env, artifact: Path) -> tuple[int, Any]:
 
 
 def start_mlserver(env: h.Env, artifact: Path) -> tuple[int, Any]:
+    """MLServer serving the bench's logistic model through ``mlserver_model.LogRegModel``."""
+    pythonpath = f"{h.ROOT / 'benchmarks'}:{h.ROOT / 'libs' / 'ml' / 'src'}"
+    return serve_with_mlserver(
+        env, "mlserver", "mlserver_model.LogRegModel", artifact, {"PYTHONPATH": pythonpath}
+    )
+
+
+def serve_with_mlserver(
+    env: h.Env, folder_name: str, implementation: str, uri: Path, extra_env: dict[str, str]
+) -> tuple[int, Any]:
+    """MLServer 1.7 (from its venv) serving one model with ``implementation`` and
+    ``parameters.uri``, inference in the server process, pinned like the other servers."""
     import os
 
     port = free_port()
-    folder = h.OUT / "mlserver"
+    folder = h.OUT / folder_name
     (folder / MODEL).mkdir(parents=True, exist_ok=True)
     settings = {
         "http_port": port,
@@ -64,15 +76,14 @@ def start_mlserver(env: h.Env, artifact: Path) -> tuple[int, Any]:
     (folder / "settings.json").write_text(json.dumps(settings))
     model_settings = {
         "name": MODEL,
-        "implementation": "mlserver_model.LogRegModel",
-        "parameters": {"uri": str(artifact), "version": "1"},
+        "implementation": implementation,
+        "parameters": {"uri": str(uri), "version": "1"},
     }
     (folder / MODEL / "model-settings.json").write_text(json.dumps(model_settings))
-    pythonpath = f"{h.ROOT / 'benchmarks'}:{h.ROOT / 'libs' / 'ml' / 'src'}"
-    env_vars = {**os.environ, "PYTHONPATH": pythonpath}
+    env_vars = {**os.environ, **extra_env}
     env_vars.pop("VIRTUAL_ENV", None)
     argv = [str(MLSERVER_VENV / "bin" / "mlserver"), "start", str(folder)]
-    proc = env.spawn("mlserver", argv, env_vars, port)
+    proc = env.spawn(folder_name, argv, env_vars, port)
     h.wait_http_ok(f"http://127.0.0.1:{port}/v2/models/{MODEL}/ready")
     return port, proc
 

@@ -19,16 +19,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import subprocess
 from typing import Any
 
 import harness as h
 import numpy as np
-from online_bench import MLSERVER_VENV, median_of
+from online_bench import MLSERVER_VENV, median_of, serve_with_mlserver
 
 from modelbus_contracts import ArtifactRef
-from modelbus_embedded.servers import free_port
 from modelbus_embedded.testing import version_view
 from modelbus_ml import Dataset, train_family
 
@@ -73,6 +71,8 @@ def start_scorer(env: h.Env) -> tuple[int, Any]:
 
 
 def start_mlserver(env: h.Env, ds: Dataset) -> tuple[int, Any]:
+    """MLServer's scikit-learn runtime on the same estimator, fitted in MLServer's venv (same
+    data, params, seed) and saved with joblib, as that runtime loads models."""
     folder = h.OUT / "mlserver-sklearn"
     (folder / MODEL).mkdir(parents=True, exist_ok=True)
     csv = folder / "train.csv"
@@ -80,27 +80,9 @@ def start_mlserver(env: h.Env, ds: Dataset) -> tuple[int, Any]:
     joblib_path = folder / MODEL / "model.joblib"
     python = str(MLSERVER_VENV / "bin" / "python")
     subprocess.run([python, "-c", FIT.format(seed=SEED), str(csv), str(joblib_path)], check=True)
-    port = free_port()
-    settings = {
-        "http_port": port,
-        "grpc_port": free_port(),
-        "metrics_port": free_port(),
-        "parallel_workers": 0,
-        "debug": False,
-    }
-    (folder / "settings.json").write_text(json.dumps(settings))
-    model_settings = {
-        "name": MODEL,
-        "implementation": "mlserver_sklearn.SKLearnModel",
-        "parameters": {"uri": str(joblib_path), "version": "1"},
-    }
-    (folder / MODEL / "model-settings.json").write_text(json.dumps(model_settings))
-    env_vars = {**os.environ}
-    env_vars.pop("VIRTUAL_ENV", None)
-    argv = [str(MLSERVER_VENV / "bin" / "mlserver"), "start", str(folder)]
-    proc = env.spawn("mlserver-sklearn", argv, env_vars, port)
-    h.wait_http_ok(f"http://127.0.0.1:{port}/v2/models/{MODEL}/ready")
-    return port, proc
+    return serve_with_mlserver(
+        env, "mlserver-sklearn", "mlserver_sklearn.SKLearnModel", joblib_path, {}
+    )
 
 
 def body(target: str) -> bytes:

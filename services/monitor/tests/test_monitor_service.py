@@ -129,6 +129,17 @@ class Harness:
         return self.metrics.registry.get_sample_value(name, labels) or 0.0
 
 
+async def drifted() -> tuple[Harness, DriftDetected]:
+    """A harness whose model churn v1 drifted (error rate 0.10 -> 0.45): one open incident."""
+    h = Harness(feature_drift_enabled=False)
+    register(h.registry, "churn", 1)
+    await h.service.rebuild()
+    await h.stream("churn", 1500, 0.1)
+    await h.stream("churn", 1500, 0.45)
+    [event] = h.publisher.of(DriftDetected)
+    return h, event
+
+
 def prediction(name: str, pid: str, label: int, version: int = 1, x: float = 0.0):
     return PredictionMade(
         model_name=name,
@@ -479,12 +490,7 @@ def test_entrypoint_builds_an_app_without_connecting():
 
 
 async def test_the_live_monitoring_policy_applies_without_a_restart():
-    h = Harness(feature_drift_enabled=False)
-    register(h.registry, "churn", 1)
-    await h.service.rebuild()
-    await h.stream("churn", 1500, 0.1)
-    await h.stream("churn", 1500, 0.45)
-    [event] = h.publisher.of(DriftDetected)
+    h, event = await drifted()
     revision = h.registry.set_policy(
         "churn",
         {"monitoring": {"recovery_min_points": 100, "detectors": {"__error__": "ddm"}}},
@@ -506,12 +512,7 @@ async def test_the_live_monitoring_policy_applies_without_a_restart():
 
 
 async def test_an_operator_resolves_an_incident_by_hand():
-    h = Harness(feature_drift_enabled=False)
-    register(h.registry, "churn", 1)
-    await h.service.rebuild()
-    await h.stream("churn", 1500, 0.1)
-    await h.stream("churn", 1500, 0.45)
-    [event] = h.publisher.of(DriftDetected)
+    h, event = await drifted()
     app = service_app(router, context=h.service)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://m") as c:
         url = f"/incidents/{event.incident_id}/resolve"

@@ -384,7 +384,7 @@ class Upstream:
         self.line(f"incident   still open after {self.cfg.recovery_timeout_s:.0f}s")
 
     async def _stream_batches(self, batches: int) -> None:
-        """``batches`` times 20 requests at the configured rate (about one second's worth)."""
+        """``batches`` times 20 requests of the current concept at the configured rate."""
         interval = 20 / self.cfg.rate_per_s
         for _ in range(batches):
             X = self._sample(20)
@@ -404,7 +404,6 @@ class Upstream:
             await asyncio.sleep(interval)
 
     async def _stream_until_new_champion_serves(self) -> None:
-        interval = 20 / self.cfg.rate_per_s
         while "new_champion_serving" not in self.result.marks:
             if (
                 self.result.requests_sent >= self.cfg.drift_after_requests
@@ -413,21 +412,7 @@ class Upstream:
                 self.concept = AFTER
                 self.mark("drift_onset")
                 self.line("DRIFT      upstream behaviour changed (concept drift injected)")
-            X = self._sample(20)
-            y = self.concept.labels(X, self.rng)
-            for row, label in zip(X, y, strict=True):
-                request_id = uuid.uuid4().hex
-                self.truth[request_id] = int(label)
-                await self._send(
-                    ScoringRequested(
-                        model_name=self.cfg.model_name,
-                        request_id=request_id,
-                        features=dict(zip(FEATURES, map(float, row), strict=True)),
-                        producer="upstream-simulator",
-                    )
-                )
-                self.result.requests_sent += 1
-            await asyncio.sleep(interval)
+            await self._stream_batches(1)
         async with httpx.AsyncClient(timeout=10) as http:
             probe = await http.post(
                 f"{self.scorer_url}/v2/models/{self.cfg.model_name}/infer",

@@ -205,9 +205,46 @@ def _bounded(params: dict[str, Any], key: str, kind: type, low: float, high: flo
 SKLEARN_ESTIMATORS = ("gradient_boosting", "random_forest", "extra_trees", "logistic_regression")
 
 
-class SklearnFamily:
-    name = "sklearn"
+class OnnxFamily:
+    """A family whose fitted model is converted to ONNX and served by ONNX Runtime: the
+    subclass makes the estimator (``estimator``), says what it is fitted on (``matrix``), what
+    the header records (``meta``) and which converter reads it (``converter``)."""
+
+    name: str
     format = ONNX_FORMAT
+    converter = "skl2onnx"
+    default_params: dict[str, Any]
+
+    def estimator(self, p: dict[str, Any], seed: int) -> Any:
+        raise NotImplementedError
+
+    def matrix(self, ds: Dataset) -> np.ndarray:
+        return ds.X
+
+    def meta(self, p: dict[str, Any]) -> dict[str, Any]:
+        return {}
+
+    def train(self, ds: Dataset, params: dict[str, Any], seed: int) -> Trained:
+        from .onnx import to_onnx_artifact
+
+        _check_both_classes(ds)
+        p = {**self.default_params, **fit_params(params)}
+        threshold = _bounded(p, "threshold", float, 0.0, 1.0)
+        estimator = self.estimator(p, seed)
+        estimator.fit(self.matrix(ds), ds.y.astype(np.int64))
+        data = to_onnx_artifact(
+            estimator,
+            family=self.name,
+            feature_names=ds.feature_names,
+            threshold=threshold,
+            meta=self.meta(p),
+            converter=self.converter,
+        )
+        return Trained(load_model(data, self.format, sha256_of(data)), data, self.format)
+
+
+class SklearnFamily(OnnxFamily):
+    name = "sklearn"
     default_params: dict[str, Any] = {
         "estimator": "gradient_boosting",
         "n_estimators": 150,
@@ -256,39 +293,23 @@ class SklearnFamily:
             return make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=1000))
         raise ValueError(f"unknown sklearn estimator {kind!r}; known: {list(SKLEARN_ESTIMATORS)}")
 
-    def train(self, ds: Dataset, params: dict[str, Any], seed: int) -> Trained:
+    def meta(self, p: dict[str, Any]) -> dict[str, Any]:
         import sklearn
 
-        from .onnx import to_onnx_artifact
-
-        _check_both_classes(ds)
-        p = {**self.default_params, **fit_params(params)}
-        threshold = _bounded(p, "threshold", float, 0.0, 1.0)
-        estimator = self.estimator(p, seed)
-        estimator.fit(ds.X, ds.y.astype(np.int64))
-        meta = {
+        return {
             "estimator": str(p["estimator"]),
             "libraries": {"scikit-learn": sklearn.__version__},
         }
-        data = to_onnx_artifact(
-            estimator,
-            family=self.name,
-            feature_names=ds.feature_names,
-            threshold=threshold,
-            meta=meta,
-        )
-        return Trained(load_model(data, self.format, sha256_of(data)), data, self.format)
 
 
-class BoostingFamily:
+class BoostingFamily(OnnxFamily):
     """Gradient-boosted trees from LightGBM or XGBoost, converted by onnxmltools and served by
     ONNX Runtime like the ``sklearn`` family (no code runs on load). Single-threaded and
     seeded: the same data, params and seed give the same bytes."""
 
-    format = ONNX_FORMAT
-
     def __init__(self, name: str) -> None:
         self.name = name
+        self.converter = name
         self.default_params: dict[str, Any] = {
             "n_estimators": 200,
             "learning_rate": 0.1,
@@ -333,25 +354,11 @@ class BoostingFamily:
             verbosity=0,
         )
 
-    def train(self, ds: Dataset, params: dict[str, Any], seed: int) -> Trained:
-        from .onnx import to_onnx_artifact
+    def matrix(self, ds: Dataset) -> np.ndarray:
+        return np.ascontiguousarray(ds.X, dtype=np.float32)  # what the boosters train on
 
-        _check_both_classes(ds)
-        p = {**self.default_params, **fit_params(params)}
-        threshold = _bounded(p, "threshold", float, 0.0, 1.0)
-        estimator = self.estimator(p, seed)
-        estimator.fit(np.ascontiguousarray(ds.X, dtype=np.float32), ds.y.astype(np.int64))
-        library = __import__(self.name)
-        meta = {"libraries": {self.name: library.__version__}}
-        data = to_onnx_artifact(
-            estimator,
-            family=self.name,
-            feature_names=ds.feature_names,
-            threshold=threshold,
-            meta=meta,
-            converter=self.name,
-        )
-        return Trained(load_model(data, self.format, sha256_of(data)), data, self.format)
+    def meta(self, p: dict[str, Any]) -> dict[str, Any]:
+        return {"libraries": {self.name: __import__(self.name).__version__}}
 
 
 class AutoFamily:
