@@ -132,7 +132,7 @@ async def test_a_later_import_is_judged_on_the_champions_holdout(client, wired, 
         ("holdout_columns", 422, "import_rejected", "no column for the features ['visits']"),
         ("content_type", 415, "unsupported_media_type", "ONNX"),
         ("bad_name", 422, "validation_error", "name"),
-        ("no_features", 422, "validation_error", "feature_names"),
+        ("no_features", 422, "import_rejected", "feature_names is required"),
     ],
 )
 async def test_bad_imports_are_refused_with_a_reason(client, wired, case, status, reason, words):
@@ -201,3 +201,108 @@ async def test_lightgbm_and_xgboost_models_converted_by_onnxmltools_are_imported
         served.predict_proba(Xt), model.predict_proba(Xt.astype(np.float32))[:, 1], atol=1e-4
     )
     assert view.metrics["accuracy"] > 0.9
+
+
+def mlflow_zip(
+    onnx_bytes: bytes | None,
+    *,
+    flavors: dict | None = None,
+    inputs: list | None = None,
+    folder: str = "model",
+) -> bytes:
+    """A zipped MLflow model folder, as ``mlflow.onnx.log_model`` writes it."""
+    import io
+    import json as jsonlib
+    import zipfile
+
+    import yaml
+
+    spec = {
+        "flavors": flavors or {"onnx": {"data": "model.onnx", "onnx_version": "1.17.0"}},
+        "mlflow_version": "2.19.0",
+        "run_id": "0123456789abcdef",
+    }
+    if inputs is not None:
+        spec["signature"] = {"inputs": jsonlib.dumps(inputs), "outputs": "[]"}
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr(f"{folder}/MLmodel", yaml.safe_dump(spec))
+        if onnx_bytes is not None:
+            archive.writestr(f"{folder}/model.onnx", onnx_bytes)
+    return buffer.getvalue()
+
+
+COLUMNS = [{"type": "double", "name": n, "required": True} for n in NAMES]
+ZIP = {"content-type": "application/zip"}
+
+
+async def test_an_mlflow_model_with_an_onnx_flavor_is_imported_with_its_signature(client, wired):
+    body, forest = exported(RandomForestClassifier(n_estimators=10, random_state=0))
+    holdout = await put_holdout(wired.store)
+    response = await client.post(
+        f"/models/{MODEL}/versions",
+        content=mlflow_zip(body, inputs=COLUMNS),
+        headers=ZIP,
+        params={"holdout_uri": holdout},  # no feature_names: the signature names them
+    )
+    assert response.status_code == 201, response.text
+    view = VersionView.model_validate(response.json())
+    assert view.feature_names == NAMES
+    assert view.lineage.params["source"] == "mlflow 0123456789abcdef"
+    stored = await wired.store.get(view.artifact.uri)
+    model = load_model(stored, view.artifact.format, view.artifact.sha256)
+    X, _ = data(20, 4)
+    np.testing.assert_allclose(
+        model.predict_proba(X), forest.predict_proba(X.astype(np.float32))[:, 1], atol=1e-5
+    )
+
+
+@pytest.mark.parametrize(
+    "case, words",
+    [
+        ("pickle_flavor", "sklearn flavor is a pickle"),
+        ("string_column", "non-numeric inputs ['visits (string)']"),
+        ("escaping_data", "outside the model folder"),
+        ("missing_data", "not in the archive"),
+        ("no_mlmodel", "no MLmodel file"),
+        ("not_a_zip", "not a zip archive"),
+        ("names_disagree", "differ from the MLflow signature"),
+        ("tensor_signature", "give feature_names"),
+    ],
+)
+async def test_bad_mlflow_models_are_refused_with_the_way_out(client, wired, case, words):
+    body, _ = exported(RandomForestClassifier(n_estimators=5, random_state=0), rows=200)
+    holdout = await put_holdout(wired.store)
+    params: dict = {"holdout_uri": holdout}
+    content = mlflow_zip(body, inputs=COLUMNS)
+    if case == "pickle_flavor":
+        flavors = {"sklearn": {"pickled_model": "model.pkl"}, "python_function": {}}
+        content = mlflow_zip(None, flavors=flavors, inputs=COLUMNS)
+    elif case == "string_column":
+        content = mlflow_zip(body, inputs=[*COLUMNS[:2], {"type": "string", "name": "visits"}])
+    elif case == "escaping_data":
+        content = mlflow_zip(body, flavors={"onnx": {"data": "../../etc/passwd"}})
+    elif case == "missing_data":
+        content = mlflow_zip(None, inputs=COLUMNS)
+    elif case == "no_mlmodel":
+        import io
+        import zipfile
+
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w") as archive:
+            archive.writestr("model/model.onnx", body)
+        content = buffer.getvalue()
+    elif case == "not_a_zip":
+        content = b"PK\x03\x04 but not really"
+    elif case == "names_disagree":
+        params["feature_names"] = ["a", "b", "c"]
+    elif case == "tensor_signature":
+        tensor = {"type": "tensor", "tensor-spec": {"dtype": "float32", "shape": [-1, 3]}}
+        content = mlflow_zip(body, inputs=[tensor])
+    response = await client.post(
+        f"/models/{MODEL}/versions", content=content, headers=ZIP, params=params
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["reason"] == "import_rejected"
+    assert words in response.json()["error"]
+    assert wired.published.of(ModelRegistered) == []

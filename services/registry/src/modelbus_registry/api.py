@@ -31,12 +31,18 @@ ARTIFACT_MEDIA_TYPE = "application/json"
 BINARY = "application/octet-stream"
 IMPORT_UPLOADS = r"/models/[^/]+/versions"  # up to max_upload_bytes, not max_body_bytes
 ONNX_TYPES = ("application/octet-stream", "application/onnx", "application/x-onnx")
+MLFLOW_TYPES = ("application/zip", "application/x-zip-compressed")
 ONNX_BODY = {
     "requestBody": {
         "required": True,
-        "content": {t: {"schema": {"type": "string", "format": "binary"}} for t in ONNX_TYPES},
+        "content": {
+            t: {"schema": {"type": "string", "format": "binary"}}
+            for t in (*ONNX_TYPES, *MLFLOW_TYPES)
+        },
         "description": "an ONNX binary classifier: one float input (n, features), one float "
-        "output (n, 2) with the class probabilities (skl2onnx: options={'zipmap': False})",
+        "output (n, 2) with the class probabilities (skl2onnx: options={'zipmap': False}); or "
+        "a zipped MLflow model folder with an 'onnx' flavor (application/zip): its column "
+        "signature names the features",
     }
 }
 
@@ -58,7 +64,7 @@ UNKNOWN = {**STARTING, 404: "not_found: no such model (or version, alias, artifa
 ARTIFACT = {**UNKNOWN, 409: "artifact_integrity_failed: the stored bytes do not match sha256"}
 IMPORT = {
     **STARTING,
-    415: "unsupported_media_type: not an ONNX body",
+    415: "unsupported_media_type: not an ONNX body or a zipped MLflow model",
     422: "import_rejected: not a usable ONNX classifier, features that do not match, no "
     "hold-out for a first model, a bad hold-out, ...",
 }
@@ -114,9 +120,13 @@ def build_router(audit_limit: int = 1000) -> APIRouter:
         request: Request,
         service: Service,
         feature_names: Annotated[
-            list[str],
-            Query(min_length=1, max_length=10_000, description="the input's columns, in order"),
-        ],
+            list[str] | None,
+            Query(
+                max_length=10_000,
+                description="the input's columns, in order (an MLflow model's signature may "
+                "give them)",
+            ),
+        ] = None,
         threshold: Annotated[float, Query(ge=0, le=1, description="P(1) >= threshold: 1")] = 0.5,
         holdout_uri: Annotated[
             str | None,
@@ -130,22 +140,30 @@ def build_router(audit_limit: int = 1000) -> APIRouter:
         actor: Actor = API_ACTOR,
     ) -> Response:
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if content_type not in ONNX_TYPES:
+        if content_type not in (*ONNX_TYPES, *MLFLOW_TYPES):
             raise ApiError(
                 415,
-                f"expected an ONNX body, got {content_type or 'nothing'}",
+                f"expected an ONNX body or a zipped MLflow model, got {content_type or 'nothing'}",
                 "unsupported_media_type",
             )
+        options = {
+            "threshold": threshold,
+            "holdout_uri": holdout_uri,
+            "source": source,
+            "actor": actor,
+        }
+        body = await request.body()
         try:
-            view, created = await service.import_model(
-                name,
-                await request.body(),
-                feature_names=feature_names,
-                threshold=threshold,
-                holdout_uri=holdout_uri,
-                source=source,
-                actor=actor,
-            )
+            if content_type in MLFLOW_TYPES:
+                view, created = await service.import_mlflow(
+                    name, body, feature_names=feature_names, **options
+                )
+            elif not feature_names:
+                raise ArtifactRejected("feature_names is required for an ONNX model")
+            else:
+                view, created = await service.import_model(
+                    name, body, feature_names=feature_names, **options
+                )
         except ArtifactRejected as exc:
             raise ApiError(422, exc.reason, "import_rejected") from exc
         return JSONResponse(view.model_dump(mode="json"), status_code=201 if created else 200)

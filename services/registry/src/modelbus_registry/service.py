@@ -49,6 +49,7 @@ from modelbus_ml import (
     feature_stats,
     from_csv_bytes,
 )
+from modelbus_ml.mlflow import read_mlflow_zip
 from modelbus_ml.onnx import ONNX_FORMAT, import_onnx, load_onnx
 from modelbus_platform.outbox import Notifier
 from modelbus_platform.scheduler import is_cron
@@ -171,6 +172,30 @@ class RegistryService:
         return domain.summary(doc) if doc else None
 
     # -- a model trained elsewhere -------------------------------------------------------------
+
+    async def import_mlflow(
+        self, name: str, archive: bytes, *, feature_names: list[str] | None = None, **kwargs: Any
+    ) -> tuple[VersionView, bool]:
+        """``import_model`` for a zipped MLflow model directory with an ``onnx`` flavor: the
+        feature names come from its signature (or ``feature_names``, which must then agree)."""
+        try:
+            found = await asyncio.to_thread(read_mlflow_zip, archive)
+        except ArtifactError as exc:
+            raise ArtifactRejected(f"not an importable MLflow model: {exc}") from exc
+        names = list(found.feature_names or ())
+        if feature_names and names and list(feature_names) != names:
+            raise ArtifactRejected(
+                f"feature_names {feature_names} differ from the MLflow signature's {names}"
+            )
+        names = names or list(feature_names or [])
+        if not names:
+            raise ArtifactRejected(
+                "the MLflow model has no column signature: give feature_names in input order"
+            )
+        source = kwargs.pop("source", "") or f"mlflow {found.info.get('run_id', '')}".strip()
+        return await self.import_model(
+            name, found.onnx, feature_names=names, source=source, **kwargs
+        )
 
     async def import_model(
         self,
