@@ -261,3 +261,27 @@ def test_boosting_families_serve_through_onnx_with_their_own_probabilities(famil
     )
     with pytest.raises(ValueError, match="n_estimators must be within"):
         train_family(train, {"family": family, "n_estimators": 10**7}, seed=1)
+
+
+def test_a_model_from_outside_is_vetted_in_a_process_of_its_own():
+    from modelbus_ml import testing as hostile
+    from modelbus_ml.onnx import vet_import, vet_import_isolated
+
+    train, holdout = split_holdout(make_dataset(), 0.25, seed=1)
+    fitted = get_family("sklearn").estimator({**get_family("sklearn").default_params}, 1)
+    fitted.fit(train.X, train.y.astype(np.int64))
+    from skl2onnx import to_onnx
+
+    data = to_onnx(
+        fitted, train.X[:1].astype(np.float32), options={id(fitted): {"zipmap": False}}
+    ).SerializeToString()
+    args = (data, train.feature_names, 0.5, holdout.X, holdout.y)
+    assert vet_import_isolated(*args) == vet_import(*args)  # same bytes, same metrics
+    with pytest.raises(ArtifactError, match="crashed the process"):
+        vet_import_isolated(*args, target=hostile.crash)
+    with pytest.raises(ArtifactError, match="longer than 2s"):
+        vet_import_isolated(*args, target=hostile.hang, timeout_s=2)
+    with pytest.raises(ArtifactError, match=r"MiB|crashed"):
+        vet_import_isolated(*args, target=hostile.hog, memory_bytes=1 << 30)
+    with pytest.raises(ArtifactError, match="ONNX"):
+        vet_import_isolated(b"garbage", *args[1:])

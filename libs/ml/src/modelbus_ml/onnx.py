@@ -227,3 +227,89 @@ def load_onnx(data: bytes) -> OnnxModel:
     family = str(header.get("family", ""))
     dtype = INPUT_TYPES[inputs[0].type]
     return OnnxModel(names, threshold, family, session, inputs[0].name, header, output, dtype)
+
+
+# -- vetting a model from outside, in a process of its own ---------------------------------------
+
+DEFAULT_VET_MEMORY_BYTES = 8 << 30
+DEFAULT_VET_TIMEOUT_S = 120.0
+
+
+def vet_import(
+    data: bytes,
+    feature_names: tuple[str, ...],
+    threshold: float,
+    X: np.ndarray,
+    y: np.ndarray,
+) -> tuple[bytes, dict[str, float]]:
+    """``import_onnx`` and the model's metrics on the hold-out ``X``, ``y``."""
+    from .dataset import Dataset
+    from .evaluation import evaluate
+
+    artifact = import_onnx(data, feature_names=feature_names, threshold=threshold)
+    metrics = evaluate(load_onnx(artifact), Dataset(feature_names, X, y))
+    return artifact, metrics
+
+
+def _vet_child(conn: Any, memory_bytes: int, target: Any, args: tuple[Any, ...]) -> None:
+    import resource
+
+    try:
+        resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
+        conn.send(("ok", target(*args)))
+    except ArtifactError as exc:
+        conn.send(("refused", str(exc)))
+    except MemoryError:
+        conn.send(("refused", f"it needs more than {memory_bytes >> 20} MiB"))
+    except Exception as exc:
+        conn.send(("refused", f"{type(exc).__name__}: {exc}"))
+    finally:
+        conn.close()
+
+
+def vet_import_isolated(
+    data: bytes,
+    feature_names: tuple[str, ...],
+    threshold: float,
+    X: np.ndarray,
+    y: np.ndarray,
+    *,
+    timeout_s: float = DEFAULT_VET_TIMEOUT_S,
+    memory_bytes: int = DEFAULT_VET_MEMORY_BYTES,
+    target: Any = vet_import,
+) -> tuple[bytes, dict[str, float]]:
+    """``vet_import`` in a child process with a memory limit and a time limit: a model from
+    outside that crashes ONNX Runtime, eats memory or hangs is refused (ArtifactError with the
+    reason) and takes nothing else down."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    receiver, sender = ctx.Pipe(duplex=False)
+    args = (data, tuple(feature_names), threshold, X, y)
+    child = ctx.Process(target=_vet_child, args=(sender, memory_bytes, target, args), daemon=True)
+    child.start()
+    sender.close()
+    outcome: tuple[str, Any] | None = None
+    timed_out = False
+    try:
+        if receiver.poll(timeout_s):
+            outcome = receiver.recv()
+        else:
+            timed_out = True
+    except EOFError:
+        outcome = None
+    finally:
+        receiver.close()
+        child.join(5)
+        if child.is_alive():
+            child.kill()
+            child.join()
+    if outcome is not None and outcome[0] == "ok":
+        return outcome[1]
+    if outcome is not None:
+        raise ArtifactError(str(outcome[1]))
+    if timed_out:
+        raise ArtifactError(f"checking the model took longer than {timeout_s:.0f}s")
+    raise ArtifactError(
+        f"the model crashed the process that checked it (exit code {child.exitcode})"
+    )

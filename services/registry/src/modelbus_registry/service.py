@@ -45,12 +45,11 @@ from modelbus_ml import (
     ArtifactError,
     Dataset,
     DatasetError,
-    evaluate,
     feature_stats,
     from_csv_bytes,
 )
 from modelbus_ml.mlflow import read_mlflow_zip
-from modelbus_ml.onnx import ONNX_FORMAT, import_onnx, load_onnx
+from modelbus_ml.onnx import ONNX_FORMAT, vet_import_isolated
 from modelbus_platform.outbox import Notifier
 from modelbus_platform.scheduler import is_cron
 from modelbus_platform.stores import (
@@ -215,9 +214,12 @@ class RegistryService:
         version, so the deployer judges it with the same gates. (the version, whether it is
         new); ``ArtifactRejected`` with the reason."""
         names = tuple(feature_names)
+        holdout_ref, holdout = await self._import_holdout(name, holdout_uri, names)
         try:
-            artifact = await asyncio.to_thread(
-                import_onnx, data, feature_names=names, threshold=threshold
+            # the model comes from outside: it is checked and run in a process of its own,
+            # with a memory and a time limit, so one that crashes or hangs takes nothing down
+            artifact, metrics = await asyncio.to_thread(
+                vet_import_isolated, data, names, threshold, holdout.X, holdout.y
             )
         except ArtifactError as exc:
             raise ArtifactRejected(f"not an importable ONNX classifier: {exc}") from exc
@@ -225,12 +227,6 @@ class RegistryService:
         uri = f"artifacts/{name}/{digest}.onnx"
         if not await self.store.exists(uri):
             await self.store.put(uri, artifact, "application/octet-stream")
-        holdout_ref, holdout = await self._import_holdout(name, holdout_uri, names)
-        model = load_onnx(artifact)
-        try:
-            metrics = evaluate(model, holdout)
-        except (ValueError, ArtifactError) as exc:
-            raise ArtifactRejected(f"the model fails on its hold-out: {exc}") from exc
         reference = {k: FeatureStats(**v) for k, v in feature_stats(holdout).items()}
         ref = ArtifactRef(uri=uri, sha256=digest, size_bytes=len(artifact), format=ONNX_FORMAT)
         params = {"family": "onnx", "threshold": threshold, "source": source[:200]}
