@@ -528,3 +528,19 @@ async def test_an_operator_resolves_an_incident_by_hand():
     [update] = [u for u in h.publisher.of(IncidentUpdated) if u.state == "resolved"]
     assert not update.open and "alice" in update.reason
     assert h.service.status("churn")["open_incident"] is None
+
+
+async def test_the_batch_path_reads_a_models_policy_once_then_the_tick_follows_it():
+    h = Harness(feature_drift_enabled=False)
+    h.service.policies = Policies(h.registry, ttl_s=0)  # every read would go to the registry
+    register(h.registry, "churn", 1)
+    await h.service.rebuild()
+    await h.stream("churn", 50, 0.1)
+    assert h.registry.calls.count("policy:churn") == 1, "not on every batch"
+    h.registry.set_policy("churn", {"monitoring": {"recovery_min_points": 120}})
+    await h.service.tick()
+    assert h.service.models["churn"].policy.rules.min_points == 120
+    h.registry.down = True  # the tick keeps the last policy
+    await h.service.tick()
+    await h.stream("churn", 10, 0.1)
+    assert h.service.models["churn"].policy.rules.min_points == 120

@@ -32,7 +32,6 @@ def recovery_rules(config: DetectorConfig) -> RecoveryRules:
     return RecoveryRules(
         tolerance=config.recovery_tolerance,
         min_points=config.recovery_min_points,
-        ladder_points=config.recovery_min_points,
         max_attempts=config.incident_max_attempts,
     )
 

@@ -19,7 +19,7 @@ module decides what they mean:
   ``tolerance`` of the pre-drift level: the incident closes). A new version that does not bring
   accuracy back, or a retrain that was rejected (or never came) while accuracy stays low, leads
   to the next attempt: the DriftDetected again, same incident, ``attempt`` + 1, the same
-  ``onset_at`` (so the trainer takes a larger window), once ``ladder_points`` new labelled points
+  ``onset_at`` (so the trainer takes a larger window), once ``min_points`` new labelled points
   arrived since the last one. After ``max_attempts`` the incident ``needs_human``: nothing more
   is emitted, and it still closes if accuracy recovers. Without labelled pre-drift data there is
   nothing to recover to: a promotion or rollback closes the incident (``resolved``), as does, for
@@ -56,7 +56,6 @@ class RecoveryRules:
 
     tolerance: float = 0.03
     min_points: int = 300
-    ladder_points: int = 300
     max_attempts: int = 5
 
 
@@ -372,7 +371,7 @@ class IncidentPolicy:
             or incident.verdict_at is not None  # the retrain was rejected
             or (self.retrigger_s > 0 and since >= self.retrigger_s)  # it never came
         )
-        if not due or points < rules.ladder_points:
+        if not due:
             return "wait", None, ""
         why = (
             f"live accuracy {accuracy:.3f} of v{serving_version} over {points} points is below "

@@ -30,6 +30,7 @@ from modelbus_contracts import (
     PredictionMade,
 )
 from modelbus_contracts.envelope import utcnow
+from modelbus_contracts.policy import PolicyView
 from modelbus_platform.bus import Publisher
 from modelbus_platform.outbox import Notifier
 from modelbus_platform.policies import Policies
@@ -94,6 +95,7 @@ class MonitorService:
     ) -> None:
         self.config = config
         self.policies = policies
+        self._policy_seen: set[str] = set()
         self.publisher = publisher
         self.events = events
         self.incidents = incidents
@@ -170,8 +172,10 @@ class MonitorService:
     # -- background work ----------------------------------------------------------------------
 
     async def tick(self) -> None:
-        """Periodic: re-emit persisting incidents, checkpoint detectors, store daily windows."""
+        """Periodic: read changed policies, move incidents on, checkpoint detectors, store daily
+        windows."""
         for name in list(self.models):
+            await self._refresh_policy(name)  # a failed read keeps the last policy
             async with self._lock(name):
                 monitor = self.models[name]
                 try:
@@ -345,25 +349,31 @@ class MonitorService:
     async def _prepare(self, name: str) -> ModelMonitor:
         monitor = self._monitor(name)
         await self._sync(monitor)
-        await self._apply_policy(monitor)
+        if self.policies is not None and name not in self._policy_seen:
+            # once per model: later revisions come from the tick and ModelPolicyChanged, so
+            # the batch path never waits on the registry again
+            self._policy_seen.add(name)
+            self._use_policy(monitor, await self.policies.view(name))
         return monitor
 
-    async def _apply_policy(self, monitor: ModelMonitor) -> None:
-        """The model's live monitoring policy, when it has a new revision (read through the
-        cache: a registry read at most every ``policy_ttl_s``, or after ModelPolicyChanged)."""
-        if self.policies is None:
-            return
-        view = await self.policies.view(monitor.model_name)
+    def _use_policy(self, monitor: ModelMonitor, view: PolicyView) -> None:
         if monitor.apply_policy(view.revision, view.policy.monitoring):
             log.info("monitor.policy_applied", model=monitor.model_name, revision=view.revision)
+
+    async def _refresh_policy(self, name: str) -> None:
+        """The model's live monitoring policy, read outside the model's lock (a registry read
+        at most every ``policy_ttl_s``, at once after ModelPolicyChanged), applied under it."""
+        if self.policies is None or name not in self.models:
+            return
+        view = await self.policies.view(name)
+        async with self._lock(name):
+            self._use_policy(self.models[name], view)
 
     async def on_policy_changed(self, event: ModelPolicyChanged) -> None:
         if self.policies is None:
             return
         self.policies.invalidate(event.model_name)
-        if event.model_name in self.models:
-            async with self._lock(event.model_name):
-                await self._apply_policy(self.models[event.model_name])
+        await self._refresh_policy(event.model_name)
 
     async def _sync(self, monitor: ModelMonitor) -> None:
         """Fill a missing serving version or reference from the registry, rate-limited."""
