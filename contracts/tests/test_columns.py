@@ -10,7 +10,7 @@ import random
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import msgspec
 import pytest
@@ -34,28 +34,17 @@ from modelbus_contracts import (
 from modelbus_contracts import columns as columns_module
 from modelbus_contracts.codec import data_fields, data_struct
 from modelbus_contracts.envelope import is_model_name
-from modelbus_contracts.testing import DROP, Record, assert_as_pydantic, record_of, typed
+from modelbus_contracts.testing import (
+    DROP,
+    Record,
+    assert_as_pydantic,
+    label,
+    prediction,
+    record_of,
+    typed,
+)
 
 GOLDEN = Path(__file__).parent / "golden"
-
-
-def prediction(pid: str = "p1", **overrides: Any) -> PredictionMade:
-    fields = {
-        "producer": "scorer",
-        "model_name": "churn",
-        "prediction_id": pid,
-        "version": 1,
-        "features": {"x": 0.25, "y": 10.5},
-        "score": 0.7,
-        "label": 1,
-        "latency_ms": 1.5,
-    }
-    return PredictionMade(**(fields | overrides))
-
-
-def label(pid: str = "p1", value: int = 1, **overrides: Any) -> LabelObserved:
-    fields = {"producer": "up", "model_name": "churn", "prediction_id": pid, "label": value}
-    return LabelObserved(**(fields | overrides))
 
 
 def among_good(raw: Record, event=prediction) -> list[Record]:

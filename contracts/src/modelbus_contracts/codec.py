@@ -186,11 +186,19 @@ def _post_init(checks: dict[str, Convert]) -> Callable[[Any], None]:
 def _derive(annotation: Any, metadata: list[Any] = ()) -> tuple[Any, Convert | None]:  # type: ignore[assignment]
     """The msgspec type of a pydantic annotation with its field metadata, and the check (or
     conversion) to run on the decoded value, if any."""
-    constraints: dict[str, Any] = {}
+    return _derive_annotated(annotation, metadata, {})
+
+
+def _derive_annotated(
+    inner: Any, metadata: Any, constraints: dict[str, Any]
+) -> tuple[Any, Convert | None]:
+    """``inner`` under ``metadata`` (constraints merged over the enclosing ones, validators run
+    after its own check)."""
+    merged = dict(constraints)
     validators: list[Convert] = []
     for item in metadata:
-        _collect(item, constraints, validators)
-    ms_type, check = _derive_type(annotation, constraints)
+        _collect(item, merged, validators)
+    ms_type, check = _derive_type(inner, merged)
     for validator in validators:
         check = _then(check, validator)
     return ms_type, check
@@ -234,14 +242,7 @@ def _derive_type(tp: Any, constraints: dict[str, Any]) -> tuple[Any, Convert | N
     origin = typing.get_origin(tp)
     if origin is Annotated:
         inner, *metadata = typing.get_args(tp)
-        merged = dict(constraints)
-        validators: list[Convert] = []
-        for item in metadata:
-            _collect(item, merged, validators)
-        ms_type, check = _derive_type(inner, merged)
-        for validator in validators:
-            check = _then(check, validator)
-        return ms_type, check
+        return _derive_annotated(inner, metadata, constraints)
     if origin in (Union, types.UnionType):
         return _derive_union(typing.get_args(tp), constraints)
     if origin is Literal:

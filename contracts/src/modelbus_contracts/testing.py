@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from .cloudevents import ContractError, decode, encode
 from .columns import Columns, Decoded, decode_batch, decode_by_record
 from .envelope import Event
+from .events import LabelObserved, PredictionMade
 
 DROP: Any = object()  # a data field to leave out
 
@@ -108,4 +109,34 @@ def assert_as_pydantic(
     return expected
 
 
-__all__ = ["DROP", "Record", "assert_as_pydantic", "record_of", "reference", "typed"]
+def prediction(pid: str = "p1", **overrides: Any) -> PredictionMade:
+    """A valid PredictionMade of model ``churn`` (two features), fields overridable."""
+    fields = {
+        "producer": "scorer",
+        "model_name": "churn",
+        "prediction_id": pid,
+        "version": 1,
+        "features": {"x": 0.25, "y": 10.5},
+        "score": 0.7,
+        "label": 1,
+        "latency_ms": 1.5,
+    }
+    return PredictionMade(**(fields | overrides))
+
+
+def label(pid: str = "p1", value: int = 1, **overrides: Any) -> LabelObserved:
+    """A valid LabelObserved of model ``churn`` for ``pid``, fields overridable."""
+    fields = {"producer": "up", "model_name": "churn", "prediction_id": pid, "label": value}
+    return LabelObserved(**(fields | overrides))
+
+
+__all__ = [
+    "DROP",
+    "Record",
+    "assert_as_pydantic",
+    "label",
+    "prediction",
+    "record_of",
+    "reference",
+    "typed",
+]

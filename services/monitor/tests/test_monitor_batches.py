@@ -16,7 +16,7 @@ from modelbus_contracts import (
     decode_batch,
 )
 from modelbus_contracts.api import VersionView
-from modelbus_contracts.testing import DROP, record_of, reference
+from modelbus_contracts.testing import DROP, label, prediction, record_of, reference
 from modelbus_monitor.bootstrap import GROUP, SPEC
 from modelbus_monitor.config import DetectorConfig, MonitorSettings
 from modelbus_monitor.metrics import MonitorMetrics
@@ -31,24 +31,6 @@ REFERENCE = {
     "x": FeatureStats(count=1000, mean=0.0, std=1.0, min=-4.0, max=4.0),
     "y": FeatureStats(count=1000, mean=10.0, std=2.0, min=2.0, max=18.0),
 }
-
-
-def prediction(pid: str = "p1", **overrides) -> PredictionMade:
-    fields = {
-        "producer": "scorer",
-        "model_name": "churn",
-        "prediction_id": pid,
-        "version": 1,
-        "features": {"x": 0.25, "y": 10.5},
-        "score": 0.7,
-        "label": 1,
-        "latency_ms": 1.5,
-    }
-    return PredictionMade(**(fields | overrides))
-
-
-def label(pid: str = "p1", value: int = 1) -> LabelObserved:
-    return LabelObserved(producer="up", model_name="churn", prediction_id=pid, label=value)
 
 
 def make_service() -> MonitorService:
