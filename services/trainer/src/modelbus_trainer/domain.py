@@ -256,7 +256,7 @@ def drift_onset(event: DriftDetected) -> datetime:
 
 def ladder_rows(event: DriftDetected, min_rows: int, max_rows: int) -> int:
     """Rows an incident's retrain waits for: ``min_rows`` times the attempt (a ladder of
-    growing windows: 300, 600, 900, ... by default), capped by the window size."""
+    growing windows: 400, 800, 1,200, ... by default), capped by the window size."""
     return max(2, min(min_rows * int(event.attempt), max_rows))
 
 
