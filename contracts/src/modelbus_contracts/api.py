@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .events import ArtifactRef, DatasetRef, FeatureStats, Lineage, RolloutMode
+from .events import ArtifactRef, DatasetRef, FeatureStats, Lineage, RolloutMode, Signature
 
 Alias = Literal["champion", "challenger", "previous"]
 
@@ -29,6 +29,7 @@ class VersionView(View):
     metrics: dict[str, float] = Field(default_factory=dict)
     lineage: Lineage
     reference: dict[str, FeatureStats] = Field(default_factory=dict)
+    signature: Signature | None = None
     status: str = Field(description="registered | champion | previous | rejected | retired")
     created_at: datetime
     evaluation: dict[str, Any] | None = None

@@ -209,6 +209,10 @@ def _is_pattern(item: Any) -> bool:
 
 
 def _collect(item: Any, constraints: dict[str, Any], validators: list[Convert]) -> None:
+    if type(item) is FieldInfo and item.annotation in (None, type(None)) and not item.json_schema_extra:
+        for inner in item.metadata:  # Annotated[str, Field(max_length=...)]: its constraints
+            _collect(inner, constraints, validators)
+        return
     if isinstance(item, AfterValidator):
         params = inspect.signature(item.func).parameters
         if len(params) != 1:
@@ -293,14 +297,32 @@ def _derive_type(tp: Any, constraints: dict[str, Any]) -> tuple[Any, Convert | N
 
 
 def _derive_union(args: tuple[Any, ...], constraints: dict[str, Any]) -> tuple[Any, Convert | None]:
-    """``X | None`` (constraints apply to ``X``, as pydantic applies them)."""
+    """``X | None`` (constraints apply to ``X``, as pydantic applies them), or a union of
+    scalars (``int | float | str``, each with its own constraints, no checks): msgspec picks
+    the member by the JSON type as pydantic's smart union does."""
     members = [a for a in args if a is not type(None)]
-    if len(members) != 1:
-        raise TypeError(f"only X | None unions are derivable, not {args}")
-    ms_type, check = _derive_type(members[0], constraints)
-    if len(members) == len(args):
-        return ms_type, check
-    return ms_type | None, None if check is None else _unless_none(check)
+    nullable = len(members) != len(args)
+    if len(members) == 1:
+        ms_type, check = _derive_type(members[0], constraints)
+        if not nullable:
+            return ms_type, check
+        return ms_type | None, None if check is None else _unless_none(check)
+    _no_constraints(args, constraints)
+    derived = []
+    for member in members:
+        base = typing.get_args(member)[0] if typing.get_origin(member) is Annotated else member
+        if base not in _SCALARS:
+            raise TypeError(f"only unions of {_SCALARS} are derivable, not {args}")
+        ms_type, check = _derive_type(member, {})
+        if check is not None:
+            raise TypeError(f"{member!r}: union members that need a check are not derivable")
+        derived.append(ms_type)
+    if nullable:
+        derived.append(type(None))
+    return Union[tuple(derived)], None  # noqa: UP007 (a runtime union of Annotated members)
+
+
+_SCALARS = (int, float, str)
 
 
 @functools.cache
@@ -391,8 +413,10 @@ def _to_model(tp: Any) -> Convert | None:
     if origin is Annotated:
         return _to_model(typing.get_args(tp)[0])
     if origin in (Union, types.UnionType):
-        (member,) = [a for a in typing.get_args(tp) if a is not type(None)]
-        inner = _to_model(member)
+        members = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(members) > 1:
+            return None  # a union of scalars
+        inner = _to_model(members[0])
         return None if inner is None else _unless_none(inner)
     if origin is list:
         inner = _to_model(typing.get_args(tp)[0])

@@ -17,8 +17,22 @@ from .envelope import Event, Frozen, reject_non_finite
 FiniteJSON = Annotated[dict[str, Any], AfterValidator(reject_non_finite)]
 # floats are checked by pydantic itself (allow_inf_nan=False on every contract model);
 # free-form JSON needs the explicit walk
-Features = dict[str, float]
 Metrics = dict[str, float]
+
+# What a model learns and predicts. ``binary``: labels 0/1, a prediction carries the class and
+# the probability of class 1; ``multiclass``: labels are classes (strings or integers, compared
+# as strings), a prediction carries the class and every class's probability; ``regression``: the
+# label is a number, a prediction carries the value.
+Task = Literal["binary", "multiclass", "regression"]
+# A feature is a number or a category (a string); either may be nullable (null = missing).
+FeatureKind = Literal["number", "category"]
+Category = Annotated[str, Field(max_length=1000)]
+FeatureValue = float | Category | None
+Features = dict[str, FeatureValue]
+ClassLabel = int | Annotated[str, Field(min_length=1, max_length=200)]
+# ground truth: the class (classification) or the value (regression)
+Outcome = int | float | Annotated[str, Field(min_length=1, max_length=200)]
+Probabilities = dict[str, Annotated[float, Field(ge=0, le=1)]]
 
 # The enumerations of the contract: every service imports these, none spells them again.
 TrainingReason = Literal["manual", "api", "schedule", "drift"]
@@ -52,9 +66,38 @@ class DatasetRef(Frozen):
     rows: int = Field(ge=0)
 
 
-class FeatureStats(Frozen):
-    """Summary of one feature in the training data: the monitor's reference."""
+class FeatureSpec(Frozen):
+    """One input of a model: its name, whether it is a number or a category, and whether it may
+    be null. ``categories`` are the categories seen in training (a category feature)."""
 
+    name: str = Field(min_length=1, max_length=200)
+    kind: FeatureKind = "number"
+    nullable: bool = False
+    categories: list[Category] = Field(default_factory=list, max_length=10_000)
+
+
+class Signature(Frozen):
+    """What a model version takes and gives: its features in order (the scorer enforces them),
+    its task and, for a classifier with named classes, the classes in probability order."""
+
+    features: list[FeatureSpec] = Field(min_length=1, max_length=100_000)
+    task: Task = "binary"
+    classes: list[Annotated[str, Field(max_length=200)]] = Field(
+        default_factory=list,
+        max_length=10_000,
+        description="multiclass: the classes, in the order of the probabilities; binary: 0, 1",
+    )
+
+
+class FeatureStats(Frozen):
+    """Summary of one feature in the training data: the monitor's reference. A category
+    feature has its category ``frequencies`` (shares of the non-missing values); its numeric
+    fields are 0."""
+
+    kind: FeatureKind = "number"
+    frequencies: dict[str, float] = Field(
+        default_factory=dict, description="category -> share of the training rows (category)"
+    )
     count: int = Field(ge=0)
     mean: float
     std: float = Field(ge=0)
@@ -87,6 +130,9 @@ class ModelSummary(Frozen):
     feature_names: list[str]
     metrics: Metrics = Field(default_factory=dict)
     holdout: DatasetRef | None = None
+    signature: Signature | None = Field(
+        default=None, description="features with kinds, task and classes (none: binary, numbers)"
+    )
 
 
 # --- training -------------------------------------------------------------------------------
@@ -116,6 +162,9 @@ class ModelTrained(Event):
     lineage: Lineage
     reference: dict[str, FeatureStats] = Field(default_factory=dict)
     training_seconds: float = Field(ge=0)
+    signature: Signature | None = Field(
+        default=None, description="features with kinds, task and classes (none: binary, numbers)"
+    )
 
 
 # --- registry -------------------------------------------------------------------------------
@@ -130,6 +179,9 @@ class ModelRegistered(Event):
     feature_names: list[str]
     metrics: Metrics
     lineage: Lineage
+    signature: Signature | None = Field(
+        default=None, description="features with kinds, task and classes (none: binary, numbers)"
+    )
     champion: ModelSummary | None = Field(
         default=None, description="the champion at registration time, to compare against"
     )
@@ -189,6 +241,9 @@ class ModelPromoted(Event):
     artifact: ArtifactRef
     feature_names: list[str]
     reason: str
+    signature: Signature | None = Field(
+        default=None, description="features with kinds, task and classes (none: binary, numbers)"
+    )
 
 
 class ModelRolledBack(Event):
@@ -199,6 +254,9 @@ class ModelRolledBack(Event):
     artifact: ArtifactRef
     feature_names: list[str]
     reason: str
+    signature: Signature | None = Field(
+        default=None, description="features with kinds, task and classes (none: binary, numbers)"
+    )
 
 
 class ModelRolloutChanged(Event):
@@ -251,8 +309,19 @@ class PredictionMade(Event):
     request_id: str | None = None
     version: int = Field(ge=1)
     features: Features
-    score: float = Field(ge=0, le=1)
-    label: int
+    score: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="binary: P(class 1); multiclass: P(the predicted class); regression: none",
+    )
+    label: ClassLabel | None = Field(
+        default=None, description="the predicted class (binary 0/1); regression: none"
+    )
+    probabilities: Probabilities | None = Field(
+        default=None, description="multiclass: every class's probability"
+    )
+    value: float | None = Field(default=None, description="regression: the predicted value")
     served_by: ServedBy = "champion"
     shadow_of: str | None = Field(
         default=None, description="for served_by=shadow: the prediction_id it mirrors"
@@ -282,7 +351,10 @@ class LabelObserved(Event):
     event_type = "label.observed.v1"
 
     prediction_id: str = Field(min_length=1)
-    label: int = Field(ge=0, le=1)
+    label: Outcome = Field(
+        description="the true class (binary: 0 or 1; multiclass: the class) or, for a "
+        "regression, the true value"
+    )
 
 
 class BatchScoringRequested(Event):

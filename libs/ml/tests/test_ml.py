@@ -85,8 +85,9 @@ def test_split_is_deterministic_and_disjoint():
     [
         (b"", "empty"),
         (b"a,b\n1,2\n", "no 'label' column"),
-        (b"a,label\n1,2\n", "label must be 0 or 1"),
-        (b"a,label\nx,1\n", "line 2"),
+        (b"a,label\n1,2\n", "at least two classes"),
+        (b"a,label\nx,\n", "line 2: empty label"),
+        (b"a,label\n1,x\n2,0\n", "mix numbers and strings"),
         (b"a,label\nnan,1\n", "NaN"),
         (b"a,label\n1\n", "fields"),
     ],
@@ -94,6 +95,40 @@ def test_split_is_deterministic_and_disjoint():
 def test_bad_csv_gets_a_clear_error(csv: bytes, message: str):
     with pytest.raises(DatasetError, match=message):
         from_csv_bytes(csv)
+
+
+def test_a_task_given_is_held_to():
+    with pytest.raises(DatasetError, match="must be 0 or 1"):
+        from_csv_bytes(b"a,label\n1,2\n2,0\n", task="binary")
+    with pytest.raises(DatasetError, match="numeric labels"):
+        from_csv_bytes(b"a,label\n1,x\n2,y\n", task="regression")
+
+
+def test_csv_of_every_task_and_kind_round_trips():
+    csv = b"age,city,label\n31.5,Paris,setosa\n,Lyon,virginica\n40,,setosa\n"
+    ds = from_csv_bytes(csv)
+    assert (ds.task, ds.classes, ds.feature_kinds) == (
+        "multiclass",
+        ("setosa", "virginica"),
+        ("number", "category"),
+    )
+    assert ds.y.tolist() == [0, 1, 0]
+    assert ds.X[2, 1] is None and np.isnan(ds.X[1, 0])
+    assert from_csv_bytes(ds.to_csv_bytes()).sha256() == ds.sha256()
+    sig = ds.signature()
+    assert sig["features"][0] == {
+        "name": "age",
+        "kind": "number",
+        "nullable": True,
+        "categories": [],
+    }
+    assert sig["features"][1]["categories"] == ["Lyon", "Paris"]
+    stats = feature_stats(ds)
+    assert stats["city"]["frequencies"] == {"Lyon": 0.5, "Paris": 0.5}
+    assert stats["age"]["missing_rate"] == pytest.approx(1 / 3)
+    reg = from_csv_bytes(b"a,label\n1,0.5\n2,1.5\n3,-2\n")
+    assert (reg.task, reg.y.tolist()) == ("regression", [0.5, 1.5, -2.0])
+    assert from_csv_bytes(b"a,label\n1,3\n2,10\n3,3\n").classes == ("3", "10")
 
 
 def test_auc_matches_the_pairwise_definition():

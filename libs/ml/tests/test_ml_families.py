@@ -161,7 +161,7 @@ def xor_dataset(seed: int = 3, rows: int = 2000) -> Dataset:
 def test_sklearn_estimators_are_served_through_onnx_with_sklearns_probabilities(estimator):
     train, holdout = split_holdout(xor_dataset(), 0.25, seed=1)
     fitted = get_family("sklearn").estimator(
-        {**get_family("sklearn").default_params, "estimator": estimator}, 1
+        {**get_family("sklearn").default_params, "estimator": estimator}, 1, train
     )
     fitted.fit(train.X, train.y.astype(np.int64))
     trained = train_family(train, {"family": "sklearn", "estimator": estimator}, seed=1)
@@ -247,7 +247,7 @@ def test_boosting_families_serve_through_onnx_with_their_own_probabilities(famil
     train, holdout = split_holdout(xor_dataset(), 0.25, seed=1)
     trained = train_family(train, {"family": family}, seed=1)
     assert trained.format == "modelbus.onnx.v1"
-    booster = get_family(family).estimator({**get_family(family).default_params}, 1)
+    booster = get_family(family).estimator({**get_family(family).default_params}, 1, train)
     booster.fit(train.X.astype(np.float32), train.y.astype(np.int64))
     loaded = load_model(trained.artifact, trained.format, sha(trained.artifact))
     np.testing.assert_allclose(
@@ -268,14 +268,14 @@ def test_a_model_from_outside_is_vetted_in_a_process_of_its_own():
     from modelbus_ml.onnx import vet_import, vet_import_isolated
 
     train, holdout = split_holdout(make_dataset(), 0.25, seed=1)
-    fitted = get_family("sklearn").estimator({**get_family("sklearn").default_params}, 1)
+    fitted = get_family("sklearn").estimator({**get_family("sklearn").default_params}, 1, train)
     fitted.fit(train.X, train.y.astype(np.int64))
     from skl2onnx import to_onnx
 
     data = to_onnx(
         fitted, train.X[:1].astype(np.float32), options={id(fitted): {"zipmap": False}}
     ).SerializeToString()
-    args = (data, train.feature_names, 0.5, holdout.X, holdout.y)
+    args = (data, train.feature_names, 0.5, holdout, {})
     assert vet_import_isolated(*args) == vet_import(*args)  # same bytes, same metrics
     with pytest.raises(ArtifactError, match="crashed the process"):
         vet_import_isolated(*args, target=hostile.crash)

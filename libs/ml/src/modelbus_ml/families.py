@@ -86,8 +86,19 @@ def fit_params(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def _check_both_classes(ds: Dataset) -> None:
-    if ds.rows < 2 or len(set(ds.y.tolist())) < 2:
-        raise ValueError("training needs at least two rows and both classes")
+    """Enough to fit: two rows, and two classes for a classifier."""
+    if ds.rows < 2 or (ds.task != "regression" and len(set(ds.y.tolist())) < 2):
+        raise ValueError("training needs at least two rows and, to classify, two classes")
+
+
+def _check_binary_numbers(ds: Dataset, family: str) -> None:
+    """The families that take a float matrix and 0/1 labels only."""
+    if ds.task != "binary" or not ds.numeric or not ds.complete:
+        raise ValueError(
+            f"{family} takes binary labels and number features without missing values; this "
+            f"dataset is {ds.task} over {sorted(set(ds.feature_kinds))} features"
+            f"{'' if ds.complete else ' with missing values'}: use sklearn, linear or auto"
+        )
 
 
 class LogregFamily:
@@ -96,6 +107,7 @@ class LogregFamily:
     default_params = dict(LOGREG_DEFAULTS)
 
     def train(self, ds: Dataset, params: dict[str, Any], seed: int) -> Trained:
+        _check_binary_numbers(ds, self.name)
         model = train_logreg(ds, fit_params(params), seed)
         return Trained(model, model.to_bytes(), self.format)
 
@@ -115,6 +127,7 @@ class RiverFamily:
         from river import linear_model, optim, preprocessing
 
         _check_both_classes(ds)
+        _check_binary_numbers(ds, self.name)
         p = {**self.default_params, **fit_params(params)}
         lr, passes = float(p["learning_rate"]), int(p["passes"])
         if lr <= 0 or passes < 1:
@@ -166,6 +179,7 @@ class PythonFamily:
         spec = params.get("entry_point")
         if not spec:
             raise FamilyError("the python family needs params['entry_point'] = 'module:function'")
+        _check_binary_numbers(ds, self.name)
         fn = resolve_entry_point(spec)
         user_params = fit_params({**self.default_params, **params})
         random.seed(seed)
@@ -202,20 +216,28 @@ def _bounded(params: dict[str, Any], key: str, kind: type, low: float, high: flo
     return kind(value)
 
 
-SKLEARN_ESTIMATORS = ("gradient_boosting", "random_forest", "extra_trees", "logistic_regression")
+SKLEARN_ESTIMATORS = (
+    "gradient_boosting",
+    "random_forest",
+    "extra_trees",
+    "linear",
+    "logistic_regression",
+)
+MISSING_CATEGORY = ""  # a missing category is one more category (one-hot: its own column)
 
 
 class OnnxFamily:
     """A family whose fitted model is converted to ONNX and served by ONNX Runtime: the
-    subclass makes the estimator (``estimator``), says what it is fitted on (``matrix``), what
-    the header records (``meta``) and which converter reads it (``converter``)."""
+    subclass makes the estimator for the task (``estimator``), says what it is fitted on
+    (``matrix``), what the header records (``meta``) and which converter reads it
+    (``converter``)."""
 
     name: str
     format = ONNX_FORMAT
     converter = "skl2onnx"
     default_params: dict[str, Any]
 
-    def estimator(self, p: dict[str, Any], seed: int) -> Any:
+    def estimator(self, p: dict[str, Any], seed: int, ds: Dataset) -> Any:
         raise NotImplementedError
 
     def matrix(self, ds: Dataset) -> np.ndarray:
@@ -230,8 +252,12 @@ class OnnxFamily:
         _check_both_classes(ds)
         p = {**self.default_params, **fit_params(params)}
         threshold = _bounded(p, "threshold", float, 0.0, 1.0)
-        estimator = self.estimator(p, seed)
-        estimator.fit(self.matrix(ds), ds.y.astype(np.int64))
+        estimator = self.estimator(p, seed, ds)
+        y = ds.y.astype(np.float64 if ds.task == "regression" else np.int64)
+        estimator.fit(self.matrix(ds), y)
+        classes: tuple[str, ...] = ()
+        if ds.task == "multiclass":
+            classes = tuple(ds.classes[int(i)] for i in _fitted_classes(estimator))
         data = to_onnx_artifact(
             estimator,
             family=self.name,
@@ -239,8 +265,55 @@ class OnnxFamily:
             threshold=threshold,
             meta=self.meta(p),
             converter=self.converter,
+            kinds=ds.feature_kinds,
+            task=ds.task,
+            classes=classes,
         )
         return Trained(load_model(data, self.format, sha256_of(data)), data, self.format)
+
+
+def _fitted_classes(estimator: Any) -> np.ndarray:
+    """The class indexes a fitted classifier (or pipeline) knows, in probability order."""
+    return np.asarray(estimator.classes_)
+
+
+def _sklearn_matrix(ds: Dataset) -> np.ndarray:
+    """What a scikit-learn pipeline is fitted on: the float matrix, or (categories) an object
+    matrix with floats and strings, a missing category as ``MISSING_CATEGORY``."""
+    if ds.numeric:
+        return ds.X
+    X = ds.X.copy()
+    for j, kind in enumerate(ds.feature_kinds):
+        if kind == "category":
+            X[:, j] = [MISSING_CATEGORY if v is None else v for v in X[:, j].tolist()]
+    return X
+
+
+def _prepare(ds: Dataset, scale: bool) -> list[tuple[str, Any]]:
+    """The preprocessing steps a dataset needs: missing numbers imputed by the median,
+    categories one-hot encoded (a category unseen in training: all zeros), numbers scaled for
+    a linear model. None for a complete float matrix a tree takes as it is."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    numbers_steps: list[Any] = [SimpleImputer(strategy="median")] if not ds.complete else []
+    if scale:
+        numbers_steps.append(StandardScaler())
+    if ds.numeric:
+        return [(f"prep{i}", step) for i, step in enumerate(numbers_steps)]
+    kinds = ds.feature_kinds
+    numbers = [j for j, k in enumerate(kinds) if k == "number"]
+    categories = [j for j, k in enumerate(kinds) if k == "category"]
+    parts: list[tuple[str, Any, list[int]]] = []
+    if numbers:
+        # missing numbers may first appear live: a mixed pipeline imputes them always
+        steps = [SimpleImputer(strategy="median"), *([StandardScaler()] if scale else [])]
+        parts.append(("numbers", make_pipeline(*steps), numbers))
+    encoder = OneHotEncoder(handle_unknown="ignore", sparse_output=False)
+    parts.append(("categories", encoder, categories))
+    return [("columns", ColumnTransformer(parts))]
 
 
 class SklearnFamily(OnnxFamily):
@@ -253,25 +326,30 @@ class SklearnFamily(OnnxFamily):
         "subsample": 1.0,
         "min_samples_leaf": 5,
         "C": 1.0,
+        "alpha": 1.0,
         "threshold": 0.5,
     }
 
-    def estimator(self, p: dict[str, Any], seed: int) -> Any:
-        from sklearn.ensemble import (
-            ExtraTreesClassifier,
-            GradientBoostingClassifier,
-            RandomForestClassifier,
-        )
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.pipeline import make_pipeline
-        from sklearn.preprocessing import StandardScaler
+    def estimator(self, p: dict[str, Any], seed: int, ds: Dataset) -> Any:
+        from sklearn import ensemble
+        from sklearn.linear_model import LogisticRegression, Ridge
+        from sklearn.pipeline import Pipeline
 
+        regression = ds.task == "regression"
         kind = str(p["estimator"])
         trees = _bounded(p, "n_estimators", int, 1, 2000)
         depth = _bounded(p, "max_depth", int, 1, 32)
         leaf = _bounded(p, "min_samples_leaf", int, 1, 100_000)
+        linear = kind in ("linear", "logistic_regression")
+        if kind == "logistic_regression" and regression:
+            raise ValueError("logistic_regression classifies: use estimator 'linear' (ridge)")
         if kind == "gradient_boosting":
-            return GradientBoostingClassifier(
+            cls = (
+                ensemble.GradientBoostingRegressor
+                if regression
+                else ensemble.GradientBoostingClassifier
+            )
+            model = cls(
                 n_estimators=trees,
                 max_depth=depth,
                 learning_rate=_bounded(p, "learning_rate", float, 1e-6, 1.0),
@@ -279,19 +357,29 @@ class SklearnFamily(OnnxFamily):
                 min_samples_leaf=leaf,
                 random_state=seed % 2**32,
             )
-        if kind in ("random_forest", "extra_trees"):
-            cls = RandomForestClassifier if kind == "random_forest" else ExtraTreesClassifier
-            return cls(
+        elif kind in ("random_forest", "extra_trees"):
+            forest = "RandomForest" if kind == "random_forest" else "ExtraTrees"
+            cls = getattr(ensemble, forest + ("Regressor" if regression else "Classifier"))
+            model = cls(
                 n_estimators=trees,
                 max_depth=depth,
                 min_samples_leaf=leaf,
                 random_state=seed % 2**32,
                 n_jobs=1,
             )
-        if kind == "logistic_regression":
-            C = _bounded(p, "C", float, 1e-9, 1e9)
-            return make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=1000))
-        raise ValueError(f"unknown sklearn estimator {kind!r}; known: {list(SKLEARN_ESTIMATORS)}")
+        elif linear and regression:
+            model = Ridge(alpha=_bounded(p, "alpha", float, 0.0, 1e9))
+        elif linear:
+            model = LogisticRegression(C=_bounded(p, "C", float, 1e-9, 1e9), max_iter=1000)
+        else:
+            raise ValueError(
+                f"unknown sklearn estimator {kind!r}; known: {list(SKLEARN_ESTIMATORS)}"
+            )
+        steps = _prepare(ds, scale=linear)
+        return Pipeline([*steps, ("model", model)]) if steps else model
+
+    def matrix(self, ds: Dataset) -> np.ndarray:
+        return _sklearn_matrix(ds)
 
     def meta(self, p: dict[str, Any]) -> dict[str, Any]:
         import sklearn
@@ -300,6 +388,15 @@ class SklearnFamily(OnnxFamily):
             "estimator": str(p["estimator"]),
             "libraries": {"scikit-learn": sklearn.__version__},
         }
+
+
+class LinearFamily(SklearnFamily):
+    """scikit-learn's linear model for the task: logistic regression for a classifier, ridge
+    for a regression, after the same preprocessing (one-hot categories, imputed and scaled
+    numbers). ``auto``'s linear candidate where ``logreg`` cannot go."""
+
+    name = "linear"
+    default_params = {**SklearnFamily.default_params, "estimator": "linear"}
 
 
 class BoostingFamily(OnnxFamily):
@@ -320,14 +417,21 @@ class BoostingFamily(OnnxFamily):
             "threshold": 0.5,
         }
 
-    def estimator(self, p: dict[str, Any], seed: int) -> Any:
+    def estimator(self, p: dict[str, Any], seed: int, ds: Dataset) -> Any:
+        if not ds.numeric:
+            raise ValueError(
+                f"{self.name} here takes number features: one-hot the categories, or use the "
+                "sklearn family (its pipeline one-hot encodes them)"
+            )
+        regression = ds.task == "regression"
         trees = _bounded(p, "n_estimators", int, 1, 5000)
         rate = _bounded(p, "learning_rate", float, 1e-6, 1.0)
         subsample = _bounded(p, "subsample", float, 0.01, 1.0)
         if self.name == "lightgbm":
-            from lightgbm import LGBMClassifier
+            import lightgbm
 
-            return LGBMClassifier(
+            cls = lightgbm.LGBMRegressor if regression else lightgbm.LGBMClassifier
+            return cls(
                 n_estimators=trees,
                 learning_rate=rate,
                 max_depth=_bounded(p, "max_depth", int, -1, 64),
@@ -341,9 +445,9 @@ class BoostingFamily(OnnxFamily):
                 force_row_wise=True,
                 verbose=-1,
             )
-        from xgboost import XGBClassifier
+        import xgboost
 
-        return XGBClassifier(
+        return (xgboost.XGBRegressor if regression else xgboost.XGBClassifier)(
             n_estimators=trees,
             learning_rate=rate,
             max_depth=_bounded(p, "max_depth", int, 1, 64),
@@ -392,7 +496,7 @@ class AutoFamily:
 
     def train(self, ds: Dataset, params: dict[str, Any], seed: int) -> Trained:
         from .dataset import split_holdout
-        from .evaluation import evaluate
+        from .evaluation import DEFAULT_METRIC, evaluate
 
         _check_both_classes(ds)
         p = {**self.default_params, **fit_params(params)}
@@ -403,6 +507,15 @@ class AutoFamily:
                 "params in candidate_params"
             )
         names = self.candidates(p)
+        swapped = ""
+        if "logreg" in names and (ds.task != "binary" or not ds.numeric or not ds.complete):
+            names = ["linear" if n == "logreg" else n for n in names]
+            names = list(dict.fromkeys(names))
+            swapped = (
+                f"; logreg takes binary labels over complete numbers, so linear (scikit-learn's "
+                f"{'ridge' if ds.task == 'regression' else 'logistic regression'}) stands in"
+            )
+        metric = DEFAULT_METRIC[ds.task]
         overrides = p.get("candidate_params") or {}
         if not isinstance(overrides, dict):
             raise FamilyError("candidate_params must map a family name to its params")
@@ -416,10 +529,11 @@ class AutoFamily:
         scored: list[dict[str, Any]] = []
         chosen = names[0]
         inner, validation = split_holdout(ds, fraction, seed)
-        usable = (
-            ds.rows >= self.MIN_ROWS
-            and len(set(inner.y.tolist())) == 2
-            and len(set(validation.y.tolist())) == 2
+        usable = ds.rows >= self.MIN_ROWS and (
+            ds.task == "regression"
+            or len(set(inner.y.tolist()))
+            == len(set(validation.y.tolist()))
+            == len(set(ds.y.tolist()))
         )
         if usable and len(names) > 1:
             for name in names:
@@ -432,16 +546,16 @@ class AutoFamily:
             ok = [c for c in scored if "error" not in c]
             if not ok:
                 raise FamilyError(f"no auto candidate could be trained: {scored}")
-            chosen = min(ok, key=lambda c: c["log_loss"])["family"]
+            chosen = min(ok, key=lambda c: c[metric])["family"]
         trained = get_family(chosen).train(ds, params_of(chosen), seed)
         selection = {
-            "metric": "log_loss",
+            "metric": metric,
             "validation_fraction": fraction,
             "validation_rows": validation.rows if usable else 0,
             "candidates": scored,
             "chosen": chosen,
             "reason": (
-                f"lowest validation log loss among {names}"
+                f"lowest validation {metric} among {names}{swapped}"
                 if scored
                 else f"{ds.rows} rows: too few to compare candidates, the first is used"
                 if len(names) > 1
@@ -457,6 +571,7 @@ FAMILIES: dict[str, Family] = {
         AutoFamily(),
         LogregFamily(),
         SklearnFamily(),
+        LinearFamily(),
         BoostingFamily("lightgbm"),
         BoostingFamily("xgboost"),
         RiverFamily(),

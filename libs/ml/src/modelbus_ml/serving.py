@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from .flavors import FORMATS, ServableModel, load_model
+from .outputs import Outputs, classes_of, outputs_of, task_of
 
 
 class LoadFailed(Exception):
@@ -23,28 +25,40 @@ class LoadFailed(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Served:
-    """One loaded, verified and warmed model version."""
+    """One loaded, verified and warmed model version. ``kinds`` gives each feature's kind
+    (number | category) and ``nullable`` whether it may be missing: the scorer parses requests
+    by them (all numbers, none missing: the float fast path)."""
 
     version: int
     model: ServableModel
     feature_names: tuple[str, ...]
     sha256: str
+    kinds: tuple[str, ...] = ()
+    nullable: tuple[bool, ...] = ()
+    task: str = "binary"
+    classes: tuple[str, ...] = ()
 
-    def score(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Scores and labels for the rows of ``X`` (columns in ``feature_names`` order)."""
-        scores = self.model.predict_proba(X)
-        # NaN fails every comparison, so this also refuses non-finite scores
-        if len(scores) == 1:
-            ok = 0.0 <= scores.item() <= 1.0
-        else:
-            ok = scores.min() >= 0.0 and scores.max() <= 1.0
-        if not ok:
-            raise FloatingPointError("model produced scores outside [0, 1] (or NaN)")
-        labels = (scores >= self.model.threshold).astype(np.int64)
-        return scores, labels
+    @property
+    def numeric(self) -> bool:
+        """Every feature a number that may not be missing: requests are float matrices."""
+        return all(k == "number" for k in self.kinds) and not any(self.nullable)
+
+    def score(self, X: np.ndarray) -> Outputs:
+        """The model's outputs for the rows of ``X`` (columns in ``feature_names`` order)."""
+        return outputs_of(self.model, X)
 
     def same_as(self, version: int, sha256: str) -> bool:
         return self.version == version and self.sha256 == sha256
+
+
+def warm_rows(kinds: tuple[str, ...], rows: int = 1) -> np.ndarray:
+    """A batch of neutral rows (0.0 for a number, "" for a category) to warm a model up."""
+    if all(k == "number" for k in kinds):
+        return np.zeros((rows, len(kinds)))
+    X = np.empty((rows, len(kinds)), dtype=object)
+    for j, kind in enumerate(kinds):
+        X[:, j] = "" if kind == "category" else 0.0
+    return X
 
 
 def check_servable(artifact_format: str) -> None:
@@ -60,9 +74,11 @@ def serve_artifact(
     artifact_format: str,
     sha256: str,
     feature_names: Sequence[str],
+    signature: Any = None,
 ) -> Served:
-    """Parse ``data`` (sha256 verified first), check its features, warm it up; ``LoadFailed``
-    if the version cannot serve."""
+    """Parse ``data`` (sha256 verified first), check its features (and, with the registry's
+    ``signature``, their kinds and the task), warm it up; ``LoadFailed`` if the version cannot
+    serve."""
     check_servable(artifact_format)
     try:
         model = load_model(data, artifact_format, sha256)
@@ -71,8 +87,19 @@ def serve_artifact(
                 f"artifact features {list(model.feature_names)} differ from the registry "
                 f"record {list(feature_names)}"
             )
-        served = Served(version, model, model.feature_names, sha256)
-        served.score(np.zeros((1, len(model.feature_names))))  # warm-up
+        kinds = tuple(getattr(model, "kinds", ()) or ("number",) * len(model.feature_names))
+        nullable = (False,) * len(kinds)
+        task, classes = task_of(model), classes_of(model)
+        if signature is not None:
+            recorded = tuple(f.kind for f in signature.features)
+            if recorded != kinds:
+                raise LoadFailed(f"artifact feature kinds {list(kinds)} differ from the "
+                                 f"registry's signature {list(recorded)}")  # fmt: skip
+            if signature.task != task:
+                raise LoadFailed(f"artifact is a {task} model, the signature says {signature.task}")
+            nullable = tuple(f.nullable for f in signature.features)
+        served = Served(version, model, model.feature_names, sha256, kinds, nullable, task, classes)
+        served.score(warm_rows(kinds))  # warm-up
     except LoadFailed:
         raise
     except Exception as exc:
