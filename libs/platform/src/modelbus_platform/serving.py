@@ -33,4 +33,5 @@ async def load_version(store: ObjectStore, view: VersionView) -> Served:
         artifact_format=artifact.format,
         sha256=artifact.sha256,
         feature_names=view.feature_names,
+        signature=view.signature,
     )
