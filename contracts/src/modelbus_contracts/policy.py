@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from .events import Task
+
 MetricName = Literal["auc", "accuracy", "log_loss", "brier"]
 RolloutPolicy = Literal["immediate", "shadow", "canary"]
 FeatureDetector = Literal["adwin", "kswin", "page_hinkley"]
@@ -131,6 +133,11 @@ class TrainingPolicy(BaseModel):
     )
     schedule: TrainingSchedule | None = Field(
         default=None, description="retrain on this schedule (over MODELBUS_SCHEDULES)"
+    )
+    task: Task | None = Field(
+        default=None,
+        description="binary, multiclass or regression; default: the champion's, else inferred "
+        "from the labels",
     )
 
 
