@@ -51,10 +51,17 @@ from .logreg import FORMAT as LOGREG_FORMAT
 from .logreg import ArtifactError, train_logreg
 
 DEFAULT_FAMILY = "auto"
-# Keys of a run's params that choose the family or record the run's data (hold-out share, drift
-# data window, model selection) rather than tune the fit: recorded in the lineage, never passed to
-# a fit.
-META_KEYS = ("family", "entry_point", "holdout_fraction", "data_window", "model_selection")
+# Keys of a run's params that choose the family or the task, or record the run's data (hold-out
+# share, drift data window, model selection) rather than tune the fit: recorded in the lineage,
+# never passed to a fit.
+META_KEYS = (
+    "family",
+    "entry_point",
+    "holdout_fraction",
+    "data_window",
+    "model_selection",
+    "task",
+)
 
 
 class FamilyError(ValueError):
