@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-PROBABILITY_SLACK = 1e-3  # float32 rounding in a multiclass row's sum
+PROBABILITY_SLACK = 1e-3  # float32 rounding: a probability of 1.0000001, a row summing to 0.9999
 
 
 def task_of(model: Any) -> str:
@@ -92,18 +92,22 @@ def outputs_of(model: Any, X: np.ndarray) -> Outputs:
             raise FloatingPointError("model produced non-finite values (or the wrong shape)")
         return Outputs(task, (), values=values)
     p = np.asarray(model.predict_proba(X), dtype=np.float64)
+    low, high = -PROBABILITY_SLACK, 1.0 + PROBABILITY_SLACK
     if task == "binary":
         # NaN fails every comparison, so this also refuses non-finite scores
-        ok = 0.0 <= p.item() <= 1.0 if len(p) == 1 else p.min() >= 0.0 and p.max() <= 1.0
-        if not ok:
+        lo, hi = (v := p.item(), v) if len(p) == 1 else (p.min(), p.max())
+        if not (lo >= low and hi <= high):
             raise FloatingPointError("model produced scores outside [0, 1] (or NaN)")
+        if lo < 0.0 or hi > 1.0:
+            p = np.clip(p, 0.0, 1.0)  # float32 rounding (a forest's 1.0000001)
         labels = (p >= model.threshold).astype(np.int64)
         return Outputs(task, (), scores=p, labels=labels)
     classes = classes_of(model)
     if p.ndim != 2 or p.shape != (len(X), len(classes)):
         raise FloatingPointError(f"model gave probabilities of shape {p.shape}")
-    if not (p.min() >= 0.0 and p.max() <= 1.0):
+    if not (p.min() >= low and p.max() <= high):
         raise FloatingPointError("model produced probabilities outside [0, 1] (or NaN)")
+    p = np.clip(p, 0.0, 1.0)
     if np.abs(p.sum(axis=1) - 1.0).max() > PROBABILITY_SLACK:
         raise FloatingPointError("model's class probabilities do not sum to 1")
     best = p.argmax(axis=1)
