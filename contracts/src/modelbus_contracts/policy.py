@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .events import Task
 
-MetricName = Literal["auc", "accuracy", "log_loss", "brier"]
+MetricName = Literal["auc", "accuracy", "log_loss", "brier", "macro_auc", "rmse", "mae"]
 RolloutPolicy = Literal["immediate", "shadow", "canary"]
 FeatureDetector = Literal["adwin", "kswin", "page_hinkley"]
 ErrorDetector = Literal["adwin", "ddm"]
@@ -31,7 +31,10 @@ class PromotionPolicy(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     primary_metric: MetricName | None = Field(
-        default=None, description="metric that decides promotion (auc, accuracy, log_loss, brier)"
+        default=None,
+        description="metric that decides promotion; unset: log_loss for a classifier, rmse for "
+        "a regression. Classification: log_loss, brier, auc (binary), macro_auc (multiclass), "
+        "accuracy; regression: rmse, mae. One that does not apply to the model's task rejects it",
     )
     promotion_margin: float | None = Field(
         default=None, ge=0, description="improvement over the champion required to promote"
@@ -40,12 +43,14 @@ class PromotionPolicy(BaseModel):
         default=None,
         gt=0,
         lt=1,
-        description="one-sided level of the paired test (log_loss, brier): the challenger's "
-        "gain must be significant at it",
+        description="one-sided level of the paired test (log_loss, brier, rmse, mae): the "
+        "challenger's gain must be significant at it",
     )
     min_primary_metric: float | None = Field(
         default=None,
-        description="absolute threshold for a first model (a maximum if lower-is-better)",
+        description="floor for a first model on a higher-is-better metric (auc, macro_auc, "
+        "accuracy); with log_loss, brier, rmse or mae a first model must instead beat the "
+        "no-skill prior (base rate, class frequencies, mean) by the paired test",
     )
     min_holdout_rows: int | None = Field(
         default=None, ge=1, description="smallest hold-out a decision may rest on"
@@ -75,7 +80,11 @@ class PromotionPolicy(BaseModel):
         default=None, ge=1, description="live predictions before a rate or p99 rule may fire"
     )
     min_agreement: float | None = Field(
-        default=None, ge=0, le=1, description="shadow label agreement with the champion, floor"
+        default=None,
+        ge=0,
+        le=1,
+        description="shadow agreement with the champion, a floor (same class; regression: "
+        "values within a tolerance)",
     )
     max_shadow_error_rate: float | None = Field(
         default=None, ge=0, le=1, description="shadow exceptions over compared + failed, max"
@@ -90,7 +99,11 @@ class PromotionPolicy(BaseModel):
         default=None, ge=1, description="labels before live accuracy is judged"
     )
     accuracy_tolerance: float | None = Field(
-        default=None, ge=0, le=1, description="live accuracy may trail hold-out accuracy by this"
+        default=None,
+        ge=0,
+        le=1,
+        description="live accuracy may trail hold-out accuracy by this (absolute); for a "
+        "regression, live RMSE/MAE may exceed the hold-out's by this fraction",
     )
     rollback_watch_predictions: int | None = Field(
         default=None, ge=1, description="champion predictions watched after a promotion"
