@@ -438,6 +438,18 @@ class IncidentUpdated(Event):
     )
     live_accuracy: float | None = Field(default=None, ge=0, le=1)
     live_points: int = Field(default=0, ge=0, description="labelled points live_accuracy is on")
+    metric: Literal["accuracy", "rmse"] | None = Field(
+        default=None,
+        description="what recovery is judged on: accuracy (classification, higher is better; "
+        "then baseline_accuracy and live_accuracy are filled too) or rmse (regression, lower "
+        "is better)",
+    )
+    baseline_value: float | None = Field(
+        default=None, ge=0, description="the serving model's metric before the drift"
+    )
+    live_value: float | None = Field(
+        default=None, ge=0, description="the serving model's metric over live_points"
+    )
     open: bool = Field(description="false once the incident is closed (recovered, resolved)")
 
 
