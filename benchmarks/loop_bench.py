@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import platform
 import sys
@@ -48,7 +49,9 @@ import numpy as np
 from modelbus_contracts import DriftDetected, PredictionMade, ScoringRequested
 from modelbus_embedded.simulator import ScenarioConfig, Upstream
 from modelbus_embedded.stack import build_stack, free_ports
-from modelbus_ml import Dataset, train_family
+from modelbus_ml import train_family
+from modelbus_ml.dataset import from_rows, matrix_of
+from modelbus_ml.outputs import outputs_of
 
 OUT = Path("build/bench/loop.json")
 
@@ -56,41 +59,50 @@ OUT = Path("build/bench/loop.json")
 # -- scenarios -----------------------------------------------------------------------------------
 
 
+Rows = list[dict[str, Any]]
+
+
 @dataclass(frozen=True)
 class Scenario:
-    """A stream: ``sample(n, t, rng) -> (X, y)`` at stream position ``t`` (0 .. total), with the
-    change at ``onset`` (``drifts`` False: the stationary version, the "before" concept only)."""
+    """A stream: ``sample(n, t, rng) -> (rows, labels)`` at stream position ``t`` (0 .. total),
+    with the change at ``onset`` (``drifts`` False: the stationary version, the "before" concept
+    only). ``task`` says how a served prediction is judged: accuracy, or RMSE for a regression."""
 
     name: str
     features: tuple[str, ...]
     onset: int
     total: int
     drifts: bool = True
+    task: str = "binary"
 
-    def sample(self, n: int, t: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def sample(self, n: int, t: int, rng: np.random.Generator) -> tuple[Rows, list[Any]]:
         phase = 0.0 if not self.drifts or t < self.onset else 1.0
         return self.draw(n, phase, t, rng)
 
     def draw(
         self, n: int, phase: float, t: int, rng: np.random.Generator
-    ) -> tuple[np.ndarray, np.ndarray]:
+    ) -> tuple[Rows, list[Any]]:
         raise NotImplementedError
 
     def stationary(self) -> Scenario:
-        return type(self)(self.name, self.features, self.onset, self.total, drifts=False)
+        return dataclasses.replace(self, drifts=False)
+
+    def rows(self, X: np.ndarray) -> Rows:
+        return [dict(zip(self.features, row, strict=True)) for row in X.tolist()]
 
 
-def _noisy(z: np.ndarray, rng: np.random.Generator, flip: float = 0.03) -> np.ndarray:
+def _noisy(z: np.ndarray, rng: np.random.Generator, flip: float = 0.03) -> list[int]:
     y = (z > 0).astype(np.int8)
     flips = rng.random(len(y)) < flip
-    return np.where(flips, 1 - y, y).astype(np.int8)
+    return np.where(flips, 1 - y, y).astype(np.int8).tolist()
 
 
 class LinearBoundaryMoves(Scenario):
     def draw(self, n, phase, t, rng):
         X = rng.normal(0, 1, (n, 4))
         bias = -1.2 * phase  # the same direction, a threshold 1.2 further on
-        return X, _noisy(X @ np.array([1.6, -1.1, 0.9, 0.0]) + bias + rng.normal(0, 0.3, n), rng)
+        z = X @ np.array([1.6, -1.1, 0.9, 0.0]) + bias + rng.normal(0, 0.3, n)
+        return self.rows(X), _noisy(z, rng)
 
 
 class NonlinearSwitch(Scenario):
@@ -102,7 +114,7 @@ class NonlinearSwitch(Scenario):
             z = np.where((age > 45) ^ (salary > 1e5), 1.0, -1.0)
         else:
             z = np.where((age < 35) | ((salary > 1.4e5) & (age > 55)), 1.0, -1.0)
-        return X, _noisy(z, rng)
+        return self.rows(X), _noisy(z, rng)
 
 
 class Gradual(Scenario):
@@ -116,7 +128,7 @@ class Gradual(Scenario):
         X = rng.normal(0, 1, (n, 4))
         before, after = np.array([1.6, -1.1, 0.9, 0.0]), np.array([-0.4, 1.2, 0.9, 1.3])
         w = (1 - phase) * before + phase * after
-        return X, _noisy(X @ w + rng.normal(0, 0.3, n), rng)
+        return self.rows(X), _noisy(X @ w + rng.normal(0, 0.3, n), rng)
 
 
 class ClassBalance(Scenario):
@@ -124,7 +136,67 @@ class ClassBalance(Scenario):
         p = 0.5 - 0.3 * phase
         y = (rng.random(n) < p).astype(np.int8)
         means = np.where(y[:, None] == 1, 0.9, -0.9) * np.array([1.0, -0.6, 0.4, 0.0])
-        return means + rng.normal(0, 1, (n, 4)), y
+        return self.rows(means + rng.normal(0, 1, (n, 4))), y.tolist()
+
+
+CHANNELS = ("web", "store", "phone", "partner")
+
+
+class CategoricalDrift(Scenario):
+    """Two numbers and a sales channel (a category): the channel mix moves (web 40% -> 10%,
+    partner 10% -> 40%) and what a channel means flips (partner customers now buy, web
+    customers no longer), so both the category's frequencies and the concept change."""
+
+    SHARES = ((0.4, 0.3, 0.2, 0.1), (0.1, 0.2, 0.3, 0.4))
+    OFFSETS = ((0.9, -0.6, 0.0, -1.5), (-0.9, -0.6, 0.0, 1.5))
+
+    def draw(self, n, phase, t, rng):
+        after = int(phase >= 1)
+        X = rng.normal(0, 1, (n, 2))
+        channel = rng.choice(len(CHANNELS), size=n, p=self.SHARES[after])
+        z = 1.2 * X[:, 0] - 0.8 * X[:, 1] + np.asarray(self.OFFSETS[after])[channel]
+        rows = [
+            {"x1": a, "x2": b, "channel": CHANNELS[c]}
+            for (a, b), c in zip(X.tolist(), channel.tolist(), strict=True)
+        ]
+        return rows, _noisy(z + rng.normal(0, 0.3, n), rng)
+
+
+TIERS = ("bronze", "silver", "gold")
+
+
+class MulticlassDrift(Scenario):
+    """Three classes cut from a linear score (bronze < -0.6 < silver < 0.6 < gold); the score's
+    weights rotate at the onset."""
+
+    WEIGHTS = (np.array([1.4, -0.9, 0.6, 0.0]), np.array([-0.2, 0.8, 0.6, 1.3]))
+
+    def draw(self, n, phase, t, rng):
+        X = rng.normal(0, 1, (n, 4))
+        score = X @ self.WEIGHTS[int(phase >= 1)] + rng.normal(0, 0.25, n)
+        tier = np.digitize(score, (-0.6, 0.6))
+        return self.rows(X), [TIERS[k] for k in tier.tolist()]
+
+
+REGIONS = ("north", "south", "east")
+
+
+class RegressionDrift(Scenario):
+    """A value from three numbers (one of them squared) and a region: at the onset the first
+    coefficient changes sign and the regions' levels move."""
+
+    def draw(self, n, phase, t, rng):
+        after = phase >= 1
+        X = rng.normal(0, 1, (n, 3))
+        region = rng.choice(len(REGIONS), size=n)
+        level = np.array([5.0, 0.0, -5.0] if not after else [-3.0, 4.0, 0.0])[region]
+        w1 = -2.0 if after else 3.0
+        y = w1 * X[:, 0] - 2.0 * X[:, 1] + X[:, 2] ** 2 + level + rng.normal(0, 1.0, n)
+        rows = [
+            {"x1": a, "x2": b, "x3": c, "region": REGIONS[r]}
+            for (a, b, c), r in zip(X.tolist(), region.tolist(), strict=True)
+        ]
+        return rows, y.tolist()
 
 
 FOUR = ("x1", "x2", "x3", "x4")
@@ -137,6 +209,11 @@ def scenarios(pre: int, post: int) -> list[Scenario]:
         NonlinearSwitch("nonlinear_switch", ("age", "salary"), pre, total),
         Gradual("gradual", FOUR, pre, total),
         ClassBalance("class_balance", FOUR, pre, total),
+        CategoricalDrift("categorical_drift", ("x1", "x2", "channel"), pre, total),
+        MulticlassDrift("multiclass_drift", FOUR, pre, total, task="multiclass"),
+        RegressionDrift(
+            "regression_drift", ("x1", "x2", "x3", "region"), pre, total, task="regression"
+        ),
     ]
 
 
@@ -147,8 +224,8 @@ def scenarios(pre: int, post: int) -> list[Scenario]:
 class Served:
     position: int
     version: int
-    label: int
-    truth: int
+    predicted: Any  # the class (binary 0/1, multiclass the class) or the value
+    truth: Any
 
 
 class LoopRun(Upstream):
@@ -169,15 +246,15 @@ class LoopRun(Upstream):
         )
         self.scenario = scenario
         self.features = scenario.features
-        self.positions: dict[str, tuple[int, int]] = {}
+        self.positions: dict[str, tuple[int, Any]] = {}
         self.served: list[Served] = []
-        self.stream_X: list[np.ndarray] = []
-        self.stream_y: list[np.ndarray] = []
+        self.stream_rows: Rows = []
+        self.stream_labels: list[Any] = []
         self.drift_positions: list[int] = []
         self.onset_at: float | None = None
         self.new_serving_at: float | None = None
 
-    def first_dataset(self) -> tuple[np.ndarray, np.ndarray]:
+    def first_dataset(self) -> tuple[Rows, list[Any]]:
         self.first = self.scenario.sample(self.cfg.initial_rows, 0, self.rng)
         return self.first
 
@@ -186,7 +263,8 @@ class LoopRun(Upstream):
         if known is None:
             return None
         position, truth = known
-        self.served.append(Served(position, event.version, int(event.label), truth))
+        predicted = event.value if self.scenario.task == "regression" else event.label
+        self.served.append(Served(position, event.version, predicted, truth))
         new = self.first_champion is not None and event.version != self.first_champion
         if new and self.new_serving_at is None and position >= self.scenario.onset:
             self.new_serving_at = time.monotonic()
@@ -205,17 +283,17 @@ class LoopRun(Upstream):
         while sent < self.scenario.total:
             if sent >= self.scenario.onset and self.onset_at is None:
                 self.onset_at = time.monotonic()
-            X, y = self.scenario.sample(20, sent, self.rng)
-            self.stream_X.append(X)
-            self.stream_y.append(y)
-            for row, label in zip(X, y, strict=True):
+            rows, labels = self.scenario.sample(20, sent, self.rng)
+            self.stream_rows += rows
+            self.stream_labels += labels
+            for row, label in zip(rows, labels, strict=True):
                 request_id = uuid.uuid4().hex
-                self.positions[request_id] = (sent, int(label))
+                self.positions[request_id] = (sent, label)
                 await self._send(
                     ScoringRequested(
                         model_name=self.cfg.model_name,
                         request_id=request_id,
-                        features=dict(zip(self.features, map(float, row), strict=True)),
+                        features=row,
                         producer="loop-bench",
                     )
                 )
@@ -231,9 +309,23 @@ def _quiet(_: str) -> None:
     return None
 
 
-def _accuracy(served: list[Served], lo: int, hi: int) -> float | None:
+def model_kinds(model: Any) -> tuple[str, ...] | None:
+    return getattr(model, "kinds", None)
+
+
+def _quality(predicted: list[Any], truth: list[Any], task: str) -> float | None:
+    """Accuracy (classes compared as strings), or RMSE for a regression."""
+    if not predicted:
+        return None
+    if task == "regression":
+        errors = np.asarray(predicted, dtype=np.float64) - np.asarray(truth, dtype=np.float64)
+        return float(np.sqrt(np.mean(errors**2)))
+    return sum(str(p) == str(t) for p, t in zip(predicted, truth, strict=True)) / len(predicted)
+
+
+def _served_quality(served: list[Served], lo: int, hi: int, task: str) -> float | None:
     rows = [s for s in served if lo <= s.position < hi]
-    return sum(s.label == s.truth for s in rows) / len(rows) if rows else None
+    return _quality([s.predicted for s in rows], [s.truth for s in rows], task)
 
 
 async def _incident_state(stack, model: str) -> dict[str, Any] | None:
@@ -243,13 +335,16 @@ async def _incident_state(stack, model: str) -> dict[str, Any] | None:
     if not incidents:
         return None
     first = incidents[-1]
-    return {
-        "state": first.get("state"),
-        "attempts": first.get("attempts"),
-        "baseline_accuracy": first.get("baseline_accuracy"),
-        "live_accuracy": first.get("live_accuracy"),
-        "incidents": len(incidents),
-    }
+    keys = (
+        "state",
+        "attempts",
+        "metric",
+        "baseline_accuracy",
+        "live_accuracy",
+        "baseline_value",
+        "live_value",
+    )
+    return {**{k: first.get(k) for k in keys if k in first}, "incidents": len(incidents)}
 
 
 async def run_one(stack, scenario: Scenario, args) -> dict[str, Any]:
@@ -279,48 +374,57 @@ async def run_one(stack, scenario: Scenario, args) -> dict[str, Any]:
                 if run.new_serving_at and run.onset_at
                 else None
             ),
-            accuracy_before=_accuracy(run.served, onset - 2000, onset),
-            accuracy_just_after=_accuracy(run.served, onset, onset + 1000),
-            accuracy_end=_accuracy(run.served, total - 3000, total),
+            metric="rmse" if scenario.task == "regression" else "accuracy",
+            quality_before=_served_quality(run.served, onset - 2000, onset, scenario.task),
+            quality_just_after=_served_quality(run.served, onset, onset + 1000, scenario.task),
+            quality_end=_served_quality(run.served, total - 3000, total, scenario.task),
             incident=await _incident_state(stack, run.cfg.model_name),
         )
-        X = np.concatenate(run.stream_X)
-        y = np.concatenate(run.stream_y)
-        X0, y0 = run.first
-        result["baselines"] = baselines(scenario, X0, y0, X, y, args.night, args.seed)
+        rows0, labels0 = run.first
+        result["baselines"] = baselines(
+            scenario, rows0, labels0, run.stream_rows, run.stream_labels, args.night, args.seed
+        )
     return result
 
 
-def baselines(scenario, X0, y0, X, y, night: int, seed: int) -> dict[str, float | None]:
-    """Accuracy on the last 3,000 points of the same stream: the first model forever, and a
-    retrain on every row so far (first dataset + stream) at every ``night`` points."""
-    names = scenario.features
-    first = train_family(Dataset(names, X0, y0), {}, seed).model
-    end = slice(len(X) - 3000, len(X))
+def baselines(
+    scenario: Scenario,
+    rows0: Rows,
+    labels0: list[Any],
+    rows: Rows,
+    labels: list[Any],
+    night: int,
+    seed: int,
+) -> dict[str, float | None]:
+    """Accuracy (RMSE) on the last 3,000 points of the same stream: the first model forever,
+    and a retrain on every row so far (first dataset + stream) at every ``night`` points."""
+    names, task = scenario.features, scenario.task
 
-    def acc(model, Xs, ys) -> float:
-        p = model.predict_proba(Xs)
-        return float(((p >= model.threshold) == (ys == 1)).mean())
+    def fit(r: Rows, y: list[Any]) -> Any:
+        return train_family(from_rows(names, r, y, task=task), {}, seed).model
 
-    never = acc(first, X[end], y[end])
-    model, correct, counted = first, 0, 0
-    for start in range(0, len(X), night):
-        stop = min(len(X), start + night)
-        lo = max(start, end.start)
+    def predict(model: Any, r: Rows) -> list[Any]:
+        return outputs_of(model, matrix_of(names, r, model_kinds(model))).label_list()
+
+    end = len(rows) - 3000
+    first = fit(rows0, labels0)
+    never = _quality(predict(first, rows[end:]), labels[end:], task)
+    model, predicted, truth = first, [], []
+    for start in range(0, len(rows), night):
+        stop = min(len(rows), start + night)
+        lo = max(start, end)
         if lo < stop:
-            p = model.predict_proba(X[lo:stop])
-            correct += int(((p >= model.threshold) == (y[lo:stop] == 1)).sum())
-            counted += stop - lo
-        all_X = np.concatenate([X0, X[:stop]])
-        all_y = np.concatenate([y0, y[:stop]])
-        model = train_family(Dataset(names, all_X, all_y), {}, seed).model
-    return {"never_retrain": never, "nightly_all_data": correct / counted if counted else None}
+            predicted += predict(model, rows[lo:stop])
+            truth += labels[lo:stop]
+        model = fit(rows0 + rows[:stop], labels0 + labels[:stop])
+    return {"never_retrain": never, "nightly_all_data": _quality(predicted, truth, task)}
 
 
 def table(results: list[dict[str, Any]]) -> str:
     head = (
-        f"{'scenario':24} {'delay':>6} {'served':>6} {'onset->new':>10} {'before':>7} "
-        f"{'after':>7} {'end':>7} {'never':>7} {'nightly':>7} {'incident':>12} {'false':>5}"
+        f"{'scenario':24} {'delay':>6} {'served':>6} {'onset->new':>10} {'metric':>6} "
+        f"{'before':>7} {'after':>7} {'end':>7} {'never':>7} {'nightly':>7} {'incident':>12} "
+        f"{'false':>5}"
     )
     lines = [head, "-" * len(head)]
     stationary = {r["scenario"]: r for r in results if not r["drifts"]}
@@ -334,8 +438,9 @@ def table(results: list[dict[str, Any]]) -> str:
         lines.append(
             f"{r['scenario']:24} {f(r['detection_delay_points'], 'd'):>6} "
             f"{'yes' if r['new_champion_serving'] else 'no':>6} "
-            f"{f(r['onset_to_new_champion_s'], '.1f'):>10} {f(r['accuracy_before']):>7} "
-            f"{f(r['accuracy_just_after']):>7} {f(r['accuracy_end']):>7} "
+            f"{f(r['onset_to_new_champion_s'], '.1f'):>10} {r['metric'][:4]:>6} "
+            f"{f(r['quality_before']):>7} "
+            f"{f(r['quality_just_after']):>7} {f(r['quality_end']):>7} "
             f"{f(r['baselines']['never_retrain']):>7} {f(r['baselines']['nightly_all_data']):>7} "
             f"{inc.get('state', '-')!s:>12} {f(s.get('drift_detected'), 'd'):>5}"
         )

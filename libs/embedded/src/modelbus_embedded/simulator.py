@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import csv
+import io
 import math
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 import numpy as np
@@ -41,7 +44,9 @@ from modelbus_contracts import (
     encode,
 )
 
-FEATURES = ("tenure", "monthly_charges", "support_calls", "usage_drop")
+FEATURES = ("tenure", "monthly_charges", "support_calls", "usage_drop", "plan")
+PLANS = ("basic", "standard", "premium")
+Row = dict[str, float | str | None]
 WATCHED = (
     TrainingRequested,
     ModelTrained,
@@ -59,7 +64,7 @@ WATCHED = (
 
 @dataclass(frozen=True)
 class Concept:
-    """label = 1 if w.x + b + noise > 0: a linear relation."""
+    """label = 1 if w.x + b + noise > 0 over four standard normal numbers: a linear relation."""
 
     weights: tuple[float, ...]
     bias: float = 0.0
@@ -72,25 +77,42 @@ class Concept:
 
 @dataclass(frozen=True)
 class Rule:
-    """A non-linear relation: customers churn when ``rule`` says so (columns: tenure,
-    monthly_charges, support_calls, usage_drop, standardised), ``flip`` of the labels noisy. No
-    linear model learns it: the default model choice has to find a tree ensemble."""
+    """A non-linear relation over numbers and a category: customers churn when ``rule`` says
+    so (tenure, monthly_charges, support_calls and usage_drop standardised, ``plan`` one of
+    basic / standard / premium, usage_drop missing for ``missing`` of the customers), ``flip``
+    of the labels noisy. No linear model learns it: the default model choice has to find a
+    tree ensemble, and the plan matters, so the one-hot encoded category has to be used."""
 
     name: str
+    plan_shares: tuple[float, float, float]
     flip: float = 0.03
+    missing: float = 0.02
 
-    def labels(self, X: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def sample(self, n: int, rng: np.random.Generator) -> tuple[list[Row], list[int]]:
+        X = rng.normal(0.0, 1.0, size=(n, 4))
+        plan = rng.choice(len(PLANS), size=n, p=self.plan_shares)
         tenure, charges, calls, drop = X.T
-        if self.name == "before":  # new customers on expensive plans, or many support calls
-            churn = ((tenure < -0.2) & (charges > 0.2)) | (calls > 1.2)
-        else:  # now: long-standing customers whose usage drops, on cheap plans too
-            churn = ((tenure > 0.3) & (drop > 0.0)) | ((charges < -0.8) & (calls > 0.0))
+        if self.name == "before":  # new premium customers, many support calls, dear basic plans
+            churn = (
+                ((tenure < -0.2) & (plan == 2)) | (calls > 1.2) | ((plan == 0) & (charges > 0.8))
+            )
+        else:  # now: long-standing customers whose usage drops; basic plans with any complaint
+            churn = ((tenure > 0.3) & (drop > 0.0)) | ((plan == 0) & (calls > 0.0))
         y = churn.astype(np.int8)
-        return np.where(rng.random(len(y)) < self.flip, 1 - y, y).astype(np.int8)
+        y = np.where(rng.random(n) < self.flip, 1 - y, y)
+        absent = rng.random(n) < self.missing
+        rows: list[Row] = []
+        for i, (values, p) in enumerate(zip(X.tolist(), plan.tolist(), strict=True)):
+            row: Row = dict(zip(FEATURES[:4], values, strict=True))
+            if absent[i]:
+                row["usage_drop"] = None
+            row["plan"] = PLANS[p]
+            rows.append(row)
+        return rows, [int(v) for v in y]
 
 
-BEFORE = Rule("before")
-AFTER = Rule("after")  # customers now churn for other reasons
+BEFORE = Rule("before", (0.4, 0.4, 0.2))
+AFTER = Rule("after", (0.55, 0.3, 0.15))  # customers churn for other reasons; more basic plans
 
 
 @dataclass
@@ -199,8 +221,8 @@ class Upstream:
         self.say = say
         self.rng = np.random.default_rng(config.seed)
         self.result = ScenarioResult(config.model_name)
-        self.truth: dict[str, int] = {}
-        self.concept = BEFORE
+        self.truth: dict[str, int | float | str] = {}
+        self.concept: Any = BEFORE
         self.features: tuple[str, ...] = FEATURES
         self.t0 = time.monotonic()
         self.champion_version = 0
@@ -310,29 +332,22 @@ class Upstream:
             headers=[(k, v.encode()) for k, v in record.headers.items()],
         )
 
-    def _sample(self, n: int) -> np.ndarray:
-        return self.rng.normal(0.0, 1.0, size=(n, len(FEATURES)))
+    def sample(self, n: int) -> tuple[list[Row], list[Any]]:
+        """``n`` rows of the current concept and their true labels."""
+        return self.concept.sample(n, self.rng)
 
-    def first_dataset(self) -> tuple[np.ndarray, np.ndarray]:
-        """The labelled rows the first model is trained on (columns in ``self.features``)."""
-        X = self._sample(self.cfg.initial_rows)
-        return X, BEFORE.labels(X, self.rng)
+    def first_dataset(self) -> tuple[list[Row], list[Any]]:
+        """The labelled rows the first model is trained on."""
+        return BEFORE.sample(self.cfg.initial_rows, self.rng)
 
     async def _train_first_model(self) -> None:
-        X, y = self.first_dataset()
-        header = ",".join((*self.features, "label"))
-        body = (
-            "\n".join(
-                [
-                    header,
-                    *(
-                        ",".join([*map(repr, row.tolist()), str(int(lbl))])
-                        for row, lbl in zip(X, y, strict=True)
-                    ),
-                ]
-            )
-            + "\n"
-        )
+        rows, labels = self.first_dataset()
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow((*self.features, "label"))
+        for row, label in zip(rows, labels, strict=True):
+            writer.writerow([_cell(row.get(f)) for f in self.features] + [_cell(label)])
+        body = out.getvalue()
         async with httpx.AsyncClient(timeout=30) as http:
             response = await http.put(
                 f"{self.trainer_url}/datasets/{self.cfg.model_name}",
@@ -387,16 +402,15 @@ class Upstream:
         """``batches`` times 20 requests of the current concept at the configured rate."""
         interval = 20 / self.cfg.rate_per_s
         for _ in range(batches):
-            X = self._sample(20)
-            y = self.concept.labels(X, self.rng)
-            for row, label in zip(X, y, strict=True):
+            rows, labels = self.sample(20)
+            for row, label in zip(rows, labels, strict=True):
                 request_id = uuid.uuid4().hex
-                self.truth[request_id] = int(label)
+                self.truth[request_id] = label
                 await self._send(
                     ScoringRequested(
                         model_name=self.cfg.model_name,
                         request_id=request_id,
-                        features=dict(zip(self.features, map(float, row), strict=True)),
+                        features=row,
                         producer="upstream-simulator",
                     )
                 )
@@ -416,17 +430,25 @@ class Upstream:
         async with httpx.AsyncClient(timeout=10) as http:
             probe = await http.post(
                 f"{self.scorer_url}/v2/models/{self.cfg.model_name}/infer",
-                json={
-                    "inputs": [
-                        {"name": f, "shape": [1], "datatype": "FP64", "data": [0.5]}
-                        for f in FEATURES
-                    ]
-                },
-            )
+                json={"inputs": [_v2_input(f, v) for f, v in self.sample(1)[0][0].items()]},
+            )  # a missing value travels as null (the input of a nullable feature)
             if probe.status_code == 200:
                 self.line(
                     f"online     /v2 infer answered by version {probe.json().get('model_version')}"
                 )
+
+
+def _cell(value: Any) -> str:
+    """A CSV cell: numbers in round-trip form, categories as they are, missing empty."""
+    if value is None:
+        return ""
+    return repr(float(value)) if isinstance(value, float) else str(value)
+
+
+def _v2_input(name: str, value: Any) -> dict[str, Any]:
+    """One feature as an Open Inference Protocol v2 input: FP64, or BYTES for a category."""
+    datatype = "BYTES" if isinstance(value, str) else "FP64"
+    return {"name": name, "shape": [1], "datatype": datatype, "data": [value]}
 
 
 async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[int]:

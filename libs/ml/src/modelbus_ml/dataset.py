@@ -303,6 +303,14 @@ def from_rows(
     )
 
 
+def matrix_of(
+    feature_names: tuple[str, ...], rows: list[dict], kinds: tuple[str, ...] | None = None
+) -> np.ndarray:
+    """Unlabelled rows as a model's input matrix (float, or object with categories)."""
+    columns = [[r.get(n) for r in rows] for n in feature_names]
+    return _matrix(columns, tuple(kinds) if kinds else infer_kinds(columns), len(rows))
+
+
 def _kinds_or_empty(kinds: tuple[str, ...]) -> tuple[str, ...]:
     return () if all(k == NUMBER for k in kinds) else kinds
 
