@@ -57,10 +57,16 @@ async def test_policy_view(make_world):
         named = await client.get("/policy", params={"model_name": "churn"})
 
     body = response.json()
-    assert body["default"]["primary_metric"] == "log_loss"
+    assert body["default"]["primary_metric"] is None  # the task's default
+    assert body["default"]["metric_by_task"] == {
+        "binary": "log_loss",
+        "multiclass": "log_loss",
+        "regression": "rmse",
+    }
     assert body["default"]["latency_budget_ms"] == 5.0
     assert body["models"]["fraud"]["primary_metric"] == "brier"
     assert body["models"]["fraud"]["higher_is_better"] is False
+    assert body["models"]["fraud"]["metric_by_task"]["regression"] == "brier"  # would reject
     assert named.json()["models"]["churn"]["promotion_margin"] == 0.0
     assert named.json()["models"]["churn"]["significance"] == 0.05
 

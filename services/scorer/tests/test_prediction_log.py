@@ -12,6 +12,7 @@ import numpy as np
 import orjson
 
 from modelbus_contracts import PredictionMade, ScoringRequested, decode, encode
+from modelbus_ml.outputs import Outputs
 from modelbus_platform.testing import RecordingPublisher
 from modelbus_scorer.prediction_log import PredictionBatch, PredictionLog, random_ids
 from modelbus_scorer.telemetry import ScorerMetrics
@@ -19,15 +20,16 @@ from modelbus_scorer.telemetry import ScorerMetrics
 FEATURES = ("age", "tenure", "spend")
 
 
-def batch(n: int = 3, **overrides) -> PredictionBatch:
+def batch(n: int = 3, scores=None, labels=None, **overrides) -> PredictionBatch:
     rng = np.random.default_rng(n)
+    scores = rng.uniform(size=n) if scores is None else scores
+    labels = rng.integers(0, 2, size=n) if labels is None else labels
     fields = dict(
         model_name="churn",
         version=4,
         feature_names=FEATURES,
         X=rng.normal(size=(n, len(FEATURES))),
-        scores=rng.uniform(size=n),
-        labels=rng.integers(0, 2, size=n),
+        outputs=Outputs("binary", (), scores=scores, labels=labels),
         prediction_ids=random_ids(n),
         request_id="req-1",
         served_by="champion",
@@ -51,9 +53,10 @@ def validated(b: PredictionBatch, i: int, producer: str = "scorer") -> Predictio
         prediction_id=b.prediction_ids[i],
         request_id=b.request_id,
         version=b.version,
-        features=dict(zip(b.feature_names, b.X[i].tolist(), strict=True)),
-        score=float(b.scores[i]),
-        label=int(b.labels[i]),
+        features={
+            f: None if v != v else v for f, v in zip(b.feature_names, b.X[i].tolist(), strict=True)
+        },
+        **b.outputs.record(i),
         served_by=b.served_by,
         shadow_of=b.shadow_of[i] if b.shadow_of else None,
         source=b.source,
@@ -93,6 +96,66 @@ def test_records_decode_to_the_validated_events():
     assert fast[0].features == dict(zip(FEATURES, b.X[0].tolist(), strict=True))
     assert all(e.occurred_at.tzinfo is not None for e in fast)
     assert len({e.event_id for e in fast}) == 5  # one id per prediction
+
+
+def mixed_rows(n: int) -> np.ndarray:
+    """Rows of a model with a nullable number and a nullable category, some missing."""
+    X = np.empty((n, 2), dtype=object)
+    X[:, 0] = [float(i) if i % 2 else np.nan for i in range(n)]
+    X[:, 1] = ["paris" if i % 3 else None for i in range(n)]
+    return X
+
+
+def test_multiclass_records_carry_the_class_and_every_probability():
+    proba = np.array([[0.2, 0.7, 0.1], [0.5, 0.25, 0.25], [0.1, 0.1, 0.8]])
+    classes = ("high", "low", "mid")
+    best = proba.argmax(axis=1)
+    outputs = Outputs(
+        "multiclass",
+        classes,
+        scores=proba.max(axis=1),
+        labels=np.asarray(classes, dtype=object)[best],
+        proba=proba,
+    )
+    b = batch(
+        3,
+        outputs=outputs,
+        X=mixed_rows(3),
+        feature_names=("age", "city"),
+        missing=True,
+        occurred_at=WHEN,
+    )
+
+    fast = decoded(b.records("scorer"))
+
+    assert [e.label for e in fast] == ["low", "high", "mid"]
+    assert [e.score for e in fast] == [0.7, 0.5, 0.8]
+    assert fast[0].probabilities == {"high": 0.2, "low": 0.7, "mid": 0.1}
+    assert fast[0].features == {"age": None, "city": None}  # NaN and None: both null
+    assert fast[1].features == {"age": 1.0, "city": "paris"}
+    assert [comparable(e) for e in fast] == [
+        validated(b, i).model_dump(exclude={"event_id", "correlation_id"}) for i in range(3)
+    ]
+
+
+def test_regression_records_carry_the_value_only():
+    outputs = Outputs("regression", (), values=np.array([3.5, -1.25]))
+    b = batch(
+        2,
+        outputs=outputs,
+        X=mixed_rows(2),
+        feature_names=("age", "city"),
+        missing=True,
+        occurred_at=WHEN,
+    )
+
+    fast = decoded(b.records("scorer"))
+
+    assert [e.value for e in fast] == [3.5, -1.25]
+    assert {(e.score, e.label, e.probabilities) for e in fast} == {(None, None, None)}
+    assert [comparable(e) for e in fast] == [
+        validated(b, i).model_dump(exclude={"event_id", "correlation_id"}) for i in range(2)
+    ]
 
 
 def test_a_caused_batch_derives_its_ids_and_keeps_the_correlation():

@@ -29,6 +29,9 @@ def served(version: int, coef=(1.0, 1.0), names=NAMES) -> Served:
     return Served(version, model, names, f"{version:064x}")
 
 
+SERVED = served(1)
+
+
 def broken(version: int) -> Served:
     """A model whose predict raises (weights of the wrong length)."""
     model = LogisticModel(NAMES, np.ones(5), 0.0, np.zeros(2), np.ones(2), 0.5)
@@ -75,9 +78,9 @@ def test_predict_scores_on_the_current_model():
     current = served(1)
     result = predict(Slots(current), current, np.array([[0.0, 0.0], [3.0, 3.0]]))
     assert result.served_by == "champion"
-    assert result.scores[0] == pytest.approx(0.5)
-    assert result.labels.tolist() == [1, 1]
-    assert result.scores[1] == pytest.approx(1 / (1 + math.exp(-6)))
+    assert result.outputs.scores[0] == pytest.approx(0.5)
+    assert result.outputs.labels.tolist() == [1, 1]
+    assert result.outputs.scores[1] == pytest.approx(1 / (1 + math.exp(-6)))
 
 
 def test_predict_falls_back_to_previous_when_current_raises():
@@ -86,14 +89,14 @@ def test_predict_falls_back_to_previous_when_current_raises():
     result = predict(slots, current, np.array([[2.0, 1.0]]))
     assert result.served_by == "fallback"
     assert result.served.version == 1
-    assert result.scores[0] == pytest.approx(1 / (1 + math.exp(3)))
+    assert result.outputs.scores[0] == pytest.approx(1 / (1 + math.exp(3)))
 
 
 def test_fallback_reorders_columns_for_a_previous_model_with_other_feature_order():
     current = broken(2)
     previous = served(1, coef=(1.0, 0.0), names=("income", "age"))
     result = predict(Slots(current, previous), current, np.array([[0.0, 2.0]]))  # age=0, inc=2
-    assert result.scores[0] == pytest.approx(1 / (1 + math.exp(-2)))
+    assert result.outputs.scores[0] == pytest.approx(1 / (1 + math.exp(-2)))
     assert result.features == NAMES
 
 
@@ -108,13 +111,13 @@ def test_predict_without_a_fallback_is_unavailable():
 
 
 def test_native_instances_are_put_in_feature_order():
-    parsed = parse_native({"instances": [{"income": 2, "age": 1.5}], "request_id": "r1"}, NAMES, 10)
+    parsed = parse_native({"instances": [{"income": 2, "age": 1.5}], "request_id": "r1"}, SERVED, 10)
     assert parsed.X.tolist() == [[1.5, 2.0]]
     assert parsed.request_id == "r1"
 
 
 def test_native_single_features_object():
-    parsed = parse_native({"features": {"age": 1, "income": 2}}, NAMES, 10)
+    parsed = parse_native({"features": {"age": 1, "income": 2}}, SERVED, 10)
     assert parsed.X.shape == (1, 2)
     assert parsed.request_id is None
 
@@ -141,14 +144,14 @@ def test_native_single_features_object():
 )
 def test_native_rejects_bad_input_with_a_reason(body, reason):
     with pytest.raises(InvalidInput) as exc:
-        parse_native(body, NAMES, 3)
+        parse_native(body, SERVED, 3)
     assert exc.value.reason == reason
     assert exc.value.message
 
 
 def test_feature_mismatch_names_the_missing_and_unknown_features():
     with pytest.raises(InvalidInput) as exc:
-        parse_native({"instances": [{"age": 1, "zip": 3}]}, NAMES, 3)
+        parse_native({"instances": [{"age": 1, "zip": 3}]}, SERVED, 3)
     assert "['income']" in exc.value.message and "['zip']" in exc.value.message
 
 
@@ -163,21 +166,21 @@ def test_v2_one_input_per_feature():
             {"name": "age", "shape": [2, 1], "datatype": "FP32", "data": [[1.0], [2.0]]},
         ],
     }
-    parsed = parse_v2(body, NAMES, 10)
+    parsed = parse_v2(body, SERVED, 10)
     assert parsed.X.tolist() == [[1.0, 10.0], [2.0, 20.0]]
     assert parsed.id == "abc"
 
 
 def test_v2_single_matrix_input_in_feature_order():
     body = {"inputs": [{"name": "x", "shape": [2, 2], "datatype": "FP64", "data": [1, 2, 3, 4]}]}
-    parsed = parse_v2(body, NAMES, 10)
+    parsed = parse_v2(body, SERVED, 10)
     assert parsed.X.tolist() == [[1.0, 2.0], [3.0, 4.0]]
     assert parsed.id is None
 
 
 def test_v2_matrix_accepts_nested_row_major_data():
     body = {"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP64", "data": [[5, 6]]}]}
-    assert parse_v2(body, NAMES, 10).X.tolist() == [[5.0, 6.0]]
+    assert parse_v2(body, SERVED, 10).X.tolist() == [[5.0, 6.0]]
 
 
 def _col(name, data, shape=None, datatype="FP64"):
@@ -209,7 +212,7 @@ def _col(name, data, shape=None, datatype="FP64"):
 )
 def test_v2_rejects_bad_requests_with_a_reason(body, reason):
     with pytest.raises(InvalidInput) as exc:
-        parse_v2(body, NAMES, 4)
+        parse_v2(body, SERVED, 4)
     assert exc.value.reason == reason
 
 

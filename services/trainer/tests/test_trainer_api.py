@@ -61,7 +61,7 @@ async def test_put_dataset_validates_and_stores(client_and_harness):
     ("body", "content_type", "status", "reason", "message"),
     [
         (b"a,b\n1,2\n", "text/csv", 422, "bad_dataset", "no 'label' column"),
-        (b"a,label\n1,7\n", "text/csv", 422, "bad_dataset", "label must be 0 or 1"),
+        (b"a,label\n1,7\n", "text/csv", 422, "bad_dataset", "at least two classes"),
         (b"a,label\n", "text/csv", 422, "bad_dataset", "no rows"),
         (b"a,label\n1,1\n", "application/json", 415, "unsupported_media_type", "expected text/csv"),
     ],

@@ -94,5 +94,5 @@ def test_train_snapshot_refuses_tiny_or_single_class_data():
         train_snapshot(make_dataset(3), merge_params(None), 1, 0.25)
     ds = make_dataset(50)
     one_class = type(ds)(ds.feature_names, ds.X, ds.y * 0)
-    with pytest.raises(RunFailed, match="both classes"):
+    with pytest.raises(RunFailed, match="two classes"):
         train_snapshot(one_class, merge_params(None), 1, 0.25)

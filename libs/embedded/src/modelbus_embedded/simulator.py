@@ -63,19 +63,6 @@ WATCHED = (
 
 
 @dataclass(frozen=True)
-class Concept:
-    """label = 1 if w.x + b + noise > 0 over four standard normal numbers: a linear relation."""
-
-    weights: tuple[float, ...]
-    bias: float = 0.0
-    noise: float = 0.35
-
-    def labels(self, X: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        z = X @ np.asarray(self.weights) + self.bias + rng.normal(0, self.noise, len(X))
-        return (z > 0).astype(np.int8)
-
-
-@dataclass(frozen=True)
 class Rule:
     """A non-linear relation over numbers and a category: customers churn when ``rule`` says
     so (tenure, monthly_charges, support_calls and usage_drop standardised, ``plan`` one of

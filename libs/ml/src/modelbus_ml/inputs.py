@@ -65,6 +65,10 @@ class InputSpec:
         """Every feature a number: the matrix is float64 (NaN where nullable and missing)."""
         return all(k == NUMBER for k in self.kinds)
 
+    def features(self) -> list[tuple[str, str, bool]]:
+        """(name, kind, nullable) per feature, in order."""
+        return list(zip(self.names, self.kinds, self.nullable, strict=True))
+
     def empty(self, rows: int) -> np.ndarray:
         """A matrix to fill column by column (float64 for numbers only, else object)."""
         return np.empty((rows, len(self.names)), np.float64 if self.numbers_only else object)
@@ -120,17 +124,15 @@ def from_text(cell: Any, kind: str) -> Any:
     return cell if cell else None
 
 
-def check_column(
-    values: Sequence[Any], kind: str, nullable: bool, feature: str, where: str = "row"
-) -> list[Any]:
-    """A whole column checked; a ``BadValue`` names the feature and the row:
-    ``feature 'city', row 3: not_a_category: 7 is not a category (a string)``."""
+def check_column(values: Sequence[Any], kind: str, nullable: bool, feature: str) -> list[Any]:
+    """A whole column checked; a ``BadValue``'s detail names the feature and the row:
+    ``feature 'city', row 3: 7 is not a category (a string)``."""
     out = []
     for i, value in enumerate(values):
         try:
             out.append(check_value(value, kind, nullable))
         except BadValue as exc:
-            raise BadValue(exc.reason, f"feature {feature!r}, {where} {i}: {exc.detail}") from None
+            raise BadValue(exc.reason, f"feature {feature!r}, row {i}: {exc.detail}") from None
     return out
 
 

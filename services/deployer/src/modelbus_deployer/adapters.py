@@ -3,6 +3,8 @@ checkpoints, verified loads from object storage. The in-memory ones are in ``tes
 
 from __future__ import annotations
 
+import csv
+import io
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -20,6 +22,7 @@ from modelbus_ml import (
     from_csv_bytes,
     load_model,
 )
+from modelbus_ml.dataset import encode_labels
 from modelbus_platform.outbox import FIELD, PENDING, MongoOutbox, outbox_doc, outbox_set
 from modelbus_platform.stores import (
     IntegrityError,
@@ -28,7 +31,7 @@ from modelbus_platform.stores import (
     get_verified,
 )
 
-from .ports import LoadError, StageKey
+from .ports import HoldoutSpec, LoadError, StageKey
 
 NEWEST_FIRST = [("decided_at", DESCENDING), ("version", DESCENDING)]
 VIEW = {"_id": False, FIELD: False}
@@ -57,15 +60,41 @@ class ObjectStoreModels:
         except ArtifactError as exc:
             raise LoadError("artifact", f"{ref.uri}: {exc}") from exc
 
-    async def load_dataset(self, ref: DatasetRef) -> Dataset:
+    async def load_dataset(self, ref: DatasetRef, spec: HoldoutSpec | None = None) -> Dataset:
         data = await self._read("hold-out", ref.uri, ref.sha256)
         try:
-            return from_csv_bytes(data)
+            return read_holdout(data, spec)
         except DatasetError as exc:
             raise LoadError("hold-out", f"{ref.uri}: {exc}") from exc
 
     async def ping(self) -> bool:
         return await self.store.ping()
+
+
+def read_holdout(data: bytes, spec: HoldoutSpec | None) -> Dataset:
+    """A hold-out CSV read as the model sees it: the model's task (not a guess from the
+    labels: a regression's integer targets are not classes), its feature kinds (a zip code
+    stays a category) and, for a multiclass model, its classes in the model's order, so that
+    class index k of the hold-out is column k of the model's probabilities. A label outside
+    the model's classes is a DatasetError. Without a spec, everything is inferred."""
+    if spec is None:
+        return from_csv_bytes(data)
+    header = _header(data)
+    kinds = {name: kind for name, kind in spec.kinds.items() if name in header}
+    ds = from_csv_bytes(data, task=spec.task, kinds=kinds)
+    if ds.task != "multiclass" or not spec.classes or ds.classes == spec.classes:
+        return ds
+    names = [ds.classes[i] for i in ds.y.tolist()]
+    y, task, classes = encode_labels(names, "multiclass", spec.classes)
+    return Dataset(ds.feature_names, ds.X, y, task, classes, ds.kinds)
+
+
+def _header(data: bytes) -> set[str]:
+    first = data.split(b"\n", 1)[0].decode("utf-8", errors="replace")
+    try:
+        return set(next(csv.reader(io.StringIO(first)), []))
+    except csv.Error:
+        return set()
 
 
 class MongoDecisionStore:

@@ -53,8 +53,9 @@ class DecisionView(BaseModel):
 
 
 class PolicyEntry(BaseModel):
-    primary_metric: str
-    higher_is_better: bool
+    primary_metric: str | None = Field(description="none: the task's default (metric_by_task)")
+    higher_is_better: bool | None
+    metric_by_task: dict[str, str] = Field(default_factory=dict)
     promotion_margin: float
     significance: float
     min_primary_metric: float

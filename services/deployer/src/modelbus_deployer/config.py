@@ -23,12 +23,15 @@ class DeployerSettings(ServiceSettings):
     consumer_group: str = Field(
         default="deployer", description="Kafka consumer group for ModelRegistered"
     )
-    primary_metric: MetricName = Field(
-        default="log_loss",
-        description="metric that decides promotion. log_loss/brier (proper scoring rules, "
-        "lower is better) are compared row by row on the same hold-out by a one-sided paired "
-        "test, against the champion or, for a first model, against the hold-out's base rate; "
-        "auc/accuracy (higher is better) by the margin alone (set one when you choose them)",
+    primary_metric: MetricName | None = Field(
+        default=None,
+        description="metric that decides promotion; unset: the task's default, log_loss for a "
+        "classifier and rmse for a regression. log_loss/brier (classification) and rmse/mae "
+        "(regression), lower is better, are compared row by row on the same hold-out by a "
+        "one-sided paired test, against the champion or, for a first model, against the "
+        "hold-out's no-skill prior (base rate, class frequencies, mean); auc (binary), "
+        "macro_auc (multiclass) and accuracy, higher is better, by the margin alone (set one "
+        "when you choose them). A metric that does not apply to the model's task rejects it",
     )
     promotion_margin: float = Field(
         default=0.0,
@@ -40,12 +43,14 @@ class DeployerSettings(ServiceSettings):
         default=0.05,
         gt=0,
         lt=1,
-        description="one-sided level of the paired test on log_loss/brier: noise must not promote",
+        description="one-sided level of the paired test on log_loss/brier/rmse/mae: noise must "
+        "not promote",
     )
     min_primary_metric: float = Field(
         default=0.6,
-        description="auc/accuracy only: absolute minimum for a first model (no champion); with "
-        "log_loss/brier a first model must beat the hold-out's base rate by the paired test",
+        description="auc/macro_auc/accuracy only (higher is better): minimum for a first model "
+        "(no champion). With log_loss, brier, rmse or mae, whose scale depends on the data, it "
+        "does not apply: a first model must beat the hold-out's no-skill prior by the paired test",
     )
     min_holdout_rows: int = Field(
         default=100, ge=1, description="smallest hold-out a promotion decision may rest on"
@@ -82,9 +87,10 @@ class DeployerSettings(ServiceSettings):
         default=0.5,
         ge=0,
         le=1,
-        description="shadow label agreement with the champion: a floor that catches a broken "
-        "model, not a quality signal (a better model disagrees where the champion is wrong); "
-        "quality is judged on labelled live accuracy against the champion's",
+        description="shadow agreement with the champion (the same class; a regression: values "
+        "within 10% of the champion's or within the hold-out RMSE): a floor that catches a "
+        "broken model, not a quality signal (a better model disagrees where the champion is "
+        "wrong); quality is judged on labelled live accuracy, RMSE or MAE against the champion's",
     )
     max_shadow_error_rate: float = Field(
         default=0.01,
@@ -104,13 +110,14 @@ class DeployerSettings(ServiceSettings):
         default=250.0, gt=0, description="p99 of live PredictionMade.latency_ms, maximum"
     )
     min_labels: int = Field(
-        default=200, ge=1, description="labels joined before live accuracy is judged"
+        default=200, ge=1, description="labels joined before live performance is judged"
     )
     accuracy_tolerance: float = Field(
         default=0.05,
         ge=0,
         le=1,
-        description="live accuracy may trail the hold-out accuracy by at most this",
+        description="live accuracy may trail the hold-out accuracy by at most this (absolute); "
+        "a regression's live RMSE (MAE) may exceed the hold-out's by at most this fraction",
     )
     rollback_watch_predictions: int = Field(
         default=2000,

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from modelbus_contracts import ArtifactRef, DatasetRef, Event
+from modelbus_contracts import ArtifactRef, DatasetRef, Event, Signature
 from modelbus_ml import Dataset, ServableModel
 
 
@@ -21,10 +22,34 @@ class LoadError(Exception):
         self.reason = reason
 
 
+@dataclass(frozen=True)
+class HoldoutSpec:
+    """How a hold-out is read for one model: its task, its classes in the order of its
+    probabilities (multiclass) and the kind of each feature it names (others inferred)."""
+
+    task: str = "binary"
+    classes: tuple[str, ...] = ()
+    kinds: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, signature: Signature | None, model: Any) -> HoldoutSpec:
+        """From the registry record's signature; without one (an older record), from the
+        model itself (its task and classes), every feature's kind inferred."""
+        if signature is not None:
+            kinds = {f.name: f.kind for f in signature.features}
+            return cls(signature.task, tuple(signature.classes), kinds)
+        task = str(getattr(model, "task", "binary"))
+        return cls(task, tuple(getattr(model, "classes", ()) or ()))
+
+
 class ModelSource(Protocol):
     async def load_model(self, ref: ArtifactRef) -> ServableModel: ...
 
-    async def load_dataset(self, ref: DatasetRef) -> Dataset: ...
+    async def load_dataset(self, ref: DatasetRef, spec: HoldoutSpec | None = None) -> Dataset:
+        """The hold-out, its labels read with the ``spec``'s task and classes (so class
+        indexes line up with the model's probabilities) and its features with their kinds;
+        without a spec, everything inferred."""
+        ...
 
     async def ping(self) -> bool: ...
 

@@ -24,7 +24,7 @@ from modelbus_platform.policies import Policies
 
 from .config import DeployerSettings
 from .domain import Clock, Policy, Verdict, judge, load_failure
-from .ports import DecisionStore, LoadError, ModelSource
+from .ports import DecisionStore, HoldoutSpec, LoadError, ModelSource
 from .rollout import Next, first_stage
 
 STAGE_IDS = uuid.UUID("5b0c6f1e-3d2a-4e8b-9f7c-1a2b3c4d5e6f")
@@ -180,7 +180,8 @@ class DeployerService:
     ) -> Verdict:
         started = time.perf_counter()
         challenger = await _named("challenger artifact", self.models.load_model(event.artifact))
-        holdout = await _named("hold-out", self.models.load_dataset(event.lineage.holdout))
+        spec = HoldoutSpec.of(event.signature, challenger)
+        holdout = await _named("hold-out", self.models.load_dataset(event.lineage.holdout, spec))
         champion = None
         if event.champion is not None:
             champion = await _named(
@@ -235,6 +236,7 @@ class DeployerService:
             "live": nxt.live,
             "rollout": data["rollout"],
             "watch": None,
+            "task": verdict.task or (event.signature.task if event.signature else "binary"),
             "holdout_accuracy": verdict.challenger_metrics.get("accuracy"),
             "history": [
                 history_entry(

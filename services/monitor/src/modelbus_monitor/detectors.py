@@ -35,7 +35,7 @@ from river.drift import binary
 from scipy import stats as sps
 
 ERROR_STREAM = "__error__"
-Kind = Literal["mean", "scale", "error"]
+Kind = Literal["mean", "scale", "error", "category"]
 DETECTORS_INPUT = ("adwin", "kswin", "page_hinkley")
 DETECTORS_ERROR = ("adwin", "ddm")
 

@@ -1,7 +1,10 @@
 """Pure data-quality checks of one prediction's features against the serving version's reference:
-schema violations (unexpected or non-numeric features), missing values, non-finite values, values
-outside the widened training range ``[min - 3 std, max + 3 std]`` and outliers (robust z-score
-against the reference median and inter-quartile range above ``outlier_z``).
+schema violations (unexpected features, a number feature that is not a number, a category feature
+that is not a string), missing values (only where the reference had none: a feature that was
+missing in training may be missing live), non-finite values, values outside the widened training
+range ``[min - 3 std, max + 3 std]``, outliers (robust z-score against the reference median and
+inter-quartile range above ``outlier_z``) and, for a category feature, a category the reference
+never saw (``unseen_category``, the value is the example).
 
 ``quality_issues`` is the definition, one prediction at a time; the signal kernel runs it only on
 the rows ``BatchScreen`` flags in a batch's feature matrix (a vectorised superset)."""
@@ -18,15 +21,15 @@ import numpy as np
 
 from modelbus_contracts import FeatureStats
 
-Check = Literal["schema", "missing", "non_finite", "out_of_range", "outlier"]
-CHECKS: tuple[Check, ...] = ("schema", "missing", "non_finite", "out_of_range", "outlier")
+Check = Literal["schema", "missing", "non_finite", "out_of_range", "outlier", "unseen_category"]
+CHECKS: tuple[Check, ...] = Check.__args__  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
 class QualityIssue:
     check: Check
     feature: str
-    value: float | None
+    value: float | str | None
     low: float | None = None
     high: float | None = None
     detail: str = ""
@@ -76,7 +79,8 @@ class BatchScreen:
         self.limit = np.array(scale) * outlier_z * (1 - 1e-9)
 
     def flagged(self, matrix: np.ndarray) -> np.ndarray:
-        """Row indices with a missing, non-finite, out-of-range or outlying value."""
+        """Row indices with a missing, non-finite, out-of-range or outlying value (a missing
+        value may be expected: the per-row check decides)."""
         with np.errstate(invalid="ignore"):
             bad = ~np.isfinite(matrix)
             bad |= (matrix < self.low) | (matrix > self.high)
@@ -105,14 +109,23 @@ def _number(value: Any) -> float:
 
 
 def quality_issues(
-    features: dict[str, Any], bounds: dict[str, Bounds], outlier_z: float = 6.0
+    features: dict[str, Any],
+    bounds: dict[str, Bounds],
+    outlier_z: float = 6.0,
+    *,
+    categories: dict[str, frozenset[str]] | None = None,
+    optional: frozenset[str] = frozenset(),
 ) -> list[QualityIssue]:
-    """Every issue of one feature vector (the definition ``BatchScreen`` is checked against)."""
+    """Every issue of one feature vector (the definition ``BatchScreen`` is checked against):
+    ``bounds`` of the number features, the reference ``categories`` of the category features,
+    the ``optional`` features (missing in training too, so a null is no issue)."""
     issues: list[QualityIssue] = []
+    categories = categories or {}
     for name, b in bounds.items():
         value = features.get(name)
         if value is None:
-            issues.append(QualityIssue("missing", name, None))
+            if name not in optional:
+                issues.append(QualityIssue("missing", name, None))
         elif isinstance(value, bool) or not isinstance(value, int | float):
             issues.append(QualityIssue("schema", name, None, detail=type(value).__name__))
         elif not math.isfinite(value):
@@ -123,8 +136,18 @@ def quality_issues(
             low = b.median - outlier_z * b.robust_scale
             high = b.median + outlier_z * b.robust_scale
             issues.append(QualityIssue("outlier", name, float(value), low, high))
-    if len(features) > len(bounds):
-        for name in features.keys() - bounds.keys():
+    for name, known in categories.items():
+        value = features.get(name)
+        if value is None:
+            if name not in optional:
+                issues.append(QualityIssue("missing", name, None))
+        elif not isinstance(value, str):
+            issues.append(QualityIssue("schema", name, None, detail=type(value).__name__))
+        elif value not in known:
+            issues.append(QualityIssue("unseen_category", name, value[:200]))
+    if len(features) > len(bounds) + len(categories):
+        expected = bounds.keys() | categories.keys()
+        for name in sorted(features.keys() - expected):
             issues.append(QualityIssue("schema", name, None, detail="unexpected feature"))
     return issues
 

@@ -14,6 +14,8 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Response
 
+from modelbus_ml.inputs import InputSpec
+from modelbus_ml.outputs import Outputs
 from modelbus_platform.http import Headers, ServiceApp, error_payload, error_responses
 
 from .api_models import InferRequest, InferResponse, PredictRequest, PredictResponse
@@ -34,7 +36,8 @@ SCORING_ERRORS = {
     400: "invalid_json: the body is not JSON (NaN and Infinity literals included)",
     404: "unknown_model",
     422: "bad_request, bad_shape, bad_datatype, length_mismatch, feature_mismatch, "
-    "not_a_number, non_finite, empty_batch, too_many_instances",
+    "not_a_number, non_finite, not_a_category, category_too_long, null_not_allowed, "
+    "empty_batch, too_many_instances",
     503: "not_synced (no registry sync yet), model_not_loaded, predict_failed",
 }
 VERSION_ERRORS = {
@@ -136,17 +139,11 @@ class Scoring:
         if isinstance(result, tuple):
             return result
         scored = result.scored
-        predictions = [
-            {"prediction_id": pid, "score": s, "label": lab}
-            for pid, s, lab in zip(
-                result.prediction_ids, scored.scores.tolist(), scored.labels.tolist(), strict=True
-            )
-        ]
         payload = {
             "model_name": name,
             "model_version": scored.served.version,
             "request_id": result.request_id,
-            "predictions": predictions,
+            "predictions": native_predictions(result.prediction_ids, scored.outputs),
             "served_by": scored.served_by,
         }
         return 200, orjson.dumps(payload)
@@ -294,28 +291,131 @@ def build_router(service: ScorerService, readiness: ReadinessCheck) -> APIRouter
     return router
 
 
-def _native(body: Any, names: tuple[str, ...], limit: int) -> tuple[Any, str | None]:
-    parsed = parse_native(body, names, limit)
+def _native(body: Any, served: Served, limit: int) -> tuple[Any, str | None]:
+    parsed = parse_native(body, served, limit)
     return parsed.X, parsed.request_id
 
 
-def _v2(body: Any, names: tuple[str, ...], limit: int) -> tuple[Any, str | None]:
-    parsed = parse_v2(body, names, limit)
+def _v2(body: Any, served: Served, limit: int) -> tuple[Any, str | None]:
+    parsed = parse_v2(body, served, limit)
     return parsed.X, parsed.id
 
 
+def native_predictions(ids: list[str], outputs: Outputs) -> list[dict[str, Any]]:
+    """Per row: binary ``score`` and ``label`` (0/1); multiclass ``label`` (the class),
+    ``score`` (its probability) and ``probabilities`` (per class); regression ``value``."""
+    if outputs.task == "binary":
+        return [
+            {"prediction_id": pid, "score": s, "label": lab}
+            for pid, s, lab in zip(
+                ids, outputs.scores.tolist(), outputs.labels.tolist(), strict=True
+            )
+        ]
+    if outputs.task == "regression":
+        values = outputs.values.tolist()
+        return [{"prediction_id": pid, "value": v} for pid, v in zip(ids, values, strict=True)]
+    classes = outputs.classes
+    return [
+        {
+            "prediction_id": pid,
+            "label": lab,
+            "score": s,
+            "probabilities": dict(zip(classes, p, strict=True)),
+        }
+        for pid, lab, s, p in zip(
+            ids,
+            outputs.labels.tolist(),
+            outputs.scores.tolist(),
+            outputs.proba.tolist(),
+            strict=True,
+        )
+    ]
+
+
 def v2_metadata(name: str, current: Served, previous: Served | None) -> dict[str, Any]:
+    """Inputs per the signature (FP64 for a number, BYTES for a category; ``nullable`` where
+    a feature may be null); outputs per task, as ``v2_outputs`` names them."""
+    spec = InputSpec.of(current)
+    inputs = []
+    for feature, kind, nullable in spec.features():
+        tensor: dict[str, Any] = {
+            "name": feature,
+            "datatype": "BYTES" if kind == "category" else "FP64",
+            "shape": [-1],
+        }
+        if nullable:
+            tensor["parameters"] = {"nullable": True}
+        inputs.append(tensor)
+    parameters: dict[str, Any] = {
+        "version": current.version,
+        "sha256": current.sha256,
+        "task": current.task,
+    }
+    if current.task == "multiclass":
+        parameters["classes"] = list(current.classes)
     return {
         "name": name,
         "versions": [str(s.version) for s in (current, previous) if s is not None],
         "platform": PLATFORM,
-        "inputs": [{"name": f, "datatype": "FP64", "shape": [-1]} for f in current.feature_names],
-        "outputs": [
+        "inputs": inputs,
+        "outputs": output_metadata(current.task, current.classes),
+        "parameters": parameters,
+    }
+
+
+def output_metadata(task: str, classes: tuple[str, ...]) -> list[dict[str, Any]]:
+    if task == "binary":
+        return [
             {"name": "score", "datatype": "FP64", "shape": [-1]},
             {"name": "label", "datatype": "INT64", "shape": [-1]},
-        ],
-        "parameters": {"version": current.version, "sha256": current.sha256},
-    }
+        ]
+    if task == "regression":
+        return [{"name": "value", "datatype": "FP64", "shape": [-1]}]
+    return [
+        {"name": "label", "datatype": "BYTES", "shape": [-1]},
+        {"name": "score", "datatype": "FP64", "shape": [-1]},
+        {
+            "name": "probabilities",
+            "datatype": "FP64",
+            "shape": [-1, len(classes)],
+            "parameters": {"classes": list(classes)},
+        },
+    ]
+
+
+def v2_outputs(outputs: Outputs, n: int) -> list[dict[str, Any]]:
+    """The response tensors of each task. Binary: ``score`` (P(class 1)) and ``label``
+    (INT64). Multiclass: ``label`` (BYTES, the class; ``content_type`` "str" as MLServer marks
+    strings), ``score`` (P(that class)) and ``probabilities`` (FP64 [n, k], the classes in
+    its ``parameters``). Regression: ``value`` (FP64 [n]; MLServer's scikit-learn runtime
+    calls it ``predict``)."""
+    if outputs.task == "binary":
+        return [
+            {"name": "score", "datatype": "FP64", "shape": [n], "data": outputs.scores.tolist()},
+            {"name": "label", "datatype": "INT64", "shape": [n], "data": outputs.labels.tolist()},
+        ]
+    if outputs.task == "regression":
+        return [
+            {"name": "value", "datatype": "FP64", "shape": [n], "data": outputs.values.tolist()}
+        ]
+    classes = list(outputs.classes)
+    return [
+        {
+            "name": "label",
+            "datatype": "BYTES",
+            "shape": [n],
+            "data": outputs.labels.tolist(),
+            "parameters": {"content_type": "str"},
+        },
+        {"name": "score", "datatype": "FP64", "shape": [n], "data": outputs.scores.tolist()},
+        {
+            "name": "probabilities",
+            "datatype": "FP64",
+            "shape": [n, len(classes)],
+            "data": outputs.proba.ravel().tolist(),
+            "parameters": {"classes": classes},
+        },
+    ]
 
 
 def v2_response(result: ScoreResult) -> dict[str, Any]:
@@ -325,9 +425,6 @@ def v2_response(result: ScoreResult) -> dict[str, Any]:
         "model_name": result.model_name,
         "model_version": str(scored.served.version),
         "id": result.request_id,
-        "outputs": [
-            {"name": "score", "datatype": "FP64", "shape": [n], "data": scored.scores.tolist()},
-            {"name": "label", "datatype": "INT64", "shape": [n], "data": scored.labels.tolist()},
-        ],
+        "outputs": v2_outputs(scored.outputs, n),
         "parameters": {"prediction_ids": result.prediction_ids, "served_by": scored.served_by},
     }

@@ -1,5 +1,11 @@
 """The scorer's pure core: which model serves each name, request parsing, and scoring.
 
+Requests are parsed by the served version's signature. A model whose features are all numbers
+that may not be missing takes the float fast path (whole float matrices, checked in one go);
+any other model the general path: per feature, the rules of ``modelbus_ml.inputs`` (numbers,
+categories, nulls where nullable) into an object matrix (float64 when every feature is a
+number), every refusal naming the feature and the row.
+
 No I/O here. The ``ModelHolder`` keeps, per model name, an immutable ``Slots`` pair (``current``
 and the warm last-good ``previous``). A swap builds the new pair fully, then replaces the
 reference in one assignment: a request reads the pair once and keeps that reference, so requests
@@ -16,9 +22,13 @@ from typing import Any
 import numpy as np
 
 from modelbus_contracts import ServedBy
+from modelbus_ml.inputs import BadValue, InputSpec, check_column
+from modelbus_ml.outputs import Outputs
 from modelbus_ml.serving import Served
 
 V2_DATATYPES = {"FP32": float, "FP64": float, "INT32": int, "INT64": int}
+# the general path also takes BYTES (a category feature's strings)
+V2_ALL_DATATYPES = {**V2_DATATYPES, "BYTES": str}
 _NUMBER_TYPES = frozenset({int, float})
 
 
@@ -49,8 +59,7 @@ class Slots:
 @dataclass(slots=True)  # per request: not frozen (a frozen init costs ~2x)
 class Scored:
     served: Served
-    scores: np.ndarray
-    labels: np.ndarray
+    outputs: Outputs
     served_by: ServedBy
     features: tuple[str, ...]  # the request matrix's columns (the current model's features)
 
@@ -97,20 +106,19 @@ def serving_slots(holder: ModelHolder, name: str) -> tuple[Served, Slots]:
 def predict(slots: Slots, current: Served, X: np.ndarray) -> Scored:
     """Score on the current model; if it raises, answer from the warm previous one."""
     try:
-        scores, labels = current.score(X)
-        return Scored(current, scores, labels, "champion", current.feature_names)
+        return Scored(current, current.score(X), "champion", current.feature_names)
     except Exception as exc:
         previous = slots.previous
         if previous is None:
             raise ModelUnavailable("predict_failed", f"model failed: {exc}") from exc
         try:
             columns = project(current.feature_names, previous.feature_names)
-            scores, labels = previous.score(X[:, columns])
+            outputs = previous.score(X[:, columns])
         except Exception as fallback_exc:
             raise ModelUnavailable(
                 "predict_failed", f"model and fallback failed: {exc}; {fallback_exc}"
             ) from fallback_exc
-        return Scored(previous, scores, labels, "fallback", current.feature_names)
+        return Scored(previous, outputs, "fallback", current.feature_names)
 
 
 def project(have: Sequence[str], want: Sequence[str]) -> list[int]:
@@ -165,7 +173,8 @@ def check_feature_names(keys: Any, wanted: frozenset[str], where: str) -> None:
 def rows_to_matrix(
     instances: Any, names: tuple[str, ...], limit: int = 1_000_000, where: str = "instances"
 ) -> np.ndarray:
-    """``[{feature: number, ...}, ...]`` -> an (n, k) float matrix in ``names`` order."""
+    """The fast path: ``[{feature: number, ...}, ...]`` -> an (n, k) float matrix in ``names``
+    order."""
     if not isinstance(instances, list):
         raise InvalidInput("bad_request", f"{where} must be a list of objects")
     check_batch_size(len(instances), limit)
@@ -179,13 +188,49 @@ def rows_to_matrix(
     return to_matrix(flat, len(instances), len(names), where)
 
 
+def rows_by_signature(
+    instances: Any, spec: InputSpec, limit: int = 1_000_000, where: str = "instances"
+) -> np.ndarray:
+    """The general path: ``[{feature: number | category | null, ...}, ...]`` -> an (n, k)
+    matrix in the model's order, each value checked by its feature's kind and nullability."""
+    if not isinstance(instances, list):
+        raise InvalidInput("bad_request", f"{where} must be a list of objects")
+    check_batch_size(len(instances), limit)
+    wanted = frozenset(spec.names)
+    for i, row in enumerate(instances):
+        if not isinstance(row, dict):
+            raise InvalidInput("bad_request", f"{where}[{i}] must be an object")
+        check_feature_names(row.keys(), wanted, f"{where}[{i}]")
+    X = spec.empty(len(instances))
+    for j, (name, kind, nullable) in enumerate(spec.features()):
+        X[:, j] = checked([row[name] for row in instances], kind, nullable, name)
+    return X
+
+
+def checked(values: list[Any], kind: str, nullable: bool, feature: str) -> list[Any]:
+    """One feature's values by the shared rules, a refusal as ``InvalidInput``."""
+    try:
+        return check_column(values, kind, nullable, feature)
+    except BadValue as exc:
+        raise InvalidInput(exc.reason, exc.detail) from None
+
+
+def parse_rows(
+    instances: Any, served: Served, limit: int = 1_000_000, where: str = "instances"
+) -> np.ndarray:
+    """Rows of a request as the served model's input matrix (fast path when it can)."""
+    if served.numeric:
+        return rows_to_matrix(instances, served.feature_names, limit, where)
+    return rows_by_signature(instances, InputSpec.of(served), limit, where)
+
+
 @dataclass(slots=True)  # per request: not frozen (a frozen init costs ~2x)
 class NativeRequest:
     X: np.ndarray
     request_id: str | None
 
 
-def parse_native(body: Any, names: tuple[str, ...], limit: int) -> NativeRequest:
+def parse_native(body: Any, served: Served, limit: int) -> NativeRequest:
     """``{"instances": [{..}, ..]}`` or ``{"features": {..}}``, optional ``request_id``."""
     if not isinstance(body, dict):
         raise InvalidInput("bad_request", "body must be a JSON object")
@@ -193,9 +238,9 @@ def parse_native(body: Any, names: tuple[str, ...], limit: int) -> NativeRequest
     if request_id is not None and not isinstance(request_id, str):
         raise InvalidInput("bad_request", "request_id must be a string")
     if "instances" in body:
-        X = rows_to_matrix(body["instances"], names, limit)
+        X = parse_rows(body["instances"], served, limit)
     elif "features" in body:
-        X = rows_to_matrix([body["features"]], names, limit, where="features")
+        X = parse_rows([body["features"]], served, limit, where="features")
     else:
         raise InvalidInput("bad_request", 'body needs "instances": [...] or "features": {...}')
     return NativeRequest(X, request_id)
@@ -207,9 +252,10 @@ class V2Request:
     id: str | None
 
 
-def parse_v2(body: Any, names: tuple[str, ...], limit: int) -> V2Request:
-    """An Open Inference Protocol v2 infer request: one input per feature (shape [n] or [n, 1]),
-    or one 2-D input of shape [n, k] with columns in feature order."""
+def parse_v2(body: Any, served: Served, limit: int) -> V2Request:
+    """An Open Inference Protocol v2 infer request: one input per feature (shape [n] or [n, 1];
+    BYTES for a category feature, FP32/FP64/INT32/INT64 for a number), or, for a model whose
+    features are all numbers, one 2-D input of shape [n, k] with columns in feature order."""
     if not isinstance(body, dict):
         raise InvalidInput("bad_request", "body must be a JSON object")
     request_id = body.get("id")
@@ -218,6 +264,9 @@ def parse_v2(body: Any, names: tuple[str, ...], limit: int) -> V2Request:
     inputs = body.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise InvalidInput("bad_request", '"inputs" must be a non-empty list')
+    if not served.numeric:
+        return V2Request(_inputs_by_signature(inputs, InputSpec.of(served), limit), request_id)
+    names = served.feature_names
     X = _plain_matrix(inputs, names, limit)
     if X is not None:
         return V2Request(X, request_id)
@@ -271,7 +320,7 @@ class _Tensor:
     data: list[Any]
 
 
-def _tensor(raw: Any, i: int) -> _Tensor:
+def _tensor(raw: Any, i: int, datatypes: dict[str, type] = V2_DATATYPES) -> _Tensor:
     where = f"inputs[{i}]"
     if not isinstance(raw, dict):
         raise InvalidInput("bad_request", f"{where} must be an object")
@@ -284,9 +333,9 @@ def _tensor(raw: Any, i: int) -> _Tensor:
         or not all(type(d) is int and d >= 0 for d in shape)
     ):
         raise InvalidInput("bad_shape", f"{where}.shape must be a list of non-negative integers")
-    if datatype not in V2_DATATYPES:
+    if datatype not in datatypes:
         raise InvalidInput(
-            "bad_datatype", f"{where}.datatype {datatype!r} not in {sorted(V2_DATATYPES)}"
+            "bad_datatype", f"{where}.datatype {datatype!r} not in {sorted(datatypes)}"
         )
     data = _flatten(raw.get("data"), where)
     if len(data) != math.prod(shape):
@@ -294,7 +343,7 @@ def _tensor(raw: Any, i: int) -> _Tensor:
             "length_mismatch",
             f"{where}: shape {shape} needs {math.prod(shape)} values, got {len(data)}",
         )
-    if V2_DATATYPES[datatype] is int and not all(type(v) is int for v in data):
+    if datatypes[datatype] is int and not all(type(v) is int for v in data):
         raise InvalidInput("not_a_number", f"{where}: {datatype} data must be integers")
     return _Tensor(name, tuple(shape), datatype, data)
 
@@ -329,24 +378,55 @@ def _matrix_input(t: _Tensor, names: tuple[str, ...], limit: int) -> np.ndarray:
 
 
 def _per_feature_inputs(tensors: list[_Tensor], names: tuple[str, ...], limit: int) -> np.ndarray:
+    n = _feature_rows(tensors, names, limit)
+    by_name = {t.name: t for t in tensors}
+    columns = [to_matrix(by_name[f].data, n, 1, f"input {f!r}") for f in names]
+    return np.hstack(columns)
+
+
+def _inputs_by_signature(inputs: list[Any], spec: InputSpec, limit: int) -> np.ndarray:
+    """The general path: one input per feature, its datatype by the feature's kind (BYTES for
+    a category, a number type for a number), its values by the shared rules."""
+    tensors = [_tensor(t, i, V2_ALL_DATATYPES) for i, t in enumerate(inputs)]
+    if len(tensors) == 1 and _is_matrix(tensors[0], spec.names):
+        raise InvalidInput(
+            "feature_mismatch",
+            f"a single [n, k] input is only for models whose features are all numbers; "
+            f"send one input per feature {list(spec.names)}",
+        )
+    n = _feature_rows(tensors, spec.names, limit)
+    by_name = {t.name: t for t in tensors}
+    X = spec.empty(n)
+    for j, (name, kind, nullable) in enumerate(spec.features()):
+        t = by_name[name]
+        wanted = "BYTES" if kind == "category" else "a number type (FP32, FP64, INT32, INT64)"
+        if (t.datatype == "BYTES") != (kind == "category"):
+            raise InvalidInput(
+                "bad_datatype", f"input {name!r} is a {kind} feature: {t.datatype}, not {wanted}"
+            )
+        X[:, j] = checked(t.data, kind, nullable, name)
+    return X
+
+
+def _feature_rows(tensors: list[_Tensor], names: tuple[str, ...], limit: int) -> int:
+    """Per-feature inputs: one per feature, each [n] or [n, 1], the same n; returns n."""
     by_name = {t.name: t for t in tensors}
     if len(by_name) != len(tensors):
         raise InvalidInput("feature_mismatch", "an input name appears twice")
     check_feature_names(by_name.keys(), frozenset(names), "inputs")
-    rows = {t.shape[0] for t in tensors}
     for t in tensors:
         if len(t.shape) > 2 or (len(t.shape) == 2 and t.shape[1] != 1):
             raise InvalidInput(
                 "bad_shape", f"input {t.name!r}: shape {list(t.shape)}, expected [n] or [n, 1]"
             )
+    rows = {t.shape[0] for t in tensors}
     if len(rows) != 1:
         raise InvalidInput("length_mismatch", f"inputs have different row counts {sorted(rows)}")
     n = rows.pop()
     check_batch_size(n, limit)
-    columns = [to_matrix(by_name[f].data, n, 1, f"input {f!r}") for f in names]
-    return np.hstack(columns)
+    return n
 
 
-def features_to_matrix(features: dict[str, float], names: tuple[str, ...]) -> np.ndarray:
+def features_to_matrix(features: dict[str, Any], served: Served) -> np.ndarray:
     """One stream record -> a (1, k) matrix, or ``InvalidInput``."""
-    return rows_to_matrix([features], names, where="features")
+    return parse_rows([features], served, where="features")

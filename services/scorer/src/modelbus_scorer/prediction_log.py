@@ -16,12 +16,14 @@ import contextlib
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import numpy as np
 import structlog
 
 from modelbus_contracts import Event, PredictionMade, PredictionSource, ServedBy
 from modelbus_contracts.records import BatchEncoder, DictRows, random_hex
+from modelbus_ml.outputs import Outputs
 from modelbus_platform.bus import Publisher, RawRecord
 
 from .telemetry import ScorerMetrics
@@ -39,14 +41,15 @@ def random_ids(n: int) -> list[str]:
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass costs ~2x to build on the hot path
 class PredictionBatch:
-    """One scored request: the rows, their scores and everything the events need."""
+    """One scored request: the rows, the model's outputs and everything the events need.
+    ``missing``: ``X`` may hold NaN for a missing number (a model with nullable features, or
+    categories): the events carry null for it."""
 
     model_name: str
     version: int
     feature_names: tuple[str, ...]
     X: np.ndarray
-    scores: np.ndarray
-    labels: np.ndarray
+    outputs: Outputs
     prediction_ids: list[str]
     request_id: str | None
     served_by: ServedBy
@@ -55,6 +58,7 @@ class PredictionBatch:
     cause: Event | None = None
     shadow_of: list[str] | None = None  # served_by=shadow: the champion predictions mirrored
     occurred_at: datetime | None = None  # None: when encoded
+    missing: bool = False
 
     @property
     def size(self) -> int:
@@ -64,11 +68,11 @@ class PredictionBatch:
         """The batch as PredictionMade Kafka records. A caused batch derives each event id
         from its cause, so a redelivered request makes the same events; an uncaused one starts
         a chain per prediction."""
+        X = _present(self.X) if self.missing else self.X
         rows = {
             "prediction_id": self.prediction_ids,
-            "features": DictRows(self.feature_names, self.X),
-            "score": self.scores,
-            "label": self.labels,
+            "features": DictRows(self.feature_names, X),
+            **output_rows(self.outputs),
         }
         if self.shadow_of is not None:
             rows["shadow_of"] = self.shadow_of
@@ -94,6 +98,25 @@ class PredictionBatch:
             causation_id=cause.event_id,
             occurred_at=self.occurred_at,
         )
+
+
+def output_rows(outputs: Outputs) -> dict[str, Any]:
+    """The per-row PredictionMade fields of each task (``Outputs.record``, by column): binary
+    score and label; multiclass also the probabilities; regression the value."""
+    if outputs.task == "binary":
+        return {"score": outputs.scores, "label": outputs.labels}
+    if outputs.task == "regression":
+        return {"value": outputs.values}
+    return {
+        "score": outputs.scores,
+        "label": outputs.labels,
+        "probabilities": DictRows(outputs.classes, outputs.proba),
+    }
+
+
+def _present(X: np.ndarray) -> list[list[Any]]:
+    """Rows with a missing number (NaN) as None, the way events carry it."""
+    return [[None if v != v else v for v in row] for row in X.tolist()]
 
 
 def _encoder(producer: str) -> BatchEncoder:

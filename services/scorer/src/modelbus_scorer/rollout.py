@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from modelbus_contracts import RolloutMode
+from modelbus_ml.outputs import Outputs
 
 from .domain import Scored, Served, Slots, predict, project
 
@@ -64,16 +65,16 @@ def route(
         return predict(slots, current, X)
     try:
         columns = project(current.feature_names, challenger.served.feature_names)
-        scores, labels = challenger.served.score(X[:, columns])
+        outputs = challenger.served.score(X[:, columns])
     except Exception:
         return dataclasses.replace(predict(slots, current, X), served_by="fallback")
-    return Scored(challenger.served, scores, labels, "canary", current.feature_names)
+    return Scored(challenger.served, outputs, "canary", current.feature_names)
 
 
 def shadow_scores(
     challenger: Challenger | None, features: tuple[str, ...], X: np.ndarray
-) -> tuple[np.ndarray, np.ndarray] | None:
-    """The shadow's scores and labels for rows the champion answered; None if there is no
+) -> Outputs | None:
+    """The shadow's outputs for rows the champion answered; None if there is no
     shadow. A shadow that raises raises here: the caller reports it (ScoringFailed with
     ``served_by="shadow"``) and the caller's answer is the champion's all the same."""
     if challenger is None or challenger.mode != "shadow":

@@ -51,7 +51,8 @@ from .telemetry import ScorerMetrics
 log = structlog.get_logger(__name__)
 
 SyncOutcome = Literal["loaded", "reused_previous", "unchanged", "failed", "no_champion"]
-Parser = Callable[[tuple[str, ...], int], tuple[np.ndarray, str | None]]
+# (the served version, the batch limit) -> (its input matrix, the request id)
+Parser = Callable[[Served, int], tuple[np.ndarray, str | None]]
 
 
 def derived_id(cause: Event, event_type: str, scope: str = "") -> uuid.UUID:
@@ -276,16 +277,18 @@ class ScorerService:
                 raise ModelUnavailable(
                     "version_not_served", f"model {name!r} serves version {current.version}"
                 )
-            X, request_id = parse(current.feature_names, self.max_instances)
+            X, request_id = parse(current, self.max_instances)
             challenger = self.challengers.get(name)
             key = routing_key or request_id or (random_ids(1)[0] if challenger else None)
             scored = route(challenger, key, slots, current, X)
         except (InvalidInput, ModelUnavailable) as exc:
             self.metrics.rejected.labels(exc.reason, source).inc()
             raise
-        ids = random_ids(len(scored.scores))
+        ids = random_ids(len(scored.outputs))
         latency_ms = (time.perf_counter() - started) * 1000.0
-        batch = self._batch(name, scored, X, ids, request_id, source, latency_ms)
+        batch = self._batch(
+            name, scored, X, ids, request_id, source, latency_ms, missing=not current.numeric
+        )
         self._count(batch, scored)
         self.prediction_log.submit(batch)
         if challenger is not None and challenger.mode == "shadow":
@@ -308,17 +311,16 @@ class ScorerService:
         the ScoringFailed that reports a shadow that raised (so the deployer can judge it)."""
         started = time.perf_counter()
         try:
-            result = shadow_scores(challenger, served.feature_names, served.X)
+            outputs = shadow_scores(challenger, served.feature_names, served.X)
         except Exception as exc:
             assert challenger is not None  # shadow_scores raises only for a shadow
             return self._shadow_failed(name, challenger, served, exc, cause)
-        if result is None or challenger is None:
+        if outputs is None or challenger is None:
             return None
         batch = dataclasses.replace(
             served,
             version=challenger.served.version,
-            scores=result[0],
-            labels=result[1],
+            outputs=outputs,
             prediction_ids=ids,
             served_by="shadow",
             latency_ms=(time.perf_counter() - started) * 1000.0,
@@ -373,7 +375,7 @@ class ScorerService:
         name = event.model_name
         try:
             current, slots = self._serving(name)
-            X = features_to_matrix(dict(event.features), current.feature_names)
+            X = features_to_matrix(dict(event.features), current)
             challenger = self.challengers.get(name)
             scored = route(challenger, event.request_id, slots, current, X)
         except (InvalidInput, ModelUnavailable) as exc:
@@ -391,7 +393,17 @@ class ScorerService:
             return
         pid = derived_id(event, "prediction_id").hex
         latency_ms = (time.perf_counter() - started) * 1000.0
-        batch = self._batch(name, scored, X, [pid], event.request_id, "stream", latency_ms, event)
+        batch = self._batch(
+            name,
+            scored,
+            X,
+            [pid],
+            event.request_id,
+            "stream",
+            latency_ms,
+            event,
+            missing=not current.numeric,
+        )
         out.records.extend(batch.records(self.producer))
         self._count(batch, scored)
         shadow_id = derived_id(event, "shadow_prediction_id").hex
@@ -422,14 +434,18 @@ class ScorerService:
         source: PredictionSource,
         latency_ms: float,
         cause: Event | None = None,
+        *,
+        missing: bool,
     ) -> PredictionBatch:
+        """``missing``: the request was parsed by the general path (its matrix may hold NaN
+        for a missing number)."""
         return PredictionBatch(
             model_name=name,
             version=scored.served.version,
             feature_names=scored.features,
             X=X,
-            scores=scored.scores,
-            labels=scored.labels,
+            outputs=scored.outputs,
+            missing=missing,
             prediction_ids=ids,
             request_id=request_id,
             served_by=scored.served_by,

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.encoders import jsonable_encoder
 from pydantic import BaseModel, Field, ValidationError
 
-from modelbus_contracts.events import FiniteJSON
+from modelbus_contracts.events import FiniteJSON, Signature, Task
 from modelbus_ml import DatasetError
 from modelbus_platform.http import ApiError, ModelName, error_responses
 
@@ -22,7 +22,9 @@ CSV_BODY = {
     "requestBody": {
         "required": True,
         "content": {t: {"schema": {"type": "string"}} for t in CSV_TYPES},
-        "description": "CSV with a header row, numeric feature columns and a 0/1 label column",
+        "description": "CSV with a header row, feature columns (a column whose every non-empty "
+        "cell is a number is a number, else a category; an empty cell is a missing value) and a "
+        "label column (0/1, classes or values)",
     }
 }
 UNKNOWN_RUN = {404: "unknown_run"}
@@ -48,6 +50,7 @@ class DatasetStored(BaseModel):
     sha256: str
     rows: int
     feature_names: list[str]
+    signature: Signature = Field(description="the data's features (kinds, nullable), task")
 
 
 class FeedbackCount(BaseModel):
@@ -89,17 +92,24 @@ async def train(name: ModelName, body: TrainRequest, request: Request) -> TrainA
     responses=error_responses(
         {
             415: "unsupported_media_type: not a CSV content type",
-            422: "bad_dataset: no label column, labels other than 0/1, no rows, ...",
+            422: "bad_dataset: no label column, labels that do not fit the task, no rows, ...",
         }
     ),
 )
-async def put_dataset(name: ModelName, request: Request) -> DatasetStored:
+async def put_dataset(
+    name: ModelName,
+    request: Request,
+    task: Annotated[
+        Task | None,
+        Query(description="binary, multiclass or regression; default: inferred from the labels"),
+    ] = None,
+) -> DatasetStored:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type not in CSV_TYPES:
         message = f"expected text/csv, got {content_type or 'nothing'}"
         raise ApiError(415, message, "unsupported_media_type")
     try:
-        stored = await _service(request).put_dataset(name, await request.body())
+        stored = await _service(request).put_dataset(name, await request.body(), task)
     except DatasetError as exc:
         raise ApiError(422, f"bad dataset: {exc}", "bad_dataset") from exc
     return DatasetStored(**stored)

@@ -4,7 +4,9 @@ evaluate, serialise; timed stage by stage). No I/O here."""
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import time
 import uuid
 from collections.abc import Callable
@@ -16,10 +18,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from modelbus_contracts import DriftDetected, Event, TrainingRequested
+from modelbus_contracts.events import Signature
 from modelbus_contracts.policy import TrainingPolicy
 from modelbus_ml import Dataset, DatasetError, evaluate, feature_stats, split_holdout
+from modelbus_ml.dataset import LABEL, TASKS, from_csv_bytes, from_rows, infer_kinds
 from modelbus_ml.families import DEFAULT_FAMILY, FamilyError, get_family, train_family
 from modelbus_ml.flavors import LOGREG_FORMAT, ONNX_FORMAT
+from modelbus_ml.outputs import classes_of
 from modelbus_platform.scheduler import Fire
 
 if TYPE_CHECKING:
@@ -115,7 +120,8 @@ def merge_params(
 ) -> dict[str, Any]:
     """A run's full params: family (request > model settings > logreg), that family's defaults,
     the model's configured params (only if they are for the same family), the request's params,
-    and the hold-out fraction. Unknown family names are kept: the run fails with the reason."""
+    the task (request > model settings, whatever the family) and the hold-out fraction.
+    Unknown family names are kept: the run fails with the reason."""
     requested, model_defaults = dict(requested or {}), dict(model_defaults or {})
     family = str(requested.get("family") or model_defaults.get("family") or DEFAULT_FAMILY)
     same_family = str(model_defaults.get("family") or DEFAULT_FAMILY) == family
@@ -123,11 +129,13 @@ def merge_params(
         base = dict(get_family(family).default_params)
     except FamilyError:
         base = {}
+    task = requested.get("task") or model_defaults.get("task")  # the model's, whatever family
     return {
         "holdout_fraction": holdout_fraction,
         **base,
         **(model_defaults if same_family else {}),
         **requested,
+        **({"task": task} if task else {}),
         "family": family,
     }
 
@@ -135,15 +143,16 @@ def merge_params(
 def training_defaults(
     configured: dict[str, Any] | None, live: TrainingPolicy | None
 ) -> dict[str, Any] | None:
-    """A model's default run params: its live training policy (family, params) over the
+    """A model's default run params: its live training policy (family, params, task) over the
     settings' ``model_params``; the configured params are kept only for the same family. An
     entry point is never allowed by a policy: only ``python_entry_points`` allow one."""
-    if live is None or (live.family is None and not live.params):
+    if live is None or (live.family is None and not live.params and live.task is None):
         return configured
     configured = dict(configured or {})
     same = live.family is None or live.family == configured.get("family")
     family = {"family": live.family} if live.family else {}
-    return {**(configured if same else {}), **family, **live.params}
+    task = {"task": live.task} if live.task else {}
+    return {**(configured if same else {}), **family, **live.params, **task}
 
 
 def check_family(params: dict[str, Any], allowed_entry_points: set[str]) -> None:
@@ -233,16 +242,100 @@ def drift_skip_reason(in_flight_run: str | None, cooldown_left: float) -> str | 
     return None
 
 
-def feedback_dataset(rows: list[dict[str, Any]]) -> Dataset:
+@dataclass(frozen=True)
+class DataSpec:
+    """How a run reads its data: the task (``None``: inferred from the labels), the features'
+    kinds by name (the rest inferred) and the classes that come first, in that order. Taken
+    from the run's ``params.task`` (the request or the model's training policy) and from the
+    champion's signature, so a retrain stays compatible with what is served: the same task, the
+    same feature kinds, the champion's classes (new ones after them). ``task_from`` says where
+    the task came from (``params``, ``champion``, ``labels``)."""
+
+    task: str | None = None
+    task_from: str = "labels"
+    kinds: dict[str, str] = field(default_factory=dict)
+    classes: tuple[str, ...] = ()
+    champion_version: int | None = None
+
+    def record(self, ds: Dataset) -> dict[str, Any]:
+        """What the run document keeps: the spec as applied to ``ds`` (enough to read its
+        snapshot back the same way, see ``reproduce``)."""
+        return {
+            "task": ds.task,
+            "task_from": self.task_from,
+            "kinds": dict(zip(ds.feature_names, ds.feature_kinds, strict=True)),
+            "classes": list(ds.classes),
+            "champion_version": self.champion_version,
+        }
+
+
+def data_spec(
+    params: dict[str, Any],
+    champion: Signature | None = None,
+    champion_version: int | None = None,
+) -> DataSpec:
+    """The run's ``DataSpec``. ``champion`` is the serving version's signature (a champion
+    without one is an older binary model over numbers); a requested task that differs from
+    the champion's fails the run: its versions could not replace each other."""
+    requested = params.get("task")
+    if requested is not None and requested not in TASKS:
+        raise RunFailed(f"unknown task {requested!r}: one of {list(TASKS)}")
+    if champion_version is None:
+        return DataSpec(task=requested, task_from="params" if requested else "labels")
+    task = champion.task if champion else "binary"
+    if requested is not None and requested != task:
+        raise RunFailed(
+            f"task {requested!r} differs from the champion's {task!r} (v{champion_version}): "
+            "a retrain must stay compatible with the version it replaces"
+        )
+    features = champion.features if champion else []
+    return DataSpec(
+        task=task,
+        task_from="params" if requested else "champion",
+        kinds={f.name: f.kind for f in features} or {},
+        classes=tuple(champion.classes) if champion and task == "multiclass" else (),
+        champion_version=champion_version,
+    )
+
+
+def align_classes(ds: Dataset, classes: tuple[str, ...] | list[str]) -> Dataset:
+    """``ds`` with ``classes`` first in its class order (then its own other classes): a
+    retrain keeps the champion's classes, a reproduction the recorded order."""
+    if ds.task != "multiclass" or not classes or tuple(classes) == ds.classes:
+        return ds
+    order = tuple(classes) + tuple(c for c in ds.classes if c not in classes)
+    index = {c: i for i, c in enumerate(order)}
+    remap = np.asarray([index[c] for c in ds.classes], dtype=np.int64)
+    return Dataset(ds.feature_names, ds.X, remap[ds.y], ds.task, order, ds.kinds)
+
+
+def feedback_dataset(rows: list[dict[str, Any]], spec: DataSpec | None = None) -> Dataset:
     """Build a dataset from joined feedback rows (oldest first). The first row fixes the
-    feature names; rows missing one of them are left out."""
+    feature names; rows missing one of them are left out (a null value is a missing value,
+    kept). Kinds, task and classes follow ``spec``, the rest is inferred."""
     if not rows:
         raise RunFailed("no labelled feedback rows")
+    spec = spec or DataSpec()
     names = tuple(rows[0]["features"])
     usable = [r for r in rows if all(n in r["features"] for n in names)]
-    X = np.array([[float(r["features"][n]) for n in names] for r in usable], dtype=np.float64)
-    y = np.array([int(r["label"]) for r in usable], dtype=np.int8)
-    return Dataset(names, X.reshape(-1, len(names)), y)
+    features = [r["features"] for r in usable]
+    inferred = infer_kinds([[f[n] for f in features] for n in names])
+    kinds = tuple(spec.kinds.get(n, k) for n, k in zip(names, inferred, strict=True))
+    try:
+        ds = from_rows(names, features, [r["label"] for r in usable], task=spec.task, kinds=kinds)
+    except DatasetError as exc:
+        raise RunFailed(f"unusable feedback: {exc}") from exc
+    return align_classes(ds, spec.classes)
+
+
+def csv_dataset(data: bytes, spec: DataSpec | None = None) -> Dataset:
+    """A labelled CSV read as ``spec`` says (kinds of the columns it has, task, classes);
+    ``DatasetError`` if it cannot be."""
+    spec = spec or DataSpec()
+    header = next(csv.reader(io.StringIO(data[:65536].decode("utf-8", "replace"))), [])
+    kinds = {n: k for n, k in spec.kinds.items() if n in header and n != LABEL}
+    ds = from_csv_bytes(data, task=spec.task, kinds=kinds or None)
+    return align_classes(ds, spec.classes)
 
 
 DRIFT_WINDOW_MODES = ("after_detection", "adwin")
@@ -330,6 +423,7 @@ class TrainingResult:
     reference: dict[str, dict]
     timings: dict[str, float] = field(default_factory=dict)
     selection: dict[str, Any] | None = None
+    signature: dict[str, Any] | None = None
 
     @property
     def training_seconds(self) -> float:
@@ -386,6 +480,7 @@ def train_snapshot(
         started = time.perf_counter()
         metrics = evaluate(trained.model, holdout)
         reference = feature_stats(train)
+        signature = trained_signature(ds, trained.model)
         timed("evaluate", started)
     except (DatasetError, FamilyError, ValueError, KeyError, TypeError) as exc:
         raise RunFailed(f"training failed: {exc}") from exc
@@ -401,4 +496,14 @@ def train_snapshot(
         reference=reference,
         timings=timings,
         selection=trained.selection,
+        signature=signature,
     )
+
+
+def trained_signature(ds: Dataset, model: Any) -> dict[str, Any]:
+    """A new version's signature: the training data's features (kinds, nullable, categories
+    seen) and task; a multiclass model's classes are those it learned, in its output order."""
+    signature = ds.signature()
+    if ds.task == "multiclass":
+        signature["classes"] = list(classes_of(model))
+    return signature

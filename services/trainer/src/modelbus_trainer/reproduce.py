@@ -2,8 +2,10 @@
 came out byte-identical (same sha256) to the one recorded.
 
 Only what the lineage names is used: the dataset snapshot (fetched and sha256-verified), the
-params (family, fit params, hold-out fraction) and the seed. The hold-out split is redone from
-the seed and compared with the recorded hold-out snapshot too.
+params (family, fit params, task, hold-out fraction) and the seed, and how the run read the
+snapshot (its feature kinds and class order, recorded on the run as ``data_spec``: a CSV alone
+cannot tell a category "75001" from a number). The hold-out split is redone from the seed and
+compared with the recorded hold-out snapshot too.
 """
 
 from __future__ import annotations
@@ -13,10 +15,10 @@ import time
 from typing import Any
 
 from modelbus_contracts import ArtifactRef, Lineage
-from modelbus_ml import DatasetError, from_csv_bytes
+from modelbus_ml import DatasetError
 from modelbus_platform.stores import IntegrityError, ObjectNotFound, ObjectStore, get_verified
 
-from .domain import RunFailed, train_snapshot
+from .domain import DataSpec, RunFailed, csv_dataset, train_snapshot
 
 
 class ReproduceFailed(Exception):
@@ -24,14 +26,25 @@ class ReproduceFailed(Exception):
 
 
 async def redo(
-    store: ObjectStore, lineage: Lineage, expected: ArtifactRef, *, code_version: str
+    store: ObjectStore,
+    lineage: Lineage,
+    expected: ArtifactRef,
+    *,
+    code_version: str,
+    recorded: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Retrain from ``lineage`` and compare with ``expected`` (never raises on a mismatch)."""
+    """Retrain from ``lineage`` and compare with ``expected`` (never raises on a mismatch).
+    ``recorded`` is the run's ``data_spec`` (none for runs older than it: inferred)."""
     started = time.perf_counter()
     ref = lineage.dataset
+    spec = DataSpec(
+        task=lineage.params.get("task"),
+        kinds=dict((recorded or {}).get("kinds") or {}),
+        classes=tuple((recorded or {}).get("classes") or ()),
+    )
     try:
         data = await get_verified(store, ref.uri, ref.sha256)
-        ds = await asyncio.to_thread(from_csv_bytes, data)
+        ds = await asyncio.to_thread(csv_dataset, data, spec)
         result = await asyncio.to_thread(train_snapshot, ds, dict(lineage.params), lineage.seed)
     except ObjectNotFound as exc:
         raise ReproduceFailed(f"dataset snapshot missing: {ref.uri}") from exc

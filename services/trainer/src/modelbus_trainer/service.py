@@ -7,6 +7,7 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 import structlog
@@ -23,6 +24,7 @@ from modelbus_contracts import (
     Lineage,
     ModelTrained,
     PredictionMade,
+    Signature,
     TrainingRequested,
 )
 from modelbus_contracts.envelope import utcnow
@@ -31,7 +33,7 @@ from modelbus_platform.bus import Publisher
 from modelbus_platform.metrics import Metrics
 from modelbus_platform.outbox import Notifier
 from modelbus_platform.policies import Policies
-from modelbus_platform.registry import RegistryError
+from modelbus_platform.registry import Registry, RegistryError
 from modelbus_platform.scheduler import CronScheduler
 from modelbus_platform.stores import ObjectNotFound, ObjectStore, sha256_hex
 
@@ -39,6 +41,7 @@ from .adapters import COUNTED_SERVERS
 from .config import ScheduleSpec, TrainerSettings
 from .domain import (
     ACTIVE_STATES,
+    DataSpec,
     RunFailed,
     RunSkipped,
     RunState,
@@ -47,6 +50,8 @@ from .domain import (
     artifact_key,
     check_family,
     cooldown_remaining,
+    csv_dataset,
+    data_spec,
     dataset_key,
     drift_back_rows,
     drift_onset,
@@ -106,9 +111,12 @@ class TrainerService:
         clock: Callable[[], datetime] = utcnow,
         policies: Policies | None = None,
         scheduler: CronScheduler[ScheduleSpec] | None = None,
+        registry: Registry | None = None,
     ) -> None:
         self.settings = settings
         self.policies = policies
+        # the champion's signature (a retrain keeps its task, classes and feature kinds)
+        self.registry = registry or (policies.registry if policies else None)
         self.scheduler = scheduler
         self.runs = runs
         self.feedback = feedback
@@ -269,14 +277,21 @@ class TrainerService:
         log.info("training.requested", model_name=model_name, event_id=str(event.event_id))
         return event
 
-    async def put_dataset(self, model_name: str, data: bytes) -> dict[str, Any]:
-        """Validate a CSV and store its canonical form content-addressed (DatasetError if bad)."""
-        ds = await asyncio.to_thread(from_csv_bytes, data)
-        if ds.rows == 0:
+    async def put_dataset(
+        self, model_name: str, data: bytes, task: str | None = None
+    ) -> dict[str, Any]:
+        """Validate a CSV (as ``task``, else as its labels say) and store its canonical form
+        content-addressed (DatasetError if bad)."""
+        if not any(line.strip() for line in data.splitlines()[1:]):
             raise DatasetError("dataset has no rows")
+        ds = await asyncio.to_thread(partial(from_csv_bytes, data, task=task))
         ref = await self._put_snapshot(model_name, ds.to_csv_bytes(), ds.rows)
         log.info("dataset.stored", model_name=model_name, uri=ref.uri, rows=ds.rows)
-        return {**ref.model_dump(), "feature_names": list(ds.feature_names)}
+        return {
+            **ref.model_dump(),
+            "feature_names": list(ds.feature_names),
+            "signature": ds.signature(),
+        }
 
     # -- background runs ----------------------------------------------------------------------
 
@@ -397,6 +412,7 @@ class TrainerService:
             artifact=event.artifact.model_dump(),
             metrics=result.metrics,
             selection=result.selection,
+            signature=result.signature,
             dataset=event.lineage.dataset.model_dump(),
             holdout=event.lineage.holdout.model_dump(),
             lineage=event.lineage.model_dump(mode="json"),
@@ -418,28 +434,51 @@ class TrainerService:
         )
 
     async def _load_dataset(self, run: dict[str, Any], trigger: Event) -> Dataset:
+        """The run's data, read as its ``DataSpec`` says (recorded on the run with the task
+        and where it came from)."""
+        spec = await self._data_spec(run)
         if isinstance(trigger, DriftDetected):
-            return await self._drift_feedback(run, trigger)
-        assert isinstance(trigger, TrainingRequested)
-        if trigger.dataset_uri:
-            return await self._dataset_from_store(trigger.dataset_uri)
-        rows = await self.feedback.complete_rows(
-            trigger.model_name, trigger.since, self.settings.feedback_max_rows
-        )
-        return feedback_dataset(rows)
+            ds = await self._drift_feedback(run, trigger, spec)
+        else:
+            assert isinstance(trigger, TrainingRequested)
+            if trigger.dataset_uri:
+                ds = await self._dataset_from_store(trigger.dataset_uri, spec)
+            else:
+                rows = await self.feedback.complete_rows(
+                    trigger.model_name, trigger.since, self.settings.feedback_max_rows
+                )
+                ds = feedback_dataset(rows, spec)
+        run["params"]["task"] = ds.task  # the lineage names the task it was trained for
+        await self._set(run, params=run["params"], data_spec=spec.record(ds))
+        return ds
 
-    async def _dataset_from_store(self, uri: str) -> Dataset:
+    async def _data_spec(self, run: dict[str, Any]) -> DataSpec:
+        """The run's ``params.task`` and the champion's signature, read from the registry now.
+        An unreachable registry leaves the params and the labels to decide (logged)."""
+        champion = None
+        if self.registry is not None:
+            try:
+                champion = await self.registry.champion(run["model_name"])
+            except RegistryError as exc:
+                log.warning("run.champion_unavailable", run_id=run["run_id"], error=str(exc))
+        if champion is None:
+            return data_spec(run["params"])
+        return data_spec(run["params"], champion.signature, champion.version)
+
+    async def _dataset_from_store(self, uri: str, spec: DataSpec) -> Dataset:
         key = object_key(uri, self.settings.bucket)
         try:
             data = await self.store.get(key)
         except ObjectNotFound as exc:
             raise RunFailed(f"dataset not found: {key}") from exc
         try:
-            return await asyncio.to_thread(from_csv_bytes, data)
+            return await asyncio.to_thread(csv_dataset, data, spec)
         except DatasetError as exc:
             raise RunFailed(f"bad dataset {key}: {exc}") from exc
 
-    async def _drift_feedback(self, run: dict[str, Any], event: DriftDetected) -> Dataset:
+    async def _drift_feedback(
+        self, run: dict[str, Any], event: DriftDetected, spec: DataSpec
+    ) -> Dataset:
         """Wait for enough new-regime feedback, then take the drift data window (see
         ``domain.drift_back_rows``) and record it on the run."""
         s, model, at = self.settings, event.model_name, drift_onset(event)
@@ -470,7 +509,7 @@ class TrainerService:
         window = window_record(event, s.drift_window, rows, used_back, s.drift_max_rows)
         window["needed_rows"] = needed
         await self._set(run, data_window=window)
-        return feedback_dataset(rows)
+        return feedback_dataset(rows, spec)
 
     async def _store_artifacts(
         self, run: dict[str, Any], trigger: Event, result: TrainingResult
@@ -510,6 +549,7 @@ class TrainerService:
             ),
             reference={k: FeatureStats(**v) for k, v in result.reference.items()},
             training_seconds=result.training_seconds,
+            signature=Signature.model_validate(result.signature) if result.signature else None,
         )
         return event
 
@@ -568,7 +608,13 @@ class TrainerService:
             raise ReproduceFailed(f"run {run_id} is {run['state']}: nothing to reproduce")
         lineage = Lineage.model_validate(run["lineage"])
         expected = ArtifactRef.model_validate(run["artifact"])
-        outcome = await redo(self.store, lineage, expected, code_version=self.settings.code_version)
+        outcome = await redo(
+            self.store,
+            lineage,
+            expected,
+            code_version=self.settings.code_version,
+            recorded=run.get("data_spec"),
+        )
         outcome = {"run_id": run_id, **outcome, "at": self.clock().isoformat()}
         await self.runs.update(run_id, {"last_reproduction": outcome})
         log.info(
