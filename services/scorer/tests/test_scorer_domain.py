@@ -111,7 +111,9 @@ def test_predict_without_a_fallback_is_unavailable():
 
 
 def test_native_instances_are_put_in_feature_order():
-    parsed = parse_native({"instances": [{"income": 2, "age": 1.5}], "request_id": "r1"}, SERVED, 10)
+    parsed = parse_native(
+        {"instances": [{"income": 2, "age": 1.5}], "request_id": "r1"}, SERVED, 10
+    )
     assert parsed.X.tolist() == [[1.5, 2.0]]
     assert parsed.request_id == "r1"
 

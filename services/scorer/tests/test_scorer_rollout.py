@@ -81,7 +81,7 @@ def h(tmp_path) -> Harness:
 
 
 def rows(n: int):
-    return lambda names, limit: (np.ones((n, 2)), None)
+    return lambda served, limit: (np.ones((n, 2)), None)
 
 
 async def test_shadow_scores_every_request_but_never_answers(h, publish_artifact, make_model):

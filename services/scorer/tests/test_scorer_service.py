@@ -140,7 +140,7 @@ async def test_load_failure_keeps_serving_and_announces_it(h, publish_artifact, 
     assert failed.causation_id == event.event_id
     assert failed.error
     assert h.value("modelbus_scorer_model_load_failures_total", {"model": "m"}) == 1
-    result = h.service.score("m", lambda names, limit: (_zeros(names), None))
+    result = h.service.score("m", lambda served, limit: (_zeros(served.feature_names), None))
     assert result.scored.served.version == 1
     await resync_on_control(h.service, event)  # a redelivery: the same announcement
     assert h.publisher.of(ModelLoadFailed)[1].event_id == failed.event_id
@@ -240,7 +240,7 @@ async def test_http_predictions_are_logged_in_the_background_and_flushed(h, publ
     await h.service.sync_all()
     await h.log.start()
     X = [[0.0, 0.0], [1.0, 1.0]]
-    result = h.service.score("m", lambda names, limit: (np.asarray(X), "req-9"))
+    result = h.service.score("m", lambda served, limit: (np.asarray(X), "req-9"))
     assert h.publisher.of(PredictionMade) == []  # not published on the request path
     await h.log.stop()
     made = h.publisher.of(PredictionMade)
@@ -254,8 +254,8 @@ async def test_http_predictions_are_logged_in_the_background_and_flushed(h, publ
 async def test_a_full_prediction_log_drops_and_counts(h, publish_artifact):
     h.registry.put(await publish_artifact(h.store, "m", 1), champion=True)
     await h.service.sync_all()
-    h.service.score("m", lambda names, limit: (np.zeros((4, 2)), None))  # capacity is 5
-    h.service.score("m", lambda names, limit: (np.zeros((2, 2)), None))  # dropped
+    h.service.score("m", lambda served, limit: (np.zeros((4, 2)), None))  # capacity is 5
+    h.service.score("m", lambda served, limit: (np.zeros((2, 2)), None))  # dropped
     assert h.value("modelbus_scorer_prediction_log_dropped_total") == 2
     await h.log.start()
     await h.log.stop()
