@@ -44,6 +44,7 @@ def test_auc_promotes_a_challenger_better_by_the_margin(models, fast_clock):
     assert verdict.decision == "promote"
     assert [g.name for g in verdict.gates] == [
         "holdout_size",
+        "task",
         "output_sanity",
         "latency_budget",
         "champion_delta",
@@ -57,7 +58,7 @@ def test_auc_promotes_a_challenger_better_by_the_margin(models, fast_clock):
     assert delta.threshold == 0.01
     assert "on the same 300-row hold-out" in delta.detail
     assert verdict.champion_metrics["auc"] < 0.5 < verdict.challenger_metrics["auc"]
-    assert len(verdict.reasons) == 4
+    assert len(verdict.reasons) == 5
 
 
 def test_rejects_a_challenger_worse_than_the_champion(models, fast_clock):

@@ -133,12 +133,13 @@ async def test_promote_first_then_reject_a_worse_challenger(
     assert first.champion_version is None
     assert {g.name for g in first.gates} == {
         "holdout_size",
+        "task",
         "output_sanity",
         "latency_budget",
         "champion_delta",
         "paired_test",
     }
-    assert "of the hold-out's base rate" in first.reasons[3]
+    assert "of the hold-out's base rate" in first.reasons[4]
     assert first.challenger_metrics["auc"] > 0.9
     assert rejected.causation_id == v2.event_id
     assert rejected.champion_version == 1
