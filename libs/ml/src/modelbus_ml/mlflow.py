@@ -2,9 +2,11 @@
 
 An MLflow model is a folder with an ``MLmodel`` file (YAML: its flavors and its signature) and
 the flavors' data. modelbus serves what it can load without executing Python: the ``onnx``
-flavor (``mlflow.onnx.log_model``). Its feature names come from the signature's column inputs
-(numeric columns). Any other flavor (``sklearn``, ``xgboost``, ``python_function`` ...) is a
-pickle or code: it is refused with the way out (export the model to ONNX).
+flavor (``mlflow.onnx.log_model``). Its feature names come from the signature's column inputs:
+a numeric column is a number feature, a ``string`` column a category, a column with
+``"required": false`` a nullable one. Any other flavor (``sklearn``, ``xgboost``,
+``python_function`` ...) is a pickle or code: it is refused with the way out (export the
+model to ONNX).
 
 The archive is read in memory: no file is written, at most ``max_entries`` members and
 ``max_bytes`` uncompressed bytes are read (a zip bomb stops there), and the flavor's data path
@@ -25,6 +27,7 @@ import yaml
 from .logreg import ArtifactError
 
 NUMERIC_TYPES = frozenset({"double", "float", "long", "integer"})
+CATEGORY_TYPES = frozenset({"string"})
 PICKLED_FLAVORS = ("sklearn", "xgboost", "lightgbm", "python_function", "pytorch", "keras")
 
 
@@ -36,6 +39,9 @@ class MlflowModel:
     feature_names: tuple[str, ...] | None
     flavors: tuple[str, ...]
     info: dict[str, Any] = field(default_factory=dict)
+    # per feature, from the column signature (empty without one): number | category
+    kinds: tuple[str, ...] = ()
+    nullable: tuple[bool, ...] = ()
 
 
 def _read(archive: zipfile.ZipFile, info: zipfile.ZipInfo, budget: list[int]) -> bytes:
@@ -49,8 +55,9 @@ def _read(archive: zipfile.ZipFile, info: zipfile.ZipInfo, budget: list[int]) ->
     return data
 
 
-def _signature_names(signature: Any) -> tuple[str, ...] | None:
-    """The column names of a column-based signature (None for a tensor signature or none)."""
+def _signature_columns(signature: Any) -> tuple[tuple[str, str, bool], ...] | None:
+    """``(name, kind, nullable)`` of each column of a column-based signature (None for a tensor
+    signature or none): numeric types are numbers, ``string`` is a category."""
     if not isinstance(signature, dict) or "inputs" not in signature:
         return None
     try:
@@ -61,27 +68,28 @@ def _signature_names(signature: Any) -> tuple[str, ...] | None:
         return None
     if any(not isinstance(i, dict) or i.get("type") == "tensor" for i in inputs):
         return None
-    names, refused = [], []
+    columns, refused = [], []
     for column in inputs:
         name, kind = column.get("name"), column.get("type")
         if not isinstance(name, str) or not name:
             return None
-        if kind not in NUMERIC_TYPES:
+        if kind not in NUMERIC_TYPES | CATEGORY_TYPES:
             refused.append(f"{name} ({kind})")
-        names.append(name)
+        nullable = column.get("required", True) is False
+        columns.append((name, "category" if kind in CATEGORY_TYPES else "number", nullable))
     if refused:
         raise ArtifactError(
-            f"the signature has non-numeric inputs {refused}: modelbus serves numeric features "
-            "only (categorical columns are not supported yet)"
+            f"the signature has inputs {refused} of a type modelbus cannot serve: numbers "
+            f"({', '.join(sorted(NUMERIC_TYPES))}) and categories (string) only"
         )
-    return tuple(names)
+    return tuple(columns)
 
 
 def read_mlflow_zip(
     data: bytes, *, max_bytes: int = 256_000_000, max_entries: int = 10_000
 ) -> MlflowModel:
-    """The ONNX model and feature names of a zipped MLflow model directory; ArtifactError
-    with the reason otherwise."""
+    """The ONNX model, feature names and kinds of a zipped MLflow model directory;
+    ArtifactError with the reason otherwise."""
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
     except zipfile.BadZipFile as exc:
@@ -121,10 +129,17 @@ def read_mlflow_zip(
         if path not in by_name:
             raise ArtifactError(f"the onnx flavor's data {relative!r} is not in the archive")
         onnx = _read(archive, by_name[path], budget)
-        names = _signature_names(spec.get("signature"))
+        columns = _signature_columns(spec.get("signature")) or ()
         info = {
             "mlflow_version": str(spec.get("mlflow_version", "")),
             "run_id": str(spec.get("run_id", "")),
             "model_uuid": str(spec.get("model_uuid", "")),
         }
-        return MlflowModel(onnx, names, flavors, {k: v for k, v in info.items() if v})
+        return MlflowModel(
+            onnx,
+            tuple(c[0] for c in columns) or None,
+            flavors,
+            {k: v for k, v in info.items() if v},
+            kinds=tuple(c[1] for c in columns),
+            nullable=tuple(c[2] for c in columns),
+        )
