@@ -41,9 +41,7 @@ def run(data: bytes, fmt_in: str, fmt_out: str, chunk_rows: int = 1000, **kw):
         data,
         input_format=fmt_in,
         output_format=fmt_out,
-        features=s.feature_names,
-        predict=s.score,
-        version=s.version,
+        served=s,
         chunk_rows=chunk_rows,
         **kw,
     )
@@ -70,9 +68,7 @@ def test_parquet_round_trip_in_chunks_keeps_order_and_the_id_column():
         parquet_bytes(table),
         input_format="parquet",
         output_format="parquet",
-        features=FEATURES,
-        predict=s.score,
-        version=3,
+        served=s,
         chunk_rows=1000,
     )
     sizes = []

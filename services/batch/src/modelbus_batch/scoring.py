@@ -2,12 +2,20 @@
 
 A ``ChunkedScorer`` takes the input file's bytes (CSV or Parquet), decodes it chunk by chunk
 (``chunk_rows`` rows per chunk for Parquet, about that many for CSV), turns the feature columns
-into one float matrix per chunk, predicts the whole chunk with numpy, and appends ``score``,
-``label``, ``model_version`` and ``error`` to an output file built in memory.
+into one matrix per chunk, predicts the whole chunk at once, and appends the model's outputs,
+``model_version`` and ``error`` to an output file built in memory. The outputs depend on the
+task: binary ``score``, ``label``; multiclass ``label``, ``score`` (its probability) and one
+``p_<class>`` per class; regression ``value``.
 
-Rows are never silently dropped. A row whose feature value is missing, not a number or not
-finite keeps its place in the output with ``score``/``label`` null and ``error`` saying which
-feature and why (``income: not_a_number``). A CSV line that cannot even be split into the
+A model whose features are all numbers that may not be missing reads each column as floats
+with arrow (vectorised); any other model reads each cell by its signature with the rules the
+scorer applies to requests (``modelbus_ml.inputs``: a CSV cell stands for the JSON value a
+request would carry; an empty cell is null).
+
+Rows are never silently dropped. A row whose feature value is refused (missing, not a number,
+not finite, not a category, null where the feature is not nullable) keeps its place in the
+output with its outputs null and ``error`` saying which feature and why
+(``income: not_a_number``). A CSV line that cannot even be split into the
 header's columns goes to a side file (``<output stem>.errors.csv``: ``error``, ``text``). Both
 count as ``failed_rows``.
 """
@@ -16,7 +24,8 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Callable, Iterator
+import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,17 +34,20 @@ import pyarrow.compute as pc
 import pyarrow.csv as pv
 import pyarrow.parquet as pq
 
+from modelbus_ml.inputs import BadValue, InputSpec, check_value, from_text
+from modelbus_ml.outputs import Outputs
+from modelbus_ml.serving import Served
+
 from .domain import BadJob, FileFormat
 
-SCORE, LABEL, MODEL_VERSION, ERROR = "score", "label", "model_version", "error"
-RESERVED = (SCORE, LABEL, MODEL_VERSION, ERROR)
+SCORE, LABEL, VALUE, MODEL_VERSION, ERROR = "score", "label", "value", "model_version", "error"
+RESERVED = (SCORE, LABEL, VALUE, MODEL_VERSION, ERROR)
+PROBABILITY_PREFIX = "p_"
 NUMBER = r"(?i)^[+-]?((\d+(\.\d*)?|\.\d+)(e[+-]?\d+)?|inf|infinity|nan)$"
 
 # per-value codes, in the order their messages appear in ``REASONS``
 OK, MISSING, NOT_A_NUMBER, NON_FINITE = 0, 1, 2, 3
 REASONS = (None, "missing", "not_a_number", "non_finite")
-
-Predict = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 # --- values ----------------------------------------------------------------------------------
@@ -112,6 +124,69 @@ def row_errors(codes: np.ndarray, features: tuple[str, ...]) -> np.ndarray:
     return reasons
 
 
+def parse_cells(batch: pa.RecordBatch, spec: InputSpec) -> tuple[np.ndarray, np.ndarray]:
+    """The general path: every cell by its feature's rules. Returns the matrix (refused values
+    as NaN / None) and per row the first refused feature and why, or None."""
+    n = batch.num_rows
+    X = spec.empty(n)
+    errors = np.full(n, None, dtype=object)
+    for j, (name, kind, nullable) in enumerate(spec.features()):
+        blank = math.nan if kind == "number" else None
+        values = []
+        for i, cell in enumerate(batch.column(name).to_pylist()):
+            try:
+                values.append(check_value(from_text(cell, kind), kind, nullable))
+            except BadValue as exc:
+                values.append(blank)
+                if errors[i] is None:
+                    errors[i] = f"{name}: {exc.reason}"
+        X[:, j] = values
+    return X, errors
+
+
+def output_fields(task: str, classes: tuple[str, ...]) -> list[pa.Field]:
+    """The columns a model's outputs take, by task."""
+    if task == "binary":
+        return [pa.field(SCORE, pa.float64()), pa.field(LABEL, pa.int64())]
+    if task == "regression":
+        return [pa.field(VALUE, pa.float64())]
+    return [
+        pa.field(LABEL, pa.string()),
+        pa.field(SCORE, pa.float64()),
+        *[pa.field(f"{PROBABILITY_PREFIX}{c}", pa.float64()) for c in classes],
+    ]
+
+
+def output_arrays(
+    fields: list[pa.Field], outputs: Outputs | None, valid: np.ndarray | None, n: int
+) -> list[pa.Array]:
+    """The outputs as columns of ``fields``; ``valid``: which of the ``n`` rows were scored
+    (None: all of them), the others null."""
+    if outputs is None:
+        return [pa.nulls(n, f.type) for f in fields]
+    by_name: dict[str, np.ndarray] = {}
+    if outputs.task == "regression":
+        by_name[VALUE] = outputs.values  # type: ignore[assignment]
+    else:
+        by_name[SCORE] = outputs.scores  # type: ignore[assignment]
+        by_name[LABEL] = outputs.labels  # type: ignore[assignment]
+        if outputs.proba is not None:
+            for j, c in enumerate(outputs.classes):
+                by_name[f"{PROBABILITY_PREFIX}{c}"] = outputs.proba[:, j]
+    arrays = []
+    for f in fields:
+        values = by_name[f.name]
+        if valid is None:
+            arrays.append(pa.array(values, f.type))
+            continue
+        full = (
+            np.full(n, None, dtype=object) if values.dtype == object else np.zeros(n, values.dtype)
+        )
+        full[valid] = values
+        arrays.append(pa.array(full, f.type, mask=~valid))
+    return arrays
+
+
 @dataclass(frozen=True, slots=True)
 class ChunkScore:
     table: pa.RecordBatch
@@ -121,32 +196,36 @@ class ChunkScore:
 
 def score_batch(
     batch: pa.RecordBatch,
-    features: tuple[str, ...],
-    predict: Predict,
-    version: int,
+    served: Served,
     keep: list[str],
+    fields: list[pa.Field] | None = None,
 ) -> ChunkScore:
     """Score one chunk: all valid rows in one predict call; bad rows get an error."""
     n = batch.num_rows
-    columns = [batch.column(name) for name in features]
-    X = np.column_stack([float_values(c) for c in columns]) if columns else np.empty((n, 0))
-    valid = np.isfinite(X).all(axis=1)
+    fields = fields or output_fields(served.task, served.classes)
+    if served.numeric:
+        columns = [batch.column(name) for name in served.feature_names]
+        X = np.column_stack([float_values(c) for c in columns]) if columns else np.empty((n, 0))
+        valid = np.isfinite(X).all(axis=1)
+        errors = None
+    else:
+        X, errors = parse_cells(batch, InputSpec.of(served))
+        valid = np.fromiter((e is None for e in errors), dtype=bool, count=n)
     failed = int(n - np.count_nonzero(valid))
     if failed == 0:
-        scores, labels = predict(X)
-        score_col, label_col = pa.array(scores), pa.array(labels.astype(np.int64))
+        outputs_cols = output_arrays(fields, served.score(X), None, n)
         error_col = pa.nulls(n, pa.string())
     else:
-        scores, labels = np.zeros(n), np.zeros(n, dtype=np.int64)
-        if valid.any():
-            scores[valid], labels[valid] = predict(X[valid])
-        score_col = pa.array(scores, mask=~valid)
-        label_col = pa.array(labels.astype(np.int64), mask=~valid)
-        codes = np.vstack([value_codes(c, X[:, j]) for j, c in enumerate(columns)])
-        error_col = pa.array(row_errors(codes, features), pa.string())
-    version_col = pa.array(np.full(n, version, dtype=np.int64))
-    out = [batch.column(name) for name in keep] + [score_col, label_col, version_col, error_col]
-    table = pa.RecordBatch.from_arrays(out, names=[*keep, *RESERVED])
+        outputs = served.score(X[valid]) if valid.any() else None
+        outputs_cols = output_arrays(fields, outputs, valid, n)
+        if errors is None:
+            codes = np.vstack([value_codes(c, X[:, j]) for j, c in enumerate(columns)])
+            errors = row_errors(codes, served.feature_names)
+        error_col = pa.array(errors, pa.string())
+    version_col = pa.array(np.full(n, served.version, dtype=np.int64))
+    out = [batch.column(name) for name in keep] + [*outputs_cols, version_col, error_col]
+    names = [*keep, *(f.name for f in fields), MODEL_VERSION, ERROR]
+    table = pa.RecordBatch.from_arrays(out, names=names)
     return ChunkScore(table, n, failed)
 
 
@@ -264,21 +343,18 @@ class ChunkedScorer:
         *,
         input_format: FileFormat,
         output_format: FileFormat,
-        features: tuple[str, ...],
-        predict: Predict,
-        version: int,
+        served: Served,
         chunk_rows: int,
         id_column: str | None = "id",
     ) -> None:
-        self.features = features
-        self.predict = predict
-        self.version = version
+        self.served = served
+        self.fields = output_fields(served.task, served.classes)
         self.malformed = MalformedLines()
         self.input_schema, self.chunks, self.rows_total = open_input(
             data, input_format, chunk_rows, self.malformed
         )
         names = self.input_schema.names
-        check_schema(names, features)
+        check_schema(names, served.feature_names, [f.name for f in self.fields])
         self.keep = [id_column] if id_column and id_column in names else list(names)
         self.writer = OutputWriter(output_format)
         self.rows = 0
@@ -292,7 +368,7 @@ class ChunkedScorer:
             raise BadJob("unreadable_input", f"cannot decode the input: {exc}") from exc
         if batch is None:
             return None
-        scored = score_batch(batch, self.features, self.predict, self.version, self.keep)
+        scored = score_batch(batch, self.served, self.keep, self.fields)
         self.writer.write(scored.table)
         self.rows += scored.rows
         self.failed += scored.failed
@@ -309,18 +385,18 @@ class ChunkedScorer:
     def _output_schema(self) -> pa.Schema:
         fields = [self.input_schema.field(name) for name in self.keep]
         fields += [
-            pa.field(SCORE, pa.float64()),
-            pa.field(LABEL, pa.int64()),
+            *self.fields,
             pa.field(MODEL_VERSION, pa.int64()),
             pa.field(ERROR, pa.string()),
         ]
         return pa.schema(fields)
 
 
-def check_schema(names: list[str], features: tuple[str, ...]) -> None:
-    clash = [n for n in names if n in RESERVED]
+def check_schema(names: list[str], features: tuple[str, ...], outputs: list[str]) -> None:
+    written = [*outputs, MODEL_VERSION, ERROR]
+    clash = [n for n in names if n in RESERVED or n in written]
     if clash:
-        raise BadJob("bad_schema", f"input columns {clash} clash with output columns {RESERVED}")
+        raise BadJob("bad_schema", f"input columns {clash} clash with output columns {written}")
     missing = [f for f in features if f not in names]
     if missing:
         raise BadJob("missing_features", f"input lacks feature columns {missing}")

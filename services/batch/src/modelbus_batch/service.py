@@ -314,9 +314,7 @@ class BatchService:
             data,
             input_format=file_format(job.input_uri),
             output_format=file_format(job.output_uri),
-            features=served.feature_names,
-            predict=served.score,
-            version=served.version,
+            served=served,
             chunk_rows=self.chunk_rows,
             id_column=self.id_column,
         )
