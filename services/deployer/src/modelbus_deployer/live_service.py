@@ -155,8 +155,15 @@ class LiveService:
             return "idle"
         policy = await self.deployer.policy_for(model_name)
         window = self.tracker.windows[stage.key]
+        metric = policy.live_metric(stage.task)
         verdict = judge_live(
-            window, policy, stage.stage, stage.holdout_accuracy, stage.who, stage.holdout_rows
+            window,
+            policy,
+            stage.stage,
+            stage.holdout_value(metric),
+            stage.who,
+            stage.holdout_rows,
+            metric=metric,
         )
         if verdict.outcome == "wait":
             return "wait"

@@ -8,6 +8,13 @@ Each live stage collects a ``LiveWindow`` (the challenger's arm, the champion's 
 fallbacks, shadow agreement and shadow errors, load failures) and ``judge_live`` turns it into
 wait / pass / fail with one ``GateResult`` per rule, each carrying its observed value and
 threshold. A failed rollout is a reject; a failed post-promotion watch is a rollback request.
+
+Labelled live performance is the quality signal: accuracy for a classifier (the predicted class
+equals the true one), RMSE (or MAE, when it is the primary metric) for a regression. The same
+two rules hold for both, the regression's expressed for lower-is-better: live against the
+hold-out (accuracy may trail it by ``accuracy_tolerance`` points; RMSE/MAE may exceed it by that
+fraction; both beyond sampling noise) and, for a shadow or canary, against the champion on the
+same traffic (fails only when significantly worse).
 """
 
 from __future__ import annotations
@@ -77,14 +84,23 @@ def required_predictions(policy: Policy, stage: Stage) -> int:
 # --- live statistics -------------------------------------------------------------------------
 
 
+ERROR_SUMS = ("abs_sum", "sq_sum", "sq2_sum")
+
+
 @dataclass
 class ArmStats:
-    """One model version serving one role: counts, labelled accuracy, recent latencies."""
+    """One model version serving one role: counts, labelled accuracy (a classifier) or error
+    sums (a regression: ``valued`` labels with the sums of |e|, e^2 and e^4, enough for the
+    RMSE, the MAE and their standard errors), recent latencies."""
 
     predictions: int = 0
     labelled: int = 0
     correct: int = 0
     latencies: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
+    valued: int = 0
+    abs_sum: float = 0.0
+    sq_sum: float = 0.0
+    sq2_sum: float = 0.0
 
     def predicted(self, latency_ms: float) -> None:
         self.predictions += 1
@@ -94,9 +110,40 @@ class ArmStats:
         self.labelled += 1
         self.correct += int(correct)
 
+    def labelled_value(self, error: float) -> None:
+        """A regression's prediction met its true value: ``error`` = predicted - true."""
+        self.labelled += 1
+        self.valued += 1
+        sq = error * error
+        self.abs_sum += abs(error)
+        self.sq_sum += sq
+        self.sq2_sum += sq * sq
+
     @property
     def accuracy(self) -> float | None:
-        return self.correct / self.labelled if self.labelled else None
+        """Share of correct classes; None for a regression's labels."""
+        return self.correct / self.labelled if self.labelled and not self.valued else None
+
+    @property
+    def rmse(self) -> float | None:
+        return math.sqrt(self.sq_sum / self.valued) if self.valued else None
+
+    @property
+    def mae(self) -> float | None:
+        return self.abs_sum / self.valued if self.valued else None
+
+    def error(self, metric: str) -> float | None:
+        return self.mae if metric == "mae" else self.rmse
+
+    def row_loss(self, metric: str) -> tuple[float, float]:
+        """Mean and variance of the per-label loss behind ``metric`` (the absolute error for
+        MAE, the squared error for RMSE)."""
+        n = max(self.valued, 1)
+        if metric == "mae":
+            mean = self.abs_sum / n
+            return mean, max(self.sq_sum / n - mean * mean, 0.0)
+        mean = self.sq_sum / n
+        return mean, max(self.sq2_sum / n - mean * mean, 0.0)
 
     def since(self, base: ArmStats) -> ArmStats:
         """What was counted after ``base``, an earlier copy of these stats."""
@@ -107,6 +154,8 @@ class ArmStats:
             labelled=self.labelled - base.labelled,
             correct=self.correct - base.correct,
             latencies=deque(recent, maxlen=LATENCY_WINDOW),
+            valued=self.valued - base.valued,
+            **{name: getattr(self, name) - getattr(base, name) for name in ERROR_SUMS},
         )
 
     def absorb(self, delta: ArmStats) -> None:
@@ -114,6 +163,9 @@ class ArmStats:
         self.labelled += delta.labelled
         self.correct += delta.correct
         self.latencies.extend(delta.latencies)
+        self.valued += delta.valued
+        for name in ERROR_SUMS:
+            setattr(self, name, getattr(self, name) + getattr(delta, name))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -121,6 +173,8 @@ class ArmStats:
             "labelled": self.labelled,
             "correct": self.correct,
             "latencies": list(self.latencies),
+            "valued": self.valued,
+            **{name: getattr(self, name) for name in ERROR_SUMS},
         }
 
     @classmethod
@@ -130,6 +184,8 @@ class ArmStats:
             labelled=int(data.get("labelled", 0)),
             correct=int(data.get("correct", 0)),
             latencies=deque(map(float, data.get("latencies", ())), maxlen=LATENCY_WINDOW),
+            valued=int(data.get("valued", 0)),
+            **{name: float(data.get(name, 0.0)) for name in ERROR_SUMS},
         )
 
     @property
@@ -235,6 +291,11 @@ class LiveWindow:
             "latency_p99_ms": self.arm.p99_ms,
             "live_accuracy": self.arm.accuracy,
             "champion_live_accuracy": self.baseline.accuracy,
+            "live_rmse": self.arm.rmse,
+            "live_mae": self.arm.mae,
+            "champion_live_rmse": self.baseline.rmse,
+            "champion_live_mae": self.baseline.mae,
+            "champion_labelled": float(self.baseline.labelled) if self.baseline.labelled else None,
             "agreement": self.agreement,
         }
         if self.shadow_errors:
@@ -269,11 +330,15 @@ def live_gates(
     window: LiveWindow,
     policy: Policy,
     stage: Stage,
-    holdout_accuracy: float | None,
+    holdout_value: float | None,
     who: str,
     holdout_rows: int | None = None,
+    *,
+    metric: str = "accuracy",
 ) -> list[GateResult]:
-    """Every rule that has enough data to be judged; a rule without enough data is absent."""
+    """Every rule that has enough data to be judged; a rule without enough data is absent.
+    ``metric`` is what labels are judged on (``Policy.live_metric``: accuracy, rmse or mae)
+    and ``holdout_value`` its value on the hold-out."""
     gates: list[GateResult] = []
     arm, minimum = window.arm, policy.min_live_predictions
     if window.load_failures:
@@ -296,19 +361,15 @@ def live_gates(
             f"{policy.live_latency_p99_ms:g} ms over {len(arm.latencies)} predictions of {who}"
         )
         gates.append(_gate("live_latency_p99", ok, p99, policy.live_latency_p99_ms, detail))
-    accuracy = arm.accuracy
-    if arm.labelled >= policy.min_labels and accuracy is not None and holdout_accuracy is not None:
-        noise = accuracy_noise(holdout_accuracy, holdout_rows, accuracy, arm.labelled)
-        floor = holdout_accuracy - policy.accuracy_tolerance - noise
-        ok = accuracy >= floor
-        detail = (
-            f"live accuracy {accuracy:.3f} on {arm.labelled} labels {'>=' if ok else '<'} "
-            f"hold-out accuracy {holdout_accuracy:.3f} - tolerance {policy.accuracy_tolerance:g}"
-            f" - sampling noise {noise:.3f}"
-        )
-        gates.append(_gate("live_accuracy", ok, accuracy, floor, detail))
+    if metric == "accuracy":
+        gates.extend(_live_accuracy(arm, policy, holdout_value, holdout_rows))
+    else:
+        gates.extend(_live_error(arm, policy, metric, holdout_value, holdout_rows))
     if stage in ("shadow", "canary"):
-        gates.extend(_against_champion(window, policy, who))
+        if metric == "accuracy":
+            gates.extend(_against_champion(window, policy, who))
+        else:
+            gates.extend(_error_against_champion(window, policy, who, metric))
     agreement = window.agreement
     if stage == "shadow" and window.compared >= minimum and agreement is not None:
         # a floor that catches a broken model, not a quality signal: a better model disagrees
@@ -322,6 +383,81 @@ def live_gates(
     if stage == "shadow":
         gates.extend(_shadow_errors(window, policy, who))
     return gates
+
+
+def _live_accuracy(
+    arm: ArmStats, policy: Policy, holdout_accuracy: float | None, holdout_rows: int | None
+) -> list[GateResult]:
+    accuracy = arm.accuracy
+    if arm.labelled < policy.min_labels or accuracy is None or holdout_accuracy is None:
+        return []
+    noise = accuracy_noise(holdout_accuracy, holdout_rows, accuracy, arm.labelled)
+    floor = holdout_accuracy - policy.accuracy_tolerance - noise
+    ok = accuracy >= floor
+    detail = (
+        f"live accuracy {accuracy:.3f} on {arm.labelled} labels {'>=' if ok else '<'} "
+        f"hold-out accuracy {holdout_accuracy:.3f} - tolerance {policy.accuracy_tolerance:g}"
+        f" - sampling noise {noise:.3f}"
+    )
+    return [_gate("live_accuracy", ok, accuracy, floor, detail)]
+
+
+def _live_error(
+    arm: ArmStats,
+    policy: Policy,
+    metric: str,
+    holdout_error: float | None,
+    holdout_rows: int | None,
+) -> list[GateResult]:
+    """A regression's live RMSE (MAE) may exceed the hold-out's by ``accuracy_tolerance`` as a
+    fraction of it, plus ``NOISE_Z`` standard errors of the difference (the per-label loss's
+    spread, as seen live, on both samples; the delta method for the root of RMSE)."""
+    value = arm.error(metric)
+    if arm.valued < policy.min_labels or value is None or holdout_error is None:
+        return []
+    _, variance = arm.row_loss(metric)
+    se = math.sqrt(variance / arm.valued + (variance / holdout_rows if holdout_rows else 0.0))
+    if metric == "rmse":
+        se /= 2.0 * max(value, 1e-12)
+    noise = NOISE_Z * se
+    ceiling = holdout_error * (1.0 + policy.accuracy_tolerance) + noise
+    ok = value <= ceiling
+    detail = (
+        f"live {metric} {value:.4g} on {arm.valued} labels {'<=' if ok else '>'} hold-out "
+        f"{metric} {holdout_error:.4g} x (1 + tolerance {policy.accuracy_tolerance:g}) + "
+        f"sampling noise {noise:.4g} (lower is better)"
+    )
+    return [_gate(f"live_{metric}", ok, value, ceiling, detail)]
+
+
+def _error_against_champion(
+    window: LiveWindow, policy: Policy, who: str, metric: str
+) -> list[GateResult]:
+    """A regression's labelled live error, the challenger against the champion on the same
+    traffic: fails only when the challenger's mean per-label loss (squared error for RMSE,
+    absolute error for MAE) is significantly higher (one-sided two-sample z test at
+    ``significance``); absent until both have ``min_labels`` labels."""
+    arm, champion = window.arm, window.baseline
+    if arm.valued < policy.min_labels or champion.valued < policy.min_labels:
+        return []
+    ours, theirs = arm.error(metric), champion.error(metric)
+    if ours is None or theirs is None:
+        return []
+    (m_ours, v_ours), (m_theirs, v_theirs) = arm.row_loss(metric), champion.row_loss(metric)
+    spread = math.sqrt(v_ours / arm.valued + v_theirs / champion.valued)
+    gain = m_theirs - m_ours  # positive: the challenger's loss is lower
+    z = gain / spread if spread > 0 else (0.0 if gain == 0 else math.copysign(math.inf, gain))
+    p_worse = 0.5 * math.erfc(-z / math.sqrt(2.0))
+    ok = p_worse >= policy.significance
+    loss = "squared" if metric == "rmse" else "absolute"
+    detail = (
+        f"live {metric} of {who} {ours:.4g} on {arm.valued} labels vs the champion's "
+        f"{theirs:.4g} on {champion.valued} labels of the same traffic (lower is better): z "
+        f"{z:.2f} on the per-label {loss} errors, "
+        f"{'not significantly worse' if ok else 'significantly worse'} (p {p_worse:.3g}, "
+        f"level {policy.significance:g})"
+    )
+    return [_gate("live_vs_champion", ok, ours - theirs, 0.0, detail)]
 
 
 def _against_champion(window: LiveWindow, policy: Policy, who: str) -> list[GateResult]:
@@ -387,12 +523,15 @@ def judge_live(
     window: LiveWindow,
     policy: Policy,
     stage: Stage,
-    holdout_accuracy: float | None,
+    holdout_value: float | None,
     who: str,
     holdout_rows: int | None = None,
+    *,
+    metric: str = "accuracy",
 ) -> LiveVerdict:
-    """Fail as soon as a judged rule fails; pass once the stage's sample size is reached."""
-    gates = live_gates(window, policy, stage, holdout_accuracy, who, holdout_rows)
+    """Fail as soon as a judged rule fails; pass once the stage's sample size is reached.
+    ``holdout_value`` is the hold-out's value of ``metric`` (accuracy, rmse or mae)."""
+    gates = live_gates(window, policy, stage, holdout_value, who, holdout_rows, metric=metric)
     required = required_predictions(policy, stage)
     failed = [g for g in gates if not g.passed]
     if failed:
