@@ -124,6 +124,19 @@ class MonitorSettings(ServiceSettings):
         description="period of the background work (re-trigger, checkpoint, daily)",
     )
     daily_enabled: bool = Field(default=True, description="keep daily windows per feature")
+    category_window: int = Field(
+        default=1000,
+        ge=50,
+        description="values per chi-square window of a category feature (tumbling windows, "
+        "each tested once at confirm_alpha; see categories.py for the power this gives)",
+    )
+    recovery_rmse_tolerance: float = Field(
+        default=0.1,
+        ge=0,
+        description="a regression's incident is recovered when its live RMSE is at most this "
+        "fraction above its pre-drift RMSE (RMSE over 300 points has a relative standard "
+        "error of about 1/sqrt(2 * 300) = 0.04 for normal residuals: 0.1 is ~2.5 of them)",
+    )
     psi_warn: float = Field(default=0.1, ge=0, description="daily PSI at or above: warn")
     psi_drift: float = Field(default=0.25, ge=0, description="daily PSI at or above: drift")
 
@@ -168,6 +181,8 @@ class DetectorConfig:
     outlier_z: float = 6.0
     quality_max_examples: int = 5
     daily_enabled: bool = True
+    category_window: int = 1000
+    recovery_rmse_tolerance: float = 0.1
 
     def detector_for(self, model: str, feature: str) -> str:
         """Per model and feature: ``overrides[model][feature]``, then ``overrides[model]["*"]``

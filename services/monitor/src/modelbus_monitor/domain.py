@@ -16,6 +16,7 @@ from .config import DetectorConfig
 from .daily import DailyBook
 from .detectors import ERROR_STREAM, DriftAlarm
 from .kernel import SignalKernel, Signals
+from .outcomes import Task
 from .policy import Disposition, Incident, IncidentPolicy, QualityAlerts, RecoveryRules
 
 
@@ -33,6 +34,7 @@ def recovery_rules(config: DetectorConfig) -> RecoveryRules:
         tolerance=config.recovery_tolerance,
         min_points=config.recovery_min_points,
         max_attempts=config.incident_max_attempts,
+        relative_tolerance=config.recovery_rmse_tolerance,
     )
 
 
@@ -94,6 +96,15 @@ class ModelMonitor:
         return self.kernel.reference
 
     @property
+    def task(self) -> Task:
+        return self.kernel.task
+
+    @property
+    def metric(self) -> str:
+        """What recovery is judged on: RMSE for a regression, accuracy for a classifier."""
+        return "rmse" if self.kernel.task == "regression" else "accuracy"
+
+    @property
     def incident(self) -> Incident | None:
         return self.policy.incident
 
@@ -140,11 +151,19 @@ class ModelMonitor:
 
     # -- serving version ------------------------------------------------------------------------
 
-    def adopt(self, version: int | None, reference: dict[str, FeatureStats] | None) -> None:
-        """Start-up: learn the serving version (and its reference) without touching incidents."""
+    def adopt(
+        self,
+        version: int | None,
+        reference: dict[str, FeatureStats] | None,
+        task: Task | None = None,
+    ) -> None:
+        """Start-up: learn the serving version (its reference and task, when known) without
+        touching incidents."""
         if version != self.kernel.serving_version:
-            self.kernel.reset(version)
+            self.kernel.reset(version, task=task)
             self.quality.restart()
+        elif task is not None:
+            self.kernel.set_task(task)
         if reference:
             self.kernel.set_reference(reference)
 
@@ -157,6 +176,7 @@ class ModelMonitor:
         event_id: str | None = None,
         occurred_at: datetime | None = None,
         reason: str = "promoted",
+        task: Task | None = None,
     ) -> Incident | None:
         """A promotion or rollback: close the open incident (returned), switch the version,
         reset the detectors. A replay older than the open incident changes nothing."""
@@ -164,7 +184,7 @@ class ModelMonitor:
             now, version, event_id=event_id, occurred_at=occurred_at, reason=reason
         )
         if applies:
-            self.kernel.reset(version, forget_reference=True)
+            self.kernel.reset(version, forget_reference=True, task=task)
             self.quality.restart()
             if reference:
                 self.kernel.set_reference(reference)
@@ -182,17 +202,21 @@ class ModelMonitor:
         prediction_ids: list[str],
         versions: list[int],
         served_by: list[str],
-        labels: list[int],
-        features: list[dict[str, float]],
+        labels: list[Any],
+        features: list[dict[str, Any]],
         event_ids: list[str],
         correlation_ids: list[str],
+        values: list[float | None] | None = None,
     ) -> BatchOutcome:
+        """A batch of predictions: ``labels`` the predicted classes, ``values`` the predicted
+        values (a regression's; what its error stream compares with the labels)."""
+        predicted = values if self.kernel.task == "regression" and values is not None else labels
         signals = self.kernel.predictions(
             now,
             prediction_ids=prediction_ids,
             versions=versions,
             served_by=served_by,
-            labels=labels,
+            labels=predicted,
             features=features,
             event_ids=event_ids,
         )
@@ -213,7 +237,7 @@ class ModelMonitor:
         return outcome
 
     def observe_labels(
-        self, now: datetime, *, prediction_ids: list[str], labels: list[int], event_ids: list[str]
+        self, now: datetime, *, prediction_ids: list[str], labels: list[Any], event_ids: list[str]
     ) -> BatchOutcome:
         signals = self.kernel.labels(
             now, prediction_ids=prediction_ids, labels=labels, event_ids=event_ids
@@ -231,7 +255,7 @@ class ModelMonitor:
         for row, alarm, cause in signals.alarms:
             assert version is not None  # only monitored predictions reach the detectors
             disposition, opened = self.policy.on_alarm(
-                alarm, cause, now, version, self.baseline(alarm)
+                alarm, cause, now, version, self.baseline(alarm), self.metric
             )
             if opened is not None:  # live points of the incident count from here
                 opened.mark = self.kernel.error.observations
@@ -243,13 +267,17 @@ class ModelMonitor:
     # -- recovery -------------------------------------------------------------------------------
 
     def baseline(self, alarm: DriftAlarm) -> tuple[float | None, int]:
-        """The serving model's pre-drift accuracy and on how many labelled points: its error
-        stream's reference (its first labelled points since it started serving) up to where
-        the alarm's changed window begins. An error-stream alarm's own test already compared
-        the points before its change point: its reference value is the pre-drift error rate."""
+        """The serving model's pre-drift metric (accuracy, or RMSE for a regression) and on how
+        many labelled points: its error stream's reference (its first labelled points since it
+        started serving) up to where the alarm's changed window begins. An error-stream alarm's
+        own test already compared the points before its change point: for a classifier its
+        reference value is the pre-drift error rate."""
         error = self.kernel.error
         before = max(0, error.observations - 2 * alarm.window_size)  # the test used every 2nd
         points = min(len(error.reference), before)
+        residuals = self.kernel.residuals
+        if residuals is not None:  # the squared residuals are aligned with the error stream
+            return (residuals.baseline_rmse(points), points) if points else (None, 0)
         if alarm.feature == ERROR_STREAM:
             return 1.0 - alarm.reference_value, points
         if points == 0:
@@ -257,17 +285,18 @@ class ModelMonitor:
         return 1.0 - sum(error.reference[:points]) / points, points
 
     def live(self, incident: Incident) -> tuple[float | None, int]:
-        """The serving version's accuracy now: over its newest ``recovery_min_points`` labelled
-        points since the incident's mark (its opening, last attempt or the new version's
-        start), and how many points there are since the mark."""
+        """The serving version's metric now (accuracy, or RMSE for a regression): over its
+        newest ``recovery_min_points`` labelled points since the incident's mark (its opening,
+        last attempt or the new version's start), and how many points there are since the
+        mark."""
         error, mark = self.kernel.error, incident.mark
         # fewer observations than the mark: the stream restarted since (no checkpoint)
         points = error.observations - mark if error.observations >= mark else error.observations
         newest = min(points, len(error.recent), self.policy.rules.min_points)
-        recent = list(error.recent)[-newest:] if newest else []
-        if not recent:
+        if not newest:
             return None, points
-        return 1.0 - sum(recent) / len(recent), points
+        numbers = self.kernel.performance(newest)
+        return numbers.get("rmse" if self.metric == "rmse" else "accuracy"), points
 
     def advance(self, now: datetime) -> Advance:
         """Move the open incident on: closed when live accuracy recovered, the next attempt's
@@ -276,9 +305,9 @@ class ModelMonitor:
         incident = self.policy.incident
         if incident is None:
             return Advance()
-        if incident.baseline_accuracy is not None:
-            accuracy, points = self.live(incident)
-            verdict, touched, why = self.policy.on_live(now, self.serving_version, accuracy, points)
+        if incident.baseline_value is not None:
+            value, points = self.live(incident)
+            verdict, touched, why = self.policy.on_live(now, self.serving_version, value, points)
             if verdict == "recovered":
                 return Advance(closed=touched)
             if verdict == "needs_human":
@@ -339,6 +368,8 @@ class ModelMonitor:
             "observations": kernel.error.observations,
             "joined": kernel.counts["joined"],
             "error_rate": kernel.error_rate(),
+            "task": kernel.task,
+            "performance": kernel.performance(),
             "pending": kernel.joiner.pending,
             "evicted": dict(kernel.joiner.evicted),
             "duplicates": kernel.joiner.duplicates,

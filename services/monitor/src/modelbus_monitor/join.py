@@ -19,7 +19,9 @@ from collections import Counter, deque
 from datetime import datetime, timedelta
 from itertools import islice, repeat
 from operator import itemgetter
-from typing import NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar
+
+from .outcomes import misclassified
 
 T = TypeVar("T")
 
@@ -30,26 +32,30 @@ class PredictionPoint(NamedTuple):
     prediction_id: str
     version: int
     served_by: str
-    label: int
+    label: Any  # what it predicted: the class (binary 0/1, multiclass str) or the value
     event_id: str
     at: datetime
 
 
 class LabelPoint(NamedTuple):
     prediction_id: str
-    label: int
+    label: Any  # the true class or value (LabelObserved.label)
     event_id: str
     at: datetime
 
 
 class JoinedPair(NamedTuple):
+    """A prediction and its label; what their difference means (a misclassification, a
+    residual) is the task's, see ``outcomes.py``."""
+
     prediction: PredictionPoint
-    label: int
+    label: Any
     tipping_event_id: str  # the event id of whichever side arrived last
 
     @property
     def error(self) -> int:
-        return int(self.prediction.label != self.label)
+        """Misclassified (a classifier's pair; classes compared as strings)."""
+        return int(misclassified(self.prediction.label, self.label))
 
 
 class Joiner:
@@ -135,7 +141,7 @@ class Joiner:
         return fresh, pairs
 
     def add_labels(
-        self, prediction_ids: list[str], labels: list[int], event_ids: list[str], now: datetime
+        self, prediction_ids: list[str], labels: list[Any], event_ids: list[str], now: datetime
     ) -> list[tuple[int, JoinedPair]]:
         """A batch of labels as columns (buffers expired for ``now``): in order, the (row,
         pair) of those whose prediction was waiting. The others wait (re-deliveries are counted
@@ -163,7 +169,7 @@ class Joiner:
         return pairs
 
     def _add_new_labels(
-        self, prediction_ids: list[str], labels: list[int], event_ids: list[str], now: datetime
+        self, prediction_ids: list[str], labels: list[Any], event_ids: list[str], now: datetime
     ) -> list[tuple[int, JoinedPair]]:
         """``add_labels`` for labels that are all distinct, neither joined nor waiting: each
         either takes its prediction or waits, with ``map`` over the columns."""
@@ -192,7 +198,7 @@ class Joiner:
         self._forget_oldest_joined()
         return pairs  # type: ignore[return-value]
 
-    def _join(self, prediction: PredictionPoint, label: int, tipping: str) -> JoinedPair:
+    def _join(self, prediction: PredictionPoint, label: Any, tipping: str) -> JoinedPair:
         self._joined.add(prediction.prediction_id)
         self._joined_order.append(prediction.prediction_id)
         self.joined += 1

@@ -27,6 +27,13 @@ module decides what they mean:
   ``retrigger_s`` while its stream still differs from the reference).
 - Quality alerts: at most one per model per ``cooldown_s``, carrying the counts since the last.
 
+Recovery is judged on the task's metric (``Metric``): accuracy for a classifier (higher is
+better; recovered within ``tolerance``, absolute, of the pre-drift accuracy), RMSE for a
+regression (lower is better; recovered at most ``relative_tolerance`` above the pre-drift RMSE,
+relative because an RMSE has the label's unit). The incident keeps ``metric``,
+``baseline_value`` and ``live_value``; for accuracy also ``baseline_accuracy`` and
+``live_accuracy`` (as before).
+
 Pure: no I/O; the service saves and publishes what these objects return.
 """
 
@@ -57,6 +64,22 @@ class RecoveryRules:
     tolerance: float = 0.03
     min_points: int = 300
     max_attempts: int = 5
+    relative_tolerance: float = 0.1  # RMSE
+
+    def target(self, metric: str, baseline: float) -> float:
+        """The level the live metric must reach (at least, for accuracy; at most, for RMSE)."""
+        if metric == "rmse":
+            return baseline * (1 + self.relative_tolerance)
+        return baseline - self.tolerance
+
+    def within(self, metric: str, live: float, baseline: float) -> bool:
+        target = self.target(metric, baseline)
+        return live <= target if metric == "rmse" else live >= target
+
+    def allowance(self, metric: str) -> str:
+        if metric == "rmse":
+            return f"{self.relative_tolerance:.0%}"
+        return f"{self.tolerance}"
 
 
 def ineligibility(version: int, served_by: str, serving_version: int | None) -> str | None:
@@ -96,12 +119,20 @@ class Incident:
     baseline_points: int = 0
     live_accuracy: float | None = None
     live_points: int = 0
+    metric: str = "accuracy"  # what recovery is judged on: accuracy or rmse
+    baseline_value: float | None = None
+    live_value: float | None = None
     live_version: int | None = None
     mark: int = 0  # the error stream's observations when the live points started counting
     rejections: int = 0
     verdict_at: datetime | None = None  # a rejection of this incident's retrain, not acted on
     transitions: list[dict[str, Any]] = field(default_factory=list)
     announced: int = 0  # transitions already published as IncidentUpdated
+
+    def __post_init__(self) -> None:  # an incident stored before the metric was recorded
+        if self.metric == "accuracy" and self.baseline_value is None:
+            self.baseline_value = self.baseline_accuracy
+            self.live_value = self.live_accuracy
 
     def move(self, state: str, now: datetime, reason: str, **numbers: Any) -> None:
         """Change state, recording why (the audit trail of the incident)."""
@@ -137,6 +168,9 @@ class Incident:
                 baseline_accuracy=self.baseline_accuracy,
                 live_accuracy=step.get("live_accuracy"),
                 live_points=int(step.get("live_points") or 0),
+                metric=self.metric,  # type: ignore[arg-type]
+                baseline_value=self.baseline_value,
+                live_value=step.get("live_value"),
                 open=step["state"] not in ("recovered", "resolved"),
             )
             for step in fresh
@@ -162,6 +196,9 @@ class Incident:
             "baseline_accuracy": self.baseline_accuracy,
             "live_accuracy": self.live_accuracy,
             "live_points": self.live_points,
+            "metric": self.metric,
+            "baseline_value": self.baseline_value,
+            "live_value": self.live_value,
         }
 
     def drift_event(self) -> DriftDetected:
@@ -202,9 +239,10 @@ class IncidentPolicy:
         now: datetime,
         version: int,
         baseline: tuple[float | None, int] = (None, 0),
+        metric: str = "accuracy",
     ) -> tuple[Disposition, Incident | None]:
         """What a confirmed alarm does: open an incident (returned) or be suppressed.
-        ``baseline``: the serving model's pre-drift accuracy and its labelled points."""
+        ``baseline``: the serving model's pre-drift ``metric`` and its labelled points."""
         if self.incident is not None:
             self.incident.suppressed_alarms += 1
             self.counts["suppressed_alarms"] += 1
@@ -213,14 +251,19 @@ class IncidentPolicy:
             self.counts["suppressed_alarms"] += 1
             return "suppressed_cooldown", None
         self.incident = incident = self._open(alarm, causation_id, now, version)
-        accuracy, points = baseline
-        if accuracy is not None and points >= MIN_BASELINE_POINTS:
-            incident.baseline_accuracy, incident.baseline_points = accuracy, points
+        incident.metric = metric
+        value, points = baseline
+        if value is not None and points >= MIN_BASELINE_POINTS:
+            incident.baseline_value, incident.baseline_points = value, points
+            if metric == "accuracy":
+                incident.baseline_accuracy = value
         incident.move(
             "detected",
             now,
             f"{alarm.detector} on {alarm.feature}, confirmed by the batch test",
             baseline_accuracy=incident.baseline_accuracy,
+            baseline_value=incident.baseline_value,
+            metric=metric,
         )
         self.counts["incidents_opened"] += 1
         return "opened", incident
@@ -270,20 +313,21 @@ class IncidentPolicy:
         self.counts["promotions"] += 1
         if incident is None:
             return True, None
-        if incident.baseline_accuracy is None:
+        if incident.baseline_value is None:
             incident.move(
                 "resolved",
                 now,
                 f"v{version} serves ({_short(reason)}); no labelled pre-drift "
-                "accuracy to judge recovery by",
+                f"{incident.metric} to judge recovery by",
             )
             return True, self._close(now, version, event_id, reason)
         incident.live_version, incident.mark = version, 0  # the new version's points, from 0
         incident.live_accuracy, incident.live_points, incident.verdict_at = None, 0, None
+        incident.live_value = None
         incident.move(
             "recovering",
             now,
-            f"v{version} serves ({_short(reason)}); measuring its live accuracy",
+            f"v{version} serves ({_short(reason)}); measuring its live {incident.metric}",
             version=version,
         )
         return True, None
@@ -331,33 +375,38 @@ class IncidentPolicy:
         return True
 
     def on_live(
-        self, now: datetime, serving_version: int | None, accuracy: float | None, points: int
+        self, now: datetime, serving_version: int | None, value: float | None, points: int
     ) -> tuple[str, Incident | None, str]:
-        """The serving version's live accuracy over the ``points`` labelled since the mark:
-        ``("recovered", closed incident, why)``, ``("next", incident, why)`` when another
-        attempt is due, ``("needs_human", incident, why)`` when attempts ran out, else
-        ``("wait", None, "")``."""
+        """The serving version's live metric (the incident's: accuracy or RMSE) over the
+        ``points`` labelled since the mark: ``("recovered", closed incident, why)``,
+        ``("next", incident, why)`` when another attempt is due, ``("needs_human", incident,
+        why)`` when attempts ran out, else ``("wait", None, "")``."""
         incident, rules = self.incident, self.rules
-        if incident is None or not incident.published or incident.baseline_accuracy is None:
+        if incident is None or not incident.published or incident.baseline_value is None:
             return "wait", None, ""
-        if accuracy is None or points < rules.min_points:
+        if value is None or points < rules.min_points:
             return "wait", None, ""
-        incident.live_accuracy, incident.live_points = accuracy, points
+        metric, baseline = incident.metric, incident.baseline_value
+        incident.live_value, incident.live_points = value, points
+        if metric == "accuracy":
+            incident.live_accuracy = value
         incident.live_version = serving_version
-        target = incident.baseline_accuracy - rules.tolerance
-        numbers = {
-            "live_accuracy": accuracy,
+        numbers: dict[str, Any] = {
+            "metric": metric,
+            "live_value": value,
             "live_points": points,
-            "baseline_accuracy": incident.baseline_accuracy,
-            "tolerance": rules.tolerance,
+            "baseline_value": baseline,
+            "tolerance": rules.tolerance if metric == "accuracy" else rules.relative_tolerance,
             "version": serving_version,
         }
-        if accuracy >= target:
+        if metric == "accuracy":
+            numbers |= {"live_accuracy": value, "baseline_accuracy": baseline}
+        live = f"live {metric} {value:.3f} of v{serving_version} over {points} points"
+        if rules.within(metric, value, baseline):
             incident.move(
                 "recovered",
                 now,
-                f"live accuracy {accuracy:.3f} of v{serving_version} over {points} points is "
-                f"within {rules.tolerance} of the pre-drift {incident.baseline_accuracy:.3f}",
+                f"{live} is within {rules.allowance(metric)} of the pre-drift {baseline:.3f}",
                 **numbers,
             )
             self.counts["incidents_recovered"] += 1
@@ -367,16 +416,15 @@ class IncidentPolicy:
             return "wait", None, ""
         since = (now - (incident.last_emitted_at or incident.opened_at)).total_seconds()
         due = (
-            incident.state == "recovering"  # the new version did not bring accuracy back
+            incident.state == "recovering"  # the new version did not bring the metric back
             or incident.verdict_at is not None  # the retrain was rejected
             or (self.retrigger_s > 0 and since >= self.retrigger_s)  # it never came
         )
         if not due:
             return "wait", None, ""
-        why = (
-            f"live accuracy {accuracy:.3f} of v{serving_version} over {points} points is below "
-            f"the pre-drift {incident.baseline_accuracy:.3f} - {rules.tolerance}"
-        )
+        side = "above" if metric == "rmse" else "below"
+        sign = "+" if metric == "rmse" else "-"
+        why = f"{live} is {side} the pre-drift {baseline:.3f} {sign} {rules.allowance(metric)}"
         if incident.attempts >= rules.max_attempts:
             incident.move(
                 "needs_human", now, f"{why} after {incident.attempts} attempts", **numbers
@@ -392,8 +440,8 @@ class IncidentPolicy:
         incident = self.incident
         if incident is None or not incident.published or self.retrigger_s <= 0:
             return None
-        if incident.baseline_accuracy is not None:
-            return None  # paced by live accuracy: ``on_live``
+        if incident.baseline_value is not None:
+            return None  # paced by the live metric: ``on_live``
         last = incident.last_emitted_at or incident.opened_at
         if (now - last).total_seconds() < self.retrigger_s:
             return None

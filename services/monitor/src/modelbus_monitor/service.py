@@ -40,6 +40,7 @@ from .config import DetectorConfig, MonitorSettings
 from .daily import DailyFeature, Thresholds, compare, day_of, previous_day
 from .domain import BatchOutcome, ModelMonitor, RowOutcome
 from .metrics import MonitorMetrics
+from .outcomes import Task
 from .policy import Incident
 from .ports import DailyStore, IncidentStore, StateStore
 
@@ -72,6 +73,8 @@ def detector_config(settings: MonitorSettings) -> DetectorConfig:
         incident_max_attempts=settings.incident_max_attempts,
         outlier_z=settings.outlier_z,
         daily_enabled=settings.daily_enabled,
+        category_window=settings.category_window,
+        recovery_rmse_tolerance=settings.recovery_rmse_tolerance,
     )
 
 
@@ -123,9 +126,9 @@ class MonitorService:
             models = []
         for model in models:
             if model.aliases.champion is not None:
-                reference = await self._reference(model.name, model.aliases.champion)
+                reference, task = await self._reference(model.name, model.aliases.champion)
                 monitor = self._monitor(model.name)
-                monitor.adopt(model.aliases.champion, reference)
+                monitor.adopt(model.aliases.champion, reference, task)
                 await self._restore(monitor)
         for incident in await self.incidents.open_incidents():
             monitor = self._monitor(incident.model_name)
@@ -149,6 +152,7 @@ class MonitorService:
                     versions=_pick(batch.version, rows),
                     served_by=_pick(batch.served_by, rows),
                     labels=_pick(batch.label, rows),
+                    values=_pick(batch.value, rows) if monitor.task == "regression" else None,
                     features=_pick(batch.features, rows),
                     event_ids=_pick(batch.event_id, rows),
                     correlation_ids=_pick(batch.correlation_id, rows),
@@ -298,7 +302,9 @@ class MonitorService:
     ) -> None:
         async with self._lock(name):
             monitor = self._monitor(name)
-            reference = await self._reference(name, version)
+            reference, task = await self._reference(name, version)
+            if task is None and event.signature is not None:
+                task = event.signature.task
             closed = monitor.serve(
                 version,
                 reference,
@@ -306,6 +312,7 @@ class MonitorService:
                 event_id=str(event.event_id),
                 occurred_at=event.occurred_at,
                 reason=reason,
+                task=task,
             )
             self._next_sync.pop(name, None)
             if closed is not None:
@@ -393,19 +400,26 @@ class MonitorService:
             version = model.aliases.champion if model else None
             if version is None:
                 return
-        monitor.adopt(version, await self._reference(monitor.model_name, version))
+        reference, task = await self._reference(monitor.model_name, version)
+        monitor.adopt(version, reference, task)
         if monitor.reference:
             await self._restore(monitor)
 
-    async def _reference(self, name: str, version: int) -> dict[str, FeatureStats] | None:
+    async def _reference(
+        self, name: str, version: int
+    ) -> tuple[dict[str, FeatureStats] | None, Task | None]:
+        """The version's reference and its task (its signature's; no signature: binary)."""
         try:
             view = await self.registry.version(name, version)
         except Exception as exc:
             log.warning(
                 "registry.reference_unavailable", model=name, version=version, error=str(exc)
             )
-            return None
-        return dict(view.reference) if view else None
+            return None, None
+        if view is None:
+            return None, None
+        task: Task = view.signature.task if view.signature is not None else "binary"
+        return dict(view.reference), task
 
     async def _apply_batch(self, monitor: ModelMonitor, outcome: BatchOutcome) -> None:
         alarms: Counter[tuple[str, str, str]] = Counter()
@@ -466,8 +480,9 @@ class MonitorService:
                 model=name,
                 incident_id=step.changed.incident_id,
                 attempts=step.changed.attempts,
-                live_accuracy=step.changed.live_accuracy,
-                baseline_accuracy=step.changed.baseline_accuracy,
+                metric=step.changed.metric,
+                live_value=step.changed.live_value,
+                baseline_value=step.changed.baseline_value,
             )
         elif step.event is not None:
             assert monitor.incident is not None
