@@ -132,7 +132,8 @@ async def test_a_later_import_is_judged_on_the_champions_holdout(client, wired, 
         ("holdout_columns", 422, "import_rejected", "no column for the features ['visits']"),
         ("content_type", 415, "unsupported_media_type", "ONNX"),
         ("bad_name", 422, "validation_error", "name"),
-        ("no_features", 422, "import_rejected", "feature_names is required"),
+        ("no_features", 422, "import_rejected", "feature_names (or a signature) is required"),
+        ("bad_signature", 422, "validation_error", "signature"),
     ],
 )
 async def test_bad_imports_are_refused_with_a_reason(client, wired, case, status, reason, words):
@@ -157,6 +158,8 @@ async def test_bad_imports_are_refused_with_a_reason(client, wired, case, status
         name = "bad name!"
     elif case == "no_features":
         params = {"holdout_uri": holdout}
+    elif case == "bad_signature":
+        params = {"holdout_uri": holdout, "signature": '{"features": [], "task": "ordinal"}'}
     response = await client.post(
         f"/models/{name}/versions", content=body, headers=headers, params=params
     )
@@ -261,7 +264,8 @@ async def test_an_mlflow_model_with_an_onnx_flavor_is_imported_with_its_signatur
     "case, words",
     [
         ("pickle_flavor", "sklearn flavor is a pickle"),
-        ("string_column", "non-numeric inputs ['visits (string)']"),
+        ("string_column", "the signature says 'visits' is a category, the model takes a number"),
+        ("boolean_column", "inputs ['visits (boolean)'] of a type modelbus cannot serve"),
         ("escaping_data", "outside the model folder"),
         ("missing_data", "not in the archive"),
         ("no_mlmodel", "no MLmodel file"),
@@ -280,6 +284,8 @@ async def test_bad_mlflow_models_are_refused_with_the_way_out(client, wired, cas
         content = mlflow_zip(None, flavors=flavors, inputs=COLUMNS)
     elif case == "string_column":
         content = mlflow_zip(body, inputs=[*COLUMNS[:2], {"type": "string", "name": "visits"}])
+    elif case == "boolean_column":
+        content = mlflow_zip(body, inputs=[*COLUMNS[:2], {"type": "boolean", "name": "visits"}])
     elif case == "escaping_data":
         content = mlflow_zip(body, flavors={"onnx": {"data": "../../etc/passwd"}})
     elif case == "missing_data":

@@ -10,6 +10,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 
 from modelbus_contracts.api import (
     Alias,
@@ -20,6 +21,7 @@ from modelbus_contracts.api import (
     RollbackRequest,
     VersionView,
 )
+from modelbus_contracts.events import Signature, Task
 from modelbus_contracts.policy import PolicyUpdate, PolicyView
 from modelbus_ml.flavors import LOGREG_FORMAT
 from modelbus_platform.http import ApiError, ModelName, error_responses
@@ -39,10 +41,12 @@ ONNX_BODY = {
             t: {"schema": {"type": "string", "format": "binary"}}
             for t in (*ONNX_TYPES, *MLFLOW_TYPES)
         },
-        "description": "an ONNX binary classifier: one float input (n, features), one float "
-        "output (n, 2) with the class probabilities (skl2onnx: options={'zipmap': False}); or "
-        "a zipped MLflow model folder with an 'onnx' flavor (application/zip): its column "
-        "signature names the features",
+        "description": "an ONNX model: one float input (n, features), or one input (n, 1) per "
+        "feature named as the feature (float: a number, string: a category); a classifier has "
+        "one float output (n, classes) with the class probabilities (skl2onnx: "
+        "options={'zipmap': False}), a regressor one float output (n, 1). Or a zipped MLflow "
+        "model folder with an 'onnx' flavor (application/zip): its column signature names the "
+        "features (a 'string' column is a category, 'required': false makes it nullable)",
     }
 }
 
@@ -65,8 +69,9 @@ ARTIFACT = {**UNKNOWN, 409: "artifact_integrity_failed: the stored bytes do not 
 IMPORT = {
     **STARTING,
     415: "unsupported_media_type: not an ONNX body or a zipped MLflow model",
-    422: "import_rejected: not a usable ONNX classifier, features that do not match, no "
-    "hold-out for a first model, a bad hold-out, ...",
+    422: "import_rejected: not a usable ONNX model, features or a signature that do not match "
+    "it, a task other than the champion's, no hold-out for a first model, a bad hold-out, ...; "
+    "validation_error: a signature that is not a Signature",
 }
 CHANGE = {
     **UNKNOWN,
@@ -110,6 +115,12 @@ def build_router(audit_limit: int = 1000) -> APIRouter:
         response_model=VersionView,
         status_code=201,
         summary="Register a model trained elsewhere (ONNX); the deployer judges it as any other",
+        description="The model is described by `signature` (a JSON `Signature`: its features "
+        "in input order with kind, nullable and categories, its task and classes), or by "
+        "`feature_names` with an optional `task` and `classes`. What is not given is read from "
+        "the model (kinds from its inputs, task from its outputs, classes '0'..'k-1') and from "
+        "the hold-out it is judged on (nullable, categories seen). The version records the "
+        "resulting signature; the scorer enforces it.",
         openapi_extra=ONNX_BODY,
         responses=error_responses(
             {**IMPORT, 200: "these very bytes were imported before: that version"}
@@ -125,6 +136,28 @@ def build_router(audit_limit: int = 1000) -> APIRouter:
                 max_length=10_000,
                 description="the input's columns, in order (an MLflow model's signature may "
                 "give them)",
+            ),
+        ] = None,
+        signature: Annotated[
+            str | None,
+            Query(
+                max_length=100_000,
+                description='JSON Signature, e.g. {"features": [{"name": "age"}, {"name": '
+                '"city", "kind": "category", "nullable": true}], "task": "multiclass", '
+                '"classes": ["low", "mid", "high"]}; an unset task or classes are read from '
+                "the model",
+            ),
+        ] = None,
+        task: Annotated[
+            Task | None,
+            Query(description="binary, multiclass or regression; default: from the model"),
+        ] = None,
+        classes: Annotated[
+            list[str] | None,
+            Query(
+                max_length=10_000,
+                description="multiclass: the classes in the order of the model's "
+                "probabilities (default '0'..'k-1')",
             ),
         ] = None,
         threshold: Annotated[float, Query(ge=0, le=1, description="P(1) >= threshold: 1")] = 0.5,
@@ -146,7 +179,15 @@ def build_router(audit_limit: int = 1000) -> APIRouter:
                 f"expected an ONNX body or a zipped MLflow model, got {content_type or 'nothing'}",
                 "unsupported_media_type",
             )
+        try:
+            described = Signature.model_validate_json(signature) if signature else None
+        except ValidationError as exc:
+            errors = [{**e, "loc": ("query", "signature", *e["loc"])} for e in exc.errors()]
+            raise ApiError.invalid(errors) from exc
         options = {
+            "signature": described,
+            "task": task,
+            "classes": classes,
             "threshold": threshold,
             "holdout_uri": holdout_uri,
             "source": source,
@@ -158,8 +199,6 @@ def build_router(audit_limit: int = 1000) -> APIRouter:
                 view, created = await service.import_mlflow(
                     name, body, feature_names=feature_names, **options
                 )
-            elif not feature_names:
-                raise ArtifactRejected("feature_names is required for an ONNX model")
             else:
                 view, created = await service.import_model(
                     name, body, feature_names=feature_names, **options

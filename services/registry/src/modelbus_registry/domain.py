@@ -12,11 +12,13 @@ from modelbus_contracts import (
     ArtifactRef,
     DatasetRef,
     Event,
+    FeatureSpec,
     FeatureStats,
     Lineage,
     ModelEvaluated,
     ModelSummary,
     ModelTrained,
+    Signature,
 )
 from modelbus_contracts.api import AliasesView, AuditRecord, ModelView, RolloutView, VersionView
 from modelbus_ml import ArtifactError, describe_artifact
@@ -248,6 +250,7 @@ def imported_event(
     reference: dict[str, FeatureStats],
     params: dict[str, Any],
     actor: str,
+    signature: Signature | None = None,
 ) -> ModelTrained:
     """The ModelTrained of a model trained elsewhere: its run id (and event id) derive from the
     artifact's sha256, so importing the same bytes twice registers one version. The data it was
@@ -271,6 +274,103 @@ def imported_event(
         ),
         reference=reference,
         training_seconds=0.0,
+        signature=signature,
+    )
+
+
+@dataclass(frozen=True)
+class ImportSpec:
+    """What the caller of an import says about the model: its features in input order, and
+    optionally its task, its classes (in output order) and, per feature, what a given signature
+    (or an MLflow signature) sets: kind, nullable, categories. The rest comes from the model's
+    inputs and outputs and from the hold-out."""
+
+    names: tuple[str, ...]
+    task: str | None = None
+    classes: tuple[str, ...] = ()
+    features: dict[str, FeatureSpec] = field(default_factory=dict)
+
+
+def import_spec(
+    feature_names: list[str] | None,
+    signature: Signature | None = None,
+    task: str | None = None,
+    classes: list[str] | None = None,
+) -> ImportSpec:
+    """The ``ImportSpec`` of a request: a signature (its unset task and classes are read from
+    the model), else the feature names with an optional task and classes. What is given twice
+    must agree (ArtifactRejected otherwise)."""
+    classes_t = tuple(classes or ())
+    if signature is not None:
+        names = tuple(f.name for f in signature.features)
+        if feature_names and tuple(feature_names) != names:
+            raise ArtifactRejected(
+                f"feature_names {list(feature_names)} differ from the signature's {list(names)}"
+            )
+        given_task = signature.task if "task" in signature.model_fields_set else None
+        if task and given_task and task != given_task:
+            raise ArtifactRejected(f"task {task!r} differs from the signature's {given_task!r}")
+        if classes_t and signature.classes and classes_t != tuple(signature.classes):
+            raise ArtifactRejected(
+                f"classes {list(classes_t)} differ from the signature's {signature.classes}"
+            )
+        task, classes_t = task or given_task, classes_t or tuple(signature.classes)
+        features = {f.name: f for f in signature.features}
+    else:
+        if not feature_names:
+            raise ArtifactRejected("feature_names (or a signature) is required for an ONNX model")
+        names, features = tuple(feature_names), {}
+    if len(set(names)) != len(names):
+        raise ArtifactRejected(f"feature names repeat: {list(names)}")
+    if classes_t and task not in (None, "multiclass"):
+        raise ArtifactRejected(f"classes are for a multiclass model, not a {task} one")
+    return ImportSpec(names, task or ("multiclass" if classes_t else None), classes_t, features)
+
+
+def imported_signature(
+    spec: ImportSpec,
+    kinds: tuple[str, ...],
+    task: str,
+    classes: tuple[str, ...],
+    holdout: dict[str, Any],
+) -> Signature:
+    """An imported version's signature: kinds from the model's inputs (a string input is a
+    category), task and classes from the model; nullable and categories as the given signature
+    sets them, else as the hold-out it was judged on shows them (``Dataset.signature()``)."""
+    seen = {f["name"]: f for f in holdout["features"]}
+    features = []
+    for name, kind in zip(spec.names, kinds, strict=True):
+        given = spec.features.get(name)
+        if given is not None and "kind" in given.model_fields_set and given.kind != kind:
+            raise ArtifactRejected(
+                f"the signature says {name!r} is a {given.kind}, the model takes a {kind}"
+            )
+        set_ = given.model_fields_set if given is not None else set()
+        from_holdout = seen.get(name, {})
+        nullable = given.nullable if "nullable" in set_ else from_holdout.get("nullable", False)
+        categories = (
+            given.categories if "categories" in set_ else from_holdout.get("categories", [])
+        )
+        features.append(
+            FeatureSpec(
+                name=name,
+                kind=kind,
+                nullable=bool(nullable),
+                categories=list(categories) if kind == "category" else [],
+            )
+        )
+    return Signature(features=features, task=task, classes=list(classes))
+
+
+def import_task_refusal(task: str, champion: Signature | None, champion_version: int) -> str | None:
+    """Why a model of ``task`` may not join a model whose champion is ``champion`` (None: an
+    older binary version), or None: the deployer compares a challenger with its champion."""
+    expected = champion.task if champion else "binary"
+    if task == expected:
+        return None
+    return (
+        f"the model is a {task} model, the champion (v{champion_version}) a {expected} one: "
+        "a version must be comparable with the champion"
     )
 
 
@@ -284,6 +384,8 @@ def version_doc(event: ModelTrained, version: int, now: datetime) -> dict[str, A
         "metrics": dict(event.metrics),
         "lineage": event.lineage.model_dump(mode="json"),
         "reference": {k: v.model_dump(mode="json") for k, v in event.reference.items()},
+        # None for a version trained before signatures: binary, every feature a number
+        "signature": event.signature.model_dump(mode="json") if event.signature else None,
         "status": STATUS_REGISTERED,
         "created_at": now,
         "evaluation": None,
@@ -314,6 +416,7 @@ def summary(doc: dict[str, Any]) -> ModelSummary:
         feature_names=view.feature_names,
         metrics=view.metrics,
         holdout=view.lineage.holdout,
+        signature=view.signature,
     )
 
 

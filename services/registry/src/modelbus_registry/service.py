@@ -10,7 +10,10 @@ write that changes the state (the repository's ``events``), and the relay publis
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -20,6 +23,7 @@ from modelbus_contracts import (
     ArtifactRef,
     DatasetRef,
     Event,
+    FeatureSpec,
     FeatureStats,
     ModelEvaluated,
     ModelPolicyChanged,
@@ -30,6 +34,7 @@ from modelbus_contracts import (
     ModelRolloutChanged,
     ModelSummary,
     ModelTrained,
+    Signature,
 )
 from modelbus_contracts.api import (
     AliasesView,
@@ -49,7 +54,7 @@ from modelbus_ml import (
     from_csv_bytes,
 )
 from modelbus_ml.mlflow import read_mlflow_zip
-from modelbus_ml.onnx import ONNX_FORMAT, vet_import_isolated
+from modelbus_ml.onnx import ONNX_FORMAT, load_onnx, vet_import_isolated
 from modelbus_platform.outbox import Notifier
 from modelbus_platform.scheduler import is_cron
 from modelbus_platform.stores import (
@@ -159,6 +164,7 @@ class RegistryService:
             feature_names=event.feature_names,
             metrics=event.metrics,
             lineage=event.lineage,
+            signature=event.signature,
             champion=await self._champion_summary(event.model_name, doc["version"]),
         )
 
@@ -173,63 +179,126 @@ class RegistryService:
     # -- a model trained elsewhere -------------------------------------------------------------
 
     async def import_mlflow(
-        self, name: str, archive: bytes, *, feature_names: list[str] | None = None, **kwargs: Any
+        self,
+        name: str,
+        archive: bytes,
+        *,
+        feature_names: list[str] | None = None,
+        signature: Signature | None = None,
+        task: str | None = None,
+        classes: list[str] | None = None,
+        **kwargs: Any,
     ) -> tuple[VersionView, bool]:
         """``import_model`` for a zipped MLflow model directory with an ``onnx`` flavor: the
-        feature names come from its signature (or ``feature_names``, which must then agree)."""
+        feature names, kinds (a ``string`` column is a category) and nullability come from its
+        column signature; ``feature_names`` or a ``signature`` given too must agree with it."""
         try:
             found = await asyncio.to_thread(read_mlflow_zip, archive)
         except ArtifactError as exc:
             raise ArtifactRejected(f"not an importable MLflow model: {exc}") from exc
         names = list(found.feature_names or ())
-        if feature_names and names and list(feature_names) != names:
+        given = feature_names or (
+            [f.name for f in signature.features] if signature is not None else None
+        )
+        if given and names and list(given) != names:
             raise ArtifactRejected(
-                f"feature_names {feature_names} differ from the MLflow signature's {names}"
+                f"feature names {list(given)} differ from the MLflow signature's {names}"
             )
-        names = names or list(feature_names or [])
-        if not names:
+        if not names and not given:
             raise ArtifactRejected(
                 "the MLflow model has no column signature: give feature_names in input order"
             )
+        spec = domain.import_spec(names or given, signature, task, classes)
+        from_mlflow = {
+            n: FeatureSpec(name=n, kind=k, **({"nullable": True} if nullable else {}))
+            for n, k, nullable in zip(names, found.kinds, found.nullable, strict=True)
+        }
+        spec = replace(spec, features={**from_mlflow, **spec.features})
         source = kwargs.pop("source", "") or f"mlflow {found.info.get('run_id', '')}".strip()
-        return await self.import_model(
-            name, found.onnx, feature_names=names, source=source, **kwargs
-        )
+        return await self._import(name, found.onnx, spec, source=source, **kwargs)
 
     async def import_model(
         self,
         name: str,
         data: bytes,
         *,
-        feature_names: list[str],
+        feature_names: list[str] | None = None,
+        signature: Signature | None = None,
+        task: str | None = None,
+        classes: list[str] | None = None,
+        **kwargs: Any,
+    ) -> tuple[VersionView, bool]:
+        """Register a model exported to ONNX by any tool (binary, multiclass or regression,
+        number and category inputs), described by ``signature`` or by ``feature_names`` with
+        an optional ``task`` and ``classes``; see ``_import``."""
+        spec = domain.import_spec(feature_names, signature, task, classes)
+        return await self._import(name, data, spec, **kwargs)
+
+    async def _import(
+        self,
+        name: str,
+        data: bytes,
+        spec: domain.ImportSpec,
+        *,
         threshold: float = 0.5,
         holdout_uri: str | None = None,
         source: str = "",
         actor: str = API_ACTOR,
     ) -> tuple[VersionView, bool]:
-        """Register a binary classifier exported to ONNX by any tool: checked and given the
-        modelbus header (no code runs), stored content-addressed, evaluated on the hold-out
-        (``holdout_uri``, a labelled CSV already in the object store, e.g. from the trainer's
-        ``PUT /datasets/{name}``; else the champion's hold-out) and registered like a trained
-        version, so the deployer judges it with the same gates. (the version, whether it is
-        new); ``ArtifactRejected`` with the reason."""
-        names = tuple(feature_names)
-        holdout_ref, holdout = await self._import_holdout(name, holdout_uri, names)
+        """Checked and given the modelbus header (no code runs), stored content-addressed,
+        evaluated on the hold-out (``holdout_uri``, a labelled CSV already in the object store,
+        e.g. from the trainer's ``PUT /datasets/{name}``; else the champion's hold-out) and
+        registered like a trained version with its signature (kinds from the model's inputs,
+        task and classes from the model, nullable and categories as given or as the hold-out
+        shows them), so the deployer judges it with the same gates and the scorer enforces the
+        signature. (the version, whether it is new); ``ArtifactRejected`` with the reason."""
+        names = spec.names
+        kinds = await asyncio.to_thread(declared_kinds, data, names)
+        champion = await self._champion_summary(name, exclude=0)
+        task = spec.task or (champion.signature.task if champion and champion.signature else None)
+        holdout_ref, holdout = await self._import_holdout(name, holdout_uri, names, kinds, task)
+        if spec.task is None and holdout.task == "multiclass" and not spec.classes:
+            unnamed = [c for c in holdout.classes if not c.isdigit()]
+            if unnamed:
+                raise ArtifactRejected(
+                    f"the hold-out's classes {list(holdout.classes)[:10]} are not the model's "
+                    "output indexes: give classes in the order of the model's probabilities"
+                )
+        vet_spec = {"task": spec.task or holdout.task, "classes": list(spec.classes)}
         try:
             # the model comes from outside: it is checked and run in a process of its own,
             # with a memory and a time limit, so one that crashes or hangs takes nothing down
             artifact, metrics = await asyncio.to_thread(
-                vet_import_isolated, data, names, threshold, holdout.X, holdout.y
+                vet_import_isolated, data, names, threshold, holdout, vet_spec
             )
+            model = await asyncio.to_thread(load_onnx, artifact)
         except ArtifactError as exc:
-            raise ArtifactRejected(f"not an importable ONNX classifier: {exc}") from exc
+            read_as = (
+                ""
+                if spec.task
+                else f" (the hold-out's labels read as {holdout.task}: give task if the model "
+                "is another)"
+            )
+            raise ArtifactRejected(f"not an importable ONNX model: {exc}{read_as}") from exc
+        if champion is not None:
+            refusal = domain.import_task_refusal(model.task, champion.signature, champion.version)
+            if refusal:
+                raise ArtifactRejected(refusal)
+        signature = domain.imported_signature(
+            spec, model.kinds, model.task, model.classes, holdout.signature()
+        )
         digest = sha256_hex(artifact)
         uri = f"artifacts/{name}/{digest}.onnx"
         if not await self.store.exists(uri):
             await self.store.put(uri, artifact, "application/octet-stream")
         reference = {k: FeatureStats(**v) for k, v in feature_stats(holdout).items()}
         ref = ArtifactRef(uri=uri, sha256=digest, size_bytes=len(artifact), format=ONNX_FORMAT)
-        params = {"family": "onnx", "threshold": threshold, "source": source[:200]}
+        params = {
+            "family": "onnx",
+            "threshold": threshold,
+            "source": source[:200],
+            "task": model.task,
+        }
         event = domain.imported_event(
             name,
             ref,
@@ -239,6 +308,7 @@ class RegistryService:
             reference=reference,
             params=params,
             actor=actor,
+            signature=signature,
         )
         existing = await self.repo.find_version_by_run(name, event.run_id)
         if existing is not None:
@@ -252,10 +322,16 @@ class RegistryService:
         return await self.get_version(name, registered.version), True
 
     async def _import_holdout(
-        self, name: str, uri: str | None, names: tuple[str, ...]
+        self,
+        name: str,
+        uri: str | None,
+        names: tuple[str, ...],
+        kinds: dict[str, str],
+        task: str | None,
     ) -> tuple[DatasetRef, Dataset]:
         """The hold-out an import is judged on, with its reference, restricted to the model's
-        features: the given object, else the champion's hold-out."""
+        features and read as the model takes them (``kinds``) for ``task`` (None: as its labels
+        say): the given object, else the champion's hold-out."""
         if uri:
             key = uri.split("/", 3)[3] if uri.startswith("s3://") else uri.lstrip("/")
             try:
@@ -278,15 +354,10 @@ class RegistryService:
             except (ObjectNotFound, IntegrityError) as exc:
                 raise ArtifactRejected(f"the champion's hold-out is unusable: {exc}") from exc
         try:
-            ds = await asyncio.to_thread(from_csv_bytes, data)
+            ds = await asyncio.to_thread(read_holdout, data, names, kinds, task)
         except DatasetError as exc:
             raise ArtifactRejected(f"bad hold-out: {exc}") from exc
-        missing = [n for n in names if n not in ds.feature_names]
-        if missing:
-            raise ArtifactRejected(f"the hold-out has no column for the features {missing}")
-        columns = [ds.feature_names.index(n) for n in names]
-        holdout = Dataset(names, ds.X[:, columns], ds.y)
-        return DatasetRef(uri=key, sha256=digest, rows=ds.rows), holdout
+        return DatasetRef(uri=key, sha256=digest, rows=ds.rows), ds
 
     # -- policies -------------------------------------------------------------------------------
 
@@ -603,6 +674,7 @@ class RegistryService:
             artifact=view.artifact,
             feature_names=view.feature_names,
             reason="; ".join(event.reasons) or "promoted by evaluation",
+            signature=view.signature,
         )
 
     # -- commands from the API ------------------------------------------------------------------
@@ -637,6 +709,7 @@ class RegistryService:
                 artifact=doc["artifact"],
                 feature_names=doc["feature_names"],
                 reason=update.reason,
+                signature=doc.get("signature"),
             )
         updated = await self.repo.cas_aliases(
             name, move.expected, move.new, self.clock(), events=[promoted] if promoted else []
@@ -712,6 +785,7 @@ class RegistryService:
             artifact=target["artifact"],
             feature_names=target["feature_names"],
             reason=reason,
+            signature=target.get("signature"),
         )
         if cause is None:
             rolled_back = ModelRolledBack(producer=API_ACTOR, **data)
@@ -834,6 +908,33 @@ class RegistryService:
         )
         await self.repo.append_audit(record)
         self.on_decision(action)
+
+
+def declared_kinds(data: bytes, names: tuple[str, ...]) -> dict[str, str]:
+    """Each feature's kind as the ONNX graph declares its inputs (a string input is a
+    category, anything else a number), read from the protobuf without running the graph."""
+    import onnx
+
+    try:
+        graph = onnx.load_from_string(data).graph
+    except Exception as exc:  # any protobuf failure: not an ONNX model
+        raise ArtifactRejected(f"not an ONNX model: {type(exc).__name__}: {exc}") from exc
+    strings = {
+        i.name for i in graph.input if i.type.tensor_type.elem_type == onnx.TensorProto.STRING
+    }
+    return {n: "category" if n in strings else "number" for n in names}
+
+
+def read_holdout(
+    data: bytes, names: tuple[str, ...], kinds: dict[str, str], task: str | None
+) -> Dataset:
+    """A labelled CSV's columns ``names`` (DatasetError naming the missing ones), read as
+    ``kinds`` for ``task``."""
+    header = next(csv.reader(io.StringIO(data[:65536].decode("utf-8", "replace"))), [])
+    missing = [n for n in names if n not in header]
+    if missing:
+        raise DatasetError(f"the hold-out has no column for the features {missing}")
+    return from_csv_bytes(data, task=task, kinds=kinds).select(names)
 
 
 def _reason(exc: Exception) -> str:
