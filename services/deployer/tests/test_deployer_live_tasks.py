@@ -29,11 +29,11 @@ def stage(kind: str, task: str, metrics: dict[str, float] | None = None) -> Acti
 
 
 def predicted(
-    version: int, served_by: str, shadow_of: str | None = None, **answer
+    version: int, served_by: str, shadow_of: str | None = None, model: str = "m", **answer
 ) -> PredictionMade:
     return PredictionMade(
         producer="scorer",
-        model_name="m",
+        model_name=model,
         prediction_id=uuid.uuid4().hex,
         version=version,
         features={"x": 1.0},
@@ -44,8 +44,8 @@ def predicted(
     )
 
 
-def label(prediction_id: str, value) -> LabelObserved:
-    return LabelObserved(producer="up", model_name="m", prediction_id=prediction_id, label=value)
+def label(prediction_id: str, value, model: str = "m") -> LabelObserved:
+    return LabelObserved(producer="up", model_name=model, prediction_id=prediction_id, label=value)
 
 
 # --- joins -------------------------------------------------------------------------------------
@@ -204,3 +204,88 @@ def test_a_multiclass_canary_is_judged_on_accuracy_against_the_champion():
     assert verdict.outcome == "fail"
     assert [g.name for g in verdict.gates if not g.passed] == ["live_vs_champion"]
     assert "live accuracy of v2 0.600 on 300 labels vs the champion's 0.800" in verdict.reasons[0]
+
+
+# --- through the services: a regression promoted, then rolled back on its live RMSE ---------------
+
+
+async def register_regression(world, version: int, champion=None):
+    """A linear regression trained on y = 3x + noise, registered with its signature."""
+    from modelbus_contracts import (
+        ArtifactRef,
+        DatasetRef,
+        Lineage,
+        ModelRegistered,
+        ModelSummary,
+        Signature,
+    )
+    from modelbus_ml import from_rows, train_family
+    from modelbus_platform.stores import sha256_hex
+
+    rng = np.random.default_rng(version)
+    xs = rng.normal(size=400)
+    ds = from_rows(["x"], [{"x": float(x)} for x in xs], [3 * x + rng.normal() for x in xs])
+    trained = train_family(ds.take(np.arange(250)), {"family": "linear"}, seed=0)
+    holdout = ds.take(np.arange(250, 400)).to_csv_bytes()
+
+    async def put(key: str, data: bytes, fmt: str) -> ArtifactRef:
+        await world.store.put(key, data)
+        return ArtifactRef(uri=key, sha256=sha256_hex(data), size_bytes=len(data), format=fmt)
+
+    artifact = await put(f"artifacts/churn/v{version}", trained.artifact, trained.format)
+    held = await put(f"datasets/churn/v{version}.csv", holdout, "csv")
+    ref = DatasetRef(uri=held.uri, sha256=held.sha256, rows=150)
+    summary = None
+    if champion is not None:
+        summary = ModelSummary(version=champion[0], artifact=champion[1], feature_names=["x"])
+    event = ModelRegistered(
+        producer="registry",
+        model_name="churn",
+        version=version,
+        run_id=f"run-{version}",
+        artifact=artifact,
+        feature_names=["x"],
+        metrics={},
+        lineage=Lineage(dataset=ref, holdout=ref, seed=0, code_version="t", trigger="api"),
+        signature=Signature.model_validate(ds.signature()),
+        champion=summary,
+    )
+    return event, artifact
+
+
+async def test_a_promoted_regression_is_rolled_back_on_its_live_rmse(make_world):
+    from modelbus_contracts import ModelRollbackRequested
+    from modelbus_deployer.config import DeployerSettings
+    from modelbus_deployer.live_service import LiveService
+    from modelbus_deployer.testing import MemoryLiveStats
+
+    world = make_world(DeployerSettings(rollback_watch_predictions=300, min_labels=200))
+    service = world.service()
+    live = LiveService(
+        settings=world.settings,
+        decisions=world.decisions,
+        events=world.relay(),
+        deployer=service,
+        stats=MemoryLiveStats(),
+    )
+    service.on_stage = live.note
+    v1, _ = await register_regression(world, 1)
+    assert await service.handle_registered(v1) == "decided"
+    doc = world.decisions.docs[("churn", 1)]
+    assert (doc["task"], doc["decision"], doc["live"]) == ("regression", "promote", "watch")
+    holdout_rmse = doc["challenger_metrics"]["rmse"]
+    assert 0.7 < holdout_rmse < 1.4
+
+    rng = np.random.default_rng(9)
+    events = []
+    for _ in range(250):  # the world moved: errors twice the hold-out's
+        p = predicted(1, "champion", model="churn", value=0.0)
+        truth = float(rng.normal(0, 2 * holdout_rmse))
+        events += [p, label(p.prediction_id, truth, model="churn")]
+    outcome = await live.handle(events)
+
+    assert outcome == {"churn": "rollback_requested"}
+    [request] = world.publisher.of(ModelRollbackRequested)
+    assert request.reason.startswith("live_rmse failed: live rmse ")
+    assert f"hold-out rmse {holdout_rmse:.4g}" in request.reason
+    assert request.evidence["live_rmse"] > 1.5 * holdout_rmse
