@@ -72,4 +72,5 @@ def test_the_scoring_routes_show_their_bodies_and_every_status():
         assert ok == {"$ref": f"#/components/schemas/{response}"}
         assert set(operation["responses"]) == {"200", "400", "404", "413", "422", "500", "503"}
     infer_input = doc["components"]["schemas"]["InferInput"]
-    assert infer_input["properties"]["datatype"]["enum"] == ["FP32", "FP64", "INT32", "INT64"]
+    datatypes = infer_input["properties"]["datatype"]["enum"]
+    assert datatypes == ["FP32", "FP64", "INT32", "INT64", "BYTES"]
