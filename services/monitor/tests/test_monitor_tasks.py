@@ -245,7 +245,7 @@ def test_moving_category_shares_are_detected_by_chi_square():
     feed = Telemetry(monitor)
     feed.categories(5000, SHARES)
     feed.categories(2000, {"red": 0.35, "green": 0.3, "blue": 0.35})
-    alarm, *later = [a for a in feed.alarms if a.feature == "colour"]
+    alarm, *_ = [a for a in feed.alarms if a.feature == "colour"]
     assert alarm.detector == "chi_square" and alarm.statistic > alarm.threshold
     incident = monitor.incident or feed.closed[0]  # accuracy never moved: it may have recovered
     event = incident.drift_event()
@@ -336,3 +336,43 @@ async def test_the_service_learns_a_regression_from_the_signature_and_reports_rm
     assert status is not None and status["task"] == "regression"
     assert status["performance"]["rmse"] == pytest.approx(2.0, rel=0.15)
     assert h.service.models["prices"].kernel.error.observations == 400
+
+
+async def test_the_report_and_the_daily_summary_show_rmse_and_category_drift():
+    from modelbus_monitor.report import render_report
+
+    h = Harness()
+    signature = Signature(
+        features=[FeatureSpec(name="x"), FeatureSpec(name="colour", kind="category")],
+        task="regression",
+    )
+    reference = {"x": NUMBER, "colour": COLOUR}
+    view = version_view("prices", 1, reference).model_copy(update={"signature": signature})
+    h.registry.put(view, champion=True)
+    await h.service.rebuild()
+    rng = random.Random(4)
+    events: list = []
+    for k in range(1000):
+        pid = uuid.uuid4().hex
+        colour = "red" if k % 2 else "blue"  # reference: red 0.5, green 0.3, blue 0.2
+        features = {"x": rng.gauss(0, 1), "colour": colour}
+        events.append(
+            PredictionMade(
+                model_name="prices",
+                prediction_id=pid,
+                version=1,
+                features=features,
+                value=1.0,
+                latency_ms=1.0,
+            )
+        )
+        events.append(LabelObserved(model_name="prices", prediction_id=pid, label=3.0))
+    await send(h.service, *events)
+    daily = await h.service.daily_report("prices")
+    assert daily["task"] == "regression" and daily["performance"]["rmse"] == pytest.approx(2.0)
+    colour = daily["categories"]["colour"]
+    assert colour["shares"] == {"blue": 0.5, "red": 0.5} and colour["confirmed"] == 1
+    status = h.service.status("prices")
+    html = render_report("prices", status, daily, [], T0)
+    assert 'id="task">regression<' in html and 'id="live-rmse">2.000<' in html
+    assert 'id="category-table"' in html and "green 0.30→0.00" in html

@@ -1,6 +1,9 @@
 """The human-readable model report: one server-rendered HTML page (no scripts, no external
-assets) with an inline SVG plot of the error rate over time, the drift streams per feature, data
-quality counts, the daily comparison and the incidents. Pure: data in, HTML string out."""
+assets) with the model's task and live numbers (accuracy for a classifier, RMSE and MAE for a
+regression), an inline SVG plot of the error rate over time (a regression's: the share of
+residuals above its warm-up 0.9 quantile), the drift streams per feature, the category features'
+shares against the reference with their chi-square test, data quality counts, the daily
+comparison and the incidents (each judged on its metric). Pure: data in, HTML string out."""
 
 from __future__ import annotations
 
@@ -106,6 +109,44 @@ def _daily(daily: dict[str, Any] | None) -> str:
     return caption + _table([*headers, "PSI vs ref.", "status"], rows, "daily-table")
 
 
+def _performance(status: dict[str, Any]) -> str:
+    numbers = status.get("performance") or {}
+    cells = ", ".join(
+        f'{escape(k)} <b id="live-{escape(k)}">{fmt(v)}</b>' for k, v in numbers.items()
+    )
+    task = escape(str(status.get("task", "binary")))
+    return f'<p id="performance">task <b id="task">{task}</b>; live {cells or "-"}</p>'
+
+
+def _categories(status: dict[str, Any]) -> str:
+    rows = []
+    for name, s in sorted(status.get("detectors", {}).items()):
+        if s.get("kind") != "category":
+            continue
+        reference, now = s.get("reference_shares", {}), s.get("shares", {})
+        shares = " ".join(
+            f"{escape(c)} {fmt(reference.get(c), 2)}→{fmt(now.get(c, 0.0), 2)}"
+            for c in sorted(reference.keys() | now.keys())
+        )
+        last = s.get("last_test") or {}
+        drift = last and last.get("statistic", 0) > last.get("threshold", float("inf"))
+        verdict = '<span class="drift">drift</span>' if drift else '<span class="ok">ok</span>'
+        rows.append(
+            [
+                escape(name),
+                shares,
+                fmt(last.get("statistic")),
+                fmt(last.get("threshold")),
+                f"{last['p_value']:.2e}" if isinstance(last.get("p_value"), float) else "-",
+                fmt(last.get("n")),
+                fmt(s.get("confirmed")),
+                verdict if last else "-",
+            ]
+        )
+    headers = ["feature", "shares (reference→last window)", "chi²", "critical", "p-value"]
+    return _table([*headers, "window", "alarms", "last test"], rows, "category-table")
+
+
 def _incidents(incidents: list[dict[str, Any]]) -> str:
     rows = []
     for i in incidents:
@@ -120,16 +161,23 @@ def _incidents(incidents: list[dict[str, Any]]) -> str:
                 escape(str(ev.get("detector"))),
                 f"{ev['p_value']:.2e}" if isinstance(ev.get("p_value"), float) else "-",
                 fmt(i.get("attempts")),
-                fmt(i.get("baseline_accuracy")),
-                fmt(i.get("live_accuracy")),
+                escape(str(i.get("metric") or "accuracy")),
+                fmt(_value(i, "baseline")),
+                fmt(_value(i, "live")),
                 fmt(i.get("suppressed_alarms")),
                 fmt(i.get("closed_by_version")),
                 escape(str((i.get("transitions") or [{}])[-1].get("reason", ""))),
             ]
         )
     headers = ["incident", "status", "state", "opened", "feature", "detector", "p-value"]
-    headers += ["attempts", "pre-drift acc.", "live acc.", "suppressed", "closed by v", "why"]
+    headers += ["attempts", "metric", "pre-drift", "live", "suppressed", "closed by v", "why"]
     return _table(headers, rows, "incident-table")
+
+
+def _value(incident: dict[str, Any], which: str) -> Any:
+    """An incident's metric before the drift or live (an older record: its accuracy)."""
+    value = incident.get(f"{which}_value")
+    return incident.get(f"{which}_accuracy") if value is None else value
 
 
 def render_report(
@@ -146,8 +194,8 @@ def render_report(
     headline = (
         f'<p class="open" id="open-incident">open incident {escape(incident["incident_id"])} '
         f"({escape(str(incident.get('state')))}, attempt {fmt(incident.get('attempts'))}, "
-        f"live accuracy {fmt(incident.get('live_accuracy'))} vs pre-drift "
-        f"{fmt(incident.get('baseline_accuracy'))})</p>"
+        f"live {escape(str(incident.get('metric') or 'accuracy'))} "
+        f"{fmt(_value(incident, 'live'))} vs pre-drift {fmt(_value(incident, 'baseline'))})</p>"
         if incident
         else '<p class="ok" id="open-incident">no open incident</p>'
     )
@@ -158,11 +206,14 @@ def render_report(
 <p>serving version <b id="serving-version">{fmt(status.get("serving_version"))}</b>,
 joined predictions {fmt(status.get("joined"))}, error rate (recent window)
 <b id="error-rate">{fmt(status.get("error_rate"))}</b>; generated {fmt(now)} UTC</p>
+{_performance(status)}
 {headline}
 <h2>Error rate over time</h2>
 {error_plot([tuple(h) for h in status.get("history", [])])}
 <h2>Drift per feature</h2>
 {_streams(status)}
+<h2>Category features</h2>
+{_categories(status)}
 <h2>Data quality (issues since start)</h2>
 {_table(["check", "count"], quality_rows, "quality-table")}
 <h2>Yesterday vs today</h2>

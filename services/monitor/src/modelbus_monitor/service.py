@@ -250,6 +250,25 @@ class MonitorService:
             },
             "features": features,
             "drifted": sorted(f for f, v in features.items() if v["status"] == "drift"),
+            **self._live_summary(name),
+        }
+
+    def _live_summary(self, name: str) -> dict[str, Any]:
+        """The serving version's task, its live numbers (accuracy, or RMSE and MAE) and its
+        category features' shares against the reference with their last chi-square test (the
+        daily windows hold the number features)."""
+        monitor = self.models.get(name)
+        if monitor is None:
+            return {"task": None, "performance": {}, "categories": {}}
+        categories = {
+            feature: {k: state[k] for k in ("reference_shares", "shares", "last_test", "confirmed")}
+            for feature, state in monitor.kernel.detectors().items()
+            if state.get("kind") == "category"
+        }
+        return {
+            "task": monitor.task,
+            "performance": monitor.kernel.performance(),
+            "categories": categories,
         }
 
     async def on_promoted(self, event: ModelPromoted) -> None:
