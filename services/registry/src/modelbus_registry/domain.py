@@ -327,6 +327,16 @@ def import_spec(
     return ImportSpec(names, task or ("multiclass" if classes_t else None), classes_t, features)
 
 
+def check_kinds(spec: ImportSpec, kinds: dict[str, str]) -> None:
+    """ArtifactRejected when a kind the caller set differs from the model's input."""
+    for name, given in spec.features.items():
+        kind = kinds.get(name)
+        if kind is not None and "kind" in given.model_fields_set and given.kind != kind:
+            raise ArtifactRejected(
+                f"the signature says {name!r} is a {given.kind}, the model takes a {kind}"
+            )
+
+
 def imported_signature(
     spec: ImportSpec,
     kinds: tuple[str, ...],
@@ -337,14 +347,11 @@ def imported_signature(
     """An imported version's signature: kinds from the model's inputs (a string input is a
     category), task and classes from the model; nullable and categories as the given signature
     sets them, else as the hold-out it was judged on shows them (``Dataset.signature()``)."""
+    check_kinds(spec, dict(zip(spec.names, kinds, strict=True)))
     seen = {f["name"]: f for f in holdout["features"]}
     features = []
     for name, kind in zip(spec.names, kinds, strict=True):
         given = spec.features.get(name)
-        if given is not None and "kind" in given.model_fields_set and given.kind != kind:
-            raise ArtifactRejected(
-                f"the signature says {name!r} is a {given.kind}, the model takes a {kind}"
-            )
         set_ = given.model_fields_set if given is not None else set()
         from_holdout = seen.get(name, {})
         nullable = given.nullable if "nullable" in set_ else from_holdout.get("nullable", False)

@@ -254,6 +254,7 @@ class RegistryService:
         signature. (the version, whether it is new); ``ArtifactRejected`` with the reason."""
         names = spec.names
         kinds = await asyncio.to_thread(declared_kinds, data, names)
+        domain.check_kinds(spec, kinds)
         champion = await self._champion_summary(name, exclude=0)
         task = spec.task or (champion.signature.task if champion and champion.signature else None)
         holdout_ref, holdout = await self._import_holdout(name, holdout_uri, names, kinds, task)
