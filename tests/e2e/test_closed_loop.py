@@ -31,13 +31,13 @@ from modelbus_contracts import (
     ModelTrained,
     encode,
 )
-from modelbus_embedded.simulator import ScenarioConfig, ScenarioResult, Upstream
+from modelbus_embedded.simulator import PLANS, ScenarioConfig, ScenarioResult, Upstream
 from modelbus_embedded.stack import Stack, build_stack, free_ports
 from modelbus_platform.stores import S3ObjectStore
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
-FEATURES = ("tenure", "monthly_charges", "support_calls", "usage_drop")
+FEATURES = ("tenure", "monthly_charges", "support_calls", "usage_drop")  # numbers; and "plan"
 
 FAST_LOOP = {
     "MODELBUS_DRIFT_COOLDOWN_S": "5",
@@ -190,7 +190,11 @@ async def test_killed_scorer_comes_back_serving_the_champion(
             f"/v2/models/{model}/infer",
             json={
                 "inputs": [
-                    {"name": f, "shape": [1], "datatype": "FP64", "data": [0.1]} for f in FEATURES
+                    *(
+                        {"name": f, "shape": [1], "datatype": "FP64", "data": [0.1]}
+                        for f in FEATURES
+                    ),
+                    {"name": "plan", "shape": [1], "datatype": "BYTES", "data": ["basic"]},
                 ]
             },
         )
@@ -206,8 +210,8 @@ async def test_the_batch_service_scores_a_file_with_the_champion(
     store = S3ObjectStore(
         env["MODELBUS_S3_ENDPOINT"], "modelbus", "modelbus-secret", env["MODELBUS_BUCKET"]
     )
-    rows = ["id," + ",".join(FEATURES)] + [
-        f"{i},{i % 7},{i % 5},{i % 3},0.{i % 9}" for i in range(500)
+    rows = ["id," + ",".join(FEATURES) + ",plan"] + [
+        f"{i},{i % 7},{i % 5},{i % 3},0.{i % 9},{PLANS[i % 3]}" for i in range(500)
     ]
     await store.put(f"batch/{model}/day.csv", ("\n".join(rows) + "\n").encode(), "text/csv")
     async with httpx.AsyncClient(base_url=stack.url("batch"), timeout=10) as http:
