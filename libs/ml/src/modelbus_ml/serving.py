@@ -10,7 +10,7 @@ is a ``LoadFailed``. The online scorer and the batch service both serve through 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -37,11 +37,13 @@ class Served:
     nullable: tuple[bool, ...] = ()
     task: str = "binary"
     classes: tuple[str, ...] = ()
+    # every feature a number that may not be missing: requests are float matrices (computed
+    # once: the scorer asks on every request)
+    numeric: bool = field(init=False)
 
-    @property
-    def numeric(self) -> bool:
-        """Every feature a number that may not be missing: requests are float matrices."""
-        return all(k == "number" for k in self.kinds) and not any(self.nullable)
+    def __post_init__(self) -> None:
+        numeric = all(k == "number" for k in self.kinds) and not any(self.nullable)
+        object.__setattr__(self, "numeric", numeric)
 
     def score(self, X: np.ndarray) -> Outputs:
         """The model's outputs for the rows of ``X`` (columns in ``feature_names`` order)."""
