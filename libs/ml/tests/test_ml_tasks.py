@@ -163,3 +163,23 @@ def test_a_pipeline_from_outside_with_a_string_column_imports_with_its_task(task
     if task == "multiclass":
         with pytest.raises(ArtifactError, match="3 class probabilities"):
             import_onnx(data, feature_names=("age", "city"), classes=("a", "b"))
+
+
+def test_a_dataset_told_a_feature_may_be_missing_gets_a_model_that_takes_it():
+    """A retrain of a champion that takes nulls, on rows that happen to have none: the
+    signature keeps the feature nullable and the model imputes it (logreg cannot: auto swaps
+    in linear)."""
+    import dataclasses
+
+    ds = tabular("binary", rows=300).select(("age", "city"))
+    complete = ds.take(np.asarray([i for i in range(ds.rows) if ds.X[i, 1] is not None]))
+    assert complete.complete and not complete.signature()["features"][1]["nullable"]
+    told = dataclasses.replace(complete, nullable=(True, True))
+    assert [f["nullable"] for f in told.signature()["features"]] == [True, True]
+    trained = train_family(told, {"family": "sklearn", "n_estimators": 10}, seed=0)
+    X = np.array([[np.nan, None], [30.0, "lyon"]], dtype=object)
+    out = trained.model.predict_proba(X)
+    assert np.isfinite(out).all()
+    numbers = dataclasses.replace(complete.select(("age",)), nullable=(True,))
+    selection = train_family(numbers, {}, seed=0).selection
+    assert [c["family"] for c in selection["candidates"]] == ["linear", "sklearn"]

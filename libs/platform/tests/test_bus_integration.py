@@ -74,7 +74,8 @@ async def test_duplicates_are_skipped_and_poison_goes_to_dlq(infra, unique):
         await bus.publish(first)  # a duplicate delivery: same event_id
         # malformed: valid headers, bad body -> DLQ with a contract reason
         bad = encode(LabelObserved(model_name=model, prediction_id="p2", label=0))
-        await bus.broker.publish(b'{"label": 7}', bad.topic, key=bad.key, headers=bad.headers)
+        body = b'{"prediction_id": "p2", "label": [7]}'
+        await bus.broker.publish(body, bad.topic, key=bad.key, headers=bad.headers)
         failing_ids.add("p3")
         await bus.publish(LabelObserved(model_name=model, prediction_id="p3", label=0))
         await bus.publish(

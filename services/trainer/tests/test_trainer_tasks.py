@@ -207,3 +207,37 @@ async def test_the_training_policy_sets_the_task_of_a_first_model():
     assert run["data_spec"]["task_from"] == "params"
     assert trained is not None and trained.signature is not None
     assert trained.signature.task == "regression"
+
+
+def test_a_retrain_takes_nulls_where_the_champion_took_them():
+    """The retrain's rows happen to have no missing value, the champion takes nulls for
+    ``income``: the new version must take them too (its scorer would refuse them otherwise)."""
+    from modelbus_contracts.events import FeatureSpec, Signature
+    from modelbus_trainer.domain import data_spec, feedback_dataset, trained_signature
+
+    champion = Signature(
+        features=[
+            FeatureSpec(name="age"),
+            FeatureSpec(name="income", nullable=True),
+            FeatureSpec(name="city", kind="category"),
+        ],
+        task="binary",
+    )
+    spec = data_spec({}, champion, champion_version=3)
+    rng = np.random.default_rng(0)
+    rows = [
+        {
+            "features": {"age": float(a), "income": float(b), "city": str(c)},
+            "label": int(a > 0),
+        }
+        for a, b, c in zip(
+            rng.normal(size=200), rng.normal(size=200), rng.choice(["x", "y"], 200), strict=True
+        )
+    ]
+    ds = feedback_dataset(rows, spec)
+    assert ds.complete and ds.may_miss
+    from modelbus_ml import train_family
+
+    trained = train_family(ds, {"family": "sklearn", "n_estimators": 5}, seed=0)
+    signature = trained_signature(ds, trained.model)
+    assert [f["nullable"] for f in signature["features"]] == [False, True, False]

@@ -6,6 +6,7 @@ reference)."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import math
@@ -40,6 +41,9 @@ class Dataset:
     task: str = "binary"
     classes: tuple[str, ...] = ()  # multiclass: the class labels, in index order
     kinds: tuple[str, ...] = ()  # per feature: number | category (empty: all numbers)
+    # per feature: may be missing when served even if no value is missing here (a retrain of
+    # a champion that takes nulls must take them too); empty: only what the data shows
+    nullable: tuple[bool, ...] = ()
 
     def __post_init__(self) -> None:
         if self.X.ndim != 2 or self.X.shape[1] != len(self.feature_names):
@@ -52,6 +56,8 @@ class Dataset:
             raise DatasetError(f"task must be one of {list(TASKS)}, got {self.task!r}")
         if self.kinds and len(self.kinds) != len(self.feature_names):
             raise DatasetError("kinds must give one kind per feature")
+        if self.nullable and len(self.nullable) != len(self.feature_names):
+            raise DatasetError("nullable must say it for every feature")
         if self.task == "multiclass" and len(self.classes) < 2:
             raise DatasetError("a multiclass dataset needs at least two classes")
 
@@ -74,6 +80,11 @@ class Dataset:
         if self.numeric:
             return bool(np.isfinite(self.X).all())
         return not any(_missing(v) for v in self.X.ravel().tolist())
+
+    @property
+    def may_miss(self) -> bool:
+        """A value may be missing: here, or when served (``nullable``)."""
+        return any(self.nullable) or not self.complete
 
     def label_of(self, i: int) -> int | float | str:
         """Row ``i``'s label as it travels (binary 0/1, the class, or the value)."""
@@ -106,9 +117,7 @@ class Dataset:
         return hashlib.sha256(self.to_csv_bytes()).hexdigest()
 
     def take(self, index: np.ndarray) -> Dataset:
-        return Dataset(
-            self.feature_names, self.X[index], self.y[index], self.task, self.classes, self.kinds
-        )
+        return dataclasses.replace(self, X=self.X[index], y=self.y[index])
 
     def tail(self, n: int) -> Dataset:
         return self.take(np.arange(max(0, self.rows - n), self.rows))
@@ -123,9 +132,9 @@ class Dataset:
         X = self.X[:, at]
         if all(k == NUMBER for k in kinds) and X.dtype == object:
             X = X.astype(np.float64)
-        return Dataset(
-            tuple(names), X, self.y, self.task, self.classes, kinds if self.kinds else ()
-        )
+        nullable = tuple(self.nullable[i] for i in at) if self.nullable else ()
+        return Dataset(tuple(names), X, self.y, self.task, self.classes,
+                       kinds if self.kinds else (), nullable)  # fmt: skip
 
     def signature(self) -> dict[str, Any]:
         """The dataset's signature in the shape of ``contracts.Signature``: each feature's kind,
@@ -137,7 +146,8 @@ class Dataset:
             spec: dict[str, Any] = {
                 "name": name,
                 "kind": kind,
-                "nullable": any(_missing(v) for v in col),
+                "nullable": any(_missing(v) for v in col)
+                or bool(self.nullable and self.nullable[j]),
                 "categories": sorted({v for v in col if isinstance(v, str) and v})
                 if kind == CATEGORY
                 else [],

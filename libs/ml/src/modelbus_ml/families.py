@@ -100,11 +100,11 @@ def _check_both_classes(ds: Dataset) -> None:
 
 def _check_binary_numbers(ds: Dataset, family: str) -> None:
     """The families that take a float matrix and 0/1 labels only."""
-    if ds.task != "binary" or not ds.numeric or not ds.complete:
+    if ds.task != "binary" or not ds.numeric or ds.may_miss:
         raise ValueError(
             f"{family} takes binary labels and number features without missing values; this "
             f"dataset is {ds.task} over {sorted(set(ds.feature_kinds))} features"
-            f"{'' if ds.complete else ' with missing values'}: use sklearn, linear or auto"
+            f"{' with missing values' if ds.may_miss else ''}: use sklearn, linear or auto"
         )
 
 
@@ -305,7 +305,7 @@ def _prepare(ds: Dataset, scale: bool) -> list[tuple[str, Any]]:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-    numbers_steps: list[Any] = [SimpleImputer(strategy="median")] if not ds.complete else []
+    numbers_steps: list[Any] = [SimpleImputer(strategy="median")] if ds.may_miss else []
     if scale:
         numbers_steps.append(StandardScaler())
     if ds.numeric:
@@ -515,7 +515,7 @@ class AutoFamily:
             )
         names = self.candidates(p)
         swapped = ""
-        if "logreg" in names and (ds.task != "binary" or not ds.numeric or not ds.complete):
+        if "logreg" in names and (ds.task != "binary" or not ds.numeric or ds.may_miss):
             names = ["linear" if n == "logreg" else n for n in names]
             names = list(dict.fromkeys(names))
             swapped = (

@@ -10,7 +10,7 @@ import io
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -256,6 +256,9 @@ class DataSpec:
     kinds: dict[str, str] = field(default_factory=dict)
     classes: tuple[str, ...] = ()
     champion_version: int | None = None
+    # features the champion takes nulls for: its successor must take them too, whether or not
+    # this run's rows have missing values
+    nullable: frozenset[str] = frozenset()
 
     def record(self, ds: Dataset) -> dict[str, Any]:
         """What the run document keeps: the spec as applied to ``ds`` (enough to read its
@@ -295,6 +298,7 @@ def data_spec(
         kinds={f.name: f.kind for f in features} or {},
         classes=tuple(champion.classes) if champion and task == "multiclass" else (),
         champion_version=champion_version,
+        nullable=frozenset(f.name for f in features if f.nullable),
     )
 
 
@@ -306,7 +310,14 @@ def align_classes(ds: Dataset, classes: tuple[str, ...] | list[str]) -> Dataset:
     order = tuple(classes) + tuple(c for c in ds.classes if c not in classes)
     index = {c: i for i, c in enumerate(order)}
     remap = np.asarray([index[c] for c in ds.classes], dtype=np.int64)
-    return Dataset(ds.feature_names, ds.X, remap[ds.y], ds.task, order, ds.kinds)
+    return replace(ds, y=remap[ds.y], classes=order)
+
+
+def keep_nullable(ds: Dataset, spec: DataSpec) -> Dataset:
+    """``ds`` told which features may be missing when served (the champion's nullable ones)."""
+    if not spec.nullable:
+        return ds
+    return replace(ds, nullable=tuple(n in spec.nullable for n in ds.feature_names))
 
 
 def feedback_dataset(rows: list[dict[str, Any]], spec: DataSpec | None = None) -> Dataset:
@@ -325,7 +336,7 @@ def feedback_dataset(rows: list[dict[str, Any]], spec: DataSpec | None = None) -
         ds = from_rows(names, features, [r["label"] for r in usable], task=spec.task, kinds=kinds)
     except DatasetError as exc:
         raise RunFailed(f"unusable feedback: {exc}") from exc
-    return align_classes(ds, spec.classes)
+    return keep_nullable(align_classes(ds, spec.classes), spec)
 
 
 def csv_dataset(data: bytes, spec: DataSpec | None = None) -> Dataset:
@@ -335,7 +346,7 @@ def csv_dataset(data: bytes, spec: DataSpec | None = None) -> Dataset:
     header = next(csv.reader(io.StringIO(data[:65536].decode("utf-8", "replace"))), [])
     kinds = {n: k for n, k in spec.kinds.items() if n in header and n != LABEL}
     ds = from_csv_bytes(data, task=spec.task, kinds=kinds or None)
-    return align_classes(ds, spec.classes)
+    return keep_nullable(align_classes(ds, spec.classes), spec)
 
 
 DRIFT_WINDOW_MODES = ("after_detection", "adwin")
