@@ -61,8 +61,10 @@ async def test_a_good_version_is_loaded_verified_and_scores():
     served = await load_version(store, record)
     assert (served.version, served.feature_names, served.sha256) == (3, FEATURES, sha256_hex(data))
     assert served.same_as(3, sha256_hex(data)) and not served.same_as(4, sha256_hex(data))
-    scores, labels = served.score(np.array([[2.0, 0.0], [-2.0, 0.0]]))
-    assert labels.tolist() == [1, 0] and 0 < scores[1] < 0.5 < scores[0] < 1
+    out = served.score(np.array([[2.0, 0.0], [-2.0, 0.0]]))
+    scores = out.scores
+    assert out.labels.tolist() == [1, 0] and 0 < scores[1] < 0.5 < scores[0] < 1
+    assert served.numeric and (served.task, served.kinds) == ("binary", ("number", "number"))
 
 
 @pytest.mark.parametrize(
