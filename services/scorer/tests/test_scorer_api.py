@@ -144,7 +144,7 @@ async def test_v2_metadata_and_readiness(api):
     server = (await api.client.get("/v2")).json()
     assert server["name"] == "modelbus-scorer"
     meta = (await api.client.get("/v2/models/m")).json()
-    assert meta["platform"] == "modelbus-logreg"
+    assert meta["platform"] == "modelbus-logreg"  # the family of the served version
     assert meta["versions"] == ["1"]
     assert meta["inputs"] == [
         {"name": "age", "datatype": "FP64", "shape": [-1]},

@@ -253,6 +253,7 @@ async def test_v2_metadata_lists_inputs_by_signature_and_outputs_by_task(task_ap
     ]
     assert doc["parameters"]["task"] == "multiclass"
     assert doc["parameters"]["classes"] == ["high", "low", "mid"]
+    assert doc["platform"] == "modelbus-sklearn"
     regression = (await task_api.client.get("/v2/models/regression")).json()
     assert regression["outputs"] == [{"name": "value", "datatype": "FP64", "shape": [-1]}]
 

@@ -22,7 +22,7 @@ from .api_models import InferRequest, InferResponse, PredictRequest, PredictResp
 from .domain import InvalidInput, ModelUnavailable, Served, parse_native, parse_v2
 from .service import ScoreResult, ScorerService
 
-PLATFORM = "modelbus-logreg"
+PLATFORM = "modelbus-{family}"  # the family that trained it: logreg, sklearn, onnx (imported)
 SERVER_NAME = "modelbus-scorer"
 SERVER_VERSION = "0.1.0"
 UNAVAILABLE_STATUS = {
@@ -356,7 +356,7 @@ def v2_metadata(name: str, current: Served, previous: Served | None) -> dict[str
     return {
         "name": name,
         "versions": [str(s.version) for s in (current, previous) if s is not None],
-        "platform": PLATFORM,
+        "platform": PLATFORM.format(family=getattr(current.model, "family", "logreg") or "onnx"),
         "inputs": inputs,
         "outputs": output_metadata(current.task, current.classes),
         "parameters": parameters,
