@@ -209,7 +209,8 @@ def _is_pattern(item: Any) -> bool:
 
 
 def _collect(item: Any, constraints: dict[str, Any], validators: list[Convert]) -> None:
-    if type(item) is FieldInfo and item.annotation in (None, type(None)) and not item.json_schema_extra:
+    bare = type(item) is FieldInfo and item.annotation in (None, type(None))
+    if bare and not item.json_schema_extra:
         for inner in item.metadata:  # Annotated[str, Field(max_length=...)]: its constraints
             _collect(inner, constraints, validators)
         return

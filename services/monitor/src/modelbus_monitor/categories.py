@@ -140,18 +140,12 @@ class CategoryStream:
         return self.last_test
 
     def alarm(self, result: TestResult) -> DriftAlarm:
-        return DriftAlarm(
+        return DriftAlarm.of(
+            result,
             detector="chi_square",
             feature=self.feature,
             kind="category",
-            statistic=result.statistic,
-            threshold=result.threshold,
-            p_value=result.p_value,
-            reference_value=result.reference_value,
-            current_value=result.current_value,
-            window_size=result.n_current,
             observations=self.observations,
-            test=result.test,
         )
 
     def shares_now(self) -> dict[str, float]:

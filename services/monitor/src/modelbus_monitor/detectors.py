@@ -74,6 +74,25 @@ class DriftAlarm:
     observations: int
     test: str
 
+    @classmethod
+    def of(
+        cls, result: TestResult, *, detector: str, feature: str, kind: Kind, observations: int
+    ) -> DriftAlarm:
+        """The alarm a confirming test's ``result`` raises."""
+        return cls(
+            detector=detector,
+            feature=feature,
+            kind=kind,
+            statistic=result.statistic,
+            threshold=result.threshold,
+            p_value=result.p_value,
+            reference_value=result.reference_value,
+            current_value=result.current_value,
+            window_size=result.n_current,
+            observations=observations,
+            test=result.test,
+        )
+
     def evidence(self) -> dict[str, Any]:
         """The DriftDetected fields (``statistic`` > ``threshold`` is the rejection)."""
         return {
@@ -536,18 +555,12 @@ class Stream:
         return self.test(max(len(self.reference), self.observations - self.config.confirm_max))
 
     def _alarm(self, detector: str, result: TestResult) -> DriftAlarm:
-        return DriftAlarm(
+        return DriftAlarm.of(
+            result,
             detector=f"{detector}-scale" if self.kind == "scale" else detector,
             feature=self.feature,
             kind=self.kind,
-            statistic=result.statistic,
-            threshold=result.threshold,
-            p_value=result.p_value,
-            reference_value=result.reference_value,
-            current_value=result.current_value,
-            window_size=result.n_current,
             observations=self.observations,
-            test=result.test,
         )
 
     def mean(self) -> float | None:
