@@ -376,3 +376,27 @@ async def test_the_report_and_the_daily_summary_show_rmse_and_category_drift():
     html = render_report("prices", status, daily, [], T0)
     assert 'id="task">regression<' in html and 'id="live-rmse">2.000<' in html
     assert 'id="category-table"' in html and "green 0.30→0.00" in html
+
+
+def test_a_regression_recovers_on_the_upper_bound_of_its_rmse_not_on_lucky_points():
+    """A new version 20% worse than before the drift, measured on few points that happen to
+    look fine: the point estimate is within 10% but its 95% upper bound is not, so the incident
+    stays open; on many points of a version as good as before, the bound is within."""
+    from modelbus_monitor.outcomes import ResidualStream
+    from modelbus_monitor.policy import RecoveryRules
+
+    rules = RecoveryRules(relative_tolerance=0.1)
+    rng = np.random.default_rng(4)
+    stream = ResidualStream(warmup=10)
+    stream.exceedances(list(rng.normal(0, 1.0, 10)))  # warm-up
+    # heavy tails: most residuals small, a few large (a model still wrong on a region)
+    lucky = [0.9 * (-1) ** i for i in range(297)] + [5.0, -5.0, 5.0]
+    stream.exceedances(lucky)
+    rmse, _ = stream.live(300)
+    upper = stream.rmse_upper(300)
+    assert rmse is not None and upper is not None and upper > rmse
+    assert rules.within("rmse", rmse, 1.0) and not rules.within("rmse", rmse, 1.0, upper)
+    good = ResidualStream(warmup=10)
+    good.exceedances(list(rng.normal(0, 1.0, 10)))
+    good.exceedances(list(rng.normal(0, 1.0, 2000)))
+    assert rules.within("rmse", *good.live(2000)[:1], 1.0, good.rmse_upper(2000))

@@ -284,19 +284,23 @@ class ModelMonitor:
             return None, 0
         return 1.0 - sum(error.reference[:points]) / points, points
 
-    def live(self, incident: Incident) -> tuple[float | None, int]:
-        """The serving version's metric now (accuracy, or RMSE for a regression): over its
-        newest ``recovery_min_points`` labelled points since the incident's mark (its opening,
-        last attempt or the new version's start), and how many points there are since the
-        mark."""
+    def live(self, incident: Incident) -> tuple[float | None, int, float | None]:
+        """The serving version's metric now (accuracy, or RMSE for a regression), how many
+        points there are since the incident's mark (its opening, last attempt or the new
+        version's start) and, for RMSE, its upper confidence bound. Accuracy is over the newest
+        ``recovery_min_points`` labelled points; RMSE over every point since the mark the
+        stream keeps (its bound tightens as they come)."""
         error, mark = self.kernel.error, incident.mark
         # fewer observations than the mark: the stream restarted since (no checkpoint)
         points = error.observations - mark if error.observations >= mark else error.observations
-        newest = min(points, len(error.recent), self.policy.rules.min_points)
+        cap = len(error.recent) if self.metric == "rmse" else self.policy.rules.min_points
+        newest = min(points, len(error.recent), cap)
         if not newest:
-            return None, points
+            return None, points, None
         numbers = self.kernel.performance(newest)
-        return numbers.get("rmse" if self.metric == "rmse" else "accuracy"), points
+        if self.metric == "rmse":
+            return numbers.get("rmse"), points, numbers.get("rmse_upper")
+        return numbers.get("accuracy"), points, None
 
     def advance(self, now: datetime) -> Advance:
         """Move the open incident on: closed when live accuracy recovered, the next attempt's
@@ -306,8 +310,10 @@ class ModelMonitor:
         if incident is None:
             return Advance()
         if incident.baseline_value is not None:
-            value, points = self.live(incident)
-            verdict, touched, why = self.policy.on_live(now, self.serving_version, value, points)
+            value, points, bound = self.live(incident)
+            verdict, touched, why = self.policy.on_live(
+                now, self.serving_version, value, points, bound
+            )
             if verdict == "recovered":
                 return Advance(closed=touched)
             if verdict == "needs_human":

@@ -432,7 +432,7 @@ class SignalKernel:
         if self.residuals is not None:
             count = len(self.residuals.recent) if newest is None else newest
             rmse, mae = self.residuals.live(count)
-            return {"rmse": rmse, "mae": mae}
+            return {"rmse": rmse, "mae": mae, "rmse_upper": self.residuals.rmse_upper(count)}
         recent = list(self.error.recent)
         if newest is not None:
             recent = recent[-newest:] if newest > 0 else []

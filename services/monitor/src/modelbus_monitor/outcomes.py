@@ -73,6 +73,9 @@ def residual(predicted: Any, actual: Any) -> float:
     return r if math.isfinite(r) else math.nan
 
 
+RECOVERY_Z = 1.645  # one-sided 95%: the RMSE bound recovery is judged on
+
+
 class ResidualStream:
     """A regression's residuals -> the 0/1 exceedance stream (see the module docstring), and the
     squared residuals behind it for RMSE."""
@@ -120,6 +123,17 @@ class ResidualStream:
         """RMSE of the first ``points`` fed residuals (the pre-drift level)."""
         chosen = self.reference[:points]
         return math.sqrt(sum(chosen) / len(chosen)) if chosen else None
+
+    def rmse_upper(self, newest: int, z: float = RECOVERY_Z) -> float | None:
+        """A one-sided upper confidence bound of the RMSE over the newest ``newest`` residuals:
+        sqrt(MSE + z * SE(MSE)), SE from the squared residuals' own spread (heavy tails widen
+        it). Recovery is declared on it, so that a few lucky points cannot close an incident
+        whose model is still worse than before the drift."""
+        if newest <= 1 or len(self.recent) < 2:
+            return None
+        squares = np.asarray(list(self.recent)[-newest:], dtype=np.float64)
+        se = float(squares.std(ddof=1)) / math.sqrt(len(squares))
+        return math.sqrt(float(squares.mean()) + z * se)
 
     def live(self, newest: int) -> tuple[float | None, float | None]:
         """(RMSE, MAE) of the newest ``newest`` fed residuals."""

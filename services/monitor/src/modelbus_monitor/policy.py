@@ -29,7 +29,8 @@ module decides what they mean:
 
 Recovery is judged on the task's metric (``Metric``): accuracy for a classifier (higher is
 better; recovered within ``tolerance``, absolute, of the pre-drift accuracy), RMSE for a
-regression (lower is better; recovered at most ``relative_tolerance`` above the pre-drift RMSE,
+regression (lower is better; recovered when the live RMSE's one-sided 95% upper confidence bound
+is at most ``relative_tolerance`` above the pre-drift RMSE,
 relative because an RMSE has the label's unit). The incident keeps ``metric``,
 ``baseline_value`` and ``live_value``; for accuracy also ``baseline_accuracy`` and
 ``live_accuracy`` (as before).
@@ -72,9 +73,13 @@ class RecoveryRules:
             return baseline * (1 + self.relative_tolerance)
         return baseline - self.tolerance
 
-    def within(self, metric: str, live: float, baseline: float) -> bool:
+    def within(self, metric: str, live: float, baseline: float, bound: float | None = None) -> bool:
+        """Recovered? RMSE on its upper confidence ``bound`` when there is one (lucky points
+        cannot close the incident), accuracy on the value."""
         target = self.target(metric, baseline)
-        return live <= target if metric == "rmse" else live >= target
+        if metric == "rmse":
+            return (bound if bound is not None else live) <= target
+        return live >= target
 
     def allowance(self, metric: str) -> str:
         if metric == "rmse":
@@ -375,7 +380,12 @@ class IncidentPolicy:
         return True
 
     def on_live(
-        self, now: datetime, serving_version: int | None, value: float | None, points: int
+        self,
+        now: datetime,
+        serving_version: int | None,
+        value: float | None,
+        points: int,
+        bound: float | None = None,
     ) -> tuple[str, Incident | None, str]:
         """The serving version's live metric (the incident's: accuracy or RMSE) over the
         ``points`` labelled since the mark: ``("recovered", closed incident, why)``,
@@ -402,7 +412,10 @@ class IncidentPolicy:
         if metric == "accuracy":
             numbers |= {"live_accuracy": value, "baseline_accuracy": baseline}
         live = f"live {metric} {value:.3f} of v{serving_version} over {points} points"
-        if rules.within(metric, value, baseline):
+        if bound is not None:
+            numbers["live_upper_bound"] = bound
+            live += f" (95% upper bound {bound:.3f})"
+        if rules.within(metric, value, baseline, bound):
             incident.move(
                 "recovered",
                 now,
