@@ -1,6 +1,13 @@
 """Storage ports and adapters: MongoDB (PyMongo async) and object storage (S3 via minio, or a
 local folder). Nothing connects at import time; ``build_object_store`` and ``connect_mongo``
 are called from each service's bootstrap.
+
+Datasets and artifacts are write-once and content-addressed: under ``datasets/`` and
+``artifacts/`` a key is ``<prefix>/<model>/<sha256>.<ext>`` and holds exactly the bytes whose
+sha256 it names. They are written with ``put_once``, which checks the name against the bytes
+and never replaces an object with other bytes (writing the same bytes again is a no-op), so a
+record that points at a key keeps meaning the bytes it was made from. ``put`` overwrites and is
+for everything else (batch outputs, reports).
 """
 
 from __future__ import annotations
@@ -9,6 +16,7 @@ import asyncio
 import hashlib
 import io
 import os
+import re
 import uuid
 from pathlib import Path
 from typing import Protocol
@@ -28,12 +36,60 @@ class IntegrityError(ValueError):
     """Stored bytes do not have the sha256 the caller expected."""
 
 
+class ObjectConflict(ValueError):
+    """A write-once key already holds other bytes: nothing was written."""
+
+
+CONTENT_ADDRESSED_PREFIXES = ("datasets/", "artifacts/")
+_CONTENT_ADDRESSED_KEY = re.compile(
+    r"(?:datasets|artifacts)/[^/\x00-\x1f\x7f]+/(?P<sha256>[0-9a-f]{64})\.[A-Za-z0-9]{1,16}"
+)
+
+
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def is_content_addressed(key: str) -> bool:
+    """True for keys under ``datasets/`` and ``artifacts/`` (write-once, named by their sha256)."""
+    return key.startswith(CONTENT_ADDRESSED_PREFIXES)
+
+
+def check_content_address(key: str, data: bytes) -> None:
+    """Refuse (``IntegrityError``) bytes that a content-addressed key does not name: such a key
+    must be ``<prefix>/<model>/<sha256>.<ext>`` and ``data`` must hash to that sha256. Other keys
+    pass unchecked."""
+    if not is_content_addressed(key):
+        return
+    match = _CONTENT_ADDRESSED_KEY.fullmatch(key)
+    if match is None:
+        raise IntegrityError(
+            f"{key!r}: keys under datasets/ and artifacts/ are <prefix>/<model>/<sha256>.<ext>"
+        )
+    actual = sha256_hex(data)
+    if actual != match["sha256"]:
+        raise IntegrityError(
+            f"{key!r} names sha256 {match['sha256']} but the bytes hash to {actual}"
+        )
+
+
+def same_or_conflict(key: str, existing: bytes, data: bytes) -> None:
+    """After a write-once put found ``key`` taken: the same bytes are a no-op, others a conflict."""
+    if existing != data:
+        raise ObjectConflict(
+            f"{key!r} is write-once and already holds other bytes (sha256 {sha256_hex(existing)}, "
+            f"not {sha256_hex(data)})"
+        )
+
+
 class ObjectStore(Protocol):
     async def put(self, key: str, data: bytes, content_type: str = ...) -> None: ...
+
+    async def put_once(self, key: str, data: bytes, content_type: str = ...) -> bool:
+        """Write ``key`` unless it exists: True if written, False if it already held exactly
+        ``data``; ``ObjectConflict`` if it holds other bytes, ``IntegrityError`` if a
+        content-addressed key does not name ``data``'s sha256."""
+        ...
 
     async def get(self, key: str) -> bytes: ...
 
@@ -101,6 +157,32 @@ class S3ObjectStore:
             len(data),
             content_type=content_type,
         )
+
+    async def put_once(
+        self, key: str, data: bytes, content_type: str = "application/octet-stream"
+    ) -> bool:
+        """A conditional PUT (``If-None-Match: *``: the server refuses it with 412 if the key
+        exists, so two writers cannot both win), preceded by a HEAD that skips the upload when
+        the key is already there. Servers that ignore the condition (older MinIO) still get the
+        HEAD check, with a race window between the two. One PUT, so up to 5 GiB."""
+        from minio.error import S3Error
+
+        check_content_address(key, data)
+        await self._ensure_bucket()
+        if await self.exists(key):
+            same_or_conflict(key, await self.get(key), data)
+            return False
+        headers = {"Content-Type": content_type, "If-None-Match": "*"}
+        try:
+            # minio's public put_object cannot send a condition header; _put_object is the
+            # single PUT it makes itself for objects of one part
+            await asyncio.to_thread(self.client._put_object, self.bucket, key, data, headers)
+        except S3Error as exc:
+            if exc.code not in ("PreconditionFailed", "ConditionalRequestConflict"):
+                raise
+            same_or_conflict(key, await self.get(key), data)
+            return False
+        return True
 
     async def get(self, key: str) -> bytes:
         from minio.error import S3Error
@@ -176,6 +258,30 @@ class LocalObjectStore:
             os.replace(tmp, path)
 
         await asyncio.to_thread(write)
+
+    async def put_once(
+        self, key: str, data: bytes, content_type: str = "application/octet-stream"
+    ) -> bool:
+        """Exclusive create: the bytes go to a temp file that is hard-linked to the key, which
+        fails if the key exists (so no reader sees a partial object and two writers cannot
+        both win)."""
+        check_content_address(key, data)
+        path = self._path(key)
+
+        def write() -> bool:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+            tmp.write_bytes(data)
+            try:
+                os.link(tmp, path)
+                return True
+            except FileExistsError:
+                same_or_conflict(key, path.read_bytes(), data)
+                return False
+            finally:
+                tmp.unlink()
+
+        return await asyncio.to_thread(write)
 
     async def get(self, key: str) -> bytes:
         path = self._path(key)

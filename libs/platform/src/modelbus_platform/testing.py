@@ -19,7 +19,7 @@ from modelbus_contracts.policy import ModelPolicyDoc, PolicyView
 from .bus import RawRecord
 from .outbox import Pending, Relay, stamped
 from .registry import RegistryUnavailable
-from .stores import ObjectNotFound
+from .stores import ObjectNotFound, check_content_address, same_or_conflict
 
 E = TypeVar("E", bound=Event)
 
@@ -73,6 +73,16 @@ class MemoryObjectStore:
     ) -> None:
         self.puts += 1
         self.objects[key] = bytes(data)
+
+    async def put_once(
+        self, key: str, data: bytes, content_type: str = "application/octet-stream"
+    ) -> bool:
+        check_content_address(key, data)
+        if key in self.objects:
+            same_or_conflict(key, self.objects[key], data)
+            return False
+        await self.put(key, data, content_type)
+        return True
 
     async def get(self, key: str) -> bytes:
         try:
