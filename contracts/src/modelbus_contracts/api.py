@@ -14,6 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from .events import ArtifactRef, DatasetRef, FeatureStats, Lineage, RolloutMode, Signature
 
 Alias = Literal["champion", "challenger", "previous"]
+# The largest model version anything accepts: every version fits a JSON number exactly (2**53,
+# what a JavaScript client reads without rounding) and a store's int64, so a path or body
+# beyond it is a 422 at the edge rather than an overflow (a 500) in a store.
+VERSION_MAX = 2**53
 
 
 class View(BaseModel):
@@ -69,9 +73,9 @@ class ModelView(View):
 class AliasUpdate(View):
     """Compare-and-set: move ``alias`` to ``version`` only if it still points at ``expected``."""
 
-    version: int = Field(ge=1)
+    version: int = Field(ge=1, le=VERSION_MAX)
     expected_version: int | None = Field(
-        description="what the alias must point at now (null: unset)"
+        ge=1, le=VERSION_MAX, description="what the alias must point at now (null: unset)"
     )
     reason: str = Field(min_length=1, max_length=2000)
 

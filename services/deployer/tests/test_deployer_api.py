@@ -85,3 +85,22 @@ async def test_built_app_connects_nothing_until_its_lifespan_runs():
     assert ready.status_code == 503
     assert ready.json()["checks"] == {"bus": False, "mongo": False, "object_store": False}
     assert "modelbus_deployer_decisions_total" in metrics.text
+
+
+async def test_a_version_out_of_range_in_the_path_is_422_naming_it(world):
+    service = world.service()
+    await service.handle_registered(await world.registered(world.models.good, version=1))
+    human = {"actor": "ann", "reason": "looks fine"}
+    transport = httpx.ASGITransport(app_for(service))
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        for version in (2**53 + 1, 2**63, 2**64, 0):
+            answers = [
+                await client.get(f"/decisions/churn/{version}"),
+                await client.post(f"/decisions/churn/{version}/approve", json=human),
+                await client.post(f"/decisions/churn/{version}/reject", json=human),
+            ]
+            for answer in answers:
+                assert answer.status_code == 422, (version, answer.text)
+                assert answer.json()["reason"] == "validation_error"
+                assert answer.json()["details"][0]["loc"] == ["path", "version"]
+        assert (await client.get("/decisions/churn/1")).status_code == 200

@@ -186,3 +186,34 @@ async def test_every_models_policy_is_listed_and_a_bad_schedule_is_refused(clien
     assert "not a cron expression" in bad.json()["error"]
     listed = (await client.get("/policies")).json()
     assert [(p["model_name"], p["revision"]) for p in listed] == [("a-model", 1), ("b-model", 1)]
+
+
+HUGE = [str(2**53 + 1), str(2**63), str(2**64), "0", "-1"]
+
+
+@pytest.mark.parametrize("version", HUGE)
+@pytest.mark.parametrize("suffix", ["", "/artifact"])
+async def test_a_version_out_of_range_in_the_path_is_422_naming_it(
+    client, wired, mk, version, suffix
+):
+    await register(wired, mk)
+    response = await client.get(f"/models/{MODEL}/versions/{version}{suffix}")
+    assert response.status_code == 422
+    assert response.json()["reason"] == "validation_error"
+    assert response.json()["details"][0]["loc"] == ["path", "version"]
+
+
+@pytest.mark.parametrize("field", ["version", "expected_version"])
+@pytest.mark.parametrize("value", [2**53 + 1, 2**63, 2**64])
+async def test_an_alias_put_with_a_version_out_of_range_is_422_naming_the_field(
+    client, wired, mk, field, value
+):
+    await register(wired, mk)
+    body = {"version": 1, "expected_version": None, "reason": "r", field: value}
+    response = await client.put(f"/models/{MODEL}/aliases/champion", json=body)
+    assert response.status_code == 422
+    assert response.json()["reason"] == "validation_error"
+    assert response.json()["details"][0]["loc"] == ["body", field]
+    assert AliasesView.model_validate((await client.get(f"/models/{MODEL}/aliases")).json()) == (
+        AliasesView(model_name=MODEL)
+    )

@@ -308,3 +308,17 @@ async def test_requests_and_answers_are_what_openapi_documents(
     response = await api.client.post(path, json=body)
     assert response.status_code == 200
     documented_response.model_validate(response.json())
+
+
+@pytest.mark.parametrize("version", [2**53 + 1, 2**63, 2**64, 0])
+async def test_a_version_out_of_range_in_the_path_is_422_naming_it(api, version):
+    body = {"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP64", "data": [0, 0]}]}
+    infer = await api.client.post(f"/v2/models/m/versions/{version}/infer", json=body)
+    assert infer.status_code == 422
+    assert infer.json()["reason"] == "bad_version"
+    assert "version must be an integer from 1" in infer.json()["error"]
+    for path in (f"/v2/models/m/versions/{version}", f"/v2/models/m/versions/{version}/ready"):
+        answer = await api.client.get(path)
+        assert answer.status_code == 422
+        assert answer.json()["reason"] == "validation_error"
+        assert answer.json()["details"][0]["loc"] == ["path", "version"]

@@ -94,3 +94,12 @@ async def test_runs_and_feedback_count(client_and_harness):
     assert (await client.get("/runs", params={"limit": 0})).status_code == 422
     count = (await client.get("/models/m/feedback/count")).json()
     assert count == {"model_name": "m", "complete": 3, "total": 3}
+
+
+@pytest.mark.parametrize("seed", [-1, 2**53 + 1, 2**63, 2**64])
+async def test_a_seed_out_of_range_is_422_naming_it(client_and_harness, seed):
+    client, h = client_and_harness
+    response = await client.post("/models/m/train", json={"seed": seed})
+    assert response.status_code == 422
+    assert response.json()["details"][0]["loc"] == ["body", "seed"]
+    assert h.publisher.events == []

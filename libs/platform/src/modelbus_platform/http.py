@@ -46,7 +46,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.errors import ServerErrorMiddleware
 from starlette.routing import compile_path
 
-from modelbus_contracts.api import ErrorBody
+from modelbus_contracts.api import VERSION_MAX, ErrorBody
 from modelbus_contracts.envelope import MODEL_NAME_MAX_LENGTH, MODEL_NAME_PATTERN
 
 from .metrics import Metrics
@@ -57,6 +57,15 @@ log = structlog.get_logger(__name__)
 ModelName = Annotated[
     str, Path(min_length=1, max_length=MODEL_NAME_MAX_LENGTH, pattern=MODEL_NAME_PATTERN)
 ]
+# A model version in a route's path: 1..VERSION_MAX, refused with 422 otherwise (an unbounded
+# int reaches a store as an int64 overflow: a 500).
+Version = Annotated[int, Path(ge=1, le=VERSION_MAX, description="a model version (1, 2, ...)")]
+
+
+def version_in_range(value: int) -> bool:
+    """A version a route may look up (hot routes parse their path themselves)."""
+    return 1 <= value <= VERSION_MAX
+
 
 ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 ReadinessCheck = Callable[[], Awaitable[dict[str, bool]]]

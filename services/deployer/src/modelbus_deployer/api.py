@@ -7,12 +7,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from fastapi import APIRouter, Body, Path, Query, Request
+from fastapi import APIRouter, Body, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from modelbus_contracts import DatasetRef, Decision, GateResult
 from modelbus_contracts.envelope import MODEL_NAME_MAX_LENGTH, MODEL_NAME_PATTERN
-from modelbus_platform.http import ApiError, error_responses
+from modelbus_platform.http import ApiError, ModelName, Version, error_responses
 
 from .service import DecisionConflict, DeployerService
 
@@ -117,8 +117,8 @@ async def list_decisions(
 )
 async def get_decision(
     request: Request,
-    model_name: str = Path(max_length=MODEL_NAME_MAX_LENGTH, pattern=MODEL_NAME_PATTERN),
-    version: int = Path(ge=1),
+    model_name: ModelName,
+    version: Version,
 ) -> DecisionView:
     doc = await _service(request).get_decision(model_name, version)
     if doc is None:
@@ -155,8 +155,8 @@ async def _human(request: Request, model_name: str, version: int, body: HumanDec
 )
 async def approve(
     request: Request,
-    model_name: str = Path(max_length=MODEL_NAME_MAX_LENGTH, pattern=MODEL_NAME_PATTERN),
-    version: int = Path(ge=1),
+    model_name: ModelName,
+    version: Version,
     body: HumanDecision = Body(),
 ) -> DecisionView:
     return await _human(request, model_name, version, body, "approve")
@@ -169,8 +169,8 @@ async def approve(
 )
 async def reject(
     request: Request,
-    model_name: str = Path(max_length=MODEL_NAME_MAX_LENGTH, pattern=MODEL_NAME_PATTERN),
-    version: int = Path(ge=1),
+    model_name: ModelName,
+    version: Version,
     body: HumanDecision = Body(),
 ) -> DecisionView:
     return await _human(request, model_name, version, body, "reject")

@@ -24,7 +24,7 @@ from modelbus_contracts.api import (
 from modelbus_contracts.events import Signature, Task
 from modelbus_contracts.policy import PolicyUpdate, PolicyView
 from modelbus_ml.flavors import LOGREG_FORMAT
-from modelbus_platform.http import ApiError, ModelName, error_responses
+from modelbus_platform.http import ApiError, ModelName, Version, error_responses
 
 from .domain import ArtifactRejected, Conflict, NotFound, PolicyRejected
 from .service import API_ACTOR, RegistryService
@@ -205,6 +205,8 @@ def build_router(audit_limit: int = 1000) -> APIRouter:
                 )
         except ArtifactRejected as exc:
             raise ApiError(422, exc.reason, "import_rejected") from exc
+        except Conflict as exc:
+            raise ApiError(409, exc.reason, exc.action) from exc
         return JSONResponse(view.model_dump(mode="json"), status_code=201 if created else 200)
 
     @router.get(
@@ -221,7 +223,7 @@ def build_router(audit_limit: int = 1000) -> APIRouter:
         response_model=VersionView,
         responses=error_responses(UNKNOWN),
     )
-    async def get_version(name: str, version: int, service: Service) -> VersionView:
+    async def get_version(name: str, version: Version, service: Service) -> VersionView:
         return await _guard(service.get_version(name, version))
 
     @router.get(
@@ -236,7 +238,7 @@ def build_router(audit_limit: int = 1000) -> APIRouter:
             **error_responses(ARTIFACT),
         },
     )
-    async def get_artifact(name: str, version: int, service: Service) -> Response:
+    async def get_artifact(name: str, version: Version, service: Service) -> Response:
         view = await _guard(service.get_version(name, version))
         data = await _guard(service.artifact(name, version))
         json_artifact = view.artifact.format == LOGREG_FORMAT

@@ -16,7 +16,14 @@ from fastapi import APIRouter, Response
 
 from modelbus_ml.inputs import InputSpec
 from modelbus_ml.outputs import Outputs
-from modelbus_platform.http import Headers, ServiceApp, error_payload, error_responses
+from modelbus_platform.http import (
+    Headers,
+    ServiceApp,
+    Version,
+    error_payload,
+    error_responses,
+    version_in_range,
+)
 
 from .api_models import InferRequest, InferResponse, PredictRequest, PredictResponse
 from .domain import InvalidInput, ModelUnavailable, Served, parse_native, parse_v2
@@ -43,7 +50,7 @@ SCORING_ERRORS = {
 VERSION_ERRORS = {
     **SCORING_ERRORS,
     404: "unknown_model, version_not_served (the version is not the one being served)",
-    422: SCORING_ERRORS[422] + "; bad_version (not an integer)",
+    422: SCORING_ERRORS[422] + "; bad_version (not an integer from 1 to 2**53)",
 }
 MODEL_ERRORS = {
     404: "unknown_model, version_not_served",
@@ -154,7 +161,9 @@ class Scoring:
             try:
                 version = int(params["version"])
             except ValueError:
-                message = f"version must be an integer, got {params['version']!r}"
+                version = 0
+            if not version_in_range(version):
+                message = f"version must be an integer from 1 to 2**53, got {params['version']!r}"
                 return 422, error_payload(message, "bad_version")
         result = self.run(params["name"], body, headers, _v2, version)
         if isinstance(result, tuple):
@@ -239,7 +248,8 @@ def build_router(service: ScorerService, readiness: ReadinessCheck) -> APIRouter
             raise ModelUnavailable("version_not_served", message)
         return current
 
-    async def metadata(name: str, version: int | None = None) -> Response:
+    def metadata_of(name: str, version: int | None) -> Response:
+        """The served version's metadata (``version``: 404 unless it is the one served)."""
         try:
             current = loaded(name, version)
         except ModelUnavailable as exc:
@@ -248,12 +258,25 @@ def build_router(service: ScorerService, readiness: ReadinessCheck) -> APIRouter
         previous = slots.previous if slots else None
         return json_response(v2_metadata(name, current, previous))
 
-    async def model_ready(name: str, version: int | None = None) -> Response:
+    def ready_of(name: str, version: int | None) -> Response:
         try:
             current = loaded(name, version)
         except ModelUnavailable as exc:
             return error_response(exc.reason, exc.message, UNAVAILABLE_STATUS[exc.reason])
         return json_response({"name": name, "ready": True, "version": current.version})
+
+    async def metadata(name: str) -> Response:
+        return metadata_of(name, None)
+
+    async def model_ready(name: str) -> Response:
+        return ready_of(name, None)
+
+    # the versioned paths: the same answers, the version bounded as every route's (422)
+    async def version_metadata(name: str, version: Version) -> Response:
+        return metadata_of(name, version)
+
+    async def version_ready(name: str, version: Version) -> Response:
+        return ready_of(name, version)
 
     model_errors = error_responses(MODEL_ERRORS)
     router.add_api_route(
@@ -266,7 +289,7 @@ def build_router(service: ScorerService, readiness: ReadinessCheck) -> APIRouter
     )
     router.add_api_route(
         "/v2/models/{name}/versions/{version}",
-        metadata,
+        version_metadata,
         methods=["GET"],
         tags=["v2"],
         summary="Metadata of a version (404 unless it is the one being served)",
@@ -282,7 +305,7 @@ def build_router(service: ScorerService, readiness: ReadinessCheck) -> APIRouter
     )
     router.add_api_route(
         "/v2/models/{name}/versions/{version}/ready",
-        model_ready,
+        version_ready,
         methods=["GET"],
         tags=["v2"],
         summary="Version ready (200) or why not",

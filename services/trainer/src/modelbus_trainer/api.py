@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field, ValidationError
 from modelbus_contracts.events import FiniteJSON, Signature, Task
 from modelbus_ml import DatasetError
 from modelbus_platform.http import ApiError, ModelName, error_responses
+from modelbus_platform.stores import ObjectConflict
 
 from .domain import run_id_for
 from .reproduce import ReproduceFailed
@@ -36,7 +37,9 @@ router = APIRouter(tags=["trainer"])
 class TrainRequest(BaseModel):
     dataset_uri: str | None = Field(default=None, description="CSV key in object storage")
     params: FiniteJSON = Field(default_factory=dict, description="over the default params")
-    seed: int | None = Field(default=None, description="default: the trainer's default_seed")
+    seed: int | None = Field(
+        default=None, ge=0, le=2**53, description="default: the trainer's default_seed"
+    )
 
 
 class TrainAccepted(BaseModel):
@@ -91,6 +94,7 @@ async def train(name: ModelName, body: TrainRequest, request: Request) -> TrainA
     openapi_extra=CSV_BODY,
     responses=error_responses(
         {
+            409: "dataset_conflict: the store holds other bytes under this content address",
             415: "unsupported_media_type: not a CSV content type",
             422: "bad_dataset: no label column, labels that do not fit the task, no rows, ...",
         }
@@ -112,6 +116,8 @@ async def put_dataset(
         stored = await _service(request).put_dataset(name, await request.body(), task)
     except DatasetError as exc:
         raise ApiError(422, f"bad dataset: {exc}", "bad_dataset") from exc
+    except ObjectConflict as exc:
+        raise ApiError(409, str(exc), "dataset_conflict") from exc
     return DatasetStored(**stored)
 
 
