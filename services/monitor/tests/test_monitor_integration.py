@@ -42,8 +42,9 @@ ARTIFACT = ArtifactRef(uri="artifacts/m/a.json", sha256=SHA, size_bytes=10)
 REFERENCE = {"x": FeatureStats(count=500, mean=0.0, std=1.0, min=-4.0, max=4.0)}
 
 
-def registry_transport(model: str) -> httpx.MockTransport:
-    """The registry's read API for one model whose champion is v1."""
+def registry_transport(model: str, state: dict | None = None) -> httpx.MockTransport:
+    """The registry's read API for one model whose champion is ``state["champion"]`` (v1)."""
+    state = state if state is not None else {"champion": 1}
     dataset = DatasetRef(uri="datasets/m/d.csv", sha256=SHA, rows=500).model_dump(mode="json")
     lineage = Lineage.model_validate(
         {"dataset": dataset, "holdout": dataset, "seed": 1, "code_version": "t", "trigger": "api"}
@@ -59,10 +60,10 @@ def registry_transport(model: str) -> httpx.MockTransport:
         "status": "champion",
         "created_at": datetime(2026, 1, 1, tzinfo=UTC).isoformat(),
     }
-    view = {"name": model, "aliases": {"model_name": model, "champion": 1}}
 
     def handle(request: httpx.Request) -> httpx.Response:
         path = request.url.path
+        view = {"name": model, "aliases": {"model_name": model, "champion": state["champion"]}}
         routes = {
             "/health/live": {"status": "live"},
             "/models": [view],
@@ -225,7 +226,8 @@ async def restart_knows_the_incident_and_recovery_closes_it(
     on this broker, and the bus path for promotions is already exercised above.)"""
     client, db = connect_mongo(settings)
     store = MongoIncidentStore(db)
-    registry = RegistryClient(settings.registry_url, transport=registry_transport(model))
+    champion = {"champion": 1}
+    registry = RegistryClient(settings.registry_url, transport=registry_transport(model, champion))
     publisher = RecordingPublisher()
     service = MonitorService(
         detector_config(settings),
@@ -249,6 +251,9 @@ async def restart_knows_the_incident_and_recovery_closes_it(
         reason="retrained after drift",
         correlation_id=uuid.UUID(incident_id),
     )
+    await service.on_promoted(v2)  # the registry does not say v2 serves: a claim, not acted on
+    assert (await store.get(incident_id)).state == "retraining"
+    champion["champion"] = 2
     await service.on_promoted(v2)
     incident = await store.get(incident_id)  # as the MongoDB-wire server gives it back
     assert incident is not None

@@ -207,6 +207,11 @@ async def test_drift_opens_one_incident_publishes_once_and_promotion_closes_it()
     assert (await h.store.get(event.incident_id)).suppressed_alarms == suppressed
 
     h.clock.now += timedelta(seconds=1)
+    forged = promoted("churn", 2, correlation_id=event.correlation_id)
+    await h.service.on_promoted(forged)  # the registry's champion is still v1: not acted on
+    assert (await h.store.get(event.incident_id)).state == "retraining"
+    assert h.service.status("churn")["serving_version"] == 1
+    assert h.service.status("churn")["counts"]["claims_not_confirmed"] == 1
     register(h.registry, "churn", 2)
     cause = promoted("churn", 2, correlation_id=event.correlation_id)
     await h.service.on_promoted(cause)

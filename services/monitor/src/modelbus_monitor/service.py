@@ -321,6 +321,8 @@ class MonitorService:
     ) -> None:
         async with self._lock(name):
             monitor = self._monitor(name)
+            if not await self._confirmed(monitor, version, event):
+                return
             reference, task = await self._reference(name, version)
             if task is None and event.signature is not None:
                 task = event.signature.task
@@ -342,6 +344,35 @@ class MonitorService:
                     "incident.recovering", incident_id=monitor.incident.incident_id, version=version
                 )
             log.info("monitor.serving", model=name, version=version, reference=bool(reference))
+
+    async def _confirmed(
+        self, monitor: ModelMonitor, version: int, event: ModelPromoted | ModelRolledBack
+    ) -> bool:
+        """The registry holds the truth, the event only notifies: a promotion or a rollback is
+        acted on only when the registry says ``version`` is the champion now (as the scorer
+        re-reads it), so a forged ModelPromoted cannot close an incident or move what is
+        watched. A stale one (a later promotion already happened) is skipped the same way:
+        its successor's event follows. If the registry cannot be reached the event is taken
+        as it is, logged: watching the right version matters more than that narrow window."""
+        name = monitor.model_name
+        try:
+            model = await self.registry.model(name)
+        except Exception as exc:
+            log.warning("registry.unavailable", model=name, error=str(exc), unconfirmed=version)
+            return True
+        champion = model.aliases.champion if model is not None else None
+        if champion == version:
+            return True
+        monitor.policy.counts["claims_not_confirmed"] += 1
+        log.warning(
+            "monitor.claim_not_confirmed",
+            model=name,
+            version=version,
+            champion=champion,
+            event_id=str(event.event_id),
+            event_type=event.event_type,
+        )
+        return False
 
     # -- queries ------------------------------------------------------------------------------
 
