@@ -312,3 +312,25 @@ async def test_bad_mlflow_models_are_refused_with_the_way_out(client, wired, cas
     assert response.json()["reason"] == "import_rejected"
     assert words in response.json()["error"]
     assert wired.published.of(ModelRegistered) == []
+
+
+async def test_an_artifact_replaced_in_the_store_is_never_overwritten_by_an_import(client, wired):
+    """Artifacts are write-once: bytes replaced under an imported artifact's sha256 key make the
+    next import of those bytes a 409 (artifact_conflict), and the store keeps what it holds."""
+    body, _ = exported(make_pipeline(StandardScaler(), LogisticRegression()))
+    holdout = await put_holdout(wired.store)
+    params = query(holdout_uri=holdout)
+    first = await client.post(
+        f"/models/{MODEL}/versions", content=body, headers=ONNX, params=params
+    )
+    assert first.status_code == 201
+    uri = first.json()["artifact"]["uri"]
+    await wired.store.put(uri, b"tampered")
+
+    again = await client.post(
+        f"/models/{MODEL}/versions", content=body, headers=ONNX, params=params
+    )
+    assert again.status_code == 409, again.text
+    assert again.json()["reason"] == "artifact_conflict" and "write-once" in again.json()["error"]
+    assert await wired.store.get(uri) == b"tampered"
+    assert len(wired.published.of(ModelRegistered)) == 1

@@ -154,3 +154,24 @@ async def test_a_river_model_is_stored_verified_and_reproduced_from_s3(trainer, 
     assert reproduced.status_code == 200, reproduced.text
     assert reproduced.json()["matched"] is True
     assert reproduced.json()["actual_sha256"] == trained.artifact.sha256
+
+
+async def test_datasets_are_write_once_in_s3(trainer, unique):
+    """The same upload twice is one object; bytes replaced under its sha256 key are never
+    overwritten (409 dataset_conflict) nor hidden."""
+    client, _, settings = trainer
+    model = f"once-{unique}"
+    csv = make_dataset(60).to_csv_bytes()
+    headers = {"content-type": "text/csv"}
+    first = await client.put(f"/datasets/{model}", content=csv, headers=headers)
+    again = await client.put(f"/datasets/{model}", content=csv, headers=headers)
+    assert first.status_code == again.status_code == 200
+    uri = first.json()["uri"]
+    assert again.json()["uri"] == uri == f"datasets/{model}/{sha256_hex(csv)}.csv"
+
+    store = build_object_store(settings)
+    await store.put(uri, b"x,label\n1,0\n")  # raw write access to the bucket
+    refused = await client.put(f"/datasets/{model}", content=csv, headers=headers)
+    assert refused.status_code == 409 and refused.json()["reason"] == "dataset_conflict"
+    assert await store.get(uri) == b"x,label\n1,0\n"
+    assert await store.list(f"datasets/{model}/") == [uri]

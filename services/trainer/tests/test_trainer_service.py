@@ -7,10 +7,11 @@ import uuid
 from datetime import timedelta
 
 import httpx
+import pytest
 from trainer_fixtures import Clock, Harness, drift_event, feedback_events, make_dataset
 
 from modelbus_contracts import ModelTrained, TrainingRequested
-from modelbus_platform.stores import sha256_hex
+from modelbus_platform.stores import ObjectConflict, sha256_hex
 from modelbus_trainer import handlers
 from modelbus_trainer.bootstrap import build_app
 from modelbus_trainer.config import TrainerSettings
@@ -349,3 +350,31 @@ async def test_an_incidents_later_attempts_take_a_growing_window_from_its_onset(
     # a new incident within the cooldown is still skipped
     other = await h.service.on_drift(drift_event("m", clock.now))
     assert other["state"] == "skipped" and "cooldown" in other["reason"]
+
+
+async def test_a_run_never_replaces_a_stored_artifact_with_other_bytes():
+    """Artifacts are write-once: if the bytes under the artifact's sha256 key were replaced,
+    the next run that produces that artifact fails with the reason and announces nothing."""
+    h = Harness()
+    uri = await _put(h, "m")
+    first = await _train(h, TrainingRequested(model_name="m", dataset_uri=uri, seed=1))
+    assert first["state"] == "succeeded"
+    [trained] = h.publisher.of(ModelTrained)
+    h.store.objects[trained.artifact.uri] = b"tampered"
+
+    again = await _train(h, TrainingRequested(model_name="m", dataset_uri=uri, seed=1))
+    assert again["state"] == "failed"
+    assert "ObjectConflict" in again["reason"] and "write-once" in again["reason"]
+    assert h.store.objects[trained.artifact.uri] == b"tampered"
+    assert len(h.publisher.of(ModelTrained)) == 1
+
+
+async def test_an_uploaded_dataset_never_replaces_other_bytes_under_its_sha256():
+    h = Harness()
+    csv = make_dataset(50).to_csv_bytes()
+    stored = await h.service.put_dataset("m", csv)
+    assert (await h.service.put_dataset("m", csv))["uri"] == stored["uri"]  # same bytes: no-op
+    h.store.objects[stored["uri"]] = b"x,label\n1,0\n"
+    with pytest.raises(ObjectConflict, match="write-once"):
+        await h.service.put_dataset("m", csv)
+    assert h.store.objects[stored["uri"]] == b"x,label\n1,0\n"

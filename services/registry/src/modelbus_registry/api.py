@@ -68,6 +68,7 @@ UNKNOWN = {**STARTING, 404: "not_found: no such model (or version, alias, artifa
 ARTIFACT = {**UNKNOWN, 409: "artifact_integrity_failed: the stored bytes do not match sha256"}
 IMPORT = {
     **STARTING,
+    409: "artifact_conflict: the store holds other bytes under this artifact's sha256 key",
     415: "unsupported_media_type: not an ONNX body or a zipped MLflow model",
     422: "import_rejected: not a usable ONNX model, features or a signature that do not match "
     "it, a task other than the champion's, no hold-out for a first model, a bad hold-out, ...; "

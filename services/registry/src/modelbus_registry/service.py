@@ -59,6 +59,7 @@ from modelbus_platform.outbox import Notifier
 from modelbus_platform.scheduler import is_cron
 from modelbus_platform.stores import (
     IntegrityError,
+    ObjectConflict,
     ObjectNotFound,
     ObjectStore,
     get_verified,
@@ -290,8 +291,10 @@ class RegistryService:
         )
         digest = sha256_hex(artifact)
         uri = f"artifacts/{name}/{digest}.onnx"
-        if not await self.store.exists(uri):
-            await self.store.put(uri, artifact, "application/octet-stream")
+        try:  # write-once: the same bytes imported again are a no-op
+            await self.store.put_once(uri, artifact, "application/octet-stream")
+        except ObjectConflict as exc:  # someone replaced the stored bytes under this sha256
+            raise Conflict(str(exc), "artifact_conflict") from exc
         reference = {k: FeatureStats(**v) for k, v in feature_stats(holdout).items()}
         ref = ArtifactRef(uri=uri, sha256=digest, size_bytes=len(artifact), format=ONNX_FORMAT)
         params = {

@@ -521,8 +521,7 @@ class TrainerService:
         holdout = await self._put_snapshot(model, result.holdout_csv, result.holdout_rows)
         fmt = result.artifact_format
         artifact_uri = artifact_key(model, result.artifact_sha256, fmt)
-        if not await self.store.exists(artifact_uri):
-            await self.store.put(artifact_uri, result.artifact, artifact_content_type(fmt))
+        await self.store.put_once(artifact_uri, result.artifact, artifact_content_type(fmt))
         event = trigger.caused(
             ModelTrained,
             producer=PRODUCER,
@@ -556,8 +555,7 @@ class TrainerService:
     async def _put_snapshot(self, model_name: str, csv: bytes, rows: int) -> DatasetRef:
         sha = sha256_hex(csv)
         key = dataset_key(model_name, sha)
-        if not await self.store.exists(key):
-            await self.store.put(key, csv, "text/csv")
+        await self.store.put_once(key, csv, "text/csv")  # write-once: the same bytes are a no-op
         return DatasetRef(uri=key, sha256=sha, rows=rows)
 
     async def _refresh_lock(self, run: dict[str, Any]) -> None:
