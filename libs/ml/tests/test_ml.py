@@ -15,6 +15,7 @@ from modelbus_ml import (
     evaluate,
     feature_stats,
     from_csv_bytes,
+    from_rows,
     roc_auc,
     split_holdout,
     train_logreg,
@@ -149,3 +150,39 @@ def test_feature_stats_describe_each_column():
     assert abs(stats["a"]["mean"]) < 0.15
     assert 0.85 < stats["a"]["std"] < 1.15
     assert stats["a"]["min"] <= stats["a"]["quantiles"]["p01"] <= stats["a"]["quantiles"]["p99"]
+
+
+@pytest.mark.parametrize(
+    ("header", "message"),
+    [
+        ("a\x00b,label", r"column 0's name holds a control character"),
+        ("a,b\tc,label", r"column 1's name holds a control character"),
+        ("a,label,\x7f", r"column 2's name holds a control character"),
+        ('"a\nb",label', r"column 0's name holds a control character"),
+        (",label", r"column 0's name is empty"),
+        ("a" * 201 + ",label", "longer than 200 characters"),
+    ],
+)
+def test_a_csv_column_name_with_a_control_character_is_refused(header: str, message: str):
+    data = header + "\n" + "\n".join("1,0,1"[: 2 * header.count(",") + 1] for _ in range(4))
+    with pytest.raises(DatasetError, match=message):
+        from_csv_bytes(data.encode())
+
+
+def test_printable_names_in_any_script_are_kept():
+    ds = from_csv_bytes("âge,naïve café,label\n1,2,0\n2,1,1\n".encode())
+    assert ds.feature_names == ("âge", "naïve café")
+
+
+def test_from_rows_refuses_bad_and_repeated_names():
+    rows = [{"a": 1.0, "b\x00": 2.0}, {"a": 2.0, "b\x00": 1.0}]
+    with pytest.raises(DatasetError, match="column 1's name holds a control character"):
+        from_rows(["a", "b\x00"], rows, [0, 1])
+    with pytest.raises(DatasetError, match="duplicate column names"):
+        from_rows(["a", "a"], rows, [0, 1])
+    assert from_rows(["a"], rows, [0, 1]).feature_names == ("a",)
+
+
+def test_train_logreg_refuses_unbounded_params_before_any_epoch():
+    with pytest.raises(ValueError, match=r"epochs must be within \[1, 5000\]"):
+        train_logreg(make_dataset(rows=100), {"epochs": 400_000})

@@ -285,3 +285,58 @@ def test_a_model_from_outside_is_vetted_in_a_process_of_its_own():
         vet_import_isolated(*args, target=hostile.hog, memory_bytes=1 << 30)
     with pytest.raises(ArtifactError, match="ONNX"):
         vet_import_isolated(b"garbage", *args[1:])
+
+
+@pytest.mark.parametrize(
+    "params, reason",
+    [
+        ({"family": "logreg", "epochs": 400_000}, r"epochs must be within \[1, 5000\]"),
+        ({"family": "logreg", "epochs": 2**64}, "epochs must be within"),
+        ({"family": "logreg", "epochs": 10.5}, "epochs must be an integer"),
+        ({"family": "logreg", "learning_rate": 0}, "learning_rate must be within"),
+        ({"family": "logreg", "l2": -1}, "l2 must be within"),
+        ({"family": "logreg", "threshold": 2}, "threshold must be within"),
+        ({"family": "logreg", "epochs": "300"}, "epochs must be a number"),
+        ({"family": "river", "passes": 10_000}, r"passes must be within \[1, 100\]"),
+        ({"family": "river", "learning_rate": -0.1}, "learning_rate must be within"),
+        ({"family": "river", "l2": 1e9}, "l2 must be within"),
+        ({"family": "river", "threshold": True}, "threshold must be a number"),
+        ({"family": "python", "entry_point": NB, "threshold": -1}, "threshold must be within"),
+        ({"candidates": ["logreg"], "validation_fraction": 0.9}, "validation_fraction must be"),
+        (
+            {"candidates": ["logreg"], "candidate_params": {"logreg": {"epochs": 10**6}}},
+            "epochs must be within",
+        ),
+        (
+            {"candidates": ["logreg"], "candidate_params": {"sklaern": {}}},
+            r"not candidates: \['sklaern'\]",
+        ),
+        ({"candidate_params": {"logreg": 3}}, "must map a family name to its params"),
+    ],
+)
+def test_every_familys_params_are_bounded_before_it_trains(params, reason):
+    started = time.perf_counter()
+    with pytest.raises(ValueError, match=reason):
+        train_family(make_dataset(rows=200), params, seed=1)
+    assert time.perf_counter() - started < 2  # refused, not trained
+
+
+def test_logreg_trains_at_its_limits():
+    ds = make_dataset(rows=100)
+    params = {"epochs": 5000, "learning_rate": 10.0, "l2": 0.0, "threshold": 1.0}
+    assert train_family(ds, {"family": "logreg", **params}, seed=1).model.threshold == 1.0
+
+
+@pytest.mark.parametrize(
+    "params, where",
+    [
+        ({"family": "logreg", "ep\x00ochs": 3}, "params"),
+        ({"family": "sklearn", "a\nb": 1}, "params"),
+        ({"candidate_params": {"logreg": {"l2\x00": 1}}}, r"params\.candidate_params\.logreg"),
+        ({"candidates": ["logreg"], "x": [{"\x7f": 1}]}, r"params\.x\[0\]"),
+        ({"family": "logreg", "": 1}, "params"),
+    ],
+)
+def test_a_params_key_with_a_control_character_is_refused_before_training(params, where):
+    with pytest.raises(ValueError, match=f"a key of {where} "):
+        train_family(make_dataset(rows=100), params, seed=1)

@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import io
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,11 @@ MAX_CLASSES = 1000
 # integer labels with at most this many distinct values are classes, more are a regression
 MAX_INFERRED_CLASSES = 20
 MAX_CATEGORY_LENGTH = 1000
+# A column name becomes a feature name, a signature's field, a key of the monitor's reference
+# and of every document that records it: 1..200 characters (contracts.FeatureSpec's limit)
+# with no control character (a NUL is refused by BSON keys, tabs and newlines break logs).
+MAX_NAME_LENGTH = 200
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 class DatasetError(ValueError):
@@ -154,6 +160,28 @@ class Dataset:
             }
             features.append(spec)
         return {"features": features, "task": self.task, "classes": list(self.classes)}
+
+
+def name_problem(name: str) -> str | None:
+    """What is wrong with a feature name (or a params key), or None: it must be 1 to
+    ``MAX_NAME_LENGTH`` characters without a control character."""
+    if not name:
+        return "is empty"
+    if len(name) > MAX_NAME_LENGTH:
+        return f"is longer than {MAX_NAME_LENGTH} characters"
+    if CONTROL_CHARACTERS.search(name):
+        return "holds a control character (NUL, tab, newline, ...)"
+    return None
+
+
+def check_names(names: tuple[str, ...]) -> None:
+    """DatasetError naming the first bad column name, before a row is read."""
+    for i, name in enumerate(names):
+        if not isinstance(name, str):
+            raise DatasetError(f"column {i} has a name that is not a string: {name!r}")
+        problem = name_problem(name)
+        if problem:
+            raise DatasetError(f"column {i}'s name {problem}: {name!r}")
 
 
 def _missing(v: Any) -> bool:
@@ -305,6 +333,9 @@ def from_rows(
     """Rows of ``{feature: number | category | None}`` and their labels as a ``Dataset``;
     kinds and task inferred unless given."""
     names = tuple(feature_names)
+    check_names(names)
+    if len(set(names)) != len(names):
+        raise DatasetError("dataset has duplicate column names")
     columns = [[r.get(n) for r in rows] for n in names]
     kinds = tuple(kinds) if kinds else infer_kinds(columns)
     y, task, classes = encode_labels(labels, task, classes)
@@ -357,6 +388,7 @@ def from_csv_bytes(
         raise DatasetError(f"unreadable CSV: {exc}") from exc
     if LABEL not in header:
         raise DatasetError(f"dataset has no {LABEL!r} column")
+    check_names(tuple(header))
     label_at = header.index(LABEL)
     names = tuple(h for i, h in enumerate(header) if i != label_at)
     if not names:

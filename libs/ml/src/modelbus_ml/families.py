@@ -49,6 +49,8 @@ from .flavors import (
 from .logreg import DEFAULT_PARAMS as LOGREG_DEFAULTS
 from .logreg import FORMAT as LOGREG_FORMAT
 from .logreg import ArtifactError, train_logreg
+from .params import Limit, bounded_all, check_keys
+from .params import bounded as _bounded
 
 DEFAULT_FAMILY = "auto"
 # Keys of a run's params that choose the family or the task, or record the run's data (hold-out
@@ -128,6 +130,13 @@ class RiverFamily:
         "passes": 1,
         "threshold": 0.5,
     }
+    # passes: each is a pure-Python learn_one per row, so 100 passes is already minutes
+    LIMITS: dict[str, Limit] = {
+        "learning_rate": (float, 1e-6, 10.0),
+        "l2": (float, 0.0, 1e3),
+        "passes": (int, 1, 100),
+        "threshold": (float, 0.0, 1.0),
+    }
 
     def train(self, ds: Dataset, params: dict[str, Any], seed: int) -> Trained:
         import river
@@ -136,19 +145,18 @@ class RiverFamily:
         _check_both_classes(ds)
         _check_binary_numbers(ds, self.name)
         p = {**self.default_params, **fit_params(params)}
-        lr, passes = float(p["learning_rate"]), int(p["passes"])
-        if lr <= 0 or passes < 1:
-            raise ValueError("river needs learning_rate > 0 and passes >= 1")
+        knobs = bounded_all(p, self.LIMITS)
+        lr, passes = knobs["learning_rate"], knobs["passes"]
         random.seed(seed)  # nothing in this pipeline draws random numbers; belt and braces
         pipeline = preprocessing.StandardScaler() | linear_model.LogisticRegression(
-            optimizer=optim.SGD(lr), l2=float(p["l2"]), intercept_lr=lr
+            optimizer=optim.SGD(lr), l2=knobs["l2"], intercept_lr=lr
         )
         names = ds.feature_names
         rows, labels = ds.X.tolist(), [bool(v) for v in ds.y.tolist()]
         for _ in range(passes):
             for row, label in zip(rows, labels, strict=True):
                 pipeline.learn_one(dict(zip(names, row, strict=True)), label)
-        threshold = float(p["threshold"])
+        threshold = knobs["threshold"]
         meta = {"libraries": {"river": river.__version__}}
         data = dump_pickled(
             self.format,
@@ -189,6 +197,7 @@ class PythonFamily:
         _check_binary_numbers(ds, self.name)
         fn = resolve_entry_point(spec)
         user_params = fit_params({**self.default_params, **params})
+        threshold = _bounded(user_params, "threshold", float, 0.0, 1.0)
         random.seed(seed)
         np.random.seed(seed % 2**32)
         try:
@@ -202,25 +211,12 @@ class PythonFamily:
             family=self.name,
             feature_names=ds.feature_names,
             estimator=estimator,
-            threshold=float(user_params.get("threshold", 0.5)),
+            threshold=threshold,
             meta={"entry_point": str(spec)},
         )
         model = load_model(data, self.format, sha256_of(data))
         model.predict_proba(ds.X[:1])  # fail the run now, not in the scorer
         return Trained(model, data, self.format)
-
-
-def _bounded(params: dict[str, Any], key: str, kind: type, low: float, high: float) -> Any:
-    """``params[key]`` as ``kind`` within [low, high], else ValueError with the reason (a run's
-    params come from the bus and the API: a huge forest is refused, not trained)."""
-    value = params[key]
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"{key} must be a number, got {value!r}")
-    if kind is int and value != int(value):
-        raise ValueError(f"{key} must be an integer, got {value!r}")
-    if not low <= value <= high:
-        raise ValueError(f"{key} must be within [{low}, {high}], got {value!r}")
-    return kind(value)
 
 
 SKLEARN_ESTIMATORS = (
@@ -524,8 +520,15 @@ class AutoFamily:
             )
         metric = DEFAULT_METRIC[ds.task]
         overrides = p.get("candidate_params") or {}
-        if not isinstance(overrides, dict):
+        if not isinstance(overrides, dict) or not all(
+            isinstance(v, dict) for v in overrides.values()
+        ):
             raise FamilyError("candidate_params must map a family name to its params")
+        strangers = sorted(set(overrides) - set(self.candidates(p)))
+        if strangers:  # never silently unused: a typo would train with the defaults
+            raise FamilyError(
+                f"candidate_params name families that are not candidates: {strangers}"
+            )
         fraction = _bounded(p, "validation_fraction", float, 0.05, 0.5)
 
         shared = {k: p[k] for k in self.SHARED if k in p}
@@ -595,7 +598,9 @@ def get_family(name: str) -> Family:
 
 
 def train_family(ds: Dataset, params: dict[str, Any], seed: int) -> Trained:
-    """Train the family named by ``params["family"]`` (default ``auto``)."""
+    """Train the family named by ``params["family"]`` (default ``auto``), its params' keys
+    checked first (``check_keys``) and its knobs bounded by the family itself."""
+    check_keys(params)
     return get_family(str(params.get("family", DEFAULT_FAMILY))).train(ds, params, seed)
 
 

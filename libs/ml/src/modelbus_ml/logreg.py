@@ -14,10 +14,19 @@ from typing import Any
 import numpy as np
 
 from .dataset import Dataset
+from .params import Limit, bounded_all
 
 FORMAT = "modelbus.logreg.v1"
 
 DEFAULT_PARAMS: dict[str, Any] = {"l2": 1e-3, "learning_rate": 0.5, "epochs": 300, "threshold": 0.5}
+# Each epoch is a full pass over the rows: 5,000 converges on anything this model can learn
+# (the default is 300); 400,000 took 28 s of CPU on a small dataset and is refused.
+LIMITS: dict[str, Limit] = {
+    "l2": (float, 0.0, 1e3),
+    "learning_rate": (float, 1e-6, 10.0),
+    "epochs": (int, 1, 5000),
+    "threshold": (float, 0.0, 1.0),
+}
 
 
 class ArtifactError(ValueError):
@@ -76,9 +85,10 @@ class LogisticModel:
 
 
 def train_logreg(ds: Dataset, params: dict[str, Any] | None = None, seed: int = 0) -> LogisticModel:
-    """Fit on ``ds``. ``seed`` fixes the initial weights; everything else is deterministic."""
-    p = {**DEFAULT_PARAMS, **(params or {})}
-    l2, lr, epochs = float(p["l2"]), float(p["learning_rate"]), int(p["epochs"])
+    """Fit on ``ds``. ``seed`` fixes the initial weights; everything else is deterministic.
+    Params outside ``LIMITS`` are a ValueError with the reason, before any epoch runs."""
+    p = bounded_all({**DEFAULT_PARAMS, **(params or {})}, LIMITS)
+    l2, lr, epochs = p["l2"], p["learning_rate"], p["epochs"]
     if ds.rows < 2 or len(set(ds.y.tolist())) < 2:
         raise ValueError("training needs at least two rows and both classes")
     mean = ds.X.mean(axis=0)
