@@ -23,7 +23,7 @@ from modelbus_scorer.bootstrap import sync_forever
 from modelbus_scorer.domain import ModelHolder
 from modelbus_scorer.handlers import resync_on_control, scores_requested
 from modelbus_scorer.prediction_log import PredictionLog
-from modelbus_scorer.service import ScorerService
+from modelbus_scorer.service import ScorerService, SeenRequests
 from modelbus_scorer.telemetry import ScorerMetrics
 
 
@@ -230,6 +230,36 @@ async def test_bad_stream_requests_become_scoring_failed(
         h.value("modelbus_scorer_rejected_requests_total", {"reason": reason, "source": "stream"})
         == 1
     )
+
+
+async def test_a_request_id_reused_with_other_content_is_a_conflict_not_a_second_score(
+    h, publish_artifact
+):
+    h.registry.put(await publish_artifact(h.store, "m", 1), champion=True)
+    await h.service.sync_all()
+    first = ScoringRequested(model_name="m", request_id="r-1", features={"age": 1, "income": 0})
+    forged = first.model_copy(update={"features": {"age": 9, "income": 9}})
+    await scores_requested(h.service, [first, forged])
+    await scores_requested(h.service, [forged])  # later, on its own: refused the same way
+    await scores_requested(h.service, [first])  # the original redelivered: scored again
+    made = h.publisher.of(PredictionMade)
+    assert [m.features for m in made] == [{"age": 1.0, "income": 0.0}] * 2
+    assert made[0].prediction_id == made[1].prediction_id
+    failed = h.publisher.of(ScoringFailed)
+    assert len(failed) == 2 and failed[0].event_id == failed[1].event_id
+    assert failed[0].error.startswith("event_id_conflict: event ")
+    assert failed[0].causation_id == first.event_id
+    labels = {"reason": "event_id_conflict", "source": "stream"}
+    assert h.value("modelbus_scorer_rejected_requests_total", labels) == 2
+
+
+def test_seen_requests_remember_a_bounded_window():
+    seen = SeenRequests(capacity=2)
+    a, b, c = (ScoringRequested(model_name="m", request_id=r, features={"x": 1.0}) for r in "abc")
+    assert not any(seen.conflicts(e) for e in (a, b, a, c))
+    assert seen.conflicts(b.model_copy(update={"request_id": "z"}))
+    # the window holds b and c: a was forgotten, so a changed a is taken as new
+    assert not seen.conflicts(a.model_copy(update={"features": {"x": 2.0}}))
 
 
 # --- HTTP scoring path + prediction log ------------------------------------------------------

@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -78,6 +79,33 @@ class Outbox:
             raise failures[0]
 
 
+class SeenRequests:
+    """The content of the stream requests seen lately, by event id (the newest ``capacity``).
+
+    A stream prediction's id is derived from its request's ``event_id``, so a redelivery (same
+    id, same content) makes the very same prediction and downstream dedupes it. A request that
+    comes back under a known id with different content (model, request id or features) would
+    be scored under the prediction id of the first: that is a conflict, refused as a
+    ScoringFailed ``event_id_conflict`` instead. The memory is per scorer and bounded, as the
+    bus's own dedupe is: an id older than the window is not remembered.
+    """
+
+    def __init__(self, capacity: int = 100_000) -> None:
+        self.capacity = capacity
+        self._seen: OrderedDict[uuid.UUID, int] = OrderedDict()
+
+    def conflicts(self, event: ScoringRequested) -> bool:
+        """Note ``event``; True if its id was seen before with other content."""
+        content = hash((event.model_name, event.request_id, frozenset(event.features.items())))
+        known = self._seen.get(event.event_id)
+        if known is None:
+            self._seen[event.event_id] = content
+            if len(self._seen) > self.capacity:
+                self._seen.popitem(last=False)
+            return False
+        return known != content
+
+
 @dataclass(slots=True)  # per request: not frozen (a frozen init costs ~2x)
 class ScoreResult:
     model_name: str
@@ -100,6 +128,7 @@ class ScorerService:
         instance: str,
         max_instances: int,
         first_sync_wait_s: float = 10.0,
+        seen_requests: int = 100_000,
     ) -> None:
         self.holder = holder
         self.registry = registry
@@ -117,6 +146,7 @@ class ScorerService:
         self._locks: dict[str, asyncio.Lock] = {}
         self._announced_failures: dict[str, tuple[int, str]] = {}
         self.challengers: dict[str, Challenger] = {}  # shadow / canary, per model
+        self.seen = SeenRequests(seen_requests)  # stream requests by event id: conflicts
 
     # -- keeping models loaded ---------------------------------------------------------------
 
@@ -373,23 +403,17 @@ class ScorerService:
     def _score_event(self, event: ScoringRequested, out: Outbox) -> None:
         started = time.perf_counter()
         name = event.model_name
+        if self.seen.conflicts(event):
+            message = f"event {event.event_id} was seen before with other content: not scored"
+            out.events.append(self._failed(event, "event_id_conflict", message, "conflict"))
+            return
         try:
             current, slots = self._serving(name)
             X = features_to_matrix(dict(event.features), current)
             challenger = self.challengers.get(name)
             scored = route(challenger, event.request_id, slots, current, X)
         except (InvalidInput, ModelUnavailable) as exc:
-            self.metrics.rejected.labels(exc.reason, "stream").inc()
-            log.info("scoring.failed", model=name, request_id=event.request_id, error=exc.message)
-            failed = event.caused(
-                ScoringFailed,
-                producer=self.producer,
-                event_id=derived_id(event, ScoringFailed.event_type),
-                model_name=name,
-                request_id=event.request_id,
-                error=f"{exc.reason}: {exc.message}",
-            )
-            out.events.append(failed)
+            out.events.append(self._failed(event, exc.reason, exc.message))
             return
         pid = derived_id(event, "prediction_id").hex
         latency_ms = (time.perf_counter() - started) * 1000.0
@@ -412,6 +436,23 @@ class ScorerService:
             out.records.extend(shadow.records(self.producer))
         elif shadow is not None:
             out.events.append(shadow)
+
+    def _failed(
+        self, event: ScoringRequested, reason: str, message: str, scope: str = ""
+    ) -> ScoringFailed:
+        """A stream request refused: counted, logged, answered by a ScoringFailed whose id
+        follows from the request (``scope`` keeps a conflict's apart from the first's)."""
+        self.metrics.rejected.labels(reason, "stream").inc()
+        log.info("scoring.failed", model=event.model_name, request_id=event.request_id,
+                 reason=reason, error=message)  # fmt: skip
+        return event.caused(
+            ScoringFailed,
+            producer=self.producer,
+            event_id=derived_id(event, ScoringFailed.event_type, scope),
+            model_name=event.model_name,
+            request_id=event.request_id,
+            error=f"{reason}: {message}",
+        )
 
     def _serving(self, name: str) -> tuple[Served, Slots]:
         """The serving pair; before the first sync an unknown model is "not yet", not 404."""
