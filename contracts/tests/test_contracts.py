@@ -215,6 +215,15 @@ def test_non_finite_rejected_inside_free_form_dicts(bad):
         DataQualityAlert.model_validate(with_("data_quality.alert.v1", examples=[{"x": bad}]))
 
 
+@pytest.mark.parametrize("key", ["ep\x00ochs", "a\nb", "\x7f", "\x9f"])
+def test_a_control_character_in_a_params_key_is_refused_at_any_depth(key):
+    for params in ({key: 1}, {"grid": {key: 1}}, {"grid": [{key: 1}]}):
+        with pytest.raises(ValidationError, match="a key holds a control character"):
+            TrainingRequested.model_validate(with_("training.requested.v1", params=params))
+    ok = {"naïve café": 1, "grid": [{"lr": 0.1}]}
+    assert TrainingRequested.model_validate(with_("training.requested.v1", params=ok)).params == ok
+
+
 @pytest.mark.parametrize("bad", NON_FINITE, ids=["nan", "inf", "-inf"])
 def test_non_finite_rejected_in_nested_models(bad):
     raw = golden("model.trained.v1")

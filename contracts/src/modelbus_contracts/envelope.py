@@ -41,12 +41,20 @@ class Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
+# a control character in a key of free-form JSON: BSON refuses a NUL in a key, so such a key
+# would pass here and poison the first store that records it (a trained run, then the registry)
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
 def reject_non_finite(value: Any) -> Any:
-    """Walk free-form JSON (params, feature dicts) and reject NaN/inf anywhere inside."""
+    """Walk free-form JSON (params, feature dicts) and reject NaN/inf anywhere inside, and
+    keys with a control character."""
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError("NaN and infinity are not allowed")
     if isinstance(value, dict):
-        for item in value.values():
+        for key, item in value.items():
+            if isinstance(key, str) and CONTROL_CHARACTERS.search(key):
+                raise ValueError(f"a key holds a control character: {key!r}")
             reject_non_finite(item)
     elif isinstance(value, list | tuple):
         for item in value:

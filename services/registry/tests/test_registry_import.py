@@ -4,6 +4,8 @@ other (ModelRegistered, so the deployer's gates apply)."""
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import numpy as np
 import pytest
@@ -134,6 +136,8 @@ async def test_a_later_import_is_judged_on_the_champions_holdout(client, wired, 
         ("bad_name", 422, "validation_error", "name"),
         ("no_features", 422, "import_rejected", "feature_names (or a signature) is required"),
         ("bad_signature", 422, "validation_error", "signature"),
+        ("nul_feature", 422, "import_rejected", "holds a control character"),
+        ("nul_signature", 422, "import_rejected", "holds a control character"),
     ],
 )
 async def test_bad_imports_are_refused_with_a_reason(client, wired, case, status, reason, words):
@@ -160,6 +164,11 @@ async def test_bad_imports_are_refused_with_a_reason(client, wired, case, status
         params = {"holdout_uri": holdout}
     elif case == "bad_signature":
         params = {"holdout_uri": holdout, "signature": '{"features": [], "task": "ordinal"}'}
+    elif case == "nul_feature":
+        params = {"feature_names": [NAMES[0], "in\x00come", NAMES[2]], "holdout_uri": holdout}
+    elif case == "nul_signature":
+        features = [{"name": n} for n in (NAMES[0], "in\x00come", NAMES[2])]
+        params = {"holdout_uri": holdout, "signature": json.dumps({"features": features})}
     response = await client.post(
         f"/models/{name}/versions", content=body, headers=headers, params=params
     )

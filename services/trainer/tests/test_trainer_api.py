@@ -103,3 +103,27 @@ async def test_a_seed_out_of_range_is_422_naming_it(client_and_harness, seed):
     assert response.status_code == 422
     assert response.json()["details"][0]["loc"] == ["body", "seed"]
     assert h.publisher.events == []
+
+
+@pytest.mark.parametrize(
+    "params", [{"ep\x00ochs": 3}, {"candidate_params": {"logreg": {"l\n2": 1}}}]
+)
+async def test_a_params_key_with_a_control_character_is_422_and_nothing_is_requested(
+    client_and_harness, params
+):
+    client, h = client_and_harness
+    response = await client.post("/models/m/train", json={"params": params})
+    assert response.status_code == 422
+    assert response.json()["details"][0]["loc"][:2] == ["body", "params"]
+    assert "control character" in response.json()["error"]
+    assert h.publisher.events == []
+
+
+async def test_a_csv_column_with_a_nul_is_refused_before_it_is_stored(client_and_harness):
+    client, h = client_and_harness
+    csv = b"age,in\x00come,label\n1,2,0\n2,1,1\n3,3,0\n"
+    response = await client.put("/datasets/m", content=csv, headers={"content-type": "text/csv"})
+    assert response.status_code == 422
+    assert response.json()["reason"] == "bad_dataset"
+    assert "column 1's name holds a control character" in response.json()["error"]
+    assert h.store.objects == {}

@@ -22,6 +22,7 @@ from modelbus_contracts import (
 )
 from modelbus_contracts.api import AliasesView, AuditRecord, ModelView, RolloutView, VersionView
 from modelbus_ml import ArtifactError, describe_artifact
+from modelbus_ml.dataset import name_problem
 from modelbus_ml.flavors import ArtifactInfo
 
 ALIASES = ("champion", "challenger", "previous")
@@ -320,6 +321,10 @@ def import_spec(
         if not feature_names:
             raise ArtifactRejected("feature_names (or a signature) is required for an ONNX model")
         names, features = tuple(feature_names), {}
+    for name in names:  # the rule a dataset's columns follow (a NUL poisons every store)
+        problem = name_problem(name)
+        if problem:
+            raise ArtifactRejected(f"feature name {name!r} {problem}")
     if len(set(names)) != len(names):
         raise ArtifactRejected(f"feature names repeat: {list(names)}")
     if classes_t and task not in (None, "multiclass"):
