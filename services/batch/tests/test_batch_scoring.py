@@ -184,7 +184,7 @@ def test_uris_formats_and_default_outputs():
     assert errors_uri_for("data/day.scores.csv") == "data/day.scores.errors.csv"
     assert file_format("x.pq") == "parquet"
     assert object_key("s3://bucket/a/b.csv", "bucket") == "a/b.csv"
-    assert object_key("/a/b.csv") == "a/b.csv"
+    assert object_key("a/b.csv") == "a/b.csv"
     for bad in ("data/day.json", "data/"):
         with pytest.raises(BadJob):
             file_format(bad) if bad.endswith("json") else object_key(bad)

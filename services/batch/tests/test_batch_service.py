@@ -172,7 +172,9 @@ async def test_jobs_of_one_model_run_one_at_a_time(h):
     await h.version(1, [1.0, 0.0], champion=True)
     await h.put_parquet("in/a.parquet", n=400)
     first, _ = await h.batch.submit(model_name=MODEL, input_uri="in/a.parquet")
-    second, _ = await h.batch.submit(model_name=MODEL, input_uri="in/a.parquet", output_uri="b.pq")
+    second, _ = await h.batch.submit(
+        model_name=MODEL, input_uri="in/a.parquet", output_uri="out/b.pq"
+    )
     await h.batch.idle()
     a, b = await h.batch.get(first.job_id), await h.batch.get(second.job_id)
     assert a.state == b.state == "succeeded"
@@ -217,7 +219,9 @@ async def test_http_routes(h):
         assert (await client.get("/batch-jobs/nope")).json()["reason"] == "unknown_job"
         bad = await client.post("/batch-jobs", json={"model_name": MODEL})
         assert (bad.status_code, bad.json()["reason"]) == (422, "bad_request")
-        fmt = await client.post("/batch-jobs", json={**body, "input_uri": "a.json", "job_id": None})
+        fmt = await client.post(
+            "/batch-jobs", json={**body, "input_uri": "in/a.json", "job_id": None}
+        )
         assert (fmt.status_code, fmt.json()["reason"]) == (422, "unknown_format")
         h.jobs.down = True
         down = await client.post("/batch-jobs", json={**body, "job_id": uuid.uuid4().hex})

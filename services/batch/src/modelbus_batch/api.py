@@ -18,8 +18,16 @@ class BatchJobRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model_name: str = Field(min_length=1, max_length=200)
-    input_uri: str = Field(min_length=1, description="object key or s3://bucket/key, .csv/.parquet")
-    output_uri: str | None = Field(default=None, description="default: <input stem>.scores.<ext>")
+    input_uri: str = Field(
+        min_length=1,
+        description="object key or s3://<the service's bucket>/<key> of a .csv/.parquet, under "
+        "one of batch_input_prefixes",
+    )
+    output_uri: str | None = Field(
+        default=None,
+        description="default: <input stem>.scores.<ext>; under one of batch_output_prefixes, "
+        "never datasets/ or artifacts/",
+    )
     version: int | None = Field(default=None, ge=1, description="default: the champion")
     job_id: str | None = Field(
         default=None,
@@ -61,7 +69,12 @@ def build_router(service: BatchService) -> APIRouter:
             **error_responses(
                 {
                     **STORE_DOWN,
-                    422: "bad_request, unknown_format, bad_uri, bad_model_name",
+                    422: "bad_request, unknown_format, bad_model_name; where it reads or "
+                    "writes: bad_uri (not a clean relative key: absolute, '..', control "
+                    "characters, ...), bad_scheme (anything but a key or s3://<bucket>/<key>), "
+                    "wrong_bucket, outside_prefixes (not under batch_input_prefixes / "
+                    "batch_output_prefixes), protected_prefix (an output under datasets/ or "
+                    "artifacts/)",
                 }
             ),
         },

@@ -36,7 +36,9 @@ def wire(kit: Kit) -> Wiring:
         metrics=kit.metrics,  # type: ignore[arg-type]
         producer=settings.service_name,
         instance=settings.instance_id,
-        bucket=settings.bucket if settings.object_store == "s3" else None,
+        bucket=settings.bucket,
+        input_prefixes=settings.batch_input_prefixes,
+        output_prefixes=settings.batch_output_prefixes,
         chunk_rows=settings.batch_chunk_rows,
         id_column=settings.batch_id_column or None,
     )

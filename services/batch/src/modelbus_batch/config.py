@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from modelbus_platform.settings import ServiceSettings
 
-from .domain import BatchSchedule
+from .domain import DEFAULT_PREFIXES, BadJob, BatchSchedule, StoreBounds, job_keys
 
 
 class BatchSettings(ServiceSettings):
@@ -28,3 +28,32 @@ class BatchSettings(ServiceSettings):
     schedule_max_sleep_s: float = Field(
         default=30.0, gt=0, description="the cron scheduler wakes at least this often"
     )
+    batch_input_prefixes: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_PREFIXES),
+        description='key prefixes batch jobs may read, JSON: ["batch/", "in/"]; anything else '
+        "is refused (422 outside_prefixes)",
+    )
+    batch_output_prefixes: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_PREFIXES),
+        description="key prefixes batch jobs may write (outputs and their .errors.csv), JSON; "
+        "never under datasets/ or artifacts/ (refused at start)",
+    )
+
+    @model_validator(mode="after")
+    def _schedules_inside_the_bounds(self) -> BatchSettings:
+        """Refuse to start with a prefix that is not a clean key prefix, an output prefix over
+        datasets/ or artifacts/, or a cron schedule that reads or writes outside the bounds:
+        a schedule that could never run is a configuration error, not a nightly failed job."""
+        bounds = self.store_bounds()
+        for model, spec in self.batch_schedules.items():
+            try:
+                job_keys(spec.input_uri, spec.output_uri, bounds)
+            except BadJob as exc:
+                raise ValueError(
+                    f"batch_schedules[{model!r}]: {exc.reason}: {exc.message}"
+                ) from exc
+        return self
+
+    def store_bounds(self) -> StoreBounds:
+        """Where jobs may read and write: the prefixes above, in the service's bucket."""
+        return StoreBounds(self.bucket, self.batch_input_prefixes, self.batch_output_prefixes)

@@ -8,6 +8,10 @@ version the previous job of the model loaded is reused), read the input, score i
 in a worker thread (the event loop keeps serving), write the output next to the input, record
 the outcome and emit BatchScoringCompleted.
 
+Where a job reads and writes is bounded (``domain.StoreBounds``): checked when it is accepted
+(a ``BadJob`` with the reason: 422 at the API, a failed job for an event) and again before it
+runs, so no job ever writes outside its output prefixes.
+
 States: queued -> running -> succeeded | failed. A job interrupted by a shutdown stays
 ``running`` in its record and is re-run when this instance starts again (the output is written
 in one put at the end and the completion event has a deterministic id, so a re-run is safe).
@@ -37,18 +41,19 @@ from modelbus_platform.stores import ObjectNotFound, ObjectStore
 
 from .domain import (
     CONTENT_TYPES,
+    DEFAULT_PREFIXES,
     MAX_CHUNK_TIMINGS,
     BadJob,
     BatchJob,
     ChunkTiming,
+    StoreBounds,
     Trigger,
     check_model_name,
-    default_output_uri,
     errors_uri_for,
     event_job_id,
     file_format,
+    job_keys,
     new_job_id,
-    object_key,
 )
 from .ports import JobStore, JobStoreUnavailable
 from .scoring import BatchOutput, ChunkedScorer
@@ -96,6 +101,8 @@ class BatchService:
         producer: str,
         instance: str,
         bucket: str | None = None,
+        input_prefixes: Sequence[str] = DEFAULT_PREFIXES,
+        output_prefixes: Sequence[str] = DEFAULT_PREFIXES,
         chunk_rows: int = 50_000,
         id_column: str | None = "id",
         clock: Callable[[], float] = time.time,
@@ -107,7 +114,7 @@ class BatchService:
         self.metrics = metrics
         self.producer = producer
         self.instance = instance
-        self.bucket = bucket
+        self.bounds = StoreBounds(bucket, input_prefixes, output_prefixes)
         self.chunk_rows = chunk_rows
         self.id_column = id_column
         self.clock = clock
@@ -235,13 +242,7 @@ class BatchService:
         check_model_name(model_name)
         if version is not None and version < 1:
             raise BadJob("bad_version", f"version must be >= 1, got {version}")
-        object_key(input_uri, self.bucket)
-        file_format(input_uri)
-        output = output_uri or default_output_uri(input_uri)
-        object_key(output, self.bucket)
-        file_format(output)
-        if object_key(output, self.bucket) == object_key(input_uri, self.bucket):
-            raise BadJob("bad_uri", "output_uri must differ from input_uri")
+        _, output, _ = job_keys(input_uri, output_uri, self.bounds)
         return self._record(model_name, input_uri, output, version, trigger, job_id, cause)
 
     def _record(
@@ -302,11 +303,14 @@ class BatchService:
             await self._succeeded(job, output, time.perf_counter() - t0)
 
     async def _execute(self, job: BatchJob) -> BatchOutput:
+        # checked again here: a job recorded before the bounds changed stays inside them too
+        input_key, _, output_key = job_keys(job.input_uri, job.output_uri, self.bounds)
+        errors_key = self.bounds.output_key(errors_uri_for(job.output_uri))
         view = await self._resolve(job)
         served = await self._load(job.model_name, view)
         job.version = served.version
         try:
-            data = await self.store.get(object_key(job.input_uri, self.bucket))
+            data = await self.store.get(input_key)
         except ObjectNotFound as exc:
             raise BadJob("input_missing", f"no object at {job.input_uri!r}") from exc
         scorer = await asyncio.to_thread(
@@ -335,12 +339,10 @@ class BatchService:
             await self._progress(job, timing)
         output = await asyncio.to_thread(scorer.finish)
         fmt = file_format(job.output_uri)
-        await self.store.put(
-            object_key(job.output_uri, self.bucket), output.data, CONTENT_TYPES[fmt]
-        )
+        await self.store.put(output_key, output.data, CONTENT_TYPES[fmt])
         if output.errors is not None:
             job.errors_uri = errors_uri_for(job.output_uri)
-            await self.store.put(object_key(job.errors_uri, self.bucket), output.errors, "text/csv")
+            await self.store.put(errors_key, output.errors, "text/csv")
         return output
 
     async def _resolve(self, job: BatchJob) -> VersionView:
