@@ -33,6 +33,7 @@ from modelbus_contracts import (
 )
 from modelbus_embedded.simulator import PLANS, ScenarioConfig, ScenarioResult, Upstream
 from modelbus_embedded.stack import Stack, build_stack, free_ports
+from modelbus_platform.signing import Signer, private_key
 from modelbus_platform.stores import S3ObjectStore
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
@@ -138,29 +139,44 @@ async def test_duplicates_change_nothing_and_poison_is_dead_lettered(
 ):
     model = loop_result.model_name
     trained_v1 = next(t for t in loop_result.of(ModelTrained) if t.lineage.trigger != "drift")
+    trainer = Signer("trainer", private_key(stack.signing_key("trainer")))
+
+    def headers(record, signed: bool = True) -> list[tuple[str, bytes]]:
+        h = trainer.sign(record.topic, record.headers, record.value) if signed else record.headers
+        return [(k, v.encode()) for k, v in h.items()]
+
     producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap)
     await producer.start()
     try:
+        # a redelivery (same event id) and a replay with a new id, both signed by the trainer
         for event in (trained_v1, trained_v1.model_copy(update={"event_id": uuid.uuid4()})):
             record = encode(event)
             await producer.send_and_wait(
-                record.topic,
-                record.value,
-                key=record.key,
-                headers=[(k, v.encode()) for k, v in record.headers.items()],
+                record.topic, record.value, key=record.key, headers=headers(record)
             )
         poison = encode(trained_v1)
+        body = b'{"model_name": "x", "metrics": "oops"}'
+        signed = trainer.sign(poison.topic, poison.headers, body)
         await producer.send_and_wait(
             poison.topic,
-            b'{"model_name": "x", "metrics": "oops"}',
+            body,
             key=poison.key,
-            headers=[(k, v.encode()) for k, v in poison.headers.items()],
+            headers=[(k, v.encode()) for k, v in signed.items()],
+        )
+        # a forged ModelTrained (anyone on the network): unsigned, a new id, a new run
+        forged = encode(
+            trained_v1.model_copy(update={"event_id": uuid.uuid4(), "run_id": "forged-run"})
+        )
+        await producer.send_and_wait(
+            forged.topic, forged.value, key=forged.key, headers=headers(forged, signed=False)
         )
     finally:
         await producer.stop()
     dead = await _collect(stack.kafka_bootstrap, ModelTrained.topic + ".dlq", model, 15)
-    assert dead, "malformed ModelTrained was not dead-lettered"
-    assert b"contract" in dict(dead[0].headers)["x-dlq-reason"]
+    reasons = sorted(dict(d.headers)["x-dlq-reason"].decode() for d in dead)
+    assert len(reasons) == 2, reasons
+    assert reasons[0].startswith("contract"), "malformed ModelTrained was not dead-lettered"
+    assert reasons[1].startswith("signature: unsigned control event"), reasons
     registered = await _collect(stack.kafka_bootstrap, ModelRegistered.topic, model, 3)
     assert sorted(json.loads(r.value)["version"] for r in registered) == [1, 2]
     async with httpx.AsyncClient(base_url=stack.url("registry"), timeout=10) as http:

@@ -8,10 +8,11 @@ import uuid
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from modelbus_contracts import LabelObserved, decode, encode
+from modelbus_contracts import LabelObserved, ModelRollbackRequested, decode, encode
 from modelbus_platform.bus import EventBus, dlq_topic
 from modelbus_platform.metrics import Metrics
 from modelbus_platform.settings import ServiceSettings
+from modelbus_platform.signing import Signer, Verifier, keypair, private_key, public_key
 from modelbus_platform.stores import MongoProcessedEvents, connect_mongo
 
 pytestmark = pytest.mark.integration
@@ -215,3 +216,46 @@ async def test_pre_encoded_records_reach_consumers_in_order_on_the_keys_partitio
     assert len({partition for partition, _ in got}) == 1  # the key's partition, as publish's
     assert {e.producer for _, e in got} == {"test"}
     assert "modelbus_events_published_total" in _metrics_text(bus)
+
+
+async def test_the_bus_acts_only_on_control_events_its_services_signed(infra, unique):
+    model = f"m-{unique}"
+    private, public = keypair()
+    deployer = Signer("deployer", private_key(private))
+    verifier = Verifier({"deployer": public_key(public)})
+    handled: list[ModelRollbackRequested] = []
+    done = asyncio.Event()
+
+    async def handler(event: ModelRollbackRequested) -> None:
+        handled.append(event)
+        done.set()
+
+    consumer = await _bus(infra, f"db_{unique}", service="registry")
+    consumer.verifier = verifier
+    consumer.subscribe(ModelRollbackRequested, group=f"g-{unique}", handler=handler)
+    producer = await _bus(infra, f"db_{unique}", service="deployer")
+    producer.signer = deployer
+    forger = await _bus(infra, f"db_{unique}", service="attacker")
+    await consumer.start()
+    await producer.start()
+    await forger.start()
+    try:
+        await forger.publish(
+            ModelRollbackRequested(model_name=model, from_version=3, reason="forged")
+        )
+        await producer.publish(
+            ModelRollbackRequested(model_name=model, from_version=3, reason="p99 regressed")
+        )
+        await asyncio.wait_for(done.wait(), 30)
+        dlq = await _read_dlq(infra.kafka_bootstrap, ModelRollbackRequested.topic, model, 1)
+    finally:
+        await forger.stop()
+        await producer.stop()
+        await consumer.stop()
+    assert [e.reason for e in handled if e.model_name == model] == ["p99 regressed"]
+    reason = dict(dlq[0].headers)["x-dlq-reason"].decode()
+    assert reason.startswith("signature: unsigned control event")
+    unverified = consumer.metrics.registry.get_sample_value(
+        "modelbus_events_unverified_total", {"topic": ModelRollbackRequested.topic}
+    )
+    assert unverified == 1

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import httpx
 
+from modelbus_platform.signing import keypair
+
 from .servers import Server, free_port, kafka_server, mongo_server, s3_server, wait_for_port
 
 SERVICES = ("registry", "trainer", "deployer", "scorer", "monitor", "batch")
@@ -49,10 +51,15 @@ class Stack:
     def kafka_bootstrap(self) -> str:
         return self.env["MODELBUS_KAFKA_BOOTSTRAP"]
 
+    def signing_key(self, service: str) -> str:
+        """``service``'s Ed25519 signing key (base64), from the stack's key file."""
+        return signing_keys(self.data_dir)[0][service]
+
     def service_env(self, service: str) -> dict[str, str]:
         return {
             **os.environ,
             **self.env,
+            "MODELBUS_SIGNING_KEY": self.signing_key(service),
             "MODELBUS_SERVICE_NAME": service,
             "MODELBUS_INSTANCE_ID": f"{service}-1",
             "MODELBUS_HTTP_PORT": str(self.ports[service]),
@@ -172,8 +179,28 @@ def build_stack(
     }
     if object_store == "s3":
         env["MODELBUS_S3_ENDPOINT"] = f"127.0.0.1:{servers[2].port}"
+    env["MODELBUS_TRUSTED_KEYS"] = json.dumps(signing_keys(data_dir)[1], sort_keys=True)
     env.update(extra_env or {})
     return Stack(data_dir, env, dict(ports or DEFAULT_PORTS), servers)
+
+
+def signing_keys(data_dir: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """Each service's signing key and the trusted public keys, made once per data folder
+    (``keys/signing.json``, readable by its owner only) and kept across restarts: the stack's
+    services sign their control events and act only on each other's."""
+    path = data_dir / "keys" / "signing.json"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pairs = {service: keypair() for service in SERVICES}
+        doc = {
+            "signing_keys": {name: pair[0] for name, pair in pairs.items()},
+            "trusted_keys": {name: pair[1] for name, pair in pairs.items()},
+        }
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            json.dump(doc, out, indent=2)
+    doc = json.loads(path.read_text())
+    return doc["signing_keys"], doc["trusted_keys"]
 
 
 def free_ports() -> dict[str, int]:

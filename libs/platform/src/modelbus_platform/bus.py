@@ -38,7 +38,9 @@ from modelbus_contracts import (
     encode,
 )
 
+from . import signing
 from .metrics import Metrics
+from .signing import Signer, Verifier
 
 log = structlog.get_logger(__name__)
 
@@ -137,8 +139,12 @@ class EventBus:
         backoff_s: float = 0.2,
         partitions: int = 3,
         publishes: Iterable[str] | None = None,
+        signer: Signer | None = None,
+        verifier: Verifier | None = None,
     ) -> None:
         self.bootstrap = bootstrap
+        self.signer = signer
+        self.verifier = verifier
         self.publishes = frozenset(publishes) if publishes is not None else None
         self.service = service
         self.metrics = metrics
@@ -165,7 +171,15 @@ class EventBus:
         processed: ProcessedEvents,
         publishes: Iterable[str] | None = None,
     ) -> EventBus:
-        """The bus as every service builds it from its ``ServiceSettings``."""
+        """The bus as every service builds it from its ``ServiceSettings``: its signing key
+        signs the control events it publishes, the trusted keys verify those it consumes."""
+        key = settings.signing_key.get_secret_value() if settings.signing_key else None
+        signer, verifier = signing.from_settings(settings.service_name, key, settings.trusted_keys)
+        if verifier is None:
+            log.warning(
+                "bus.control_events_not_verified",
+                why="no MODELBUS_TRUSTED_KEYS: a forged control event would be acted on",
+            )
         return cls(
             settings.kafka_bootstrap,
             service=settings.service_name,
@@ -175,6 +189,8 @@ class EventBus:
             backoff_s=settings.handler_backoff_s,
             partitions=settings.topic_partitions,
             publishes=publishes,
+            signer=signer,
+            verifier=verifier,
         )
 
     # -- publishing ---------------------------------------------------------------------------
@@ -186,10 +202,28 @@ class EventBus:
         """Publish one encoded event (what the outbox relay sends)."""
         self._check_declared(record.topic)
         await self.broker.publish(
-            record.value, record.topic, key=record.key, headers=record.headers
+            record.value, record.topic, key=record.key, headers=self._signed(record)
         )
         self.metrics.events_published.labels(record.topic).inc()
         log.debug("event.published", topic=record.topic, event_id=record.headers.get("ce_id"))
+
+    def _signed(self, record: KafkaRecord) -> dict[str, str]:
+        """The record's headers, with this service's signature on a control event."""
+        if self.signer is None:
+            return record.headers
+        return self.signer.sign(record.topic, record.headers, record.value)
+
+    async def _unverified(self, raw: Any, group: str) -> bool:
+        """True (and dead-lettered with the reason) for a control event that is not signed
+        by a trusted service."""
+        if self.verifier is None:
+            return False
+        problem = self.verifier.problem(raw.topic, raw.headers, raw.value)
+        if problem is None:
+            return False
+        self.metrics.events_unverified.labels(raw.topic).inc()
+        await self._dead_letter(raw, group, f"signature: {problem}", attempts=0)
+        return True
 
     def _check_declared(self, topic: str) -> None:
         """A service publishes only the events its spec declares (so its AsyncAPI document,
@@ -210,7 +244,7 @@ class EventBus:
                     record.value,
                     record.topic,
                     key=record.key,
-                    headers=record.headers,
+                    headers=self._signed(record),
                     no_confirm=True,
                 )
             )
@@ -396,6 +430,8 @@ class EventBus:
             topic=topic, partition=raw.partition, offset=raw.offset, group=group
         )
         try:
+            if await self._unverified(raw, group):
+                return
             try:
                 event = decode(raw.headers, raw.value, expected=event_cls)
             except ContractError as exc:
@@ -433,6 +469,8 @@ class EventBus:
             raws = []
         for raw in raws:
             route = routes[raw.topic]
+            if await self._unverified(raw, group):
+                continue
             if route.decoder is not None:
                 undecoded.setdefault(raw.topic, []).append(raw)
                 by_topic.setdefault(raw.topic, [])

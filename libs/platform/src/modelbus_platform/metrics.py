@@ -43,6 +43,12 @@ class Metrics:
             ["topic"],
             registry=r,
         )
+        self.events_unverified = Counter(
+            "modelbus_events_unverified_total",
+            "Control events dead-lettered: unsigned, unknown signer or a bad signature",
+            ["topic"],
+            registry=r,
+        )
         self.consumer_lag = Gauge(
             "modelbus_consumer_lag", "Messages behind the log end", ["topic", "group"], registry=r
         )

@@ -59,5 +59,15 @@ class ServiceSettings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool | None = Field(default=None, description="JSON logs; default: when not a tty")
 
+    signing_key: SecretStr | None = Field(
+        default=None,
+        description="this service's Ed25519 key (base64, 32 raw bytes): it signs the control "
+        "events it publishes (modelbus_platform.signing)",
+    )
+    trusted_keys: str | None = Field(
+        default=None,
+        description='JSON {"<service>": "<base64 public key>"}: control events are acted on '
+        "only when signed by one of them (unset: not verified, a warning at start)",
+    )
     handler_retries: int = Field(default=3, ge=0, description="retries before dead-lettering")
     handler_backoff_s: float = Field(default=0.2, ge=0, description="first retry delay, doubles")
