@@ -25,7 +25,7 @@ from modelbus_batch.handlers import schedule_fired
 from modelbus_contracts import BatchScoringCompleted, BatchScoringRequested, decode, encode
 from modelbus_embedded.testing import version_view
 from modelbus_platform.scheduler import Fire, fire_id
-from modelbus_platform.stores import build_object_store
+from modelbus_platform.stores import build_object_store, sha256_hex
 
 pytestmark = pytest.mark.integration
 
@@ -209,3 +209,93 @@ async def test_batch_jobs_on_real_servers(infra, service_env, unique, monkeypatc
     finally:
         await producer.stop()
         await completions.stop()
+
+
+async def test_store_boundaries_on_real_servers(
+    infra, service_env, unique, monkeypatch, make_model
+):
+    """The issue's attack, against real S3: a batch job aimed at a hold-out snapshot under
+    datasets/, at other schemes, buckets and paths. Every one is refused (422 with the reason,
+    or a failed job for the event), the bucket holds exactly what it held, and a job inside the
+    bounds still runs."""
+    for key, value in service_env.items():
+        monkeypatch.setenv(key, value)
+    settings = BatchSettings(
+        instance_id=f"batch-bounds-{unique}", registry_url="http://registry.test"
+    )
+    model = f"bounds-{unique}"
+    store = build_object_store(settings)
+    registry = Registry(model)
+    m = make_model(coef=[1.0, 0.0])
+    view = version_view(model, 1, m.to_bytes())
+    await store.put(view.artifact.uri, m.to_bytes())
+    registry.versions[1], registry.champion = view.model_dump(mode="json"), 1
+    holdout = b"id,age,income,label\n1,0.5,1,0\n2,1,2,1\n"
+    holdout_key = f"datasets/{model}/{sha256_hex(holdout)}.csv"
+    assert await store.put_once(holdout_key, holdout, "text/csv")
+    await store.put(f"batch/{unique}/day.csv", CSV)
+    before = {key: await store.get(key) for key in await store.list()}
+
+    hostile = [
+        ({"output_uri": holdout_key}, "protected_prefix"),
+        ({"output_uri": f"s3://{settings.bucket}/{holdout_key}"}, "protected_prefix"),
+        ({"output_uri": f"artifacts/{model}/x.csv"}, "protected_prefix"),
+        ({"output_uri": "file:///tmp/x.csv"}, "bad_scheme"),
+        ({"output_uri": "http://169.254.169.254/latest/x.csv"}, "bad_scheme"),
+        ({"output_uri": f"s3://other-{unique}/batch/x.csv"}, "wrong_bucket"),
+        ({"output_uri": "/etc/x.csv"}, "bad_uri"),
+        ({"output_uri": f"batch/{unique}/../../datasets/x.csv"}, "bad_uri"),
+        ({"output_uri": f"batch/{unique}/x\u0000.csv"}, "bad_uri"),
+        ({"output_uri": f"reports/{unique}/x.csv"}, "outside_prefixes"),
+        ({"input_uri": holdout_key}, "outside_prefixes"),
+    ]
+    app = build_app(settings, registry_transport=httpx.MockTransport(registry.handle))
+    producer = AIOKafkaProducer(bootstrap_servers=infra.kafka_bootstrap)
+    await producer.start()
+    try:
+        async with app.router.lifespan_context(app):
+            client = httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://b")
+            await ready(client)
+            for fields, reason in hostile:
+                body = {"model_name": model, "input_uri": f"batch/{unique}/day.csv", **fields}
+                refused = await client.post("/batch-jobs", json=body)
+                assert refused.status_code == 422, (fields, refused.text)
+                assert refused.json()["reason"] == reason, (fields, refused.json())
+
+            # the same attack as an event: recorded as a failed job with the reason
+            request = BatchScoringRequested(
+                model_name=model,
+                job_id=f"evil-{unique}",
+                input_uri=f"batch/{unique}/day.csv",
+                output_uri=holdout_key,
+            )
+            record = encode(request)
+            headers = [(k, v.encode()) for k, v in record.headers.items()]
+            await producer.send_and_wait(
+                record.topic, record.value, key=record.key, headers=headers
+            )
+            fine = await client.post(
+                "/batch-jobs",
+                json={
+                    "model_name": model,
+                    "input_uri": f"s3://{settings.bucket}/batch/{unique}/day.csv",
+                    "output_uri": f"out/{unique}/day.csv",
+                },
+            )
+            assert fine.status_code == 202, fine.text
+            async with asyncio.timeout(30):
+                while True:
+                    evil = (await client.get(f"/batch-jobs/{request.job_id}")).json()
+                    done = (await client.get(f"/batch-jobs/{fine.json()['job_id']}")).json()
+                    if evil.get("state") == "failed" and done["state"] == "succeeded":
+                        break
+                    await asyncio.sleep(0.1)
+            assert evil["error"].startswith("protected_prefix: ")
+    finally:
+        await producer.stop()
+
+    after = {key: await store.get(key) for key in await store.list()}
+    written = {f"out/{unique}/day.csv", f"out/{unique}/day.errors.csv"}
+    assert set(after) - set(before) == written
+    assert {key: after[key] for key in before} == before
+    assert sha256_hex(after[holdout_key]) in holdout_key
