@@ -184,6 +184,13 @@ def test_env_values_fit_the_base_settings(name, monkeypatch):
     assert settings.bucket == "modelbus"
 
 
+@pytest.mark.parametrize("name", SERVICES)
+def test_every_service_signs_with_its_own_key_and_trusts_the_shared_ones(name):
+    raw = service(name)["environment"]
+    assert raw["MODELBUS_SIGNING_KEY"] == f"${{MODELBUS_{name.upper()}_SIGNING_KEY:-}}"
+    assert raw["MODELBUS_TRUSTED_KEYS"] == "${MODELBUS_TRUSTED_KEYS:-}"
+
+
 def test_s3_credentials_match_minio():
     minio = {k: interpolate(v) for k, v in service("minio")["environment"].items()}
     for name in SERVICES:

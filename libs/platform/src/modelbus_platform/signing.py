@@ -196,11 +196,20 @@ def from_settings(
 
 
 def main(argv: list[str]) -> int:
-    """``keygen <service>...``: a key per service and the trusted-keys document, as JSON."""
+    """``keygen [--env] <service>...``: a key per service and the trusted-keys document, as
+    JSON or (``--env``) as the lines of a compose ``.env`` file."""
+    as_env = "--env" in argv
+    argv = [a for a in argv if a != "--env"]
     if len(argv) < 2 or argv[0] != "keygen":
-        print("usage: python -m modelbus_platform.signing keygen <service> [<service> ...]")
+        print("usage: python -m modelbus_platform.signing keygen [--env] <service> [...]")
         return 2
     keys = {name: keypair() for name in argv[1:]}
+    if as_env:
+        for name, (private, _) in keys.items():
+            print(f"MODELBUS_{name.upper()}_SIGNING_KEY={private}")
+        trusted = json.dumps({name: pair[1] for name, pair in keys.items()}, sort_keys=True)
+        print(f"MODELBUS_TRUSTED_KEYS='{trusted}'")
+        return 0
     print(
         json.dumps(
             {
