@@ -20,6 +20,20 @@ class ServiceSettings(BaseSettings):
     instance_id: str = Field(default_factory=socket.gethostname, description="this replica's id")
 
     kafka_bootstrap: str = Field(default="127.0.0.1:9092", description="Kafka bootstrap servers")
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT", description="how every Kafka client connects (kafka_security.py)"
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        default="SCRAM-SHA-512", description="SASL mechanism for SASL_PLAINTEXT / SASL_SSL"
+    )
+    kafka_sasl_username: str | None = Field(default=None, description="SASL user")
+    kafka_sasl_password: SecretStr | None = Field(default=None, description="SASL password")
+    kafka_ssl_cafile: str | None = Field(default=None, description="the broker's CA (PEM)")
+    kafka_ssl_certfile: str | None = Field(default=None, description="client certificate (mTLS)")
+    kafka_ssl_keyfile: str | None = Field(default=None, description="client key (mTLS)")
+    kafka_allow_plain_sasl: bool = Field(
+        default=False, description="allow SASL PLAIN without TLS (the password in clear)"
+    )
     topic_partitions: int = Field(default=3, ge=1, description="partitions for auto-created topics")
 
     mongo_uri: SecretStr = Field(
