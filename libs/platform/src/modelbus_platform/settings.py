@@ -84,4 +84,41 @@ class ServiceSettings(BaseSettings):
         "only when signed by one of them (unset: not verified, a warning at start)",
     )
     handler_retries: int = Field(default=3, ge=0, description="retries before dead-lettering")
+
     handler_backoff_s: float = Field(default=0.2, ge=0, description="first retry delay, doubles")
+
+    # -- HTTP authentication (modelbus_platform.auth) ------------------------------------------
+    auth: Literal["off", "on"] = Field(
+        default="off",
+        description="on: every HTTP route but auth_open_paths needs an API key or a JWT with "
+        "the route's role (viewer < predict < operator < admin); off: every route is open",
+    )
+    auth_open_paths: list[str] = Field(
+        default_factory=lambda: [
+            "/health/live",
+            "/health/ready",
+            "/v2/health/live",
+            "/v2/health/ready",
+            "/metrics",
+        ],
+        description="route templates answered without credentials when auth is on",
+    )
+    admin_key_sha256: SecretStr | None = Field(
+        default=None,
+        description="hex SHA-256 of a bootstrap admin API key the operator made (the first "
+        "admin logs in with it to create keys)",
+    )
+    auth_cache_ttl_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="how long an API key read from MongoDB is trusted (a revocation takes "
+        "effect within it)",
+    )
+    jwks_url: str | None = Field(default=None, description="JWKS URL the JWT keys come from")
+    jwks: str | None = Field(default=None, description="JWKS as JSON (instead of jwks_url)")
+    jwt_issuer: str | None = Field(default=None, description="required iss of a JWT")
+    jwt_audience: str | None = Field(default=None, description="required aud of a JWT")
+    jwt_role_claim: str = Field(
+        default="modelbus_role",
+        description="claim naming the role (a string or a list: the highest role wins)",
+    )
