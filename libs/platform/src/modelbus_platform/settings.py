@@ -84,7 +84,6 @@ class ServiceSettings(BaseSettings):
         "only when signed by one of them (unset: not verified, a warning at start)",
     )
     handler_retries: int = Field(default=3, ge=0, description="retries before dead-lettering")
-
     handler_backoff_s: float = Field(default=0.2, ge=0, description="first retry delay, doubles")
 
     # -- HTTP authentication (modelbus_platform.auth) ------------------------------------------
