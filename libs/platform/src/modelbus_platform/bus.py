@@ -39,6 +39,7 @@ from modelbus_contracts import (
 )
 
 from . import signing
+from .kafka_security import KafkaSecurity
 from .metrics import Metrics
 from .signing import Signer, Verifier
 
@@ -141,8 +142,10 @@ class EventBus:
         publishes: Iterable[str] | None = None,
         signer: Signer | None = None,
         verifier: Verifier | None = None,
+        security: KafkaSecurity | None = None,
     ) -> None:
         self.bootstrap = bootstrap
+        self.security = security or KafkaSecurity()
         self.signer = signer
         self.verifier = verifier
         self.publishes = frozenset(publishes) if publishes is not None else None
@@ -152,7 +155,12 @@ class EventBus:
         self.retries = retries
         self.backoff_s = backoff_s
         self.partitions = partitions
-        self.broker = KafkaBroker(bootstrap, client_id=f"modelbus-{service}", logger=None)
+        self.broker = KafkaBroker(
+            bootstrap,
+            client_id=f"modelbus-{service}",
+            logger=None,
+            security=self.security.faststream(),
+        )
         self._started = False
         self._groups: dict[str, dict[str, _Route]] = {}
         self._subscribers: dict[str, Any] = {}
@@ -191,6 +199,7 @@ class EventBus:
             publishes=publishes,
             signer=signer,
             verifier=verifier,
+            security=KafkaSecurity.from_settings(settings),
         )
 
     # -- publishing ---------------------------------------------------------------------------
@@ -304,6 +313,7 @@ class EventBus:
                 client_id=f"modelbus-{self.service}-bulk",
                 max_batch_size=BULK_BATCH_BYTES,
                 max_request_size=BULK_BATCH_BYTES + 65_536,
+                **self.security.client_options(),
             )
             await producer.start()
             if self._bulk is None:
@@ -550,7 +560,12 @@ class EventBus:
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def ensure_topics(self, topics: Iterable[str] | None = None) -> None:
-        await ensure_topics(self.bootstrap, topics or all_topics(), self.partitions)
+        await ensure_topics(
+            self.bootstrap,
+            topics or all_topics(),
+            self.partitions,
+            **self.security.client_options(),
+        )
 
     async def start(self) -> None:
         await self.ensure_topics()
@@ -592,9 +607,12 @@ async def _raw_body(msg: Any) -> Any:
     return msg.body
 
 
-async def ensure_topics(bootstrap: str, topics: Iterable[str], partitions: int = 3) -> None:
-    """Create the topics that do not exist yet (idempotent, safe from several services)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+async def ensure_topics(
+    bootstrap: str, topics: Iterable[str], partitions: int = 3, **options: Any
+) -> None:
+    """Create the topics that do not exist yet (idempotent, safe from several services);
+    ``options`` are the connection's (``KafkaSecurity.client_options``)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **options)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
