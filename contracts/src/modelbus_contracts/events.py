@@ -487,3 +487,20 @@ ALL_EVENTS: tuple[type[Event], ...] = (
 )
 
 EVENTS_BY_TYPE: dict[str, type[Event]] = {cls.event_type: cls for cls in ALL_EVENTS}
+# The events other services act on (move a champion, retrain, roll back, judge a shadow): their
+# producer signs them and consumers verify it (modelbus_platform.signing). The rest come from
+# upstream (open to whoever the Kafka ACLs let write) or only inform.
+CONTROL_EVENTS: tuple[type[Event], ...] = (
+    ModelTrained,
+    ModelRegistered,
+    ModelEvaluated,
+    ModelPromoted,
+    ModelRolledBack,
+    ModelRolloutChanged,
+    ModelRollbackRequested,
+    ModelLoadFailed,
+    ScoringFailed,
+    DriftDetected,
+    ModelPolicyChanged,
+    IncidentUpdated,
+)

@@ -33,42 +33,13 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from modelbus_contracts import (
-    DriftDetected,
-    IncidentUpdated,
-    ModelEvaluated,
-    ModelLoadFailed,
-    ModelPolicyChanged,
-    ModelPromoted,
-    ModelRegistered,
-    ModelRollbackRequested,
-    ModelRolledBack,
-    ModelRolloutChanged,
-    ModelTrained,
-    ScoringFailed,
-)
+from modelbus_contracts.events import CONTROL_EVENTS
 
 SIGNATURE = "ce_signature"
 SIGNER = "ce_signer"
 VERSION = b"modelbus-signature-v1"
 # the events other services act on: only a trusted service's signature makes them count
-CONTROL_TOPICS: frozenset[str] = frozenset(
-    cls.topic
-    for cls in (
-        ModelTrained,
-        ModelRegistered,
-        ModelEvaluated,
-        ModelPromoted,
-        ModelRolledBack,
-        ModelRolloutChanged,
-        ModelRollbackRequested,
-        ModelLoadFailed,
-        ScoringFailed,
-        DriftDetected,
-        ModelPolicyChanged,
-        IncidentUpdated,
-    )
-)
+CONTROL_TOPICS: frozenset[str] = frozenset(cls.topic for cls in CONTROL_EVENTS)
 SIGNED_HEADERS = (
     "ce_type",
     "ce_id",
