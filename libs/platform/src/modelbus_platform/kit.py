@@ -34,6 +34,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from modelbus_contracts import Event
 
+from .auth import ApiKeys, Authenticator, AuthMiddleware, MongoKeyStore, build_authenticator
 from .bus import EventBus, MemoryProcessedEvents
 from .http import ServiceApp, create_app
 from .logging import configure_logging
@@ -254,6 +255,25 @@ class Kit:
 
         return self.once("policies", make)
 
+    def authenticator(self) -> Authenticator:
+        """Who is calling (API keys, JWTs): the HTTP chain's auth layer uses it when auth is on,
+        the registry's key admin API always. API keys are read from ``api_keys`` through a
+        MongoDB client of its own (the bus's idempotency ledger stays where the service put
+        it); tests hand in a ``key_store``."""
+
+        def make() -> Authenticator:
+            store = self.overrides.get("key_store")
+            if store is None:
+                client, db = connect_mongo(self.settings)
+                store = MongoKeyStore(db)
+                self.resources.append(Resource("api-keys", start=store.init, stop=client.close))
+            return build_authenticator(self.settings, store)
+
+        return self.once("authenticator", make)
+
+    def api_keys(self) -> ApiKeys:
+        return self.authenticator().keys
+
     def events(self, *outboxes: OutboxStore) -> Relay:
         """The service's relay (one per service): publishes the events waiting in
         ``outboxes`` (the stores' own outboxes, whose indexes the stores create)."""
@@ -361,6 +381,7 @@ def build_app(
     settings = settings or spec.settings()
     kit = Kit(spec, settings, overrides)
     wiring = spec.wire(kit)
+    authenticator = kit.authenticator() if settings.auth == "on" else None
     kit.bind(wiring)
     lifecycle = kit.lifecycle = Lifecycle(kit, wiring)
 
@@ -387,6 +408,13 @@ def build_app(
         app.include_router(router)
     if wiring.configure_app is not None:
         wiring.configure_app(app)
+    if authenticator is not None:  # inside the starting gate: no key is read before start
+        app.add_middleware(
+            AuthMiddleware,
+            service_app=app,
+            authenticator=authenticator,
+            open_paths=settings.auth_open_paths,
+        )
     app.gate_until_started(spec.name, open_paths=wiring.ungated)
     app.state.kit = kit
     app.state.bus = kit.bus

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from modelbus_contracts import DatasetRef, Decision, GateResult
 from modelbus_contracts.envelope import MODEL_NAME_MAX_LENGTH, MODEL_NAME_PATTERN
+from modelbus_platform.auth import audit_actor
 from modelbus_platform.http import ApiError, ModelName, Version, error_responses
 
 from .service import DecisionConflict, DeployerService
@@ -140,7 +141,8 @@ async def _human(request: Request, model_name: str, version: int, body: HumanDec
     service = _service(request)
     call = service.approve if verb == "approve" else service.reject
     try:
-        doc = await call(model_name, version, body.actor, body.reason)
+        actor = audit_actor(request, body.actor)  # the identity when auth is on
+        doc = await call(model_name, version, actor, body.reason)
     except LookupError as exc:
         raise ApiError(404, str(exc), "unknown_decision") from exc
     except DecisionConflict as exc:

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from modelbus_platform.auth import audit_actor
 from modelbus_platform.http import ApiError, error_responses
 
 from .adapters import incident_view
@@ -64,7 +65,8 @@ class Resolution(BaseModel):
 )
 async def resolve_incident(incident_id: str, body: Resolution, request: Request) -> dict[str, Any]:
     try:
-        incident = await _service(request).resolve_incident(incident_id, body.actor, body.reason)
+        actor = audit_actor(request, body.actor)  # the identity when auth is on
+        incident = await _service(request).resolve_incident(incident_id, actor, body.reason)
     except LookupError as exc:
         raise ApiError(404, f"incident {incident_id!r} not found", "unknown_incident") from exc
     except ValueError as exc:

@@ -24,6 +24,7 @@ from modelbus_contracts.api import (
 from modelbus_contracts.events import Signature, Task
 from modelbus_contracts.policy import PolicyUpdate, PolicyView
 from modelbus_ml.flavors import LOGREG_FORMAT
+from modelbus_platform.auth import audit_actor
 from modelbus_platform.http import ApiError, ModelName, Version, error_responses
 
 from .domain import ArtifactRejected, Conflict, NotFound, PolicyRejected
@@ -59,7 +60,16 @@ def get_service(request: Request) -> RegistryService:
 
 
 Service = Annotated[RegistryService, Depends(get_service)]
-Actor = Annotated[str, Header(alias="X-Actor", max_length=200)]
+ClaimedActor = Annotated[str, Header(alias="X-Actor", max_length=200)]
+
+
+def request_actor(request: Request, claimed: ClaimedActor = API_ACTOR) -> str:
+    """The audit actor: the caller's identity when auth is on (``X-Actor`` claims anything),
+    ``X-Actor`` (or ``registry-api``) when it is off."""
+    return audit_actor(request, claimed)
+
+
+Actor = Annotated[str, Depends(request_actor)]
 Limit = Annotated[int, Query(ge=1, description="most records to return (capped by settings)")]
 
 
@@ -131,6 +141,7 @@ def build_router(audit_limit: int = 1000) -> APIRouter:
         name: ModelName,
         request: Request,
         service: Service,
+        actor: Actor,
         feature_names: Annotated[
             list[str] | None,
             Query(
@@ -171,7 +182,6 @@ def build_router(audit_limit: int = 1000) -> APIRouter:
             ),
         ] = None,
         source: Annotated[str, Query(max_length=200, description="where it comes from")] = "",
-        actor: Actor = API_ACTOR,
     ) -> Response:
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type not in (*ONNX_TYPES, *MLFLOW_TYPES):
@@ -269,7 +279,7 @@ def build_router(audit_limit: int = 1000) -> APIRouter:
         responses=error_responses(CHANGE),
     )
     async def set_alias(
-        name: str, alias: Alias, body: AliasUpdate, service: Service, actor: Actor = API_ACTOR
+        name: str, alias: Alias, body: AliasUpdate, service: Service, actor: Actor
     ) -> AliasesView:
         return await _guard(service.set_alias(name, alias, body, actor=actor))
 
@@ -280,7 +290,7 @@ def build_router(audit_limit: int = 1000) -> APIRouter:
         responses=error_responses(CHANGE),
     )
     async def rollback(
-        name: str, body: RollbackRequest, service: Service, actor: Actor = API_ACTOR
+        name: str, body: RollbackRequest, service: Service, actor: Actor
     ) -> AliasesView:
         return await _guard(service.rollback(name, body, actor=actor))
 
@@ -307,7 +317,7 @@ def build_router(audit_limit: int = 1000) -> APIRouter:
         ),
     )
     async def put_policy(
-        name: ModelName, body: PolicyUpdate, service: Service, actor: Actor = API_ACTOR
+        name: ModelName, body: PolicyUpdate, service: Service, actor: Actor
     ) -> PolicyView:
         try:
             return await _guard(service.put_policy(name, body, actor=actor))

@@ -19,6 +19,7 @@ from modelbus_contracts import (
     ModelRolloutChanged,
     ModelTrained,
 )
+from modelbus_platform.auth import key_admin_router
 from modelbus_platform.kit import Kit, Resource, ServiceSpec, Subscription, Wiring
 from modelbus_platform.kit import build_app as build_service_app
 from modelbus_platform.metrics import Metrics
@@ -55,7 +56,7 @@ def wire(kit: Kit) -> Wiring:
     )
     return Wiring(
         context=service,
-        routers=[build_router(settings.audit_page_limit)],
+        routers=[build_router(settings.audit_page_limit), key_admin_router(kit.api_keys())],
         configure_app=lambda app: app.allow_uploads(IMPORT_UPLOADS),
         resources=[Resource("registry-indexes", start=repo.init)],
     )
