@@ -418,10 +418,17 @@ class RouteRoles:
         return cls(app_routes(app), open_paths)
 
     def role_for(self, method: str, path: str) -> Role | None:
+        """The highest role of the routes the path matches (a hot route is matched before
+        FastAPI's, so route order cannot be trusted to say which one answers); None if every
+        match is open; ``viewer`` if none matches (only known callers learn it is 404/405)."""
+        needed: Role | None = None
+        matched = False
         for regex, _, role in self.table.get(method, ()):
             if regex.match(path):
-                return role
-        return "viewer"  # no such route: known callers learn it is 404 or 405
+                matched = True
+                if role is not None and (needed is None or RANK[role] > RANK[needed]):
+                    needed = role
+        return needed if matched else "viewer"
 
 
 def app_routes(app: Any) -> list[tuple[str, str]]:
