@@ -223,17 +223,24 @@ class ApiKeys:
         self._cache: dict[str, tuple[float, dict[str, Any] | None]] = {}
 
     async def create(
-        self, name: str, role: Role, expires_in_days: float | None = None
+        self,
+        name: str,
+        role: Role,
+        expires_in_days: float | None = None,
+        *,
+        expires_at: datetime | None = None,
     ) -> tuple[dict[str, Any], str]:
         secret = new_secret()
         now = self.now()
+        if expires_in_days:
+            expires_at = now + timedelta(days=expires_in_days)
         record = {
             "_id": uuid.uuid4().hex,
             "name": name,
             "role": role,
             "sha256": hash_key(secret),
             "created_at": now,
-            "expires_at": now + timedelta(days=expires_in_days) if expires_in_days else None,
+            "expires_at": expires_at,
             "revoked": False,
             "revoked_at": None,
         }
@@ -250,14 +257,13 @@ class ApiKeys:
         return record
 
     async def rotate(self, key_id: str) -> tuple[dict[str, Any], str] | None:
-        """A new secret with the old key's name, role and remaining lifetime; the old revoked."""
+        """A new secret with the old key's name, role and expiry; the old one revoked."""
         old = await self.store.get(key_id)
         if old is None:
             return None
-        days = None
-        if old["expires_at"] is not None:
-            days = max((_aware(old["expires_at"]) - self.now()).total_seconds(), 0) / 86400
-        made = await self.create(old["name"], old["role"], days or None)
+        if old["revoked"]:  # rotating would bring a revoked key back
+            raise ApiError(409, f"API key {key_id} is revoked: make a new one", "key_revoked")
+        made = await self.create(old["name"], old["role"], expires_at=old["expires_at"])
         await self.revoke(key_id)
         return made
 
@@ -523,7 +529,8 @@ def key_view(record: Mapping[str, Any]) -> KeyView:
     return KeyView(id=record["_id"], **fields)
 
 
-UNKNOWN_KEY = {404: "no API key with this id"}
+UNKNOWN_KEY = {404: "not_found: no API key with this id"}
+ROTATE = {**UNKNOWN_KEY, 409: "key_revoked: a revoked key is not rotated"}
 
 
 def key_admin_router(keys: ApiKeys) -> APIRouter:
@@ -558,7 +565,7 @@ def key_admin_router(keys: ApiKeys) -> APIRouter:
         status_code=201,
         response_model=KeyCreated,
         summary="A new secret for an API key (the old one revoked)",
-        responses=error_responses(UNKNOWN_KEY),
+        responses=error_responses(ROTATE),
     )
     async def rotate(key_id: str, request: Request) -> KeyCreated:
         made = await keys.rotate(key_id)
