@@ -20,12 +20,15 @@ from modelbus_platform.auth import (
     Identity,
     JwtVerifier,
     MemoryKeyStore,
+    MongoKeyStore,
     Unauthenticated,
     hash_key,
     highest_role,
     required_role,
 )
 from modelbus_platform.http import ApiError
+from modelbus_platform.settings import ServiceSettings
+from modelbus_platform.stores import connect_mongo
 
 OPEN = ("/health/live", "/metrics")
 
@@ -247,3 +250,36 @@ async def test_credentials_come_from_bearer_or_x_api_key(keys, verifier, signer)
             await auth.identify(headers)
     with pytest.raises(Unauthenticated, match="not configured"):
         await Authenticator(keys).identify(jwt_bearer)
+
+
+# -- the KeyStore port: one suite, the fake and MongoDB ----------------------------------------
+
+
+@pytest.fixture(params=["memory", pytest.param("mongo", marks=pytest.mark.integration)])
+async def key_store(request, unique):
+    if request.param == "memory":
+        yield MemoryKeyStore()
+        return
+    infra = request.getfixturevalue("infra")
+    client, db = connect_mongo(ServiceSettings(mongo_uri=infra.mongo_uri, mongo_db=f"k_{unique}"))
+    store = MongoKeyStore(db)
+    await store.init()
+    yield store
+    await client.close()
+
+
+async def test_the_key_store_finds_by_hash_lists_and_revokes_once(key_store, clock):
+    keys = ApiKeys(key_store, now=lambda: clock.wall)
+    first, secret = await keys.create("a", "viewer", expires_in_days=2)
+    clock.advance(1)
+    second, _ = await keys.create("b", "admin")
+    found = await key_store.by_hash(hash_key(secret))
+    assert found["_id"] == first["_id"] and found["role"] == "viewer"
+    assert await key_store.by_hash(hash_key("other")) is None
+    assert [r["name"] for r in await key_store.all()] == ["a", "b"]
+    revoked = await key_store.revoke(second["_id"], clock.wall)
+    clock.advance(1)
+    again = await key_store.revoke(second["_id"], clock.wall)
+    assert revoked["revoked"] and again["revoked_at"] == revoked["revoked_at"]
+    assert await key_store.revoke("nope", clock.wall) is None
+    assert (await key_store.get(first["_id"]))["revoked"] is False
