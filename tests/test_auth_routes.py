@@ -124,3 +124,23 @@ def test_auth_is_off_by_default_and_then_not_in_the_chain(name):
     spec = SPECS[name]
     assert spec.settings(**NOWHERE).auth == "off"
     assert auth_layer(build_app(spec, spec.settings(**NOWHERE))) is None
+
+
+@pytest.mark.parametrize("name", ["registry", "scorer"])
+def test_with_auth_on_the_openapi_document_shows_credentials_401_and_403(name):
+    spec = SPECS[name]
+    settings = spec.settings(**NOWHERE, auth="on")
+    doc = build_app(spec, settings).openapi()
+    assert set(doc["components"]["securitySchemes"]) == {"bearer", "apiKey"}
+    for path, item in doc["paths"].items():
+        for operation in item.values():
+            if path in settings.auth_open_paths:
+                assert "401" not in operation["responses"] and "security" not in operation
+            else:
+                assert {"401", "403"} <= set(operation["responses"]), path
+                assert operation["security"] == [{"bearer": []}, {"apiKey": []}]
+    off = build_app(spec, spec.settings(**NOWHERE)).openapi()
+    assert "securitySchemes" not in off["components"]
+    assert all(
+        "401" not in op["responses"] for item in off["paths"].values() for op in item.values()
+    )

@@ -537,6 +537,7 @@ class ServiceApp(FastAPI):
         self.chain_middleware: list[Middleware] = chain
         self.chain: ASGIApp | None = None
         self.gated: frozenset[str] | None = None  # the ungated paths, when gated
+        self.secured: frozenset[str] | None = None  # the open paths, when auth is on
         self.exception_handlers[HTTPException] = _http_exception_handler
         self.exception_handlers[RequestValidationError] = _validation_handler
 
@@ -601,15 +602,28 @@ class ServiceApp(FastAPI):
         await self.chain(scope, receive, send)
 
     def openapi(self) -> dict[str, Any]:
-        return document_chain_errors(super().openapi(), gated=self.gated)
+        return document_chain_errors(super().openapi(), gated=self.gated, secured=self.secured)
+
+
+SECURITY_SCHEMES = {
+    "bearer": {"type": "http", "scheme": "bearer", "description": "an API key or a JWT"},
+    "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+}
 
 
 def document_chain_errors(
-    doc: dict[str, Any], *, gated: frozenset[str] | None = None
+    doc: dict[str, Any],
+    *,
+    gated: frozenset[str] | None = None,
+    secured: frozenset[str] | None = None,
 ) -> dict[str, Any]:
     """Add to an OpenAPI document the errors the chain answers on any route it applies to, in
     ``ErrorBody``: 500 everywhere, 413 where there is a request body, and the 422 FastAPI
-    documents for a route with parameters (its own body shape replaced). Idempotent."""
+    documents for a route with parameters (its own body shape replaced); with auth on
+    (``secured``: the open paths), 401 and 403 and the credentials on every other route.
+    Idempotent."""
+    if secured is not None:
+        doc.setdefault("components", {}).setdefault("securitySchemes", {}).update(SECURITY_SCHEMES)
     schemas = doc.setdefault("components", {}).setdefault("schemas", {})
     schemas.setdefault(
         "ErrorBody", ErrorBody.model_json_schema(ref_template=REF_TEMPLATE, mode="serialization")
@@ -626,6 +640,10 @@ def document_chain_errors(
             responses.setdefault("500", _error_doc("unexpected error (logged by the service)"))
             if gated is not None and path not in gated:
                 responses.setdefault("503", _error_doc("starting: the service is not started yet"))
+            if secured is not None and path not in secured:
+                operation["security"] = [{"bearer": []}, {"apiKey": []}]
+                responses.setdefault("401", _error_doc("unauthenticated: no or bad credentials"))
+                responses.setdefault("403", _error_doc("forbidden: the route needs another role"))
     if "HTTPValidationError" not in json.dumps(doc.get("paths", {})):
         schemas.pop("HTTPValidationError", None)
         schemas.pop("ValidationError", None)

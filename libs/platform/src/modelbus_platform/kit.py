@@ -409,6 +409,7 @@ def build_app(
     if wiring.configure_app is not None:
         wiring.configure_app(app)
     if authenticator is not None:  # inside the starting gate: no key is read before start
+        app.secured = frozenset(settings.auth_open_paths)
         app.add_middleware(
             AuthMiddleware,
             service_app=app,
