@@ -13,6 +13,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from jwt.algorithms import OKPAlgorithm
+from starlette.requests import Request
 
 from modelbus_platform.auth import (
     ApiKeys,
@@ -22,8 +23,10 @@ from modelbus_platform.auth import (
     MemoryKeyStore,
     MongoKeyStore,
     Unauthenticated,
+    audit_actor,
     hash_key,
     highest_role,
+    main,
     required_role,
 )
 from modelbus_platform.http import ApiError
@@ -283,3 +286,20 @@ async def test_the_key_store_finds_by_hash_lists_and_revokes_once(key_store, clo
     assert revoked["revoked"] and again["revoked_at"] == revoked["revoked_at"]
     assert await key_store.revoke("nope", clock.wall) is None
     assert (await key_store.get(first["_id"]))["revoked"] is False
+
+
+def test_the_audit_actor_is_the_identity_when_there_is_one():
+    scope = {"type": "http", "headers": []}
+    assert audit_actor(Request(scope), "claimed") == "claimed"  # auth off: as before
+    scope["state"] = {"identity": Identity("ops", "operator", "api_key")}
+    assert audit_actor(Request(scope), "mallory") == "ops"
+
+
+async def test_the_bootstrap_key_command_prints_a_key_and_its_hash(capsys):
+    assert main(["bootstrap-key"]) == 0
+    key_line, hash_line = capsys.readouterr().out.splitlines()
+    secret = key_line.rsplit(" ", 1)[1]
+    assert hash_line == f"MODELBUS_ADMIN_KEY_SHA256={hash_key(secret)}"
+    keys = ApiKeys(MemoryKeyStore(), bootstrap_sha256=hash_line.split("=", 1)[1])
+    assert (await keys.identify(secret)).role == "admin"
+    assert main([]) == 2

@@ -36,6 +36,7 @@ import hmac
 import json
 import re
 import secrets
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -576,3 +577,19 @@ def key_admin_router(keys: ApiKeys) -> APIRouter:
         return KeyCreated(key=secret, **key_view(record).model_dump())
 
     return router
+
+
+def main(argv: list[str]) -> int:
+    """``python -m modelbus_platform.auth bootstrap-key``: a new admin key and the setting that
+    trusts it (only the hash goes into the services' environment; keep the key itself)."""
+    if argv != ["bootstrap-key"]:
+        print("usage: python -m modelbus_platform.auth bootstrap-key", file=sys.stderr)
+        return 2
+    secret = new_secret()
+    print(f"# the admin key (shown once): Authorization: Bearer {secret}")
+    print(f"MODELBUS_ADMIN_KEY_SHA256={hash_key(secret)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
