@@ -24,6 +24,7 @@ from modelbus_deployer.live_service import LiveService
 from modelbus_deployer.service import DecisionConflict
 from modelbus_deployer.testing import MemoryLiveStats
 from modelbus_embedded.testing import service_app
+from modelbus_platform.auth import ApiKeys, Authenticator, AuthMiddleware, MemoryKeyStore
 from modelbus_platform.http import ServiceApp
 
 FAST = dict(
@@ -303,3 +304,30 @@ async def test_a_human_decision_stored_while_the_broker_is_down_is_published_lat
     assert (await service.get_decision("churn", 2))["published"] is True
     [final] = flaky.of(ModelEvaluated)
     assert (final.decision, final.actor) == ("promote", "alice")
+
+
+async def test_with_auth_on_an_approval_names_the_caller_not_the_body(make_world):
+    world = make_world(DeployerSettings(require_approval=True, rollout="canary"))
+    service, _ = await decided(world)
+    keys = ApiKeys(MemoryKeyStore())
+    _, viewer = await keys.create("dashboard", "viewer")
+    _, operator = await keys.create("bob", "operator")
+    app = app_for(service)
+    app.add_middleware(
+        AuthMiddleware, service_app=app, authenticator=Authenticator(keys), open_paths=()
+    )
+    body = {"actor": "alice", "reason": "reviewed"}
+    transport = httpx.ASGITransport(app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        nobody = await client.post("/decisions/churn/2/approve", json=body)
+        looker = await client.post(
+            "/decisions/churn/2/approve", json=body, headers={"X-API-Key": viewer}
+        )
+        approved = await client.post(
+            "/decisions/churn/2/approve", json=body, headers={"X-API-Key": operator}
+        )
+
+    assert (nobody.status_code, looker.status_code, approved.status_code) == (401, 403, 200)
+    final = world.publisher.of(ModelEvaluated)[-1]
+    assert (final.decision, final.actor) == ("canary", "bob")
+    assert final.reasons[0] == "approved by bob: reviewed"
