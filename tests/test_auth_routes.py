@@ -144,3 +144,12 @@ def test_with_auth_on_the_openapi_document_shows_credentials_401_and_403(name):
     assert all(
         "401" not in op["responses"] for item in off["paths"].values() for op in item.values()
     )
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_only_the_registry_creates_the_key_index_at_start(name):
+    spec = SPECS[name]
+    app = build_app(spec, spec.settings(**NOWHERE, auth="on"))
+    resources = [r.name for r in app.state.kit.lifecycle.resources]
+    assert ("api-key-indexes" in resources) == (name == "registry")
+    assert "api-keys" in resources  # its client, closed at stop

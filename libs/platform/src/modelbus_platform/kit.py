@@ -259,20 +259,27 @@ class Kit:
         """Who is calling (API keys, JWTs): the HTTP chain's auth layer uses it when auth is on,
         the registry's key admin API always. API keys are read from ``api_keys`` through a
         MongoDB client of its own (the bus's idempotency ledger stays where the service put
-        it); tests hand in a ``key_store``."""
+        it; nothing is read before the first request); tests hand in a ``key_store``."""
 
         def make() -> Authenticator:
             store = self.overrides.get("key_store")
             if store is None:
                 client, db = connect_mongo(self.settings)
                 store = MongoKeyStore(db)
-                self.resources.append(Resource("api-keys", start=store.init, stop=client.close))
+                self.resources.append(Resource("api-keys", stop=client.close))
             return build_authenticator(self.settings, store)
 
         return self.once("authenticator", make)
 
-    def api_keys(self) -> ApiKeys:
-        return self.authenticator().keys
+    def api_keys(self, *, manage: bool = False) -> ApiKeys:
+        """The API keys; ``manage``: this service makes them (the registry), so it creates the
+        collection's index at start (the others only read, and need MongoDB only then)."""
+        keys = self.authenticator().keys
+        init = getattr(keys.store, "init", None)
+        if manage and init is not None and "api-key-indexes" not in self._made:
+            self._made["api-key-indexes"] = True
+            self.resources.append(Resource("api-key-indexes", start=init))
+        return keys
 
     def events(self, *outboxes: OutboxStore) -> Relay:
         """The service's relay (one per service): publishes the events waiting in

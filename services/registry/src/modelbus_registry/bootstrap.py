@@ -56,7 +56,10 @@ def wire(kit: Kit) -> Wiring:
     )
     return Wiring(
         context=service,
-        routers=[build_router(settings.audit_page_limit), key_admin_router(kit.api_keys())],
+        routers=[
+            build_router(settings.audit_page_limit),
+            key_admin_router(kit.api_keys(manage=True)),
+        ],
         configure_app=lambda app: app.allow_uploads(IMPORT_UPLOADS),
         resources=[Resource("registry-indexes", start=repo.init)],
     )
