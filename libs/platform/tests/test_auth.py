@@ -205,6 +205,20 @@ async def test_bad_tokens_are_unauthenticated(verifier, signer, change, message)
         await verifier.verify(token(signer, **change))
 
 
+async def test_a_verified_token_is_remembered_until_its_expiry(signer):
+    now = [time.time()]
+    verifier = JwtVerifier(
+        jwks={"keys": [jwk(signer, "k1")]}, audience=AUDIENCE, wall=lambda: now[0]
+    )
+    good = token(signer, ttl=300)
+    await verifier.verify(good)
+    verifier.keys.clear()  # from here on only the memory can vouch for it
+    assert (await verifier.verify(good)).name == "alice"
+    now[0] += 301
+    with pytest.raises(Unauthenticated, match="unknown key"):
+        await verifier.verify(good)
+
+
 async def test_a_token_signed_by_another_key_is_refused(verifier):
     with pytest.raises(Unauthenticated, match="invalid token"):
         await verifier.verify(token(Ed25519PrivateKey.generate()))

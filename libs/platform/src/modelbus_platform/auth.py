@@ -306,9 +306,14 @@ def _aware(moment: datetime) -> datetime:
 
 class JwtVerifier:
     """JWT bearer tokens signed by a key of the configured JWKS (given, or fetched from its URL
-    and fetched again, at most every ``refresh_s``, when a token names a key it lacks)."""
+    and fetched again, at most every ``refresh_s``, when a token names a key it lacks).
+
+    A verified token is remembered until its ``exp`` (a client sends the same token for many
+    requests; checking its signature each time would cost the infer route a signature check
+    per request). The memory is bounded, as the API keys' cache is."""
 
     ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA")
+    CACHE_MAX = 10_000
 
     def __init__(
         self,
@@ -320,6 +325,7 @@ class JwtVerifier:
         role_claim: str = "modelbus_role",
         refresh_s: float = 60.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.url = jwks_url
         self.issuer = issuer
@@ -330,12 +336,17 @@ class JwtVerifier:
         self.keys: dict[str | None, Any] = self._parse(jwks) if jwks else {}
         self._fetched_at = float("-inf")
         self._lock = asyncio.Lock()
+        self.wall = wall
+        self._verified: dict[str, tuple[Identity, float]] = {}
 
     @staticmethod
     def _parse(jwks: Mapping[str, Any]) -> dict[str | None, Any]:
         return {key.key_id: key for key in jwt.PyJWKSet.from_dict(dict(jwks)).keys}
 
     async def verify(self, token: str) -> Identity:
+        known = self._verified.get(token)
+        if known is not None and self.wall() < known[1]:
+            return known[0]
         try:
             kid = jwt.get_unverified_header(token).get("kid")
         except jwt.PyJWTError as exc:
@@ -360,7 +371,11 @@ class JwtVerifier:
         role = highest_role(claims.get(self.role_claim))
         if role is None:
             raise ApiError(403, f"token has no modelbus role in {self.role_claim}", "forbidden")
-        return Identity(str(claims["sub"]), role, "jwt")
+        identity = Identity(str(claims["sub"]), role, "jwt")
+        if len(self._verified) >= self.CACHE_MAX:
+            self._verified.clear()
+        self._verified[token] = (identity, float(claims["exp"]))
+        return identity
 
     async def _key(self, kid: str | None) -> Any:
         if kid in self.keys or self.url is None:
