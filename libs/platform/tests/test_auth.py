@@ -112,6 +112,21 @@ async def test_lookups_are_cached_for_the_ttl_and_a_revocation_shows_within_it(k
         await keys.identify(secret)
 
 
+async def test_the_hot_path_knows_only_what_the_cache_vouches_for(keys, clock):
+    _, secret = await keys.create("app", "predict", expires_in_days=1)
+    assert keys.known(secret) is None  # never read: the slow path reads it
+    await keys.identify(secret)
+    assert keys.known(secret).name == "app"
+    assert keys.known(secret + "x") is None
+    clock.advance(5.0)
+    assert keys.known(secret) is None  # the TTL is over: read again
+    await keys.identify(secret)
+    clock.advance(86400)
+    assert keys.known(secret) is None  # expired in the meantime
+    with pytest.raises(Unauthenticated, match="expired"):
+        await keys.identify(secret)
+
+
 async def test_revoking_here_takes_effect_at_once(keys):
     record, secret = await keys.create("app", "predict")
     await keys.identify(secret)

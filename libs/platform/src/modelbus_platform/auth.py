@@ -39,7 +39,7 @@ import secrets
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol
@@ -221,7 +221,8 @@ class ApiKeys:
         self.bootstrap_sha256 = (bootstrap_sha256 or "").strip().lower() or None
         self.clock = clock
         self.now = now
-        self._cache: dict[str, tuple[float, dict[str, Any] | None]] = {}
+        # hash -> (read at, record, its identity if usable, its expiry)
+        self._cache: dict[str, tuple[float, dict[str, Any] | None, Identity | None, Any]] = {}
 
     async def create(
         self,
@@ -268,6 +269,16 @@ class ApiKeys:
         await self.revoke(key_id)
         return made
 
+    def known(self, secret: str) -> Identity | None:
+        """The holder of a key the cache vouches for (read within the TTL, not revoked, not
+        expired), with no coroutine and no I/O: the hot path. None: ask ``identify``."""
+        cached = self._cache.get(hash_key(secret))
+        if cached is None or cached[2] is None or self.clock() - cached[0] >= self.ttl_s:
+            return None
+        if cached[3] is not None and cached[3] <= self.now():
+            return None
+        return cached[2]
+
     async def identify(self, secret: str) -> Identity:
         digest = hash_key(secret)
         if self.bootstrap_sha256 and hmac.compare_digest(digest, self.bootstrap_sha256):
@@ -293,7 +304,11 @@ class ApiKeys:
             raise ApiError(503, "API keys cannot be read now", "unavailable") from exc
         if len(self._cache) >= self.CACHE_MAX:
             self._cache.clear()
-        self._cache[digest] = (self.clock(), record)
+        identity = expires = None
+        if record is not None and not record["revoked"]:
+            identity = Identity(record["name"], record["role"], "api_key", record["_id"])
+            expires = record.get("expires_at") and _aware(record["expires_at"])
+        self._cache[digest] = (self.clock(), record, identity, expires)
         return record
 
 
@@ -343,10 +358,17 @@ class JwtVerifier:
     def _parse(jwks: Mapping[str, Any]) -> dict[str | None, Any]:
         return {key.key_id: key for key in jwt.PyJWKSet.from_dict(dict(jwks)).keys}
 
-    async def verify(self, token: str) -> Identity:
+    def known(self, token: str) -> Identity | None:
+        """The identity of a token verified before and not expired since (no coroutine)."""
         known = self._verified.get(token)
         if known is not None and self.wall() < known[1]:
             return known[0]
+        return None
+
+    async def verify(self, token: str) -> Identity:
+        known = self.known(token)
+        if known is not None:
+            return known
         try:
             kid = jwt.get_unverified_header(token).get("kid")
         except jwt.PyJWTError as exc:
@@ -404,7 +426,9 @@ class Authenticator:
         self.keys = keys
         self.jwts = jwts
 
-    async def identify(self, headers: list[tuple[bytes, bytes]]) -> Identity:
+    @staticmethod
+    def credentials(headers: list[tuple[bytes, bytes]]) -> tuple[str | None, str | None]:
+        """(a JWT, an API key) from the headers; at most one of them."""
         bearer = api_key = None
         for name, value in headers:
             if name == b"authorization":
@@ -414,10 +438,22 @@ class Authenticator:
             elif name == b"x-api-key":
                 api_key = value.decode("latin-1").strip()
         if bearer is not None and bearer.count(".") == 2:
+            return bearer, None
+        return None, bearer or api_key or None
+
+    def known(self, headers: list[tuple[bytes, bytes]]) -> Identity | None:
+        """The caller, if the caches vouch for their credentials now (the hot path)."""
+        token, secret = self.credentials(headers)
+        if token is not None:
+            return self.jwts.known(token) if self.jwts is not None else None
+        return self.keys.known(secret) if secret else None
+
+    async def identify(self, headers: list[tuple[bytes, bytes]]) -> Identity:
+        token, secret = self.credentials(headers)
+        if token is not None:
             if self.jwts is None:
                 raise Unauthenticated("JWT bearer tokens are not configured")
-            return await self.jwts.verify(bearer)
-        secret = bearer or api_key
+            return await self.jwts.verify(token)
         if not secret:
             raise Unauthenticated("credentials required: Authorization: Bearer or X-API-Key")
         return await self.keys.identify(secret)
@@ -474,26 +510,39 @@ class AuthMiddleware:
         self.authenticator = authenticator
         self.roles = RouteRoles.of(service_app, open_paths)
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Awaitable[None]:
+        # a caller the caches vouch for passes with no coroutine of this layer's own (it hands
+        # back the inner app's awaitable); anyone else goes the slow way, which may read keys
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)
         role = self.roles.role_for(scope["method"], route_path(scope))
-        if role is not None:
-            try:
-                identity = await self.authenticator.identify(scope["headers"])
-            except ApiError as exc:
-                payload = error_payload(exc.detail, exc.reason)
-                await send_json(send, exc.status_code, payload, exc.headers)
-                return
-            if not identity.may(role):
-                message = f"{identity.name} ({identity.role}) needs the {role} role"
-                await send_json(send, 403, error_payload(message, "forbidden"))
-                return
-            state = dict(scope.get("state") or {})
-            state["identity"] = identity
-            scope["state"] = state
+        if role is None:
+            return self.app(scope, receive, send)
+        identity = self.authenticator.known(scope["headers"])
+        if identity is None or not identity.may(role):
+            return self._identify(scope, receive, send, role)
+        _remember(scope, identity)
+        return self.app(scope, receive, send)
+
+    async def _identify(self, scope: dict[str, Any], receive: Any, send: Any, role: Role) -> None:
+        try:
+            identity = await self.authenticator.identify(scope["headers"])
+        except ApiError as exc:
+            payload = error_payload(exc.detail, exc.reason)
+            await send_json(send, exc.status_code, payload, exc.headers)
+            return
+        if not identity.may(role):
+            message = f"{identity.name} ({identity.role}) needs the {role} role"
+            await send_json(send, 403, error_payload(message, "forbidden"))
+            return
+        _remember(scope, identity)
         await self.app(scope, receive, send)
+
+
+def _remember(scope: dict[str, Any], identity: Identity) -> None:
+    """``request.state.identity``, in a state of this request's own (a server may share one)."""
+    state = scope.get("state")
+    scope["state"] = {**state, "identity": identity} if state else {"identity": identity}
 
 
 def build_authenticator(settings: Any, store: KeyStore) -> Authenticator:
