@@ -124,3 +124,18 @@ async def test_a_bad_key_request_is_422_and_an_admin_key_can_make_admins(http):
         "/admin/keys", json={"name": "second", "role": "admin"}, headers=as_(admin["key"])
     )
     assert made.status_code == 201 and made.json()["key"].startswith("mbk_")
+
+
+async def test_with_auth_off_keys_are_not_managed_and_routes_stay_open(wired):
+    settings = RegistrySettings(kafka_bootstrap="127.0.0.1:1", mongo_uri="mongodb://127.0.0.1:1")
+    store = MemoryKeyStore()
+    app = build_app(settings, key_store=store)
+    app.state.context = wired.service
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://registry") as client:
+        assert (await client.get("/models")).status_code == 200
+        made = await client.post("/admin/keys", json={"name": "sneaky", "role": "admin"})
+        listed = await client.get("/admin/keys")
+    assert made.status_code == 403 and made.json()["reason"] == "auth_off"
+    assert listed.status_code == 403
+    assert store.records == {}

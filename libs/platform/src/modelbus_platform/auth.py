@@ -47,7 +47,7 @@ from typing import Any, Literal, Protocol
 import httpx
 import jwt
 import structlog
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.routing import iter_route_contexts
 from pydantic import BaseModel, Field
 from pymongo.asynchronous.database import AsyncDatabase
@@ -598,9 +598,24 @@ UNKNOWN_KEY = {404: "not_found: no API key with this id"}
 ROTATE = {**UNKNOWN_KEY, 409: "key_revoked: a revoked key is not rotated"}
 
 
-def key_admin_router(keys: ApiKeys) -> APIRouter:
-    """``/admin/keys``: make (the secret answered once), list, revoke, rotate."""
-    router = APIRouter(prefix="/admin/keys", tags=["admin"])
+AUTH_OFF = {403: "auth_off: API keys are managed only with MODELBUS_AUTH=on"}
+
+
+def key_admin_router(keys: ApiKeys, *, enabled: bool) -> APIRouter:
+    """``/admin/keys``: make (the secret answered once), list, revoke, rotate. Only with auth
+    on (``enabled``): with it off anyone could make an admin key that outlives the switch (the
+    first admin logs in with the bootstrap key)."""
+
+    async def auth_on() -> None:
+        if not enabled:
+            raise ApiError(403, AUTH_OFF[403].split(": ", 1)[1], "auth_off")
+
+    router = APIRouter(
+        prefix="/admin/keys",
+        tags=["admin"],
+        dependencies=[Depends(auth_on)],
+        responses=error_responses(AUTH_OFF),
+    )
 
     @router.post("", status_code=201, response_model=KeyCreated, summary="Make an API key")
     async def create(body: KeyCreate, request: Request) -> KeyCreated:

@@ -58,7 +58,7 @@ def wire(kit: Kit) -> Wiring:
         context=service,
         routers=[
             build_router(settings.audit_page_limit),
-            key_admin_router(kit.api_keys(manage=True)),
+            key_admin_router(kit.api_keys(manage=True), enabled=settings.auth == "on"),
         ],
         configure_app=lambda app: app.allow_uploads(IMPORT_UPLOADS),
         resources=[Resource("registry-indexes", start=repo.init)],
