@@ -217,3 +217,17 @@ async def test_an_alias_put_with_a_version_out_of_range_is_422_naming_the_field(
     assert AliasesView.model_validate((await client.get(f"/models/{MODEL}/aliases")).json()) == (
         AliasesView(model_name=MODEL)
     )
+
+
+@pytest.mark.parametrize("actor", ["", "   ", "bo\x00b", "a\tb", "x" * 201])
+async def test_an_audit_actor_must_name_someone(client, wired, mk, actor):
+    """Auth off: the X-Actor header names who moved a champion; an empty, blank or
+    control-character name is refused before anything moves (auth on: the identity names it)."""
+    await register(wired, mk)
+    body = {"version": 1, "expected_version": None, "reason": "first"}
+    response = await client.put(
+        f"/models/{MODEL}/aliases/champion", json=body, headers={"X-Actor": actor}
+    )
+    assert response.status_code == 422
+    assert response.json()["details"][0]["loc"][-1] == "X-Actor"
+    assert (await client.get(f"/models/{MODEL}/aliases")).json()["champion"] is None

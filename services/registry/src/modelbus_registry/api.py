@@ -60,7 +60,16 @@ def get_service(request: Request) -> RegistryService:
 
 
 Service = Annotated[RegistryService, Depends(get_service)]
-ClaimedActor = Annotated[str, Header(alias="X-Actor", max_length=200)]
+# who an audit record names when auth is off: not empty, not only spaces, no control characters
+ClaimedActor = Annotated[
+    str,
+    Header(
+        alias="X-Actor",
+        min_length=1,
+        max_length=200,
+        pattern=r"^[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f][^\x00-\x1f\x7f]*$",
+    ),
+]
 
 
 def request_actor(request: Request, claimed: ClaimedActor = API_ACTOR) -> str:
