@@ -139,3 +139,22 @@ async def test_with_auth_off_keys_are_not_managed_and_routes_stay_open(wired):
     assert made.status_code == 403 and made.json()["reason"] == "auth_off"
     assert listed.status_code == 403
     assert store.records == {}
+
+
+async def test_a_service_reads_the_registry_with_a_key_of_its_own(http, wired, mk):
+    """With auth on at the registry, the scorer, monitor and batch read it with their own
+    viewer key (MODELBUS_REGISTRY_API_KEY); without it they are refused, never let in."""
+    from modelbus_platform.registry import RegistryClient, RegistryError
+
+    await wired.service.register(mk.trained(MODEL, await mk.put_artifact(wired.store, MODEL)))
+    viewer = (await make_key(http, "viewer", name="scorer"))["key"]
+    transport = http._transport  # the same app
+    keyed = RegistryClient("http://registry", transport=transport, api_key=viewer)
+    keyless = RegistryClient("http://registry", transport=transport)
+    try:
+        assert (await keyed.version(MODEL, 1)).version == 1
+        with pytest.raises(RegistryError, match="401"):
+            await keyless.version(MODEL, 1)
+    finally:
+        await keyed.close()
+        await keyless.close()

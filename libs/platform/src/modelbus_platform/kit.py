@@ -229,6 +229,7 @@ class Kit:
                     self.settings.registry_url,
                     timeout_s=self.settings.registry_timeout_s,
                     transport=self.overrides.get("registry_transport"),
+                    api_key=self._registry_key(),
                 ),
             )
             self.resources.append(
@@ -248,6 +249,7 @@ class Kit:
                     self.settings.registry_url,
                     timeout_s=self.settings.registry_timeout_s,
                     transport=self.overrides.get("registry_transport"),
+                    api_key=self._registry_key(),
                 )
                 self.resources.append(Resource("policy-registry", stop=client.close))
                 registry = client
@@ -270,6 +272,11 @@ class Kit:
             return build_authenticator(self.settings, store)
 
         return self.once("authenticator", make)
+
+    def _registry_key(self) -> str | None:
+        """The key this service reads the registry's API with (auth on at the registry)."""
+        key = self.settings.registry_api_key
+        return key.get_secret_value() if key is not None else None
 
     def api_keys(self, *, manage: bool = False) -> ApiKeys:
         """The API keys; ``manage``: this service makes them (the registry), so it creates the

@@ -86,9 +86,12 @@ class RegistryClient:
         *,
         timeout_s: float = 5.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        api_key: str | None = None,
     ) -> None:
+        # with auth on at the registry, a service reads it with a key of its own (viewer role)
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
         self.client = httpx.AsyncClient(
-            base_url=base_url.rstrip("/"), timeout=timeout_s, transport=transport
+            base_url=base_url.rstrip("/"), timeout=timeout_s, transport=transport, headers=headers
         )
 
     async def models(self) -> list[ModelView]:

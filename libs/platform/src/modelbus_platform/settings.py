@@ -60,6 +60,11 @@ class ServiceSettings(BaseSettings):
     )
 
     registry_url: str = Field(default="http://127.0.0.1:8001", description="registry HTTP API")
+    registry_api_key: SecretStr | None = Field(
+        default=None,
+        description="the API key this service reads the registry with when the registry has "
+        "auth on (a viewer key of its own)",
+    )
     policy_ttl_s: float = Field(
         default=10.0,
         ge=0,
