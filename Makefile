@@ -75,6 +75,9 @@ bench-loop: install ## The loop on drift scenarios through the public interfaces
 bench-batch: install ## Batch scoring rows/s: the batch service's job path vs a bare pyarrow+numpy script (build/bench/batch.json)
 	$(UV) run --frozen python benchmarks/batch_bench.py $(BENCH_ARGS)
 
+bench-auth: install ## What authentication costs the infer route, in process: off vs an API key vs a JWT (build/bench/auth_overhead.json)
+	$(UV) run --frozen python benchmarks/auth_overhead_bench.py
+
 bench-monitor: install ## Drift detection (modelbus vs River defaults) and monitor throughput (build/bench/{drift,monitor}.json)
 	$(UV) run --frozen python benchmarks/drift_bench.py $(BENCH_ARGS)
 	$(UV) run --frozen python benchmarks/monitor_bench.py
@@ -85,4 +88,4 @@ bench-scaling: install ## Scaling curve: one scorer's online load curve, 1 vs 2 
 clean: down ## Remove the embedded stack's data folder
 	rm -rf .data
 
-.PHONY: help install system-libs browser up up-only down status test test-unit lint schemas bench bench-mlserver-venv bench-sklearn bench-loop bench-batch bench-monitor bench-scaling clean
+.PHONY: help install system-libs browser up up-only down status test test-unit lint schemas bench bench-mlserver-venv bench-sklearn bench-loop bench-batch bench-monitor bench-auth bench-scaling clean
