@@ -413,6 +413,14 @@ def load(
     return summarise(samples, duration_s)
 
 
+def describe(result: dict[str, Any]) -> str:
+    """One load result as a line: throughput, p50, p99, errors."""
+    return (
+        f"{result['rps']:9.0f} req/s p50 {result['p50_ms']:6.2f} ms "
+        f"p99 {result['p99_ms']:7.2f} ms errors {result['errors']}"
+    )
+
+
 def machine_notes() -> dict[str, Any]:
     cpu = ""
     with open("/proc/cpuinfo") as f:

@@ -154,12 +154,7 @@ def main() -> None:
         for round_no in range(args.rounds):
             for target in targets:
                 result = run_target(target, env, artifact, args)
-                print(
-                    f"round {round_no + 1} {target:10s} {result['rps']:9.0f} req/s "
-                    f"p50 {result['p50_ms']:6.2f} ms p99 {result['p99_ms']:6.2f} ms "
-                    f"errors {result['errors']}",
-                    flush=True,
-                )
+                print(f"round {round_no + 1} {target:10s} {h.describe(result)}", flush=True)
                 runs[target].append(result)
     finally:
         env.stop()

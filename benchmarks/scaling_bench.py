@@ -157,11 +157,7 @@ def online_curve(port: int, args: argparse.Namespace) -> dict[str, Any]:
         result["connections"] = connections
         result["prediction_log_dropped"] = h.scrape(port, DROPPED_METRIC) - dropped
         rows.append(result)
-        log(
-            f"online c={connections:3d} {result['rps']:8.0f} req/s "
-            f"p50 {result['p50_ms']:6.2f} ms p99 {result['p99_ms']:7.2f} ms "
-            f"errors {result['errors']}",
-        )
+        log(f"online c={connections:3d} {h.describe(result)}")
     best = max(rows, key=lambda r: r["rps"])
     knee = next(r for r in rows if r["rps"] >= 0.9 * best["rps"])
     base_p50 = rows[0]["p50_ms"]

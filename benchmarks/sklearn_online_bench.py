@@ -140,12 +140,7 @@ def main() -> None:
                     result = h.load(port, PATH, body(target), args.duration, args.connections)
                 finally:
                     env.stop_proc(proc)
-                print(
-                    f"round {round_no + 1} {target:9s} {result['rps']:9.0f} req/s "
-                    f"p50 {result['p50_ms']:6.2f} ms p99 {result['p99_ms']:6.2f} ms "
-                    f"errors {result['errors']}",
-                    flush=True,
-                )
+                print(f"round {round_no + 1} {target:9s} {h.describe(result)}", flush=True)
                 runs[target].append(result)
     finally:
         env.stop()

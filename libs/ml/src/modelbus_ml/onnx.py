@@ -197,38 +197,36 @@ def _session(data: bytes) -> Any:
 INPUT_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64}
 
 
-def _probabilities_output(session: Any, k: int = 2) -> str:
-    """The name of the output holding class probabilities: a float tensor of shape (n, k)."""
-    candidates = []
-    for output in session.get_outputs():
-        shape = list(output.shape or [])
-        if output.type in INPUT_TYPES and len(shape) == 2 and shape[1] in (k, str(k)):
-            candidates.append(output.name)
+def _one_output(session: Any, fits: Any, wanted: str) -> str:
+    """The name of the one float output whose shape ``fits`` (``probabilities`` if several
+    do), or ArtifactError saying what was ``wanted`` and what the model has."""
+    candidates = [
+        o.name for o in session.get_outputs() if o.type in INPUT_TYPES and fits(list(o.shape or []))
+    ]
     if PROBABILITIES in candidates:
         return PROBABILITIES
     if len(candidates) == 1:
         return candidates[0]
     described = [(o.name, o.type, o.shape) for o in session.get_outputs()]
-    raise ArtifactError(
-        f"the ONNX model needs exactly one float tensor output of shape (n, {k}) with the class "
-        f"probabilities (skl2onnx: options={{'zipmap': False}}); its outputs: {described}"
+    raise ArtifactError(f"the ONNX model needs {wanted}; its outputs: {described}")
+
+
+def _probabilities_output(session: Any, k: int = 2) -> str:
+    """The name of the output holding class probabilities: a float tensor of shape (n, k)."""
+    return _one_output(
+        session,
+        lambda shape: len(shape) == 2 and shape[1] in (k, str(k)),
+        f"exactly one float tensor output of shape (n, {k}) with the class probabilities "
+        "(skl2onnx: options={'zipmap': False})",
     )
 
 
 def _value_output(session: Any) -> str:
     """The name of a regressor's output: one float tensor of shape (n,) or (n, 1)."""
-    candidates = [
-        o.name
-        for o in session.get_outputs()
-        if o.type in INPUT_TYPES
-        and (len(o.shape or []) == 1 or (len(o.shape or []) == 2 and o.shape[1] in (1, "1")))
-    ]
-    if len(candidates) == 1:
-        return candidates[0]
-    described = [(o.name, o.type, o.shape) for o in session.get_outputs()]
-    raise ArtifactError(
-        f"a regression ONNX model needs exactly one float output of shape (n, 1); its outputs: "
-        f"{described}"
+    return _one_output(
+        session,
+        lambda shape: len(shape) == 1 or (len(shape) == 2 and shape[1] in (1, "1")),
+        "exactly one float output of shape (n, 1) for a regression",
     )
 
 
