@@ -24,6 +24,7 @@ from modelbus_platform.auth import (
     MongoKeyStore,
     Unauthenticated,
     audit_actor,
+    build_authenticator,
     hash_key,
     highest_role,
     main,
@@ -332,3 +333,37 @@ async def test_the_bootstrap_key_command_prints_a_key_and_its_hash(capsys):
     keys = ApiKeys(MemoryKeyStore(), bootstrap_sha256=hash_line.split("=", 1)[1])
     assert (await keys.identify(secret)).role == "admin"
     assert main([]) == 2
+
+
+async def test_static_keys_from_the_settings_identify_without_the_store(capsys):
+    class Down(MemoryKeyStore):
+        async def by_hash(self, sha256):
+            raise AssertionError("a static key is never looked up in MongoDB")
+
+    assert main(["static-key", "scorer", "viewer"]) == 0
+    key_line, entry_line = capsys.readouterr().out.splitlines()
+    secret = key_line.rsplit(" ", 1)[1]
+    entry = json.loads(entry_line.split(": ", 1)[1])
+    assert entry == {"name": "scorer", "role": "viewer", "sha256": hash_key(secret)}
+    settings = ServiceSettings(auth="on", static_keys=json.dumps([entry]))
+    keys = build_authenticator(settings, Down()).keys
+    identity = await keys.identify(secret)
+    assert (identity.name, identity.role, identity.kind) == ("scorer", "viewer", "static")
+    assert keys.known(secret) == identity  # the hot path knows it without a coroutine
+    assert main(["static-key", "x", "root"]) == 2  # not a role
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "{}",
+        '[{"name": "a", "role": "god", "sha256": "' + "0" * 64 + '"}]',
+        '[{"name": "a", "role": "viewer", "sha256": "short"}]',
+        '[{"name": "a\\u0000", "role": "viewer", "sha256": "' + "0" * 64 + '"}]',
+        '[{"name": "a", "role": "viewer", "sha256": "' + "0" * 64 + '", "extra": 1}]',
+    ],
+)
+def test_a_malformed_static_key_list_stops_the_service(raw):
+    settings = ServiceSettings(auth="on", static_keys=raw)
+    with pytest.raises(ValueError):
+        build_authenticator(settings, MemoryKeyStore())

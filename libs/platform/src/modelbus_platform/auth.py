@@ -49,7 +49,7 @@ import jwt
 import structlog
 from fastapi import APIRouter, Depends, Request
 from fastapi.routing import iter_route_contexts
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from pymongo.asynchronous.database import AsyncDatabase
 from starlette.routing import compile_path
 
@@ -104,11 +104,29 @@ class Identity:
 
     name: str
     role: Role
-    kind: Literal["api_key", "jwt", "bootstrap"]
+    kind: Literal["api_key", "jwt", "bootstrap", "static"]
     key_id: str | None = None
 
     def may(self, role: Role) -> bool:
         return RANK[self.role] >= RANK[role]
+
+
+class StaticKey(BaseModel):
+    """An API key fixed in the configuration (``MODELBUS_STATIC_KEYS``, a JSON list of these),
+    as Kubernetes' static token file: only its SHA-256 is configured."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")
+    role: Role
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="hex SHA-256 of the key")
+
+
+def static_keys(raw: str | None) -> list[StaticKey]:
+    """``MODELBUS_STATIC_KEYS`` parsed; a malformed value stops the service at start."""
+    if not raw:
+        return []
+    return TypeAdapter(list[StaticKey]).validate_json(raw)
 
 
 class Unauthenticated(ApiError):
@@ -213,12 +231,16 @@ class ApiKeys:
         *,
         ttl_s: float = 5.0,
         bootstrap_sha256: str | None = None,
+        static: Iterable[StaticKey] = (),
         clock: Callable[[], float] = time.monotonic,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.store = store
         self.ttl_s = ttl_s
         self.bootstrap_sha256 = (bootstrap_sha256 or "").strip().lower() or None
+        # keys fixed in the configuration (hash -> holder): the embedded stack's and compose's
+        # service keys; never in MongoDB, so neither listed, revoked nor rotated by the API
+        self.static = {key.sha256: Identity(key.name, key.role, "static") for key in static}
         self.clock = clock
         self.now = now
         # hash -> (read at, record, its identity if usable, its expiry)
@@ -272,7 +294,11 @@ class ApiKeys:
     def known(self, secret: str) -> Identity | None:
         """The holder of a key the cache vouches for (read within the TTL, not revoked, not
         expired), with no coroutine and no I/O: the hot path. None: ask ``identify``."""
-        cached = self._cache.get(hash_key(secret))
+        digest = hash_key(secret)
+        fixed = self.static.get(digest)
+        if fixed is not None:
+            return fixed
+        cached = self._cache.get(digest)
         if cached is None or cached[2] is None or self.clock() - cached[0] >= self.ttl_s:
             return None
         if cached[3] is not None and cached[3] <= self.now():
@@ -283,6 +309,9 @@ class ApiKeys:
         digest = hash_key(secret)
         if self.bootstrap_sha256 and hmac.compare_digest(digest, self.bootstrap_sha256):
             return Identity("bootstrap-admin", "admin", "bootstrap")
+        fixed = self.static.get(digest)
+        if fixed is not None:
+            return fixed
         record = await self._lookup(digest)
         if record is None:
             raise Unauthenticated("unknown API key")
@@ -546,11 +575,12 @@ def _remember(scope: dict[str, Any], identity: Identity) -> None:
 
 
 def build_authenticator(settings: Any, store: KeyStore) -> Authenticator:
-    bootstrap = settings.admin_key_sha256
+    bootstrap, fixed = settings.admin_key_sha256, settings.static_keys
     keys = ApiKeys(
         store,
         ttl_s=settings.auth_cache_ttl_s,
         bootstrap_sha256=bootstrap.get_secret_value() if bootstrap else None,
+        static=static_keys(fixed.get_secret_value() if fixed else None),
     )
     jwts = None
     if settings.jwks or settings.jwks_url:
@@ -658,16 +688,31 @@ def key_admin_router(keys: ApiKeys, *, enabled: bool) -> APIRouter:
     return router
 
 
-def main(argv: list[str]) -> int:
-    """``python -m modelbus_platform.auth bootstrap-key``: a new admin key and the setting that
-    trusts it (only the hash goes into the services' environment; keep the key itself)."""
-    if argv != ["bootstrap-key"]:
-        print("usage: python -m modelbus_platform.auth bootstrap-key", file=sys.stderr)
-        return 2
+def make_static_key(name: str, role: Role) -> tuple[str, StaticKey]:
+    """A new key's secret and its ``MODELBUS_STATIC_KEYS`` entry (which holds only the hash)."""
     secret = new_secret()
-    print(f"# the admin key (shown once): Authorization: Bearer {secret}")
-    print(f"MODELBUS_ADMIN_KEY_SHA256={hash_key(secret)}")
-    return 0
+    return secret, StaticKey(name=name, role=role, sha256=hash_key(secret))
+
+
+USAGE = "usage: python -m modelbus_platform.auth bootstrap-key | static-key NAME ROLE"
+
+
+def main(argv: list[str]) -> int:
+    """``bootstrap-key``: a new admin key and the setting that trusts it. ``static-key NAME
+    ROLE``: a new key and its ``MODELBUS_STATIC_KEYS`` entry. Only hashes go into the services'
+    environment; keep the keys themselves."""
+    if argv == ["bootstrap-key"]:
+        secret = new_secret()
+        print(f"# the admin key (shown once): Authorization: Bearer {secret}")
+        print(f"MODELBUS_ADMIN_KEY_SHA256={hash_key(secret)}")
+        return 0
+    if len(argv) == 3 and argv[0] == "static-key" and argv[2] in RANK:
+        secret, entry = make_static_key(argv[1], argv[2])  # type: ignore[arg-type]
+        print(f"# {argv[1]}'s key ({argv[2]}, shown once): Authorization: Bearer {secret}")
+        print(f"# its entry in the MODELBUS_STATIC_KEYS list: {entry.model_dump_json()}")
+        return 0
+    print(USAGE, file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -112,6 +112,12 @@ class ServiceSettings(BaseSettings):
         description="hex SHA-256 of a bootstrap admin API key the operator made (the first "
         "admin logs in with it to create keys)",
     )
+    static_keys: SecretStr | None = Field(
+        default=None,
+        description='JSON [{"name": ..., "role": ..., "sha256": "<hex SHA-256 of the key>"}]: '
+        "API keys fixed in the configuration (services' keys for each other, CI's), beside "
+        "the ones in MongoDB; ``python -m modelbus_platform.auth static-key NAME ROLE`` makes one",
+    )
     auth_cache_ttl_s: float = Field(
         default=5.0,
         ge=0,
