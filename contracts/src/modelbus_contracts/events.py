@@ -49,13 +49,25 @@ IncidentState = Literal[
 ]
 
 
+class ArtifactSignature(Frozen):
+    """A detached Ed25519 signature over an artifact's sha256 and format, by the service that
+    wrote it (the trainer, or the registry for an import); every loader verifies it before it
+    reads the bytes (``modelbus_platform.artifacts``)."""
+
+    signer: str = Field(min_length=1, max_length=100, description="the signing service's name")
+    signature: str = Field(min_length=1, max_length=200, description="base64 Ed25519 signature")
+
+
 class ArtifactRef(Frozen):
-    """Where a model artifact lives in object storage and the hash it must have."""
+    """Where a model artifact lives in object storage, the hash it must have and who signed it."""
 
     uri: str = Field(description="object-store key, e.g. artifacts/churn/<sha256>.json")
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     size_bytes: int = Field(ge=0)
     format: str = Field(default="modelbus.logreg.v1", description="artifact format / model flavor")
+    signature: ArtifactSignature | None = Field(
+        default=None, description="the writer's signature (none: written without a signing key)"
+    )
 
 
 class DatasetRef(Frozen):

@@ -181,6 +181,19 @@ class MonitoringPolicy(BaseModel):
         return value
 
 
+class ArtifactPolicy(BaseModel):
+    """Which artifacts may be loaded: formats that run code when loaded (pickles: the river and
+    python families) only if a person allowed them here (setting a policy needs ``admin``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    allow_pickle: bool = Field(
+        default=False,
+        description="train and load pickled artifacts (modelbus.river.v1, modelbus.pickle.v1), "
+        "and then only with a valid signature of a trusted service; false: they are refused",
+    )
+
+
 class ModelPolicyDoc(BaseModel):
     """One model's policy, as stored and as ``PUT``."""
 
@@ -189,6 +202,7 @@ class ModelPolicyDoc(BaseModel):
     training: TrainingPolicy = Field(default_factory=TrainingPolicy)
     promotion: PromotionPolicy = Field(default_factory=PromotionPolicy)
     monitoring: MonitoringPolicy = Field(default_factory=MonitoringPolicy)
+    artifacts: ArtifactPolicy = Field(default_factory=ArtifactPolicy)
 
 
 class PolicyUpdate(BaseModel):

@@ -12,6 +12,7 @@ from modelbus_contracts import ArtifactRef, DatasetRef, Lineage
 from modelbus_contracts.api import VersionView
 from modelbus_ml import LogisticModel
 from modelbus_ml.serving import LoadFailed, serve_artifact
+from modelbus_platform.artifacts import ArtifactTrust
 from modelbus_platform.serving import load_version
 from modelbus_platform.stores import sha256_hex
 from modelbus_platform.testing import MemoryObjectStore
@@ -58,7 +59,7 @@ async def stored(data: bytes, **kwargs) -> tuple[MemoryObjectStore, VersionView]
 async def test_a_good_version_is_loaded_verified_and_scores():
     data = model().to_bytes()
     store, record = await stored(data)
-    served = await load_version(store, record)
+    served = await load_version(store, record, ArtifactTrust())
     assert (served.version, served.feature_names, served.sha256) == (3, FEATURES, sha256_hex(data))
     assert served.same_as(3, sha256_hex(data)) and not served.same_as(4, sha256_hex(data))
     out = served.score(np.array([[2.0, 0.0], [-2.0, 0.0]]))
@@ -91,7 +92,7 @@ async def test_what_cannot_serve_is_load_failed(fault, message):
     else:
         store, record = await stored(data, fmt="onnx.v1")
     with pytest.raises(LoadFailed, match=message):
-        await load_version(store, record)
+        await load_version(store, record, ArtifactTrust())
 
 
 def test_a_model_that_fails_its_warm_up_is_load_failed(monkeypatch):

@@ -232,6 +232,37 @@ async def test_watch_passes_after_the_window_without_a_rollback(make_world):
     assert world.decisions.docs[("churn", 2)]["watch"]["status"] == "passed"
 
 
+async def test_a_champion_no_scorer_can_load_after_its_watch_is_rolled_back_once(make_world):
+    world = make_world(DeployerSettings(**FAST))
+    _, live = await decided(world)
+    assert await live.handle([prediction(2) for _ in range(300)]) == {"churn": "watch_passed"}
+    stale = ModelLoadFailed(
+        producer="scorer", model_name="churn", version=1, instance="s1", error="integrity"
+    )
+    await live.handle([stale])  # v1 was never promoted by this deployer: nothing to do
+    assert world.publisher.of(ModelRollbackRequested) == []
+
+    failed = [
+        ModelLoadFailed(
+            producer="scorer",
+            model_name="churn",
+            version=2,
+            instance=f"s{i}",
+            error="untrusted artifact: unsigned artifact",
+        )
+        for i in (1, 2)
+    ]
+    await live.handle(failed)
+    await live.handle(failed)  # redelivered, and a second scorer: still one request
+
+    [request] = world.publisher.of(ModelRollbackRequested)
+    assert (request.from_version, request.to_version) == (2, 1)
+    assert "cannot be loaded by s1: untrusted artifact" in request.reason
+    doc = world.decisions.docs[("churn", 2)]
+    assert doc["unloadable"]["instance"] == "s1"
+    assert doc["history"][-1]["what"] == "rollback_requested"
+
+
 async def test_two_replicas_decide_a_step_once(make_world):
     world = make_world(DeployerSettings(rollout="canary", **FAST))
     _, first = await decided(world)

@@ -105,6 +105,58 @@ async def test_tampered_artifact_is_a_reject_not_a_crash(world):
     assert "integrity check failed" in evaluated.reasons[0]
 
 
+async def test_an_untrusted_artifact_is_a_reject_before_a_byte_is_read(world, tmp_path):
+    """With trusted keys, an unsigned challenger is rejected with the reason; a pickle (here
+    with an exec payload) is refused while the model's policy does not allow pickles."""
+    import json
+    import pickle
+
+    from modelbus_ml.flavors import MAGIC, PICKLE_FORMAT
+    from modelbus_platform.artifacts import ArtifactTrust
+    from modelbus_platform.signing import Signer, Verifier, keypair, private_key, public_key
+
+    private, public = keypair()
+    trust = ArtifactTrust(
+        Signer("trainer", private_key(private)), Verifier({"trainer": public_key(public)})
+    )
+    asked: list[str] = []
+
+    async def allow_pickle(name: str) -> bool:
+        asked.append(name)
+        return False
+
+    service = world.service()
+    service.models = ObjectStoreModels(world.store, trust, allow_pickle)
+    unsigned = await world.registered(world.models.good)
+    assert await service.handle_registered(unsigned) == "decided"
+
+    proof = tmp_path / "pwned"
+    header = json.dumps({"format": PICKLE_FORMAT, "feature_names": ["x"]}).encode()
+    payload = pickle.dumps(
+        type("P", (), {"__reduce__": lambda s: (exec, (f"open({str(proof)!r}, 'w')",))})()
+    )
+    data = MAGIC + header + b"\n" + payload
+    ref = trust.sign(
+        unsigned.artifact.model_copy(
+            update={
+                "uri": "artifacts/churn/evil.pkl",
+                "sha256": sha256_hex(data),
+                "size_bytes": len(data),
+                "format": PICKLE_FORMAT,
+            }
+        )
+    )
+    await world.store.put(ref.uri, data)
+    hostile = unsigned.model_copy(update={"version": 2, "artifact": ref})
+    assert await service.handle_registered(hostile) == "decided"
+
+    first, second = world.publisher.of(ModelEvaluated)
+    assert first.decision == second.decision == "reject"
+    assert "unsigned artifact" in first.reasons[0]
+    assert "allow_pickle" in second.reasons[0]
+    assert asked == ["churn"] and not proof.exists()
+
+
 async def test_unreadable_champion_and_missing_holdout_are_rejects(world):
     event = await world.registered(world.models.good, version=2, champion=(world.models.bad, 1))
     assert event.champion is not None

@@ -19,6 +19,9 @@ from modelbus_contracts import ModelRegistered
 from modelbus_contracts.api import VersionView
 from modelbus_embedded.testing import service_app
 from modelbus_ml import Dataset, load_model
+from modelbus_platform.artifacts import ArtifactTrust
+from modelbus_platform.settings import ServiceSettings
+from modelbus_platform.signing import keypair
 from modelbus_platform.stores import sha256_hex
 from modelbus_registry.api import build_router
 
@@ -63,6 +66,12 @@ def query(**extra) -> dict:
 
 
 async def test_an_onnx_model_is_registered_judged_and_served_like_a_trained_one(client, wired):
+    private, public = keypair()  # the registry signs what it imports, and trusts itself
+    wired.service.trust = ArtifactTrust.from_settings(
+        ServiceSettings(
+            service_name="registry", signing_key=private, trusted_keys=f'{{"registry": "{public}"}}'
+        )
+    )
     body, forest = exported(RandomForestClassifier(n_estimators=20, random_state=0))
     holdout = await put_holdout(wired.store)
     response = await client.post(
@@ -84,6 +93,8 @@ async def test_an_onnx_model_is_registered_judged_and_served_like_a_trained_one(
     assert set(view.reference) == set(NAMES)
     [registered] = wired.published.of(ModelRegistered)
     assert registered.version == 1 and registered.artifact == view.artifact
+    assert view.artifact.signature.signer == "registry"
+    assert wired.service.trust.problem(view.artifact) is None
     # what is served is the same model: same probabilities as the estimator that was exported
     stored = await wired.store.get(view.artifact.uri)
     model = load_model(stored, view.artifact.format, view.artifact.sha256)

@@ -17,6 +17,7 @@ from modelbus_trainer.domain import run_id_for
 from modelbus_trainer.reproduce import redo
 
 NB = "modelbus_ml.examples:train_gaussian_nb"
+PICKLES = {"artifacts": {"allow_pickle": True}}
 FAMILIES = {
     "auto": ({}, None, None),
     "logreg": ({"family": "logreg"}, "modelbus.logreg.v1", "json"),
@@ -42,6 +43,8 @@ async def _train(h: Harness, event: TrainingRequested) -> dict:
 async def test_each_family_trains_deterministically_and_reproduces(family):
     params, fmt, ext = FAMILIES[family]
     h = Harness(python_entry_points=[NB])
+    if fmt and fmt.endswith(("river.v1", "pickle.v1")):  # an admin allowed this model pickles
+        h.registry.set_policy("m", PICKLES)
     uri = await _put(h, "m")
     runs = [
         await _train(h, TrainingRequested(model_name="m", dataset_uri=uri, params=params, seed=5))
@@ -72,6 +75,7 @@ async def test_each_family_trains_deterministically_and_reproduces(family):
 async def test_a_drift_run_is_redone_from_object_storage_alone_byte_identically():
     """Train from feedback (not a CSV) on one trainer; redo it with nothing but the store."""
     h = Harness(drift_min_rows=40, model_params={"m": {"family": "river", "passes": 2}})
+    h.registry.set_policy("m", PICKLES)
     at = h.clock.now
     await h.add_feedback(feedback_events("m", 90, at + timedelta(seconds=1), seed=3))
     run = await h.service.on_drift(drift_event("m", at))
@@ -130,6 +134,7 @@ def _app(h: Harness):
 
 async def test_family_is_chosen_per_request_over_the_models_setting():
     h = Harness(model_params={"m": {"family": "river", "passes": 3}})
+    h.registry.set_policy("m", PICKLES)
     uri = await _put(h, "m")
     by_setting = await _train(h, TrainingRequested(model_name="m", dataset_uri=uri))
     by_request = await _train(
@@ -285,3 +290,38 @@ async def test_a_policy_schedule_is_set_on_the_running_scheduler_and_fires():
         h.service, ModelPolicyChanged(model_name="m", revision=2, actor="alice")
     )
     assert set(scheduler.schedules) == {"other"}
+
+
+async def test_a_pickled_family_trains_only_when_the_policy_allows_it_and_is_signed():
+    """river and python artifacts are pickles: refused (with the way out) unless an admin set
+    artifacts.allow_pickle; then the trainer signs the artifact like every other one."""
+    from modelbus_platform.artifacts import ArtifactTrust
+    from modelbus_platform.settings import ServiceSettings
+    from modelbus_platform.signing import keypair
+
+    private, public = keypair()
+    h = Harness(python_entry_points=[NB])
+    h.service.trust = ArtifactTrust.from_settings(
+        ServiceSettings(
+            service_name="trainer", signing_key=private, trusted_keys=f'{{"trainer": "{public}"}}'
+        )
+    )
+    uri = await _put(h, "m")
+    for params in FAMILIES["river"][0], FAMILIES["python"][0]:
+        refused = await _train(h, TrainingRequested(model_name="m", dataset_uri=uri, params=params))
+        assert refused["state"] == "failed" and "allow_pickle" in refused["reason"]
+    # auto with a pickled candidate: refused once the chosen artifact is known to be a pickle
+    auto = {"family": "auto", "candidates": ["river"]}
+    refused = await _train(h, TrainingRequested(model_name="m", dataset_uri=uri, params=auto))
+    assert refused["state"] == "failed" and "allow_pickle" in refused["reason"]
+    assert h.publisher.of(ModelTrained) == []
+
+    h.registry.set_policy("m", PICKLES)
+    h.policies.invalidate("m")
+    river = FAMILIES["river"][0]
+    run = await _train(h, TrainingRequested(model_name="m", dataset_uri=uri, params=river))
+    assert run["state"] == "succeeded", run["reason"]
+    [trained] = h.publisher.of(ModelTrained)
+    assert trained.artifact.signature.signer == "trainer"
+    assert h.service.trust.problem(trained.artifact, allow_pickle=True) is None
+    assert "allow_pickle" in h.service.trust.problem(trained.artifact, allow_pickle=False)

@@ -18,10 +18,12 @@ from modelbus_contracts.envelope import utcnow
 from modelbus_embedded.testing import publish
 from modelbus_ml import load_model
 from modelbus_platform.stores import build_object_store, sha256_hex
+from modelbus_platform.testing import FakeRegistry
 from modelbus_trainer.bootstrap import build_app
 from modelbus_trainer.config import TrainerSettings
 
 pytestmark = pytest.mark.integration
+REGISTRY = FakeRegistry()
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +37,8 @@ async def trainer(infra):
         drift_wait_timeout_s=60,
         code_version="it",
     )
-    app = build_app(settings)
+    # the registry's part here is the models' policies (an admin allows river's pickles)
+    app = build_app(settings, registry=REGISTRY)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app)
         async with httpx.AsyncClient(transport=transport, base_url="http://trainer") as client:
@@ -135,6 +138,7 @@ async def test_feedback_then_drift_retrains_on_the_feedback(trainer, infra, uniq
 async def test_a_river_model_is_stored_verified_and_reproduced_from_s3(trainer, infra, unique):
     client, _, settings = trainer
     model = f"river-{unique}"
+    REGISTRY.set_policy(model, {"artifacts": {"allow_pickle": True}})
     csv = make_dataset(300).to_csv_bytes()
     put = await client.put(f"/datasets/{model}", content=csv, headers={"content-type": "text/csv"})
     consumer = await _consumer(infra.kafka_bootstrap)

@@ -34,6 +34,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from modelbus_contracts import Event
 
+from .artifacts import AllowPickle, ArtifactTrust, pickle_policy
 from .auth import ApiKeys, Authenticator, AuthMiddleware, MongoKeyStore, build_authenticator
 from .bus import EventBus, MemoryProcessedEvents
 from .http import ServiceApp, create_app
@@ -256,6 +257,14 @@ class Kit:
             return Policies(registry, ttl_s=self.settings.policy_ttl_s)
 
         return self.once("policies", make)
+
+    def artifact_trust(self) -> ArtifactTrust:
+        """This service's signer and verifier of artifacts (``modelbus_platform.artifacts``)."""
+        return self.once("artifact-trust", lambda: ArtifactTrust.from_settings(self.settings))
+
+    def pickle_policy(self) -> AllowPickle:
+        """Whether a model's live policy allows pickled artifacts (read only for a pickle)."""
+        return self.once("pickle-policy", lambda: pickle_policy(self.policies()))
 
     def authenticator(self) -> Authenticator:
         """Who is calling (API keys, JWTs): the HTTP chain's auth layer uses it when auth is on,

@@ -31,6 +31,8 @@ def wire(kit: Kit) -> Wiring:
     service = BatchService(
         jobs=jobs,
         store=kit.object_store(),
+        trust=kit.artifact_trust(),
+        allow_pickle=kit.pickle_policy(),
         registry=kit.registry(),
         events=kit.events(jobs.outbox),
         metrics=kit.metrics,  # type: ignore[arg-type]

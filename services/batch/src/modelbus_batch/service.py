@@ -33,6 +33,7 @@ from pymongo.errors import PyMongoError
 from modelbus_contracts import BatchScoringCompleted, BatchScoringRequested, Event
 from modelbus_contracts.api import VersionView
 from modelbus_ml.serving import Served
+from modelbus_platform.artifacts import AllowPickle, ArtifactTrust, refuse_pickle
 from modelbus_platform.metrics import Metrics
 from modelbus_platform.outbox import Notifier
 from modelbus_platform.registry import Registry
@@ -106,7 +107,11 @@ class BatchService:
         chunk_rows: int = 50_000,
         id_column: str | None = "id",
         clock: Callable[[], float] = time.time,
+        trust: ArtifactTrust | None = None,
+        allow_pickle: AllowPickle = refuse_pickle,
     ) -> None:
+        self.trust = trust or ArtifactTrust()
+        self.allow_pickle = allow_pickle
         self.jobs = jobs
         self.store = store
         self.registry = registry
@@ -363,7 +368,7 @@ class BatchService:
         same sha256) is reused as it is, already verified."""
         served = self._loaded.get(name)
         if served is None or not served.same_as(view.version, view.artifact.sha256):
-            served = await load_version(self.store, view)
+            served = await load_version(self.store, view, self.trust, self.allow_pickle)
             self._loaded[name] = served
         return served
 

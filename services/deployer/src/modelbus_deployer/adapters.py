@@ -23,6 +23,7 @@ from modelbus_ml import (
     load_model,
 )
 from modelbus_ml.dataset import encode_labels
+from modelbus_platform.artifacts import AllowPickle, ArtifactTrust, pickled, refuse_pickle
 from modelbus_platform.outbox import FIELD, PENDING, MongoOutbox, outbox_doc, outbox_set
 from modelbus_platform.stores import (
     IntegrityError,
@@ -39,10 +40,19 @@ LIVE_STAGES = ["shadow", "canary", "watch"]
 
 
 class ObjectStoreModels:
-    """Loads artifacts and hold-outs from object storage, refusing any sha256 mismatch."""
+    """Loads artifacts and hold-outs from object storage, refusing any sha256 mismatch and any
+    artifact ``trust`` refuses (checked before a byte is read; a pickle only if
+    ``allow_pickle(model_name)``)."""
 
-    def __init__(self, store: ObjectStore) -> None:
+    def __init__(
+        self,
+        store: ObjectStore,
+        trust: ArtifactTrust | None = None,
+        allow_pickle: AllowPickle = refuse_pickle,
+    ) -> None:
         self.store = store
+        self.trust = trust or ArtifactTrust()
+        self.allow_pickle = allow_pickle
 
     async def _read(self, what: str, key: str, sha256: str) -> bytes:
         try:
@@ -52,7 +62,11 @@ class ObjectStoreModels:
         except IntegrityError as exc:
             raise LoadError(what, f"integrity check failed: {exc}") from exc
 
-    async def load_model(self, ref: ArtifactRef) -> ServableModel:
+    async def load_model(self, ref: ArtifactRef, model_name: str) -> ServableModel:
+        allowed = pickled(ref.format) and await self.allow_pickle(model_name)
+        refusal = self.trust.problem(ref, allow_pickle=allowed)
+        if refusal is not None:
+            raise LoadError("artifact", f"untrusted artifact: {refusal}")
         data = await self._read("artifact", ref.uri, ref.sha256)
         try:
             # any family; the sha256 is checked again before parsing/unpickling

@@ -52,7 +52,7 @@ def wire(kit: Kit) -> Wiring:
     db = kit.mongo()
     decisions = MongoDecisionStore(db)
     stats = MongoLiveStats(db)
-    models = ObjectStoreModels(kit.object_store())
+    models = ObjectStoreModels(kit.object_store(), kit.artifact_trust(), kit.pickle_policy())
     relay = kit.events(decisions.outbox)
     service = DeployerService(
         settings=settings,

@@ -10,7 +10,9 @@ compare-and-set on the decision document (its stage number), so two replicas nev
 - shadow / canary step passed -> the next canary step or ``promote`` (a ModelEvaluated);
 - shadow / canary failed -> ``reject`` (a ModelEvaluated with the failed rules' numbers);
 - watch failed -> ModelRollbackRequested (deterministic id per (model, version): one per
-  promotion however often it is re-decided); watch passed -> the watch is closed.
+  promotion however often it is re-decided); watch passed -> the watch is closed;
+- after the watch, a ModelLoadFailed of a version the deployer promoted (a champion no scorer
+  can load: its artifact changed, lost or no longer trusted) -> ModelRollbackRequested too.
 
 Each event is written with the compare-and-set that decides it (the outbox), so it is emitted
 exactly when the decision is stored, and published by the relay; its id is deterministic.
@@ -126,6 +128,8 @@ class LiveService:
                 continue
             stage = await self.active(event.model_name)
             if stage is None:
+                if isinstance(event, ModelLoadFailed):
+                    await self._unloadable(event)
                 continue
             await self.checkpoints.restore(stage.key)
             if self.checkpoints.replayed(event_id):
@@ -236,6 +240,59 @@ class LiveService:
         if stored is not None and events:
             await self.events.notify()
         return self._after(stage, stored, what)
+
+    async def _unloadable(self, event: ModelLoadFailed) -> bool:
+        """A scorer cannot load a version the deployer promoted, after its watch: a champion
+        nobody can serve (the scorers keep answering with the last good model) is rolled back
+        at once, with the scorer's reason. The registry rolls back only if the version is
+        still the champion (``from_version``), so a stale failure changes nothing; the
+        request's id is the watch's (one rollback per promotion however often it fails)."""
+        doc = await self.decisions.get(event.model_name, event.version)
+        if doc is None or doc.get("decision") != "promote" or doc.get("unloadable"):
+            return False
+        if (doc.get("watch") or {}).get("status") == "rollback_requested":
+            return False  # its watch asked for it already
+        reason = (f"champion v{event.version} cannot be loaded by {event.instance}: {event.error}")[
+            :2000
+        ]
+        request = ModelRollbackRequested(
+            event_id=rollback_event_id(event.model_name, event.version),
+            producer=self.settings.service_name,
+            correlation_id=doc["correlation_id"],
+            causation_id=event.event_id,
+            model_name=event.model_name,
+            from_version=event.version,
+            to_version=doc.get("champion_version"),
+            reason=reason,
+        )
+        now = self.deployer.now()
+        stage = int(doc.get("stage") or 0)
+        fields = {
+            "stage": stage + 1,
+            "unloadable": {
+                "instance": event.instance,
+                "error": event.error[:2000],
+                "at": now.isoformat(),
+                "event_id": str(request.event_id),
+            },
+            "history": [
+                *(doc.get("history") or []),
+                history_entry(now, "rollback_requested", [reason], {}),
+            ],
+        }
+        stored = await self.decisions.transition(
+            event.model_name, event.version, stage, fields, events=[request]
+        )
+        if stored is None:
+            return False
+        await self.events.notify()
+        log.warning(
+            "champion.unloadable_rollback_requested",
+            model_name=event.model_name,
+            version=event.version,
+            reason=reason,
+        )
+        return True
 
     def _after(self, stage: ActiveStage, stored: dict[str, Any] | None, what: str) -> str:
         if stored is None:  # another replica (or request) moved this decision first

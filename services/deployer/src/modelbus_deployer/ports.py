@@ -43,7 +43,10 @@ class HoldoutSpec:
 
 
 class ModelSource(Protocol):
-    async def load_model(self, ref: ArtifactRef) -> ServableModel: ...
+    async def load_model(self, ref: ArtifactRef, model_name: str) -> ServableModel:
+        """``model_name``'s artifact, verified (its signature, its sha256, a pickle only if
+        the model's policy allows it); ``LoadError`` with the reason otherwise."""
+        ...
 
     async def load_dataset(self, ref: DatasetRef, spec: HoldoutSpec | None = None) -> Dataset:
         """The hold-out, its labels read with the ``spec``'s task and classes (so class

@@ -179,14 +179,16 @@ class DeployerService:
         self, event: ModelRegistered, policy: Policy, timings: dict[str, float]
     ) -> Verdict:
         started = time.perf_counter()
-        challenger = await _named("challenger artifact", self.models.load_model(event.artifact))
+        challenger = await _named(
+            "challenger artifact", self.models.load_model(event.artifact, event.model_name)
+        )
         spec = HoldoutSpec.of(event.signature, challenger)
         holdout = await _named("hold-out", self.models.load_dataset(event.lineage.holdout, spec))
         champion = None
         if event.champion is not None:
             champion = await _named(
                 f"champion v{event.champion.version} artifact",
-                self.models.load_model(event.champion.artifact),
+                self.models.load_model(event.champion.artifact, event.model_name),
             )
         timings["load_ms"] = _ms_since(started)
         started = time.perf_counter()

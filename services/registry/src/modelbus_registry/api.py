@@ -96,7 +96,8 @@ IMPORT = {
 CHANGE = {
     **UNKNOWN,
     409: "the state forbids it or moved: promotion_conflict, alias_conflict, promotion_refused, "
-    "rollback_refused, rollback_conflict",
+    "rollback_refused, rollback_conflict; artifact_unverified: the new champion's artifact "
+    "fails verification (signature, pickle policy, stored bytes)",
 }
 
 

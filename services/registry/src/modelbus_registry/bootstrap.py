@@ -53,6 +53,7 @@ def wire(kit: Kit) -> Wiring:
         kit.object_store(),
         relay,
         on_decision=lambda action: metrics.decisions.labels(action).inc(),
+        trust=kit.artifact_trust(),
     )
     return Wiring(
         context=service,

@@ -55,6 +55,7 @@ from modelbus_ml import (
 )
 from modelbus_ml.mlflow import read_mlflow_zip
 from modelbus_ml.onnx import ONNX_FORMAT, load_onnx, vet_import_isolated
+from modelbus_platform.artifacts import ArtifactTrust, pickled
 from modelbus_platform.outbox import Notifier
 from modelbus_platform.scheduler import is_cron
 from modelbus_platform.stores import (
@@ -92,7 +93,10 @@ class RegistryService:
         *,
         clock: Callable[[], datetime] = utcnow,
         on_decision: Callable[[str], None] | None = None,
+        trust: ArtifactTrust | None = None,
     ) -> None:
+        # signs what is imported; verifies what is registered and what becomes champion
+        self.trust = trust or ArtifactTrust()
         self.repo = repo
         self.store = store
         self.events = events
@@ -109,6 +113,7 @@ class RegistryService:
             await self._registration_duplicate(event, existing)
             return None
         try:
+            await self._check_trusted(name, event.artifact)
             data = await get_verified(self.store, event.artifact.uri, event.artifact.sha256)
             domain.check_artifact(data, event.artifact, event.feature_names)
         except (ObjectNotFound, IntegrityError, ArtifactRejected) as exc:
@@ -296,7 +301,9 @@ class RegistryService:
         except ObjectConflict as exc:  # someone replaced the stored bytes under this sha256
             raise Conflict(str(exc), "artifact_conflict") from exc
         reference = {k: FeatureStats(**v) for k, v in feature_stats(holdout).items()}
-        ref = ArtifactRef(uri=uri, sha256=digest, size_bytes=len(artifact), format=ONNX_FORMAT)
+        ref = self.trust.sign(
+            ArtifactRef(uri=uri, sha256=digest, size_bytes=len(artifact), format=ONNX_FORMAT)
+        )
         params = {
             "family": "onnx",
             "threshold": threshold,
@@ -618,6 +625,13 @@ class RegistryService:
             )
             log.warning("promotion.refused", model=name, version=version, reason=refusal)
             return None
+        refusal = await self._champion_refusal(name, doc)
+        if refusal:
+            await self._audit(
+                name, "artifact_unverified", version=version, cause=event, reason=refusal
+            )
+            log.warning("promotion.refused", model=name, version=version, reason=refusal)
+            return None
         move = domain.plan_promotion(aliases, version, event.champion_version)
         rollout = domain.rollout_of(model)
         ends_rollout = rollout["mode"] != "none" and (rollout["version"] or 0) <= version
@@ -705,6 +719,7 @@ class RegistryService:
             raise
         promoted = None
         if alias == "champion":
+            await self._refuse_unverified(name, doc, actor=actor)
             promoted = ModelPromoted(
                 producer=API_ACTOR,
                 model_name=name,
@@ -782,6 +797,7 @@ class RegistryService:
             raise
         from_version, to_version = move.expected["champion"], move.new["champion"]
         target = await self._version_doc(name, to_version)
+        await self._refuse_unverified(name, target, actor=actor, cause=cause)
         data = dict(
             model_name=name,
             from_version=from_version,
@@ -820,6 +836,49 @@ class RegistryService:
         )
         log.info("rollback.done", model=name, from_version=from_version, to_version=to_version)
         return rolled_back
+
+    # -- artifacts a champion may have ---------------------------------------------------------
+
+    async def _check_trusted(self, name: str, ref: ArtifactRef) -> None:
+        """ArtifactRejected if the artifact's signature or format is refused (a pickle only if
+        the model's policy allows it), before a byte of it is read."""
+        allowed = pickled(ref.format) and (await self.policy(name)).policy.artifacts.allow_pickle
+        refusal = self.trust.problem(ref, allow_pickle=allowed)
+        if refusal is not None:
+            raise ArtifactRejected(f"untrusted artifact: {refusal}")
+
+    async def _champion_refusal(self, name: str, doc: dict[str, Any]) -> str | None:
+        """Why version ``doc`` must not become champion now: its artifact fails verification
+        (signature, pickle policy, the stored bytes against the sha256, the model's features).
+        None if a scorer can load it."""
+        ref = ArtifactRef.model_validate(doc["artifact"])
+        try:
+            await self._check_trusted(name, ref)
+            data = await get_verified(self.store, ref.uri, ref.sha256)
+            domain.check_artifact(data, ref, doc["feature_names"])
+        except ObjectNotFound:
+            return f"version {doc['version']}'s artifact {ref.uri} is missing from the store"
+        except (IntegrityError, ArtifactRejected) as exc:
+            return f"version {doc['version']}'s artifact fails verification: {_reason(exc)}"
+        return None
+
+    async def _refuse_unverified(
+        self, name: str, doc: dict[str, Any], *, actor: str, cause: Event | None = None
+    ) -> None:
+        """Conflict ``artifact_unverified`` (audited) if ``doc`` cannot be made champion."""
+        refusal = await self._champion_refusal(name, doc)
+        if refusal is None:
+            return
+        await self._audit(
+            name,
+            "artifact_unverified",
+            version=doc["version"],
+            actor=actor,
+            cause=cause,
+            reason=refusal,
+        )
+        log.warning("champion.refused", model=name, version=doc["version"], reason=refusal)
+        raise Conflict(refusal, action="artifact_unverified")
 
     # -- queries --------------------------------------------------------------------------------
 

@@ -55,6 +55,8 @@ def wire(kit: Kit) -> Wiring:
         holder=ModelHolder(),
         registry=kit.registry(),
         store=kit.object_store(),
+        trust=kit.artifact_trust(),
+        allow_pickle=kit.pickle_policy(),
         publisher=kit.bus,
         metrics=metrics,
         prediction_log=prediction_log,

@@ -31,6 +31,7 @@ from modelbus_contracts import (
 )
 from modelbus_contracts.api import VersionView
 from modelbus_ml.serving import LoadFailed, Served
+from modelbus_platform.artifacts import AllowPickle, ArtifactTrust, refuse_pickle
 from modelbus_platform.bus import Publisher, RawRecord
 from modelbus_platform.registry import Registry, RegistryUnavailable
 from modelbus_platform.serving import load_version
@@ -129,7 +130,11 @@ class ScorerService:
         max_instances: int,
         first_sync_wait_s: float = 10.0,
         seen_requests: int = 100_000,
+        trust: ArtifactTrust | None = None,
+        allow_pickle: AllowPickle = refuse_pickle,
     ) -> None:
+        self.trust = trust or ArtifactTrust()
+        self.allow_pickle = allow_pickle
         self.holder = holder
         self.registry = registry
         self.store = store
@@ -240,7 +245,7 @@ class ScorerService:
 
     async def load(self, view: VersionView) -> Served:
         """Fetch, verify, parse and warm up one version; ``LoadFailed`` if it cannot serve."""
-        return await load_version(self.store, view)
+        return await load_version(self.store, view, self.trust, self.allow_pickle)
 
     def _swap(self, name: str, served: Served) -> None:
         slots = self.holder.swap(name, served)

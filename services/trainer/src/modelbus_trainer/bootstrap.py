@@ -47,6 +47,7 @@ def wire(kit: Kit) -> Wiring:
         events=kit.events(runs.outbox),
         metrics=kit.metrics,  # type: ignore[arg-type]
         policies=kit.policies(),
+        trust=kit.artifact_trust(),
     )
     scheduler = CronScheduler(
         settings.schedules,

@@ -25,6 +25,7 @@ from modelbus_ml.dataset import LABEL, TASKS, from_csv_bytes, from_rows, infer_k
 from modelbus_ml.families import DEFAULT_FAMILY, FamilyError, get_family, train_family
 from modelbus_ml.flavors import LOGREG_FORMAT, ONNX_FORMAT
 from modelbus_ml.outputs import classes_of
+from modelbus_platform.artifacts import PICKLE_REFUSED, pickled
 from modelbus_platform.scheduler import Fire
 
 if TYPE_CHECKING:
@@ -155,10 +156,13 @@ def training_defaults(
     return {**(configured if same else {}), **family, **live.params, **task}
 
 
-def check_family(params: dict[str, Any], allowed_entry_points: set[str]) -> None:
-    """RunFailed unless the family exists and a python entry point is allow-listed."""
+def check_family(
+    params: dict[str, Any], allowed_entry_points: set[str], allow_pickle: bool = False
+) -> None:
+    """RunFailed unless the family exists, a python entry point is allow-listed and, for a
+    family whose artifact is a pickle, the model's policy allows pickles."""
     try:
-        get_family(str(params.get("family", DEFAULT_FAMILY)))
+        family = get_family(str(params.get("family", DEFAULT_FAMILY)))
     except FamilyError as exc:
         raise RunFailed(str(exc)) from exc
     if params.get("family") == "python" and params.get("entry_point") not in allowed_entry_points:
@@ -166,6 +170,14 @@ def check_family(params: dict[str, Any], allowed_entry_points: set[str]) -> None
             f"python entry point {params.get('entry_point')!r} is not allowed "
             "(add it to python_entry_points or to the model's model_params)"
         )
+    check_pickle_allowed(family.format, allow_pickle)
+
+
+def check_pickle_allowed(artifact_format: str, allowed: bool) -> None:
+    """RunFailed for a pickled artifact format the model's policy does not allow: no scorer
+    would load it (``modelbus_platform.artifacts``), so it is not trained at all."""
+    if pickled(artifact_format) and not allowed:
+        raise RunFailed(PICKLE_REFUSED.format(format=artifact_format))
 
 
 def trigger_kind(event: Event) -> str:

@@ -29,6 +29,7 @@ from modelbus_contracts import (
 )
 from modelbus_contracts.envelope import utcnow
 from modelbus_ml import Dataset, DatasetError, from_csv_bytes
+from modelbus_platform.artifacts import ArtifactTrust
 from modelbus_platform.bus import Publisher
 from modelbus_platform.metrics import Metrics
 from modelbus_platform.outbox import Notifier
@@ -49,6 +50,7 @@ from .domain import (
     artifact_content_type,
     artifact_key,
     check_family,
+    check_pickle_allowed,
     cooldown_remaining,
     csv_dataset,
     data_spec,
@@ -112,8 +114,10 @@ class TrainerService:
         policies: Policies | None = None,
         scheduler: CronScheduler[ScheduleSpec] | None = None,
         registry: Registry | None = None,
+        trust: ArtifactTrust | None = None,
     ) -> None:
         self.settings = settings
+        self.trust = trust or ArtifactTrust()  # signs what it trains (with a signing key)
         self.policies = policies
         # the champion's signature (a retrain keeps its task, classes and feature kinds)
         self.registry = registry or (policies.registry if policies else None)
@@ -180,6 +184,7 @@ class TrainerService:
             holdout_fraction=self.settings.holdout_fraction,
         )
         run["policy_revision"] = live.revision if live else 0
+        run["allow_pickle"] = bool(live and live.policy.artifacts.allow_pickle)
         return run
 
     # -- feedback -----------------------------------------------------------------------------
@@ -367,7 +372,7 @@ class TrainerService:
 
     async def _run(self, run: dict[str, Any], bound: Any, started: float) -> None:
         trigger = rebuild_trigger(run)
-        check_family(run["params"], self.allowed_entry_points)
+        check_family(run["params"], self.allowed_entry_points, run.get("allow_pickle", False))
         await self._set(
             run, state=RunState.WAITING_FOR_DATA.value, stage="load", started_at=self.clock()
         )
@@ -520,6 +525,7 @@ class TrainerService:
         dataset = await self._put_snapshot(model, result.dataset_csv, result.dataset_rows)
         holdout = await self._put_snapshot(model, result.holdout_csv, result.holdout_rows)
         fmt = result.artifact_format
+        check_pickle_allowed(fmt, run.get("allow_pickle", False))  # auto's candidates too
         artifact_uri = artifact_key(model, result.artifact_sha256, fmt)
         await self.store.put_once(artifact_uri, result.artifact, artifact_content_type(fmt))
         event = trigger.caused(
@@ -528,11 +534,13 @@ class TrainerService:
             event_id=trained_event_id(run["run_id"]),
             model_name=model,
             run_id=run["run_id"],
-            artifact=ArtifactRef(
-                uri=artifact_uri,
-                sha256=result.artifact_sha256,
-                size_bytes=len(result.artifact),
-                format=fmt,
+            artifact=self.trust.sign(
+                ArtifactRef(
+                    uri=artifact_uri,
+                    sha256=result.artifact_sha256,
+                    size_bytes=len(result.artifact),
+                    format=fmt,
+                )
             ),
             feature_names=result.feature_names,
             metrics=result.metrics,
