@@ -432,10 +432,10 @@ def test_kafka_makes_a_scram_user_per_service_broker_and_upstream_at_format_time
     command = kafka["command"]
     script = next(t for t, m in _bind_mounts("kafka").items() if t in command)
     text = _host_path(_bind_mounts("kafka")[script]).read_text(encoding="utf-8")
-    assert "kafka-storage.sh format" in text and "--add-scram" in text
+    assert 'kafka-storage.sh" format' in text and "--add-scram" in text
     assert f"{cs.SCRAM_MECHANISM}=[name=$user,password=" in text
     assert "MODELBUS_KAFKA_${user^^}_PASSWORD" in text, "the script's password variables"
-    assert "exec /etc/kafka/docker/run" in text, "the image's own start comes last"
+    assert 'exec "$docker_dir/run"' in text, "the image's own start comes last"
 
 
 def test_kafka_healthcheck_connects_over_sasl_ssl():

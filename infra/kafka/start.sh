@@ -15,7 +15,11 @@
 # new volume.
 set -euo pipefail
 
-config_dir=/opt/kafka/config
+# the image's folders (a test runs this script against stand-ins)
+kafka_home="${MODELBUS_KAFKA_HOME:-/opt/kafka}"
+docker_dir="${MODELBUS_KAFKA_DOCKER_DIR:-/etc/kafka/docker}"
+mounted_config_dir="${MODELBUS_KAFKA_MOUNTED_CONFIG_DIR:-/mnt/shared/config}"
+config_dir="$kafka_home/config"
 client_config="$config_dir/modelbus-client.properties"
 
 password() {
@@ -35,9 +39,9 @@ if [[ ! -e "$KAFKA_LOG_DIRS/meta.properties" ]]; then
   rm -f "$config_dir/server.properties"
   (
     unset CLUSTER_ID
-    exec /opt/kafka/bin/kafka-run-class.sh kafka.docker.KafkaDockerWrapper setup \
-      --default-configs-dir /etc/kafka/docker \
-      --mounted-configs-dir /mnt/shared/config \
+    exec "$kafka_home/bin/kafka-run-class.sh" kafka.docker.KafkaDockerWrapper setup \
+      --default-configs-dir "$docker_dir" \
+      --mounted-configs-dir "$mounted_config_dir" \
       --final-configs-dir "$config_dir"
   ) >/dev/null 2>&1 || true
   if [[ ! -s "$config_dir/server.properties" ]]; then
@@ -49,7 +53,7 @@ if [[ ! -e "$KAFKA_LOG_DIRS/meta.properties" ]]; then
     scram+=(--add-scram "SCRAM-SHA-512=[name=$user,password=$(password "$user")]")
   done
   echo "===> Formatting the storage with the SCRAM users: $MODELBUS_KAFKA_USERS"
-  /opt/kafka/bin/kafka-storage.sh format --cluster-id "$CLUSTER_ID" \
+  "$kafka_home/bin/kafka-storage.sh" format --cluster-id "$CLUSTER_ID" \
     -c "$config_dir/server.properties" "${scram[@]}"
 fi
 
@@ -62,4 +66,4 @@ ssl.truststore.type=PEM
 ssl.truststore.location=$KAFKA_SSL_TRUSTSTORE_LOCATION
 PROPERTIES
 
-exec /etc/kafka/docker/run
+exec "$docker_dir/run"
