@@ -190,7 +190,15 @@ def test_env_builds_the_service_settings(name, monkeypatch):
     settings = build_settings(cls, env, monkeypatch)
     assert settings.service_name == name
     assert settings.kafka_bootstrap == "kafka:9092"
-    assert settings.mongo_uri.get_secret_value() == "mongodb://mongo:27017"
+    user, password = (SECRETS.env[v] for v in cs.MONGO_VARIABLES)
+    mongo = {k: interpolate(v) for k, v in service("mongo")["environment"].items()}
+    assert (mongo["MONGO_INITDB_ROOT_USERNAME"], mongo["MONGO_INITDB_ROOT_PASSWORD"]) == (
+        user,
+        password,
+    )
+    assert settings.mongo_uri.get_secret_value() == (
+        f"mongodb://{user}:{password}@mongo:27017/?authSource=admin"
+    )
     assert settings.object_store == "s3"
     assert settings.s3_endpoint == "minio:9000"
     assert settings.http_host == "0.0.0.0"

@@ -17,6 +17,7 @@ import socket
 import ssl
 import stat
 import threading
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -66,7 +67,7 @@ def test_the_env_file_has_every_secret_and_nothing_else(made):
     expected |= {signing.signing_key_variable(s) for s in SERVICES}
     expected |= {signing.TRUSTED_KEYS_VARIABLE, cs.ADMIN_KEY_VARIABLE, cs.STATIC_KEYS_VARIABLE}
     expected |= {cs.registry_key_variable(s) for s in cs.REGISTRY_READERS}
-    expected |= set(cs.S3_VARIABLES)
+    expected |= set(cs.S3_VARIABLES) | set(cs.MONGO_VARIABLES)
     assert set(env) == expected
     assert all(env.values())
 
@@ -121,6 +122,14 @@ def test_signing_keys_pair_with_the_trusted_keys(made):
     assert verifier.problem("drift.detected.v1", headers, b"{}") is None
     headers["ce_signer"] = "scorer"
     assert verifier.problem("drift.detected.v1", headers, b"{}") is not None
+
+
+def test_the_mongodb_password_is_random_and_fits_a_uri_unescaped(made):
+    _, env, _ = made
+    user, password = (env[v] for v in cs.MONGO_VARIABLES)
+    assert len(password) >= 32
+    assert urllib.parse.quote(password, safe="") == password
+    assert urllib.parse.quote(user, safe="") == user
 
 
 def test_s3_credentials_are_not_the_defaults(made):

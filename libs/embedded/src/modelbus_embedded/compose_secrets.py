@@ -16,10 +16,12 @@ and ``infra/certs/``, and refuses to overwrite them unless ``--force``:
 - HTTP auth: a bootstrap admin key (printed once; only its SHA-256 is written), and a ``viewer``
   key per service that reads the registry (``MODELBUS_<SERVICE>_REGISTRY_API_KEY``; the
   registry trusts it by its hash in ``MODELBUS_STATIC_KEYS``);
-- MinIO's root credentials (``MODELBUS_S3_ACCESS_KEY`` / ``MODELBUS_S3_SECRET_KEY``).
+- MinIO's root credentials (``MODELBUS_S3_ACCESS_KEY`` / ``MODELBUS_S3_SECRET_KEY``) and
+  MongoDB's (``MODELBUS_MONGO_USER`` / ``MODELBUS_MONGO_PASSWORD``).
 
-Kafka's SCRAM users are created when the broker formats its storage (first start): after
-``--force`` the old ``kafka-data`` volume still holds the old passwords, so remove it.
+Kafka's SCRAM users are created when the broker formats its storage, and MongoDB's user when it
+starts on an empty volume (first start): after ``--force`` the old ``kafka-data`` and
+``mongo-data`` volumes still hold the old passwords, so remove them.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ BROKER_DAYS = 825
 ADMIN_KEY_VARIABLE = "MODELBUS_ADMIN_KEY_SHA256"
 STATIC_KEYS_VARIABLE = "MODELBUS_STATIC_KEYS"
 S3_VARIABLES = ("MODELBUS_S3_ACCESS_KEY", "MODELBUS_S3_SECRET_KEY")
+MONGO_VARIABLES = ("MODELBUS_MONGO_USER", "MODELBUS_MONGO_PASSWORD")
 
 
 def kafka_password_variable(user: str) -> str:
@@ -205,6 +208,9 @@ def make() -> Secrets:
     access, secret_key = S3_VARIABLES
     env[access] = f"modelbus-{secrets.token_hex(6)}"
     env[secret_key] = secrets.token_urlsafe(32)
+    mongo_user, mongo_password = MONGO_VARIABLES
+    env[mongo_user] = "modelbus"
+    env[mongo_password] = secrets.token_urlsafe(32)  # URL-safe: it goes into the MongoDB URI
     ca_pem, broker_pem = certificates()
     return Secrets(env, ca_pem, broker_pem, admin_key)
 
@@ -245,7 +251,7 @@ def write(directory: Path, *, force: bool = False) -> Secrets:
     if existing and not force:
         raise FileExistsError(
             f"{', '.join(existing)} exist: keeping them (run with --force to make new secrets; "
-            "then also remove the kafka-data volume, which holds the old Kafka users)"
+            "then also remove the kafka-data and mongo-data volumes, which hold the old users)"
         )
     made = make()
     paths["ca"].parent.mkdir(parents=True, exist_ok=True)
