@@ -229,6 +229,9 @@ def test_refuses_to_overwrite_unless_forced(tmp_path, capsys):
     after = {name: path.read_bytes() for name, path in paths.items()}
     assert all(after[name] != before[name] for name in paths)
     assert _mode(paths["env"]) == 0o600
+    assert sorted(p.name for p in tmp_path.rglob("*")) == sorted(
+        [cs.ENV_FILE, cs.CERTS_DIR, cs.CA_CERT, cs.BROKER_PEM]
+    ), "nothing staged is left behind"
 
 
 def test_env_text_round_trips_json_and_refuses_what_it_cannot_quote():

@@ -230,12 +230,15 @@ def env_text(env: Mapping[str, str]) -> str:
 
 
 def _write(path: Path, data: bytes, mode: int) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.fchmod(fd, mode)
-        os.write(fd, data)
-    finally:
-        os.close(fd)
+    """``data`` into a new file of ``mode``, put in place at once (replacing one that another
+    owner may have by now, e.g. the broker's key after a chown to the image's user)."""
+    staged = path.with_name(f".{path.name}.new")
+    staged.unlink(missing_ok=True)
+    fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "wb") as out:
+        os.fchmod(out.fileno(), mode)
+        out.write(data)
+    os.replace(staged, path)
 
 
 def targets(directory: Path) -> dict[str, Path]:
