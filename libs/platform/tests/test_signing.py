@@ -3,20 +3,25 @@ trusted keys acts only on events its services signed, and the bus dead-letters t
 
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
+from dotenv import dotenv_values
 
 from modelbus_contracts import LabelObserved, ModelRollbackRequested, encode
 from modelbus_platform.signing import (
     CONTROL_TOPICS,
     SIGNATURE,
+    TRUSTED_KEYS_VARIABLE,
     Signer,
     Verifier,
     from_settings,
     keypair,
+    main,
     private_key,
     public_key,
+    signing_key_variable,
 )
 
 
@@ -76,3 +81,22 @@ def test_keys_from_settings_are_checked():
         from_settings("registry", "c2hvcnQ=", None)
     with pytest.raises(ValueError, match="JSON"):
         from_settings("registry", None, "{not json")
+
+
+def test_keygen_env_lines_are_a_compose_env_file_whose_keys_pair(capsys):
+    assert main(["keygen", "--env", "trainer", "deployer"]) == 0
+    env = dotenv_values(stream=io.StringIO(capsys.readouterr().out))
+    assert set(env) == {
+        signing_key_variable("trainer"),
+        signing_key_variable("deployer"),
+        TRUSTED_KEYS_VARIABLE,
+    }
+    signer, verifier = from_settings(
+        "trainer", env[signing_key_variable("trainer")], env[TRUSTED_KEYS_VARIABLE]
+    )
+    assert set(verifier.trusted) == {"trainer", "deployer"}
+    headers = signer.sign("model.trained.v1", {"ce_id": "1"}, b"{}")
+    assert verifier.problem("model.trained.v1", headers, b"{}") is None
+    other, _ = from_settings("deployer", env[signing_key_variable("deployer")], None)
+    forged = other.sign("model.trained.v1", {"ce_id": "1"}, b"{}") | {"ce_signer": "trainer"}
+    assert verifier.problem("model.trained.v1", forged, b"{}") is not None

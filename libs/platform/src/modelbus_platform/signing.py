@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from modelbus_contracts.events import CONTROL_EVENTS
 
 SIGNATURE = "ce_signature"
+TRUSTED_KEYS_VARIABLE = "MODELBUS_TRUSTED_KEYS"
 SIGNER = "ce_signer"
 VERSION = b"modelbus-signature-v1"
 # the events other services act on: only a trusted service's signature makes them count
@@ -108,6 +109,39 @@ def keypair() -> tuple[str, str]:
     return _b64(private), _b64(public)
 
 
+def keyset(services: Iterable[str]) -> tuple[dict[str, str], dict[str, str]]:
+    """A new key per service: the signing (private) keys and the trusted (public) keys."""
+    pairs = {name: keypair() for name in services}
+    return (
+        {name: pair[0] for name, pair in pairs.items()},
+        {name: pair[1] for name, pair in pairs.items()},
+    )
+
+
+def env_variables(
+    signing_keys: Mapping[str, str], trusted_keys: Mapping[str, str]
+) -> dict[str, str]:
+    """The keys as compose variables: ``MODELBUS_<SERVICE>_SIGNING_KEY`` each (the compose file
+    hands it to that service as ``MODELBUS_SIGNING_KEY``) and ``MODELBUS_TRUSTED_KEYS`` (JSON)."""
+    out = {signing_key_variable(name): key for name, key in signing_keys.items()}
+    out[TRUSTED_KEYS_VARIABLE] = json.dumps(dict(trusted_keys), sort_keys=True)
+    return out
+
+
+def env_lines(signing_keys: Mapping[str, str], trusted_keys: Mapping[str, str]) -> list[str]:
+    """The keys as lines of a compose ``.env`` file (the JSON single-quoted: taken literally)."""
+    variables = env_variables(signing_keys, trusted_keys)
+    return [
+        f"{name}='{value}'" if name == TRUSTED_KEYS_VARIABLE else f"{name}={value}"
+        for name, value in variables.items()
+    ]
+
+
+def signing_key_variable(service: str) -> str:
+    """The compose variable holding ``service``'s signing key."""
+    return f"MODELBUS_{service.upper()}_SIGNING_KEY"
+
+
 @dataclass(frozen=True)
 class Signer:
     """Signs the control events one service publishes."""
@@ -174,22 +208,11 @@ def main(argv: list[str]) -> int:
     if len(argv) < 2 or argv[0] != "keygen":
         print("usage: python -m modelbus_platform.signing keygen [--env] <service> [...]")
         return 2
-    keys = {name: keypair() for name in argv[1:]}
+    signing_keys, trusted_keys = keyset(argv[1:])
     if as_env:
-        for name, (private, _) in keys.items():
-            print(f"MODELBUS_{name.upper()}_SIGNING_KEY={private}")
-        trusted = json.dumps({name: pair[1] for name, pair in keys.items()}, sort_keys=True)
-        print(f"MODELBUS_TRUSTED_KEYS='{trusted}'")
+        print("\n".join(env_lines(signing_keys, trusted_keys)))
         return 0
-    print(
-        json.dumps(
-            {
-                "signing_keys": {name: pair[0] for name, pair in keys.items()},
-                "trusted_keys": {name: pair[1] for name, pair in keys.items()},
-            },
-            indent=2,
-        )
-    )
+    print(json.dumps({"signing_keys": signing_keys, "trusted_keys": trusted_keys}, indent=2))
     return 0
 
 
