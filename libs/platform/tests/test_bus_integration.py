@@ -259,3 +259,47 @@ async def test_the_bus_acts_only_on_control_events_its_services_signed(infra, un
         "modelbus_events_unverified_total", {"topic": ModelRollbackRequested.topic}
     )
     assert unverified == 1
+
+
+async def test_a_message_larger_than_the_limit_never_stalls_its_partition(infra, unique):
+    """A 1.5 MB garbage value (what stalled three consumer groups for good): dead-lettered
+    unread and cut down, and the events behind it on the same partition are handled."""
+    from aiokafka import AIOKafkaProducer
+
+    from modelbus_platform.bus import DLQ_VALUE_BYTES
+
+    model = f"big-{unique}"
+    handled: list[str] = []
+    done = asyncio.Event()
+
+    async def handler(event: LabelObserved) -> None:
+        if event.model_name != model:
+            return  # the topic's earlier events (other tests') are read too
+        handled.append(event.prediction_id)
+        if len(handled) == 3:
+            done.set()
+
+    bus = await _bus(infra, f"db_{unique}")
+    bus.subscribe(LabelObserved, group=f"g-{unique}", handler=handler)
+    await bus.start()
+    producer = AIOKafkaProducer(bootstrap_servers=infra.kafka_bootstrap, max_request_size=4_000_000)
+    await producer.start()
+    try:
+        first = encode(LabelObserved(model_name=model, prediction_id="before", label=1))
+        await producer.send_and_wait(
+            first.topic, first.value, key=first.key,
+            headers=[(k, v.encode()) for k, v in first.headers.items()],
+        )  # fmt: skip
+        await producer.send_and_wait(first.topic, b"\x00garbage" * 190_000, key=first.key)
+        for pid in ("after-1", "after-2"):
+            await bus.publish(LabelObserved(model_name=model, prediction_id=pid, label=0))
+        await asyncio.wait_for(done.wait(), 60)
+        [dead] = await _read_dlq(infra.kafka_bootstrap, LabelObserved.topic, model, 1)
+    finally:
+        await producer.stop()
+        await bus.stop()
+
+    assert handled == ["before", "after-1", "after-2"]
+    headers = {k: v.decode() for k, v in dead.headers}
+    assert headers["x-dlq-reason"].startswith("too_large: 1520000 bytes")
+    assert headers["x-dlq-value-bytes"] == "1520000" and len(dead.value) == DLQ_VALUE_BYTES

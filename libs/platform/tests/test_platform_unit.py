@@ -133,3 +133,100 @@ async def test_wrong_event_type_on_a_topic_is_dead_lettered():
 def test_event_ids_are_unique_uuids():
     a, b = (LabelObserved(model_name="m", prediction_id="p", label=0) for _ in range(2))
     assert isinstance(a.event_id, uuid.UUID) and a.event_id != b.event_id
+
+
+# -- bounded: no message stalls a partition ---------------------------------------------------
+
+
+async def test_an_oversized_message_is_dead_lettered_unread_and_cut_down():
+    from modelbus_platform.bus import DLQ_VALUE_BYTES
+
+    bus, fake = make_bus()
+    bus.max_event_bytes = 10_000
+    seen = []
+
+    async def handler(event):
+        seen.append(event)
+
+    event = LabelObserved(model_name="m", prediction_id="p", label=1)
+    huge = b'{"label": "' + b"x" * 3_900_000 + b'"}'
+    raw = raw_of(event, value=huge)
+    raw.headers += [(f"h{i}", b"y" * 50_000) for i in range(200)]  # hostile headers too
+    await bus.process(LabelObserved, "g", handler, raw)
+    assert seen == []
+    [(topic, value, headers)] = fake.published
+    assert topic == "label.observed.v1.dlq"
+    assert headers["x-dlq-reason"].startswith("too_large: 3900013 bytes, at most 10000")
+    assert value == huge[:DLQ_VALUE_BYTES]
+    assert headers["x-dlq-value-bytes"] == str(len(huge))
+    assert len(headers) <= 64 + 10 and max(map(len, headers.values())) <= 4_000
+    assert headers["ce_id"] == str(event.event_id)  # still traceable and replayable by id
+
+    # the batch path does the same, and the rest of the batch is handled
+    fake.published.clear()
+    batch: list = []
+
+    async def batch_handler(events):
+        batch.extend(events)
+
+    routes = {LabelObserved.topic: _route(batch_handler)}
+    good = LabelObserved(model_name="m", prediction_id="q", label=0)
+    await bus.process_batch("g", routes, [raw_of(event, value=huge), raw_of(good, offset=1)])
+    assert [e.prediction_id for e in batch] == ["q"]
+    assert [headers["x-dlq-reason"][:9] for _, _, headers in fake.published] == ["too_large"]
+
+
+def _route(handler):
+    from modelbus_platform.bus import _Route
+
+    return _Route(LabelObserved, handler, False, batch=True)
+
+
+class RefusingBroker(FakeBroker):
+    """Refuses records above ``limit`` bytes as a broker does; or cannot be reached at all."""
+
+    def __init__(self, limit: int, down: bool = False) -> None:
+        super().__init__()
+        self.limit, self.down = limit, down
+
+    async def publish(self, value, topic, key=None, headers=None):
+        from aiokafka.errors import KafkaConnectionError, MessageSizeTooLargeError
+
+        if self.down:
+            raise KafkaConnectionError("no broker")
+        if len(value) + sum(len(v) for v in (headers or {}).values()) > self.limit:
+            raise MessageSizeTooLargeError("too large")
+        await super().publish(value, topic, key, headers)
+
+
+async def test_a_dead_letter_the_broker_refuses_is_sent_without_its_value_or_skipped():
+    bus, _ = make_bus()
+    event = LabelObserved(model_name="m", prediction_id="p", label=1)
+
+    async def broken(event):
+        raise RuntimeError("x" * 50_000)
+
+    bus.broker = small = RefusingBroker(limit=20_000)  # type: ignore[assignment]
+    padded = encode(event).value + b" " * 100_000  # valid JSON, large
+    await bus.process(LabelObserved, "g", broken, raw_of(event, value=padded))
+    [(_, value, headers)] = small.published  # the value did not fit: headers only
+    assert value == b"" and headers["x-dlq-value-bytes"] == str(len(padded))
+    assert headers["x-dlq-reason"].startswith("handler: RuntimeError: xxx")
+
+    bus.broker = tiny = RefusingBroker(limit=10)  # type: ignore[assignment]
+    await bus.process(LabelObserved, "g", broken, raw_of(event))  # does not raise: skipped
+    assert tiny.published == []
+    lost = bus.metrics.dead_letters_lost.labels(LabelObserved.topic)._value.get()
+    assert lost == 1
+
+    bus.broker = RefusingBroker(limit=10**9, down=True)  # type: ignore[assignment]
+    with pytest.raises(Exception, match="no broker"):  # transient: redelivered, never lost
+        await bus.process(LabelObserved, "g", broken, raw_of(event))
+
+
+def test_an_error_lists_a_few_names_then_how_many_more():
+    from modelbus_ml.inputs import few
+
+    assert few(["a", "b"]) == "['a', 'b']"
+    text = few([f"f{i}" for i in range(250_000)])
+    assert text.endswith("... and 249995 more]") and len(text) < 100

@@ -136,6 +136,14 @@ def check_column(values: Sequence[Any], kind: str, nullable: bool, feature: str)
     return out
 
 
+def few(names: Sequence[Any], limit: int = 5) -> str:
+    """At most ``limit`` names (each cut short), then how many more: an error that lists what
+    a request got wrong stays small however large the request was."""
+    shown = [_shown(str(name)) for name in list(names)[:limit]]
+    more = len(names) - len(shown)
+    return f"[{', '.join(shown)}{f', ... and {more} more' if more > 0 else ''}]"
+
+
 def _shown(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
@@ -147,5 +155,6 @@ __all__ = [
     "InputSpec",
     "check_column",
     "check_value",
+    "few",
     "from_text",
 ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
@@ -22,7 +23,12 @@ from typing import Any, Protocol, TypeVar
 import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import (
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+    TopicAlreadyExistsError,
+)
 from aiokafka.partitioner import DefaultPartitioner
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker, KafkaMessage
@@ -53,6 +59,17 @@ RawRecord = tuple[bytes, bytes, list[tuple[str, bytes]]]
 BULK_BATCH_BYTES = 1_000_000  # one Kafka record batch (the broker's default message limit)
 
 DLQ_SUFFIX = ".dlq"
+# A dead letter never fails on size: it keeps the headers (each cut to DLQ_HEADER_CHARS, at
+# most DLQ_MAX_HEADERS of them) and the reason, and at most DLQ_VALUE_BYTES of the value (the
+# original size and SHA-256 in x-dlq-value-bytes / x-dlq-value-sha256): far below any broker's
+# message limit, so a message too large for its own topic still has a place to go.
+DLQ_VALUE_BYTES = 256_000
+DLQ_HEADER_CHARS = 1_000
+DLQ_MAX_HEADERS = 64
+LOG_REASON_CHARS = 1_000  # what a log line keeps of a reason (a huge one must not flood logs)
+# what a broker (or the client's own check) answers a record it will never take: retrying it
+# cannot help; anything else (no connection, a timeout, no leader) is worth a redelivery
+TOO_LARGE = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError)
 _topic_of = attrgetter("topic")
 
 
@@ -143,8 +160,10 @@ class EventBus:
         signer: Signer | None = None,
         verifier: Verifier | None = None,
         security: KafkaSecurity | None = None,
+        max_event_bytes: int = 1_000_000,
     ) -> None:
         self.bootstrap = bootstrap
+        self.max_event_bytes = max_event_bytes
         self.security = security or KafkaSecurity()
         self.signer = signer
         self.verifier = verifier
@@ -159,6 +178,7 @@ class EventBus:
             bootstrap,
             client_id=f"modelbus-{service}",
             logger=None,
+            max_request_size=max(max_event_bytes, DLQ_VALUE_BYTES) + 65_536,
             security=self.security.faststream(),
         )
         self._started = False
@@ -200,6 +220,7 @@ class EventBus:
             signer=signer,
             verifier=verifier,
             security=KafkaSecurity.from_settings(settings),
+            max_event_bytes=settings.max_event_bytes,
         )
 
     # -- publishing ---------------------------------------------------------------------------
@@ -221,6 +242,16 @@ class EventBus:
         if self.signer is None:
             return record.headers
         return self.signer.sign(record.topic, record.headers, record.value)
+
+    async def _oversized(self, raw: Any, group: str) -> bool:
+        """True (and dead-lettered, cut down, with the reason) for a message larger than
+        ``max_event_bytes``: it is never decoded, and it cannot stall its partition."""
+        size = len(raw.value or b"")
+        if size <= self.max_event_bytes:
+            return False
+        reason = f"too_large: {size} bytes, at most {self.max_event_bytes} are read"
+        await self._dead_letter(raw, group, reason, attempts=0)
+        return True
 
     async def _unverified(self, raw: Any, group: str) -> bool:
         """True (and dead-lettered with the reason) for a control event that is not signed
@@ -440,7 +471,7 @@ class EventBus:
             topic=topic, partition=raw.partition, offset=raw.offset, group=group
         )
         try:
-            if await self._unverified(raw, group):
+            if await self._oversized(raw, group) or await self._unverified(raw, group):
                 return
             try:
                 event = decode(raw.headers, raw.value, expected=event_cls)
@@ -472,6 +503,9 @@ class EventBus:
         in offset order (with retries), dead-letter the rest of a batch that keeps failing."""
         by_topic: dict[str, list[tuple[Any, Event]]] = {}
         undecoded: dict[str, list[Any]] = {}
+        limit = self.max_event_bytes
+        if any(len(raw.value or b"") > limit for raw in raws):
+            raws = [raw for raw in raws if not await self._oversized(raw, group)]
         topics = set(map(_topic_of, raws))
         if len(topics) == 1 and routes[next(iter(topics))].decoder is not None:
             topic = next(iter(topics))  # one topic, decoded by its route: no loop per record
@@ -519,43 +553,55 @@ class EventBus:
                 return None
             except Exception as exc:
                 reason = f"{type(exc).__name__}: {exc}"
+                short = reason[:LOG_REASON_CHARS]
                 if attempt == self.retries:
-                    log.exception("event.handler_failed", attempts=attempt + 1)
+                    # the traceback only for a short message: a huge one must not flood the log
+                    log.error(
+                        "event.handler_failed",
+                        attempts=attempt + 1,
+                        error=short,
+                        exc_info=len(reason) <= LOG_REASON_CHARS,
+                    )
                     return f"handler: {reason}"
                 self.metrics.events_consumed.labels(topic, group, "retried").inc()
                 delay = self.backoff_s * (2**attempt)
-                log.warning("event.handler_retry", attempt=attempt + 1, delay_s=delay, error=reason)
+                log.warning("event.handler_retry", attempt=attempt + 1, delay_s=delay, error=short)
                 await asyncio.sleep(delay)
         return None  # pragma: no cover - loop always returns
 
     async def _dead_letter(self, raw: Any, group: str, reason: str, attempts: int) -> None:
-        headers = {
-            k: (v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v))
-            for k, v in (raw.headers or [])
-        }
-        headers.update(
-            {
-                "x-dlq-reason": reason[:4000],
-                "x-dlq-source-topic": raw.topic,
-                "x-dlq-partition": str(raw.partition),
-                "x-dlq-offset": str(raw.offset),
-                "x-dlq-group": group,
-                "x-dlq-service": self.service,
-                "x-dlq-attempts": str(attempts),
-                "x-dlq-at": datetime.now(UTC).isoformat(),
-            }
-        )
+        """Send ``raw`` to its dead-letter topic with the reason (``dead_letter_record``: never
+        too large). Raises (so the message is redelivered, not lost) only while the broker
+        cannot be reached; a record the broker refuses even cut down is logged, counted
+        (``modelbus_dead_letters_lost_total``) and skipped: no message stalls a partition."""
+        value, headers = dead_letter_record(raw, group, self.service, reason, attempts)
+        topic = dlq_topic(raw.topic)
         try:
-            await self.broker.publish(
-                raw.value or b"", dlq_topic(raw.topic), key=raw.key, headers=headers
+            try:
+                await self.broker.publish(value, topic, key=raw.key, headers=headers)
+            except TOO_LARGE:  # the headers alone, then (the value's hash stays in them)
+                value, headers = b"", dead_letter_headers_only(headers, raw.value or b"")
+                await self.broker.publish(value, topic, key=raw.key, headers=headers)
+        except TOO_LARGE as exc:
+            self.metrics.dead_letters_lost.labels(raw.topic).inc()
+            log.error(
+                "event.dead_letter_lost",
+                reason=reason[:LOG_REASON_CHARS],
+                error=f"{type(exc).__name__}: {exc}"[:LOG_REASON_CHARS],
+                value_bytes=len(raw.value or b""),
             )
-        except Exception:
-            log.exception("event.dead_letter_failed", reason=reason)
+            return
+        except Exception as exc:
+            log.error(
+                "event.dead_letter_failed",
+                reason=reason[:LOG_REASON_CHARS],
+                error=f"{type(exc).__name__}: {exc}"[:LOG_REASON_CHARS],
+            )
             await asyncio.sleep(self.backoff_s)
             raise
         self.metrics.dead_lettered.labels(raw.topic).inc()
         self.metrics.events_consumed.labels(raw.topic, group, "dead_lettered").inc()
-        log.warning("event.dead_lettered", reason=reason, attempts=attempts)
+        log.warning("event.dead_lettered", reason=reason[:LOG_REASON_CHARS], attempts=attempts)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -601,6 +647,47 @@ class EventBus:
             return bool(await self.broker.ping(timeout=timeout))
         except Exception:
             return False
+
+
+def _header_text(value: Any) -> str:
+    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    return text[:DLQ_HEADER_CHARS]
+
+
+def dead_letter_record(
+    raw: Any, group: str, service: str, reason: str, attempts: int
+) -> tuple[bytes, dict[str, str]]:
+    """The value and headers of ``raw``'s dead letter: its own headers (bounded in number and
+    size), the ``x-dlq-*`` ones and at most ``DLQ_VALUE_BYTES`` of its value."""
+    headers: dict[str, str] = {}
+    for key, value in (raw.headers or [])[:DLQ_MAX_HEADERS]:
+        headers[str(key)[:200]] = _header_text(value)
+    value = raw.value or b""
+    headers.update(
+        {
+            "x-dlq-reason": reason[:4000],
+            "x-dlq-source-topic": raw.topic,
+            "x-dlq-partition": str(raw.partition),
+            "x-dlq-offset": str(raw.offset),
+            "x-dlq-group": group,
+            "x-dlq-service": service,
+            "x-dlq-attempts": str(attempts),
+            "x-dlq-at": datetime.now(UTC).isoformat(),
+        }
+    )
+    if len(value) > DLQ_VALUE_BYTES:
+        headers["x-dlq-value-bytes"] = str(len(value))
+        headers["x-dlq-value-sha256"] = hashlib.sha256(value).hexdigest()
+        value = value[:DLQ_VALUE_BYTES]
+    return value, headers
+
+
+def dead_letter_headers_only(headers: dict[str, str], original: bytes) -> dict[str, str]:
+    """The ``x-dlq-*`` and CloudEvents id/type headers, without the value (the last resort)."""
+    kept = {k: v for k, v in headers.items() if k.startswith("x-dlq-") or k in ("ce_id", "ce_type")}
+    kept["x-dlq-value-bytes"] = str(len(original))
+    kept["x-dlq-value-sha256"] = hashlib.sha256(original).hexdigest()
+    return kept
 
 
 async def _raw_body(msg: Any) -> Any:

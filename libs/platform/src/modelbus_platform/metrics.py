@@ -43,6 +43,13 @@ class Metrics:
             ["topic"],
             registry=r,
         )
+        self.dead_letters_lost = Counter(
+            "modelbus_dead_letters_lost_total",
+            "Messages the dead-letter topic refused even cut down: logged and skipped, so no "
+            "message stalls a partition",
+            ["topic"],
+            registry=r,
+        )
         self.events_unverified = Counter(
             "modelbus_events_unverified_total",
             "Control events dead-lettered: unsigned, unknown signer or a bad signature",

@@ -88,6 +88,12 @@ class ServiceSettings(BaseSettings):
         description='JSON {"<service>": "<base64 public key>"}: control events are acted on '
         "only when signed by one of them (unset: not verified, a warning at start)",
     )
+    max_event_bytes: int = Field(
+        default=1_000_000,
+        ge=1_000,
+        description="largest event a consumer reads (and a producer sends: the Kafka clients' "
+        "max_request_size); a larger message is dead-lettered unread, cut down",
+    )
     handler_retries: int = Field(default=3, ge=0, description="retries before dead-lettering")
     handler_backoff_s: float = Field(default=0.2, ge=0, description="first retry delay, doubles")
 

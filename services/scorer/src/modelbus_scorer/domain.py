@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from modelbus_contracts import ServedBy
-from modelbus_ml.inputs import BadValue, InputSpec, check_column
+from modelbus_ml.inputs import BadValue, InputSpec, check_column, few
 from modelbus_ml.outputs import Outputs
 from modelbus_ml.serving import Served
 
@@ -164,9 +164,10 @@ def check_feature_names(keys: Any, wanted: frozenset[str], where: str) -> None:
         return
     got = set(keys)
     missing = sorted(wanted - got)
-    extra = sorted(got - wanted)
+    extra = sorted(got - wanted, key=str)
     raise InvalidInput(
-        "feature_mismatch", f"{where}: missing features {missing}, unknown features {extra}"
+        "feature_mismatch",
+        f"{where}: missing features {few(missing)}, unknown features {few(extra)}",
     )
 
 

@@ -51,6 +51,7 @@ from .rollout import Challenger, route, shadow_scores
 from .telemetry import ScorerMetrics
 
 log = structlog.get_logger(__name__)
+MAX_ERROR_CHARS = 2_000  # what an event's error keeps: a huge request's reason stays small
 
 SyncOutcome = Literal["loaded", "reused_previous", "unchanged", "failed", "no_champion"]
 # (the served version, the batch limit) -> (its input matrix, the request id)
@@ -282,7 +283,7 @@ class ScorerService:
             "model_name": name,
             "version": view.version,
             "instance": self.instance,
-            "error": error[:2000],
+            "error": error[:MAX_ERROR_CHARS],
         }
         if cause is not None:
             event_id = derived_id(cause, ModelLoadFailed.event_type, self.instance)
@@ -378,7 +379,7 @@ class ScorerService:
         data: dict[str, Any] = {
             "model_name": name,
             "request_id": served.request_id or served.prediction_ids[0],
-            "error": f"shadow v{version} raised {type(exc).__name__}: {exc}"[:2000],
+            "error": f"shadow v{version} raised {type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS],
             "version": version,
             "served_by": "shadow",
         }
@@ -448,6 +449,7 @@ class ScorerService:
         """A stream request refused: counted, logged, answered by a ScoringFailed whose id
         follows from the request (``scope`` keeps a conflict's apart from the first's)."""
         self.metrics.rejected.labels(reason, "stream").inc()
+        message = message[:MAX_ERROR_CHARS]
         log.info("scoring.failed", model=event.model_name, request_id=event.request_id,
                  reason=reason, error=message)  # fmt: skip
         return event.caused(
