@@ -116,7 +116,7 @@ async def test_not_ready_and_no_context_before_the_lifespan_starts():
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as c:
         ready = await c.get("/health/ready")
     assert ready.status_code == 503
-    assert ready.json()["checks"] == {"bus": False}
+    assert ready.json()["checks"] == {"bus": False, "dependencies": False}
     assert app.state.context is None
 
 
@@ -139,7 +139,10 @@ async def test_resources_then_consumers_then_tasks_and_the_reverse_on_stop(infra
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as c:
             ready = await c.get("/health/ready")
             assert (await c.get("/journal")).json()[:2] == ["first:start", "second:start"]
-        assert ready.status_code == 200 and ready.json()["checks"] == {"bus": True}
+        assert ready.status_code == 200 and ready.json()["checks"] == {
+            "bus": True,
+            "dependencies": True,
+        }
     assert journal.steps == [
         "first:start",
         "second:start",

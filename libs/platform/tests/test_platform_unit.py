@@ -230,3 +230,78 @@ def test_an_error_lists_a_few_names_then_how_many_more():
     assert few(["a", "b"]) == "['a', 'b']"
     text = few([f"f{i}" for i in range(250_000)])
     assert text.endswith("... and 249995 more]") and len(text) < 100
+
+
+# -- transient is not permanent ----------------------------------------------------------------
+
+
+async def test_a_dependency_outage_is_waited_out_never_dead_lettered():
+    """12 failures of MongoDB in a row (what dead-lettered 2,000 predictions with a 1.4 s retry
+    budget): the message waits, readiness says so, and it is handled once MongoDB answers."""
+    from pymongo.errors import AutoReconnect
+
+    bus, fake = make_bus()
+    bus.backoff_s, bus.backoff_max_s = 0.001, 0.005
+    outage = {"left": 12}
+    handled = []
+
+    async def handler(event):
+        if outage["left"]:
+            outage["left"] -= 1
+            assert not bus.dependencies_ok() or outage["left"] == 11
+            raise AutoReconnect("mongo down")
+        handled.append(event)
+
+    event = LabelObserved(model_name="m", prediction_id="p", label=1)
+    await bus.process(LabelObserved, "g", handler, raw_of(event))
+    assert handled == [event] and fake.published == []  # handled, nothing dead-lettered
+    assert bus.dependencies_ok() and bus.waiting == {}
+    waited = bus.metrics.events_consumed.labels(event.topic, "g", "waited")._value.get()
+    assert waited == 12
+
+
+async def test_what_waits_is_transient_and_what_is_dead_lettered_is_permanent():
+    import httpx
+    from pymongo.errors import DuplicateKeyError, ServerSelectionTimeoutError
+
+    from modelbus_platform.registry import RegistryUnavailable
+    from modelbus_platform.transient import is_transient
+
+    class Wrapped(Exception):
+        pass
+
+    def caused(exc):
+        try:
+            raise Wrapped("domain") from exc
+        except Wrapped as wrapped:
+            return wrapped
+
+    transient = [
+        ServerSelectionTimeoutError("no primary"),
+        httpx.ConnectError("refused"),
+        ConnectionRefusedError(),
+        TimeoutError(),
+        RegistryUnavailable("down"),
+        caused(httpx.ReadTimeout("slow")),
+    ]
+    permanent = [ValueError("bad"), DuplicateKeyError("dup"), KeyError("x"), caused(ValueError())]
+    assert all(map(is_transient, transient))
+    assert not any(map(is_transient, permanent))
+
+
+async def test_a_permanent_failure_after_a_wait_is_still_dead_lettered_and_readiness_recovers():
+    bus, fake = make_bus()
+    bus.backoff_s = 0.001
+    calls = {"n": 0}
+
+    async def handler(event):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise ConnectionResetError("blip")
+        raise ValueError("really bad")
+
+    event = LabelObserved(model_name="m", prediction_id="p", label=1)
+    await bus.process(LabelObserved, "g", handler, raw_of(event))
+    [(_, _, headers)] = fake.published
+    assert headers["x-dlq-reason"] == "handler: ValueError: really bad"
+    assert calls["n"] == 1 + 3 and bus.dependencies_ok()

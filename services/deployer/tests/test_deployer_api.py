@@ -83,7 +83,12 @@ async def test_built_app_connects_nothing_until_its_lifespan_runs():
 
     assert live.status_code == 200
     assert ready.status_code == 503
-    assert ready.json()["checks"] == {"bus": False, "mongo": False, "object_store": False}
+    assert ready.json()["checks"] == {
+        "bus": False,
+        "dependencies": False,
+        "mongo": False,
+        "object_store": False,
+    }
     assert "modelbus_deployer_decisions_total" in metrics.text
 
 

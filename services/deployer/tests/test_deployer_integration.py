@@ -123,7 +123,12 @@ async def test_promote_first_then_reject_a_worse_challenger(
             absent = await client.get(f"/decisions/{model_name}/3")
 
     assert ready.status_code == 200, ready.text
-    assert ready.json()["checks"] == {"bus": True, "mongo": True, "object_store": True}
+    assert ready.json()["checks"] == {
+        "bus": True,
+        "dependencies": True,
+        "mongo": True,
+        "object_store": True,
+    }
 
     assert [(e.version, e.decision) for e in evaluated] == [(1, "promote"), (2, "reject")]
     first, rejected = evaluated

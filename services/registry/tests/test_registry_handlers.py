@@ -57,7 +57,12 @@ async def test_app_builds_without_connecting_and_is_not_ready_before_start():
     async with httpx.AsyncClient(transport=transport, base_url="http://registry") as http:
         ready = await http.get("/health/ready")
         assert ready.status_code == 503
-        assert ready.json()["checks"] == {"bus": False, "mongo": False, "object_store": False}
+        assert ready.json()["checks"] == {
+            "bus": False,
+            "dependencies": False,
+            "mongo": False,
+            "object_store": False,
+        }
         assert (await http.get("/models")).status_code == 503
         assert (await http.get("/health/live")).status_code == 200
 

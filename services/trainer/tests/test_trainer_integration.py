@@ -70,7 +70,12 @@ async def test_ready_when_bus_mongo_and_store_answer(trainer):
     client, _, _ = trainer
     response = await client.get("/health/ready")
     assert response.status_code == 200
-    assert response.json()["checks"] == {"bus": True, "mongo": True, "object_store": True}
+    assert response.json()["checks"] == {
+        "bus": True,
+        "dependencies": True,
+        "mongo": True,
+        "object_store": True,
+    }
 
 
 async def test_uploaded_dataset_and_request_produce_a_verified_model(trainer, infra, unique):

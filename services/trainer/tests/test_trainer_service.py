@@ -314,7 +314,12 @@ async def test_build_app_connects_nothing_until_its_lifespan_runs():
         response = await c.get("/health/ready")
         assert (await c.get("/health/live")).status_code == 200
     assert response.status_code == 503
-    assert response.json()["checks"] == {"bus": False, "mongo": False, "object_store": False}
+    assert response.json()["checks"] == {
+        "bus": False,
+        "dependencies": False,
+        "mongo": False,
+        "object_store": False,
+    }
 
 
 async def test_an_incidents_later_attempts_take_a_growing_window_from_its_onset():

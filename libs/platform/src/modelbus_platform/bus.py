@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
@@ -48,6 +49,7 @@ from . import signing
 from .kafka_security import KafkaSecurity
 from .metrics import Metrics
 from .signing import Signer, Verifier
+from .transient import is_transient
 
 log = structlog.get_logger(__name__)
 
@@ -66,6 +68,7 @@ DLQ_SUFFIX = ".dlq"
 DLQ_VALUE_BYTES = 256_000
 DLQ_HEADER_CHARS = 1_000
 DLQ_MAX_HEADERS = 64
+WAIT_LOG_INTERVAL_S = 30.0  # a consumer waiting for a dependency logs once per interval
 LOG_REASON_CHARS = 1_000  # what a log line keeps of a reason (a huge one must not flood logs)
 # what a broker (or the client's own check) answers a record it will never take: retrying it
 # cannot help; anything else (no connection, a timeout, no leader) is worth a redelivery
@@ -155,6 +158,7 @@ class EventBus:
         processed: ProcessedEvents,
         retries: int = 3,
         backoff_s: float = 0.2,
+        backoff_max_s: float = 30.0,
         partitions: int = 3,
         publishes: Iterable[str] | None = None,
         signer: Signer | None = None,
@@ -173,6 +177,10 @@ class EventBus:
         self.processed = processed
         self.retries = retries
         self.backoff_s = backoff_s
+        self.backoff_max_s = backoff_max_s
+        # consumer group -> what it waits for (a dependency that does not answer)
+        self.waiting: dict[str, str] = {}
+        self._waiting_logged: dict[str, float] = {}
         self.partitions = partitions
         self.broker = KafkaBroker(
             bootstrap,
@@ -215,6 +223,7 @@ class EventBus:
             processed=processed,
             retries=settings.handler_retries,
             backoff_s=settings.handler_backoff_s,
+            backoff_max_s=settings.handler_backoff_max_s,
             partitions=settings.topic_partitions,
             publishes=publishes,
             signer=signer,
@@ -547,13 +556,25 @@ class EventBus:
     async def _handle_with_retries(
         self, handler: Callable[[Any], Awaitable[None]], event: Any, topic: str, group: str
     ) -> str | None:
-        for attempt in range(self.retries + 1):
+        """None once ``handler`` succeeded; else the reason to dead-letter the message with.
+        A permanent failure is retried ``retries`` times (backoff doubling from
+        ``backoff_s``); a transient one (``transient.is_transient``: a dependency not
+        answering) is retried for as long as it lasts, with capped, jittered backoff, and the
+        partition waits meanwhile (``waiting`` names it: readiness is 503)."""
+        attempt = waits = 0
+        while True:
             try:
                 await handler(event)
+                if waits:
+                    self._resumed(group, topic, waits)
                 return None
             except Exception as exc:
                 reason = f"{type(exc).__name__}: {exc}"
                 short = reason[:LOG_REASON_CHARS]
+                if is_transient(exc):
+                    waits += 1
+                    await self._wait_for_dependency(group, topic, short, waits)
+                    continue
                 if attempt == self.retries:
                     # the traceback only for a short message: a huge one must not flood the log
                     log.error(
@@ -562,12 +583,35 @@ class EventBus:
                         error=short,
                         exc_info=len(reason) <= LOG_REASON_CHARS,
                     )
+                    if waits:
+                        self._resumed(group, topic, waits)
                     return f"handler: {reason}"
                 self.metrics.events_consumed.labels(topic, group, "retried").inc()
                 delay = self.backoff_s * (2**attempt)
                 log.warning("event.handler_retry", attempt=attempt + 1, delay_s=delay, error=short)
+                attempt += 1
                 await asyncio.sleep(delay)
-        return None  # pragma: no cover - loop always returns
+
+    async def _wait_for_dependency(self, group: str, topic: str, reason: str, waits: int) -> None:
+        """One transient failure: note it (readiness), log it now and then, back off."""
+        first = group not in self.waiting
+        self.waiting[group] = f"{topic}: {reason}"
+        self.metrics.events_consumed.labels(topic, group, "waited").inc()
+        delay = min(self.backoff_max_s, self.backoff_s * 2 ** min(waits - 1, 20))
+        delay = max(0.01, delay * random.uniform(0.5, 1.0))  # jitter: replicas do not align
+        now = time.monotonic()
+        if first or now - self._waiting_logged.get(group, 0.0) >= WAIT_LOG_INTERVAL_S:
+            self._waiting_logged[group] = now
+            log.warning("event.dependency_unavailable", waits=waits, retry_in_s=delay, error=reason)
+        await asyncio.sleep(delay)
+
+    def _resumed(self, group: str, topic: str, waits: int) -> None:
+        if self.waiting.pop(group, None) is not None:
+            log.info("event.dependency_back", topic=topic, waits=waits)
+
+    def dependencies_ok(self) -> bool:
+        """False while a consumer waits for a dependency (readiness: ``dependencies``)."""
+        return not self.waiting
 
     async def _dead_letter(self, raw: Any, group: str, reason: str, attempts: int) -> None:
         """Send ``raw`` to its dead-letter topic with the reason (``dead_letter_record``: never

@@ -381,8 +381,16 @@ class Lifecycle:
                     log.warning("resource.stop_failed", resource=resource.name, error=str(exc))
         log.info(f"{self.kit.spec.name}.stopped")
 
+    async def _dependencies(self) -> bool:
+        """False while a consumer waits for a dependency that does not answer."""
+        return self.kit.bus.dependencies_ok()
+
     async def readiness(self) -> dict[str, bool]:
-        checks = {"bus": self.kit.bus.ping, **{r.name: r.ping for r in self.resources if r.ping}}
+        checks = {
+            "bus": self.kit.bus.ping,
+            "dependencies": self._dependencies,
+            **{r.name: r.ping for r in self.resources if r.ping},
+        }
         if not self.started:
             return dict.fromkeys(checks, False)
         names = list(checks)

@@ -96,6 +96,12 @@ class ServiceSettings(BaseSettings):
     )
     handler_retries: int = Field(default=3, ge=0, description="retries before dead-lettering")
     handler_backoff_s: float = Field(default=0.2, ge=0, description="first retry delay, doubles")
+    handler_backoff_max_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="longest wait between retries of a transient failure (a dependency not "
+        "answering): retried until it answers, never dead-lettered",
+    )
 
     # -- HTTP authentication (modelbus_platform.auth) ------------------------------------------
     auth: Literal["off", "on"] = Field(
