@@ -303,3 +303,28 @@ async def test_a_message_larger_than_the_limit_never_stalls_its_partition(infra,
     headers = {k: v.decode() for k, v in dead.headers}
     assert headers["x-dlq-reason"].startswith("too_large: 1520000 bytes")
     assert headers["x-dlq-value-bytes"] == "1520000" and len(dead.value) == DLQ_VALUE_BYTES
+
+
+async def test_a_lost_topic_comes_back_with_the_configured_partitions(infra, unique):
+    """What a restarted memory broker does to the topics: they are gone. The bus makes its
+    topics again with its own partition count (before a client auto-creates one)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    topic = f"lost-{unique}"
+    bus = await _bus(infra, f"db_{unique}")
+    bus.partitions = 4
+    assert await bus.ensure_topics([topic]) == [topic]
+    assert await bus.ensure_topics([topic]) == []  # there now: nothing made
+    admin = AIOKafkaAdminClient(bootstrap_servers=infra.kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_topics([topic])
+        for _ in range(50):
+            if topic not in await admin.list_topics():
+                break
+            await asyncio.sleep(0.1)
+        assert await bus.ensure_topics([topic]) == [topic]
+        [described] = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    assert len(described["partitions"]) == 4

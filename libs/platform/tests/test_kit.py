@@ -116,7 +116,7 @@ async def test_not_ready_and_no_context_before_the_lifespan_starts():
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as c:
         ready = await c.get("/health/ready")
     assert ready.status_code == 503
-    assert ready.json()["checks"] == {"bus": False, "dependencies": False}
+    assert ready.json()["checks"] == {"bus": False, "dependencies": False, "consumers": False}
     assert app.state.context is None
 
 
@@ -142,6 +142,7 @@ async def test_resources_then_consumers_then_tasks_and_the_reverse_on_stop(infra
         assert ready.status_code == 200 and ready.json()["checks"] == {
             "bus": True,
             "dependencies": True,
+            "consumers": True,
         }
     assert journal.steps == [
         "first:start",

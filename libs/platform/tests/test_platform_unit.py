@@ -305,3 +305,82 @@ async def test_a_permanent_failure_after_a_wait_is_still_dead_lettered_and_readi
     [(_, _, headers)] = fake.published
     assert headers["x-dlq-reason"] == "handler: ValueError: really bad"
     assert calls["n"] == 1 + 3 and bus.dependencies_ok()
+
+
+def test_a_library_that_logs_the_same_warning_30_times_a_second_writes_one_line_per_interval():
+    import logging
+
+    from modelbus_platform.logging import OncePerInterval
+
+    now = {"t": 0.0}
+    once = OncePerInterval(interval_s=30, clock=lambda: now["t"])
+
+    def record(partition: int) -> logging.LogRecord:
+        return logging.LogRecord(
+            "aiokafka.consumer", logging.WARNING, "f", 1,
+            "Topic %s not found in cluster metadata", (partition,), None,
+        )  # fmt: skip
+
+    passed = []
+    for i in range(30 * 60):  # a minute of 30 per second
+        now["t"] = i / 30
+        r = record(i)
+        if once.filter(r):
+            passed.append(r)
+    assert len(passed) == 2
+    assert passed[1].getMessage().endswith("(899 like it in the last 30 s)")
+
+
+class FakeConsumer:
+    """An aiokafka consumer's lag surface: two partitions, one of them not assigned here."""
+
+    def __init__(self) -> None:
+        self.ends = {0: 10, 1: 5}
+        self.committed_at = {0: 10, 1: 0}
+
+    def subscription(self):
+        return {"label.observed.v1"}
+
+    def partitions_for_topic(self, topic):
+        return set(self.ends)
+
+    async def end_offsets(self, tps):
+        return {tp: self.ends[tp.partition] for tp in tps}
+
+    async def committed(self, tp):
+        return self.committed_at[tp.partition]
+
+
+async def test_lag_counts_every_partition_and_a_stalled_group_turns_readiness_off(monkeypatch):
+    bus, _ = make_bus()
+    bus.stall_s = 60
+    consumer = FakeConsumer()
+    bus._subscribers["g"] = type("Sub", (), {"consumer": consumer})()
+    now = {"t": 0.0}
+    monkeypatch.setattr("modelbus_platform.bus.time.monotonic", lambda: now["t"])
+
+    lag = await bus.sample_lag()
+    assert lag == {("label.observed.v1", "g"): 5}  # the partition nobody reads counts
+    now["t"] = 59
+    await bus.sample_lag()
+    assert bus.consumers_ok()
+    now["t"] = 61  # a backlog, and no commit for a minute: stalled
+    await bus.sample_lag()
+    assert not bus.consumers_ok() and "5 messages behind" in bus.stalled["g"]
+
+    consumer.committed_at[1] = 2  # progress: ready again
+    now["t"] = 62
+    await bus.sample_lag()
+    assert bus.consumers_ok()
+
+    bus.waiting["g"] = "mongo down"  # waiting for a dependency is not a stall
+    now["t"] = 500
+    await bus.sample_lag()
+    assert bus.consumers_ok()
+    bus.waiting.clear()
+    consumer.committed_at[1] = 5  # caught up: no backlog, never stalled however long
+    now["t"] = 10_000
+    await bus.sample_lag()
+    now["t"] = 20_000
+    await bus.sample_lag()
+    assert bus.consumers_ok()

@@ -86,6 +86,7 @@ async def test_built_app_connects_nothing_until_its_lifespan_runs():
     assert ready.json()["checks"] == {
         "bus": False,
         "dependencies": False,
+        "consumers": False,
         "mongo": False,
         "object_store": False,
     }

@@ -126,6 +126,7 @@ async def test_promote_first_then_reject_a_worse_challenger(
     assert ready.json()["checks"] == {
         "bus": True,
         "dependencies": True,
+        "consumers": True,
         "mongo": True,
         "object_store": True,
     }

@@ -60,6 +60,7 @@ async def test_app_builds_without_connecting_and_is_not_ready_before_start():
         assert ready.json()["checks"] == {
             "bus": False,
             "dependencies": False,
+            "consumers": False,
             "mongo": False,
             "object_store": False,
         }

@@ -246,7 +246,7 @@ async def test_build_app_wires_routes_groups_and_readiness_without_connecting(tm
         response = await client.get("/health/ready")
     assert response.status_code == 503  # not started: nothing is checked, nothing is ready
     assert response.json()["checks"] == dict.fromkeys(
-        ("bus", "dependencies", "object_store", "registry", "synced"), False
+        ("bus", "dependencies", "consumers", "object_store", "registry", "synced"), False
     )
 
 

@@ -73,6 +73,7 @@ async def test_ready_when_bus_mongo_and_store_answer(trainer):
     assert response.json()["checks"] == {
         "bus": True,
         "dependencies": True,
+        "consumers": True,
         "mongo": True,
         "object_store": True,
     }

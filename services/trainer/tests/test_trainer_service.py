@@ -317,6 +317,7 @@ async def test_build_app_connects_nothing_until_its_lifespan_runs():
     assert response.json()["checks"] == {
         "bus": False,
         "dependencies": False,
+        "consumers": False,
         "mongo": False,
         "object_store": False,
     }

@@ -31,6 +31,7 @@ from aiokafka.errors import (
     TopicAlreadyExistsError,
 )
 from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.structs import TopicPartition
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker, KafkaMessage
 
@@ -165,6 +166,8 @@ class EventBus:
         verifier: Verifier | None = None,
         security: KafkaSecurity | None = None,
         max_event_bytes: int = 1_000_000,
+        stall_s: float = 120.0,
+        topic_check_s: float = 30.0,
     ) -> None:
         self.bootstrap = bootstrap
         self.max_event_bytes = max_event_bytes
@@ -180,6 +183,11 @@ class EventBus:
         self.backoff_max_s = backoff_max_s
         # consumer group -> what it waits for (a dependency that does not answer)
         self.waiting: dict[str, str] = {}
+        # consumer group -> why it makes no progress with a backlog (sample_lag)
+        self.stalled: dict[str, str] = {}
+        self._progress: dict[str, tuple[int, float]] = {}
+        self.stall_s = stall_s
+        self.topic_check_s = topic_check_s
         self._waiting_logged: dict[str, float] = {}
         self.partitions = partitions
         self.broker = KafkaBroker(
@@ -187,6 +195,8 @@ class EventBus:
             client_id=f"modelbus-{service}",
             logger=None,
             max_request_size=max(max_event_bytes, DLQ_VALUE_BYTES) + 65_536,
+            # new partitions (and a broker's lost topics) are seen within 30 s, not 5 min
+            metadata_max_age_ms=30_000,
             security=self.security.faststream(),
         )
         self._started = False
@@ -230,6 +240,7 @@ class EventBus:
             verifier=verifier,
             security=KafkaSecurity.from_settings(settings),
             max_event_bytes=settings.max_event_bytes,
+            stall_s=settings.consumer_stall_s,
         )
 
     # -- publishing ---------------------------------------------------------------------------
@@ -444,30 +455,74 @@ class EventBus:
         self._subscribers[group] = subscriber
 
     async def sample_lag(self) -> dict[tuple[str, str], int]:
-        """Consumer lag per (topic, group): log end offset minus the committed offset."""
+        """Consumer lag per (topic, group) over every partition of the group's topics (not only
+        this replica's: a partition nobody reads counts), and whether each group progresses:
+        a backlog whose committed offsets have not moved for ``stall_s`` while no dependency
+        is awaited makes the group ``stalled`` (readiness 503, ``consumers``)."""
         lag: dict[tuple[str, str], int] = {}
+        now = time.monotonic()
         for group, subscriber in self._subscribers.items():
             consumer = getattr(subscriber, "consumer", None)
             if consumer is None:
                 continue
-            for tp in consumer.assignment():
-                end = consumer.highwater(tp)
-                if end is None:
-                    continue
+            tps = [
+                TopicPartition(topic, partition)
+                for topic in sorted(consumer.subscription())
+                for partition in sorted(consumer.partitions_for_topic(topic) or ())
+            ]
+            if not tps:
+                continue
+            ends = await consumer.end_offsets(tps)
+            behind = done = 0
+            for tp in tps:
                 committed = await consumer.committed(tp) or 0
                 key = (tp.topic, group)
-                lag[key] = lag.get(key, 0) + max(0, end - committed)
+                lag[key] = lag.get(key, 0) + max(0, ends.get(tp, 0) - committed)
+                behind += max(0, ends.get(tp, 0) - committed)
+                done += committed
+            self._note_progress(group, behind, done, now)
         for (topic, group), value in lag.items():
             self.metrics.consumer_lag.labels(topic, group).set(value)
         return lag
 
+    def _note_progress(self, group: str, behind: int, done: int, now: float) -> None:
+        last = self._progress.get(group)
+        if behind == 0 or last is None or last[0] != done or group in self.waiting:
+            self._progress[group] = (done, now)
+            if self.stalled.pop(group, None) is not None:
+                log.info("consumer.progressing", group=group)
+            return
+        idle = now - last[1]
+        if idle >= self.stall_s and group not in self.stalled:
+            self.stalled[group] = f"{behind} messages behind, no commit for {idle:.0f} s"
+            log.warning("consumer.stalled", group=group, behind=behind, idle_s=round(idle))
+
+    def consumers_ok(self) -> bool:
+        """False while a consumer group has a backlog and makes no progress."""
+        return not self.stalled
+
     async def _lag_loop(self, interval_s: float) -> None:
+        last_topic_check = time.monotonic()
         while True:
             await asyncio.sleep(interval_s)
             try:
                 await self.sample_lag()
             except Exception as exc:  # a metrics sampler must never take the service down
                 log.debug("bus.lag_sample_failed", error=str(exc))
+            if time.monotonic() - last_topic_check >= self.topic_check_s:
+                last_topic_check = time.monotonic()
+                await self._recreate_missing_topics()
+
+    async def _recreate_missing_topics(self) -> None:
+        """A broker that lost its topics (a restart of a memory broker) gets them back with
+        the configured partitions before a client auto-creates them with another count."""
+        try:
+            made = await self.ensure_topics()
+        except Exception as exc:
+            log.debug("bus.topic_check_failed", error=str(exc))
+            return
+        if made:
+            log.warning("bus.topics_recreated", topics=made, partitions=self.partitions)
 
     async def process(
         self, event_cls: type[E], group: str, handler: Handler[E], raw: Any, *, dedupe: bool = True
@@ -649,8 +704,8 @@ class EventBus:
 
     # -- lifecycle ----------------------------------------------------------------------------
 
-    async def ensure_topics(self, topics: Iterable[str] | None = None) -> None:
-        await ensure_topics(
+    async def ensure_topics(self, topics: Iterable[str] | None = None) -> list[str]:
+        return await ensure_topics(
             self.bootstrap,
             topics or all_topics(),
             self.partitions,
@@ -740,9 +795,9 @@ async def _raw_body(msg: Any) -> Any:
 
 async def ensure_topics(
     bootstrap: str, topics: Iterable[str], partitions: int = 3, **options: Any
-) -> None:
+) -> list[str]:
     """Create the topics that do not exist yet (idempotent, safe from several services);
-    ``options`` are the connection's (``KafkaSecurity.client_options``)."""
+    ``options`` are the connection's (``KafkaSecurity.client_options``). The ones it made."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **options)
     await admin.start()
     try:
@@ -755,5 +810,6 @@ async def ensure_topics(
                 )
             except TopicAlreadyExistsError:
                 pass
+        return missing
     finally:
         await admin.close()

@@ -385,10 +385,15 @@ class Lifecycle:
         """False while a consumer waits for a dependency that does not answer."""
         return self.kit.bus.dependencies_ok()
 
+    async def _consumers(self) -> bool:
+        """False while a consumer group has a backlog and makes no progress."""
+        return self.kit.bus.consumers_ok()
+
     async def readiness(self) -> dict[str, bool]:
         checks = {
             "bus": self.kit.bus.ping,
             "dependencies": self._dependencies,
+            "consumers": self._consumers,
             **{r.name: r.ping for r in self.resources if r.ping},
         }
         if not self.started:

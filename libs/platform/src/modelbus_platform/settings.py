@@ -94,6 +94,12 @@ class ServiceSettings(BaseSettings):
         description="largest event a consumer reads (and a producer sends: the Kafka clients' "
         "max_request_size); a larger message is dead-lettered unread, cut down",
     )
+    consumer_stall_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="a consumer group with a backlog whose commits have not moved for this "
+        "long (no dependency awaited) makes readiness 503 ('consumers')",
+    )
     handler_retries: int = Field(default=3, ge=0, description="retries before dead-lettering")
     handler_backoff_s: float = Field(default=0.2, ge=0, description="first retry delay, doubles")
     handler_backoff_max_s: float = Field(
