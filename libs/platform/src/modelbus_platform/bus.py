@@ -69,6 +69,7 @@ DLQ_SUFFIX = ".dlq"
 DLQ_VALUE_BYTES = 256_000
 DLQ_HEADER_CHARS = 1_000
 DLQ_MAX_HEADERS = 64
+FETCH_BYTES = 16 * 1024 * 1024  # per partition and fetch: what a consumer can read at all
 WAIT_LOG_INTERVAL_S = 30.0  # a consumer waiting for a dependency logs once per interval
 LOG_REASON_CHARS = 1_000  # what a log line keeps of a reason (a huge one must not flood logs)
 # what a broker (or the client's own check) answers a record it will never take: retrying it
@@ -440,6 +441,9 @@ class EventBus:
             auto_offset_reset=self._offset_reset[group],  # type: ignore[arg-type]
             title=f"{self.service}:{group}",
             decoder=_raw_body,  # we decode (and dead-letter) ourselves; never let it parse
+            # a record above max_event_bytes must still be fetched, to be dead-lettered: a
+            # broker that does not hand out an oversized first record would stall on it
+            max_partition_fetch_bytes=FETCH_BYTES,
             **options,
         )
 
