@@ -49,6 +49,9 @@ test: install system-libs browser ## Run the whole test suite (starts and stops 
 test-unit: install system-libs ## Only the fast tests (no servers)
 	$(UV) run --frozen pytest -m "not integration and not e2e" $(PYTEST_ARGS)
 
+fuzz: install ## Schemathesis over every service's OpenAPI on the real stack, auth on, 200 examples per operation (MODELBUS_FUZZ_EXAMPLES, MODELBUS_FUZZ_SEED)
+	MODELBUS_FUZZ_EXAMPLES=$${MODELBUS_FUZZ_EXAMPLES:-200} $(UV) run --frozen pytest -o timeout=3600 -s tests/e2e/test_fuzz_openapi.py $(PYTEST_ARGS)
+
 lint: install ## ruff check + format check
 	$(UV) run --frozen ruff check .
 	$(UV) run --frozen ruff format --check .
@@ -88,4 +91,4 @@ bench-scaling: install ## Scaling curve: one scorer's online load curve, 1 vs 2 
 clean: down ## Remove the embedded stack's data folder
 	rm -rf .data
 
-.PHONY: help install system-libs browser up up-only down status test test-unit lint schemas bench bench-mlserver-venv bench-sklearn bench-loop bench-batch bench-monitor bench-auth bench-scaling clean
+.PHONY: help install system-libs browser up up-only down status test test-unit fuzz lint schemas bench bench-mlserver-venv bench-sklearn bench-loop bench-batch bench-monitor bench-auth bench-scaling clean

@@ -28,30 +28,25 @@ import uuid
 from collections.abc import AsyncIterator
 
 import httpx
-import numpy as np
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from modelbus_contracts import (
-    ArtifactRef,
-    DatasetRef,
     Event,
-    Lineage,
     ModelEvaluated,
     ModelLoadFailed,
     ModelPromoted,
     ModelRollbackRequested,
     ModelRolledBack,
     ModelRolloutChanged,
-    ModelTrained,
     PredictionMade,
     decode,
     encode,
 )
 from modelbus_deployer.bootstrap import build_app as build_deployer
 from modelbus_deployer.config import DeployerSettings, ModelPolicy
-from modelbus_ml import Dataset, train_logreg
-from modelbus_platform.stores import S3ObjectStore, sha256_hex
+from modelbus_embedded.testing import trained_event as trained
+from modelbus_platform.stores import S3ObjectStore
 from modelbus_registry.bootstrap import build_app as build_registry
 from modelbus_registry.config import RegistrySettings
 from modelbus_scorer.bootstrap import build_app as build_scorer
@@ -60,43 +55,6 @@ from modelbus_scorer.config import ScorerSettings
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 FEATURES = ("x1", "x2")
-
-
-def dataset(rows: int, seed: int, flip: bool = False, features=FEATURES) -> Dataset:
-    rng = np.random.default_rng(seed)
-    X = rng.normal(size=(rows, len(features)))
-    y = ((2.0 * X[:, 0] - X[:, 1] + 0.3 * rng.normal(size=rows)) > 0).astype(np.int8)
-    return Dataset(tuple(features), X, 1 - y if flip else y)
-
-
-async def put(store, key: str, data: bytes) -> str:
-    await store.put(key, data, "application/octet-stream")
-    return sha256_hex(data)
-
-
-async def trained(
-    store, model_name: str, seed: int, flip: bool = False, features=FEATURES
-) -> ModelTrained:
-    """A ModelTrained whose artifact and hold-out are really in S3 (``flip``: a bad model)."""
-    model = train_logreg(dataset(400, seed, flip, features), {"epochs": 100}, seed=0)
-    artifact = model.to_bytes()
-    digest = await put(store, f"artifacts/{model_name}/{sha256_hex(artifact)}.json", artifact)
-    holdout = dataset(200, seed + 100, features=features).to_csv_bytes()
-    hkey = f"datasets/{model_name}/{sha256_hex(holdout)}.csv"
-    hsha = await put(store, hkey, holdout)
-    ref = DatasetRef(uri=hkey, sha256=hsha, rows=200)
-    return ModelTrained(
-        producer="trainer",
-        model_name=model_name,
-        run_id=uuid.uuid4().hex,
-        artifact=ArtifactRef(
-            uri=f"artifacts/{model_name}/{digest}.json", sha256=digest, size_bytes=len(artifact)
-        ),
-        feature_names=list(features),
-        metrics={},
-        lineage=Lineage(dataset=ref, holdout=ref, seed=0, code_version="it", trigger="api"),
-        training_seconds=0.01,
-    )
 
 
 async def publish(producer: AIOKafkaProducer, *events: Event) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
 from modelbus_contracts import (
@@ -33,6 +33,7 @@ from modelbus_contracts import (
 )
 from modelbus_embedded.simulator import PLANS, ScenarioConfig, ScenarioResult, Upstream
 from modelbus_embedded.stack import Stack, build_stack, free_ports
+from modelbus_embedded.testing import collect
 from modelbus_platform.signing import Signer, private_key
 from modelbus_platform.stores import S3ObjectStore
 
@@ -115,25 +116,6 @@ async def test_every_decision_is_in_the_registry_audit(stack: Stack, loop_result
     assert decision["decision"] == "promote"
 
 
-async def _collect(bootstrap: str, topic: str, key: str, seconds: float) -> list:
-    consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=bootstrap,
-        auto_offset_reset="earliest",
-        group_id=f"e2e-{uuid.uuid4().hex}",
-    )
-    await consumer.start()
-    found = []
-    try:
-        deadline = asyncio.get_running_loop().time() + seconds
-        while asyncio.get_running_loop().time() < deadline:
-            batch = await consumer.getmany(timeout_ms=500)
-            found += [r for rs in batch.values() for r in rs if r.key == key.encode()]
-    finally:
-        await consumer.stop()
-    return found
-
-
 async def test_duplicates_change_nothing_and_poison_is_dead_lettered(
     stack: Stack, loop_result: ScenarioResult
 ):
@@ -172,17 +154,17 @@ async def test_duplicates_change_nothing_and_poison_is_dead_lettered(
         )
     finally:
         await producer.stop()
-    dead = await _collect(stack.kafka_bootstrap, ModelTrained.topic + ".dlq", model, 15)
+    dead = await collect(stack.kafka_bootstrap, ModelTrained.topic + ".dlq", model, 15)
     reasons = sorted(dict(d.headers)["x-dlq-reason"].decode() for d in dead)
     assert len(reasons) == 2, reasons
     assert reasons[0].startswith("contract"), "malformed ModelTrained was not dead-lettered"
     assert reasons[1].startswith("signature: unsigned control event"), reasons
-    registered = await _collect(stack.kafka_bootstrap, ModelRegistered.topic, model, 3)
+    registered = await collect(stack.kafka_bootstrap, ModelRegistered.topic, model, 3)
     assert sorted(json.loads(r.value)["version"] for r in registered) == [1, 2]
     async with httpx.AsyncClient(base_url=stack.url("registry"), timeout=10) as http:
         versions = (await http.get(f"/models/{model}/versions")).json()
     assert len(versions) == 2
-    promoted = await _collect(stack.kafka_bootstrap, ModelPromoted.topic, model, 2)
+    promoted = await collect(stack.kafka_bootstrap, ModelPromoted.topic, model, 2)
     assert len(promoted) == 2
 
 
@@ -249,7 +231,7 @@ async def test_the_batch_service_scores_a_file_with_the_champion(
     ), job
     output = (await store.get(f"batch/{model}/day.scores.csv")).decode().splitlines()
     assert output[0] == '"id","score","label","model_version","error"' and len(output) == 501
-    completed = await _collect(stack.kafka_bootstrap, BatchScoringCompleted.topic, model, 3)
+    completed = await collect(stack.kafka_bootstrap, BatchScoringCompleted.topic, model, 3)
     assert [json.loads(r.value)["job_id"] for r in completed] == [job_id]
 
 

@@ -354,3 +354,16 @@ async def test_an_artifact_replaced_in_the_store_is_never_overwritten_by_an_impo
     assert again.json()["reason"] == "artifact_conflict" and "write-once" in again.json()["error"]
     assert await wired.store.get(uri) == b"tampered"
     assert len(wired.published.of(ModelRegistered)) == 1
+
+
+def test_the_import_query_bounds_fit_in_a_url_the_server_reads():
+    """Each query parameter at its documented bound (ASCII) stays under the 64 KiB the HTTP
+    server reads: the fuzzer sent the 100_000-character signature and the 10_000 feature names
+    documented before, and the server refused them with a plain-text 400 no route documents."""
+    app = service_app(build_router())
+    operation = app.openapi()["paths"]["/models/{name}/versions"]["post"]
+    for parameter in operation["parameters"]:
+        for bound in parameter["schema"].get("anyOf", [parameter["schema"]]):
+            one = f"&{parameter['name']}=a"
+            longest = max(bound.get("maxItems", 0) * len(one), len(one) + bound.get("maxLength", 0))
+            assert longest < 60 * 1024, (parameter["name"], longest)

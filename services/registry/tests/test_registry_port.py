@@ -159,3 +159,13 @@ async def test_policy_revisions_are_unique_and_listed_newest_first(repo, unique)
     await repo.insert_policy({"model_name": f"a-{unique}", "revision": 1, "policy": {}})
     mine = [p for p in await repo.latest_policies() if p["model_name"] in (model, f"a-{unique}")]
     assert [(p["model_name"], p["revision"]) for p in mine] == [(f"a-{unique}", 1), (model, 2)]
+
+
+async def test_every_model_name_is_listed_as_the_string_it_is(repo, unique):
+    """Names a store might read as numbers or literals (the fuzzer's "0" made GET /policies a
+    500: nx-27017's distinct answered 0 and dropped "true")."""
+    names = ["0", "1e3", "true", "null", "-3", f"n-{unique}"]
+    for name in names:
+        assert await repo.insert_policy({"model_name": name, "revision": 1, "policy": {}})
+    listed = [p["model_name"] for p in await repo.latest_policies()]
+    assert [n for n in listed if n in names] == sorted(names)

@@ -1,7 +1,8 @@
 """Test helpers shared by the suites: publish events as an upstream system would, watch what
 services publish on the broker, hand the bus records shaped like the ones aiokafka gives it,
 run a service's routes in the platform's HTTP shell (failing any answer whose status its route
-does not document), and tiny models with their artifacts and registry records."""
+does not document), and tiny models with their artifacts and registry records (or the
+ModelTrained a trainer would publish for one)."""
 
 from __future__ import annotations
 
@@ -16,27 +17,61 @@ import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from fastapi import APIRouter
 
-from modelbus_contracts import ArtifactRef, DatasetRef, Event, Lineage, decode, encode
+from modelbus_contracts import (
+    ArtifactRef,
+    DatasetRef,
+    Event,
+    Lineage,
+    ModelTrained,
+    decode,
+    encode,
+)
 from modelbus_contracts.api import VersionView
-from modelbus_ml import LogisticModel
+from modelbus_ml import Dataset, LogisticModel, train_logreg
 from modelbus_platform.http import ServiceApp, create_app
 from modelbus_platform.metrics import Metrics
+from modelbus_platform.signing import Signer
 from modelbus_platform.stores import ObjectStore, sha256_hex
 
 
-async def publish(bootstrap: str, *events: Event) -> None:
-    """Publish ``events`` (CloudEvents binary mode) with a plain aiokafka producer, in order."""
+async def publish(bootstrap: str, *events: Event, signer: Signer | None = None) -> None:
+    """Publish ``events`` (CloudEvents binary mode) with a plain aiokafka producer, in order;
+    control events signed by ``signer`` if one is given (as that service would sign them)."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
     await producer.start()
     try:
         for event in events:
             record = encode(event)
-            headers = [(k, v.encode()) for k, v in record.headers.items()]
+            raw = record.headers
+            if signer is not None:
+                raw = signer.sign(record.topic, raw, record.value)
+            headers = [(k, v.encode()) for k, v in raw.items()]
             await producer.send_and_wait(
                 record.topic, record.value, key=record.key, headers=headers
             )
     finally:
         await producer.stop()
+
+
+async def collect(bootstrap: str, topic: str, key: str, seconds: float) -> list[Any]:
+    """The raw records keyed ``key`` on ``topic`` (from the beginning, an own group) that
+    arrive within ``seconds``: headers and all (a dead letter's reason is in them)."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        group_id=f"collect-{uuid.uuid4().hex}",
+    )
+    await consumer.start()
+    found = []
+    try:
+        deadline = asyncio.get_running_loop().time() + seconds
+        while asyncio.get_running_loop().time() < deadline:
+            batch = await consumer.getmany(timeout_ms=500)
+            found += [r for rs in batch.values() for r in rs if r.key == key.encode()]
+    finally:
+        await consumer.stop()
+    return found
 
 
 @dataclass
@@ -203,3 +238,44 @@ async def put_version(
     view = version_view(name, version, payload, model.feature_names, sha=sha)
     await store.put(view.artifact.uri, payload)
     return view
+
+
+def labelled(
+    rows: int, seed: int, flip: bool = False, features: tuple[str, ...] = ("x1", "x2")
+) -> Dataset:
+    """A linearly separable-ish binary dataset (``flip``: its labels inverted)."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(rows, len(features)))
+    y = ((2.0 * X[:, 0] - X[:, 1] + 0.3 * rng.normal(size=rows)) > 0).astype(np.int8)
+    return Dataset(tuple(features), X, 1 - y if flip else y)
+
+
+async def trained_event(
+    store: ObjectStore,
+    model_name: str,
+    seed: int,
+    flip: bool = False,
+    features: tuple[str, ...] = ("x1", "x2"),
+) -> ModelTrained:
+    """A ModelTrained whose artifact and hold-out are really in ``store`` (``flip``: a model
+    trained on inverted labels, judged on true ones: a bad model)."""
+    model = train_logreg(labelled(400, seed, flip, features), {"epochs": 100}, seed=0)
+    artifact = model.to_bytes()
+    digest = sha256_hex(artifact)
+    await store.put(f"artifacts/{model_name}/{digest}.json", artifact, "application/octet-stream")
+    holdout = labelled(200, seed + 100, features=features).to_csv_bytes()
+    hkey = f"datasets/{model_name}/{sha256_hex(holdout)}.csv"
+    await store.put(hkey, holdout, "application/octet-stream")
+    ref = DatasetRef(uri=hkey, sha256=sha256_hex(holdout), rows=200)
+    return ModelTrained(
+        producer="trainer",
+        model_name=model_name,
+        run_id=uuid.uuid4().hex,
+        artifact=ArtifactRef(
+            uri=f"artifacts/{model_name}/{digest}.json", sha256=digest, size_bytes=len(artifact)
+        ),
+        feature_names=list(features),
+        metrics={},
+        lineage=Lineage(dataset=ref, holdout=ref, seed=0, code_version="it", trigger="api"),
+        training_seconds=0.01,
+    )

@@ -194,6 +194,10 @@ async def send_json(
 
 async def _http_exception_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
+    if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
+        # FastAPI's 400 for a JSON body that is not UTF-8: a body not as documented, as
+        # FastAPI's own 422 for one that is not JSON
+        exc = ApiError(422, "the body is not UTF-8 JSON", "validation_error")
     status, payload, headers = http_error(exc)
     if status in (204, 304):
         return Response(status_code=status, headers=headers)

@@ -157,7 +157,9 @@ class MongoRegistryRepository:
         return await cursor.limit(limit).to_list(limit)
 
     async def latest_policies(self) -> list[dict[str, Any]]:
-        names = sorted(await self.policies.distinct("model_name"))
+        # a $group, not distinct(): nx-27017's distinct turns "0" into 0 and drops "true"
+        cursor = await self.policies.aggregate([{"$group": {"_id": "$model_name"}}])
+        names = sorted(doc["_id"] for doc in await cursor.to_list(None))
         latest = [await self.latest_policy(name) for name in names]
         return [doc for doc in latest if doc is not None]
 

@@ -79,6 +79,12 @@ def request_actor(request: Request, claimed: ClaimedActor = API_ACTOR) -> str:
 
 
 Actor = Annotated[str, Depends(request_actor)]
+# The import's query parameters are bounded by what fits in a URL: the HTTP server (httptools)
+# refuses one of 64 KiB or more with a plain-text 400 before any route sees it, so the bounds
+# these had (a 100_000-character signature, 10_000 feature names or classes) documented requests
+# no one can send. Each bound leaves room for the others' usual values.
+SIGNATURE_MAX_CHARS = 30_000
+NAMES_MAX_ITEMS = 2_000  # "&feature_names=" is 15 characters before the name itself
 Limit = Annotated[int, Query(ge=1, description="most records to return (capped by settings)")]
 
 
@@ -155,7 +161,7 @@ def build_router(audit_limit: int = 1000) -> APIRouter:
         feature_names: Annotated[
             list[str] | None,
             Query(
-                max_length=10_000,
+                max_length=NAMES_MAX_ITEMS,
                 description="the input's columns, in order (an MLflow model's signature may "
                 "give them)",
             ),
@@ -163,11 +169,11 @@ def build_router(audit_limit: int = 1000) -> APIRouter:
         signature: Annotated[
             str | None,
             Query(
-                max_length=100_000,
+                max_length=SIGNATURE_MAX_CHARS,
                 description='JSON Signature, e.g. {"features": [{"name": "age"}, {"name": '
                 '"city", "kind": "category", "nullable": true}], "task": "multiclass", '
                 '"classes": ["low", "mid", "high"]}; an unset task or classes are read from '
-                "the model",
+                "the model (the server refuses a URL of 64 KiB or more with a 400)",
             ),
         ] = None,
         task: Annotated[
@@ -177,7 +183,7 @@ def build_router(audit_limit: int = 1000) -> APIRouter:
         classes: Annotated[
             list[str] | None,
             Query(
-                max_length=10_000,
+                max_length=NAMES_MAX_ITEMS,
                 description="multiclass: the classes in the order of the model's "
                 "probabilities (default '0'..'k-1')",
             ),
