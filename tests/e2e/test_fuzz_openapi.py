@@ -79,7 +79,7 @@ async def seeded(secured) -> str:
         env["MODELBUS_S3_ENDPOINT"], "modelbus", "modelbus-secret", env["MODELBUS_BUCKET"]
     )
     trainer = Signer("trainer", private_key(secured.stack.signing_key("trainer")))
-    trained = await trained_event(store, SEEDED, seed=1)
+    trained = await trained_event(store, SEEDED, seed=1, signer=trainer)
     await publish(secured.stack.kafka_bootstrap, trained, signer=trainer)
     async with httpx.AsyncClient(headers=secured.admin, timeout=10) as http:
         for _ in range(600):

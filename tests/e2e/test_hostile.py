@@ -9,7 +9,12 @@ back with the admin key.
 - batch outputs outside the allowed prefixes: 422 with the documented reason, no job, the
   dataset's bytes unchanged;
 - out-of-range versions in paths and a NUL in a column name: 4xx, the version counter unmoved;
-- one event id with different content on scoring.requested: scored once, the second refused.
+- one event id with different content on scoring.requested: scored once, the second refused;
+- code from an artifact: a pickle with an ``exec`` payload written into the store and announced
+  by a ModelTrained that a trusted service signed (the scorer's key: a service that writes no
+  artifacts), its artifact signed with that key, unsigned, or signed as the trainer with
+  another key; and the champion's bytes replaced in the store: never registered, never made
+  champion (409 artifact_unverified), never unpickled (the payload's file never appears).
 
 The module ends with a table: attack, attempts, accepted (0 for every attack).
 """
@@ -81,7 +86,7 @@ async def seeded(secured, admin) -> dict:
     store = store_of(secured)
     trainer = Signer("trainer", private_key(secured.stack.signing_key("trainer")))
     registry = secured.url("registry")
-    good = await trained_event(store, MODEL, seed=1)
+    good = await trained_event(store, MODEL, seed=1, signer=trainer)
     await publish(secured.stack.kafka_bootstrap, good, signer=trainer)
 
     async def champion_is_1():
@@ -89,7 +94,7 @@ async def seeded(secured, admin) -> dict:
         return answer.status_code == 200 and answer.json().get("champion") == 1
 
     await until(champion_is_1)
-    bad = await trained_event(store, MODEL, seed=2, flip=True)
+    bad = await trained_event(store, MODEL, seed=2, flip=True, signer=trainer)
     await publish(secured.stack.kafka_bootstrap, bad, signer=trainer)
 
     async def v2_rejected():
@@ -317,9 +322,107 @@ async def test_one_event_id_with_other_content_is_scored_once(secured, seeded):
     assert [m.features for m in made] == [{"x1": 0.5, "x2": 0.1}]
 
 
+class Payload:
+    """Unpickled, it writes ``path``: the proof that code from an artifact ran."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (exec, (f"open({self.path!r}, 'w').write('pwned')",))
+
+
+async def test_no_artifact_runs_code_or_becomes_champion_unverified(secured, admin, seeded):
+    import json
+    import pickle
+
+    from modelbus_ml.flavors import MAGIC, PICKLE_FORMAT
+    from modelbus_platform.artifacts import ArtifactTrust
+
+    stack = secured.stack
+    proof = stack.data_dir / "pwned"
+    header = {"format": PICKLE_FORMAT, "family": "python", "feature_names": ["x1", "x2"]}
+    data = MAGIC + json.dumps(header).encode() + b"\n" + pickle.dumps(Payload(str(proof)))
+    store = store_of(secured)
+    trainer = Signer("trainer", private_key(stack.signing_key("trainer")))
+    scorer = Signer("scorer", private_key(stack.signing_key("scorer")))
+    impostor = Signer("trainer", private_key(keypair()[0]))
+    template = await trained_event(store, MODEL, seed=3, signer=trainer)
+    uri = f"artifacts/{MODEL}/{sha(data)}.pkl"
+    await store.put(uri, data, "application/octet-stream")
+    ref = template.artifact.model_copy(
+        update={
+            "uri": uri,
+            "sha256": sha(data),
+            "size_bytes": len(data),
+            "format": PICKLE_FORMAT,
+            "signature": None,
+        }
+    )
+    attempts = {  # artifact signer, event signer: a trusted service's event in every case
+        "signed by a service that writes no artifacts": (scorer, scorer),
+        "unsigned, announced by the trainer's key": (None, trainer),
+        "signed as the trainer with another key": (impostor, trainer),
+    }
+    # an admin allows this model pickles: what refuses them now is the signature alone
+    registry = secured.url("registry")
+    revision = (await admin.get(f"{registry}/models/{MODEL}/policy")).json()["revision"]
+    allowed = await admin.put(
+        f"{registry}/models/{MODEL}/policy",
+        json={
+            "expected_revision": revision,
+            "reason": "a python model",
+            "policy": {"artifacts": {"allow_pickle": True}},
+        },
+    )
+    assert allowed.status_code == 200, allowed.text
+    before = (await admin.get(f"{registry}/models/{MODEL}/versions")).json()
+    events = []
+    for artifact_signer, event_signer in attempts.values():
+        event = template.model_copy(
+            update={
+                "event_id": uuid.uuid4(),
+                "run_id": uuid.uuid4().hex,
+                "artifact": ArtifactTrust(artifact_signer).sign(ref),
+            }
+        )
+        events.append(event)
+        await publish(stack.kafka_bootstrap, event, signer=event_signer)
+
+    async def refused_all():
+        audit = (await admin.get(f"{secured.url('registry')}/models/{MODEL}/audit")).json()
+        runs = {e.run_id for e in events}
+        refused = [
+            r for r in audit
+            if r["action"] == "registration_rejected" and r.get("details", {}).get("run_id") in runs
+        ]  # fmt: skip
+        return refused if len(refused) == len(events) else None
+
+    refusals = await until(refused_all)
+    reasons = sorted(r["reason"] for r in refusals)
+    expected = ("does not write artifacts", "does not verify", "unsigned artifact")
+    assert all(e in r for e, r in zip(expected, reasons, strict=True)), reasons
+    after = (await admin.get(f"{secured.url('registry')}/models/{MODEL}/versions")).json()
+    for _ in attempts:
+        tally("code from an artifact", len(after) != len(before) or proof.exists())
+    assert len(after) == len(before) and not proof.exists()
+
+    # a version's bytes replaced in the store: the operator cannot make it champion
+    version_2 = (await admin.get(f"{registry}/models/{MODEL}/versions/2")).json()
+    await store.put(version_2["artifact"]["uri"], data, "application/octet-stream")
+    moved = await admin.put(
+        f"{registry}/models/{MODEL}/aliases/champion",
+        json={"version": 2, "expected_version": 1, "reason": "v2 after all"},
+    )
+    tally("unverified champion", moved.status_code != 409)
+    assert moved.status_code == 409 and moved.json()["reason"] == "artifact_unverified"
+    assert "fails verification" in moved.json()["error"]
+    assert not proof.exists()
+
+
 def test_the_table_of_attacks_shows_none_accepted():
     print(f"\n{'attack':<36}{'attempts':>9}{'accepted':>9}")
     for attack, (attempts, accepted) in TALLY.items():
         print(f"{attack:<36}{attempts:>9}{accepted:>9}")
-    assert len(TALLY) == 6, sorted(TALLY)
+    assert len(TALLY) == 8, sorted(TALLY)
     assert all(accepted == 0 and attempts > 0 for attempts, accepted in TALLY.values())

@@ -28,6 +28,7 @@ from modelbus_contracts import (
 )
 from modelbus_contracts.api import VersionView
 from modelbus_ml import Dataset, LogisticModel, train_logreg
+from modelbus_platform.artifacts import ArtifactTrust
 from modelbus_platform.http import ServiceApp, create_app
 from modelbus_platform.metrics import Metrics
 from modelbus_platform.signing import Signer
@@ -256,9 +257,11 @@ async def trained_event(
     seed: int,
     flip: bool = False,
     features: tuple[str, ...] = ("x1", "x2"),
+    signer: Signer | None = None,
 ) -> ModelTrained:
     """A ModelTrained whose artifact and hold-out are really in ``store`` (``flip``: a model
-    trained on inverted labels, judged on true ones: a bad model)."""
+    trained on inverted labels, judged on true ones: a bad model); its artifact signed by
+    ``signer`` as the trainer signs what it trains (publish the event with the same signer)."""
     model = train_logreg(labelled(400, seed, flip, features), {"epochs": 100}, seed=0)
     artifact = model.to_bytes()
     digest = sha256_hex(artifact)
@@ -271,8 +274,12 @@ async def trained_event(
         producer="trainer",
         model_name=model_name,
         run_id=uuid.uuid4().hex,
-        artifact=ArtifactRef(
-            uri=f"artifacts/{model_name}/{digest}.json", sha256=digest, size_bytes=len(artifact)
+        artifact=ArtifactTrust(signer).sign(
+            ArtifactRef(
+                uri=f"artifacts/{model_name}/{digest}.json",
+                sha256=digest,
+                size_bytes=len(artifact),
+            )
         ),
         feature_names=list(features),
         metrics={},
