@@ -53,6 +53,17 @@ RawRecord = tuple[bytes, bytes, list[tuple[str, bytes]]]
 BULK_BATCH_BYTES = 1_000_000  # one Kafka record batch (the broker's default message limit)
 
 DLQ_SUFFIX = ".dlq"
+# the headers a dead-lettered record carries beside its original ones (``modelbus_platform.dlq``
+# reads them, and drops every header with the prefix when it replays the record)
+DLQ_HEADER_PREFIX = "x-dlq-"
+DLQ_REASON = DLQ_HEADER_PREFIX + "reason"  # "<kind>: <why>" (kind: contract, signature, handler)
+DLQ_SOURCE_TOPIC = DLQ_HEADER_PREFIX + "source-topic"
+DLQ_PARTITION = DLQ_HEADER_PREFIX + "partition"  # of the source topic
+DLQ_OFFSET = DLQ_HEADER_PREFIX + "offset"  # in the source partition
+DLQ_GROUP = DLQ_HEADER_PREFIX + "group"
+DLQ_SERVICE = DLQ_HEADER_PREFIX + "service"
+DLQ_ATTEMPTS = DLQ_HEADER_PREFIX + "attempts"  # handler calls made (0: never handled)
+DLQ_AT = DLQ_HEADER_PREFIX + "at"  # when, ISO 8601 UTC
 _topic_of = attrgetter("topic")
 
 
@@ -535,14 +546,14 @@ class EventBus:
         }
         headers.update(
             {
-                "x-dlq-reason": reason[:4000],
-                "x-dlq-source-topic": raw.topic,
-                "x-dlq-partition": str(raw.partition),
-                "x-dlq-offset": str(raw.offset),
-                "x-dlq-group": group,
-                "x-dlq-service": self.service,
-                "x-dlq-attempts": str(attempts),
-                "x-dlq-at": datetime.now(UTC).isoformat(),
+                DLQ_REASON: reason[:4000],
+                DLQ_SOURCE_TOPIC: raw.topic,
+                DLQ_PARTITION: str(raw.partition),
+                DLQ_OFFSET: str(raw.offset),
+                DLQ_GROUP: group,
+                DLQ_SERVICE: self.service,
+                DLQ_ATTEMPTS: str(attempts),
+                DLQ_AT: datetime.now(UTC).isoformat(),
             }
         )
         try:
