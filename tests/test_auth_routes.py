@@ -64,6 +64,9 @@ EXPECTED = {
         ("GET", "/admin/keys"): "admin",
         ("DELETE", "/admin/keys/{key_id}"): "admin",
         ("POST", "/admin/keys/{key_id}/rotate"): "admin",
+        ("GET", "/admin/dlq"): "admin",
+        ("GET", "/admin/dlq/{topic}"): "admin",
+        ("POST", "/admin/dlq/{topic}/replay"): "admin",
     },
     "scorer": {
         ("GET", "/v2/health/live"): None,

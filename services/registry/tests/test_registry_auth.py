@@ -83,6 +83,22 @@ async def test_each_role_reaches_what_it_may_and_is_403_beyond(http, wired, mk):
     assert (await http.get("/admin/keys", headers=as_(operator))).status_code == 403
 
 
+async def test_dead_letters_are_for_admins_only(http):
+    operator = as_((await make_key(http, "operator", name="ops"))["key"])
+    body = {"partition": 0, "from_offset": 0, "to_offset": 0, "dry_run": True}
+    for answer in (
+        await http.get("/admin/dlq", headers=operator),
+        await http.get("/admin/dlq/label.observed.v1.dlq", headers=operator),
+        await http.post("/admin/dlq/label.observed.v1.dlq/replay", json=body, headers=operator),
+    ):
+        assert answer.status_code == 403 and "needs the admin role" in answer.json()["error"]
+    admin = {"X-API-Key": BOOTSTRAP}  # reaches the tool: no broker here, an unknown topic
+    answer = await http.get("/admin/dlq", headers=admin)
+    assert (answer.status_code, answer.json()["reason"]) == (503, "broker_unavailable")
+    answer = await http.get("/admin/dlq/payments.v1", headers=admin)
+    assert (answer.status_code, answer.json()["reason"]) == (404, "unknown_topic")
+
+
 async def test_keys_are_listed_without_secrets_revoked_and_rotated(http):
     viewer = await make_key(http, "viewer")
     ops = await make_key(http, "operator", expires_in_days=30)

@@ -24,7 +24,17 @@ from typing import Any, NamedTuple
 from modelbus_contracts import Event
 from modelbus_contracts.schema import data_schema, generator_main, headers_schema, write_files
 
-from .bus import dlq_topic
+from .bus import (
+    DLQ_AT,
+    DLQ_ATTEMPTS,
+    DLQ_GROUP,
+    DLQ_OFFSET,
+    DLQ_PARTITION,
+    DLQ_REASON,
+    DLQ_SERVICE,
+    DLQ_SOURCE_TOPIC,
+    dlq_topic,
+)
 from .kit import INSTANCE_PLACEHOLDER, ServiceSpec, load_specs
 from .settings import ServiceSettings
 
@@ -102,14 +112,14 @@ def _event_message(event_cls: type[Event], schemas: dict[str, Any]) -> dict[str,
 
 def _dead_letter_message() -> dict[str, Any]:
     reasons = {
-        "x-dlq-reason": "why: contract violation or the handler's last error",
-        "x-dlq-source-topic": "the topic the message came from",
-        "x-dlq-partition": "its partition",
-        "x-dlq-offset": "its offset",
-        "x-dlq-group": "the consumer group that gave up",
-        "x-dlq-service": "the service that gave up",
-        "x-dlq-attempts": "handler attempts made (0: rejected by the contract)",
-        "x-dlq-at": "when it was dead-lettered (RFC 3339)",
+        DLQ_REASON: "why: contract violation or the handler's last error",
+        DLQ_SOURCE_TOPIC: "the topic the message came from",
+        DLQ_PARTITION: "its partition",
+        DLQ_OFFSET: "its offset",
+        DLQ_GROUP: "the consumer group that gave up",
+        DLQ_SERVICE: "the service that gave up",
+        DLQ_ATTEMPTS: "handler attempts made (0: rejected by the contract)",
+        DLQ_AT: "when it was dead-lettered (RFC 3339)",
     }
     return {
         "name": DEAD_LETTER,

@@ -75,6 +75,20 @@ LOG_REASON_CHARS = 1_000  # what a log line keeps of a reason (a huge one must n
 # what a broker (or the client's own check) answers a record it will never take: retrying it
 # cannot help; anything else (no connection, a timeout, no leader) is worth a redelivery
 TOO_LARGE = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError)
+# the headers a dead-lettered record carries beside its original ones (``modelbus_platform.dlq``
+# reads them, and drops every header with the prefix when it replays the record)
+DLQ_HEADER_PREFIX = "x-dlq-"
+DLQ_REASON = DLQ_HEADER_PREFIX + "reason"  # "<kind>: <why>" (kind: contract, signature, handler)
+DLQ_SOURCE_TOPIC = DLQ_HEADER_PREFIX + "source-topic"
+DLQ_PARTITION = DLQ_HEADER_PREFIX + "partition"  # of the source topic
+DLQ_OFFSET = DLQ_HEADER_PREFIX + "offset"  # in the source partition
+DLQ_GROUP = DLQ_HEADER_PREFIX + "group"
+DLQ_SERVICE = DLQ_HEADER_PREFIX + "service"
+DLQ_ATTEMPTS = DLQ_HEADER_PREFIX + "attempts"  # handler calls made (0: never handled)
+DLQ_AT = DLQ_HEADER_PREFIX + "at"  # when, ISO 8601 UTC
+DLQ_VALUE_SIZE = DLQ_HEADER_PREFIX + "value-bytes"  # a value cut down: its original size
+DLQ_VALUE_SHA256 = DLQ_HEADER_PREFIX + "value-sha256"  # ... and its SHA-256
+CE_KEPT = ("ce_id", "ce_type")  # what a dead letter sent without its value keeps of the event
 _topic_of = attrgetter("topic")
 
 
@@ -768,28 +782,28 @@ def dead_letter_record(
     value = raw.value or b""
     headers.update(
         {
-            "x-dlq-reason": reason[:4000],
-            "x-dlq-source-topic": raw.topic,
-            "x-dlq-partition": str(raw.partition),
-            "x-dlq-offset": str(raw.offset),
-            "x-dlq-group": group,
-            "x-dlq-service": service,
-            "x-dlq-attempts": str(attempts),
-            "x-dlq-at": datetime.now(UTC).isoformat(),
+            DLQ_REASON: reason[:4000],
+            DLQ_SOURCE_TOPIC: raw.topic,
+            DLQ_PARTITION: str(raw.partition),
+            DLQ_OFFSET: str(raw.offset),
+            DLQ_GROUP: group,
+            DLQ_SERVICE: service,
+            DLQ_ATTEMPTS: str(attempts),
+            DLQ_AT: datetime.now(UTC).isoformat(),
         }
     )
     if len(value) > DLQ_VALUE_BYTES:
-        headers["x-dlq-value-bytes"] = str(len(value))
-        headers["x-dlq-value-sha256"] = hashlib.sha256(value).hexdigest()
+        headers[DLQ_VALUE_SIZE] = str(len(value))
+        headers[DLQ_VALUE_SHA256] = hashlib.sha256(value).hexdigest()
         value = value[:DLQ_VALUE_BYTES]
     return value, headers
 
 
 def dead_letter_headers_only(headers: dict[str, str], original: bytes) -> dict[str, str]:
     """The ``x-dlq-*`` and CloudEvents id/type headers, without the value (the last resort)."""
-    kept = {k: v for k, v in headers.items() if k.startswith("x-dlq-") or k in ("ce_id", "ce_type")}
-    kept["x-dlq-value-bytes"] = str(len(original))
-    kept["x-dlq-value-sha256"] = hashlib.sha256(original).hexdigest()
+    kept = {k: v for k, v in headers.items() if k.startswith(DLQ_HEADER_PREFIX) or k in CE_KEPT}
+    kept[DLQ_VALUE_SIZE] = str(len(original))
+    kept[DLQ_VALUE_SHA256] = hashlib.sha256(original).hexdigest()
     return kept
 
 

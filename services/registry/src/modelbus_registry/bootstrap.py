@@ -20,6 +20,7 @@ from modelbus_contracts import (
     ModelTrained,
 )
 from modelbus_platform.auth import key_admin_router
+from modelbus_platform.dlq import DeadLetters, dlq_router
 from modelbus_platform.kit import Kit, Resource, ServiceSpec, Subscription, Wiring
 from modelbus_platform.kit import build_app as build_service_app
 from modelbus_platform.metrics import Metrics
@@ -60,6 +61,7 @@ def wire(kit: Kit) -> Wiring:
         routers=[
             build_router(settings.audit_page_limit),
             key_admin_router(kit.api_keys(manage=True), enabled=settings.auth == "on"),
+            dlq_router(DeadLetters.from_settings(settings)),
         ],
         configure_app=lambda app: app.allow_uploads(IMPORT_UPLOADS),
         resources=[Resource("registry-indexes", start=repo.init)],
