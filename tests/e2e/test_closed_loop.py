@@ -132,6 +132,56 @@ async def test_every_decision_is_in_the_registry_audit(stack: Stack, loop_result
     assert decision["decision"] == "promote"
 
 
+async def test_the_stack_has_auth_on_and_audits_who_called_not_who_they_claim(
+    stack: Stack, loop_result: ScenarioResult
+):
+    """No credentials (or a made-up key): 401 on reads and writes; the viewer's key: 403 on a
+    write; the upstream's operator key: served, and the registry's audit names it, not the
+    X-Actor it claims. Health stays open."""
+    model = loop_result.model_name
+    registry, scorer = stack.url("registry"), stack.url("scorer")
+    champion = f"{registry}/models/{model}/aliases/champion"
+    # a compare-and-set that cannot succeed (the champion is v2): audited, nothing moves
+    stale = {"version": 1, "expected_version": 1, "reason": f"e2e auth {uuid.uuid4().hex}"}
+    infer = f"{scorer}/v2/models/{model}/infer"
+    writes = [("PUT", champion, stale), ("POST", infer, ROW)]
+    reads = [
+        ("GET", f"{registry}/models/{model}/audit", None),
+        ("GET", f"{scorer}/v2/models/{model}/ready", None),
+    ]
+    claim = {"X-Actor": "mallory"}
+    async with httpx.AsyncClient(timeout=10) as http:
+        for method, url, body in writes + reads:
+            for headers in (claim, {**claim, "Authorization": "Bearer mbk_made-up"}):
+                refused = await http.request(method, url, json=body, headers=headers)
+                assert refused.status_code == 401, (method, url, refused.text)
+                assert refused.json()["reason"] == "unauthenticated"
+                assert refused.headers["www-authenticate"] == "Bearer"
+        for method, url, body in writes:
+            low = await http.request(method, url, json=body, headers=stack.auth_headers("viewer"))
+            assert low.status_code == 403, (method, url, low.text)
+            assert low.json()["reason"] == "forbidden"
+        for service in stack.services:
+            health = await http.get(f"{stack.url(service)}/health/ready")
+            assert health.status_code == 200, (service, health.text)
+        operator = stack.auth_headers("upstream")
+        served = await http.post(infer, json=ROW, headers=operator)
+        assert served.status_code == 200, served.text
+        assert str(served.json()["model_version"]) == "2"
+        conflict = await http.put(champion, json=stale, headers={**claim, **operator})
+        assert conflict.status_code == 409, conflict.text
+        audit = await http.get(
+            f"{registry}/models/{model}/audit", headers=stack.auth_headers("viewer")
+        )
+        assert audit.status_code == 200, audit.text
+    ours = [
+        record
+        for record in audit.json()
+        if record["details"].get("request", {}).get("reason") == stale["reason"]
+    ]
+    assert [(r["action"], r["actor"]) for r in ours] == [("promotion_conflict", "upstream")]
+
+
 async def _collect(bootstrap: str, topic: str, key: str, seconds: float) -> list:
     consumer = AIOKafkaConsumer(
         topic,
