@@ -255,16 +255,18 @@ def over_http(args: argparse.Namespace) -> dict[str, Any]:
         env.stop()
     summary = {name: median_of(results) for name, results in runs.items()}
     base = summary["auth off"]
-    ratios = {
+    ratios = {name: ratios_of(s, base) for name, s in summary.items() if name != "auth off"}
+    # each round's run against the same round's auth-off run (minutes apart at most, so the
+    # machine's other load changes less between them than across the whole bench)
+    paired = {
         name: {
-            "throughput": s["rps"] / base["rps"],
-            "p50": s["p50_ms"] / base["p50_ms"],
-            "p99": s["p99_ms"] / base["p99_ms"],
-            "server_cpu_per_request": s["server_cpu_us_per_request"]
-            / base["server_cpu_us_per_request"],
+            key: statistics.median(
+                ratios_of(run, off)[key]
+                for run, off in zip(runs[name], runs["auth off"], strict=True)
+            )
+            for key in ratios[name]
         }
-        for name, s in summary.items()
-        if name != "auth off"
+        for name in ratios
     }
     return {
         "route": f"POST {HTTP_PATH}",
@@ -274,9 +276,21 @@ def over_http(args: argparse.Namespace) -> dict[str, Any]:
         "settings": vars(args),
         "summary": summary,
         "vs_auth_off": ratios,
+        "vs_auth_off_paired_by_round": paired,
         "target": {"throughput_vs_auth_off_min": TARGET_THROUGHPUT},
         "meets_target": all(r["throughput"] >= TARGET_THROUGHPUT for r in ratios.values()),
         "runs": runs,
+    }
+
+
+def ratios_of(run: dict[str, Any], off: dict[str, Any]) -> dict[str, float]:
+    """A run (or a median) against auth off: throughput, p50, p99, server CPU per request."""
+    return {
+        "throughput": run["rps"] / off["rps"],
+        "p50": run["p50_ms"] / off["p50_ms"],
+        "p99": run["p99_ms"] / off["p99_ms"],
+        "server_cpu_per_request": run["server_cpu_us_per_request"]
+        / off["server_cpu_us_per_request"],
     }
 
 
@@ -301,6 +315,11 @@ def print_http(result: dict[str, Any]) -> None:
         print(
             f"  {name:9s} {s['rps']:8.0f} req/s p99 {s['p99_ms']:6.2f} ms "
             f"CPU {s['server_cpu_us_per_request']:4.0f} us/req errors {s['errors']}{vs}"
+        )
+    for name, r in result["vs_auth_off_paired_by_round"].items():
+        print(
+            f"  {name:9s} round by round (median): {r['throughput']:.3f}x throughput, "
+            f"p99 {r['p99']:.2f}x, server CPU per request {r['server_cpu_per_request']:.3f}x"
         )
     verdict = "met" if result["meets_target"] else "NOT met"
     print(f"  target (auth costs <= 10% of the throughput): {verdict}")
