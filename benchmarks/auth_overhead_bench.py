@@ -277,8 +277,17 @@ def over_http(args: argparse.Namespace) -> dict[str, Any]:
         "summary": summary,
         "vs_auth_off": ratios,
         "vs_auth_off_paired_by_round": paired,
-        "target": {"throughput_vs_auth_off_min": TARGET_THROUGHPUT},
-        "meets_target": all(r["throughput"] >= TARGET_THROUGHPUT for r in ratios.values()),
+        "target": {
+            "throughput_vs_auth_off_min": TARGET_THROUGHPUT,
+            "server_cpu_per_request_vs_auth_off_max": 1 / TARGET_THROUGHPUT,
+        },
+        # the throughput and, as the server core is saturated, its inverse: the CPU time a
+        # request costs (the steadier of the two when other processes share the machine)
+        "meets_target": all(
+            r["throughput"] >= TARGET_THROUGHPUT
+            and r["server_cpu_per_request"] <= 1 / TARGET_THROUGHPUT
+            for r in ratios.values()
+        ),
         "runs": runs,
     }
 
@@ -322,7 +331,7 @@ def print_http(result: dict[str, Any]) -> None:
             f"p99 {r['p99']:.2f}x, server CPU per request {r['server_cpu_per_request']:.3f}x"
         )
     verdict = "met" if result["meets_target"] else "NOT met"
-    print(f"  target (auth costs <= 10% of the throughput): {verdict}")
+    print(f"  target (auth costs <= 10%: throughput, server CPU per request): {verdict}")
     print(f"  load average before / after: {result['load_average_before_after']}")
 
 
