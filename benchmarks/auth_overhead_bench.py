@@ -12,8 +12,10 @@ fake registry; the online bench's harness), twice, one with ``MODELBUS_AUTH=off`
 ``MODELBUS_AUTH=on`` (a ``predict`` key in ``MODELBUS_STATIC_KEYS``, a JWKS in
 ``MODELBUS_JWKS``), both pinned to the server core, loaded by the online bench's generator (wrk,
 1 thread, 16 connections, on the client core) with the same model and payload. Runs alternate
-off / API key / JWT each round so that the machine's noise hits all three; the medians are
-compared (target: authentication costs at most 10% of the throughput).
+off / API key / JWT, each round in another order, so that the machine's noise hits all three;
+compared: the medians of throughput, p50, p99 and the scorer's CPU time per request (from
+/proc: other processes on the machine take the core, and move it less than the throughput),
+and each round against its own auth-off run. Target: authentication costs at most 10%.
 Run: ``uv run python benchmarks/auth_overhead_bench.py [--only http|in-process]``.
 """
 
