@@ -78,8 +78,8 @@ bench-loop: install ## The loop on drift scenarios through the public interfaces
 bench-batch: install ## Batch scoring rows/s: the batch service's job path vs a bare pyarrow+numpy script (build/bench/batch.json)
 	$(UV) run --frozen python benchmarks/batch_bench.py $(BENCH_ARGS)
 
-bench-auth: install ## What authentication costs the infer route, in process: off vs an API key vs a JWT (build/bench/auth_overhead.json)
-	$(UV) run --frozen python benchmarks/auth_overhead_bench.py
+bench-auth: install ## What authentication costs the infer route: off vs an API key vs a JWT, in process and over HTTP (the scorer process, wrk) (build/bench/auth_overhead.json)
+	$(UV) run --frozen python benchmarks/auth_overhead_bench.py $(BENCH_ARGS)
 
 bench-monitor: install ## Drift detection (modelbus vs River defaults) and monitor throughput (build/bench/{drift,monitor}.json)
 	$(UV) run --frozen python benchmarks/drift_bench.py $(BENCH_ARGS)

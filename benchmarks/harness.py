@@ -239,12 +239,12 @@ class Env:
         shutil.rmtree(self.base, ignore_errors=True)
 
 
-def wait_http_ok(url: str, timeout: float = 60.0) -> None:
+def wait_http_ok(url: str, timeout: float = 60.0, headers: dict[str, str] | None = None) -> None:
     deadline = time.monotonic() + timeout
     last = ""
     while time.monotonic() < deadline:
         try:
-            response = httpx.get(url, timeout=2.0)
+            response = httpx.get(url, timeout=2.0, headers=headers)
             if response.status_code == 200:
                 return
             last = f"HTTP {response.status_code}: {response.text[:200]}"
@@ -269,6 +269,7 @@ def scrape(port: int, metric: str) -> float:
 WRK_LUA = """
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
+-- extra headers
 wrk.body = io.open(os.getenv("BENCH_BODY_FILE")):read("*a")
 done = function(summary, latency, requests)
   local e = summary.errors
@@ -287,10 +288,20 @@ def have_wrk() -> bool:
     return shutil.which("wrk") is not None and os.environ.get("BENCH_LOADGEN") != "python"
 
 
-def run_wrk(url: str, body: bytes, duration_s: float, connections: int) -> dict[str, Any]:
+def run_wrk(
+    url: str,
+    body: bytes,
+    duration_s: float,
+    connections: int,
+    headers: dict[str, str] | None = None,
+) -> dict[str, Any]:
     OUT.mkdir(parents=True, exist_ok=True)
     script, body_file = OUT / "post.lua", OUT / "body.json"
-    script.write_text(WRK_LUA)
+    # a JSON string of ASCII is a Lua string literal
+    extra = "".join(
+        f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}\n" for k, v in (headers or {}).items()
+    )
+    script.write_text(WRK_LUA.replace("-- extra headers\n", extra))
     body_file.write_bytes(body)
     argv = pinned(
         CLIENT_CORE,
@@ -369,13 +380,19 @@ async def _connection(
 
 
 async def python_load(
-    port: int, path: str, body: bytes, duration_s: float, connections: int
+    port: int,
+    path: str,
+    body: bytes,
+    duration_s: float,
+    connections: int,
+    headers: dict[str, str] | None = None,
 ) -> list[Sample]:
     """Closed-loop HTTP/1.1 keep-alive load: ``connections`` clients, one request in flight each.
     Every response is kept (time, latency, status, body) for timelines."""
+    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
     request = (
         f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
+        f"{extra}Content-Length: {len(body)}\r\n\r\n"
     ).encode() + body
     samples: list[Sample] = []
     t0 = time.perf_counter()
@@ -404,12 +421,19 @@ def summarise(samples: list[Sample], duration_s: float) -> dict[str, Any]:
 
 
 def load(
-    url_port: int, path: str, body: bytes, duration_s: float, connections: int
+    url_port: int,
+    path: str,
+    body: bytes,
+    duration_s: float,
+    connections: int,
+    headers: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """wrk if installed (``BENCH_LOADGEN=python`` forces the asyncio generator)."""
+    """wrk if installed (``BENCH_LOADGEN=python`` forces the asyncio generator); ``headers``
+    go with every request (credentials)."""
     if have_wrk():
-        return run_wrk(f"http://127.0.0.1:{url_port}{path}", body, duration_s, connections)
-    samples = asyncio.run(python_load(url_port, path, body, duration_s, connections))
+        url = f"http://127.0.0.1:{url_port}{path}"
+        return run_wrk(url, body, duration_s, connections, headers)
+    samples = asyncio.run(python_load(url_port, path, body, duration_s, connections, headers))
     return summarise(samples, duration_s)
 
 

@@ -47,7 +47,7 @@ import httpx
 import numpy as np
 
 from modelbus_contracts import DriftDetected, PredictionMade, ScoringRequested
-from modelbus_embedded.simulator import ScenarioConfig, Upstream
+from modelbus_embedded.simulator import ScenarioConfig, Upstream, raise_if_refused
 from modelbus_embedded.stack import build_stack, free_ports
 from modelbus_ml import train_family
 from modelbus_ml.dataset import from_rows, matrix_of
@@ -242,7 +242,12 @@ class LoopRun(Upstream):
             seed=seed,
         )
         super().__init__(
-            stack.kafka_bootstrap, stack.url("trainer"), stack.url("scorer"), config, say=_quiet
+            stack.kafka_bootstrap,
+            stack.url("trainer"),
+            stack.url("scorer"),
+            config,
+            say=_quiet,
+            api_key=stack.api_key("upstream"),
         )
         self.scenario = scenario
         self.features = scenario.features
@@ -329,8 +334,10 @@ def _served_quality(served: list[Served], lo: int, hi: int, task: str) -> float 
 
 
 async def _incident_state(stack, model: str) -> dict[str, Any] | None:
-    async with httpx.AsyncClient(base_url=stack.url("monitor"), timeout=10) as http:
+    viewer = stack.auth_headers("viewer")
+    async with httpx.AsyncClient(base_url=stack.url("monitor"), timeout=10, headers=viewer) as http:
         response = await http.get("/incidents", params={"model_name": model})
+        raise_if_refused(response)
         incidents = response.json() if response.status_code == 200 else []
     if not incidents:
         return None

@@ -40,6 +40,12 @@ from modelbus_platform.stores import S3ObjectStore
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
 FEATURES = ("tenure", "monthly_charges", "support_calls", "usage_drop")  # numbers; and "plan"
+ROW = {  # one customer, as a v2 infer request
+    "inputs": [
+        *({"name": f, "shape": [1], "datatype": "FP64", "data": [0.1]} for f in FEATURES),
+        {"name": "plan", "shape": [1], "datatype": "BYTES", "data": ["basic"]},
+    ]
+}
 
 FAST_LOOP = {
     "MODELBUS_DRIFT_COOLDOWN_S": "5",
@@ -71,7 +77,13 @@ async def loop_result(stack: Stack) -> ScenarioResult:
         drift_after_requests=1500,
         timeout_s=200,
     )
-    upstream = Upstream(stack.kafka_bootstrap, stack.url("trainer"), stack.url("scorer"), config)
+    upstream = Upstream(
+        stack.kafka_bootstrap,
+        stack.url("trainer"),
+        stack.url("scorer"),
+        config,
+        api_key=stack.api_key("upstream"),
+    )
     result = await upstream.run()
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(
@@ -104,16 +116,71 @@ async def test_drift_retrains_and_promotes_a_better_model(loop_result: ScenarioR
 
 async def test_every_decision_is_in_the_registry_audit(stack: Stack, loop_result: ScenarioResult):
     model = loop_result.model_name
-    async with httpx.AsyncClient(base_url=stack.url("registry"), timeout=10) as http:
+    viewer = stack.auth_headers("viewer")
+    async with httpx.AsyncClient(
+        base_url=stack.url("registry"), timeout=10, headers=viewer
+    ) as http:
         audit = (await http.get(f"/models/{model}/audit")).json()
         aliases = (await http.get(f"/models/{model}/aliases")).json()
     actions = [(a["action"], a.get("version")) for a in audit]
     assert ("promoted", 1) in actions and ("promoted", 2) in actions
     assert ("registered", 2) in actions
     assert aliases["champion"] == 2 and aliases["previous"] == 1
-    async with httpx.AsyncClient(base_url=stack.url("deployer"), timeout=10) as http:
+    async with httpx.AsyncClient(
+        base_url=stack.url("deployer"), timeout=10, headers=viewer
+    ) as http:
         decision = (await http.get(f"/decisions/{model}/2")).json()
     assert decision["decision"] == "promote"
+
+
+async def test_the_stack_has_auth_on_and_audits_who_called_not_who_they_claim(
+    stack: Stack, loop_result: ScenarioResult
+):
+    """No credentials (or a made-up key): 401 on reads and writes; the viewer's key: 403 on a
+    write; the upstream's operator key: served, and the registry's audit names it, not the
+    X-Actor it claims. Health stays open."""
+    model = loop_result.model_name
+    registry, scorer = stack.url("registry"), stack.url("scorer")
+    champion = f"{registry}/models/{model}/aliases/champion"
+    # a compare-and-set that cannot succeed (no alias is ever at that version): audited, nothing
+    # moves, whatever the loop did
+    stale = {"version": 1, "expected_version": 10**9, "reason": f"e2e auth {uuid.uuid4().hex}"}
+    infer = f"{scorer}/v2/models/{model}/infer"
+    writes = [("PUT", champion, stale), ("POST", infer, ROW)]
+    reads = [
+        ("GET", f"{registry}/models/{model}/audit", None),
+        ("GET", f"{scorer}/v2/models/{model}/ready", None),
+    ]
+    claim = {"X-Actor": "mallory"}
+    async with httpx.AsyncClient(timeout=10) as http:
+        for method, url, body in writes + reads:
+            for headers in (claim, {**claim, "Authorization": "Bearer mbk_made-up"}):
+                refused = await http.request(method, url, json=body, headers=headers)
+                assert refused.status_code == 401, (method, url, refused.text)
+                assert refused.json()["reason"] == "unauthenticated"
+                assert refused.headers["www-authenticate"] == "Bearer"
+        for method, url, body in writes:
+            low = await http.request(method, url, json=body, headers=stack.auth_headers("viewer"))
+            assert low.status_code == 403, (method, url, low.text)
+            assert low.json()["reason"] == "forbidden"
+        for service in stack.services:
+            health = await http.get(f"{stack.url(service)}/health/ready")
+            assert health.status_code == 200, (service, health.text)
+        operator = stack.auth_headers("upstream")
+        served = await http.post(infer, json=ROW, headers=operator)
+        assert served.status_code == 200, served.text
+        conflict = await http.put(champion, json=stale, headers={**claim, **operator})
+        assert conflict.status_code == 409, conflict.text
+        audit = await http.get(
+            f"{registry}/models/{model}/audit", headers=stack.auth_headers("viewer")
+        )
+        assert audit.status_code == 200, audit.text
+    ours = [
+        record
+        for record in audit.json()
+        if record["details"].get("request", {}).get("reason") == stale["reason"]
+    ]
+    assert [(r["action"], r["actor"]) for r in ours] == [("promotion_conflict", "upstream")]
 
 
 async def test_duplicates_change_nothing_and_poison_is_dead_lettered(
@@ -161,7 +228,10 @@ async def test_duplicates_change_nothing_and_poison_is_dead_lettered(
     assert reasons[1].startswith("signature: unsigned control event"), reasons
     registered = await collect(stack.kafka_bootstrap, ModelRegistered.topic, model, 3)
     assert sorted(json.loads(r.value)["version"] for r in registered) == [1, 2]
-    async with httpx.AsyncClient(base_url=stack.url("registry"), timeout=10) as http:
+    viewer = stack.auth_headers("viewer")
+    async with httpx.AsyncClient(
+        base_url=stack.url("registry"), timeout=10, headers=viewer
+    ) as http:
         versions = (await http.get(f"/models/{model}/versions")).json()
     assert len(versions) == 2
     promoted = await collect(stack.kafka_bootstrap, ModelPromoted.topic, model, 2)
@@ -180,21 +250,14 @@ async def test_killed_scorer_comes_back_serving_the_champion(
     await asyncio.to_thread(stack.wait_ready, "scorer", 60)
     async with httpx.AsyncClient(base_url=stack.url("scorer"), timeout=10) as http:
         for _ in range(100):
-            ready = await http.get(f"/v2/models/{model}/ready")
+            ready = await http.get(
+                f"/v2/models/{model}/ready", headers=stack.auth_headers("viewer")
+            )
             if ready.status_code == 200:
                 break
             await asyncio.sleep(0.1)
         response = await http.post(
-            f"/v2/models/{model}/infer",
-            json={
-                "inputs": [
-                    *(
-                        {"name": f, "shape": [1], "datatype": "FP64", "data": [0.1]}
-                        for f in FEATURES
-                    ),
-                    {"name": "plan", "shape": [1], "datatype": "BYTES", "data": ["basic"]},
-                ]
-            },
+            f"/v2/models/{model}/infer", json=ROW, headers=stack.auth_headers("upstream")
         )
     assert response.status_code == 200, response.text
     assert str(response.json()["model_version"]) == "2"
@@ -214,12 +277,16 @@ async def test_the_batch_service_scores_a_file_with_the_champion(
     await store.put(f"batch/{model}/day.csv", ("\n".join(rows) + "\n").encode(), "text/csv")
     async with httpx.AsyncClient(base_url=stack.url("batch"), timeout=10) as http:
         accepted = await http.post(
-            "/batch-jobs", json={"model_name": model, "input_uri": f"batch/{model}/day.csv"}
+            "/batch-jobs",
+            json={"model_name": model, "input_uri": f"batch/{model}/day.csv"},
+            headers=stack.auth_headers("upstream"),
         )
         assert accepted.status_code == 202, accepted.text
         job_id = accepted.json()["job_id"]
         for _ in range(300):
-            job = (await http.get(f"/batch-jobs/{job_id}")).json()
+            job = (
+                await http.get(f"/batch-jobs/{job_id}", headers=stack.auth_headers("viewer"))
+            ).json()
             if job["state"] in ("succeeded", "failed"):
                 break
             await asyncio.sleep(0.1)
@@ -315,17 +382,18 @@ async def test_a_model_trained_elsewhere_is_imported_judged_and_served(stack: St
         f"{float(a)!r},{float(s)!r},{int(t)}\n"
         for (a, s), t in zip(X[1200:], y[1200:], strict=True)
     )
-    async with httpx.AsyncClient(timeout=30) as http:
+    operator, viewer = stack.auth_headers("upstream"), stack.auth_headers("viewer")
+    async with httpx.AsyncClient(timeout=30, headers=viewer) as http:
         stored = await http.put(
             f"{stack.url('trainer')}/datasets/{model}",
             content=csv,
-            headers={"content-type": "text/csv"},
+            headers={"content-type": "text/csv", **operator},
         )
         assert stored.status_code == 200, stored.text
         imported = await http.post(
             f"{stack.url('registry')}/models/{model}/versions",
             content=onnx_bytes,
-            headers={"content-type": "application/octet-stream", "X-Actor": "e2e"},
+            headers={"content-type": "application/octet-stream", **operator},
             params={"feature_names": ["age", "salary"], "holdout_uri": stored.json()["uri"]},
         )
         assert imported.status_code == 201, imported.text
@@ -346,6 +414,7 @@ async def test_a_model_trained_elsewhere_is_imported_judged_and_served(stack: St
         row = X[1300]
         answer = await http.post(
             f"{stack.url('scorer')}/v2/models/{model}/infer",
+            headers=operator,
             json={
                 "inputs": [
                     {"name": n, "shape": [1], "datatype": "FP64", "data": [float(v)]}

@@ -2,7 +2,8 @@
 
 ``up`` starts the protocol servers and the six services under the data folder (default
 ``.data``), runs the demo scenario (the whole closed loop, printed as a timeline) and leaves
-everything running. ``down`` stops what ``up`` started.
+everything running. ``down`` stops what ``up`` started. Authentication is on: ``up`` prints
+where the stack's API keys are (``<data>/keys/api_keys.json``) and how to call the APIs.
 """
 
 from __future__ import annotations
@@ -11,13 +12,22 @@ import argparse
 import asyncio
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
 import httpx
 
 from .simulator import ScenarioConfig, Upstream
-from .stack import SERVICES, Stack, build_stack, port_in_use, stop_recorded
+from .stack import (
+    API_KEY_ROLES,
+    SERVICES,
+    Stack,
+    api_keys_path,
+    build_stack,
+    port_in_use,
+    stop_recorded,
+)
 
 
 def _data_dir(args: argparse.Namespace) -> Path:
@@ -26,11 +36,16 @@ def _data_dir(args: argparse.Namespace) -> Path:
 
 def _pick_model_name(stack: Stack) -> str:
     """Reuse nothing: a demo run after a restart trains a fresh model beside the restored ones."""
-    models = httpx.get(f"{stack.url('registry')}/models", timeout=10).json()
+    viewer = stack.auth_headers("viewer")
+    listed = httpx.get(f"{stack.url('registry')}/models", headers=viewer, timeout=10)
+    listed.raise_for_status()
+    models = listed.json()
     names = {m["name"] for m in models}
     for m in models:
         champion = m.get("aliases", {}).get("champion")
-        ready = httpx.get(f"{stack.url('scorer')}/v2/models/{m['name']}/ready", timeout=10)
+        ready = httpx.get(
+            f"{stack.url('scorer')}/v2/models/{m['name']}/ready", headers=viewer, timeout=10
+        )
         state = "served again" if ready.status_code == 200 else f"NOT served ({ready.status_code})"
         print(f"restored   model {m['name']}: champion v{champion} {state} after the restart")
     name, n = "churn", 1
@@ -52,7 +67,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"ports in use: {', '.join(busy)} - stop what uses them (or `make down`)")
         return 1
     print(f"starting the embedded stack under {data} ...")
-    stack = build_stack(data, object_store=args.store)  # the defaults, nothing tuned
+    # the defaults, nothing tuned
+    stack = build_stack(data, object_store=args.store, auth=not args.no_auth)
     try:
         stack.start()
     except Exception as exc:
@@ -63,6 +79,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     print(f"all {len(SERVICES)} services ready:")
     for service in SERVICES:
         print(f"  {service:9s} {stack.url(service)}  (API docs: {stack.url(service)}/docs)")
+    auth = print_credentials(stack)
     if args.no_demo:
         return 0
     model = _pick_model_name(stack)
@@ -72,6 +89,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         stack.url("trainer"),
         stack.url("scorer"),
         ScenarioConfig(model_name=model, monitor_url=stack.url("monitor")),
+        api_key=stack.api_key("upstream"),
     )
     result = asyncio.run(upstream.run())
     loop_s = result.seconds("drift_onset", "new_champion_serving")
@@ -93,10 +111,29 @@ def cmd_up(args: argparse.Namespace) -> int:
         )
     print(f"{result.requests_sent} scoring requests, {result.labels_sent} labels published")
     print("\nthe stack keeps running; `make down` stops it. Try:")
-    print(f"  curl {stack.url('registry')}/models/{model}/audit")
-    print(f"  curl {stack.url('scorer')}/v2/models/{model}")
-    print(f"  curl {stack.url('monitor')}/models/{model}/status")
+    print(f"  curl{auth} {stack.url('registry')}/models/{model}/audit")
+    print(f"  curl{auth} {stack.url('scorer')}/v2/models/{model}")
+    print(f"  curl{auth} {stack.url('monitor')}/models/{model}/status")
     return 0 if result.completed else 2
+
+
+def print_credentials(stack: Stack) -> str:
+    """Where the stack's API keys are and how to use them; the curl option that presents the
+    key the printed example exports ("" with auth off)."""
+    if not stack.auth:
+        print("\nauthentication is off: the APIs answer anyone")
+        return ""
+    path = api_keys_path(stack.data_dir)
+    roles = ", ".join(f"{name} ({role})" for name, role in API_KEY_ROLES.items())
+    print(f"\nauthentication is on. The stack's API keys (kept across restarts): {path}")
+    print(f"  {roles}")
+    print("  the admin's key, then a call with it (health and /metrics need none):")
+    print(
+        "  export MODELBUS_KEY=$(python3 -c 'import json, sys; "
+        f'print(json.load(open(sys.argv[1]))["admin"]["key"])\' {shlex.quote(str(path))})'
+    )
+    print(f'  curl -H "Authorization: Bearer $MODELBUS_KEY" {stack.url("registry")}/models')
+    return ' -H "Authorization: Bearer $MODELBUS_KEY"'
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -131,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
         choices=("local", "s3"),
         default="local",
         help="artifact store: a local folder (persistent) or an S3 server (moto)",
+    )
+    up.add_argument(
+        "--no-auth", action="store_true", help="authentication off: the APIs answer anyone"
     )
     up.set_defaults(func=cmd_up)
     sub.add_parser("down", help="stop what `up` started").set_defaults(func=cmd_down)

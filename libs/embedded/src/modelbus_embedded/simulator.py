@@ -43,6 +43,7 @@ from modelbus_contracts import (
     decode,
     encode,
 )
+from modelbus_platform.auth import bearer
 
 FEATURES = ("tenure", "monthly_charges", "support_calls", "usage_drop", "plan")
 PLANS = ("basic", "standard", "premium")
@@ -191,7 +192,9 @@ def _num(value: float | None) -> str:
 
 
 class Upstream:
-    """Talks to modelbus only through Kafka (CloudEvents) and the services' HTTP APIs."""
+    """Talks to modelbus only through Kafka (CloudEvents) and the services' HTTP APIs, every
+    HTTP call with ``api_key`` (an ``operator`` key: it uploads datasets and predicts; None
+    when the services have auth off)."""
 
     def __init__(
         self,
@@ -200,8 +203,11 @@ class Upstream:
         scorer_url: str,
         config: ScenarioConfig,
         say: Callable[[str], None] = print,
+        *,
+        api_key: str | None,
     ) -> None:
         self.bootstrap = bootstrap
+        self.headers = bearer(api_key)
         self.trainer_url = trainer_url
         self.scorer_url = scorer_url
         self.cfg = config
@@ -335,7 +341,7 @@ class Upstream:
         for row, label in zip(rows, labels, strict=True):
             writer.writerow([_cell(row.get(f)) for f in self.features] + [_cell(label)])
         body = out.getvalue()
-        async with httpx.AsyncClient(timeout=30) as http:
+        async with httpx.AsyncClient(timeout=30, headers=self.headers) as http:
             response = await http.put(
                 f"{self.trainer_url}/datasets/{self.cfg.model_name}",
                 content=body,
@@ -355,6 +361,7 @@ class Upstream:
             await self.promoted.wait()
             while True:
                 ready = await http.get(f"{self.scorer_url}/v2/models/{self.cfg.model_name}/ready")
+                raise_if_refused(ready)
                 if ready.status_code == 200:
                     break
                 await asyncio.sleep(0.1)
@@ -367,10 +374,13 @@ class Upstream:
         (monitor API) until it is closed (recovered) or needs a human."""
         seen: set[tuple[str, str]] = set()
         deadline = time.monotonic() + self.cfg.recovery_timeout_s
-        async with httpx.AsyncClient(base_url=self.cfg.monitor_url or "", timeout=5) as http:
+        async with httpx.AsyncClient(
+            base_url=self.cfg.monitor_url or "", timeout=5, headers=self.headers
+        ) as http:
             while time.monotonic() < deadline:
                 await self._stream_batches(max(1, int(self.cfg.rate_per_s / 20)))
                 response = await http.get("/incidents", params={"model_name": self.cfg.model_name})
+                raise_if_refused(response)
                 incidents = response.json() if response.status_code == 200 else []
                 if not incidents:
                     continue
@@ -414,15 +424,22 @@ class Upstream:
                 self.mark("drift_onset")
                 self.line("DRIFT      upstream behaviour changed (concept drift injected)")
             await self._stream_batches(1)
-        async with httpx.AsyncClient(timeout=10) as http:
+        async with httpx.AsyncClient(timeout=10, headers=self.headers) as http:
             probe = await http.post(
                 f"{self.scorer_url}/v2/models/{self.cfg.model_name}/infer",
                 json={"inputs": [_v2_input(f, v) for f, v in self.sample(1)[0][0].items()]},
             )  # a missing value travels as null (the input of a nullable feature)
+            raise_if_refused(probe)
             if probe.status_code == 200:
                 self.line(
                     f"online     /v2 infer answered by version {probe.json().get('model_version')}"
                 )
+
+
+def raise_if_refused(response: httpx.Response) -> None:
+    """Raise if the call was refused for its credentials (401, 403): waiting will not help."""
+    if response.status_code in (401, 403):
+        response.raise_for_status()
 
 
 def _cell(value: Any) -> str:

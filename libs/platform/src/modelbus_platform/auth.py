@@ -134,6 +134,11 @@ class Unauthenticated(ApiError):
         super().__init__(401, message, "unauthenticated", headers=CHALLENGE)
 
 
+def bearer(api_key: str | None) -> dict[str, str]:
+    """The header a client presents ``api_key`` with (none without a key)."""
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
 def audit_actor(request: Request, claimed: str) -> str:
     """The actor an audit record names: the caller's identity when auth is on (a header or a
     body can claim anything), else what the request claims (auth off: as before)."""

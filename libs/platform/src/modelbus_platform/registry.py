@@ -25,6 +25,8 @@ from pydantic import BaseModel, ValidationError
 from modelbus_contracts.api import ModelView, RolloutView, VersionView
 from modelbus_contracts.policy import PolicyView
 
+from .auth import bearer
+
 V = TypeVar("V", bound=BaseModel)
 PING_TIMEOUT_S = 2.0
 
@@ -89,9 +91,11 @@ class RegistryClient:
         api_key: str | None = None,
     ) -> None:
         # with auth on at the registry, a service reads it with a key of its own (viewer role)
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
         self.client = httpx.AsyncClient(
-            base_url=base_url.rstrip("/"), timeout=timeout_s, transport=transport, headers=headers
+            base_url=base_url.rstrip("/"),
+            timeout=timeout_s,
+            transport=transport,
+            headers=bearer(api_key),
         )
 
     async def models(self) -> list[ModelView]:
