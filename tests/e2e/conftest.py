@@ -1,5 +1,5 @@
 """The whole stack with HTTP authentication on, for the suites that attack it (the OpenAPI fuzzer,
-the hostile run): six services, the Kafka-protocol broker, MongoDB-wire and S3 on free ports; a
+the hostile run): six services, the Kafka-protocol broker, MongoDB-wire and S3 on free ports;
 the stack's admin key the tests hold (only its hash is in the services' environment) and a viewer
 key per service it reads the registry with."""
 
