@@ -71,6 +71,37 @@ async def test_versions_are_unique_per_number_and_per_run(repo, unique):
     assert await repo.count_versions(model) == 1
 
 
+def with_artifact(doc: dict, sha: str) -> dict:
+    return {**doc, "artifact": {"sha256": sha}, "artifact_sha256": sha}
+
+
+async def test_one_version_per_artifact_and_versions_found_by_it(repo, unique):
+    model, sha = f"m-{unique}", "a" * 64
+    assert await repo.insert_version(with_artifact(version(model, 1, "run-a"), sha))
+    assert not await repo.insert_version(with_artifact(version(model, 2, "run-b"), sha))
+    assert await repo.insert_version(with_artifact(version(model, 2, "run-c"), "b" * 64))
+    assert await repo.insert_version(with_artifact(version(f"other-{unique}", 1, "run-b"), sha))
+    # versions stored before artifacts were unique have no artifact_sha256: never refused
+    assert await repo.insert_version({**version(model, 3, "run-d"), "artifact": {"sha256": sha}})
+    assert await repo.insert_version(version(model, 4, "run-e"))
+    assert await repo.insert_version(version(model, 5, "run-f"))
+    assert (await repo.find_version_by_artifact(model, sha))["version"] == 1  # the oldest
+    assert (await repo.find_version_by_artifact(model, "b" * 64))["run_id"] == "run-c"
+    assert await repo.find_version_by_artifact(model, "c" * 64) is None
+
+
+async def test_concurrent_inserts_of_one_artifact_have_one_winner(repo, unique):
+    model, sha = f"m-{unique}", "d" * 64
+    inserted = await asyncio.gather(
+        *(
+            repo.insert_version(with_artifact(version(model, n, f"run-{n}"), sha))
+            for n in range(1, 7)
+        )
+    )
+    assert sum(inserted) == 1
+    assert await repo.count_versions(model) == 1
+
+
 async def test_versions_list_oldest_first_and_update(repo, unique):
     model = f"m-{unique}"
     for n in (3, 1, 2):

@@ -47,6 +47,12 @@ class MongoRegistryRepository:
         await self.versions.create_index(
             [("model_name", ASCENDING), ("run_id", ASCENDING)], unique=True
         )
+        # one version per artifact: partial, so versions stored before the field have none
+        await self.versions.create_index(
+            [("model_name", ASCENDING), ("artifact_sha256", ASCENDING)],
+            unique=True,
+            partialFilterExpression={"artifact_sha256": {"$exists": True}},
+        )
         await self.policies.create_index(
             [("model_name", ASCENDING), ("revision", ASCENDING)], unique=True
         )
@@ -129,6 +135,11 @@ class MongoRegistryRepository:
 
     async def find_version_by_run(self, name: str, run_id: str) -> dict[str, Any] | None:
         return await self.versions.find_one({"model_name": name, "run_id": run_id}, NO_ID)
+
+    async def find_version_by_artifact(self, name: str, sha256: str) -> dict[str, Any] | None:
+        query = {"model_name": name, "artifact.sha256": sha256}
+        found = await self.versions.find(query, NO_ID).sort("version", ASCENDING).to_list(1)
+        return found[0] if found else None
 
     async def list_versions(self, name: str) -> list[dict[str, Any]]:
         cursor = self.versions.find({"model_name": name}, NO_ID).sort("version", ASCENDING)

@@ -392,6 +392,8 @@ def version_doc(event: ModelTrained, version: int, now: datetime) -> dict[str, A
         "version": version,
         "run_id": event.run_id,
         "artifact": event.artifact.model_dump(mode="json"),
+        # unique per model (a partial index: versions registered before it have none)
+        "artifact_sha256": event.artifact.sha256,
         "feature_names": list(event.feature_names),
         "metrics": dict(event.metrics),
         "lineage": event.lineage.model_dump(mode="json"),

@@ -52,12 +52,17 @@ class RegistryRepository(Protocol):
     # -- versions -----------------------------------------------------------------------------
 
     async def insert_version(self, doc: dict[str, Any], *, events: Sequence[Event] = ()) -> bool:
-        """False if (model_name, version) or (model_name, run_id) already exists (then nothing
-        is emitted)."""
+        """False if (model_name, version), (model_name, run_id) or, for a doc with one,
+        (model_name, artifact_sha256) already exists (then nothing is emitted): of two
+        concurrent inserts of the same artifact, one wins."""
 
     async def get_version(self, name: str, version: int) -> dict[str, Any] | None: ...
 
     async def find_version_by_run(self, name: str, run_id: str) -> dict[str, Any] | None: ...
+
+    async def find_version_by_artifact(self, name: str, sha256: str) -> dict[str, Any] | None:
+        """The model's version whose artifact has this sha256 (the oldest, for versions
+        registered before artifacts were unique)."""
 
     async def list_versions(self, name: str) -> list[dict[str, Any]]:
         """Oldest first."""

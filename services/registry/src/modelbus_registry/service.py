@@ -106,11 +106,16 @@ class RegistryService:
     # -- ModelTrained ---------------------------------------------------------------------------
 
     async def register(self, event: ModelTrained) -> ModelRegistered | None:
-        """Verify the artifact and register the next version; idempotent on (model, run_id)."""
+        """Verify the artifact and register the next version; idempotent on (model, run_id),
+        and one version per artifact: bytes identical to a version's make no new one."""
         name = event.model_name
         existing = await self.repo.find_version_by_run(name, event.run_id)
         if existing is not None:
             await self._registration_duplicate(event, existing)
+            return None
+        same = await self.repo.find_version_by_artifact(name, event.artifact.sha256)
+        if same is not None:
+            await self._duplicate_artifact(event, same)
             return None
         try:
             await self._check_trusted(name, event.artifact)
@@ -131,8 +136,12 @@ class RegistryService:
         doc = domain.version_doc(event, version, self.clock())
         registered = await self._registered_event(event, doc)
         if not await self.repo.insert_version(doc, events=[registered]):
-            # a concurrent delivery of the same run won
-            log.info("registration.lost_race", model=name, run_id=event.run_id, version=version)
+            # a concurrent delivery of the same run, or a run with the same artifact, won
+            same = await self.repo.find_version_by_artifact(name, event.artifact.sha256)
+            if same is not None and same["run_id"] != event.run_id:
+                await self._duplicate_artifact(event, same, lost_version=version)
+            else:
+                log.info("registration.lost_race", model=name, run_id=event.run_id, version=version)
             return None
         await self.events.notify()
         await self._audit(
@@ -157,6 +166,35 @@ class RegistryService:
             reason=f"run {event.run_id} is already version {existing['version']}",
         )
         log.info("registration.duplicate_run", model=event.model_name, run_id=event.run_id)
+
+    async def _duplicate_artifact(
+        self, event: ModelTrained, same: dict[str, Any], *, lost_version: int | None = None
+    ) -> None:
+        """A run whose artifact is byte-identical to version ``same``'s: no new version,
+        nothing emitted; audited with the version it duplicates."""
+        sha = event.artifact.sha256
+        reason = (
+            f"run {event.run_id}'s artifact (sha256 {sha[:12]}…) is byte-identical to version "
+            f"{same['version']}'s (run {same['run_id']}): no new version"
+        )
+        details = {**_trained_details(event), "existing_run_id": same["run_id"]}
+        if lost_version is not None:  # a concurrent registration of the same bytes won
+            details["unused_version_number"] = lost_version
+        await self._audit(
+            event.model_name,
+            "registration_duplicate_artifact",
+            version=same["version"],
+            cause=event,
+            reason=reason,
+            details=details,
+        )
+        log.info(
+            "registration.duplicate_artifact",
+            model=event.model_name,
+            run_id=event.run_id,
+            version=same["version"],
+            artifact_sha256=sha,
+        )
 
     async def _registered_event(self, event: ModelTrained, doc: dict[str, Any]) -> ModelRegistered:
         return event.caused(
@@ -321,12 +359,16 @@ class RegistryService:
             actor=actor,
             signature=signature,
         )
-        existing = await self.repo.find_version_by_run(name, event.run_id)
-        if existing is not None:
+        existing = await self.repo.find_version_by_run(
+            name, event.run_id
+        ) or await self.repo.find_version_by_artifact(name, digest)
+        if existing is not None:  # these bytes were imported, or trained, before
             return domain.version_view(existing), False
         registered = await self.register(event)
         if registered is None:
-            raced = await self.repo.find_version_by_run(name, event.run_id)
+            raced = await self.repo.find_version_by_run(
+                name, event.run_id
+            ) or await self.repo.find_version_by_artifact(name, digest)
             if raced is None:
                 raise ArtifactRejected("the imported artifact was refused (see the audit log)")
             return domain.version_view(raced), False

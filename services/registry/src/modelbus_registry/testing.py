@@ -73,8 +73,11 @@ class MemoryRegistryRepository:
 
     async def insert_version(self, doc: dict[str, Any], *, events: Sequence[Event] = ()) -> bool:
         name, version, run_id = doc["model_name"], doc["version"], doc["run_id"]
+        sha = doc.get("artifact_sha256")
         taken = (name, version) in self.versions or any(
-            v["model_name"] == name and v["run_id"] == run_id for v in self.versions.values()
+            v["model_name"] == name
+            and (v["run_id"] == run_id or (sha is not None and v.get("artifact_sha256") == sha))
+            for v in self.versions.values()
         )
         if taken:
             return False
@@ -88,6 +91,12 @@ class MemoryRegistryRepository:
     async def find_version_by_run(self, name: str, run_id: str) -> dict[str, Any] | None:
         for doc in self.versions.values():
             if doc["model_name"] == name and doc["run_id"] == run_id:
+                return copy.deepcopy(doc)
+        return None
+
+    async def find_version_by_artifact(self, name: str, sha256: str) -> dict[str, Any] | None:
+        for (n, _), doc in sorted(self.versions.items()):
+            if n == name and (doc.get("artifact") or {}).get("sha256") == sha256:
                 return copy.deepcopy(doc)
         return None
 
