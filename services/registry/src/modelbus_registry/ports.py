@@ -71,6 +71,24 @@ class RegistryRepository(Protocol):
 
     async def update_version(self, name: str, version: int, fields: dict[str, Any]) -> None: ...
 
+    async def versions_in_status(self, status: str, limit: int) -> list[dict[str, Any]]:
+        """Up to ``limit`` versions of any model in ``status``, by model name and version."""
+
+    async def sweep_version(
+        self,
+        name: str,
+        version: int,
+        reannounced: int,
+        fields: dict[str, Any],
+        *,
+        events: Sequence[Event] = (),
+    ) -> bool:
+        """Compare-and-set for the sweep of versions left ``registered``: set ``fields`` (with
+        ``events`` in the same write) only while the version is still ``registered`` and its
+        ``reannounced`` count is ``reannounced`` (``domain.version_doc`` starts it at 0; ``init``
+        gives it to versions stored without one). False if it moved (a verdict came, or another
+        replica swept it): nothing changed, nothing emitted."""
+
     # -- policies -----------------------------------------------------------------------------
 
     async def latest_policy(self, name: str) -> dict[str, Any] | None:

@@ -11,7 +11,7 @@ from typing import Any
 from modelbus_contracts import Event
 from modelbus_platform.testing import MemoryOutbox
 
-from .domain import new_model
+from .domain import STATUS_REGISTERED, new_model
 
 
 class MemoryRegistryRepository:
@@ -111,6 +111,28 @@ class MemoryRegistryRepository:
         doc = self.versions.get((name, version))
         if doc is not None:
             doc.update(copy.deepcopy(fields))
+
+    async def versions_in_status(self, status: str, limit: int) -> list[dict[str, Any]]:
+        docs = [v for _, v in sorted(self.versions.items()) if v.get("status") == status]
+        return copy.deepcopy(docs[:limit])
+
+    async def sweep_version(
+        self,
+        name: str,
+        version: int,
+        reannounced: int,
+        fields: dict[str, Any],
+        *,
+        events: Sequence[Event] = (),
+    ) -> bool:
+        doc = self.versions.get((name, version))
+        if doc is None or doc.get("status") != STATUS_REGISTERED:
+            return False
+        if doc.get("reannounced") != reannounced:  # a doc without the count: like MongoDB
+            return False
+        doc.update(copy.deepcopy(fields))
+        self.outbox.add(events)
+        return True
 
     async def latest_policy(self, name: str) -> dict[str, Any] | None:
         revisions = [r for (n, r) in self.policies if n == name]
