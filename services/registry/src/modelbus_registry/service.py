@@ -230,7 +230,7 @@ class RegistryService:
     # -- versions left in ``registered`` ----------------------------------------------------------
 
     async def sweep_registered(
-        self, *, timeout_s: float, max_reannounce: int, limit: int = 1000
+        self, *, timeout_s: float, max_reannounce: int, limit: int = 10_000
     ) -> list[tuple[str, int, str]]:
         """Nothing stays ``registered`` silently: a version without a verdict
         ``timeout_s`` after its announcement is announced again (a new event id, the current
