@@ -34,7 +34,10 @@ class VersionView(View):
     lineage: Lineage
     reference: dict[str, FeatureStats] = Field(default_factory=dict)
     signature: Signature | None = None
-    status: str = Field(description="registered | champion | previous | rejected | retired")
+    status: str = Field(
+        description="registered | champion | previous | rejected | retired | stale (no verdict "
+        "came, or it could not be applied: see the audit log)"
+    )
     created_at: datetime
     evaluation: dict[str, Any] | None = None
 

@@ -71,6 +71,79 @@ async def test_versions_are_unique_per_number_and_per_run(repo, unique):
     assert await repo.count_versions(model) == 1
 
 
+def with_artifact(doc: dict, sha: str) -> dict:
+    return {**doc, "artifact": {"sha256": sha}, "artifact_sha256": sha}
+
+
+async def test_one_version_per_artifact_and_versions_found_by_it(repo, unique):
+    model, sha = f"m-{unique}", "a" * 64
+    assert await repo.insert_version(with_artifact(version(model, 1, "run-a"), sha))
+    assert not await repo.insert_version(with_artifact(version(model, 2, "run-b"), sha))
+    assert await repo.insert_version(with_artifact(version(model, 2, "run-c"), "b" * 64))
+    assert await repo.insert_version(with_artifact(version(f"other-{unique}", 1, "run-b"), sha))
+    # versions stored before artifacts were unique have no artifact_sha256: never refused
+    assert await repo.insert_version({**version(model, 3, "run-d"), "artifact": {"sha256": sha}})
+    assert await repo.insert_version(version(model, 4, "run-e"))
+    assert await repo.insert_version(version(model, 5, "run-f"))
+    assert (await repo.find_version_by_artifact(model, sha))["version"] == 1  # the oldest
+    assert (await repo.find_version_by_artifact(model, "b" * 64))["run_id"] == "run-c"
+    assert await repo.find_version_by_artifact(model, "c" * 64) is None
+
+
+async def test_concurrent_inserts_of_one_artifact_have_one_winner(repo, unique):
+    model, sha = f"m-{unique}", "d" * 64
+    inserted = await asyncio.gather(
+        *(
+            repo.insert_version(with_artifact(version(model, n, f"run-{n}"), sha))
+            for n in range(1, 7)
+        )
+    )
+    assert sum(inserted) == 1
+    assert await repo.count_versions(model) == 1
+
+
+async def test_the_sweep_moves_a_registered_version_by_compare_and_set(repo, unique):
+    model = f"m-{unique}"
+    for n in (2, 1, 3):
+        await repo.insert_version({**version(model, n, f"run-{n}"), "reannounced": 0})
+    await repo.update_version(model, 3, {"status": "rejected"})
+    registered = [
+        (v["model_name"], v["version"])
+        for v in await repo.versions_in_status("registered", 1000)
+        if v["model_name"] == model
+    ]
+    assert registered == [(model, 1), (model, 2)]
+    # of four concurrent sweeps one moves it
+    moved = await asyncio.gather(
+        *(
+            repo.sweep_version(model, 1, 0, {"reannounced": 1, "announced_at": "t"})
+            for _ in range(4)
+        )
+    )
+    assert sum(moved) == 1
+    assert not await repo.sweep_version(model, 1, 0, {"reannounced": 1})  # count moved on
+    assert await repo.sweep_version(model, 1, 1, {"reannounced": 2})
+    assert not await repo.sweep_version(model, 3, 0, {"status": "stale"})  # not registered
+    assert await repo.sweep_version(model, 2, 0, {"status": "stale"})
+    assert not await repo.sweep_version(model, 2, 0, {"status": "stale"})
+    assert (await repo.get_version(model, 1))["reannounced"] == 2
+    assert (await repo.get_version(model, 2))["status"] == "stale"
+    assert (await repo.get_version(model, 3))["status"] == "rejected"
+
+
+@pytest.mark.integration
+async def test_init_gives_versions_stored_before_the_sweep_its_count(infra, unique):
+    client, db = connect_mongo(ServiceSettings(mongo_uri=infra.mongo_uri, mongo_db=f"o_{unique}"))
+    try:
+        await db["versions"].insert_one(version("old", 1, "run-1"))  # no count: an old version
+        repo = MongoRegistryRepository(db)
+        assert not await repo.sweep_version("old", 1, 0, {"status": "stale"})
+        await repo.init()
+        assert await repo.sweep_version("old", 1, 0, {"status": "stale"})
+    finally:
+        await client.close()
+
+
 async def test_versions_list_oldest_first_and_update(repo, unique):
     model = f"m-{unique}"
     for n in (3, 1, 2):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 import pytest
@@ -97,3 +98,33 @@ async def test_lock_is_exclusive_refreshable_and_stale_locks_are_taken_over(stor
     await locks.release("m", "r2")
     assert await locks.holder("m") is None
     assert await locks.acquire("m", "r3", T0, 60) is True
+
+
+def _claim(run_id: str, at=T0) -> dict:
+    return {"run_id": run_id, "trigger_event_id": f"e-{run_id}", "correlation_id": "c", "at": at}
+
+
+async def test_a_dedupe_key_is_claimed_once_even_concurrently(stores):
+    _, runs, _ = stores
+    won = await asyncio.gather(*(runs.insert_claim("k", _claim(f"r{i}")) for i in range(8)))
+    assert sum(won) == 1
+    holder = await runs.get_claim("k")
+    assert holder == _claim(f"r{won.index(True)}")  # the time comes back as it went in
+    assert await runs.get_claim("other") is None
+
+
+async def test_a_claim_is_replaced_only_by_compare_and_set_and_released_by_its_holder(stores):
+    _, runs, _ = stores
+    assert await runs.insert_claim("k", _claim("r1"))
+    later = T0 + timedelta(minutes=5)
+    outcomes = await asyncio.gather(
+        *(runs.replace_claim("k", "r1", _claim(f"t{i}", later)) for i in range(4))
+    )
+    assert sum(outcomes) == 1  # of four takers seeing r1, one wins
+    taker = (await runs.get_claim("k"))["run_id"]
+    assert not await runs.replace_claim("k", "r1", _claim("late", later))
+    await runs.release_claim("k", "r1")  # not the holder: no effect
+    assert (await runs.get_claim("k"))["run_id"] == taker
+    await runs.release_claim("k", taker)
+    assert await runs.get_claim("k") is None
+    assert await runs.insert_claim("k", _claim("r2"))

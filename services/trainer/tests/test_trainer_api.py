@@ -33,6 +33,7 @@ async def test_train_publishes_a_training_request(client_and_harness):
         "event_id": str(event.event_id),
         "correlation_id": str(event.correlation_id),
         "run_id": run_id_for(event.event_id),
+        "duplicate": False,
     }
     assert (event.reason, event.dataset_uri, event.seed) == ("api", "datasets/m/x.csv", 9)
     assert event.params == {"epochs": 10} and event.producer == "trainer"

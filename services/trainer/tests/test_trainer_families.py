@@ -42,7 +42,7 @@ async def _train(h: Harness, event: TrainingRequested) -> dict:
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 async def test_each_family_trains_deterministically_and_reproduces(family):
     params, fmt, ext = FAMILIES[family]
-    h = Harness(python_entry_points=[NB])
+    h = Harness(python_entry_points=[NB], train_dedupe_window_s=0)  # the same run twice
     if fmt and fmt.endswith(("river.v1", "pickle.v1")):  # an admin allowed this model pickles
         h.registry.set_policy("m", PICKLES)
     uri = await _put(h, "m")

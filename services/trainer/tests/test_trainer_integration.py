@@ -109,6 +109,31 @@ async def test_uploaded_dataset_and_request_produce_a_verified_model(trainer, in
     assert run["artifact"]["sha256"] == trained.artifact.sha256
 
 
+async def test_identical_requests_make_one_run_and_one_model(trainer, infra, unique):
+    """Commands deduplicated over the real bus and MongoDB: the API claims the run, the
+    consumer of its event finds the claim its own, the duplicates are answered with that run."""
+    client, _, _ = trainer
+    model = f"dup-{unique}"
+    csv = make_dataset(200, seed=7).to_csv_bytes()
+    put = await client.put(f"/datasets/{model}", content=csv, headers={"content-type": "text/csv"})
+    body = {"dataset_uri": put.json()["uri"], "seed": 1, "params": {"family": "logreg"}}
+    consumer = await _consumer(infra.kafka_bootstrap)
+    try:
+        answers = await asyncio.gather(
+            *(client.post(f"/models/{model}/train", json=body) for _ in range(3))
+        )
+        trained = await _next_trained(consumer, model)
+    finally:
+        await consumer.stop()
+    assert sorted(a.status_code for a in answers) == [200, 200, 202]
+    assert {a.json()["run_id"] for a in answers} == {trained.run_id}
+    assert sorted(a.json()["duplicate"] for a in answers) == [False, True, True]
+    runs = (await client.get("/runs", params={"model_name": model})).json()
+    assert [(r["run_id"], r["state"]) for r in runs] == [(trained.run_id, "succeeded")]
+    again = await client.post(f"/models/{model}/train", json=body)  # after the run: the same
+    assert again.status_code == 200 and again.json()["run_id"] == trained.run_id
+
+
 async def test_feedback_then_drift_retrains_on_the_feedback(trainer, infra, unique):
     client, _, _ = trainer
     model = f"drift-{unique}"

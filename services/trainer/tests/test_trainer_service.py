@@ -67,7 +67,7 @@ async def test_redelivered_trigger_creates_no_second_run():
 
 
 async def test_snapshots_are_written_only_once():
-    h = Harness()
+    h = Harness(train_dedupe_window_s=0)  # the same run twice
     uri = await _put(h, "m")
     await _train(h, TrainingRequested(model_name="m", dataset_uri=uri))
     puts = h.store.puts
@@ -87,7 +87,7 @@ async def test_bad_or_missing_dataset_fails_the_run_with_the_reason():
 
 
 async def test_same_data_params_and_seed_give_a_byte_identical_artifact():
-    h = Harness()
+    h = Harness(train_dedupe_window_s=0)  # the same run twice
     uri = await _put(h, "m")
     params = {"family": "logreg", "epochs": 150, "l2": 0.01}
     shas = []
@@ -206,6 +206,7 @@ async def test_drift_while_a_run_is_in_flight_is_skipped():
     h = Harness(drift_min_rows=1000, drift_wait_timeout_s=5, drift_cooldown_s=0)
     waiting = await h.service.on_drift(drift_event("m", h.clock.now))
     await asyncio.sleep(0.05)
+    h.clock.advance(1)  # another incident (the same one again would be a duplicate)
     skipped = await h.service.on_drift(drift_event("m", h.clock.now))
     assert skipped["state"] == "skipped"
     assert waiting["run_id"] in skipped["reason"]
@@ -361,7 +362,7 @@ async def test_an_incidents_later_attempts_take_a_growing_window_from_its_onset(
 async def test_a_run_never_replaces_a_stored_artifact_with_other_bytes():
     """Artifacts are write-once: if the bytes under the artifact's sha256 key were replaced,
     the next run that produces that artifact fails with the reason and announces nothing."""
-    h = Harness()
+    h = Harness(train_dedupe_window_s=0)  # the same run twice
     uri = await _put(h, "m")
     first = await _train(h, TrainingRequested(model_name="m", dataset_uri=uri, seed=1))
     assert first["state"] == "succeeded"

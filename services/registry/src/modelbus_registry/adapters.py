@@ -18,7 +18,7 @@ from modelbus_contracts import Event
 from modelbus_platform.outbox import FIELD, PENDING, MongoOutbox, outbox_doc, outbox_set
 from modelbus_platform.stores import mongo_ping
 
-from .domain import new_model
+from .domain import STATUS_REGISTERED, new_model
 
 NO_ID = {"_id": 0, FIELD: 0, PENDING: 0}
 
@@ -46,6 +46,17 @@ class MongoRegistryRepository:
         )
         await self.versions.create_index(
             [("model_name", ASCENDING), ("run_id", ASCENDING)], unique=True
+        )
+        # one version per artifact: partial, so versions stored before the field have none
+        await self.versions.create_index(
+            [("model_name", ASCENDING), ("artifact_sha256", ASCENDING)],
+            unique=True,
+            partialFilterExpression={"artifact_sha256": {"$exists": True}},
+        )
+        await self.versions.create_index([("status", ASCENDING)])
+        # versions stored before the sweep get its count (it compares by equality)
+        await self.versions.update_many(
+            {"reannounced": {"$exists": False}}, {"$set": {"reannounced": 0}}
         )
         await self.policies.create_index(
             [("model_name", ASCENDING), ("revision", ASCENDING)], unique=True
@@ -130,6 +141,11 @@ class MongoRegistryRepository:
     async def find_version_by_run(self, name: str, run_id: str) -> dict[str, Any] | None:
         return await self.versions.find_one({"model_name": name, "run_id": run_id}, NO_ID)
 
+    async def find_version_by_artifact(self, name: str, sha256: str) -> dict[str, Any] | None:
+        query = {"model_name": name, "artifact.sha256": sha256}
+        found = await self.versions.find(query, NO_ID).sort("version", ASCENDING).to_list(1)
+        return found[0] if found else None
+
     async def list_versions(self, name: str) -> list[dict[str, Any]]:
         cursor = self.versions.find({"model_name": name}, NO_ID).sort("version", ASCENDING)
         return await cursor.to_list(None)
@@ -139,6 +155,33 @@ class MongoRegistryRepository:
 
     async def update_version(self, name: str, version: int, fields: dict[str, Any]) -> None:
         await self.versions.update_one({"model_name": name, "version": version}, {"$set": fields})
+
+    async def versions_in_status(self, status: str, limit: int) -> list[dict[str, Any]]:
+        cursor = self.versions.find({"status": status}, NO_ID)
+        docs = await cursor.sort([("model_name", ASCENDING), ("version", ASCENDING)]).to_list(limit)
+        return docs[:limit]
+
+    async def sweep_version(
+        self,
+        name: str,
+        version: int,
+        reannounced: int,
+        fields: dict[str, Any],
+        *,
+        events: Sequence[Event] = (),
+    ) -> bool:
+        # equality only: nx-27017 lets concurrent writers through an ``$or``/``$exists`` filter
+        # (hence the count given to every version by ``init``)
+        query = {
+            "model_name": name,
+            "version": version,
+            "status": STATUS_REGISTERED,
+            "reannounced": reannounced,
+        }
+        moved = await self.versions.find_one_and_update(
+            query, {"$set": {**fields, **outbox_set(events)}}, projection={"_id": 1}
+        )
+        return moved is not None
 
     async def latest_policy(self, name: str) -> dict[str, Any] | None:
         cursor = self.policies.find({"model_name": name}, NO_ID).sort("revision", DESCENDING)

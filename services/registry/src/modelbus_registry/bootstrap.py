@@ -5,6 +5,7 @@ group, then the outbox relay."""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from prometheus_client import Counter
@@ -21,7 +22,7 @@ from modelbus_contracts import (
 )
 from modelbus_platform.auth import key_admin_router
 from modelbus_platform.dlq import DeadLetters, dlq_router
-from modelbus_platform.kit import Kit, Resource, ServiceSpec, Subscription, Wiring
+from modelbus_platform.kit import Kit, Resource, ServiceSpec, Subscription, Task, Wiring
 from modelbus_platform.kit import build_app as build_service_app
 from modelbus_platform.metrics import Metrics
 
@@ -56,6 +57,15 @@ def wire(kit: Kit) -> Wiring:
         on_decision=lambda action: metrics.decisions.labels(action).inc(),
         trust=kit.artifact_trust(),
     )
+    tasks = []
+    if settings.registered_timeout_s > 0:
+        sweep = partial(
+            service.run_sweeps,
+            settings.registered_sweep_interval_s,
+            settings.registered_timeout_s,
+            settings.registered_reannounce_max,
+        )
+        tasks.append(Task("registered-sweep", sweep))
     return Wiring(
         context=service,
         routers=[
@@ -65,6 +75,7 @@ def wire(kit: Kit) -> Wiring:
         ],
         configure_app=lambda app: app.allow_uploads(IMPORT_UPLOADS),
         resources=[Resource("registry-indexes", start=repo.init)],
+        tasks=tasks,
     )
 
 

@@ -16,3 +16,18 @@ class RegistrySettings(ServiceSettings):
     audit_page_limit: int = Field(
         default=1000, ge=1, description="most audit records one API call may return"
     )
+    registered_timeout_s: float = Field(
+        default=900.0,
+        ge=0,
+        description="a version still 'registered' this long after its ModelRegistered went out "
+        "(and not awaiting approval or rolling out) is swept: re-announced without a verdict, "
+        "else marked 'stale' (0: no sweep)",
+    )
+    registered_reannounce_max: int = Field(
+        default=3,
+        ge=0,
+        description="re-announcements of a version without a verdict before it is 'stale'",
+    )
+    registered_sweep_interval_s: float = Field(
+        default=60.0, gt=0, description="how often versions left 'registered' are swept"
+    )

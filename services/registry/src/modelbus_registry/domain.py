@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from modelbus_contracts import (
@@ -32,6 +32,9 @@ STATUS_CHAMPION = "champion"
 STATUS_PREVIOUS = "previous"
 STATUS_REJECTED = "rejected"
 STATUS_RETIRED = "retired"
+# registered, and no verdict came (or the verdict could not be applied) within the sweep's
+# timeout and re-announcements: see ``sweep_action``
+STATUS_STALE = "stale"
 
 
 class RegistryError(Exception):
@@ -392,6 +395,8 @@ def version_doc(event: ModelTrained, version: int, now: datetime) -> dict[str, A
         "version": version,
         "run_id": event.run_id,
         "artifact": event.artifact.model_dump(mode="json"),
+        # unique per model (a partial index: versions registered before it have none)
+        "artifact_sha256": event.artifact.sha256,
         "feature_names": list(event.feature_names),
         "metrics": dict(event.metrics),
         "lineage": event.lineage.model_dump(mode="json"),
@@ -403,7 +408,83 @@ def version_doc(event: ModelTrained, version: int, now: datetime) -> dict[str, A
         "evaluation": None,
         "registered_by": str(event.event_id),
         "correlation_id": str(event.correlation_id),
+        "reannounced": 0,  # times the sweep announced it again (``sweep_action``)
     }
+
+
+# --- versions left in ``registered`` -----------------------------------------------------------
+
+
+def as_utc(value: datetime | str) -> datetime:
+    """A stored time as an aware UTC datetime (a store may hand back a naive one, or a string)."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def reannouncements(doc: dict[str, Any]) -> int:
+    return int(doc.get("reannounced") or 0)
+
+
+def last_announced(doc: dict[str, Any]) -> datetime:
+    """When the version's ModelRegistered last went out: registration, or the last
+    re-announcement."""
+    return as_utc(doc.get("announced_at") or doc["created_at"])
+
+
+def reannounce_id(doc: dict[str, Any], attempt: int) -> uuid.UUID:
+    """The id of a version's ``attempt``-th re-announced ModelRegistered: new (a consumer's
+    ledger would skip the first id), and the same for two registry replicas sweeping at once."""
+    return uuid.uuid5(uuid.UUID(doc["registered_by"]), f"model.registered.v1/reannounce/{attempt}")
+
+
+@dataclass(frozen=True)
+class SweepAction:
+    action: str  # "reannounce" | "stale"
+    reason: str
+
+
+def sweep_action(
+    doc: dict[str, Any],
+    aliases: dict[str, int | None],
+    now: datetime,
+    timeout_s: float,
+    max_reannounce: int,
+) -> SweepAction | None:
+    """What the sweep does with a version, or None: only a version still ``registered``
+    ``timeout_s`` after its last announcement is stuck, unless it waits for a person (a
+    ``pending_approval`` verdict) or is rolling out (the challenger). With no verdict its
+    ModelRegistered is re-announced, up to ``max_reannounce`` times, then it is ``stale``; with
+    a verdict the registry could not apply (a promotion refused or in conflict, a rollout
+    refused, an artifact that fails verification) it is ``stale`` at once: the deployer decides
+    once per version, so nothing would change it."""
+    if doc.get("status") != STATUS_REGISTERED:
+        return None
+    decision = (doc.get("evaluation") or {}).get("decision")
+    if decision == "pending_approval" or aliases.get("challenger") == doc["version"]:
+        return None
+    waited = (now - last_announced(doc)).total_seconds()
+    if waited < timeout_s:
+        return None
+    done = reannouncements(doc)
+    if decision is None and done < max_reannounce:
+        return SweepAction(
+            "reannounce",
+            f"no verdict {waited:.0f}s after version {doc['version']} was announced: "
+            f"ModelRegistered re-announced ({done + 1} of {max_reannounce})",
+        )
+    if decision is None:
+        return SweepAction(
+            "stale",
+            f"no verdict from the deployer {waited:.0f}s after version {doc['version']} was "
+            f"announced, {done} re-announcement(s) included: check the deployer's decision on "
+            "it and model.registered.v1's dead letters",
+        )
+    return SweepAction(
+        "stale",
+        f"the deployer's verdict {decision!r} on version {doc['version']} could not be "
+        f"applied: it is neither champion nor challenger {waited:.0f}s after it was announced",
+    )
 
 
 def evaluation_doc(event: ModelEvaluated, now: datetime) -> dict[str, Any]:

@@ -52,12 +52,17 @@ class RegistryRepository(Protocol):
     # -- versions -----------------------------------------------------------------------------
 
     async def insert_version(self, doc: dict[str, Any], *, events: Sequence[Event] = ()) -> bool:
-        """False if (model_name, version) or (model_name, run_id) already exists (then nothing
-        is emitted)."""
+        """False if (model_name, version), (model_name, run_id) or, for a doc with one,
+        (model_name, artifact_sha256) already exists (then nothing is emitted): of two
+        concurrent inserts of the same artifact, one wins."""
 
     async def get_version(self, name: str, version: int) -> dict[str, Any] | None: ...
 
     async def find_version_by_run(self, name: str, run_id: str) -> dict[str, Any] | None: ...
+
+    async def find_version_by_artifact(self, name: str, sha256: str) -> dict[str, Any] | None:
+        """The model's version whose artifact has this sha256 (the oldest, for versions
+        registered before artifacts were unique)."""
 
     async def list_versions(self, name: str) -> list[dict[str, Any]]:
         """Oldest first."""
@@ -65,6 +70,24 @@ class RegistryRepository(Protocol):
     async def count_versions(self, name: str) -> int: ...
 
     async def update_version(self, name: str, version: int, fields: dict[str, Any]) -> None: ...
+
+    async def versions_in_status(self, status: str, limit: int) -> list[dict[str, Any]]:
+        """Up to ``limit`` versions of any model in ``status``, by model name and version."""
+
+    async def sweep_version(
+        self,
+        name: str,
+        version: int,
+        reannounced: int,
+        fields: dict[str, Any],
+        *,
+        events: Sequence[Event] = (),
+    ) -> bool:
+        """Compare-and-set for the sweep of versions left ``registered``: set ``fields`` (with
+        ``events`` in the same write) only while the version is still ``registered`` and its
+        ``reannounced`` count is ``reannounced`` (``domain.version_doc`` starts it at 0; ``init``
+        gives it to versions stored without one). False if it moved (a verdict came, or another
+        replica swept it): nothing changed, nothing emitted."""
 
     # -- policies -----------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import uuid
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
@@ -82,6 +83,14 @@ log = structlog.get_logger(__name__)
 
 EVENT_ACTOR = "registry"
 API_ACTOR = "registry-api"
+# audit actions that keep a deployer's verdict from applying to a version
+REFUSALS = (
+    "promotion_refused",
+    "promotion_conflict",
+    "rollout_refused",
+    "rollout_conflict",
+    "artifact_unverified",
+)
 
 
 class RegistryService:
@@ -106,11 +115,16 @@ class RegistryService:
     # -- ModelTrained ---------------------------------------------------------------------------
 
     async def register(self, event: ModelTrained) -> ModelRegistered | None:
-        """Verify the artifact and register the next version; idempotent on (model, run_id)."""
+        """Verify the artifact and register the next version; idempotent on (model, run_id),
+        and one version per artifact: bytes identical to a version's make no new one."""
         name = event.model_name
         existing = await self.repo.find_version_by_run(name, event.run_id)
         if existing is not None:
             await self._registration_duplicate(event, existing)
+            return None
+        same = await self.repo.find_version_by_artifact(name, event.artifact.sha256)
+        if same is not None:
+            await self._duplicate_artifact(event, same)
             return None
         try:
             await self._check_trusted(name, event.artifact)
@@ -129,10 +143,16 @@ class RegistryService:
             return None
         version = await self.repo.allocate_version(name, self.clock())
         doc = domain.version_doc(event, version, self.clock())
-        registered = await self._registered_event(event, doc)
+        registered = await self._registered_event(
+            doc, domain.follow_up_id(event, ModelRegistered.event_type)
+        )
         if not await self.repo.insert_version(doc, events=[registered]):
-            # a concurrent delivery of the same run won
-            log.info("registration.lost_race", model=name, run_id=event.run_id, version=version)
+            # a concurrent delivery of the same run, or a run with the same artifact, won
+            same = await self.repo.find_version_by_artifact(name, event.artifact.sha256)
+            if same is not None and same["run_id"] != event.run_id:
+                await self._duplicate_artifact(event, same, lost_version=version)
+            else:
+                log.info("registration.lost_race", model=name, run_id=event.run_id, version=version)
             return None
         await self.events.notify()
         await self._audit(
@@ -158,21 +178,143 @@ class RegistryService:
         )
         log.info("registration.duplicate_run", model=event.model_name, run_id=event.run_id)
 
-    async def _registered_event(self, event: ModelTrained, doc: dict[str, Any]) -> ModelRegistered:
-        return event.caused(
-            ModelRegistered,
-            producer=EVENT_ACTOR,
-            event_id=domain.follow_up_id(event, ModelRegistered.event_type),
-            model_name=event.model_name,
-            version=doc["version"],
-            run_id=event.run_id,
-            artifact=event.artifact,
-            feature_names=event.feature_names,
-            metrics=event.metrics,
-            lineage=event.lineage,
-            signature=event.signature,
-            champion=await self._champion_summary(event.model_name, doc["version"]),
+    async def _duplicate_artifact(
+        self, event: ModelTrained, same: dict[str, Any], *, lost_version: int | None = None
+    ) -> None:
+        """A run whose artifact is byte-identical to version ``same``'s: no new version,
+        nothing emitted; audited with the version it duplicates."""
+        sha = event.artifact.sha256
+        reason = (
+            f"run {event.run_id}'s artifact (sha256 {sha[:12]}…) is byte-identical to version "
+            f"{same['version']}'s (run {same['run_id']}): no new version"
         )
+        details = {**_trained_details(event), "existing_run_id": same["run_id"]}
+        if lost_version is not None:  # a concurrent registration of the same bytes won
+            details["unused_version_number"] = lost_version
+        await self._audit(
+            event.model_name,
+            "registration_duplicate_artifact",
+            version=same["version"],
+            cause=event,
+            reason=reason,
+            details=details,
+        )
+        log.info(
+            "registration.duplicate_artifact",
+            model=event.model_name,
+            run_id=event.run_id,
+            version=same["version"],
+            artifact_sha256=sha,
+        )
+
+    async def _registered_event(self, doc: dict[str, Any], event_id: uuid.UUID) -> ModelRegistered:
+        """The ModelRegistered announcing version ``doc``, caused by the ModelTrained that
+        registered it, with the champion as it is now (what the deployer compares against)."""
+        view = domain.version_view(doc)
+        return ModelRegistered(
+            event_id=event_id,
+            producer=EVENT_ACTOR,
+            correlation_id=doc["correlation_id"],
+            causation_id=doc["registered_by"],
+            model_name=view.model_name,
+            version=view.version,
+            run_id=view.run_id,
+            artifact=view.artifact,
+            feature_names=view.feature_names,
+            metrics=view.metrics,
+            lineage=view.lineage,
+            signature=view.signature,
+            champion=await self._champion_summary(view.model_name, view.version),
+        )
+
+    # -- versions left in ``registered`` ----------------------------------------------------------
+
+    async def sweep_registered(
+        self, *, timeout_s: float, max_reannounce: int, limit: int = 10_000
+    ) -> list[tuple[str, int, str]]:
+        """Nothing stays ``registered`` silently: a version without a verdict
+        ``timeout_s`` after its announcement is announced again (a new event id, the current
+        champion), up to ``max_reannounce`` times, then marked ``stale``; one whose verdict
+        could not be applied is ``stale`` (``domain.sweep_action``). Each step is a
+        compare-and-set on the version (replicas sweep at once safely) and audited with its
+        reason. Returns what it did: (model, version, action)."""
+        now = self.clock()
+        aliases: dict[str, dict[str, int | None]] = {}
+        done: list[tuple[str, int, str]] = []
+        for doc in await self.repo.versions_in_status(domain.STATUS_REGISTERED, limit):
+            name = doc["model_name"]
+            if name not in aliases:
+                aliases[name] = await self._current_aliases(name)
+            step = domain.sweep_action(doc, aliases[name], now, timeout_s, max_reannounce)
+            if step is None:
+                continue
+            if step.action == "reannounce":
+                acted = await self._reannounce(doc, step.reason, now)
+            else:
+                acted = await self._mark_stale(doc, step.reason, now)
+            if acted:
+                done.append((name, doc["version"], step.action))
+        return done
+
+    async def _reannounce(self, doc: dict[str, Any], reason: str, now: datetime) -> bool:
+        name, version, before = doc["model_name"], doc["version"], domain.reannouncements(doc)
+        event = await self._registered_event(doc, domain.reannounce_id(doc, before + 1))
+        fields = {"reannounced": before + 1, "announced_at": now.isoformat()}
+        if not await self.repo.sweep_version(name, version, before, fields, events=[event]):
+            return False  # a verdict came, or another replica swept it
+        await self.events.notify()
+        await self._audit(
+            name,
+            "registration_reannounced",
+            version=version,
+            reason=reason,
+            details={
+                "attempt": before + 1,
+                "emitted_event_id": str(event.event_id),
+                "first_announced_at": domain.as_utc(doc["created_at"]).isoformat(),
+            },
+        )
+        log.warning("registration.reannounced", model=name, version=version, attempt=before + 1)
+        return True
+
+    async def _mark_stale(self, doc: dict[str, Any], reason: str, now: datetime) -> bool:
+        name, version = doc["model_name"], doc["version"]
+        refusal = await self._last_refusal(name, version)
+        if refusal is not None:
+            reason = f"{reason}; {refusal.action}: {refusal.reason}"
+        fields = {"status": domain.STATUS_STALE, "stale_at": now.isoformat()}
+        if not await self.repo.sweep_version(name, version, domain.reannouncements(doc), fields):
+            return False
+        await self._audit(
+            name,
+            "version_stale",
+            version=version,
+            reason=reason,
+            details={
+                "reannounced": domain.reannouncements(doc),
+                "decision": (doc.get("evaluation") or {}).get("decision"),
+                "refusal": refusal.action if refusal else None,
+            },
+        )
+        log.warning("registration.stale", model=name, version=version, reason=reason)
+        return True
+
+    async def _last_refusal(self, name: str, version: int) -> AuditRecord | None:
+        """The newest audit record of what kept the verdict on ``version`` from applying."""
+        for record in await self.audit(name, 500):
+            if record.version == version and record.action in REFUSALS:
+                return record
+        return None
+
+    async def run_sweeps(self, interval_s: float, timeout_s: float, max_reannounce: int) -> None:
+        """The background task: ``sweep_registered`` every ``interval_s`` (a failed sweep is
+        logged and the next one runs)."""
+        while True:
+            try:
+                await self.sweep_registered(timeout_s=timeout_s, max_reannounce=max_reannounce)
+            except Exception:
+                log.exception("registration.sweep_failed")
+            await asyncio.sleep(interval_s)
 
     async def _champion_summary(self, name: str, exclude: int) -> ModelSummary | None:
         model = await self.repo.get_model(name)
@@ -321,12 +463,16 @@ class RegistryService:
             actor=actor,
             signature=signature,
         )
-        existing = await self.repo.find_version_by_run(name, event.run_id)
-        if existing is not None:
+        existing = await self.repo.find_version_by_run(
+            name, event.run_id
+        ) or await self.repo.find_version_by_artifact(name, digest)
+        if existing is not None:  # these bytes were imported, or trained, before
             return domain.version_view(existing), False
         registered = await self.register(event)
         if registered is None:
-            raced = await self.repo.find_version_by_run(name, event.run_id)
+            raced = await self.repo.find_version_by_run(
+                name, event.run_id
+            ) or await self.repo.find_version_by_artifact(name, digest)
             if raced is None:
                 raise ArtifactRejected("the imported artifact was refused (see the audit log)")
             return domain.version_view(raced), False
@@ -594,7 +740,7 @@ class RegistryService:
             return None
 
     async def _reject(self, event: ModelEvaluated, doc: dict[str, Any]) -> None:
-        if doc["status"] == domain.STATUS_REGISTERED:
+        if doc["status"] in (domain.STATUS_REGISTERED, domain.STATUS_STALE):
             await self.repo.update_version(
                 event.model_name, event.version, {"status": domain.STATUS_REJECTED}
             )

@@ -11,7 +11,7 @@ from typing import Any
 from modelbus_contracts import Event
 from modelbus_platform.testing import MemoryOutbox
 
-from .domain import new_model
+from .domain import STATUS_REGISTERED, new_model
 
 
 class MemoryRegistryRepository:
@@ -73,8 +73,11 @@ class MemoryRegistryRepository:
 
     async def insert_version(self, doc: dict[str, Any], *, events: Sequence[Event] = ()) -> bool:
         name, version, run_id = doc["model_name"], doc["version"], doc["run_id"]
+        sha = doc.get("artifact_sha256")
         taken = (name, version) in self.versions or any(
-            v["model_name"] == name and v["run_id"] == run_id for v in self.versions.values()
+            v["model_name"] == name
+            and (v["run_id"] == run_id or (sha is not None and v.get("artifact_sha256") == sha))
+            for v in self.versions.values()
         )
         if taken:
             return False
@@ -91,6 +94,12 @@ class MemoryRegistryRepository:
                 return copy.deepcopy(doc)
         return None
 
+    async def find_version_by_artifact(self, name: str, sha256: str) -> dict[str, Any] | None:
+        for (n, _), doc in sorted(self.versions.items()):
+            if n == name and (doc.get("artifact") or {}).get("sha256") == sha256:
+                return copy.deepcopy(doc)
+        return None
+
     async def list_versions(self, name: str) -> list[dict[str, Any]]:
         docs = [v for (n, _), v in sorted(self.versions.items()) if n == name]
         return copy.deepcopy(docs)
@@ -102,6 +111,28 @@ class MemoryRegistryRepository:
         doc = self.versions.get((name, version))
         if doc is not None:
             doc.update(copy.deepcopy(fields))
+
+    async def versions_in_status(self, status: str, limit: int) -> list[dict[str, Any]]:
+        docs = [v for _, v in sorted(self.versions.items()) if v.get("status") == status]
+        return copy.deepcopy(docs[:limit])
+
+    async def sweep_version(
+        self,
+        name: str,
+        version: int,
+        reannounced: int,
+        fields: dict[str, Any],
+        *,
+        events: Sequence[Event] = (),
+    ) -> bool:
+        doc = self.versions.get((name, version))
+        if doc is None or doc.get("status") != STATUS_REGISTERED:
+            return False
+        if doc.get("reannounced") != reannounced:  # a doc without the count: like MongoDB
+            return False
+        doc.update(copy.deepcopy(fields))
+        self.outbox.add(events)
+        return True
 
     async def latest_policy(self, name: str) -> dict[str, Any] | None:
         revisions = [r for (n, r) in self.policies if n == name]

@@ -194,6 +194,7 @@ RUN_VIEW = {"_id": 0, FIELD: 0, PENDING: 0}
 class MongoRunStore:
     def __init__(self, db: AsyncDatabase, collection: str = "runs") -> None:
         self.col = db[collection]
+        self.claims = db[f"{collection}_claims"]  # _id: the dedupe key
         self.outbox = MongoOutbox(self.col)
 
     async def init(self) -> None:
@@ -239,6 +240,25 @@ class MongoRunStore:
         cursor = self.col.find(query, {"_id": 0}).sort("created_at", DESCENDING).limit(1)
         docs = await cursor.to_list(length=1)
         return from_stored_time(docs[0]["created_at"]) if docs else None
+
+    async def insert_claim(self, key: str, claim: dict[str, Any]) -> bool:
+        try:
+            await self.claims.insert_one({**_store_times(claim), "_id": key})
+        except DuplicateKeyError:
+            return False
+        return True
+
+    async def get_claim(self, key: str) -> dict[str, Any] | None:
+        return _load_times(await self.claims.find_one({"_id": key}, {"_id": 0}), ("at",))
+
+    async def replace_claim(self, key: str, holder_run_id: str, claim: dict[str, Any]) -> bool:
+        taken = await self.claims.find_one_and_update(
+            {"_id": key, "run_id": holder_run_id}, {"$set": _store_times(claim)}
+        )
+        return taken is not None
+
+    async def release_claim(self, key: str, run_id: str) -> None:
+        await self.claims.delete_one({"_id": key, "run_id": run_id})
 
 
 class MongoLockStore:

@@ -3,9 +3,10 @@ Refusals are ``ErrorBody`` with a reason (``bad_dataset``, ``unknown_run``, ...)
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.encoders import jsonable_encoder
 from pydantic import BaseModel, Field, ValidationError
 
@@ -14,7 +15,6 @@ from modelbus_ml import DatasetError
 from modelbus_platform.http import ApiError, ModelName, error_responses
 from modelbus_platform.stores import ObjectConflict
 
-from .domain import run_id_for
 from .reproduce import ReproduceFailed
 from .service import TrainerService
 
@@ -43,9 +43,15 @@ class TrainRequest(BaseModel):
 
 
 class TrainAccepted(BaseModel):
-    event_id: str
+    event_id: str = Field(description="the TrainingRequested (a duplicate's: the existing run's)")
     correlation_id: str
     run_id: str
+    duplicate: bool = Field(
+        default=False,
+        description="true: the same model, data, params and seed as a run made within "
+        "train_dedupe_window_s that is pending, running or succeeded; that run is the answer "
+        "and nothing was published",
+    )
 
 
 class DatasetStored(BaseModel):
@@ -70,21 +76,29 @@ def _service(request: Request) -> TrainerService:
     "/models/{name}/train",
     status_code=202,
     response_model=TrainAccepted,
-    summary="Publish a TrainingRequested for this model",
-    responses=error_responses({422: "validation_error: a bad name, body or params"}),
+    summary="Publish a TrainingRequested for this model (unless an identical run is recent)",
+    responses={
+        200: {
+            "model": TrainAccepted,
+            "description": "duplicate: the identical run made within the dedupe window",
+        },
+        **error_responses({422: "validation_error: a bad name, body or params"}),
+    },
 )
-async def train(name: ModelName, body: TrainRequest, request: Request) -> TrainAccepted:
+async def train(
+    name: ModelName, body: TrainRequest, request: Request, response: Response
+) -> TrainAccepted:
+    """202 with the run the request makes; 200 with the existing run (``duplicate``) when the
+    same model, data, params and seed were asked for within ``train_dedupe_window_s``."""
     try:
-        event = await _service(request).request_training(
+        accepted = await _service(request).request_training(
             name, dataset_uri=body.dataset_uri, params=body.params, seed=body.seed
         )
     except ValidationError as exc:
         raise ApiError.invalid(exc.errors()) from exc
-    return TrainAccepted(
-        event_id=str(event.event_id),
-        correlation_id=str(event.correlation_id),
-        run_id=run_id_for(event.event_id),
-    )
+    if accepted.duplicate:
+        response.status_code = 200
+    return TrainAccepted(**asdict(accepted))
 
 
 @router.put(

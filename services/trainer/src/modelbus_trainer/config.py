@@ -64,6 +64,13 @@ class TrainerSettings(ServiceSettings):
     drift_window_back_max_rows: int = Field(
         default=2000, ge=0, description="cap on the rows taken from before onset_at ('adwin')"
     )
+    train_dedupe_window_s: float = Field(
+        default=600.0,
+        ge=0,
+        description="a training trigger (API, bus, schedule, drift) with the same model, data, "
+        "effective params and seed as a run created less than this many seconds ago that is "
+        "pending, running or succeeded makes no new run (0: every trigger runs)",
+    )
     model_params: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description='per-model default params incl. family, JSON: {"churn": {"family": "river", '

@@ -7,6 +7,8 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import json
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -93,6 +95,15 @@ def scheduled_event(fire: Fire[ScheduleSpec], producer: str = "trainer") -> Trai
 
 def dataset_key(model_name: str, sha256: str) -> str:
     return f"datasets/{model_name}/{sha256}.csv"
+
+
+DATASET_KEY = re.compile(r"datasets/[^/]+/([0-9a-f]{64})\.csv")
+
+
+def content_address(key: str) -> str | None:
+    """The sha256 a content-addressed snapshot's key names (``dataset_key``), else None."""
+    found = DATASET_KEY.fullmatch(key)
+    return found.group(1) if found else None
 
 
 ARTIFACT_SUFFIX = {LOGREG_FORMAT: "json", ONNX_FORMAT: "onnx"}
@@ -232,6 +243,58 @@ def new_run(
         "lineage": None,
         "selection": None,
     }
+
+
+def training_data(event: Event, dataset_sha256: str | None = None) -> dict[str, Any]:
+    """What a trigger trains on, as far as telling two runs apart goes: a dataset's content
+    (``dataset_sha256``: from its content address, or its bytes read at trigger time), else the
+    feedback window it describes: ``since`` for a request, the incident's onset and the
+    attempt (which sets how many rows it waits for) for a drift."""
+    if isinstance(event, DriftDetected):
+        return {"drift_onset": drift_onset(event).isoformat(), "attempt": int(event.attempt)}
+    assert isinstance(event, TrainingRequested)
+    if event.dataset_uri:
+        if dataset_sha256 is not None:
+            return {"dataset_sha256": dataset_sha256}
+        return {"dataset_uri": event.dataset_uri, "missing": True}
+    return {"feedback_since": event.since.isoformat() if event.since else None}
+
+
+def dedupe_key(run: dict[str, Any], data: dict[str, Any]) -> str:
+    """The identity of a training run: the same model, data (``training_data``), effective
+    params (the request's over the model's policy and defaults) and seed give the same key,
+    whatever triggered it (API, bus, schedule, drift)."""
+    identity = {
+        "model": run["model_name"],
+        "data": data,
+        "params": run["params"],
+        "seed": run["seed"],
+    }
+    canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def run_claim(run: dict[str, Any]) -> dict[str, Any]:
+    """The claim a run makes on its dedupe key (what a duplicate is answered with)."""
+    return {
+        "run_id": run["run_id"],
+        "model_name": run["model_name"],
+        "trigger": run["trigger"],
+        "trigger_event_id": run["trigger_event_id"],
+        "correlation_id": run["correlation_id"],
+        "at": run["created_at"],
+    }
+
+
+def claim_lapsed(
+    claim: dict[str, Any], claimant_state: str | None, now: datetime, window_s: float
+) -> bool:
+    """A claim no longer stands once it is ``window_s`` old, or when its run ended without
+    success (failed or skipped: a retry must run). A claim whose run does not exist yet (the
+    API claims before the event is consumed) stands."""
+    if (now - claim["at"]).total_seconds() >= window_s:
+        return True
+    return claimant_state in (RunState.FAILED, RunState.SKIPPED)
 
 
 def rebuild_trigger(run: dict[str, Any]) -> Event:

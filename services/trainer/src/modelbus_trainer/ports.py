@@ -63,6 +63,24 @@ class RunStore(Protocol):
         """When the newest non-skipped drift-triggered run of the model was created."""
         ...
 
+    # claims on dedupe keys (``domain.dedupe_key``): one run per key within the window
+
+    async def insert_claim(self, key: str, claim: dict[str, Any]) -> bool:
+        """Take ``key`` for ``claim["run_id"]``; False if a claim on it exists (atomic: of two
+        concurrent inserts one wins)."""
+        ...
+
+    async def get_claim(self, key: str) -> dict[str, Any] | None: ...
+
+    async def replace_claim(self, key: str, holder_run_id: str, claim: dict[str, Any]) -> bool:
+        """Compare-and-set: ``claim`` replaces the claim on ``key`` only while
+        ``holder_run_id`` still holds it."""
+        ...
+
+    async def release_claim(self, key: str, run_id: str) -> None:
+        """Drop the claim on ``key`` if ``run_id`` holds it."""
+        ...
+
 
 class LockStore(Protocol):
     """One training run in flight per model."""

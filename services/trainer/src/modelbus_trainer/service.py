@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
 from typing import Any
@@ -51,10 +52,13 @@ from .domain import (
     artifact_key,
     check_family,
     check_pickle_allowed,
+    claim_lapsed,
+    content_address,
     cooldown_remaining,
     csv_dataset,
     data_spec,
     dataset_key,
+    dedupe_key,
     drift_back_rows,
     drift_onset,
     drift_skip_reason,
@@ -65,9 +69,11 @@ from .domain import (
     new_run,
     object_key,
     rebuild_trigger,
+    run_claim,
     run_id_for,
     train_snapshot,
     trained_event_id,
+    training_data,
     training_defaults,
     window_record,
 )
@@ -77,6 +83,18 @@ from .reproduce import ReproduceFailed, redo
 log = structlog.get_logger(__name__)
 
 PRODUCER = "trainer"
+CLAIM_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class TrainingAccepted:
+    """What a training request is answered with: the run it makes, or (``duplicate``) the
+    identical run made within the dedupe window."""
+
+    event_id: str
+    correlation_id: str
+    run_id: str
+    duplicate: bool = False
 
 
 class TrainerMetrics(Metrics):
@@ -88,6 +106,12 @@ class TrainerMetrics(Metrics):
             "modelbus_trainer_runs_total",
             "Training runs by final state",
             ["state", "trigger"],
+            registry=self.registry,
+        )
+        self.deduplicated = Counter(
+            "modelbus_trainer_runs_deduplicated_total",
+            "Training triggers that made no run: an identical run is within the dedupe window",
+            ["trigger"],
             registry=self.registry,
         )
         self.training_seconds = Histogram(
@@ -171,7 +195,7 @@ class TrainerService:
 
     async def _new_run(self, event: Event) -> dict[str, Any]:
         """The run for a trigger, with the model's training policy as it is now (the live
-        policy's family and params over the settings' ``model_params``)."""
+        policy's family and params over the settings' ``model_params``) and its dedupe key."""
         name = event.model_name
         live = await self.policies.view(name) if self.policies else None
         run = new_run(
@@ -185,7 +209,68 @@ class TrainerService:
         )
         run["policy_revision"] = live.revision if live else 0
         run["allow_pickle"] = bool(live and live.policy.artifacts.allow_pickle)
+        run["dedupe_key"] = dedupe_key(run, training_data(event, await self._dataset_sha(event)))
         return run
+
+    async def _dataset_sha(self, event: Event) -> str | None:
+        """The sha256 of a request's dataset: named by a content-addressed snapshot's key, else
+        of the bytes stored under its key now (None without a dataset, or when it is missing:
+        the run will fail, and a failed run blocks nothing)."""
+        uri = getattr(event, "dataset_uri", None)
+        if not uri or self.settings.train_dedupe_window_s <= 0:
+            return None
+        key = object_key(uri, self.settings.bucket)
+        named = content_address(key)
+        if named is not None:
+            return named
+        try:
+            data = await self.store.get(key)
+        except ObjectNotFound:
+            return None
+        return await asyncio.to_thread(sha256_hex, data)
+
+    # -- deduplication ------------------------------------------------------------------------
+
+    async def _claim(self, run: dict[str, Any]) -> dict[str, Any] | None:
+        """Claim ``run``'s dedupe key: None when the run may go ahead (the key is its own
+        now), else the standing claim of the identical run (pending, running or succeeded,
+        made within ``train_dedupe_window_s``). Race-safe: the store's insert and
+        compare-and-set decide between concurrent claimants, trainer replicas included."""
+        window = self.settings.train_dedupe_window_s
+        if window <= 0:
+            return None
+        key, mine = run["dedupe_key"], run_claim(run)
+        holder = None
+        for _ in range(CLAIM_ATTEMPTS):
+            if await self.runs.insert_claim(key, mine):
+                return None
+            holder = await self.runs.get_claim(key)
+            if holder is None:  # released between the two calls
+                continue
+            if holder["run_id"] == run["run_id"]:
+                return None  # this run's own claim (a re-delivery, or the API claimed it)
+            claimant = await self.runs.get(holder["run_id"])
+            state = claimant["state"] if claimant else None
+            if not claim_lapsed(holder, state, run["created_at"], window):
+                return holder
+            if await self.runs.replace_claim(key, holder["run_id"], mine):
+                return None
+        if holder is None:
+            raise RuntimeError(f"could not claim dedupe key {key}")
+        return holder
+
+    def _deduplicated(self, run: dict[str, Any], holder: dict[str, Any]) -> None:
+        log.info(
+            "run.deduplicated",
+            model_name=run["model_name"],
+            trigger=run["trigger"],
+            trigger_event_id=run["trigger_event_id"],
+            existing_run_id=holder["run_id"],
+            existing_trigger=holder.get("trigger"),
+            dedupe_key=run["dedupe_key"],
+        )
+        if self.metrics:
+            self.metrics.deduplicated.labels(run["trigger"]).inc()
 
     # -- feedback -----------------------------------------------------------------------------
 
@@ -216,7 +301,16 @@ class TrainerService:
     # -- triggers -----------------------------------------------------------------------------
 
     async def on_training_requested(self, event: TrainingRequested) -> dict[str, Any] | None:
+        """Record and schedule the run of a request; None for a re-delivered one, or for one
+        identical to a run within the dedupe window (logged and counted, nothing recorded)."""
+        if await self.runs.get(run_id_for(event.event_id)) is not None:
+            log.info("run.duplicate_trigger", run_id=run_id_for(event.event_id))
+            return None
         run = await self._new_run(event)
+        holder = await self._claim(run)
+        if holder is not None:
+            self._deduplicated(run, holder)
+            return None
         if not await self.runs.create(run):
             log.info("run.duplicate_trigger", run_id=run["run_id"])
             return None
@@ -225,9 +319,13 @@ class TrainerService:
         return run
 
     async def on_drift(self, event: DriftDetected) -> dict[str, Any] | None:
+        if await self.runs.get(run_id_for(event.event_id)) is not None:
+            log.info("run.duplicate_trigger", run_id=run_id_for(event.event_id))
+            return None
         run = await self._new_run(event)
-        if await self.runs.get(run["run_id"]) is not None:
-            log.info("run.duplicate_trigger", run_id=run["run_id"])
+        holder = await self._claim(run)
+        if holder is not None:
+            self._deduplicated(run, holder)
             return None
         reason = await self._drift_skip_reason(event, run["created_at"])
         if reason is not None:
@@ -269,7 +367,10 @@ class TrainerService:
         dataset_uri: str | None,
         params: dict[str, Any],
         seed: int | None,
-    ) -> TrainingRequested:
+    ) -> TrainingAccepted:
+        """Publish a TrainingRequested, its dedupe key claimed first for the run it will make:
+        an identical request within the window is answered with that run (``duplicate``) and
+        publishes nothing."""
         event = TrainingRequested(
             producer=PRODUCER,
             model_name=model_name,
@@ -278,9 +379,27 @@ class TrainerService:
             params=params,
             seed=seed,
         )
-        await self.publisher.publish(event)
+        run = await self._new_run(event)
+        holder = await self._claim(run)
+        if holder is not None:
+            self._deduplicated(run, holder)
+            return TrainingAccepted(
+                event_id=holder["trigger_event_id"],
+                correlation_id=holder["correlation_id"],
+                run_id=holder["run_id"],
+                duplicate=True,
+            )
+        try:
+            await self.publisher.publish(event)
+        except BaseException:
+            await self.runs.release_claim(run["dedupe_key"], run["run_id"])  # no run will come
+            raise
         log.info("training.requested", model_name=model_name, event_id=str(event.event_id))
-        return event
+        return TrainingAccepted(
+            event_id=str(event.event_id),
+            correlation_id=str(event.correlation_id),
+            run_id=run["run_id"],
+        )
 
     async def put_dataset(
         self, model_name: str, data: bytes, task: str | None = None
@@ -633,4 +752,4 @@ class TrainerService:
         return outcome
 
 
-__all__ = ["TrainerMetrics", "TrainerService", "run_id_for"]
+__all__ = ["TrainerMetrics", "TrainerService", "TrainingAccepted", "run_id_for"]

@@ -78,6 +78,7 @@ class MemoryRunStore:
     def __init__(self, outbox: MemoryOutbox | None = None) -> None:
         self.outbox = outbox or MemoryOutbox()
         self.runs: dict[str, dict[str, Any]] = {}
+        self.claims: dict[str, dict[str, Any]] = {}
 
     async def init(self) -> None:
         return None
@@ -120,6 +121,25 @@ class MemoryRunStore:
             and r["state"] != RunState.SKIPPED
         ]
         return max(times, default=None)
+
+    async def insert_claim(self, key: str, claim: dict[str, Any]) -> bool:
+        if key in self.claims:
+            return False
+        self.claims[key] = copy.deepcopy(claim)
+        return True
+
+    async def get_claim(self, key: str) -> dict[str, Any] | None:
+        return copy.deepcopy(self.claims.get(key))
+
+    async def replace_claim(self, key: str, holder_run_id: str, claim: dict[str, Any]) -> bool:
+        if self.claims.get(key, {}).get("run_id") != holder_run_id:
+            return False
+        self.claims[key] = copy.deepcopy(claim)
+        return True
+
+    async def release_claim(self, key: str, run_id: str) -> None:
+        if self.claims.get(key, {}).get("run_id") == run_id:
+            del self.claims[key]
 
 
 class MemoryLockStore:
