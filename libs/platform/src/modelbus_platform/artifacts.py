@@ -94,6 +94,14 @@ class ArtifactTrust:
             return None
         return self._signature_problem(ref)
 
+    async def refusal(
+        self, ref: ArtifactRef, model_name: str, allow_pickle: AllowPickle
+    ) -> str | None:
+        """``problem``, with the model's policy asked (``allow_pickle``) only for a pickle: what
+        every loader calls before it reads a byte."""
+        allowed = pickled(ref.format) and await allow_pickle(model_name)
+        return self.problem(ref, allow_pickle=allowed)
+
     def _signature_problem(self, ref: ArtifactRef) -> str | None:
         assert self.verifier is not None
         signed = ref.signature
@@ -111,21 +119,6 @@ class ArtifactTrust:
         except (InvalidSignature, binascii.Error, ValueError):
             return f"the artifact signature of {signed.signer!r} does not verify"
         return None
-
-
-class ArtifactRefused(Exception):
-    """An artifact that ``ArtifactTrust`` refuses; ``reason`` says why."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-def check(trust: ArtifactTrust, ref: ArtifactRef, *, allow_pickle: bool = False) -> None:
-    """``ArtifactRefused`` if ``trust`` refuses ``ref``."""
-    reason = trust.problem(ref, allow_pickle=allow_pickle)
-    if reason is not None:
-        raise ArtifactRefused(reason)
 
 
 AllowPickle = Callable[[str], Awaitable[bool]]

@@ -15,7 +15,7 @@ from __future__ import annotations
 from modelbus_contracts.api import VersionView
 from modelbus_ml.serving import LoadFailed, Served, check_servable, serve_artifact
 
-from .artifacts import AllowPickle, ArtifactTrust, pickled, refuse_pickle
+from .artifacts import AllowPickle, ArtifactTrust, refuse_pickle
 from .stores import IntegrityError, ObjectNotFound, ObjectStore, get_verified
 
 __all__ = ["LoadFailed", "Served", "load_version"]
@@ -31,8 +31,7 @@ async def load_version(
     serve. ``allow_pickle(model_name)``: whether the model's policy allows a pickle."""
     artifact = view.artifact
     check_servable(artifact.format)
-    allowed = pickled(artifact.format) and await allow_pickle(view.model_name)
-    refusal = trust.problem(artifact, allow_pickle=allowed)
+    refusal = await trust.refusal(artifact, view.model_name, allow_pickle)
     if refusal is not None:
         raise LoadFailed(f"untrusted artifact: {refusal}")
     try:

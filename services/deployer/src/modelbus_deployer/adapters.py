@@ -23,7 +23,7 @@ from modelbus_ml import (
     load_model,
 )
 from modelbus_ml.dataset import encode_labels
-from modelbus_platform.artifacts import AllowPickle, ArtifactTrust, pickled, refuse_pickle
+from modelbus_platform.artifacts import AllowPickle, ArtifactTrust, refuse_pickle
 from modelbus_platform.outbox import FIELD, PENDING, MongoOutbox, outbox_doc, outbox_set
 from modelbus_platform.stores import (
     IntegrityError,
@@ -63,8 +63,7 @@ class ObjectStoreModels:
             raise LoadError(what, f"integrity check failed: {exc}") from exc
 
     async def load_model(self, ref: ArtifactRef, model_name: str) -> ServableModel:
-        allowed = pickled(ref.format) and await self.allow_pickle(model_name)
-        refusal = self.trust.problem(ref, allow_pickle=allowed)
+        refusal = await self.trust.refusal(ref, model_name, self.allow_pickle)
         if refusal is not None:
             raise LoadError("artifact", f"untrusted artifact: {refusal}")
         data = await self._read("artifact", ref.uri, ref.sha256)

@@ -56,7 +56,7 @@ from modelbus_ml import (
 )
 from modelbus_ml.mlflow import read_mlflow_zip
 from modelbus_ml.onnx import ONNX_FORMAT, load_onnx, vet_import_isolated
-from modelbus_platform.artifacts import ArtifactTrust, pickled
+from modelbus_platform.artifacts import ArtifactTrust
 from modelbus_platform.outbox import Notifier
 from modelbus_platform.scheduler import is_cron
 from modelbus_platform.stores import (
@@ -988,10 +988,12 @@ class RegistryService:
     async def _check_trusted(self, name: str, ref: ArtifactRef) -> None:
         """ArtifactRejected if the artifact's signature or format is refused (a pickle only if
         the model's policy allows it), before a byte of it is read."""
-        allowed = pickled(ref.format) and (await self.policy(name)).policy.artifacts.allow_pickle
-        refusal = self.trust.problem(ref, allow_pickle=allowed)
+        refusal = await self.trust.refusal(ref, name, self._allows_pickle)
         if refusal is not None:
             raise ArtifactRejected(f"untrusted artifact: {refusal}")
+
+    async def _allows_pickle(self, name: str) -> bool:
+        return (await self.policy(name)).policy.artifacts.allow_pickle
 
     async def _champion_refusal(self, name: str, doc: dict[str, Any]) -> str | None:
         """Why version ``doc`` must not become champion now: its artifact fails verification
