@@ -8,7 +8,13 @@ import uuid
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from modelbus_contracts import LabelObserved, ModelRollbackRequested, decode, encode
+from modelbus_contracts import (
+    LabelObserved,
+    ModelRollbackRequested,
+    PredictionMade,
+    decode,
+    encode,
+)
 from modelbus_platform.bus import EventBus, dlq_topic
 from modelbus_platform.metrics import Metrics
 from modelbus_platform.settings import ServiceSettings
@@ -136,7 +142,6 @@ def _metrics_text(bus: EventBus) -> str:
 
 
 async def test_batch_subscription_gets_events_in_batches_and_dead_letters_bad_ones(infra, unique):
-    from modelbus_contracts import PredictionMade
 
     model = f"b-{unique}"
     seen: list[str] = []
@@ -328,3 +333,54 @@ async def test_a_lost_topic_comes_back_with_the_configured_partitions(infra, uni
     finally:
         await admin.close()
     assert len(described["partitions"]) == 4
+
+
+async def test_a_checkpointed_group_replays_exactly_what_its_checkpoint_lacks(infra, unique):
+    """The bus never commits a checkpointed group: a consumer that stops without a commit
+    (a crash) is handed again exactly the records after the offsets its checkpoint covered."""
+    model, group = f"c-{unique}", f"state-{unique}"
+
+    arrived = asyncio.Condition()
+
+    def consumer(seen: list[str]):
+        async def on_labels(events: list[LabelObserved]) -> None:
+            seen.extend(e.prediction_id for e in events if e.model_name == model)
+            async with arrived:
+                arrived.notify_all()
+
+        return on_labels
+
+    async def until(seen: list[str], last: str) -> None:
+        async with asyncio.timeout(30), arrived:
+            await arrived.wait_for(lambda: last in seen)
+
+    first: list[str] = []
+    bus = await _bus(infra, f"db7_{unique}")
+    bus.subscribe_batch(LabelObserved, group=group, handler=consumer(first), checkpointed=True)
+    with pytest.raises(ValueError, match="checkpointed or none"):
+        bus.subscribe_batch(PredictionMade, group=group, handler=consumer([]))
+    await bus.start()
+    try:
+        for i in range(100):
+            await bus.publish(LabelObserved(model_name=model, prediction_id=f"p{i}", label=1))
+        await until(first, "p99")
+        offsets = bus.offsets(group)
+        async with offsets.paused() as covered:
+            checkpoint = list(first)  # the state as saved
+        assert await offsets.commit(covered)
+        for i in range(100, 150):
+            await bus.publish(LabelObserved(model_name=model, prediction_id=f"p{i}", label=1))
+        await until(first, "p149")
+    finally:
+        await bus.stop()  # no commit after the checkpoint: what a crash leaves
+    assert checkpoint == [f"p{i}" for i in range(100)]
+
+    replayed: list[str] = []
+    again = await _bus(infra, f"db7_{unique}")
+    again.subscribe_batch(LabelObserved, group=group, handler=consumer(replayed), checkpointed=True)
+    await again.start()
+    try:
+        await until(replayed, "p149")
+    finally:
+        await again.stop()
+    assert checkpoint + replayed == [f"p{i}" for i in range(150)]

@@ -14,6 +14,7 @@ from modelbus_deployer.config import DeployerSettings
 from modelbus_deployer.live_service import LiveService
 from modelbus_deployer.rollout import LiveWindow
 from modelbus_deployer.testing import MemoryLiveStats
+from modelbus_platform.offsets import NoOffsets
 from modelbus_platform.settings import ServiceSettings
 from modelbus_platform.stores import connect_mongo
 
@@ -57,7 +58,21 @@ def canaries(n, latency=1.0):
     return [prediction(2, "canary", latency) for _ in range(n)]
 
 
-def replica(world, stats, monotonic=None) -> LiveService:
+class Offsets(NoOffsets):
+    """The watch group's offsets: how often a commit was asked for, by kind."""
+
+    def __init__(self) -> None:
+        self.after_batch = self.commits = 0
+
+    def commit_after_batch(self) -> None:
+        self.after_batch += 1
+
+    async def commit(self, covered) -> bool:
+        self.commits += 1
+        return True
+
+
+def replica(world, stats, monotonic=None, offsets=None) -> LiveService:
     """One deployer process: its own tracker, the shared decision and live-stats stores."""
     service = world.service()
     live = LiveService(
@@ -66,6 +81,7 @@ def replica(world, stats, monotonic=None) -> LiveService:
         events=service.events,
         deployer=service,
         stats=stats,
+        offsets=offsets,
         **({"monotonic": monotonic} if monotonic else {}),
     )
     service.on_stage = live.note
@@ -192,17 +208,20 @@ async def test_two_replicas_count_into_one_window(make_world, stats):
 
 async def test_throttled_checkpoints_are_flushed_on_shutdown(make_world):
     world = make_world(DeployerSettings(rollout="canary", **{**FAST, "live_checkpoint_s": 60}))
-    stats = MemoryLiveStats()
-    before = replica(world, stats, monotonic=lambda: 0.0)
+    stats, offsets = MemoryLiveStats(), Offsets()
+    before = replica(world, stats, monotonic=lambda: 0.0, offsets=offsets)
     event = await world.registered(world.models.good, 2, champion=(world.models.bad, 1))
     await before.deployer.handle_registered(event)
     await before.handle(canaries(100))  # the first batch is checkpointed
-    await before.handle(canaries(50))  # within 60 s: not yet
+    assert offsets.after_batch == 1  # ... and so its offsets may be committed
+    await before.handle(canaries(50))  # within 60 s: not yet, nor its offsets
     assert LiveWindow.from_dict(stats.docs[KEY]["window"]).arm.predictions == 100
+    assert (offsets.after_batch, offsets.commits) == (1, 0)
 
     await before.close()
 
     assert LiveWindow.from_dict(stats.docs[KEY]["window"]).arm.predictions == 150
+    assert offsets.commits == 1
     after = replica(world, stats)
     assert await after.handle(canaries(50)) == {"churn": "canary"}
 
@@ -214,6 +233,8 @@ async def test_a_failing_checkpoint_does_not_fail_the_batch(make_world):
 
     world = make_world(DeployerSettings(rollout="canary", **FAST))
     live = await started(world, Down())
+    live.offsets = offsets = Offsets()
 
     assert await live.handle(canaries(120)) == {"churn": "wait"}
     assert await live.handle(canaries(80)) == {"churn": "canary"}  # judged on what is in memory
+    assert offsets.after_batch == 0  # nothing saved, nothing committed: a crash replays it

@@ -89,6 +89,8 @@ async def test_yesterday_vs_today_flags_the_shifted_feature_only():
     yesterday = await h.service.daily_report("churn", "2026-03-01")
     assert yesterday["features"]["x"]["psi_vs_previous"] is None
     assert yesterday["features"]["x"]["psi_vs_reference"] < 0.1
+    assert await h.service.daily.day("churn", "2026-03-01") == []  # a report does not write
+    await h.service.checkpoint()  # the checkpoint saves the daily windows with the detectors
     stored = await h.service.daily.day("churn", "2026-03-01")
     assert {d["feature"] for d in stored} == {"x", "y"}
     assert all(d["_id"].startswith("churn|2026-03-01|") for d in stored)
@@ -97,7 +99,7 @@ async def test_yesterday_vs_today_flags_the_shifted_feature_only():
 async def test_daily_windows_survive_a_restart():
     h = harness()
     await feed(h, 500)
-    await h.service.store_daily()
+    await h.service.checkpoint()
     restarted = h.build(h.service.config)
     restarted.daily = h.service.daily
     await restarted.rebuild()

@@ -6,9 +6,10 @@ from __future__ import annotations
 import uuid
 from datetime import timedelta
 
-from modelbus_contracts import DriftDetected
+from modelbus_contracts import DriftDetected, LabelObserved
 from modelbus_monitor.config import DetectorConfig
 from modelbus_monitor.testing import MemoryStateStore
+from modelbus_platform.offsets import NoOffsets
 from modelbus_platform.testing import InlineRelay
 
 from .test_monitor_service import Harness, prediction, promoted, register, send
@@ -150,6 +151,62 @@ async def test_checkpoint_restores_the_windows_after_a_restart():
         h.clock.now += timedelta(milliseconds=10)
         await send(restarted, _pred(10_000 + i, h.rng.gauss(1.0, 1.0)))
     assert monitor.incident is not None and monitor.incident.evidence["feature"] == "x"
+
+
+class RecordingOffsets(NoOffsets):
+    """The telemetry group's offsets: what the service committed (as a count)."""
+
+    def __init__(self) -> None:
+        self.commits = 0
+
+    async def commit(self, covered) -> bool:
+        self.commits += 1
+        return True
+
+
+class FailingStates(MemoryStateStore):
+    async def save(self, snapshot: dict) -> None:
+        raise ConnectionError("MongoDB is down")
+
+
+async def test_a_restart_continues_the_join_and_the_counts_where_the_checkpoint_left_them():
+    h = Harness(feature_drift_enabled=False)
+    states, offsets = MemoryStateStore(), RecordingOffsets()
+    h.service.states, h.service.offsets = states, offsets
+    register(h.registry, "churn", 1)
+    await h.service.rebuild()
+    waiting = [prediction("churn", f"w{i}", 1) for i in range(40)]
+    early = [LabelObserved(model_name="churn", prediction_id=f"e{i}", label=0) for i in range(7)]
+    await send(h.service, *waiting)
+    await send(h.service, *early)
+    await h.stream("churn", 30, 0.0)
+    assert await h.service.checkpoint() == 1 and offsets.commits == 1
+
+    restarted = h.build(DetectorConfig(feature_drift_enabled=False))
+    restarted.states = states
+    await restarted.rebuild()
+    status = restarted.status("churn")
+    assert status["pending"] == {"predictions": 40, "labels": 7}
+    assert status["joined"] == 30
+    await send(
+        restarted,
+        *[LabelObserved(model_name="churn", prediction_id=f"w{i}", label=0) for i in range(40)],
+    )
+    await send(restarted, *[prediction("churn", f"e{i}", 1) for i in range(7)])
+    status = restarted.status("churn")
+    assert status["pending"] == {"predictions": 0, "labels": 0}
+    assert status["joined"] == 30 + 40 + 7  # every pair once: none lost, none twice
+
+
+async def test_a_checkpoint_that_could_not_be_saved_commits_nothing():
+    h = Harness(feature_drift_enabled=False)
+    offsets = RecordingOffsets()
+    h.service.states, h.service.offsets = FailingStates(), offsets
+    register(h.registry, "churn", 1)
+    await h.service.rebuild()
+    await h.stream("churn", 20, 0.0)
+    assert await h.service.checkpoint() == 0
+    assert offsets.commits == 0  # the records stay uncommitted: a crash replays them
 
 
 async def test_checkpoint_of_another_version_is_not_restored():

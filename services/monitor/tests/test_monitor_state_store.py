@@ -9,6 +9,7 @@ import pytest
 
 from modelbus_contracts import DriftDetected
 from modelbus_monitor.adapters import (
+    JOIN_CHUNK_ROWS,
     MongoDailyStore,
     MongoIncidentStore,
     MongoStateStore,
@@ -46,6 +47,31 @@ async def test_state_store_replaces_per_model(stores):
     await states.save({"_id": "m", "serving_version": 2, "streams": []})
     loaded = await states.load("m")
     assert (loaded["serving_version"], loaded["streams"]) == (2, [])
+
+
+async def test_join_buffers_larger_than_a_document_round_trip_in_chunks(stores):
+    """100k pending predictions are ~11 MB of JSON: stored in chunks under a generation; the
+    checkpoint that names it loads them all, in order; older generations are gone."""
+    states, _, _ = stores
+    n = JOIN_CHUNK_ROWS * 2 + 5
+    join = {
+        "predictions": {
+            "prediction_id": [f"p{i}" for i in range(n)],
+            "version": [1] * n,
+            "served_by": ["champion"] * n,
+            "label": [i % 2 for i in range(n)],
+            "event_id": [f"e{i}" for i in range(n)],
+            "at": [float(i) for i in range(n)],
+        },
+        "labels": {"prediction_id": ["q"], "label": [1], "event_id": ["f"], "at": [1.0]},
+        "joined": [f"j{i}" for i in range(3)],
+    }
+    await states.save({"_id": "m", "serving_version": 1, "streams": [], "join": join})
+    await states.save({"_id": "m", "serving_version": 1, "streams": [], "join": join})
+    loaded = await states.load("m")
+    assert loaded["join"] == join
+    if isinstance(states, MongoStateStore):
+        assert await states.join.count_documents({"model_name": "m"}) == 5  # 3 + 1 + 1 chunks
 
 
 async def test_daily_store_keys_by_model_day_feature(stores):

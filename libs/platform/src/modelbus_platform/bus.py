@@ -49,6 +49,7 @@ from modelbus_contracts import (
 from . import signing
 from .kafka_security import KafkaSecurity
 from .metrics import Metrics
+from .offsets import GroupOffsets
 from .signing import Signer, Verifier
 from .transient import is_transient
 
@@ -219,6 +220,8 @@ class EventBus:
         self._subscribers: dict[str, Any] = {}
         self._lag_task: asyncio.Task | None = None
         self._offset_reset: dict[str, str] = {}
+        # checkpointed groups: offsets committed by the service, as far as its state is saved
+        self._offsets: dict[str, GroupOffsets] = {}
         self._bulk: AIOKafkaProducer | None = None
         self._partitioner = DefaultPartitioner()
         self._partition_of: dict[tuple[str, bytes], int] = {}
@@ -422,6 +425,7 @@ class EventBus:
         handler: BatchHandler[E] | Callable[[Columns[E]], Awaitable[None]],
         offset_reset: str = "earliest",
         columns: bool = False,
+        checkpointed: bool = False,
     ) -> None:
         """Register a handler that takes the events of ``event_cls`` in batches (high-volume
         telemetry: predictions, labels). The handler must be idempotent itself (no ledger:
@@ -429,17 +433,33 @@ class EventBus:
         all-single. Invalid messages are dead-lettered one by one; a batch whose handler keeps
         failing is dead-lettered whole, with the reason. With ``columns`` the handler gets the
         batch as ``Columns[event_cls]`` (the contracts' batch decoder, no pydantic model per
-        event) instead of a list of events."""
+        event) instead of a list of events. A ``checkpointed`` group keeps its state in memory:
+        the bus does not commit it, the service does, as far as its checkpoint covers
+        (``offsets(group)``, see ``modelbus_platform.offsets``)."""
         if self._started:
             raise RuntimeError("subscribe before start()")
         routes = self._groups.setdefault(group, {})
         if any(not r.batch for r in routes.values()):
             raise ValueError(f"group {group} already has single-event subscriptions")
+        if routes and checkpointed != (group in self._offsets):
+            raise ValueError(f"group {group}: all its subscriptions are checkpointed or none")
+        if checkpointed:
+            self.offsets(group)
         if event_cls.topic in routes:
             raise ValueError(f"group {group} already handles {event_cls.topic}")
         decoder = functools.partial(decode_batch, event_cls) if columns else None
         routes[event_cls.topic] = _Route(event_cls, handler, False, batch=True, decoder=decoder)
         self._offset_reset[group] = offset_reset
+
+    def offsets(self, group: str) -> GroupOffsets:
+        """The handled offsets of checkpointed ``group`` (made on first use), which the
+        service commits once its state holds them."""
+        if group not in self._offsets:
+            self._offsets[group] = GroupOffsets(group, lambda: self._consumer(group))
+        return self._offsets[group]
+
+    def _consumer(self, group: str) -> Any:
+        return getattr(self._subscribers.get(group), "consumer", None)
 
     def _register_consumers(self) -> None:
         for group, routes in self._groups.items():
@@ -448,10 +468,14 @@ class EventBus:
     def _register_group(self, group: str, routes: dict[str, _Route]) -> None:
         batch = any(r.batch for r in routes.values())
         options: dict[str, Any] = {"batch": True, "max_records": 1000} if batch else {}
+        offsets = self._offsets.get(group)
+        if offsets is not None:
+            options["listener"] = offsets.listener()
         subscriber = self.broker.subscriber(
             *routes,
             group_id=group,
-            ack_policy=AckPolicy.NACK_ON_ERROR,
+            # a checkpointed group is committed by its service (``offsets``), never here
+            ack_policy=AckPolicy.MANUAL if offsets is not None else AckPolicy.NACK_ON_ERROR,
             auto_offset_reset=self._offset_reset[group],  # type: ignore[arg-type]
             title=f"{self.service}:{group}",
             decoder=_raw_body,  # we decode (and dead-letter) ourselves; never let it parse
@@ -462,6 +486,11 @@ class EventBus:
         )
 
         async def _consume(msg: KafkaMessage) -> None:
+            if offsets is not None:
+                records = list(msg.raw_message)
+                async with offsets.handling(records):
+                    await self.process_batch(group, routes, records)
+                return
             if batch:
                 await self.process_batch(group, routes, list(msg.raw_message))
                 return
@@ -498,6 +527,8 @@ class EventBus:
                 lag[key] = lag.get(key, 0) + max(0, ends.get(tp, 0) - committed)
                 behind += max(0, ends.get(tp, 0) - committed)
                 done += committed
+            if group in self._offsets:  # commits wait for checkpoints: handling is progress
+                done += self._offsets[group].progress()
             self._note_progress(group, behind, done, now)
         for (topic, group), value in lag.items():
             self.metrics.consumer_lag.labels(topic, group).set(value)

@@ -40,6 +40,7 @@ from .bus import EventBus, MemoryProcessedEvents
 from .http import ServiceApp, create_app
 from .logging import configure_logging
 from .metrics import Metrics
+from .offsets import StateOffsets
 from .outbox import OutboxStore, Relay
 from .policies import Policies
 from .registry import Registry, RegistryClient
@@ -75,6 +76,9 @@ class Subscription:
     dedupe: bool = True
     offset_reset: Literal["earliest", "latest"] = "earliest"
     columns: bool = False  # a batch as the contract's columns (``Columns[event]``), not events
+    # the handler keeps state in memory: offsets are committed by the service as far as its
+    # checkpoint covers (``Kit.offsets``), never after each batch (batch subscriptions only)
+    checkpointed: bool = False
 
     def group_for(self, settings: ServiceSettings) -> str:
         return self.group.format_map(_SettingsFields(settings))
@@ -124,6 +128,16 @@ class Task:
     name: str
     run: Callable[[], Awaitable[Any]]
     stop: Callable[[], Awaitable[Any]] | None = None
+
+    @classmethod
+    def at_shutdown(cls, name: str, stop: Callable[[], Awaitable[Any]]) -> Task:
+        """Nothing to run; ``stop`` at shutdown, while the consumer groups still run (a last
+        checkpoint whose offsets commit needs them)."""
+        return cls(name, _idle, stop=stop)
+
+
+async def _idle() -> None:
+    await asyncio.Event().wait()
 
 
 @dataclass
@@ -238,6 +252,17 @@ class Kit:
             )
         return self._made["registry"]
 
+    def offsets(self, group: str) -> StateOffsets:
+        """The handled offsets of ``group``, one of the spec's checkpointed groups, which the
+        service commits once its checkpoint holds them (``modelbus_platform.offsets``);
+        tests hand in ``offsets``."""
+        groups = {
+            sub.group_for(self.settings) for sub in self.spec.subscriptions if sub.checkpointed
+        }
+        if group not in groups:
+            raise ValueError(f"{group} is not a checkpointed group of {self.spec.name}")
+        return self.override("offsets", lambda: self.bus.offsets(group))
+
     def policies(self) -> Policies:
         """Each model's live policy, read from the registry (``policy_ttl_s``); the service's
         readiness does not depend on it (a policy that cannot be read leaves the settings).
@@ -324,6 +349,7 @@ def bind(bus: Any, spec: ServiceSpec, context: Any, settings: ServiceSettings) -
                 handler=handler,
                 offset_reset=sub.offset_reset,
                 columns=sub.columns,
+                checkpointed=sub.checkpointed,
             )
         else:
             bus.subscribe(

@@ -22,7 +22,7 @@ from modelbus_contracts import (
     PredictionMade,
     ScoringFailed,
 )
-from modelbus_platform.kit import Kit, Resource, ServiceSpec, Subscription, Wiring
+from modelbus_platform.kit import Kit, Resource, ServiceSpec, Subscription, Task, Wiring
 from modelbus_platform.kit import build_app as build_service_app
 from modelbus_platform.metrics import Metrics
 
@@ -63,7 +63,12 @@ def wire(kit: Kit) -> Wiring:
         live_policies=kit.policies(),
     )
     live = LiveService(
-        settings=settings, decisions=decisions, events=relay, deployer=service, stats=stats
+        settings=settings,
+        decisions=decisions,
+        events=relay,
+        deployer=service,
+        stats=stats,
+        offsets=kit.offsets(settings.watch_group),
     )
     service.on_stage = live.note
     return Wiring(
@@ -71,8 +76,10 @@ def wire(kit: Kit) -> Wiring:
         routers=[router],
         resources=[
             Resource("decisions", start=decisions.init),
-            Resource("live-windows", start=stats.init, stop=live.close),
+            Resource("live-windows", start=stats.init),
         ],
+        # the last checkpoint is taken while the consumers still run: its commit needs them
+        tasks=[Task.at_shutdown("live-windows", live.close)],
     )
 
 
@@ -93,7 +100,7 @@ SPEC = ServiceSpec(
         Subscription(ModelRegistered, "{consumer_group}", handlers.model_registered),
         Subscription(ModelPolicyChanged, "{consumer_group}-policies", handlers.policy_changed),
         *(
-            Subscription(event, "{watch_group}", handlers.telemetry, batch=True)
+            Subscription(event, "{watch_group}", handlers.telemetry, batch=True, checkpointed=True)
             for event in (PredictionMade, LabelObserved, ModelLoadFailed, ScoringFailed)
         ),
     ),

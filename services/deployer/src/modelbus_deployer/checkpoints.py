@@ -4,18 +4,19 @@
 touches the stage, and saves the windows counted into since the last checkpoint (after a batch,
 at most every ``live_checkpoint_s``, and on shutdown).
 
-At-least-once without double counting. The ``deployer-watch`` batches carry no offsets to the
-handler, so the guard is the events' own ids: every checkpoint stores, next to the counts, the
-ids of the newest ``live_replay_guard`` events counted in that window (``recent_ids``), and an
-event whose id was counted already (in this process, or in a restored checkpoint) is skipped.
-That is enough because Kafka re-delivers only what was not committed, and the bus commits a
-batch only after its handler returned:
+Nothing lost, nothing counted twice. ``deployer-watch`` is a checkpointed group
+(``modelbus_platform.offsets``): its offsets are committed only once a checkpoint that holds
+what they cover is saved (``commit_after_batch`` after a complete save, and at shutdown), so a
+crash makes Kafka hand out again exactly what was counted after the last checkpoint. The
+batches carry no offsets to the handler, so the guard against counting twice is the events' own
+ids: every checkpoint stores, next to the counts, the ids of the newest ``live_replay_guard``
+events counted in that window (``recent_ids``), and an event whose id was counted already (in
+this process, or in a restored checkpoint) is skipped:
 
 - handler retried in-process (a failed publish): its ids are in memory, nothing is re-counted;
-- crash after a checkpoint, before the commit: the re-delivered batch is in ``recent_ids``;
-- crash before the checkpoint (throttled, or MongoDB was down): the counts since the last
-  checkpoint are lost, and whatever of them Kafka re-delivers is counted once. The stage then
-  needs a few more predictions; it never sees one twice.
+- crash after a checkpoint, before its commit: the re-delivered batch is in ``recent_ids``;
+- crash before the checkpoint (throttled, or MongoDB was down): nothing since the last commit
+  was committed, so Kafka hands it all out again and it is counted once.
 
 Two replicas count different partitions into the same window document. ``save`` is a
 compare-and-set on the checkpoint's revision: the loser loads the stored window, adds what it
@@ -89,19 +90,25 @@ class LiveCheckpoints:
         if saved is not None:
             saved.pending.append(event_id)
 
-    async def maybe_save(self) -> None:
+    async def maybe_save(self) -> bool:
+        """``save`` if the last one is ``every_s`` old; True when it saved everything."""
         if self.monotonic() - self._last_save >= self.every_s:
-            await self.save()
+            return await self.save()
+        return False
 
-    async def save(self) -> None:
-        """Checkpoint every window counted into since its last checkpoint. Best effort: a
+    async def save(self) -> bool:
+        """Checkpoint every window counted into since its last checkpoint; True when every one
+        was saved (so the offsets of what was counted may be committed). Best effort: a
         failure is logged and the window stays dirty (its counts are still in memory)."""
         self._last_save = self.monotonic()
+        complete = True
         for key in [k for k, s in self._saved.items() if s.pending]:
             try:
-                await self._save(key)
+                complete = await self._save(key) and complete
             except Exception as exc:
+                complete = False
                 log.warning("live.checkpoint_failed", key=key, error=str(exc))
+        return complete
 
     async def drop(self, key: WindowKey) -> None:
         """The stage is decided (here or by another replica): forget its checkpoint."""
@@ -126,28 +133,29 @@ class LiveCheckpoints:
         self._saved[key] = saved
         return saved
 
-    async def _save(self, key: WindowKey) -> None:
+    async def _save(self, key: WindowKey) -> bool:
         for _ in range(SAVE_ATTEMPTS):
             saved, window = self._saved.get(key), self.tracker.windows.get(key)
             if saved is None or window is None:
-                return  # decided meanwhile
+                return True  # decided meanwhile
             recent = deque(saved.recent, maxlen=self.guard)
             recent.extend(saved.pending)
             checkpoint = {"window": window.to_dict(), "recent_ids": list(recent)}
             if await self.store.save(key, saved.rev, checkpoint):
                 self._saved[key] = _Saved(saved.rev + 1, window.copy(), recent)
-                return
+                return True
             stored = await self.store.load(key)  # another replica counted into it too
             if stored is None and saved.rev > 0:
                 await self.drop(key)  # that replica decided the stage
                 self.tracker.forget(key)
-                return
+                return True
             mine = window.since(saved.base)
             merged = self._adopt(key, stored).base.copy()
             merged.absorb(mine)
             self.tracker.windows[key] = merged
             log.info("live.checkpoint_merged", key=key, rev=self._saved[key].rev)
         log.warning("live.checkpoint_contended", key=key, attempts=SAVE_ATTEMPTS)
+        return False
 
     @staticmethod
     def _counts(window: LiveWindow) -> dict[str, int]:

@@ -36,6 +36,7 @@ from modelbus_contracts import (
     Rollout,
     ScoringFailed,
 )
+from modelbus_platform.offsets import NoOffsets, StateOffsets
 from modelbus_platform.outbox import Notifier
 
 from .checkpoints import LiveCheckpoints
@@ -77,6 +78,7 @@ class LiveService:
         stats: LiveStatsStore,
         tracker: LiveTracker | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        offsets: StateOffsets | None = None,
     ) -> None:
         self.settings = settings
         self.decisions = decisions
@@ -91,6 +93,8 @@ class LiveService:
             monotonic=monotonic,
         )
         self.monotonic = monotonic
+        # the watch group's offsets: committed once the windows that counted them are saved
+        self.offsets = offsets or NoOffsets()
         self._active: dict[str, tuple[float, ActiveStage | None]] = {}
 
     # -- which stage each model is in --------------------------------------------------------
@@ -137,7 +141,8 @@ class LiveService:
             elif self._count(event, stage):
                 self.checkpoints.counted(stage.key, event_id)
                 touched.add(event.model_name)
-        await self.checkpoints.maybe_save()
+        if await self.checkpoints.maybe_save():
+            self.offsets.commit_after_batch()  # the windows hold this batch: commit it
         return {name: await self.evaluate(name) for name in sorted(touched)}
 
     def _count(self, event: Event, stage: ActiveStage) -> bool:
@@ -150,8 +155,12 @@ class LiveService:
         return False
 
     async def close(self) -> None:
-        """Shutdown: checkpoint what was counted since the last checkpoint."""
-        await self.checkpoints.save()
+        """Shutdown (before the consumers stop): checkpoint what was counted since the last
+        checkpoint, and commit the offsets it covers."""
+        async with self.offsets.paused() as covered:
+            saved = await self.checkpoints.save()
+        if saved:
+            await self.offsets.commit(covered)
 
     async def evaluate(self, model_name: str) -> str:
         stage = await self.active(model_name)

@@ -5,6 +5,7 @@ MongoDB, and the in-memory fakes unit tests use. (The registry is read through t
 from __future__ import annotations
 
 import dataclasses
+import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -86,19 +87,83 @@ class MongoIncidentStore:
 
 
 class MongoStateStore:
-    """Collection ``monitor_state``: one JSON checkpoint per model (floats and lists only)."""
+    """Collection ``monitor_state``: one JSON checkpoint per model (floats and lists only). Its
+    join buffers (up to ``join_max_pending`` predictions and labels each, more than one
+    document may hold) go to ``monitor_join`` in chunks of ``JOIN_CHUNK_ROWS`` under a fresh
+    generation, written before the checkpoint that names it; older generations are deleted
+    after, so a crash at any point leaves a checkpoint with all its chunks."""
 
     def __init__(self, db: AsyncDatabase, collection: str = "monitor_state") -> None:
         self.col = db[collection]
+        self.join = db["monitor_join"]
 
     async def init(self) -> None:
-        return None
+        await self.join.create_index([("model_name", 1), ("gen", 1)])
 
     async def save(self, snapshot: dict) -> None:
-        await self.col.replace_one({"_id": snapshot["_id"]}, snapshot, upsert=True)
+        doc = dict(snapshot)
+        join = doc.pop("join", None)
+        name = doc["_id"]
+        gen = None
+        if join is not None:
+            gen = uuid.uuid4().hex
+            chunks = join_chunks(name, gen, join)
+            if chunks:
+                await self.join.insert_many(chunks)
+            doc["join"] = {"gen": gen, "chunks": len(chunks)}
+        await self.col.replace_one({"_id": name}, doc, upsert=True)
+        if gen is not None:
+            await self.join.delete_many({"model_name": name, "gen": {"$ne": gen}})
 
     async def load(self, model_name: str) -> dict | None:
-        return await self.col.find_one({"_id": model_name})
+        doc = await self.col.find_one({"_id": model_name})
+        ref = (doc or {}).get("join")
+        if doc is not None and isinstance(ref, dict) and "gen" in ref:
+            chunks = await self.join.find({"model_name": model_name, "gen": ref["gen"]}).to_list()
+            if len(chunks) != ref.get("chunks"):
+                log.warning("checkpoint.join_incomplete", model=model_name, found=len(chunks))
+                doc.pop("join")
+            else:
+                doc["join"] = join_from_chunks(chunks)
+        return doc
+
+
+JOIN_CHUNK_ROWS = 20_000  # ~2.5 MB of JSON per chunk: far below MongoDB's 16 MB document
+
+
+def join_chunks(model_name: str, gen: str, join: dict[str, Any]) -> list[dict[str, Any]]:
+    """The join snapshot (``Joiner.snapshot``: column dicts and the joined id list) cut into
+    documents of at most ``JOIN_CHUNK_ROWS`` rows each."""
+    docs: list[dict[str, Any]] = []
+    for part, value in join.items():
+        columns = value if isinstance(value, dict) else {"ids": value}
+        rows = max((len(v) for v in columns.values()), default=0)
+        for start in range(0, rows, JOIN_CHUNK_ROWS):
+            docs.append(
+                {
+                    "_id": f"{model_name}|{gen}|{len(docs)}",
+                    "model_name": model_name,
+                    "gen": gen,
+                    "seq": len(docs),
+                    "part": part,
+                    "columns": isinstance(value, dict),
+                    "rows": {k: v[start : start + JOIN_CHUNK_ROWS] for k, v in columns.items()},
+                }
+            )
+    return docs
+
+
+def join_from_chunks(chunks: list[dict[str, Any]]) -> dict[str, Any]:
+    join: dict[str, Any] = {}
+    for chunk in sorted(chunks, key=lambda c: int(c["seq"])):
+        rows = chunk["rows"]
+        if not chunk["columns"]:
+            join.setdefault(chunk["part"], []).extend(rows["ids"])
+            continue
+        columns = join.setdefault(chunk["part"], {})
+        for key, values in rows.items():
+            columns.setdefault(key, []).extend(values)
+    return join
 
 
 class MongoDailyStore:

@@ -3,8 +3,8 @@
 Nothing connects here. The kit's lifespan creates the indexes and rebuilds the state
 (champions and references from the registry, detector checkpoints, today's daily windows, open
 incidents) before it joins the consumer groups; then it runs the periodic tick (re-emission,
-checkpoints, daily windows) and the outbox relay. On shutdown, after the consumers stopped, it
-checkpoints once more."""
+checkpoints, daily windows) and the outbox relay. On shutdown, before the consumers stop, it
+checkpoints once more (and commits the telemetry offsets that checkpoint covers)."""
 
 from __future__ import annotations
 
@@ -46,6 +46,7 @@ def wire(kit: Kit) -> Wiring:
     db = kit.mongo()
     incidents = MongoIncidentStore(db)
     daily = MongoDailyStore(db) if settings.daily_enabled else None
+    states = MongoStateStore(db)
     service = MonitorService(
         detector_config(settings),
         publisher=kit.bus,
@@ -54,7 +55,8 @@ def wire(kit: Kit) -> Wiring:
         registry=kit.registry(),
         metrics=kit.metrics,  # type: ignore[arg-type]
         registry_retry_s=settings.registry_retry_s,
-        states=MongoStateStore(db),
+        states=states,
+        offsets=kit.offsets(GROUP),
         daily=daily,
         checkpoint_s=settings.checkpoint_s,
         thresholds=Thresholds(psi_warn=settings.psi_warn, psi_drift=settings.psi_drift),
@@ -63,6 +65,7 @@ def wire(kit: Kit) -> Wiring:
 
     async def rebuild() -> None:
         await incidents.init()
+        await states.init()
         if daily is not None:
             await daily.init()
         await service.rebuild()
@@ -70,8 +73,15 @@ def wire(kit: Kit) -> Wiring:
     return Wiring(
         context=service,
         routers=[router],
-        resources=[Resource("monitor-state", start=rebuild, stop=final_checkpoint(service))],
-        tasks=[Task("tick", lambda: tick_forever(service, settings.tick_s))],
+        resources=[Resource("monitor-state", start=rebuild)],
+        # the last checkpoint is taken while the consumers still run: its commit needs them
+        tasks=[
+            Task(
+                "tick",
+                lambda: tick_forever(service, settings.tick_s),
+                stop=final_checkpoint(service),
+            )
+        ],
     )
 
 
@@ -87,7 +97,6 @@ async def tick_forever(service: MonitorService, period_s: float) -> None:
 def final_checkpoint(service: MonitorService):
     async def checkpoint() -> None:
         try:
-            await service.store_daily()
             await service.checkpoint()
         except Exception as exc:
             log.warning("monitor.final_checkpoint_failed", error=str(exc))
@@ -108,8 +117,22 @@ SPEC = ServiceSpec(
     wire=wire,
     publishes=(DriftDetected, DataQualityAlert, IncidentUpdated),
     subscriptions=(
-        Subscription(PredictionMade, GROUP, handlers.predictions_made, batch=True, columns=True),
-        Subscription(LabelObserved, GROUP, handlers.labels_observed, batch=True, columns=True),
+        Subscription(
+            PredictionMade,
+            GROUP,
+            handlers.predictions_made,
+            batch=True,
+            columns=True,
+            checkpointed=True,
+        ),
+        Subscription(
+            LabelObserved,
+            GROUP,
+            handlers.labels_observed,
+            batch=True,
+            columns=True,
+            checkpointed=True,
+        ),
         Subscription(ModelPromoted, CONTROL_GROUP, handlers.model_promoted),
         Subscription(ModelRolledBack, CONTROL_GROUP, handlers.model_rolled_back),
         Subscription(ModelEvaluated, CONTROL_GROUP, handlers.model_evaluated),

@@ -345,15 +345,14 @@ class ModelMonitor:
         return self.kernel.error_rate()
 
     def snapshot(self, now: datetime) -> dict[str, Any]:
-        """JSON checkpoint of the detector windows (no pickling): replayed by ``restore``."""
-        kernel = self.kernel.snapshot()
+        """JSON checkpoint of the detector windows, the join buffers and the counts (no
+        pickling): replayed by ``restore``."""
         return {
             "_id": self.model_name,
             "model_name": self.model_name,
             "serving_version": self.serving_version,
             "saved_at": now.timestamp(),
-            "streams": kernel["streams"],
-            "history": kernel["history"],
+            **self.kernel.snapshot(),
             "quality_seen": dict(self.quality.seen),
         }
 

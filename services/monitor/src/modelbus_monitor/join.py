@@ -16,7 +16,7 @@ result. Any other batch takes the plain per-point loop.
 from __future__ import annotations
 
 from collections import Counter, deque
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from itertools import islice, repeat
 from operator import itemgetter
 from typing import Any, NamedTuple, TypeVar
@@ -224,12 +224,72 @@ class Joiner:
         self._unreported.clear()
         return out
 
+    def snapshot(self) -> dict[str, Any]:
+        """Both buffers and the recently joined ids, as columns (JSON: no pickling), oldest
+        first; ``restore`` puts them back in the same order."""
+        predictions = list(self.predictions.values())
+        labels = list(self.labels.values())
+        return {
+            "predictions": {
+                "prediction_id": [p.prediction_id for p in predictions],
+                "version": [p.version for p in predictions],
+                "served_by": [p.served_by for p in predictions],
+                "label": [p.label for p in predictions],
+                "event_id": [p.event_id for p in predictions],
+                "at": [p.at.timestamp() for p in predictions],
+            },
+            "labels": {
+                "prediction_id": [p.prediction_id for p in labels],
+                "label": [p.label for p in labels],
+                "event_id": [p.event_id for p in labels],
+                "at": [p.at.timestamp() for p in labels],
+            },
+            "joined": list(self._joined_order),
+        }
+
+    def restore(self, snap: dict[str, Any]) -> int:
+        """Put a ``snapshot``'s buffers back (into an empty joiner); returns the entries."""
+        if self.predictions or self.labels or self._joined:
+            return 0
+        p, lab = snap.get("predictions") or {}, snap.get("labels") or {}
+        for pid, version, served_by, label, event_id, at in zip(
+            p.get("prediction_id", ()),
+            p.get("version", ()),
+            p.get("served_by", ()),
+            p.get("label", ()),
+            p.get("event_id", ()),
+            p.get("at", ()),
+            strict=True,
+        ):
+            self.predictions[pid] = PredictionPoint(
+                pid, int(version), served_by, label, event_id, _from_ts(at)
+            )
+        for pid, label, event_id, at in zip(
+            lab.get("prediction_id", ()),
+            lab.get("label", ()),
+            lab.get("event_id", ()),
+            lab.get("at", ()),
+            strict=True,
+        ):
+            self.labels[pid] = LabelPoint(pid, label, event_id, _from_ts(at))
+        joined = [str(i) for i in snap.get("joined") or ()]
+        self._joined_order.extend(joined)
+        self._joined.update(joined)
+        self._trim(self.predictions, "prediction")
+        self._trim(self.labels, "label")
+        self._forget_oldest_joined()
+        return len(self.predictions) + len(self.labels)
+
     @property
     def pending(self) -> dict[str, int]:
         return {"predictions": len(self.predictions), "labels": len(self.labels)}
 
 
 _prediction_id = itemgetter(0)  # PredictionPoint.prediction_id
+
+
+def _from_ts(at: float) -> datetime:
+    return datetime.fromtimestamp(float(at), UTC)
 
 
 def _drop_oldest(buffer: dict[str, T], n: int) -> None:

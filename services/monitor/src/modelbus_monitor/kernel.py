@@ -446,6 +446,8 @@ class SignalKernel:
         snap: dict[str, Any] = {
             "streams": [s.snapshot() for s in self.streams()],
             "history": [list(h) for h in self.history],
+            "join": self.joiner.snapshot(),
+            "counts": dict(self.counts),
         }
         if self.residuals is not None:
             snap["residuals"] = self.residuals.snapshot()
@@ -462,6 +464,9 @@ class SignalKernel:
         if self.residuals is not None and snap.get("residuals") and not self.residuals.reference:
             self.residuals.restore(snap["residuals"])
         self.history.extend(tuple(h) for h in snap.get("history", []))
+        if snap.get("join"):
+            self.counts["restored_pending"] += self.joiner.restore(snap["join"])
+        self.counts.update({k: int(v) for k, v in (snap.get("counts") or {}).items()})
         self.counts["restored_streams"] += restored
         return restored
 

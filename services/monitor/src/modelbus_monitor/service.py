@@ -32,6 +32,7 @@ from modelbus_contracts import (
 from modelbus_contracts.envelope import utcnow
 from modelbus_contracts.policy import PolicyView
 from modelbus_platform.bus import Publisher
+from modelbus_platform.offsets import NoOffsets, StateOffsets
 from modelbus_platform.outbox import Notifier
 from modelbus_platform.policies import Policies
 from modelbus_platform.registry import Registry
@@ -95,6 +96,7 @@ class MonitorService:
         checkpoint_s: float = 60.0,
         thresholds: Thresholds | None = None,
         policies: Policies | None = None,
+        offsets: StateOffsets | None = None,
     ) -> None:
         self.config = config
         self.policies = policies
@@ -114,6 +116,9 @@ class MonitorService:
         self.checkpoint_every = timedelta(seconds=checkpoint_s) if checkpoint_s > 0 else None
         self._next_checkpoint: datetime | None = None
         self.thresholds = thresholds or Thresholds()
+        # the telemetry group's offsets, committed as far as a checkpoint covers
+        self.offsets = offsets or NoOffsets()
+        self._unsaved_daily: list[Any] = []  # daily windows a failed checkpoint did not save
 
     # -- start-up -----------------------------------------------------------------------------
 
@@ -191,45 +196,67 @@ class MonitorService:
         if self.checkpoint_every is not None and due:
             self._next_checkpoint = now + self.checkpoint_every
             await self.checkpoint()
-        await self.store_daily()
 
     async def checkpoint(self) -> int:
-        """Save every model's detector windows (JSON); returns how many were saved."""
-        if self.states is None:
-            return 0
+        """Save every model's state (detector windows, join buffers, counts) and the changed
+        daily windows as of one moment between two telemetry batches, then commit the
+        telemetry offsets that moment covers: a crash replays exactly what the checkpoint
+        lacks. A failed save commits nothing (the next checkpoint covers it). Returns how many
+        models were saved."""
+        now = self.clock()
+        async with self.offsets.paused() as covered:
+            snapshots = []
+            for name in list(self.models) if self.states is not None else ():
+                async with self._lock(name):
+                    snapshots.append(self.models[name].snapshot(now))
+            windows = self._drain_daily()
+            daily = [w.doc() for w in windows]
         saved = 0
-        for name in list(self.models):
-            async with self._lock(name):
-                snapshot = self.models[name].snapshot(self.clock())
+        for snapshot in snapshots:
             try:
-                await self.states.save(snapshot)
+                await self.states.save(snapshot)  # type: ignore[union-attr]
                 saved += 1
             except Exception as exc:
-                log.warning("checkpoint.failed", model=name, error=str(exc))
-        log.info("monitor.checkpointed", models=saved)
+                log.warning("checkpoint.failed", model=snapshot["_id"], error=str(exc))
+        complete = saved == len(snapshots)
+        if daily and self.daily is not None:
+            try:
+                await self.daily.save(daily)
+            except Exception as exc:
+                complete = False
+                self._unsaved_daily = windows  # saved by the next checkpoint
+                log.warning("checkpoint.daily_failed", error=str(exc))
+        committed = complete and await self.offsets.commit(covered)
+        log.info("monitor.checkpointed", models=saved, daily=len(daily), committed=committed)
         return saved
 
-    async def store_daily(self) -> int:
-        if self.daily is None:
-            return 0
-        docs = []
+    def _drain_daily(self) -> list[Any]:
+        windows, self._unsaved_daily = self._unsaved_daily, []
         for monitor in self.models.values():
             if monitor.daily is not None:
-                drained = monitor.daily.drain()
-                for window in drained:
-                    window.dirty = False
-                docs += [w.doc() for w in drained]
-        if docs:
-            await self.daily.save(docs)
-        return len(docs)
+                windows += monitor.daily.drain()
+        for window in windows:
+            window.dirty = False
+        return windows
+
+    async def _daily_docs(self, name: str, day: str) -> dict[str, dict[str, Any]]:
+        """Feature -> the day's window: the stored one, or the newer one in memory (not saved
+        until the next checkpoint)."""
+        stored = await self.daily.day(name, day) if self.daily else []
+        monitor = self.models.get(name)
+        book = monitor.daily if monitor is not None else None
+        windows = [*self._unsaved_daily]
+        if book is not None:
+            windows += [*book.finished, *book.features.values()]
+        memory = [w.doc() for w in windows if w.model_name == name and w.day == day]
+        return {d["feature"]: d for d in stored + memory}
 
     async def daily_report(self, name: str, day: str | None = None) -> dict[str, Any]:
         """Per feature: the day's numbers, PSI and KS vs the previous day and vs the reference."""
-        await self.store_daily()
         day = day or day_of(self.clock())
         prev = previous_day(day)
-        today = await self.daily.day(name, day) if self.daily else []
-        before = {d["feature"]: d for d in await self.daily.day(name, prev)} if self.daily else {}
+        today = list((await self._daily_docs(name, day)).values())
+        before = await self._daily_docs(name, prev)
         features = {}
         for doc in sorted(today, key=lambda d: d["feature"]):
             previous = before.get(doc["feature"])
