@@ -34,6 +34,14 @@ def _data_dir(args: argparse.Namespace) -> Path:
     return Path(args.data_dir or os.environ.get("MODELBUS_DATA_DIR", ".data")).resolve()
 
 
+MEMORY_BROKER_NOTE = """
+note: the embedded Kafka broker ({bootstrap}) keeps its topics in memory: events in flight
+  are gone when it stops (`make down`, a crash). The state that matters does not depend on it:
+  models, versions, aliases, runs, audit, incidents and checkpoints are in MongoDB and the
+  object store under {data}, and every service rebuilds from them. For a durable broker run
+  the compose stack (infra/compose.yaml)."""
+
+
 def _pick_model_name(stack: Stack) -> str:
     """Reuse nothing: a demo run after a restart trains a fresh model beside the restored ones."""
     viewer = stack.auth_headers("viewer")
@@ -79,6 +87,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     print(f"all {len(SERVICES)} services ready:")
     for service in SERVICES:
         print(f"  {service:9s} {stack.url(service)}  (API docs: {stack.url(service)}/docs)")
+    print(MEMORY_BROKER_NOTE.format(bootstrap=stack.kafka_bootstrap, data=data))
     auth = print_credentials(stack)
     if args.no_demo:
         return 0
