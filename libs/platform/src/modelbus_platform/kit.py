@@ -136,6 +136,9 @@ class Task:
         return cls(name, _idle, stop=stop)
 
 
+TASK_STOP_TIMEOUT_S = 15.0
+
+
 async def _idle() -> None:
     await asyncio.Event().wait()
 
@@ -393,8 +396,8 @@ class Lifecycle:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await running
             if task.stop is not None:
-                try:
-                    await task.stop()
+                try:  # bounded: a batch waiting out an outage must not hold the shutdown
+                    await asyncio.wait_for(task.stop(), TASK_STOP_TIMEOUT_S)
                 except Exception as exc:
                     log.warning("task.stop_failed", task=task.name, error=str(exc))
         self._running.clear()
