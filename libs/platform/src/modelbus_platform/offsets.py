@@ -96,10 +96,13 @@ class GroupOffsets:
                 await self.commit(dict(self.handled))
 
     def note(self, records: Iterable[Any]) -> None:
-        for record in records:
-            tp = TopicPartition(record.topic, record.partition)
-            if record.offset + 1 > self.handled.get(tp, -1):
-                self.handled[tp] = record.offset + 1
+        last: dict[tuple[str, int], int] = {}
+        for record in records:  # a partition's records come in offset order: the last wins
+            last[record.topic, record.partition] = record.offset
+        for (topic, partition), offset in last.items():
+            tp = TopicPartition(topic, partition)
+            if offset + 1 > self.handled.get(tp, -1):
+                self.handled[tp] = offset + 1
 
     def _rewind(self, records: list[Any]) -> None:
         consumer = self._consumer()
