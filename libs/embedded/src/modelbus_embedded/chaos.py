@@ -477,16 +477,22 @@ class LagWatch:
                 meta = committed.get(tp)
                 done = meta.offset if meta is not None and meta.offset >= 0 else 0
                 key = (group, tp.topic, tp.partition)
-                behind = max(0, ends.get(tp, 0) - done)
-                lag[key] = behind
-                last = self._since.get(key)
-                if behind == 0 or last is None or last[0] != done or self._faults:
-                    self._since[key] = (done, now)
-                    continue
-                stalled = now - max(last[1], self._fault_ended)
-                if stalled > self.longest.seconds:
-                    self.longest = Stall(stalled, f"{group} {tp.topic}[{tp.partition}]")
+                lag[key] = self.note(key, ends.get(tp, 0), done, now)
         self.lag, self.sampled_at = lag, now
+
+    def note(self, key: tuple[str, str, int], end: int, done: int, now: float) -> int:
+        """One sample of one group's partition (its end offset and its committed one): the
+        backlog; a stall longer than any so far becomes ``longest``."""
+        behind = max(0, end - done)
+        last = self._since.get(key)
+        if behind == 0 or last is None or last[0] != done or self._faults:
+            self._since[key] = (done, now)
+            return behind
+        stalled = now - max(last[1], self._fault_ended)
+        if stalled > self.longest.seconds:
+            group, topic, partition = key
+            self.longest = Stall(stalled, f"{group} {topic}[{partition}]")
+        return behind
 
     async def _run(self) -> None:
         while True:
