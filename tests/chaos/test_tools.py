@@ -74,13 +74,13 @@ def echo_server() -> tuple[socket.socket, int]:
 
 def exchange(port: int, payload: bytes) -> bytes:
     """Send ``payload`` through a new connection; what came back (b"" if it was reset)."""
-    with socket.create_connection(("127.0.0.1", port), 2) as s:
-        s.settimeout(2)
-        try:
+    try:
+        with socket.create_connection(("127.0.0.1", port), 2) as s:
+            s.settimeout(2)
             s.sendall(payload)
             return s.recv(65536)
-        except (ConnectionResetError, BrokenPipeError):
-            return b""
+    except (ConnectionResetError, BrokenPipeError):
+        return b""
 
 
 def test_the_proxy_passes_resets_uploads_or_everything():
