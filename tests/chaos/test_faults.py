@@ -594,6 +594,126 @@ async def test_poison_on_every_consumed_topic(chaos: Chaos):
     assert_row(row, tally)
 
 
+class NowhereStore:
+    """A store that keeps nothing: a ModelTrained made with it names an artifact and a
+    hold-out that do not exist."""
+
+    async def put(self, *args, **kwargs) -> None:
+        return None
+
+
+async def test_semantically_bad_events_are_refused_with_a_reason(chaos: Chaos):
+    """Valid events that cannot be acted on: each refused with its reason where its consumer
+    reports (a ScoringFailed, the registry's audit, a failed run, a failed job), none
+    dead-lettered as transient nor waited on forever (no stall)."""
+    started = time.monotonic()
+    chaos.watch.reset()
+    uid = chaos.uid
+    trainer_signer = chaos.signer("trainer")
+    ghost = await trained_event(NowhereStore(), f"chaos-{uid}-ghost", seed=4, signer=trainer_signer)
+    training = TrainingRequested(
+        producer="chaos",
+        model_name=f"chaos-{uid}-nodata",
+        reason="api",
+        dataset_uri=f"datasets/chaos-{uid}-nodata/missing.csv",
+        params={"family": "logreg"},
+    )
+    job = BatchScoringRequested(
+        producer="chaos",
+        model_name=chaos.models[0],
+        job_id=f"job-{uid}-missing",
+        input_uri=f"batch/{chaos.models[0]}/missing-{uid}.csv",
+    )
+    unknown = ScoringRequested(
+        producer="chaos",
+        model_name=f"chaos-{uid}-unknown",
+        request_id=f"bad-{uid}-unknown",
+        features={"x1": 1.0},
+    )
+    label = LabelObserved(
+        producer="chaos", model_name=chaos.models[0], prediction_id=f"nope-{uid}", label=1
+    )
+    ledger = Ledger(f"bad-{uid}")
+    chaos.outputs.track(ledger, unknown.request_id, str(unknown.event_id))
+    await publish(chaos.bootstrap, ghost, signer=trainer_signer)
+    await publish(chaos.bootstrap, training, job, unknown, label)
+    outcomes: dict[str, str] = {}
+    async with chaos.http("viewer") as http:
+
+        async def refused_ghost():
+            audit = await http.get(f"{chaos.stack.url('registry')}/models/{ghost.model_name}/audit")
+            rows = audit.json() if audit.status_code == 200 else []
+            return [r for r in rows if r["action"] == "registration_rejected"]
+
+        async def failed_run():
+            runs = await http.get(
+                f"{chaos.stack.url('trainer')}/runs", params={"model_name": training.model_name}
+            )
+            done = [r for r in runs.json() if r["state"] in ("failed", "succeeded")]
+            return done
+
+        async def failed_job():
+            answer = await http.get(f"{chaos.stack.url('batch')}/batch-jobs/{job.job_id}")
+            done = answer.status_code == 200 and answer.json()["state"] in ("failed", "succeeded")
+            return answer.json() if done else None
+
+        async def refused_request():
+            return ledger.failures.get(unknown.request_id)
+
+        checks = {
+            "ModelTrained, artifact not in the store": (
+                refused_ghost,
+                lambda found: found[0]["reason"],
+            ),
+            "TrainingRequested, dataset not in the store": (
+                failed_run,
+                lambda runs: f"{runs[0]['state']}: {runs[0].get('reason')}",
+            ),
+            "BatchScoringRequested, input not in the store": (
+                failed_job,
+                lambda j: f"{j['state']}: {j.get('error')}",
+            ),
+            "ScoringRequested, unknown model": (refused_request, lambda errors: errors[0]),
+        }
+        for what, (check, why) in checks.items():
+            try:
+                outcomes[what] = why(await until(check, 60))
+            except AssertionError:
+                outcomes[what] = ""
+        ghost_versions = await versions(chaos, http, ghost.model_name)
+    behind = await chaos.watch.caught_up(60)
+    dead = [
+        h.get(DLQ_REASON, "")
+        for e in (ghost, training, job, unknown, label)
+        for h in chaos.outputs.dead_lettered(str(e.event_id))
+    ]
+    refused = {w: o for w, o in outcomes.items() if o and not o.startswith("succeeded")}
+    notes = [f"{w}: {o[:100]}" for w, o in outcomes.items()]
+    notes.append("LabelObserved of an unknown prediction: nothing reports it; no stall either")
+    if ghost_versions:
+        notes.append(f"a version of the ghost model was registered: {ghost_versions}")
+    if dead:
+        notes.append(f"dead-lettered: {dead}")
+    if behind:
+        notes.append(f"still behind: {behind}")
+    row = record(
+        chaos,
+        Row(
+            "semantically bad events",
+            sent=len(checks),
+            failed=len(refused),
+            dead_lettered=len(dead),
+            lost=len(checks) - len(refused),
+            stall_s=round(chaos.watch.longest.seconds, 1),
+            state_ok=not ghost_versions and not behind,
+            notes=notes,
+        ),
+        started,
+    )
+    assert row.lost == 0, f"not refused with a reason: {outcomes}"
+    assert_row(row)
+
+
 # -- 6. the monitor killed mid-stream: its detector state -------------------------------------
 
 
