@@ -442,6 +442,9 @@ async def test_store_fails_during_artifact_upload(chaos: Chaos):
     if run["state"] == "succeeded" and len(found) != 1:
         ok = False
         notes.append(f"succeeded but {len(found)} versions registered")
+    if run["state"] == "failed" and found:
+        ok = False
+        notes.append(f"failed but {len(found)} versions registered")
     if broken:
         notes.append(f"versions without their artifact: {broken}")
     if not_ready:
