@@ -407,7 +407,9 @@ async def test_store_fails_during_artifact_upload(chaos: Chaos):
         csv = chaos.datasets[chaos.models[0]]
         resets_before = chaos.proxy.resets
         with chaos.watch.fault():
-            chaos.proxy.mode = "reset_writes"  # reads work: the run trains, its upload fails
+            # the artifact's upload fails; reads and the data snapshots' uploads work
+            chaos.proxy.write_prefix = f"/{chaos.stack.env['MODELBUS_BUCKET']}/artifacts/"
+            chaos.proxy.mode = "reset_writes"
             try:
                 answer = await http.post(
                     f"{trainer}/models/{name}/train",

@@ -89,6 +89,9 @@ def test_the_proxy_passes_resets_uploads_or_everything():
     try:
         assert exchange(proxy.port, b"PUT /bucket/a HTTP/1.1\r\n") == b"PUT /bucket/a HTTP/1.1\r\n"
         proxy.mode = "reset_writes"
+        proxy.write_prefix = "/bucket/artifacts/"
+        assert exchange(proxy.port, b"PUT /bucket/datasets/a HTTP/1.1\r\n") != b""
+        proxy.write_prefix = "/"
         assert exchange(proxy.port, b"GET /bucket/a HTTP/1.1\r\n") == b"GET /bucket/a HTTP/1.1\r\n"
         assert exchange(proxy.port, b"PUT /bucket/a HTTP/1.1\r\n") == b""
         proxy.mode = "reset"

@@ -90,11 +90,13 @@ def _reset(sock: socket.socket) -> None:
 class FaultProxy:
     """127.0.0.1:<port> -> 127.0.0.1:<target>. ``mode``: ``pass``; ``reset`` (every
     connection, new or open, is reset on its next byte); ``reset_writes`` (a connection is
-    reset when the client sends an HTTP ``PUT``: uploads fail, downloads work)."""
+    reset when the client sends an HTTP ``PUT`` whose path starts with ``write_prefix``: those
+    uploads fail, everything else works)."""
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
         self.mode = "pass"
+        self.write_prefix = "/"
         self.resets = 0
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
@@ -133,7 +135,9 @@ class FaultProxy:
                     break
                 mode = self.mode
                 if mode == "reset" or (
-                    mode == "reset_writes" and from_client and chunk.startswith(b"PUT ")
+                    mode == "reset_writes"
+                    and from_client
+                    and chunk.startswith(f"PUT {self.write_prefix}".encode())
                 ):
                     self._count()
                     break
