@@ -52,6 +52,9 @@ test-unit: install system-libs ## Only the fast tests (no servers)
 fuzz: install ## Schemathesis over every service's OpenAPI on the real stack, auth on, 200 examples per operation (MODELBUS_FUZZ_EXAMPLES, MODELBUS_FUZZ_SEED)
 	MODELBUS_FUZZ_EXAMPLES=$${MODELBUS_FUZZ_EXAMPLES:-200} $(UV) run --frozen pytest -o timeout=3600 -s tests/e2e/test_fuzz_openapi.py $(PYTEST_ARGS)
 
+chaos: install system-libs ## The fault suite, full form: SIGKILL of each service, broker SIGSTOP and MongoDB down 30 s, store failing uploads, poison on every topic (build/chaos/results.{json,md})
+	MODELBUS_CHAOS=full $(UV) run --frozen pytest -o timeout=3600 -s tests/chaos $(PYTEST_ARGS)
+
 lint: install ## ruff check + format check
 	$(UV) run --frozen ruff check .
 	$(UV) run --frozen ruff format --check .
@@ -91,4 +94,4 @@ bench-scaling: install ## Scaling curve: one scorer's online load curve, 1 vs 2 
 clean: down ## Remove the embedded stack's data folder
 	rm -rf .data
 
-.PHONY: help install system-libs browser up up-only down status test test-unit fuzz lint schemas bench bench-mlserver-venv bench-sklearn bench-loop bench-batch bench-monitor bench-auth bench-scaling clean
+.PHONY: help install system-libs browser up up-only down status test test-unit fuzz chaos lint schemas bench bench-mlserver-venv bench-sklearn bench-loop bench-batch bench-monitor bench-auth bench-scaling clean

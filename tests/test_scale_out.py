@@ -25,7 +25,6 @@ import httpx
 import numpy as np
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.partitioner import murmur2
 
 from modelbus_contracts import (
     ArtifactRef,
@@ -37,6 +36,7 @@ from modelbus_contracts import (
     encode,
 )
 from modelbus_contracts.api import VersionView
+from modelbus_embedded import testing
 from modelbus_embedded.servers import free_port, wait_for_port
 from modelbus_ml import LogisticModel
 from modelbus_platform.stores import S3ObjectStore, sha256_hex
@@ -49,21 +49,9 @@ MODELS_PER_PARTITION = 2
 ZERO = "0" * 64
 
 
-def partition_of(key: str) -> int:
-    return (murmur2(key.encode()) & 0x7FFFFFFF) % PARTITIONS
-
-
 def model_names(prefix: str) -> list[str]:
     """Names that cover every partition (the default partitioner: murmur2 of the key)."""
-    by_partition: dict[int, list[str]] = {p: [] for p in range(PARTITIONS)}
-    i = 0
-    while any(len(v) < MODELS_PER_PARTITION for v in by_partition.values()):
-        name = f"{prefix}-{i}"
-        bucket = by_partition[partition_of(name)]
-        if len(bucket) < MODELS_PER_PARTITION:
-            bucket.append(name)
-        i += 1
-    return [n for names in by_partition.values() for n in names]
+    return testing.model_names(prefix, MODELS_PER_PARTITION, PARTITIONS)
 
 
 def view_for(name: str, data: bytes) -> dict[str, Any]:

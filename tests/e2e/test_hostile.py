@@ -37,7 +37,7 @@ from modelbus_contracts import (
     ScoringRequested,
     decode,
 )
-from modelbus_embedded.testing import EventTap, collect, publish, trained_event
+from modelbus_embedded.testing import EventTap, collect, publish, trained_event, until
 from modelbus_platform.auth import new_secret
 from modelbus_platform.signing import Signer, keypair, private_key
 from modelbus_platform.stores import S3ObjectStore
@@ -60,17 +60,6 @@ def store_of(secured) -> S3ObjectStore:
     return S3ObjectStore(
         env["MODELBUS_S3_ENDPOINT"], "modelbus", "modelbus-secret", env["MODELBUS_BUCKET"]
     )
-
-
-async def until(check, timeout: float = 60.0):
-    """``await check()`` until it answers something truthy (then that), or fail."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while asyncio.get_running_loop().time() < deadline:
-        found = await check()
-        if found:
-            return found
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"{check.__name__}: not within {timeout}s")
 
 
 @pytest.fixture(scope="module")

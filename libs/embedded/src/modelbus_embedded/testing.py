@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.partitioner import murmur2
 from fastapi import APIRouter
 
 from modelbus_contracts import (
@@ -33,6 +34,35 @@ from modelbus_platform.http import ServiceApp, create_app
 from modelbus_platform.metrics import Metrics
 from modelbus_platform.signing import Signer
 from modelbus_platform.stores import ObjectStore, sha256_hex
+
+
+async def until(check, timeout: float = 60.0):
+    """``await check()`` until it answers something truthy (then that), or fail."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        found = await check()
+        if found:
+            return found
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"{check.__name__}: not within {timeout}s")
+
+
+def partition_of(key: str, partitions: int = 3) -> int:
+    """The partition the default partitioner (murmur2 of the key) puts ``key`` on."""
+    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+
+
+def model_names(prefix: str, per_partition: int = 1, partitions: int = 3) -> list[str]:
+    """Model names (Kafka keys) that cover every partition, ``per_partition`` on each."""
+    by_partition: dict[int, list[str]] = {p: [] for p in range(partitions)}
+    i = 0
+    while any(len(v) < per_partition for v in by_partition.values()):
+        name = f"{prefix}-{i}"
+        bucket = by_partition[partition_of(name, partitions)]
+        if len(bucket) < per_partition:
+            bucket.append(name)
+        i += 1
+    return [n for names in by_partition.values() for n in names]
 
 
 async def publish(bootstrap: str, *events: Event, signer: Signer | None = None) -> None:
