@@ -106,3 +106,15 @@ async def test_a_commit_the_broker_refuses_is_reported_not_raised():
     async with offsets.paused() as covered:
         pass
     assert await offsets.commit(covered) is False
+
+
+async def test_offsets_already_committed_are_not_committed_again():
+    consumer = FakeConsumer({A})
+    offsets = GroupOffsets("g", lambda: consumer)
+    async with offsets.handling(records(A, 0)):
+        pass
+    for _ in range(3):  # a quiet stream: the periodic checkpoint has nothing new
+        async with offsets.paused() as covered:
+            pass
+        assert await offsets.commit(covered)
+    assert consumer.commits == [{A: 1}]

@@ -206,7 +206,7 @@ async def test_two_replicas_count_into_one_window(make_world, stats):
     assert step.live_metrics["latency_p99_ms"] == pytest.approx(2.0)
 
 
-async def test_throttled_checkpoints_are_flushed_on_shutdown(make_world):
+async def test_throttled_checkpoints_are_flushed_periodically_and_on_shutdown(make_world):
     world = make_world(DeployerSettings(rollout="canary", **{**FAST, "live_checkpoint_s": 60}))
     stats, offsets = MemoryLiveStats(), Offsets()
     before = replica(world, stats, monotonic=lambda: 0.0, offsets=offsets)
@@ -218,10 +218,12 @@ async def test_throttled_checkpoints_are_flushed_on_shutdown(make_world):
     assert LiveWindow.from_dict(stats.docs[KEY]["window"]).arm.predictions == 100
     assert (offsets.after_batch, offsets.commits) == (1, 0)
 
-    await before.close()
+    assert await before.flush()  # the periodic flush: a quiet stream is checkpointed too
 
     assert LiveWindow.from_dict(stats.docs[KEY]["window"]).arm.predictions == 150
     assert offsets.commits == 1
+    await before.close()  # and once more at shutdown
+    assert offsets.commits == 2
     after = replica(world, stats)
     assert await after.handle(canaries(50)) == {"churn": "canary"}
 

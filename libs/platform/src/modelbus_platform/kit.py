@@ -129,18 +129,8 @@ class Task:
     run: Callable[[], Awaitable[Any]]
     stop: Callable[[], Awaitable[Any]] | None = None
 
-    @classmethod
-    def at_shutdown(cls, name: str, stop: Callable[[], Awaitable[Any]]) -> Task:
-        """Nothing to run; ``stop`` at shutdown, while the consumer groups still run (a last
-        checkpoint whose offsets commit needs them)."""
-        return cls(name, _idle, stop=stop)
-
 
 TASK_STOP_TIMEOUT_S = 15.0
-
-
-async def _idle() -> None:
-    await asyncio.Event().wait()
 
 
 @dataclass

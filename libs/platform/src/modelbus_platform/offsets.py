@@ -75,6 +75,7 @@ class GroupOffsets:
         self._lock = asyncio.Lock()
         self.handled: Offsets = {}
         self._commit_pending = False
+        self.committed: Offsets = {}  # what this consumer committed last, per partition
         self.commits = 0
 
     # -- the bus's side ------------------------------------------------------------------------
@@ -138,9 +139,13 @@ class GroupOffsets:
         if consumer is None or not covered:
             return consumer is not None
         owned = consumer.assignment()
-        offsets = {tp: offset for tp, offset in covered.items() if tp in owned}
+        offsets = {
+            tp: offset
+            for tp, offset in covered.items()
+            if tp in owned and self.committed.get(tp) != offset
+        }
         if not offsets:
-            return True
+            return True  # nothing new since the last commit
         try:
             # aiokafka retries a commit for as long as the broker is away: bounded here, the
             # next checkpoint's commit covers these offsets too
@@ -148,6 +153,7 @@ class GroupOffsets:
         except Exception as exc:
             log.warning("offsets.commit_failed", group=self.group, error=str(exc))
             return False
+        self.committed.update(offsets)
         self.commits += 1
         return True
 

@@ -79,7 +79,13 @@ def wire(kit: Kit) -> Wiring:
             Resource("live-windows", start=stats.init),
         ],
         # the last checkpoint is taken while the consumers still run: its commit needs them
-        tasks=[Task.at_shutdown("live-windows", live.close)],
+        tasks=[
+            Task(
+                "live-windows",
+                lambda: live.flush_forever(max(settings.live_checkpoint_s, 1.0)),
+                stop=live.close,
+            )
+        ],
     )
 
 

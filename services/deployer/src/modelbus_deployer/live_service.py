@@ -20,6 +20,7 @@ exactly when the decision is stored, and published by the relay; its id is deter
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Callable
@@ -154,13 +155,26 @@ class LiveService:
             return self.tracker.scoring_failed(event, stage)
         return False
 
-    async def close(self) -> None:
-        """Shutdown (before the consumers stop): checkpoint what was counted since the last
-        checkpoint, and commit the offsets it covers."""
+    async def flush(self) -> bool:
+        """Checkpoint what was counted since the last checkpoint, between two batches, and
+        commit the offsets it covers (also what was read and counted nowhere: a batch of
+        models without a live stage). Run every ``live_checkpoint_s`` (at least 1 s) and at
+        shutdown, before the consumers stop, so the group's commits follow a quiet stream
+        too and not only the next batch."""
         async with self.offsets.paused() as covered:
             saved = await self.checkpoints.save()
-        if saved:
-            await self.offsets.commit(covered)
+        return saved and await self.offsets.commit(covered)
+
+    async def flush_forever(self, period_s: float) -> None:
+        while True:
+            await asyncio.sleep(period_s)
+            try:
+                await self.flush()
+            except Exception as exc:  # retried next period: the counts stay in memory
+                log.warning("live.flush_failed", error=str(exc))
+
+    async def close(self) -> None:
+        await self.flush()
 
     async def evaluate(self, model_name: str) -> str:
         stage = await self.active(model_name)

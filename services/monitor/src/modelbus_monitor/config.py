@@ -116,7 +116,11 @@ class MonitorSettings(ServiceSettings):
         description="robust z-score (median, IQR) above which a value is an outlier",
     )
     checkpoint_s: float = Field(
-        default=60.0, ge=0, description="detector checkpoint period (0 = only on shutdown)"
+        default=5.0,
+        ge=0,
+        description="checkpoint period of the detectors, join buffers and daily windows (0 = "
+        "only on shutdown); the telemetry offsets are committed with each checkpoint, so this "
+        "is how far the group's commits trail what it has read",
     )
     tick_s: float = Field(
         default=5.0,
