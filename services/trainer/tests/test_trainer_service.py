@@ -385,3 +385,42 @@ async def test_an_uploaded_dataset_never_replaces_other_bytes_under_its_sha256()
     with pytest.raises(ObjectConflict, match="write-once"):
         await h.service.put_dataset("m", csv)
     assert h.store.objects[stored["uri"]] == b"x,label\n1,0\n"
+
+
+class Outage:
+    """The store resets the first ``n`` writes under ``prefix`` (an S3 outage)."""
+
+    def __init__(self, store, prefix: str, n: int) -> None:
+        self.store, self.prefix, self.left = store, prefix, n
+        self.put_once = self._put_once
+        self._inner = store.put_once
+
+    async def _put_once(self, key: str, data: bytes, content_type: str) -> None:
+        if key.startswith(self.prefix) and self.left > 0:
+            self.left -= 1
+            raise ConnectionResetError("store reset the upload")
+        await self._inner(key, data, content_type)
+
+
+async def test_a_finished_run_waits_out_a_store_outage_and_fails_if_it_outlasts_the_wait(
+    monkeypatch,
+):
+    import modelbus_platform.transient as transient
+
+    monkeypatch.setattr(transient, "backoff_delay", lambda *a: 0.01)
+    h = Harness()
+    uri = await _put(h, "m")
+    outage = Outage(h.store, "artifacts/", 5)
+    monkeypatch.setattr(h.store, "put_once", outage.put_once)
+    run = await _train(h, TrainingRequested(model_name="m", dataset_uri=uri, seed=1))
+    assert run["state"] == "succeeded", run["reason"]
+    assert outage.left == 0  # five resets waited out, the artifact written after them
+    [trained] = h.publisher.of(ModelTrained)
+    assert trained.artifact.uri in h.store.objects
+
+    short = Harness(store_wait_s=0.05)
+    uri = await _put(short, "m")
+    monkeypatch.setattr(short.store, "put_once", Outage(short.store, "artifacts/", 10**6).put_once)
+    run = await _train(short, TrainingRequested(model_name="m", dataset_uri=uri, seed=1))
+    assert run["state"] == "failed" and "store reset the upload" in run["reason"]
+    assert short.publisher.of(ModelTrained) == []  # nothing announced without its artifact

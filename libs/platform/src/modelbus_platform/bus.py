@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
-import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
@@ -51,7 +50,7 @@ from .kafka_security import KafkaSecurity
 from .metrics import Metrics
 from .offsets import GroupOffsets
 from .signing import Signer, Verifier
-from .transient import is_transient
+from .transient import backoff_delay, is_transient
 
 log = structlog.get_logger(__name__)
 
@@ -701,8 +700,7 @@ class EventBus:
         first = group not in self.waiting
         self.waiting[group] = f"{topic}: {reason}"
         self.metrics.events_consumed.labels(topic, group, "waited").inc()
-        delay = min(self.backoff_max_s, self.backoff_s * 2 ** min(waits - 1, 20))
-        delay = max(0.01, delay * random.uniform(0.5, 1.0))  # jitter: replicas do not align
+        delay = backoff_delay(waits, self.backoff_s, self.backoff_max_s)
         now = time.monotonic()
         if first or now - self._waiting_logged.get(group, 0.0) >= WAIT_LOG_INTERVAL_S:
             self._waiting_logged[group] = now

@@ -50,6 +50,12 @@ class TrainerSettings(ServiceSettings):
         ge=2,
         description="newest feedback rows used by a training request without a dataset_uri",
     )
+    store_wait_s: float = Field(
+        default=300.0,
+        ge=0,
+        description="how long a finished run waits for an object store that does not answer "
+        "before it fails (its snapshots and artifact are written then; 0: no wait)",
+    )
     lock_ttl_s: float = Field(
         default=600.0,
         gt=0,

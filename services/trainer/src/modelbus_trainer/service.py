@@ -38,6 +38,7 @@ from modelbus_platform.policies import Policies
 from modelbus_platform.registry import Registry, RegistryError
 from modelbus_platform.scheduler import CronScheduler
 from modelbus_platform.stores import ObjectNotFound, ObjectStore, sha256_hex
+from modelbus_platform.transient import outlast
 
 from .adapters import COUNTED_SERVERS
 from .config import ScheduleSpec, TrainerSettings
@@ -641,12 +642,12 @@ class TrainerService:
         """Store the snapshots and the artifact (content-addressed); the ModelTrained that
         announces them, to be written with the run's success."""
         model = run["model_name"]
-        dataset = await self._put_snapshot(model, result.dataset_csv, result.dataset_rows)
-        holdout = await self._put_snapshot(model, result.holdout_csv, result.holdout_rows)
+        dataset = await self._put_snapshot(model, result.dataset_csv, result.dataset_rows, run)
+        holdout = await self._put_snapshot(model, result.holdout_csv, result.holdout_rows, run)
         fmt = result.artifact_format
         check_pickle_allowed(fmt, run.get("allow_pickle", False))  # auto's candidates too
         artifact_uri = artifact_key(model, result.artifact_sha256, fmt)
-        await self.store.put_once(artifact_uri, result.artifact, artifact_content_type(fmt))
+        await self._put(run, artifact_uri, result.artifact, artifact_content_type(fmt))
         event = trigger.caused(
             ModelTrained,
             producer=PRODUCER,
@@ -679,11 +680,28 @@ class TrainerService:
         )
         return event
 
-    async def _put_snapshot(self, model_name: str, csv: bytes, rows: int) -> DatasetRef:
+    async def _put_snapshot(
+        self, model_name: str, csv: bytes, rows: int, run: dict[str, Any] | None = None
+    ) -> DatasetRef:
+        """Store a dataset (write-once: the same bytes are a no-op); a ``run``'s snapshot waits
+        out a store outage, an upload through the API answers at once."""
         sha = sha256_hex(csv)
         key = dataset_key(model_name, sha)
-        await self.store.put_once(key, csv, "text/csv")  # write-once: the same bytes are a no-op
+        if run is None:
+            await self.store.put_once(key, csv, "text/csv")
+        else:
+            await self._put(run, key, csv, "text/csv")
         return DatasetRef(uri=key, sha256=sha, rows=rows)
+
+    async def _put(self, run: dict[str, Any], key: str, data: bytes, content_type: str) -> None:
+        """Write what a finished run made; a store that does not answer is waited for (up to
+        ``store_wait_s``, the run's lock kept fresh) rather than throwing the training away."""
+        await outlast(
+            lambda: self.store.put_once(key, data, content_type),
+            what=f"object store: {key}",
+            max_wait_s=self.settings.store_wait_s,
+            on_wait=lambda: self._refresh_lock(run),
+        )
 
     async def _refresh_lock(self, run: dict[str, Any]) -> None:
         """Keep a long wait from looking stale: the lock's age counts from the last refresh."""
