@@ -135,6 +135,32 @@ def record(chaos: Chaos, row: Row, started: float) -> Row:
     return row
 
 
+def still_behind(behind: dict) -> list[str]:
+    return [f"still behind: {behind}"] if behind else []
+
+
+def conclude(
+    chaos: Chaos,
+    scenario: str,
+    ledger: Ledger,
+    tally,
+    started: float,
+    problems: list[str],
+    info: list[str] | tuple[str, ...] = (),
+    dead_lettered: int = 0,
+) -> Row:
+    """Record a streaming scenario's row (its ``problems`` fail it, ``info`` only informs) and
+    assert it: nothing lost, no duplicate under another id, no long stall, no problem, and no
+    valid request refused."""
+    notes = [*problems, *info]
+    row = Row.of(scenario, tally, chaos.watch.longest, state_ok=not problems, notes=notes)
+    row.dead_lettered += dead_lettered
+    record(chaos, row, started)
+    assert_row(row, tally)
+    assert tally.failed == 0, f"valid requests refused: {ledger.failures}"
+    return row
+
+
 def assert_row(row: Row, tally=None) -> None:
     lost = tally.lost_ids if tally is not None else []
     assert row.lost == 0, f"{row.scenario}: {row.lost} lost, e.g. {lost}"
@@ -275,16 +301,8 @@ async def test_sigkill_mid_stream(chaos: Chaos, services: tuple[str, ...]):
         tally = await ledger.settle(90)
         behind = await chaos.watch.caught_up(60)
         problems = {s: await handled_once(chaos, s, http, it) for s, it in during.items()}
-    notes = [f"{s}: {p}" for s, p in problems.items() if p]
-    if behind:
-        notes.append(f"still behind: {behind}")
-    row = record(
-        chaos,
-        Row.of(f"SIGKILL {label}", tally, chaos.watch.longest, state_ok=not notes, notes=notes),
-        started,
-    )
-    assert_row(row, tally)
-    assert tally.failed == 0, f"valid requests refused: {ledger.failures}"
+    notes = [f"{s}: {p}" for s, p in problems.items() if p] + still_behind(behind)
+    conclude(chaos, f"SIGKILL {label}", ledger, tally, started, notes)
 
 
 # -- 2. the broker stopped ---------------------------------------------------------------------
@@ -315,21 +333,9 @@ async def test_broker_stopped_and_continued(chaos: Chaos):
     tally = await ledger.settle(120)
     behind = await chaos.watch.caught_up(60)
     notes = [f"not ready: {sorted(not_ready)}"] if not_ready else []
-    notes += [f"still behind: {behind}"] if behind else []
     info = [f"every service ready {ready_s:.1f} s after SIGCONT"]
-    row = record(
-        chaos,
-        Row.of(
-            f"broker SIGSTOP {FORM.outage_s:.0f} s",
-            tally,
-            chaos.watch.longest,
-            state_ok=not notes,
-            notes=notes + info,
-        ),
-        started,
-    )
-    assert_row(row, tally)
-    assert tally.failed == 0, f"valid requests refused: {ledger.failures}"
+    scenario = f"broker SIGSTOP {FORM.outage_s:.0f} s"
+    conclude(chaos, scenario, ledger, tally, started, notes + still_behind(behind), info)
 
 
 # -- 3. MongoDB down ---------------------------------------------------------------------------
@@ -373,26 +379,14 @@ async def test_mongodb_down_and_back(chaos: Chaos):
             found = []
     dead = chaos.outputs.dead_letters[dead_before:]
     notes = [f"not ready: {sorted(not_ready)}"] if not_ready else []
-    notes += [f"still behind: {behind}"] if behind else []
+    notes += still_behind(behind)
     if [v["run_id"] for v in found] != [event.run_id]:
         notes.append(f"the registration made during the outage: {len(found)} versions")
     if dead:
         notes.append(f"{len(dead)} dead letters: {[h.get(DLQ_REASON) for _, h, _ in dead[:3]]}")
     info = [f"every service ready {ready_s:.1f} s after MongoDB was back"]
-    row = record(
-        chaos,
-        Row.of(
-            f"MongoDB down {FORM.outage_s:.0f} s",
-            tally,
-            chaos.watch.longest,
-            state_ok=not notes,
-            notes=notes + info,
-        ),
-        started,
-    )
-    row.dead_lettered += len(dead)
-    assert_row(row, tally)
-    assert tally.failed == 0, f"valid requests refused: {ledger.failures}"
+    scenario = f"MongoDB down {FORM.outage_s:.0f} s"
+    conclude(chaos, scenario, ledger, tally, started, notes, info, dead_lettered=len(dead))
 
 
 # -- 4. the object store failing during an artifact upload ------------------------------------
@@ -574,8 +568,7 @@ async def test_poison_on_every_consumed_topic(chaos: Chaos):
         notes.append(f"valid requests after the poison answered after {slowest:.1f} s")
     if not wide_failed or wide_bytes > 64_000:
         notes.append(f"0.9 MB request: {len(wide_failed)} ScoringFailed of {wide_bytes} bytes")
-    if behind:
-        notes.append(f"still behind: {behind}")
+    notes += still_behind(behind)
     pairs = sum(len(groups) for _, _, groups in expected.values())
     lost_pairs = sum(len(g["missing"]) for g in gaps.values())
     stall = max(chaos.watch.longest, Stall(slowest, "valid after poison"), key=lambda s: s.seconds)
@@ -699,8 +692,7 @@ async def test_semantically_bad_events_are_refused_with_a_reason(chaos: Chaos):
         notes.append(f"a version of the ghost model was registered: {ghost_versions}")
     if dead:
         notes.append(f"dead-lettered: {dead}")
-    if behind:
-        notes.append(f"still behind: {behind}")
+    notes += still_behind(behind)
     row = record(
         chaos,
         Row(
